@@ -1,0 +1,110 @@
+"""The Function App: a routing table. Each trigger parses its binding, calls `shared/`, binds outputs.
+
+Python v2 programming model. Settings are read once, on first use, by `shared.services` (so a bad
+setting fails the first invocation with a message that names it, and tests can set the environment
+before any function runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+from shared.delivery import process_alert_message
+from shared.ingest import ingest_telemetry, rescore_parked
+from shared.ops import health_report, vehicle_alerts
+
+from shared import services
+from shared.jobs import nightly_batch_score, nightly_retrain
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+ALERT_QUEUE = "maintenance-alerts"
+STORAGE = "AzureWebJobsStorage"
+log = logging.getLogger("function_app")
+
+
+@app.timer_trigger(arg_name="timer", schedule="%RETRAIN_SCHEDULE%", use_monitor=True)
+def nightly_retrain_timer(timer: func.TimerRequest) -> None:
+    """Retrain on the archived telemetry; promote the new model only if its backtest beats the champion."""
+    outcome = nightly_retrain(services.current(), past_due=timer.past_due)
+    log.info("nightly_retrain: %s", json.dumps(outcome))
+
+
+@app.timer_trigger(arg_name="timer", schedule="%BATCH_SCORE_SCHEDULE%", use_monitor=True)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
+    """Score every battery in service with the champion; write the scores table; queue the alerts."""
+    result = nightly_batch_score(services.current())
+    alerts.set([json.dumps(alert) for alert in result.alerts])
+    log.info("nightly_batch_score: %s", json.dumps(result.summary))
+
+
+@app.event_hub_message_trigger(
+    arg_name="events", event_hub_name="car-telemetry", connection="EventHubConnection", cardinality="many"
+)
+@app.retry(strategy="exponential_backoff", max_retry_count="4", minimum_interval="00:00:05",
+           maximum_interval="00:02:00")  # fmt: skip
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]], context: func.Context) -> None:
+    """Validate, archive and score a batch of car telemetry; queue alerts. Bad events are dead-lettered.
+
+    When the endpoint stays down, the batch raises so the retry policy runs it again; on the last retry
+    it is parked for re-scoring with the reason instead, so nothing is lost.
+    """
+    retry = context.retry_context
+    result = ingest_telemetry(
+        services.current(),
+        bodies=[event.get_body() for event in events],
+        metadata=[_event_metadata(event) for event in events],
+        final_attempt=retry is None or retry.retry_count >= retry.max_retry_count,
+    )
+    alerts.set([json.dumps(alert) for alert in result.alerts])
+    log.info("score_telemetry: %s", json.dumps(result.summary))
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", use_monitor=False)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
+    """Every 10 minutes, score the batches parked while the endpoint was down; queue their alerts."""
+    result = rescore_parked(services.current())
+    alerts.set([json.dumps(alert) for alert in result.alerts])
+    log.info("rescore_parked_telemetry: %s", json.dumps(result.summary))
+
+
+@app.queue_trigger(arg_name="message", queue_name=ALERT_QUEUE, connection=STORAGE)
+def push_alert(message: func.QueueMessage) -> None:
+    """Deliver one alert to the car's head unit, unless cooldown or idempotency says it was already sent.
+
+    Transient gateway failures raise, so the queue retries; after maxDequeueCount (host.json) the host
+    moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried.
+    """
+    outcome = process_alert_message(services.current(), message.get_body(), message.dequeue_count)
+    log.info("push_alert: %s", json.dumps(outcome))
+
+
+@app.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Storage and scoring-endpoint reachability, for probes and operators."""
+    report = health_report(services.current())
+    return _json(report, 200 if report["healthy"] else 503)
+
+
+@app.route(route="vehicles/{car_id}/alerts", methods=["GET"])
+def list_vehicle_alerts(req: func.HttpRequest) -> func.HttpResponse:
+    """The alerts a car was sent and their delivery state, for service staff."""
+    return _json(vehicle_alerts(services.current(), req.route_params["car_id"]), 200)
+
+
+def _event_metadata(event: func.EventHubEvent) -> dict:
+    return {
+        "partition_key": event.partition_key,
+        "sequence_number": event.sequence_number,
+        "offset": event.offset,
+        "enqueued_time": event.enqueued_time.isoformat() if event.enqueued_time else None,
+    }
+
+
+def _json(body: dict | list, status: int) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")

@@ -1,0 +1,323 @@
+"""Azure ML: the lab's AutoML retraining, model registration and the online endpoint, with `azure-ai-ml` (v2).
+
+Two layers. The entity builders (`telemetry_data_asset`, `compute_target`, `automl_job`, `model_asset`,
+`online_endpoint`, `online_deployment`) are pure: they need no workspace, so the lab's exact settings are
+tested offline and `--dry-run` prints them as YAML (`to_yaml`). The operations (`register_data`,
+`submit_automl`, `register_model`, `deploy`) take an `MLClient` (from `workspace_client`) and send those
+entities; the nightly retrain timer calls `submit_automl` when a workspace is configured.
+
+The lab deployed to Azure Container Instances (ACI) with the v1 SDK (`azureml-core`: `Model.deploy` with
+`AciWebservice.deploy_configuration`). The v2 SDK has no ACI target; Azure ML's successor is the
+managed online endpoint built here. Both run the same entry script (`scoring/score.py`, `init()`/`run()`
+under azmlinfsrv), so the request/response contract is the same; the differences are operational:
+managed endpoints give HTTPS, key or Azure AD auth, autoscale, blue/green traffic splits and managed
+VM sizes, where ACI gave a single HTTP container with an optional key.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from azure.ai.ml import Input, MLClient, automl
+from azure.ai.ml.automl import ForecastingJob
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import (
+    AmlCompute,
+    CodeConfiguration,
+    Data,
+    Environment,
+    ManagedOnlineDeployment,
+    ManagedOnlineEndpoint,
+    Model,
+    OnlineRequestSettings,
+)
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared.settings import Settings, SettingsError
+from shared.telemetry import BATTERY_ID, DAILY_CYCLES, DATE
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCORING_DIR = PROJECT_ROOT / "scoring"
+ENTRY_SCRIPT = "scoring/score.py"  # relative to the staged code folder (see `stage_scoring_code`)
+
+# The lab's names and settings (issue 3).
+DATA_ASSET = "daily-battery-time-series"
+DATA_FILE = "daily-battery-time-series.csv"
+EXPERIMENT = "Battery-Cycles-Forecast"
+COMPUTE_NAME = "auto-ml-compute"
+COMPUTE_SIZE = "STANDARD_DS3_v2"
+FORECAST_HORIZON_DAYS = 30
+PRIMARY_METRIC = "normalized_root_mean_squared_error"
+TIMEOUT_MINUTES = 60
+EXIT_SCORE = 0.1355
+MODEL_NAME = "battery-cycles-forecaster"
+ENDPOINT_NAME = "battery-cycles"
+ENDPOINT_DESCRIPTION = "The best AutoML model to predict battery cycles."
+DEPLOYMENT_NAME = "blue"
+INSTANCE_TYPE = "Standard_DS3_v2"
+# A 1,000-battery request takes about a second locally; leave room for a cold instance.
+REQUEST_TIMEOUT_MS = 30_000
+BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+PYTHON_VERSION = "3.11"
+# Where AutoML v2 writes the best trial's model (MLflow format) among a child job's outputs.
+AUTOML_MODEL_OUTPUT = "outputs/mlflow-model"
+
+
+# --- workspace ----------------------------------------------------------------------------------------
+
+
+def workspace_client(settings: Settings, credential: Any = None, **client_options: Any) -> MLClient:
+    """An MLClient for the workspace the settings name; `credential` defaults to DefaultAzureCredential.
+
+    `client_options` go to the azure-core pipeline (tests pass `transport=` to record requests).
+    """
+    missing = [
+        name
+        for name, value in (
+            ("AZUREML_SUBSCRIPTION_ID", settings.azureml_subscription_id),
+            ("AZUREML_RESOURCE_GROUP", settings.azureml_resource_group),
+            ("AZUREML_WORKSPACE", settings.azureml_workspace),
+        )
+        if not value
+    ]
+    if missing:
+        raise SettingsError(f"no Azure ML workspace configured: set {', '.join(missing)}")
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return MLClient(
+        credential,
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+        **client_options,
+    )
+
+
+def to_yaml(*entities: Any) -> str:
+    """The entities as Azure ML YAML documents (what `--dry-run` prints), from their `_to_dict()`."""
+    # _to_dict() holds OrderedDicts; a JSON round trip turns them into plain data YAML can write.
+    documents = [json.loads(json.dumps(entity._to_dict())) for entity in entities]
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def write_mltable(clean: pd.DataFrame, folder: Path) -> Path:
+    """Write prepared telemetry as an MLTable folder: the CSV plus the `MLTable` file that reads it.
+
+    AutoML forecasting jobs only take MLTable input. The CSV keeps the data set's columns and ISO dates,
+    exactly what the lab's `daily-battery-time-series` held.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    clean.to_csv(folder / DATA_FILE, index=False, date_format="%Y-%m-%d")
+    mltable = {
+        "type": "mltable",
+        "paths": [{"file": f"./{DATA_FILE}"}],
+        "transformations": [
+            {"read_delimited": {"delimiter": ",", "encoding": "utf8", "header": "all_files_same_headers"}}
+        ],
+    }
+    (folder / "MLTable").write_text(yaml.safe_dump(mltable, sort_keys=False))
+    return folder
+
+
+def telemetry_data_asset(folder: Path) -> Data:
+    """The data asset `daily-battery-time-series`; no version, so each registration makes a new one."""
+    return Data(
+        name=DATA_ASSET,
+        path=str(folder),
+        type=AssetTypes.MLTABLE,
+        description="Prepared daily battery telemetry (one row per battery and day).",
+    )
+
+
+def register_data(ml_client: MLClient, folder: Path) -> Data:
+    """Upload an MLTable folder (`write_mltable`) and register it as the next version of the asset."""
+    return ml_client.data.create_or_update(telemetry_data_asset(folder))
+
+
+# --- AutoML -------------------------------------------------------------------------------------------
+
+
+def compute_target() -> AmlCompute:
+    """The lab's training cluster: one STANDARD_DS3_v2 node, always on (1 to 1 nodes)."""
+    return AmlCompute(name=COMPUTE_NAME, size=COMPUTE_SIZE, min_instances=1, max_instances=1)
+
+
+def automl_job(data_version: str | None = None) -> ForecastingJob:
+    """The lab's AutoML run: forecast Daily_Cycles_Used per Battery_ID, 30 days ahead, daily.
+
+    It trains on the given version of the telemetry data asset; without one the entity names
+    `@latest` (what `--dry-run` shows), and `submit_automl` pins the newest version before submitting.
+    """
+    data = f"azureml:{DATA_ASSET}:{data_version}" if data_version else f"azureml:{DATA_ASSET}@latest"
+    job = automl.forecasting(
+        compute=COMPUTE_NAME,
+        experiment_name=EXPERIMENT,
+        training_data=Input(type=AssetTypes.MLTABLE, path=data),
+        target_column_name=DAILY_CYCLES,
+        primary_metric=PRIMARY_METRIC,
+        n_cross_validations="auto",
+    )
+    job.set_forecast_settings(
+        time_column_name=DATE,
+        time_series_id_column_names=[BATTERY_ID],
+        forecast_horizon=FORECAST_HORIZON_DAYS,
+        frequency="D",
+    )
+    job.set_limits(timeout_minutes=TIMEOUT_MINUTES, exit_score=EXIT_SCORE)
+    return job
+
+
+def ensure_compute(ml_client: MLClient) -> AmlCompute:
+    """The training cluster, created (and waited for) only if the workspace does not have it yet."""
+    try:
+        return ml_client.compute.get(COMPUTE_NAME)
+    except ResourceNotFoundError:
+        return ml_client.compute.begin_create_or_update(compute_target()).result()
+
+
+def submit_automl(ml_client: MLClient, data_version: str | None = None) -> ForecastingJob:
+    """Create the compute if missing and submit the AutoML job (on the newest data unless told)."""
+    ensure_compute(ml_client)
+    version = data_version or ml_client.data.get(DATA_ASSET, label="latest").version
+    return ml_client.jobs.create_or_update(automl_job(version))
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def model_asset(model_dir: Path, version_tag: str | None = None) -> Model:
+    """A locally trained model directory (`python -m shared train`) as a custom model asset."""
+    return Model(
+        name=MODEL_NAME,
+        path=str(model_dir),
+        type=AssetTypes.CUSTOM_MODEL,
+        description="Global LightGBM battery-cycle forecaster with calibrated 30-day failure risk.",
+        tags={"model_version": version_tag} if version_tag else {},
+    )
+
+
+def automl_model_asset(best_child_job: str, parent_job: str | None = None) -> Model:
+    """The best AutoML trial's MLflow model, referenced where the job left it (no download needed)."""
+    return Model(
+        name=MODEL_NAME,
+        path=f"azureml://jobs/{best_child_job}/outputs/artifacts/{AUTOML_MODEL_OUTPUT}/",
+        type=AssetTypes.MLFLOW_MODEL,
+        description=f"Best AutoML trial of {EXPERIMENT}.",
+        tags={"automl_parent_job": parent_job or "", "automl_child_job": best_child_job},
+    )
+
+
+def best_child_job(ml_client: MLClient, parent_job: str) -> str:
+    """The best trial of an AutoML job, from the `automl_best_child_run_id` AutoML sets when it finishes."""
+    job = ml_client.jobs.get(parent_job)
+    for source in (job.tags or {}, job.properties or {}):
+        if source.get("automl_best_child_run_id"):
+            return source["automl_best_child_run_id"]
+    raise ValueError(
+        f"AutoML job {parent_job!r} names no best trial yet (status {job.status}); "
+        "wait for it to finish or pass the child job with --child-job"
+    )
+
+
+def register_model(ml_client: MLClient, model: Model) -> Model:
+    """Register a model asset (`model_asset` uploads the directory; `automl_model_asset` only points)."""
+    return ml_client.models.create_or_update(model)
+
+
+# --- endpoint -----------------------------------------------------------------------------------------
+
+
+def scoring_requirements(path: Path = SCORING_DIR / "requirements.txt") -> list[str]:
+    """The pip requirements of the scoring environment, one per line, comments dropped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def scoring_environment() -> Environment:
+    """The endpoint's environment: Azure ML's Ubuntu base image plus scoring/requirements.txt."""
+    conda = {
+        "name": "battery-scoring",
+        "channels": ["conda-forge"],
+        "dependencies": [f"python={PYTHON_VERSION}", "pip", {"pip": scoring_requirements()}],
+    }
+    return Environment(name="battery-scoring", image=BASE_IMAGE, conda_file=conda)
+
+
+def stage_scoring_code(folder: Path) -> Path:
+    """Copy what the endpoint runs — scoring/score.py and the `shared` package — into a fresh folder.
+
+    Azure ML uploads the code folder and runs `scoring/score.py` from it; score.py puts the folder (its
+    parent's parent) on sys.path, so `import shared` works there as it does from the repo root. Staging
+    keeps tests, node_modules and .venv out of the upload.
+    """
+    if folder.exists():
+        shutil.rmtree(folder)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "shared", folder / "shared", ignore=ignore)
+    (folder / "scoring").mkdir(parents=True)
+    shutil.copy2(SCORING_DIR / "score.py", folder / "scoring" / "score.py")
+    return folder
+
+
+def online_endpoint() -> ManagedOnlineEndpoint:
+    """The managed online endpoint `battery-cycles` (key auth, like the lab's ACI service)."""
+    return ManagedOnlineEndpoint(name=ENDPOINT_NAME, description=ENDPOINT_DESCRIPTION, auth_mode="key")
+
+
+def online_deployment(
+    model: Model | str,
+    code_folder: Path,
+    name: str = DEPLOYMENT_NAME,
+    instance_type: str = INSTANCE_TYPE,
+    worker_count: int = 2,
+) -> ManagedOnlineDeployment:
+    """One deployment of the endpoint: the model, the staged code with score.py, the scoring environment.
+
+    `WORKER_COUNT` sets azmlinfsrv's worker processes; the instance admits as many concurrent requests.
+    """
+    return ManagedOnlineDeployment(
+        name=name,
+        endpoint_name=ENDPOINT_NAME,
+        model=model,
+        code_configuration=CodeConfiguration(code=str(code_folder), scoring_script=ENTRY_SCRIPT),
+        environment=scoring_environment(),
+        instance_type=instance_type,
+        instance_count=1,
+        environment_variables={"WORKER_COUNT": str(worker_count)},
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=REQUEST_TIMEOUT_MS, max_concurrent_requests_per_instance=worker_count
+        ),
+    )
+
+
+def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment) -> Mapping[str, str]:
+    """Create or update the endpoint and the deployment, send it all traffic; return where to call it.
+
+    The key is not returned or printed: `key_hint` says how to fetch it, so it never lands in logs.
+    """
+    ml_client.online_endpoints.begin_create_or_update(online_endpoint()).result()
+    ml_client.online_deployments.begin_create_or_update(deployment).result()
+    endpoint = ml_client.online_endpoints.get(ENDPOINT_NAME)
+    endpoint.traffic = {deployment.name: 100}
+    endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+    return {"scoring_uri": endpoint.scoring_uri, "key_hint": key_hint(ml_client)}
+
+
+def key_hint(ml_client: MLClient) -> str:
+    """How to fetch the endpoint key (for SCORING_KEY) without this program ever printing it."""
+    return (
+        f"az ml online-endpoint get-credentials --name {ENDPOINT_NAME} "
+        f"--resource-group {ml_client.resource_group_name} --workspace-name {ml_client.workspace_name} "
+        f"(or MLClient.online_endpoints.get_keys('{ENDPOINT_NAME}').primary_key)"
+    )

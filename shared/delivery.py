@@ -1,0 +1,110 @@
+"""Delivery: what the `push_alert` queue trigger does with one message from "maintenance-alerts".
+
+The queue gives each message up to host.json's `maxDequeueCount` deliveries, then the host moves it to
+"maintenance-alerts-poison". That is the right fate for a gateway that stays down, and the wrong one
+for a message that can never be valid: retrying it only delays its record by five deliveries. So:
+
+- a message that is not an alert (not JSON, or missing what the contract needs) is a permanent failure:
+  recorded in the dead-letter container with the reason, and the message is consumed;
+- a transient gateway failure raises, so the queue delivers the message again; on the last delivery the
+  alert's record first says it was given up on and why, so staff looking at the car see it;
+- everything else (delivered, rejected by the gateway, held back by the cooldown, already delivered by
+  the other path) is recorded by `headunit.push_alert` and returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from azure.data.tables import TableClient, TableServiceClient
+
+from shared import alert_store
+from shared.functions_host import load_host_config
+from shared.headunit import TransientDeliveryError, push_alert
+from shared.services import Services
+from shared.settings import SettingsError
+from shared.storage import ensure_container, upload_json
+from shared.telemetry import InputError
+
+ALERT_QUEUE = "maintenance-alerts"
+DEAD_LETTER_CONTAINER = "deadletter"
+MALFORMED = "malformed"
+
+
+def process_alert_message(
+    services: Services, body: str | bytes, dequeue_count: int, max_dequeue_count: int | None = None
+) -> dict[str, Any]:
+    """Deliver the alert in one queue message; the outcome (alert_id, car_id, state, reason) for the log.
+
+    `dequeue_count` is the message's delivery number (1 on the first); `max_dequeue_count` defaults to
+    host.json's `queues.maxDequeueCount`, the delivery after which the host poisons the message.
+    Raises `SettingsError` when HEAD_UNIT_SIGNING_KEY is unset (every message would fail the same way,
+    so the queue keeps them until the setting is fixed), and `TransientDeliveryError` to be retried.
+    """
+    settings = services.settings
+    if not settings.head_unit_signing_key:
+        raise SettingsError("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed before they are sent")
+    now = services.clock()
+    try:
+        alert = _parse_alert(body)
+        table = _alerts_table(services.tables)
+        outcome = push_alert(
+            alert, table=table, session=services.gateway, gateway_url=settings.head_unit_gateway_url,
+            signing_key=settings.head_unit_signing_key, cooldown_days=settings.alert_cooldown_days, now=now,
+        )  # fmt: skip
+    except InputError as error:
+        record_malformed(services, body, str(error), dequeue_count, now)
+        return {"alert_id": None, "car_id": None, "state": MALFORMED, "reason": str(error)}
+    except TransientDeliveryError as error:
+        limit = max_dequeue_count or _host_max_dequeue_count()
+        if dequeue_count >= limit:
+            reason = f"gave up after {dequeue_count} deliveries, moved to {ALERT_QUEUE}-poison: {error}"
+            alert_store.record_given_up(table, alert, reason, now)
+        raise
+    return {"alert_id": outcome.alert_id, "car_id": outcome.car_id, "state": outcome.state, "reason": outcome.reason}
+
+
+def record_malformed(services: Services, body: str | bytes, reason: str, dequeue_count: int, now: datetime) -> str:
+    """Keep a queue message that can never be delivered, with why, in the dead-letter container.
+
+    Named by the hash of its bytes, so the same message recorded twice (a redelivery after a crash
+    between record and delete) is one blob. Returns the blob name.
+    """
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    name = f"alerts/date={now:%Y-%m-%d}/{digest}.json"
+    record = {
+        "reason": reason,
+        "queue": ALERT_QUEUE,
+        "dequeue_count": dequeue_count,
+        "recorded_at": now.isoformat(),
+        "body": data.decode("utf-8", errors="replace"),
+    }
+    upload_json(ensure_container(services.blobs, DEAD_LETTER_CONTAINER), name, record)
+    return name
+
+
+def _parse_alert(body: str | bytes) -> dict[str, Any]:
+    """The alert JSON object of a message body, or `InputError` saying why it is not one."""
+    try:
+        alert = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"queue message is not JSON: {error}") from None
+    if not isinstance(alert, dict):
+        raise InputError(f"queue message is a JSON {type(alert).__name__}, not an alert object")
+    return alert
+
+
+@functools.lru_cache(maxsize=4)
+def _alerts_table(tables: TableServiceClient) -> TableClient:
+    """The alerts table, created once per service client rather than once per message."""
+    return alert_store.alerts_table(tables)
+
+
+@functools.cache
+def _host_max_dequeue_count() -> int:
+    return load_host_config().max_dequeue_count

@@ -1,0 +1,373 @@
+"""Scoring endpoint: a request of DESIGN.md "Scoring endpoint" (fixed) in, its response out.
+
+`score_request` is everything `scoring/score.py` does between azmlinfsrv and the model, kept here as a
+pure function so it is tested without a server. It is the batch path's code on the request's rows:
+each item's history rows are flattened into one frame with the item's Battery_ID, Car_ID and
+Battery_Rated_Cycles, then coerce_telemetry → prepare_telemetry → build_windows (each battery at its own
+last day) → score_windows, so the same model files give the same probability here as in the batch path.
+
+Nothing is dropped in silence: an item that cannot be scored — not an object, a missing field, a value
+of the wrong type, an empty history, an impossible value, a Battery_ID sent twice — gets its own
+`error` and no numbers, and the other items are still scored. A body that is not the contract's shape
+raises `RequestError` (HTTP 400); one over the size limits raises `RequestTooLarge` (HTTP 413).
+A `null` measure is a gap, as a blank cell is in a CSV: preparation fills it and counts it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.forecasting import METADATA_FILE, BatteryForecaster
+from shared.preparation import prepare_telemetry
+from shared.risk import HORIZON_DAYS
+from shared.scoring import score_windows
+from shared.telemetry import (
+    AGE_DAYS,
+    BATTERY_ID,
+    CAR_ID,
+    COLUMNS,
+    DAILY_CYCLES,
+    DATE,
+    INTEGER_COLUMNS,
+    LIFETIME_CYCLES,
+    MEASURE_COLUMNS,
+    RATED_CYCLES,
+    TRIP_MINUTES,
+    TRIPS,
+    coerce_telemetry,
+    implausible_values,
+)
+from shared.windows import build_windows
+
+HISTORY = "history"
+HISTORY_FIELDS = [DATE, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CYCLES]
+# One request is scored in one go, in one worker: these bound its memory and time (a 1,000-battery
+# request of 240 days each is about 30 MB of JSON). Clients split bigger batches (ScoringClient does).
+MAX_BATTERIES_PER_REQUEST = 1_000
+MAX_HISTORY_ROWS_PER_REQUEST = 400_000
+_NUMBER_TYPES = (int, float, type(None))
+
+EXAMPLE_ITEM = {
+    BATTERY_ID: "17", CAR_ID: "CAR-00017", RATED_CYCLES: 200,
+    HISTORY: [{DATE: "2017-03-19", AGE_DAYS: 1538, TRIPS: 5, TRIP_MINUTES: 61.2, DAILY_CYCLES: 0.15,
+               LIFETIME_CYCLES: 196.4}],
+}  # fmt: skip
+EXAMPLE_RESPONSE = {
+    "model_version": "20170320T030000Z-1a2b3c4d",
+    "predictions": [
+        {BATTERY_ID: "17", CAR_ID: "CAR-00017", "failure_probability_30d": 0.93, "days_to_rated_life": 12.5,
+         "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None},
+    ],
+}  # fmt: skip
+
+
+class RequestError(ValueError):
+    """The body is not the contract's shape: the endpoint answers HTTP 400 with this message."""
+
+    status = 400
+
+
+class RequestTooLarge(RequestError):
+    """The request is over the size limits: HTTP 413; the client should send smaller chunks."""
+
+    status = 413
+
+
+def score_request(model: BatteryForecaster, data: Any) -> dict[str, Any]:
+    """The response body for the request's `data` (the list of battery items), in the items' order."""
+    items = _check_shape(data)
+    batch = _flatten(items)
+    typed = _typed_rows(batch)
+    scores = _score(model, typed, batch)
+    return {"model_version": model.version, "predictions": _predictions(batch, scores)}
+
+
+def find_model_dir(root: str | Path) -> Path:
+    """The model directory under AZUREML_MODEL_DIR.
+
+    Locally (`--model_dir`) it is the directory itself; Azure ML mounts a registered folder model one
+    level down, under the folder's own name.
+    """
+    root = Path(root)
+    if (root / METADATA_FILE).is_file():
+        return root
+    found = [child for child in sorted(root.iterdir()) if (child / METADATA_FILE).is_file()]
+    if len(found) != 1:
+        raise FileNotFoundError(f"{root}: expected one model directory (with {METADATA_FILE}), found {len(found)}")
+    return found[0]
+
+
+# --- the request --------------------------------------------------------------------------------------
+
+
+def _check_shape(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise RequestError(f"'data' must be a JSON array of battery items, got {_kind(data)}")
+    if len(data) > MAX_BATTERIES_PER_REQUEST:
+        raise RequestTooLarge(
+            f"{len(data):,} batteries in one request; the limit is {MAX_BATTERIES_PER_REQUEST:,}: "
+            "send them in smaller requests"
+        )
+    rows = sum(len(item[HISTORY]) for item in data if isinstance(item, dict) and isinstance(item.get(HISTORY), list))
+    if rows > MAX_HISTORY_ROWS_PER_REQUEST:
+        raise RequestTooLarge(
+            f"{rows:,} history rows in one request; the limit is {MAX_HISTORY_ROWS_PER_REQUEST:,}: "
+            "send fewer batteries or fewer days per request"
+        )
+    return data
+
+
+@dataclass
+class _Batch:
+    """The items of one request, the first error of each, and all usable history rows in one raw frame."""
+
+    battery_ids: list[str | None]  # per item, stripped; None when unusable
+    car_ids: list[str | None]
+    errors: list[str | None]
+    row_item: np.ndarray  # per row: the item it belongs to
+    row_position: np.ndarray  # per row: its index in the item's history
+    rows: pd.DataFrame | None = None  # raw COLUMNS, one row per history entry of the items without an error
+
+    def flag_rows(self, rows: Sequence[int], reasons: Sequence[str]) -> None:
+        """Give each row's item the reason of its first problem row; an item keeps its first error."""
+        for row, reason in sorted(zip(rows, reasons, strict=True)):
+            item = int(self.row_item[row])
+            if self.errors[item] is None:
+                self.errors[item] = f"history[{int(self.row_position[row])}]: {reason}"
+
+
+def _flatten(items: Sequence[Any]) -> _Batch:
+    """Check each item, then lay the history rows of the good ones out as one frame of raw COLUMNS."""
+    checked = [_check_item(item) for item in items]
+    battery_ids = [battery for battery, _, _ in checked]
+    errors = [error for _, _, error in checked]
+    _flag_repeated_batteries(battery_ids, errors)
+    usable = [i for i, error in enumerate(errors) if error is None]
+    lengths = np.array([len(items[i][HISTORY]) for i in usable], dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    batch = _Batch(
+        battery_ids=battery_ids,
+        car_ids=[car for _, car, _ in checked],
+        errors=errors,
+        row_item=np.repeat(np.array(usable, dtype=np.int64), lengths),
+        row_position=np.arange(int(lengths.sum())) - np.repeat(starts, lengths),
+    )
+    history = [row for i in usable for row in items[i][HISTORY]]
+    columns = {field: _typed_history_column(_history_column(history, field), field, batch) for field in HISTORY_FIELDS}
+    for column, values in (
+        (BATTERY_ID, [battery_ids[i] for i in usable]),
+        (CAR_ID, [batch.car_ids[i] for i in usable]),
+        (RATED_CYCLES, [float(items[i][RATED_CYCLES]) for i in usable]),
+    ):
+        columns[column] = np.repeat(np.array(values, dtype=object if column != RATED_CYCLES else np.float64), lengths)
+    batch.rows = pd.DataFrame({column: columns[column] for column in COLUMNS})
+    return batch
+
+
+def _history_column(history: list[dict], field: str) -> list:
+    """One field of every history row; `_ABSENT` where a row does not have it.
+
+    The plain lookup runs in C (a request can hold 400,000 rows); only when some row lacks the field
+    does it look again, row by row, to mark where.
+    """
+    try:
+        return list(map(operator.itemgetter(field), history))
+    except KeyError:
+        return [row.get(field, _ABSENT) for row in history]
+
+
+def _typed_history_column(values: list, field: str, batch: _Batch) -> np.ndarray:
+    """Dates as strings, measures as float64 (null = a gap, NaN); a wrongly typed value fails its item.
+
+    Checking the set of types first keeps the usual case, every value well typed, to a pass in C.
+    """
+    is_date = field == DATE
+    if not set(map(type, values)) <= ({str} if is_date else {int, float, type(None)}):
+        for row, value in enumerate(values):
+            reason = _value_problem(value, is_date)
+            if reason:
+                batch.flag_rows([row], [f"{field} {reason}"])
+                values[row] = None
+    if is_date:
+        return np.array(values, dtype=object)
+    try:
+        return np.fromiter(values, dtype=np.float64, count=len(values))
+    except (TypeError, OverflowError):  # a null, or an integer beyond float range, among the numbers
+        return np.array([_float(value) for value in values], dtype=np.float64)
+
+
+def _float(value: int | float | None) -> float:
+    """A JSON number as a float: null is NaN (a gap), an integer beyond float range ±inf (refused later)."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _value_problem(value: Any, is_date: bool) -> str | None:
+    if value is _ABSENT or (value is None and is_date):
+        return "is missing"
+    if is_date and not isinstance(value, str):
+        return f"must be a YYYY-MM-DD string, got {value!r}"
+    if not is_date and (isinstance(value, bool) or not isinstance(value, int | float | type(None))):
+        return f"must be a number, got {value!r}"
+    return None
+
+
+class _Absent:
+    """Marks a field an object does not have (unlike an explicit null)."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
+def _check_item(item: Any) -> tuple[str | None, str | None, str | None]:
+    """(Battery_ID, Car_ID, error) of one item, checking all but the values inside its history rows."""
+    if not isinstance(item, dict):
+        return None, None, f"item must be a JSON object, got {_kind(item)}"
+    fields = (BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY)
+    battery, car, rated, history = (item.get(field, _ABSENT) for field in fields)
+    battery_id = str(battery).strip() if isinstance(battery, str | int) and not isinstance(battery, bool) else None
+    car_id = car.strip() if isinstance(car, str) else None
+    for field, value in zip(fields, (battery, car, rated, history), strict=True):
+        if value is _ABSENT or value is None:
+            return battery_id, car_id, f"{field} is missing"
+    if battery_id is None:
+        return None, car_id, f"{BATTERY_ID} must be a string or an integer, got {battery!r}"
+    if car_id is None:
+        return battery_id, None, f"{CAR_ID} must be a string, got {car!r}"
+    if not battery_id or not car_id:
+        return battery_id or None, car_id or None, f"{BATTERY_ID if not battery_id else CAR_ID} is empty"
+    if not _is_finite_number(rated):
+        return battery_id, car_id, f"{RATED_CYCLES} must be a number, got {rated!r}"
+    if not isinstance(history, list) or not history:
+        return battery_id, car_id, f"{HISTORY} must be a non-empty array of daily records, got {_kind(history)}"
+    if set(map(type, history)) != {dict}:
+        position, row = next((p, row) for p, row in enumerate(history) if not isinstance(row, dict))
+        return battery_id, car_id, f"history[{position}] must be a JSON object, got {_kind(row)}"
+    return battery_id, car_id, None
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _flag_repeated_batteries(battery_ids: list[str | None], errors: list[str | None]) -> None:
+    """A battery sent twice is ambiguous (which history is right?): every copy gets an error."""
+    positions: dict[str, list[int]] = {}
+    for index, battery in enumerate(battery_ids):
+        if battery is not None and errors[index] is None:
+            positions.setdefault(battery, []).append(index)
+    for battery, where in positions.items():
+        for index in where if len(where) > 1 else []:
+            errors[index] = f"{BATTERY_ID} {battery!r} is sent {len(where)} times in this request (items {where})"
+
+
+# --- typing and scoring -------------------------------------------------------------------------------
+
+
+def _typed_rows(batch: _Batch) -> pd.DataFrame:
+    """coerce_telemetry and the value checks over all rows at once; the rows of failed items are dropped.
+
+    The result keeps the batch's row numbers as its index, so scores can be traced back to items.
+    """
+    typed, problems = coerce_telemetry(batch.rows)
+    batch.flag_rows([p.row for p in problems], [f"{p.column}: {p.reason} ({p.value!r})" for p in problems])
+    typed.index = batch.rows.index[~batch.rows.index.isin([p.row for p in problems])]
+    for column in INTEGER_COLUMNS:
+        values = typed[column]
+        fractional = values[values.notna() & (values != values.round())]
+        batch.flag_rows(fractional.index.tolist(), [f"{column}: {v:g} is not a whole number" for v in fractional])
+    impossible = implausible_values(typed).dropna()
+    batch.flag_rows(impossible.index.tolist(), impossible.tolist())
+    unusable = _items_without_values(typed, batch)
+    batch.flag_rows(unusable.index.tolist(), unusable.tolist())
+    failed = np.array([error is not None for error in batch.errors], dtype=bool)
+    return typed[~failed[batch.row_item[typed.index]]]
+
+
+def _items_without_values(typed: pd.DataFrame, batch: _Batch) -> pd.Series:
+    """For an item whose history has no value at all in some measure, its first row and why.
+
+    Preparation would drop such a battery (nothing can fill the column); saying so here names the column.
+    """
+    known = typed[MEASURE_COLUMNS].notna().groupby(batch.row_item[typed.index]).any()
+    lacking = known.columns.to_numpy()[np.argmin(known.to_numpy(), axis=1)]
+    missing = ~known.all(axis=1)
+    first_row = pd.Series(typed.index, index=batch.row_item[typed.index]).groupby(level=0).min()
+    return pd.Series([f"no {column} value in the whole history" for column in lacking[missing.to_numpy()]],
+                     index=first_row[missing].to_numpy(), dtype=object)  # fmt: skip
+
+
+def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list]]:
+    """Score the usable rows with the batch path's code; map each item index to its battery's numbers.
+
+    Preparation splits a battery replaced under the same id into "<id>", "<id>#2", ...: the item's
+    battery is the newest of these, the one in the car now.
+    """
+    if typed.empty:
+        return {}
+    clean, _ = prepare_telemetry(typed.reset_index(drop=True))
+    windows = build_windows(clean, as_of=None, window_days=model.window_days)
+    scores, forecast = score_windows(model, windows)
+    ids = pd.Series(scores[BATTERY_ID].to_numpy(dtype=object)).astype(str)
+    life = ids.str.extract(r"^(?P<base>.*)#(?P<number>\d+)$")
+    sent = set(b for b, e in zip(batch.battery_ids, batch.errors, strict=True) if e is None)
+    is_later_life = life["base"].isin(sent) & ~ids.isin(sent)
+    base = ids.where(~is_later_life, life["base"])
+    number = pd.to_numeric(life["number"].where(is_later_life), errors="coerce").fillna(1)
+    newest = pd.DataFrame({"base": base, "number": number}).sort_values("number").groupby("base").tail(1)
+    item_of = {battery: i for i, battery in enumerate(batch.battery_ids) if batch.errors[i] is None}
+    probability = scores["failure_probability_30d"].to_numpy(np.float64)
+    days = scores["days_to_rated_life"].to_numpy(np.float64)
+    return {
+        item_of[battery]: (float(probability[row]), float(days[row]), forecast[row].tolist())
+        for row, battery in zip(newest.index, newest["base"], strict=True)
+        if battery in item_of
+    }
+
+
+def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list]]) -> list[dict[str, Any]]:
+    predictions = []
+    for item, (battery, car, error) in enumerate(zip(batch.battery_ids, batch.car_ids, batch.errors, strict=True)):
+        if error is None and item not in scores:
+            error = "no battery left to score after preparing the history"
+        numbers = scores.get(item) if error is None else None
+        predictions.append({
+            BATTERY_ID: battery,
+            CAR_ID: car,
+            "failure_probability_30d": numbers[0] if numbers else None,
+            "days_to_rated_life": numbers[1] if numbers else None,
+            "forecast_daily_cycles": numbers[2] if numbers else None,
+            "error": error,
+        })  # fmt: skip
+    return predictions
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value is named in error messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _expected(field: str) -> str:
+    return "string (YYYY-MM-DD)" if field == DATE else "number"

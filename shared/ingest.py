@@ -1,0 +1,205 @@
+"""Ingest: what the `score_telemetry` Event Hub trigger does with one batch of car telemetry.
+
+validate → dead-letter the bad events → archive the good records → update each battery's rolling window
+→ ONE scoring call for the batch → alerts for the queue. Nothing a car sent is dropped: a bad event is
+dead-lettered with its reason, an item the endpoint cannot score is recorded with the endpoint's reason,
+and a batch the endpoint cannot score is parked for `rescore_parked`.
+
+Every step before scoring is idempotent, because the Functions retry policy re-runs the whole batch when
+scoring raises: the archive and dead-letter blobs are named by the batch (the same events give the same
+names, so a retry overwrites rather than duplicates), and the battery-state merge is keyed by day.
+
+When the endpoint stays down (`ScoringUnavailable` after the client's own retries) the batch raises, so
+the retry policy runs it again later; on the policy's last attempt (`final_attempt`) the scoring request
+is parked in Blob instead, with its reason, because after that the host checkpoints past the batch.
+A request the endpoint refuses outright (`ScoringRejected`) is parked at once: running the same batch
+again would be refused the same way, while a fixed or redeployed endpoint can score it later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
+from shared.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
+from shared.battery_state import TABLE as STATE_TABLE
+from shared.battery_state import histories_for_request, update_states
+from shared.events import parse_events
+from shared.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
+from shared.services import Services
+from shared.storage import download_json, ensure_container, list_blob_names, upload_json
+from shared.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
+
+# Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
+# (91 today, in its metadata); the rest is headroom so a retrained model with a longer window scores
+# well from its first night, without the streaming state having to be rebuilt.
+STATE_WINDOW_DAYS = 120
+
+PARKED_CONTAINER = "parked"
+PARKED_PREFIX = "telemetry/"
+SCORING_ERRORS_PREFIX = "scoring/"
+UNKNOWN_MODEL = "unknown"  # an endpoint that does not say which model answered
+
+log = logging.getLogger(__name__)
+
+
+def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dict], final_attempt: bool) -> AlertBatch:
+    """Validate, archive and score one Event Hub batch; the alerts to queue and a summary for the log.
+
+    `metadata[i]` describes `bodies[i]` (sequence_number, partition_key, offset, enqueued_time) and is
+    kept with its dead letters. Raises `ScoringUnavailable` when the endpoint is down and this is not
+    the final attempt, and `battery_state.StateConflictError` when other writers kept winning the race
+    for some batteries' state (both: the retry policy runs the batch again).
+    """
+    now = services.clock()
+    batch = batch_id(bodies, metadata)
+    good, bad = parse_events(bodies, metadata)
+    dead_letter(services.blobs, bad, now, batch)
+    archive_telemetry(services.blobs, good, now, batch)
+    summary: dict[str, Any] = {"batch_id": batch, "events": len(bodies), "records": len(good),
+                               "dead_lettered": len(bad)}  # fmt: skip
+    if good.empty:
+        return AlertBatch([], summary | {"batteries": 0, "alerts": 0})
+    state_table = services.tables.get_table_client(STATE_TABLE)
+    windows = update_states(state_table, good, STATE_WINDOW_DAYS)
+    items = histories_for_request(windows)
+    summary["batteries"] = len(items)
+    try:
+        scores = score_items(services, items)
+    except ScoringError as error:
+        if isinstance(error, ScoringUnavailable) and not final_attempt:
+            raise
+        return AlertBatch([], summary | {"alerts": 0, "parked": park_request(services, batch, items, error, now)})
+    alerts, errors = alerts_from_scored(services, batch, items, scores, now)
+    return AlertBatch(alerts, summary | {"alerts": len(alerts), "scoring_errors": errors})
+
+
+def rescore_parked(services: Services) -> AlertBatch:
+    """Score the requests parked while the endpoint was down, oldest first; their alerts for the queue.
+
+    A request scored is deleted from the parking container. When the endpoint still fails, that request
+    keeps its place with one more attempt and the new reason, and the run stops there: the others would
+    only wait out the client's retries against the same dead endpoint.
+    """
+    container = ensure_container(services.blobs, PARKED_CONTAINER)
+    names = list_blob_names(container, PARKED_PREFIX)
+    alerts: list[dict] = []
+    summary: dict[str, Any] = {"parked": len(names), "rescored": 0, "alerts": 0, "scoring_errors": 0}
+    for name in names:
+        parked = download_json(container, name)
+        if parked is None:  # another run (or an operator) removed it since the listing
+            continue
+        now = services.clock()
+        try:
+            scores = score_items(services, parked["items"])
+        except ScoringError as error:
+            retried = {"attempts": parked["attempts"] + 1, "reason": _reason(error), "last_attempt_at": now.isoformat()}
+            upload_json(container, name, parked | retried)
+            summary["still_parked"] = len(names) - summary["rescored"]
+            summary["reason"] = _reason(error)
+            break
+        batch_alerts, errors = alerts_from_scored(services, parked["batch_id"], parked["items"], scores, now)
+        container.delete_blob(name)
+        alerts += batch_alerts
+        summary["rescored"] += 1
+        summary["scoring_errors"] += errors
+    summary["alerts"] = len(alerts)
+    return AlertBatch(alerts, summary)
+
+
+def score_items(services: Services, items: Sequence[dict]) -> pd.DataFrame:
+    """One scoring call for a request's items: a scores table (shared.alerts.SCORE_COLUMNS, plus
+    model_version, error and, when the endpoint gives them, reasons), row i for item i.
+
+    Each prediction is joined with its item's newest history day, by position: the contract keeps the
+    request's order, and this checks it did, since a shifted row would alert the wrong car.
+    Raises `ScoringUnavailable` or `ScoringRejected` (a response that breaks the contract included).
+    """
+    frame = pd.DataFrame(list(services.scoring.score(items)))
+    sent = [str(item[BATTERY_ID]) for item in items]
+    if frame.get(BATTERY_ID, pd.Series(dtype=object)).astype(str).tolist() != sent:
+        raise ScoringRejected(f"{services.scoring.scoring_uri} answered predictions that do not follow the "
+                              "request's batteries in order", status=200, reason="response outside the contract",
+                              attempts=1)  # fmt: skip
+    latest = [item["history"][-1] for item in items]
+    frame[CAR_ID] = [item[CAR_ID] for item in items]
+    frame[RATED_CYCLES] = pd.Series([item[RATED_CYCLES] for item in items], dtype="float64")
+    frame[LIFETIME_CYCLES] = pd.Series([row[LIFETIME_CYCLES] for row in latest], dtype="float64")
+    frame[AS_OF] = [row[DATE] for row in latest]
+    error = frame["error"] if "error" in frame else pd.Series(None, index=frame.index, dtype=object)
+    frame["error"] = error.astype(object).where(error.notna(), None)
+    frame[MODEL_VERSION] = frame[MODEL_VERSION].astype(object).fillna(UNKNOWN_MODEL)
+    if REASONS in frame:
+        frame[REASONS] = frame[REASONS].astype(object)
+    return frame
+
+
+def alerts_from_scored(
+    services: Services, batch: str, items: Sequence[dict], scores: pd.DataFrame, now: datetime
+) -> tuple[list[dict], int]:
+    """The alerts of a scored request, and how many of its items the endpoint could not score.
+
+    Each battery's alert is about its newest day in the request (As_Of): the day the streaming path
+    saw, which is also the day the nightly batch scores, so both name the same alert. Items with an
+    `error` are recorded in the dead-letter container with the endpoint's reason, never alerted.
+    """
+    failed = scores["error"].notna().to_numpy(bool)
+    if failed.any():
+        record_scoring_errors(services, batch, [items[i] for i in np.flatnonzero(failed)],
+                              scores.loc[failed, "error"].astype(str).tolist(), now)  # fmt: skip
+    settings = services.settings
+    alerts = alerts_from_scores(scores[~failed], settings.alert_probability_threshold, now,
+                                settings.service_booking_url)  # fmt: skip
+    return alerts, int(failed.sum())
+
+
+def park_request(services: Services, batch: str, items: list[dict], error: ScoringError, now: datetime) -> str:
+    """Keep a scoring request the endpoint could not score, with why, for `rescore_parked`; its blob name."""
+    container = ensure_container(services.blobs, PARKED_CONTAINER)
+    name = f"{PARKED_PREFIX}date={now:%Y-%m-%d}/{batch}.json"
+    document = {"batch_id": batch, "parked_at": now.isoformat(), "attempts": 1, "reason": _reason(error),
+                "last_attempt_at": now.isoformat(), "items": items}  # fmt: skip
+    upload_json(container, name, document)
+    log.warning("parked %d batteries of batch %s: %s", len(items), batch, document["reason"])
+    return f"{PARKED_CONTAINER}/{name}"
+
+
+def record_scoring_errors(services: Services, batch: str, items: list[dict], reasons: list[str], now: datetime) -> str:
+    """Keep the items the endpoint answered with an `error` (and the error) in the dead-letter container.
+
+    Named by batch, so a re-run of the batch overwrites its own record. Returns the blob name.
+    """
+    container = ensure_container(services.blobs, DEADLETTER_CONTAINER)
+    name = f"{SCORING_ERRORS_PREFIX}date={now:%Y-%m-%d}/{batch}.json"
+    errors = [{"reason": reason, "item": item} for reason, item in zip(reasons, items, strict=True)]
+    document = {"written_at": now.isoformat(), "batch_id": batch, "count": len(items), "errors": errors}
+    upload_json(container, name, document)
+    return name
+
+
+def batch_id(bodies: Sequence[bytes], metadata: Sequence[dict]) -> str:
+    """A name for an Event Hub batch that is the same every time the same events are delivered.
+
+    First and last sequence number (for people reading the blob names) and a hash of every event's
+    sequence number, partition key and body (so batches of two partitions, whose sequence numbers
+    overlap, never share a name).
+    """
+    digest = hashlib.sha256()
+    for body, meta in zip(bodies, metadata, strict=True):
+        digest.update(json.dumps([meta.get("sequence_number"), meta.get("partition_key")]).encode())
+        digest.update(hashlib.sha256(body).digest())
+    sequence = [meta.get("sequence_number") for meta in metadata if meta.get("sequence_number") is not None]
+    span = f"{min(sequence)}-{max(sequence)}-" if sequence else ""
+    return f"{span}{digest.hexdigest()[:16]}"
+
+
+def _reason(error: ScoringError) -> str:
+    return f"{type(error).__name__}: {error}"

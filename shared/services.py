@@ -1,0 +1,68 @@
+"""Services: the Azure clients and HTTP sessions one running app uses, built once from its settings.
+
+The functional core never builds clients; the Function App hands this bundle to the handlers in
+`shared/`, and tests or the local main job build one pointed at real local services (Azurite, the
+local scoring endpoint, the head-unit simulator). `clock` is part of it so a replay can run on
+simulated days and cooldowns still mean what they say.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+
+from shared.scoring_client import ScoringClient
+from shared.settings import Settings, load_settings
+from shared.storage import app_storage_connection, blob_service, table_service
+
+
+def utc_now() -> datetime:
+    """Wall-clock time, timezone-aware (what alerts and records are stamped with in production)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    """Everything a handler may touch outside its own process, passed in explicitly."""
+
+    settings: Settings
+    blobs: BlobServiceClient
+    tables: TableServiceClient
+    scoring: ScoringClient
+    gateway: requests.Session
+    work_dir: Path
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+
+def build_services(environ: Mapping[str, str] | None = None, *,
+                   clock: Callable[[], datetime] = utc_now) -> Services:
+    """The services the app settings in `environ` (default: the process environment) describe."""
+    env = os.environ if environ is None else environ
+    settings = load_settings(env)
+    work_dir = Path(env.get("BATTERY_WORK_DIR") or Path(os.environ.get("TMPDIR", "/tmp")) / "battery-alerting")
+    return Services(
+        settings=settings,
+        blobs=blob_service(app_storage_connection("blob", env)),
+        tables=table_service(app_storage_connection("table", env)),
+        scoring=ScoringClient.from_settings(settings),
+        gateway=requests.Session(),
+        work_dir=work_dir,
+        clock=clock,
+    )
+
+
+@functools.cache
+def current() -> Services:
+    """The process's services, built on first use (so a bad setting fails the first invocation, named).
+
+    `current.cache_clear()` makes the next call read the environment again (tests, the local host).
+    """
+    return build_services()

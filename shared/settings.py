@@ -1,0 +1,94 @@
+"""Settings: every app setting the backend reads, validated in one place.
+
+Each setting has a safe local default where one exists (Azurite, the local endpoint, the head-unit
+simulator). A bad value raises `SettingsError` naming the setting, at start-up rather than at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+class SettingsError(ValueError):
+    """An app setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app settings of DESIGN.md ("Configuration"), typed.
+
+    Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
+    `shared.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
+    """
+
+    eventhub_connection: str | None = None
+    scoring_uri: str = "http://127.0.0.1:5001/score"
+    scoring_key: str | None = None
+    head_unit_gateway_url: str = "http://127.0.0.1:7072"
+    head_unit_signing_key: str | None = None
+    service_booking_url: str = "https://service.treyresearch.example/book"
+    alert_probability_threshold: float = 0.8
+    alert_cooldown_days: int = 7
+    retrain_schedule: str = "0 0 2 * * *"
+    batch_score_schedule: str = "0 0 3 * * *"
+    azureml_subscription_id: str | None = None
+    azureml_resource_group: str | None = None
+    azureml_workspace: str | None = None
+
+    @property
+    def azureml_configured(self) -> bool:
+        """True when all three workspace settings are present (retraining then runs in Azure ML)."""
+        return all((self.azureml_subscription_id, self.azureml_resource_group, self.azureml_workspace))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings from the environment (or the mapping given, for tests)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+
+    def text(name: str, default: str | None) -> str | None:
+        value = env.get(name, "").strip()
+        return value or default
+
+    threshold = _number(env, "ALERT_PROBABILITY_THRESHOLD", defaults.alert_probability_threshold, float)
+    if not 0.0 < threshold <= 1.0:
+        raise SettingsError(f"ALERT_PROBABILITY_THRESHOLD must be in (0, 1], got {threshold!r}")
+    cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
+    if cooldown < 0:
+        raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE"):
+        value = env.get(name)
+        if value and len(value.split()) != 6:
+            raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
+    scoring_uri = text("SCORING_URI", defaults.scoring_uri)
+    gateway = text("HEAD_UNIT_GATEWAY_URL", defaults.head_unit_gateway_url)
+    booking = text("SERVICE_BOOKING_URL", defaults.service_booking_url)
+    for name, url in (("SCORING_URI", scoring_uri), ("HEAD_UNIT_GATEWAY_URL", gateway), ("SERVICE_BOOKING_URL", booking)):
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+    return Settings(
+        eventhub_connection=text("EventHubConnection", None),
+        scoring_uri=scoring_uri,
+        scoring_key=text("SCORING_KEY", None),
+        head_unit_gateway_url=gateway.rstrip("/"),
+        head_unit_signing_key=text("HEAD_UNIT_SIGNING_KEY", None),
+        service_booking_url=booking,
+        alert_probability_threshold=threshold,
+        alert_cooldown_days=cooldown,
+        retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
+        batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
+        azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
+        azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
+        azureml_workspace=text("AZUREML_WORKSPACE", None),
+    )
+
+
+def _number(env: Mapping[str, str], name: str, default, kind):
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None

@@ -1,0 +1,62 @@
+"""A small simulated fleet and a model trained on it, shared by the endpoint tests and built once per run.
+
+Training takes seconds even for a small fleet, so the result is cached here (per process) rather than in
+a fixture per test module. Dates start in 2015, after the simulator's 12-hour rows: the endpoint
+contract has one `Date` per history row, and these tests compare it with the batch path row for row.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from shared.battery_state import histories_for_request
+from shared.forecasting import train_model
+from shared.preparation import prepare_telemetry
+from shared.simulation import Fleet, simulate_fleet
+from shared.telemetry import BATTERY_ID, DATE, RATED_CYCLES, implausible_values
+
+CARS = 40
+START, END = "2015-01-01", "2016-06-30"
+SEED = 3
+
+
+@functools.cache
+def fleet() -> Fleet:
+    return simulate_fleet(CARS, START, END, SEED)
+
+
+@functools.cache
+def model_dir() -> Path:
+    """A trained model directory (removed when the test process ends)."""
+    clean, quality = prepare_telemetry(fleet().telemetry)
+    model = train_model(clean, quality=quality.to_dict())
+    directory = Path(tempfile.mkdtemp(prefix="battery-model-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    model.save(directory)
+    return directory
+
+
+def request_items(telemetry: pd.DataFrame) -> list[dict]:
+    """The scoring request items for every battery in a raw telemetry frame (as the Function App builds them)."""
+    return histories_for_request(telemetry.sort_values([BATTERY_ID, DATE], kind="stable"))
+
+
+def comparable_batteries(telemetry: pd.DataFrame, as_of: str) -> pd.DataFrame:
+    """The rows up to `as_of` of batteries the endpoint and the batch path must score identically.
+
+    That is batteries that reported on `as_of` itself (both paths then align them at that day), with no
+    impossible value (the endpoint refuses those, the batch path repairs them) and one rated-cycles value
+    (a request carries one per battery).
+    """
+    rows = telemetry[telemetry[DATE] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
+    by_battery = rows.groupby(BATTERY_ID)
+    reported_on_day = by_battery[DATE].transform("max").dt.normalize() == pd.Timestamp(as_of)
+    clean_values = implausible_values(rows).isna().groupby(rows[BATTERY_ID]).transform("all")
+    one_rating = by_battery[RATED_CYCLES].transform("nunique") == 1
+    return rows[reported_on_day & clean_values & one_rating]

@@ -1,0 +1,56 @@
+"""Shared fixtures: real local services (Azurite) started once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.azurite import AzuriteEndpoints, running_azurite
+
+
+@pytest.fixture(scope="session")
+def azurite() -> AzuriteEndpoints:
+    """A real Azurite (Blob, Queue, Table) on free loopback ports, in memory, for the whole session."""
+    with running_azurite() as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def storage_connection(azurite: AzuriteEndpoints) -> str:
+    """The connection string of the session's Azurite, as the Azure SDKs take it."""
+    return azurite.connection_string
+
+
+@pytest.fixture
+def alert_table(storage_connection: str):
+    """A fresh, empty alerts table on the session's Azurite, so tests never see each other's alerts."""
+    import uuid
+
+    from shared.alert_store import alerts_table
+    from shared.storage import table_service
+
+    service = table_service(storage_connection)
+    table = alerts_table(service, name=f"alerts{uuid.uuid4().hex[:12]}")
+    yield table
+    service.delete_table(table.table_name)
+
+
+@pytest.fixture
+def make_alert():
+    """A factory of real battery alerts (built by `alerts_from_scores`) for the store and delivery tests."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from shared.alerts import alerts_from_scores
+
+    def make(car_id: str = "CAR-00017", day: str = "2017-03-19", days_left: float = 12.5) -> dict:
+        scores = pd.DataFrame({
+            "Battery_ID": ["17"], "Car_ID": [car_id], "failure_probability_30d": [0.93],
+            "days_to_rated_life": [days_left], "Lifetime_Cycles_Used": [190.0], "Battery_Rated_Cycles": [200],
+            "As_Of": [day], "model_version": ["v7"],
+        })  # fmt: skip
+        created_at = datetime(2017, 3, 20, 3, tzinfo=UTC)
+        [alert] = alerts_from_scores(scores, 0.8, created_at, "https://service.example.com/book")
+        return alert
+
+    return make

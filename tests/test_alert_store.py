@@ -1,0 +1,188 @@
+"""Alert store against a real Azurite: records round trip, claims exclude each other, latest stays latest."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared import alert_store
+from shared.alert_store import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    QUEUED,
+    REJECTED,
+    SUPPRESSED,
+    ClaimLostError,
+    claim_delivery,
+    get_alert,
+    latest_delivered,
+    list_alerts,
+    record_latest_delivered,
+    record_outcome,
+    record_queued,
+    record_suppressed,
+)
+from shared.alerts import FIRST
+from shared.telemetry import InputError
+
+NOW = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
+
+
+def test_a_queued_alert_round_trips_with_its_state(alert_table, make_alert):
+    alert = make_alert()
+    assert record_queued(alert_table, alert, NOW) is True
+    assert record_queued(alert_table, alert | {"severity": "critical"}, NOW + timedelta(hours=1)) is False
+
+    record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
+    assert {k: record[k] for k in alert} == alert
+    assert record | dict.fromkeys(alert) == dict.fromkeys(alert) | {
+        "state": QUEUED, "reason": None, "attempts": 0, "last_error": None,
+        "queued_at": "2017-03-20T03:00:00Z", "updated_at": "2017-03-20T03:00:00Z", "delivered_at": None,
+    }  # fmt: skip
+    assert get_alert(alert_table, alert["car_id"], "0" * 32) is None
+
+
+def test_claim_then_delivered_is_final(alert_table, make_alert):
+    alert = make_alert()
+    record_queued(alert_table, alert, NOW)
+    claim = claim_delivery(alert_table, alert, FIRST, NOW)
+    assert (claim.claimed, claim.state, claim.attempts) == (True, DELIVERING, 1)
+    record_outcome(alert_table, claim, DELIVERED, NOW + timedelta(seconds=2))
+
+    record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
+    assert (record["state"], record["reason"], record["attempts"]) == (DELIVERED, FIRST, 1)
+    assert record["delivered_at"] == "2017-03-20T03:00:02Z" and record["queued_at"] == "2017-03-20T03:00:00Z"
+    later = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(days=1))
+    assert (later.claimed, later.state) == (False, DELIVERED)
+
+
+def test_a_failed_attempt_keeps_its_error_and_can_be_claimed_again(alert_table, make_alert):
+    alert = make_alert()
+    first = claim_delivery(alert_table, alert, FIRST, NOW)
+    record_outcome(alert_table, first, FAILED, NOW, error="gateway answered 503")
+    record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
+    assert (record["state"], record["attempts"], record["last_error"]) == (FAILED, 1, "gateway answered 503")
+
+    second = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(seconds=30))
+    assert (second.claimed, second.attempts) == (True, 2)
+    record_outcome(alert_table, second, REJECTED, NOW + timedelta(seconds=31), error="gateway answered 404")
+    assert claim_delivery(alert_table, alert, FIRST, NOW + timedelta(days=1)).state == REJECTED
+
+
+def test_a_claim_is_a_lease_and_a_holder_that_lost_it_cannot_overwrite(alert_table, make_alert):
+    alert = make_alert()
+    holder = claim_delivery(alert_table, alert, FIRST, NOW, lease=timedelta(seconds=60))
+    during = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(seconds=59))
+    assert (during.claimed, during.state) == (False, DELIVERING)
+
+    successor = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(seconds=61))
+    assert (successor.claimed, successor.attempts) == (True, 2)
+    with pytest.raises(ClaimLostError, match=alert["alert_id"]):
+        record_outcome(alert_table, holder, FAILED, NOW + timedelta(seconds=62), error="late")
+    record_outcome(alert_table, successor, DELIVERED, NOW + timedelta(seconds=63))
+    assert get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERED
+
+
+@pytest.mark.parametrize("earlier_state", [None, FAILED])
+def test_concurrent_claims_of_one_alert_let_exactly_one_through(alert_table, make_alert, earlier_state):
+    alert = make_alert()
+    if earlier_state == FAILED:
+        record_outcome(alert_table, claim_delivery(alert_table, alert, FIRST, NOW), FAILED, NOW, error="503")
+    contenders = 6
+    start = threading.Barrier(contenders)
+    claims = []
+
+    def contend() -> None:
+        start.wait()
+        claims.append(claim_delivery(alert_table, alert, FIRST, NOW + timedelta(minutes=5)))
+
+    threads = [threading.Thread(target=contend) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claims) == contenders
+    assert sum(claim.claimed for claim in claims) == 1
+    assert {claim.state for claim in claims if not claim.claimed} <= {DELIVERING}
+
+
+def test_suppression_is_recorded_but_never_overwrites_a_delivery(alert_table, make_alert):
+    held_back = make_alert(day="2017-03-18")
+    assert record_suppressed(alert_table, held_back, "cooldown", NOW) is True
+    record = get_alert(alert_table, held_back["car_id"], held_back["alert_id"])
+    assert (record["state"], record["reason"]) == (SUPPRESSED, "cooldown")
+
+    sent = make_alert(day="2017-03-19")
+    record_outcome(alert_table, claim_delivery(alert_table, sent, FIRST, NOW), DELIVERED, NOW)
+    assert record_suppressed(alert_table, sent, "cooldown", NOW + timedelta(days=1)) is False
+    assert get_alert(alert_table, sent["car_id"], sent["alert_id"])["state"] == DELIVERED
+
+    in_flight = make_alert(day="2017-03-20")
+    claim_delivery(alert_table, in_flight, FIRST, NOW)
+    assert record_suppressed(alert_table, in_flight, "cooldown", NOW) is False
+
+
+def test_latest_delivered_follows_delivery_time_per_car_and_type(alert_table, make_alert):
+    car = "CAR-00017"
+    assert latest_delivered(alert_table, car, "battery_end_of_life") is None
+    first, second = make_alert(day="2017-03-10"), make_alert(day="2017-03-19", days_left=5.0)
+    record_latest_delivered(alert_table, first, NOW - timedelta(days=9))
+    record_latest_delivered(alert_table, second, NOW)
+    record_latest_delivered(alert_table, first, NOW - timedelta(days=1))  # a late write of an older delivery
+    assert latest_delivered(alert_table, car, "battery_end_of_life") == {
+        "alert_id": second["alert_id"], "car_id": car, "battery_id": "17", "type": "battery_end_of_life",
+        "severity": "critical", "created_at": "2017-03-20T03:00:00Z", "delivered_at": "2017-03-20T03:00:00Z",
+    }  # fmt: skip
+    assert latest_delivered(alert_table, car, "component_compliance") is None
+    assert latest_delivered(alert_table, "CAR-00018", "battery_end_of_life") is None
+
+
+def test_concurrent_latest_updates_end_with_the_latest_delivery(alert_table, make_alert):
+    alerts = [make_alert(day=f"2017-03-{day:02d}") for day in range(1, 7)]
+    start = threading.Barrier(len(alerts))
+
+    def deliver(offset: int) -> None:
+        start.wait()
+        record_latest_delivered(alert_table, alerts[offset], NOW + timedelta(hours=offset))
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(len(alerts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latest = latest_delivered(alert_table, "CAR-00017", "battery_end_of_life")
+    assert latest["alert_id"] == alerts[-1]["alert_id"]
+
+
+def test_list_alerts_gives_one_cars_alerts_newest_first_without_bookkeeping_rows(alert_table, make_alert):
+    older, newer = make_alert(day="2017-03-18"), make_alert(day="2017-03-19")
+    newer["created_at"] = "2017-03-21T03:00:00Z"
+    record_queued(alert_table, older, NOW)
+    record_outcome(alert_table, claim_delivery(alert_table, newer, FIRST, NOW), DELIVERED, NOW)
+    record_latest_delivered(alert_table, newer, NOW)
+    record_queued(alert_table, make_alert(car_id="CAR-00018"), NOW)
+
+    listed = list_alerts(alert_table, "CAR-00017")
+    assert [(r["alert_id"], r["state"]) for r in listed] == [(newer["alert_id"], DELIVERED),
+                                                              (older["alert_id"], QUEUED)]  # fmt: skip
+    assert list_alerts(alert_table, "CAR-99999") == []
+
+
+@pytest.mark.parametrize("car_id", ["CAR/17", "CAR#17", "CAR?17", "CAR\\17", "CAR\n17", ""])
+def test_car_ids_table_storage_cannot_key_are_named(alert_table, make_alert, car_id):
+    with pytest.raises(InputError, match="car_id"):
+        record_queued(alert_table, make_alert() | {"car_id": car_id}, NOW)
+
+
+def test_only_outcomes_of_held_claims_are_recorded(alert_table, make_alert):
+    alert = make_alert()
+    holder = claim_delivery(alert_table, alert, FIRST, NOW)
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        record_outcome(alert_table, holder, QUEUED, NOW)
+    loser = claim_delivery(alert_table, alert, FIRST, NOW)
+    with pytest.raises(ValueError, match="was not claimed"):
+        record_outcome(alert_table, loser, DELIVERED, NOW)
+    assert alert_store.get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERING

@@ -1,0 +1,225 @@
+"""Alert policy: the contract's JSON, severity, ids, words, and when an alert may go out."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from shared.alerts import (
+    ALERT_KEYS,
+    BATTERY_END_OF_LIFE,
+    COOLDOWN,
+    COOLDOWN_ELAPSED,
+    DUPLICATE,
+    ESCALATED,
+    FIRST,
+    alert_id,
+    alerts_from_scores,
+    build_alerts,
+    should_deliver,
+    validate_alert,
+)
+from shared.telemetry import InputError
+
+CREATED = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
+URL = "https://service.example.com/book"
+
+
+def scores(**columns) -> pd.DataFrame:
+    """One battery's score row (the contract's example), with any column overridden; lists make rows."""
+    row = {
+        "Battery_ID": 17, "Car_ID": "CAR-00017", "failure_probability_30d": 0.93,
+        "days_to_rated_life": 12.5, "Lifetime_Cycles_Used": 196.4, "Battery_Rated_Cycles": 200,
+        "As_Of": "2017-03-19", "model_version": "v7",
+    }  # fmt: skip
+    row.update(columns)
+    n = max((len(v) for v in row.values() if isinstance(v, list)), default=1)
+    return pd.DataFrame({k: v if isinstance(v, list) else [v] * n for k, v in row.items()})
+
+
+def one_alert(**columns) -> dict:
+    [alert] = alerts_from_scores(scores(**columns), 0.8, CREATED, URL)
+    return alert
+
+
+def test_alert_matches_the_contract_exactly():
+    alert = one_alert()
+    assert tuple(alert) == ALERT_KEYS
+    assert alert | {"alert_id": "x", "reasons": []} == {
+        "alert_id": "x", "car_id": "CAR-00017", "battery_id": "17", "type": "battery_end_of_life",
+        "severity": "high", "failure_probability_30d": 0.93, "days_to_rated_life": 12.5,
+        "title": "Battery service recommended",
+        "message": "Your battery is expected to reach the end of its rated life in about 12 days.",
+        "action": {"type": "schedule_service", "url": URL}, "reasons": [],
+        "model_version": "v7", "created_at": "2017-03-20T03:00:00Z",
+    }  # fmt: skip
+    assert isinstance(alert["alert_id"], str) and len(alert["alert_id"]) == 32
+    assert alert["reasons"] and all(isinstance(r, str) for r in alert["reasons"])
+    # Native types only: the alert goes through json.dumps on the queue and to the gateway.
+    assert json.loads(json.dumps(alert, allow_nan=False)) == alert
+    assert type(alert["failure_probability_30d"]) is float and type(alert["battery_id"]) is str
+
+
+def test_only_rows_at_or_over_the_threshold_become_alerts_and_unscored_rows_do_not():
+    frame = scores(Car_ID=["A", "B", "C", "D"], Battery_ID=[1, 2, 3, 4],
+                   failure_probability_30d=[0.8, 0.7999, float("nan"), 1.0])  # fmt: skip
+    alerts = alerts_from_scores(frame, 0.8, CREATED, URL)
+    assert [a["car_id"] for a in alerts] == ["A", "D"]
+    assert alerts_from_scores(frame.iloc[:0], 0.8, CREATED, URL) == []
+
+
+@pytest.mark.parametrize(
+    ("days", "lifetime", "severity"),
+    [(7.0, 150.0, "critical"), (7.04, 150.0, "critical"), (7.1, 150.0, "high"), (25.0, 200.0, "critical"),
+     (25.0, 199.9, "high"), (float("nan"), 210.0, "critical"), (float("nan"), 150.0, "high")],
+)  # fmt: skip
+def test_severity_is_critical_within_seven_days_or_past_rated_life(days, lifetime, severity):
+    assert one_alert(days_to_rated_life=days, Lifetime_Cycles_Used=lifetime)["severity"] == severity
+
+
+@pytest.mark.parametrize(
+    ("days", "lifetime", "message"),
+    [
+        (12.5, 150.0, "Your battery is expected to reach the end of its rated life in about 12 days."),
+        (2.0, 150.0, "Your battery is expected to reach the end of its rated life in about 2 days."),
+        (1.6, 150.0, "Your battery is expected to reach the end of its rated life in about 1 day."),
+        (0.4, 150.0, "Your battery is expected to reach the end of its rated life within a day."),
+        (0.0, 150.0, "Your battery is expected to reach the end of its rated life within a day."),
+        (0.0, 200.0, "Your battery has reached the end of its rated life."),
+        (float("nan"), 150.0,
+         "Your battery is likely to reach the end of its rated life within the next 30 days."),
+    ],
+)
+def test_message_says_what_and_when_in_plain_words(days, lifetime, message):
+    alert = one_alert(days_to_rated_life=days, Lifetime_Cycles_Used=lifetime)
+    assert alert["message"] == message
+    assert "about 0 days" not in alert["message"]
+
+
+def test_unknown_days_to_rated_life_is_null_not_nan():
+    assert one_alert(days_to_rated_life=float("inf"))["days_to_rated_life"] is None
+
+
+def test_alert_id_depends_on_car_battery_type_and_day_only():
+    batch = one_alert(failure_probability_30d=0.91, days_to_rated_life=13.0, model_version="batch")
+    streaming = alerts_from_scores(
+        scores(As_Of=pd.Timestamp("2017-03-19"), failure_probability_30d=0.95, model_version="online"),
+        0.9, CREATED + timedelta(hours=9), URL,
+    )[0]  # fmt: skip
+    assert batch["alert_id"] == streaming["alert_id"] == alert_id("CAR-00017", "17", BATTERY_END_OF_LIFE,
+                                                                    date(2017, 3, 19))  # fmt: skip
+    assert one_alert(As_Of="2017-03-20")["alert_id"] != batch["alert_id"]
+    assert one_alert(Battery_ID=18)["alert_id"] != batch["alert_id"]
+    assert one_alert(Car_ID="CAR-00018")["alert_id"] != batch["alert_id"]
+    assert alert_id("CAR-00017", "17", "component_compliance", "2017-03-19") != batch["alert_id"]
+    # Ids that would collide if the parts were simply joined with a separator do not.
+    day = "2017-03-19"
+    assert alert_id("A|B", "C", BATTERY_END_OF_LIFE, day) != alert_id("A", "B|C", BATTERY_END_OF_LIFE, day)
+
+
+def test_reasons_from_the_scorer_are_kept_and_missing_ones_are_the_numbers():
+    frame = scores(Car_ID=["A", "B"], Battery_ID=[1, 2], reasons=[["usage doubled this month"], None])
+    given, default = alerts_from_scores(frame, 0.8, CREATED, URL)
+    assert given["reasons"] == ["usage doubled this month"]
+    assert default["reasons"] == ["93% chance of reaching the rated 200 cycles within 30 days",
+                                  "196.4 of 200 rated cycles used"]  # fmt: skip
+
+
+def test_model_version_argument_is_used_when_the_frame_has_none():
+    frame = scores().drop(columns="model_version")
+    assert alerts_from_scores(frame, 0.8, CREATED, URL, model_version="v9")[0]["model_version"] == "v9"
+    with pytest.raises(InputError, match="model_version"):
+        alerts_from_scores(frame, 0.8, CREATED, URL)
+
+
+def test_each_alert_owns_its_action_object():
+    first, second = alerts_from_scores(scores(Car_ID=["A", "B"]), 0.8, CREATED, URL)
+    first["action"]["url"] = "changed"
+    assert second["action"]["url"] == URL
+
+
+@pytest.mark.parametrize(
+    ("columns", "words"),
+    [
+        ({"As_Of": "yesterday"}, "column As_Of: not a date on row(s) 0"),
+        ({"Car_ID": "  "}, "column Car_ID: empty id"),
+        ({"failure_probability_30d": 1.5}, "failure_probability_30d: outside [0, 1]"),
+        ({"Lifetime_Cycles_Used": "lots"}, "column Lifetime_Cycles_Used: not a number"),
+    ],
+)
+def test_bad_scores_are_named(columns, words):
+    with pytest.raises(InputError, match=re.escape(words)):
+        alerts_from_scores(scores(**columns), 0.8, CREATED, URL)
+
+
+def test_missing_columns_and_naive_times_are_refused():
+    with pytest.raises(InputError, match=r"missing column.*As_Of"):
+        alerts_from_scores(scores().drop(columns="As_Of"), 0.8, CREATED, URL)
+    with pytest.raises(ValueError, match="no time zone"):
+        alerts_from_scores(scores(), 0.8, datetime(2017, 3, 20, 3), URL)
+
+
+def test_the_envelope_takes_other_alert_types():
+    content = pd.DataFrame({
+        "car_id": ["CAR-1"], "battery_id": ["9"], "day": ["2017-03-19"], "severity": ["high"],
+        "failure_probability_30d": [0.85], "days_to_rated_life": [float("nan")], "title": ["Recall check"],
+        "message": ["A part in your car needs a check."], "reasons": [["recall 42"]], "model_version": ["r1"],
+    })  # fmt: skip
+    [alert] = build_alerts(content, "component_compliance", CREATED, URL)
+    assert alert["type"] == "component_compliance" and alert["days_to_rated_life"] is None
+    assert alert["alert_id"] == alert_id("CAR-1", "9", "component_compliance", "2017-03-19")
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        build_alerts(content, "Bad Type!", CREATED, URL)
+
+
+def test_validate_alert_names_every_problem():
+    validate_alert(one_alert())
+    broken = one_alert() | {"severity": "urgent", "created_at": "yesterday", "car_id": ""}
+    del broken["message"]
+    with pytest.raises(InputError) as error:
+        validate_alert(broken)
+    for words in ("missing message", "car_id must be a non-empty string", "severity must be one of",
+                  "created_at must look like"):  # fmt: skip
+        assert words in str(error.value)
+
+
+# --- cooldown -----------------------------------------------------------------------------------------
+
+NOW = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
+
+
+def delivered(days_ago: float, severity: str = "high", alert_id: str = "earlier") -> dict:
+    moment = NOW - timedelta(days=days_ago)
+    return {"alert_id": alert_id, "severity": severity, "delivered_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+@pytest.mark.parametrize(
+    ("severity", "previous", "decision"),
+    [
+        ("high", None, (True, FIRST)),
+        ("high", delivered(2), (False, COOLDOWN)),
+        ("high", delivered(6.99), (False, COOLDOWN)),
+        ("high", delivered(7), (True, COOLDOWN_ELAPSED)),
+        ("critical", delivered(2, "high"), (True, ESCALATED)),
+        ("critical", delivered(2, "critical"), (False, COOLDOWN)),
+        ("high", delivered(2, "critical"), (False, COOLDOWN)),
+        ("critical", delivered(30, "critical"), (True, COOLDOWN_ELAPSED)),
+    ],
+)
+def test_cooldown_holds_repeats_back_unless_severity_rose(severity, previous, decision):
+    alert = one_alert() | {"severity": severity}
+    assert should_deliver(alert, previous, cooldown_days=7, now=NOW) == decision
+
+
+def test_the_same_alert_already_delivered_is_a_duplicate_even_after_the_cooldown():
+    alert = one_alert() | {"severity": "critical"}
+    previous = delivered(30, "high", alert_id=alert["alert_id"])
+    assert should_deliver(alert, previous, cooldown_days=7, now=NOW) == (False, DUPLICATE)
+
+
+def test_zero_cooldown_never_holds_back():
+    assert should_deliver(one_alert(), delivered(0), cooldown_days=0, now=NOW) == (True, COOLDOWN_ELAPSED)

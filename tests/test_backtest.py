@@ -1,0 +1,142 @@
+"""Backtest: the model against the baselines on a simulated fleet, and the metrics it reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _forecast_fleet import clean, model
+
+from shared.backtest import (
+    average_precision,
+    backtest_markdown,
+    forecast_metrics,
+    recent_mean_forecast,
+    reliability_table,
+    run_backtest,
+    seasonal_naive_forecast,
+)
+from shared.telemetry import InputError
+from shared.windows import BatteryWindows, build_history
+
+SEED_EXIT_NRMSE = 0.1355
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backtest() -> dict:
+    return model().metadata["backtest"]
+
+
+def test_model_beats_both_baselines_on_nrmse_and_brier(backtest):
+    metrics = backtest["metrics"]
+    assert metrics["model"]["nrmse"] <= SEED_EXIT_NRMSE
+    for baseline in ("seasonal_naive", "recent_mean"):
+        assert metrics["model"]["nrmse"] < 0.95 * metrics[baseline]["nrmse"], baseline
+        assert metrics["model"]["brier"] < 0.95 * metrics[baseline]["brier"], baseline
+    assert backtest["counts"]["positive"] >= 30  # enough failures for the probability metrics to mean something
+
+
+def test_well_populated_reliability_bins_are_calibrated(backtest):
+    populated = [row for row in backtest["reliability"]["model"] if row["count"] >= 30]
+    assert len(populated) >= 2  # the near-certain bins at both ends
+    for row in populated:
+        p = row["mean_predicted"]
+        tolerance = 3 * np.sqrt(max(p * (1 - p), 0.01) / row["count"]) + 0.02
+        assert row["observed_rate"] == pytest.approx(p, abs=tolerance), row
+
+
+def test_every_metric_is_reported_for_model_and_baselines(backtest):
+    names = {"nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold"}
+    for method in ("model", "seasonal_naive", "recent_mean"):
+        assert names <= set(backtest["metrics"][method]), method
+        assert all(backtest["metrics"][method][name] is not None for name in names), method
+
+
+def test_markdown_shows_the_table_reliability_and_a_verdict_with_numbers(backtest):
+    text = backtest_markdown(backtest)
+    nrmse = backtest["metrics"]["model"]["nrmse"]
+    assert "| metric | LightGBM model | Seasonal naive | Recent mean |" in text
+    assert "| bin | count | mean predicted | observed rate |" in text
+    assert f"NRMSE {nrmse:.4f}" in text
+    assert "The LightGBM model is justified" in text
+
+
+class RecordingForecaster:
+    """A real (recent-mean) forecaster that records what each call could see."""
+
+    def __init__(self, last_target_day: int):
+        self.last_target_day = last_target_day
+        self.as_of_seen: list[np.ndarray] = []
+
+    def forecast(self, windows: BatteryWindows) -> np.ndarray:
+        self.as_of_seen.append(windows.as_of)
+        return recent_mean_forecast(windows)
+
+
+def test_training_never_sees_the_calibration_or_evaluation_targets():
+    history = build_history(clean())
+    fitted: list[RecordingForecaster] = []
+
+    def fit(history, last_target_day):
+        fitted.append(RecordingForecaster(last_target_day))
+        return fitted[-1]
+
+    result = run_backtest(history, fit)
+    summary = result.summary
+    [forecaster] = fitted
+    assert str(history.first_day + forecaster.last_target_day) == summary["training_targets_until"]
+    assert summary["training_targets_until"] == summary["calibration_origins"][0]
+    assert summary["calibration_origins"][-1] <= str(np.datetime64(summary["cutoff"]) - 30)
+    assert summary["evaluation_origins"][0] == summary["cutoff"]
+    assert summary["evaluation_origins"][-1] <= str(history.first_day + history.n_days - 1 - 30)
+    # Each origin's forecast saw windows aligned at that origin, never later.
+    seen = sorted({str(day) for days in forecaster.as_of_seen for day in np.unique(days)})
+    assert seen == sorted(summary["calibration_origins"] + summary["evaluation_origins"])
+
+
+def test_too_short_a_history_is_an_error_saying_how_much_is_needed():
+    history = build_history(clean()[clean()["Date"] < "2015-10-01"])
+    with pytest.raises(InputError, match=r"needs at least \d+ days of history"):
+        run_backtest(history, lambda history, day: RecordingForecaster(day))
+
+
+def test_nrmse_divides_rmse_by_the_range_of_the_actual_values():
+    actual = np.array([[0.0, 1.0, np.nan], [2.0, 1.0, 1.0]])
+    forecast = np.array([[0.5, 1.0, 9.0], [2.0, 1.5, 1.0]])  # the unknown day is not scored
+    metrics = forecast_metrics(actual, forecast)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(0.5 / 5))
+    assert metrics["nrmse"] == pytest.approx(np.sqrt(0.5 / 5) / 2.0)
+    assert metrics["mae"] == pytest.approx(1.0 / 5)
+
+
+def test_average_precision_is_the_step_area_under_precision_recall():
+    score = np.array([0.1, 0.4, 0.35, 0.8])
+    label = np.array([False, False, True, True])
+    assert average_precision(score, label) == pytest.approx((1.0 + 2 / 3) / 2)
+    # Tied scores count as one threshold.
+    assert average_precision(np.array([0.5, 0.5]), np.array([True, False])) == pytest.approx(0.5)
+    assert average_precision(score, np.zeros(4, dtype=bool)) is None
+
+
+def test_reliability_table_counts_and_rates_per_bin():
+    probability = np.array([0.05, 0.05, 0.95, 0.95, 0.95, 1.0])
+    label = np.array([False, True, True, True, False, True])
+    table = reliability_table(probability, label)
+    assert [row["count"] for row in table] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 4]
+    assert table[0]["observed_rate"] == 0.5 and table[9]["observed_rate"] == 0.75
+    assert table[9]["mean_predicted"] == pytest.approx(0.9625)
+    assert table[1]["mean_predicted"] is None
+
+
+def test_baselines_repeat_the_last_week_and_the_recent_mean():
+    week = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    daily = np.tile(week, 13)[None, :]
+    windows = BatteryWindows(
+        battery_id=np.array(["1"], dtype=object), car_id=np.array(["C"], dtype=object),
+        rated_cycles=np.array([200.0]), lifetime_cycles=np.array([10.0]),
+        as_of=np.array(["2017-01-01"], dtype="datetime64[D]"), age_days=np.array([91.0]),
+        daily_cycles=daily, trip_minutes=daily / 0.0025, trips=np.full_like(daily, 5.0),
+    )  # fmt: skip
+    np.testing.assert_allclose(seasonal_naive_forecast(windows)[0], np.tile(week, 5)[:30])
+    np.testing.assert_allclose(recent_mean_forecast(windows)[0], 0.4)

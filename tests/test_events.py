@@ -1,0 +1,154 @@
+"""Event bodies → typed records and dead letters: every kind of bad event is caught, the good ones go on."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from shared.events import DeadLetter, parse_events
+from shared.telemetry import COLUMNS, DAILY_CYCLES
+
+RECORD = {
+    "Date": "2017-03-19", "Battery_ID": "17", "Car_ID": "CAR-00017", "Battery_Age_Days": 1538,
+    "Number_Of_Trips": 5, "Daily_Trip_Duration": 61.2, "Daily_Cycles_Used": 0.15,
+    "Lifetime_Cycles_Used": 196.4, "Battery_Rated_Cycles": 200,
+}  # fmt: skip
+
+
+def record(**changes) -> dict:
+    return {**RECORD, **changes}
+
+
+def body(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+def without(field: str) -> dict:
+    return {key: value for key, value in RECORD.items() if key != field}
+
+
+NOT_A_NUMBER = "expected a JSON number, got a"
+BAD_EVENTS = {  # kind: (body, words the reason must contain)
+    "invalid JSON": (b'{"Date": "2017-03-19",', "invalid JSON"),
+    "not UTF-8": (b"\xff\xfe{}", "not UTF-8"),
+    "NaN literal": (b'{"Daily_Cycles_Used": NaN}', "NaN is not valid JSON"),
+    "not an object": (b"42", "expected an object or an array"),
+    "empty array": (b"[]", "empty JSON array"),
+    "missing field": (body(without("Car_ID")), "missing field Car_ID"),
+    "null field": (body(record(Daily_Cycles_Used=None)), "missing field Daily_Cycles_Used"),
+    "quoted number": (body(record(Number_Of_Trips="5")), f"Number_Of_Trips: {NOT_A_NUMBER} string"),
+    "boolean": (body(record(Daily_Trip_Duration=True)), f"Daily_Trip_Duration: {NOT_A_NUMBER} boolean"),
+    "fractional id": (body(record(Battery_ID=17.5)), "Battery_ID: expected a JSON string or integer"),
+    "empty id": (body(record(Car_ID=" ")), "Car_ID: empty id"),
+    "not a whole number": (body(record(Number_Of_Trips=5.5)), "Number_Of_Trips: not a whole number (5.5)"),
+    "negative": (body(record(Daily_Cycles_Used=-0.2)), "Daily_Cycles_Used=-0.2 outside [0, 10]"),
+    "absurd": (body(record(Lifetime_Cycles_Used=1e9)), "Lifetime_Cycles_Used=1e+09 outside [0, 100000]"),
+    "date with time": (body(record(Date="2017-03-19T12:00")), "Date: 2017-03-19T12:00 is not a YYYY-MM-DD"),
+    "other date format": (body(record(Date="19/03/2017")), "Date: 19/03/2017 is not a YYYY-MM-DD"),
+    "impossible date": (body(record(Date="2017-02-30")), "Date: not a date"),
+    "oversize": (body([record(Date=f"2017-03-{d:02d}") for d in range(1, 29)]), "oversize body"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_EVENTS))
+def test_a_bad_event_is_dead_lettered_with_its_reason_and_the_good_ones_go_on(kind):
+    bad, expected_reason = BAD_EVENTS[kind]
+    bodies = [body(RECORD), bad, body(record(Date="2017-03-20"))]
+    metadata = [{"sequence_number": 100 + i, "partition_key": "CAR-00017"} for i in range(3)]
+
+    good, dead = parse_events(bodies, metadata, max_body_bytes=4096)
+
+    assert good["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-03-19", "2017-03-20"]
+    assert len(dead) == 1
+    letter = dead[0]
+    assert expected_reason in letter.reason
+    assert (letter.event_index, letter.record_index) == (1, None)
+    assert letter.metadata == {"sequence_number": 101, "partition_key": "CAR-00017"}
+    kept = base64.b64decode(letter.body) if letter.body_encoding == "base64" else letter.body.encode()
+    assert kept == bad, "the dead letter keeps the body exactly as received"
+
+
+def test_good_records_are_typed_per_the_telemetry_schema():
+    good, dead = parse_events([body(record(Battery_ID=17)), body(RECORD)])
+
+    assert dead == []
+    assert list(good.columns) == COLUMNS
+    assert good["Date"].dtype.kind == "M"
+    assert good["Battery_ID"].tolist() == ["17", "17"], "an integer id becomes the same string id"
+    assert good[DAILY_CYCLES].dtype == np.float64
+    assert good.iloc[0]["Battery_Age_Days"] == 1538
+
+
+def test_extra_fields_are_ignored_since_the_contract_grows_by_adding_fields():
+    good, dead = parse_events([body(record(Firmware="4.2.1", Odometer_Km=81234))])
+
+    assert dead == [] and len(good) == 1
+
+
+def test_a_bad_record_in_an_array_dead_letters_only_that_record_with_its_index():
+    backlog = [record(Date="2017-03-17"), record(Date="2017-03-18", Daily_Cycles_Used=-1), "oops",
+               record(Date="2017-03-19")]  # fmt: skip
+
+    good, dead = parse_events([body(backlog)], [{"sequence_number": 7}])
+
+    assert good["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-03-17", "2017-03-19"]
+    assert [(d.event_index, d.record_index) for d in dead] == [(0, 1), (0, 2)]
+    assert "Daily_Cycles_Used=-1 outside" in dead[0].reason
+    assert json.loads(dead[0].body) == backlog[1], "the record itself is kept, not the whole backlog"
+    assert dead[1].reason == "record is a JSON string, expected an object"
+    assert all(d.metadata == {"sequence_number": 7} for d in dead)
+
+
+def test_a_record_with_several_problems_names_each_of_them():
+    unreadable = record(Car_ID=None, Number_Of_Trips="many")
+    implausible = record(Number_Of_Trips=5.5, Daily_Cycles_Used=-3)
+
+    _, dead = parse_events([body(unreadable), body(implausible)])
+
+    assert [d.reason for d in dead] == [
+        "missing field Car_ID; Number_Of_Trips: expected a JSON number, got a string",
+        "Number_Of_Trips: not a whole number (5.5); Daily_Cycles_Used=-3 outside [0, 10]",
+    ]
+
+
+def test_nothing_is_lost_in_a_large_mixed_batch():
+    rng = np.random.default_rng(4)
+    bodies = []
+    for i in range(300):
+        choice = rng.integers(4)
+        if choice == 0:
+            bodies.append(b"{broken")
+        elif choice == 1:
+            bodies.append(body(record(Battery_ID=str(i), Daily_Cycles_Used=-1.0)))
+        elif choice == 2:
+            bodies.append(body([record(Battery_ID=str(i)), record(Battery_ID=str(i), Date="2017-03-20")]))
+        else:
+            bodies.append(body(record(Battery_ID=str(i))))
+    records_sent = sum(len(json.loads(b)) if b.startswith(b"[") else 1 for b in bodies)
+
+    good, dead = parse_events(bodies)
+
+    assert len(good) + len(dead) == records_sent
+    bad_events = {i for i, sent in enumerate(bodies) if b"broken" in sent or b"-1.0" in sent}
+    assert {d.event_index for d in dead} == bad_events
+
+
+def test_an_empty_batch_gives_an_empty_typed_frame():
+    good, dead = parse_events([])
+
+    assert dead == [] and good.empty and list(good.columns) == COLUMNS
+
+
+def test_metadata_must_match_the_bodies():
+    with pytest.raises(ValueError, match="metadata has 1 entries for 2 bodies"):
+        parse_events([b"{}", b"{}"], [{}])
+
+
+def test_a_dead_letter_round_trips_through_json():
+    _, dead = parse_events([b"\x80"], [{"enqueued_time": "2017-03-20T01:02:03+00:00"}])
+
+    assert DeadLetter.from_dict(json.loads(json.dumps(dead[0].to_dict()))) == dead[0]
+

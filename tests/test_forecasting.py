@@ -1,0 +1,105 @@
+"""The trained forecaster: its forecasts, its model directory, and short or unusual histories."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _forecast_fleet import clean, fleet, model
+
+from shared.forecasting import load_model, weekday_shape
+from shared.windows import build_windows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return build_windows(clean(), window_days=model().window_days)
+
+
+def test_forecast_is_thirty_sane_days_per_battery(windows):
+    forecast = model().forecast(windows)
+    assert forecast.shape == (len(windows), 30)
+    assert np.isfinite(forecast).all() and (forecast >= 0).all()
+    # Each battery's 30-day total tracks its own recent use (no battery gets the fleet's average).
+    recent = np.nanmean(windows.daily_cycles[:, -28:], axis=1)
+    assert np.corrcoef(forecast.mean(axis=1), recent)[0, 1] > 0.9
+
+
+def test_save_and_load_round_trip_gives_identical_forecasts_and_metadata(tmp_path, windows):
+    trained = model()
+    trained.save(tmp_path)
+    loaded = load_model(tmp_path)
+
+    np.testing.assert_array_equal(loaded.forecast(windows), trained.forecast(windows))
+    np.testing.assert_array_equal(loaded.calibration.z_quantiles, trained.calibration.z_quantiles)
+    assert loaded.version == trained.version
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    for key in ("version", "trained_at", "data_range", "n_batteries", "features", "window_days", "horizon_days",
+                "library_versions", "backtest", "data_quality", "model_kind", "calibration"):
+        assert key in metadata, key
+    assert metadata["horizon_days"] == 30
+    assert metadata["data_quality"] == {"source": "test fleet"}
+    assert metadata["data_range"] == {"start": "2015-06-01", "end": "2017-05-31"}
+    assert set(metadata["library_versions"]) >= {"lightgbm", "numpy", "pandas", "python"}
+
+
+def test_version_is_a_utc_timestamp_and_a_content_hash():
+    version = model().version
+    stamp, digest = version.split("-")
+    assert len(stamp) == 16 and stamp.endswith("Z") and stamp[8] == "T"
+    assert len(digest) == 8 and int(digest, 16) >= 0
+
+
+def test_one_day_of_history_gives_a_sane_forecast(windows):
+    """The endpoint accepts any history >= 1 day; the model must not fall over or go wild on it."""
+    frame = clean()
+    last_day = frame.groupby("Battery_ID")["Date"].transform("max")
+    one_day = build_windows(frame[frame["Date"] == last_day], window_days=model().window_days)
+    full = model().forecast(windows).mean(axis=1)
+    short = model().forecast(one_day).mean(axis=1)
+
+    assert np.isfinite(short).all() and (short > 0).all()
+    # One day says little, but still something: the forecast sits between that day and the fleet's level.
+    assert np.median(np.abs(np.log(short / full))) < np.log(1.5)
+
+
+def test_a_window_with_no_known_day_falls_back_to_the_fleet_prior(windows):
+    blank = windows.take(np.arange(3))
+    for values in (blank.daily_cycles, blank.trip_minutes, blank.trips):
+        values[:] = np.nan
+    forecast = model().forecast(blank)
+    assert np.isfinite(forecast).all()
+    np.testing.assert_allclose(forecast.mean(axis=1), model().level_prior, rtol=0.5)
+
+
+def test_an_unknown_car_is_still_forecast(windows):
+    known = windows.take(np.arange(5))
+    unknown = known.take(np.arange(5))
+    object.__setattr__(unknown, "car_id", np.array(["NO-SUCH-CAR"] * 5, dtype=object))
+    forecast = model().forecast(unknown)
+    assert np.isfinite(forecast).all()
+    np.testing.assert_allclose(forecast.mean(axis=1), model().forecast(known).mean(axis=1), rtol=0.3)
+
+
+def test_car_lookup_covers_the_fleet_the_model_was_trained_with():
+    assert set(model().cars["Car_ID"]) == set(fleet().cars["Car_ID"])
+
+
+def test_windows_of_the_wrong_width_are_refused(windows):
+    narrow = build_windows(clean(), window_days=28)
+    with pytest.raises(ValueError, match="28 days wide; this model needs 91"):
+        model().forecast(narrow)
+
+
+def test_weekday_shape_follows_a_clear_weekly_rhythm_and_averages_one():
+    week = np.array([1.2, 1.2, 1.2, 1.2, 1.2, 0.5, 0.5])  # days back 0..6 from the as-of day
+    daily = np.tile(week[::-1], 13)[None, :]  # oldest first, so the last column is `week[0]`
+    shape = weekday_shape(daily, shrinkage=2.0)[0]
+    assert shape.mean() == pytest.approx(1.0)
+    # Day h after as-of has the weekday of (7 - h % 7) % 7 days back.
+    expected = week[(-np.arange(1, 31)) % 7]
+    assert np.corrcoef(shape, expected)[0, 1] > 0.999
+    assert weekday_shape(np.full((1, 91), np.nan), 2.0) == pytest.approx(np.ones((1, 30)))

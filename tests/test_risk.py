@@ -1,0 +1,108 @@
+"""Failure risk on constructed arrays: the probability's meaning, its calibration, days to rated life."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.risk import (
+    MAX_DAYS_TO_RATED_LIFE,
+    RiskCalibration,
+    calibrate,
+    days_to_rated_life,
+    error_scale,
+    failure_risk,
+    recent_variability,
+)
+
+RNG = np.random.default_rng(42)
+
+
+def flat(rate: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 30), rate)
+
+
+def normal_calibration(n: int = 20_000) -> RiskCalibration:
+    """What `calibrate` learns when the standardised errors are N(0, 1)."""
+    forecast = flat(0.2, n)
+    scale = error_scale(forecast.sum(axis=1), np.zeros(n))
+    return calibrate(forecast.sum(axis=1) + RNG.standard_normal(n) * scale, forecast, np.zeros(n))
+
+
+def test_past_rated_life_is_certain_and_has_no_days_left():
+    risk = failure_risk(np.array([200.0, 250.0]), np.array([200, 200]), flat(0.2, 2), normal_calibration())
+    np.testing.assert_array_equal(risk["failure_probability_30d"], [1.0, 1.0])
+    np.testing.assert_array_equal(risk["days_to_rated_life"], [0.0, 0.0])
+
+
+def test_probability_rises_as_the_remaining_cycles_shrink():
+    remaining = np.linspace(12.0, 0.5, 40)  # forecast uses 6 cycles in 30 days
+    risk = failure_risk(200 - remaining, np.full(40, 200), flat(0.2, 40), normal_calibration())
+    probability = risk["failure_probability_30d"].to_numpy()
+
+    assert np.all(np.diff(probability) >= 0)
+    assert probability[0] < 0.01 and probability[-1] > 0.99
+    # Exactly the forecast's worth of cycles left: a coin toss under symmetric errors.
+    at_forecast = failure_risk([194.0], [200], flat(0.2), normal_calibration())["failure_probability_30d"][0]
+    assert at_forecast == pytest.approx(0.5, abs=0.03)
+
+
+def test_probabilities_match_observed_frequencies_when_errors_are_like_the_calibration_ones():
+    """Calibrate on one sample of skewed errors, then check P against outcomes in a fresh sample."""
+    n = 40_000
+    forecast = flat(0.15, n) * RNG.uniform(0.5, 2.0, (n, 1))
+    daily_std = 0.3 * forecast[:, 0]
+    predicted = forecast.sum(axis=1)
+
+    def actual_sums() -> np.ndarray:  # right-skewed errors: usage jumps more often than it drops
+        return predicted + (RNG.gamma(2.0, 1.0, n) - 2.0) * error_scale(predicted, daily_std)
+
+    calibration = calibrate(actual_sums(), forecast, daily_std)
+    remaining = predicted * RNG.uniform(0.7, 1.4, n)
+    probability = failure_risk(200 - remaining, np.full(n, 200), forecast, calibration, daily_std)[
+        "failure_probability_30d"].to_numpy()
+    happened = actual_sums() >= remaining
+
+    for low in np.arange(0.0, 1.0, 0.1):
+        in_bin = (probability >= low) & (probability < low + 0.1)
+        assert in_bin.sum() > 500
+        assert happened[in_bin].mean() == pytest.approx(probability[in_bin].mean(), abs=0.03)
+
+
+def test_a_noisier_battery_gets_a_less_certain_probability():
+    """Same forecast and margin: the battery whose daily use swings more is further from 0 or 1."""
+    calibration = normal_calibration()
+    risk = failure_risk([190.0, 190.0], [200, 200], flat(0.2, 2), calibration, daily_std=np.array([0.0, 0.3]))
+    steady, noisy = risk["failure_probability_30d"]
+    assert steady < noisy < 0.5
+
+
+def test_days_to_rated_life_interpolates_within_and_extrapolates_beyond_the_horizon():
+    forecast = np.vstack([flat(0.5)[0], flat(0.5)[0], flat(0.0)[0], np.r_[np.zeros(29), 1.0]])
+    days = days_to_rated_life(np.array([2.25, 20.0, 5.0, 0.5]), forecast)
+
+    np.testing.assert_allclose(days[:2], [4.5, 40.0])  # 15 cycles in 30 days, 5 more at 0.5 a day
+    assert days[2] == MAX_DAYS_TO_RATED_LIFE  # never used: capped, not infinite (JSON has no infinity)
+    np.testing.assert_allclose(days[3], 29.5)
+
+
+def test_calibration_survives_a_dict_round_trip():
+    calibration = normal_calibration(2_000)
+    again = RiskCalibration.from_dict(calibration.to_dict())
+    np.testing.assert_array_equal(again.z_quantiles, calibration.z_quantiles)
+    assert again.n_errors == 2_000
+
+
+def test_calibration_needs_enough_errors():
+    with pytest.raises(ValueError, match="too few held-out forecasts"):
+        calibrate(np.ones(5), flat(0.1, 5), np.zeros(5))
+
+
+def test_recent_variability_uses_only_known_recent_days():
+    daily = np.full((3, 40), np.nan)
+    daily[0, -28:] = np.tile([0.1, 0.3], 14)
+    daily[0, :12] = 5.0  # older than 28 days: ignored
+    daily[1, -1] = 0.2  # one known day: no spread to measure
+    std = recent_variability(daily)
+    np.testing.assert_allclose(std[0], np.std(np.tile([0.1, 0.3], 14), ddof=1))
+    np.testing.assert_array_equal(std[1:], [0.0, 0.0])

@@ -1,0 +1,40 @@
+"""Settings are validated in one place, with errors that name the setting."""
+
+import pytest
+
+from shared.settings import SettingsError, load_settings
+
+
+def test_local_defaults_point_at_local_services():
+    settings = load_settings({})
+    assert settings.scoring_uri.startswith("http://127.0.0.1:")
+    assert settings.alert_probability_threshold == 0.8
+    assert not settings.azureml_configured
+
+
+def test_values_are_typed_and_trimmed():
+    settings = load_settings({
+        "ALERT_PROBABILITY_THRESHOLD": "0.65", "ALERT_COOLDOWN_DAYS": "3",
+        "HEAD_UNIT_GATEWAY_URL": "https://gw.example/", "AZUREML_SUBSCRIPTION_ID": "s",
+        "AZUREML_RESOURCE_GROUP": "rg", "AZUREML_WORKSPACE": "ws",
+    })  # fmt: skip
+    assert settings.alert_probability_threshold == 0.65
+    assert settings.alert_cooldown_days == 3
+    assert settings.head_unit_gateway_url == "https://gw.example"
+    assert settings.azureml_configured
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("ALERT_PROBABILITY_THRESHOLD", "high"),
+        ("ALERT_PROBABILITY_THRESHOLD", "1.5"),
+        ("ALERT_COOLDOWN_DAYS", "-1"),
+        ("ALERT_COOLDOWN_DAYS", "2.5"),
+        ("SCORING_URI", "127.0.0.1:5001/score"),
+        ("RETRAIN_SCHEDULE", "0 2 * * *"),
+    ],
+)
+def test_bad_values_name_the_setting(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: value})
