@@ -9,6 +9,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 RUN_DIR ?= data/run
+# `make run CARS=60 START=2015-01-01 END=2016-06-30 SEED=3 REPLAY_DAYS=4`: a smaller main job. Unset
+# variables keep the demo command's defaults (300 cars, 2014-01-01..2016-12-31, seed 7, 14 days replayed).
+DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(END),--end $(END)) \
+            $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS))
 
 .PHONY: run test lint bench clean install
 
@@ -25,7 +29,7 @@ $(NPM_STAMP): package.json
 	touch $@
 
 run: install
-	$(PY) -m shared demo --out $(RUN_DIR)
+	$(PY) -m shared demo --out $(RUN_DIR) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

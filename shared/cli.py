@@ -152,23 +152,28 @@ def run_score(args: argparse.Namespace) -> int:
 def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "demo",
-        help="the main job on local defaults: simulate, prepare, train, register, batch-score, report",
-        description="Run the whole job locally: simulate a fleet, prepare it, train and backtest the model, "
-        "register it in Blob storage (Azurite) as champion, batch-score the fleet and write a report.",
+        help="the main job on local defaults: simulate, prepare, train, register, batch-score, stream, alert, report",
+        description="Run the whole product locally on 127.0.0.1 (Azurite, the scoring endpoint under azmlinfsrv, "
+        "a head-unit simulator, function_app.app under the local Functions host): simulate a fleet, archive its "
+        "history, run one night (nightly_retrain: prepare, backtest, train, register the champion; "
+        "nightly_batch_score), replay the last --replay-days days through score_telemetry and push_alert, and "
+        "write summary.md with what every head unit received.",
     )
     parser.add_argument("--out", type=Path, default=Path("data/run"), help="working directory")
     parser.add_argument("--cars", type=int, default=300, help="fleet size to simulate")
     parser.add_argument("--start", default="2014-01-01")
     parser.add_argument("--end", default="2016-12-31")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--replay-days", type=int, default=14,
+                        help="last days of the period streamed through score_telemetry (default 14)")
     return parser
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from shared.jobs import run_main_job
+    from shared.main_job import run_main_job
 
     summary_path = run_main_job(args.out, cars=args.cars, start=args.start, end=args.end, seed=args.seed,
-                                progress=progress)
+                                replay_days=args.replay_days, progress=progress)
     print(summary_path.read_text())
     return 0
 
@@ -304,6 +309,61 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(args.model_dir, args.port, args.workers)
 
 
+# --- compliance ---------------------------------------------------------------------------------------
+
+
+def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "compliance",
+        help="component compliance: train the technician-note classifier, score a component catalogue",
+        description="Component compliance (issue 6): a component made before 1995, in fair or poor condition, "
+        "or made with plastic or iron is non-compliant. `train` fits the note classifier on a labelled "
+        "components CSV and tracks the run in MLflow; `score` writes Component_ID, Car_ID, non_compliant, "
+        "probability, needs_review, reason for each component.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser("train", help="train the classifier (tracked in MLflow)",
+                               description="Hold out a quarter of the phrasings (the template column) to "
+                               "evaluate, then train on every labelled note and write the model directory.")
+    train.add_argument("--data", type=Path, required=True, help="components CSV with a label column")
+    train.add_argument("--model-dir", type=Path, required=True, help="directory to write the model to")
+    train.add_argument("--learning-rate", type=float, help="SGD step size (default 0.05)")
+    train.add_argument("--alpha", type=float, help="L2 regularisation strength (default 1e-5)")
+    train.add_argument("--epochs", type=int, help="passes over the training notes (default 30)")
+    train.add_argument("--seed", type=int, help="seed of the held-out split and of SGD (default 0)")
+    score = actions.add_parser("score", help="score components with a trained classifier",
+                               description="Score a components CSV (Component_ID, Car_ID, text).")
+    score.add_argument("--data", type=Path, required=True, help="components CSV")
+    score.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
+    score.add_argument("--out", type=Path, required=True, help="results CSV to write")
+    return parser
+
+
+def run_compliance(args: argparse.Namespace) -> int:
+    import os
+
+    from shared import compliance
+
+    if args.action == "train":
+        from shared.tracking import PROJECT_ROOT, tracking_uri
+
+        given = {name: getattr(args, name) for name in ("learning_rate", "alpha", "epochs", "seed")}
+        params = compliance.TrainingParams(**{name: value for name, value in given.items() if value is not None})
+        model = compliance.train_from_csv(args.data, args.model_dir, params=params, progress=progress,
+                                          tracking_uri=tracking_uri(os.environ, PROJECT_ROOT))  # fmt: skip
+        print(json.dumps({"version": model.version, "model_dir": str(args.model_dir),
+                          "mlflow_run_id": model.metadata["mlflow_run_id"], "held_out": model.metadata["metrics"]},
+                         indent=2))  # fmt: skip
+        return 0
+    results = compliance.score_from_csv(args.data, args.model_dir, args.out)
+    flagged = results[compliance.NON_COMPLIANT] == 1
+    print(f"scored {len(results):,} components: {int(flagged.sum()):,} non-compliant on "
+          f"{results.loc[flagged, 'Car_ID'].nunique():,} cars, {int(results[compliance.NEEDS_REVIEW].sum()):,} "
+          f"need review")  # fmt: skip
+    print(f"results: {args.out}")
+    return 0
+
+
 # --- azureml ------------------------------------------------------------------------------------------
 
 AZUREML_ACTIONS = {
@@ -426,6 +486,8 @@ def add_send_telemetry(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run_send_telemetry(args: argparse.Namespace) -> int:
+    from azure.eventhub.exceptions import EventHubError
+
     from shared.eventhub_sender import producer_client, records_of_day, send_telemetry
     from shared.jobs import parse_day
     from shared.telemetry import read_telemetry_csv
@@ -436,8 +498,12 @@ def run_send_telemetry(args: argparse.Namespace) -> int:
     if records.empty:
         first, last = telemetry["Date"].min(), telemetry["Date"].max()
         raise InputError(f"{args.data}: no records dated {day} (the file covers {first:%Y-%m-%d} to {last:%Y-%m-%d})")
-    with producer_client(args.connection, args.eventhub) as producer:
-        report = send_telemetry(producer, records, progress=progress)
+    try:
+        with producer_client(args.connection, args.eventhub) as producer:
+            report = send_telemetry(producer, records, progress=progress)
+    except EventHubError as error:  # its message names the failure, never the connection string
+        print(f"error: sending to Event Hub {args.eventhub} failed: {error}", file=sys.stderr)
+        return 1
     print(f"sent {report.events:,} events from {report.cars:,} cars in {report.batches:,} batches to {args.eventhub}")
     for record in report.oversize:
         print(f"not sent: event {record.position} of {record.car_id} is {record.size:,} bytes, "
@@ -456,6 +522,7 @@ COMMANDS: dict[str, Command] = {
     "serve": (add_serve, run_serve),
     "azureml": (add_azureml, run_azureml),
     "send-telemetry": (add_send_telemetry, run_send_telemetry),
+    "compliance": (add_compliance, run_compliance),
 }
 
 

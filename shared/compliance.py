@@ -2,24 +2,29 @@
 
 The regulation: a component is out of compliance (label 1) when it was manufactured before 1995, or is in
 fair or poor condition, or is made with plastic or iron. Technicians describe every component in a short
-free-text note ("Manufactured in 1985 made of steel in fair condition"). Each note is read twice, by two
-readers that fail differently, and a verdict is issued only when both agree:
+free-text note ("Manufactured in 1985 made of steel in fair condition"). Two deciders look at each note and
+a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
-  nineteen eighty-five), and the condition and material words, tolerating a one-letter typo, then applies
-  the regulation to what the note states. Years are its job because a model of words cannot compare a
-  year with 1995. It also decides whether the note says enough to apply the regulation at all: a note
-  that is empty, gibberish, or silent on what would decide it cannot be decided.
+  nineteen eighty-five), and the condition and material words, reading a word one letter away from one
+  of them as that word (typos), and applies the regulation to what the note states. Years are its job
+  because a model of words cannot compare a year with 1995. It also decides whether the note says enough
+  to apply the regulation at all: a note that is empty, gibberish, or silent on what would decide it
+  cannot be decided.
 * The classifier (learned): logistic regression, trained by SGD, on word and character n-grams of the
-  note, with each year the reader found replaced by one of two tokens (before 1995 / 1995 or later). It
-  reads the wording with no vocabulary of its own, so it is not fooled the way the reader is (a "door"
-  hinge is not "poor"), and it explains each prediction by the words that pushed it.
+  note as the reader normalises it (years replaced by a before-1995 or a 1995-or-later token, typos
+  corrected). Its weights come from labelled notes, not from the regulation's wording, so a gap in either
+  (a word the rules do not know but the labels show to matter, a rule the labels contradict) shows up as
+  a disagreement. It gives the probability and explains each prediction by the words that pushed it.
 * The verdict: when the reader cannot decide, or the two disagree, the note is "needs review" with the
   reason, neither alerted nor guessed nor dropped.
 
-Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching,
-a few thousand) and over year expressions, never over components. Model files are JSON + NumPy arrays
-(no pickle), so a model directory can be read by anyone and loaded safely.
+Known limits: negation ("no plastic parts") is read as a mention; a real word one letter away from a
+regulation word ("door" / "poor") is read as that word, unless the note also spells one exactly.
+
+Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching)
+and over year expressions, never over components. Model files are JSON + NumPy arrays (no pickle), so a
+model directory can be read by anyone and loaded safely.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupShuffleSplit
@@ -138,13 +143,25 @@ _NUMBER_VALUES = {
     **{word: value for value, word in enumerate(TEENS, 10)},
     **{word: value for value, word in zip(range(20, 100, 10), TENS, strict=True)},
 }
-# Bare condition/material words; a note word one edit away from exactly one of them is read as it.
-_VOCABULARY = {
-    word
-    for spellings in (*MATERIAL_SPELLINGS.values(), *CONDITION_SPELLINGS.values())
-    for spelling in spellings
-    for word in re.split(r"[\W_]+", spelling.lower())
-}
+
+
+def _words(text: str) -> list[str]:
+    return re.split(r"[\W_]+", text.lower())
+
+
+def _spelled_words() -> dict[str, str]:
+    """Each word of the condition and material spellings → the word it stands for ("aluminium" → "aluminum",
+    "fibre" → "fiber"); the words of a spelling longer than its meaning ("stainless steel") stand for themselves.
+    A note word one edit away from words that all stand for the same word is read as that word."""
+    vocabulary = {}
+    for meaning, spellings in (*MATERIAL_SPELLINGS.items(), *CONDITION_SPELLINGS.items()):
+        for spelling in spellings:
+            spelled, meant = _words(spelling), _words(meaning)
+            vocabulary.update(zip(spelled, meant if len(meant) == len(spelled) else spelled, strict=True))
+    return vocabulary
+
+
+_VOCABULARY = _spelled_words()
 _MIN_TYPO_LENGTH = 4  # shorter words are too often other words ("far" is not "fair")
 
 
@@ -166,34 +183,39 @@ def year_value(expression: str) -> int:
 def read_notes(texts: pd.Series) -> pd.DataFrame:
     """What each note states, as the reader reads it; one row per note, same index.
 
-    Columns: normalized (the classifier's input: lower case, words and numbers only, years as tokens),
+    Columns: normalized (the classifier's input: lower case, words and numbers only, years as tokens,
+    typos corrected),
     year (Int64, <NA> unless exactly one year is stated), year_text (as written), years (all distinct
     years stated, comma-separated), condition and material (the regulation's words, <NA> when not
     stated; a disqualifying one wins when several are), verdict (`violates_regulation` of those).
     """
+    index, texts = texts.index, texts.reset_index(drop=True)
     lowered = texts.astype("string").fillna("").str.lower()
-    matches = lowered.str.extractall(f"({YEAR_PATTERN.pattern})")[0]
-    values = matches.map(year_value)
-    distinct = values.groupby(level=0).unique()
-    years = distinct.map(lambda found: ", ".join(str(y) for y in sorted(found))).reindex(texts.index)
-    single = distinct[distinct.map(len) == 1].map(lambda found: found[0])
-    year = single.reindex(texts.index).astype("Int64")
-    year_text = matches.groupby(level=0).first().reindex(texts.index).where(year.notna())
+    matches = lowered.str.extractall(f"({YEAR_PATTERN.pattern})")[0].rename("text").reset_index()
+    matches["year"] = matches["text"].map(year_value)
+    distinct = matches.drop_duplicates(["level_0", "year"]).sort_values(["level_0", "year"])
+    several = distinct["level_0"].duplicated(keep=False)
+    one = distinct[~several].set_index("level_0")
+    year = one["year"].reindex(texts.index).astype("Int64")
+    year_text = one["text"].reindex(texts.index)
+    years = year.astype("string").combine_first(
+        distinct[several].astype({"year": str}).groupby("level_0")["year"].agg(", ".join).astype("string")
+    ).reindex(texts.index)
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
-    normalized = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
-    corrected = _correct_typos(normalized)
-    condition = _stated(normalized, corrected, CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS)
-    material = _stated(normalized, corrected, MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)
+    words = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
+    corrected = _correct_typos(words)
+    condition = _stated(words, corrected, CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS)
+    material = _stated(words, corrected, MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)
     return pd.DataFrame({
-        "normalized": normalized.astype(object),
+        "normalized": corrected.astype(object),
         "year": year,
         "year_text": year_text.astype(object),
         "years": years.astype(object),
         "condition": condition,
         "material": material,
         "verdict": violates_regulation(year, condition, material),
-    })
+    }).set_axis(index)
 
 
 def _year_token(match: re.Match) -> str:
@@ -222,12 +244,13 @@ def _stated(
 def _correct_typos(normalized: pd.Series) -> pd.Series:
     """The notes with each word one edit away from exactly one vocabulary word replaced by it."""
     words = pd.Series(normalized.str.split().explode().dropna().unique(), dtype=object)
-    unknown = words[words.str.isalpha() & (words.str.len() >= _MIN_TYPO_LENGTH) & ~words.isin(_VOCABULARY)]
+    unknown = words[words.str.isalpha() & (words.str.len() >= _MIN_TYPO_LENGTH) & ~words.isin(list(_VOCABULARY))]
     corrections = {}
     for word in unknown:  # distinct words, not notes
-        near = [known for known in _VOCABULARY if len(known) >= _MIN_TYPO_LENGTH and _one_edit_apart(word, known)]
+        near = {meant for known, meant in _VOCABULARY.items()
+                if len(known) >= _MIN_TYPO_LENGTH and _one_edit_apart(word, known)}  # fmt: skip
         if len(near) == 1:
-            corrections[word] = near[0]
+            corrections[word] = near.pop()
     if not corrections:
         return normalized
     pattern = r"\b(" + "|".join(sorted(corrections, key=len, reverse=True)) + r")\b"
@@ -262,13 +285,27 @@ class TrainingParams:
     validation_share: float = 0.25  # of templates (phrasings) held out to evaluate
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, ok, rule in (
+                ("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0"),
+                ("alpha", self.alpha, self.alpha >= 0, "≥ 0"),
+                ("epochs", self.epochs, self.epochs >= 1, "≥ 1"),
+                ("validation_share", self.validation_share, 0 < self.validation_share < 1, "in (0, 1)"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise InputError("; ".join(problems))
+
 
 @dataclass(frozen=True, eq=False)
 class ComplianceModel:
     """Logistic regression over tf-idf word unigrams and character 2-5-grams (within words) of a note.
 
     Every feature belongs to one word of the note, so the logit splits exactly into per-word
-    contributions (`word_contributions`): those are the explanation.
+    contributions (`explain`): those are the explanation.
     """
 
     word_vocabulary: np.ndarray
@@ -283,40 +320,38 @@ class ComplianceModel:
     def version(self) -> str:
         """A digest of the weights: the same training data and parameters give the same version."""
         digest = hashlib.sha256()
-        for array in (self.word_vocabulary, self.char_vocabulary, self.coef, np.array([self.intercept])):
+        arrays = (self.word_vocabulary, self.word_idf, self.char_vocabulary, self.char_idf, self.coef)
+        for array in (*arrays, np.array([self.intercept])):
             digest.update(np.ascontiguousarray(array).tobytes())
         return "cmp-" + digest.hexdigest()[:12]
 
     def probability(self, normalized: pd.Series) -> np.ndarray:
         """P(non-compliant) for notes as `read_notes` normalises them."""
-        return 1.0 / (1.0 + np.exp(-self.logit(normalized)))
-
-    def logit(self, normalized: pd.Series) -> np.ndarray:
-        return self.features(normalized) @ self.coef + self.intercept
+        return _sigmoid(self.features(normalized) @ self.coef + self.intercept)
 
     def features(self, normalized: pd.Series) -> sparse.csr_matrix:
-        word, char = self._weighted_counts(normalized)
-        return sparse.hstack([normalize(word), normalize(char)], format="csr")
+        return _tfidf(*self._weighted_counts(normalized))
 
-    def word_contributions(self, normalized: pd.Series) -> pd.DataFrame:
-        """Each word's share of each note's logit (row, word, contribution); with the intercept they sum
-        to the logit. A word's share is its unigram's and its character n-grams' coef × tf-idf value."""
+    def explain(self, normalized: pd.Series) -> tuple[np.ndarray, pd.DataFrame]:
+        """P(non-compliant) per note, and each word's share of its logit (row, word, contribution).
+
+        A word's share is the coef × tf-idf value of its unigram and of its character n-grams (which lie
+        within words): the shares of a note's words plus the intercept are exactly its logit.
+        """
         word_part, char_part = self._weighted_counts(normalized)
-        word_norm = sparse.linalg.norm(word_part, axis=1)
-        char_norm = sparse.linalg.norm(char_part, axis=1)
+        logit = _tfidf(word_part, char_part) @ self.coef + self.intercept
         words = normalized.reset_index(drop=True).str.split().explode().dropna()
         distinct = pd.Index(words.unique())
-        word_raw, char_raw = self._weighted_counts(pd.Series(distinct, dtype=object))
+        word_alone, chars_alone = self._weighted_counts(pd.Series(distinct, dtype=object))
         n_words = len(self.word_vocabulary)
-        own_word = pd.Series(word_raw @ self.coef[:n_words], index=distinct)
-        own_chars = pd.Series(char_raw @ self.coef[n_words:], index=distinct)
         rows = words.index.to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            contribution = (
-                np.nan_to_num(own_word[words].to_numpy() / word_norm[rows])
-                + np.nan_to_num(own_chars[words].to_numpy() / char_norm[rows])
-            )
-        return pd.DataFrame({"row": rows, "word": words.to_numpy(), "contribution": contribution})
+        contribution = np.zeros(len(words))
+        for alone, part, coef in ((word_alone, word_part, self.coef[:n_words]),
+                                  (chars_alone, char_part, self.coef[n_words:])):  # fmt: skip
+            own = pd.Series(alone @ coef, index=distinct).reindex(words.to_numpy()).to_numpy()
+            norm = np.sqrt(np.asarray(part.multiply(part).sum(axis=1)).ravel())[rows]
+            contribution += np.divide(own, norm, out=np.zeros_like(own), where=norm > 0)
+        return _sigmoid(logit), pd.DataFrame({"row": rows, "word": words.to_numpy(), "contribution": contribution})
 
     def _weighted_counts(self, normalized: pd.Series) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
         text = normalized.astype(object).fillna("")
@@ -352,6 +387,15 @@ class ComplianceModel:
 
 _WORD_ANALYZER = {"analyzer": "word", "token_pattern": r"\S+", "lowercase": False}
 _CHAR_ANALYZER = {"analyzer": "char_wb", "ngram_range": CHAR_NGRAMS, "lowercase": False}
+
+
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def _tfidf(word: sparse.spmatrix, char: sparse.spmatrix) -> sparse.csr_matrix:
+    """The classifier's features: idf-weighted word and char counts, each block scaled to unit length."""
+    return sparse.hstack([normalize(word), normalize(char)], format="csr")
 
 
 def _index(vocabulary: np.ndarray) -> dict[str, int]:
@@ -401,17 +445,17 @@ def train_classifier(components: pd.DataFrame, params: TrainingParams = Training
     notes = read_notes(labelled[TEXT])
     y = labelled[LABEL].astype("int64").to_numpy()
     by_template = TEMPLATE in labelled.columns
-    groups = labelled[TEMPLATE].astype(str) if by_template else labelled.index.astype(str)
+    groups = labelled[TEMPLATE].astype(str) if by_template else pd.Series(labelled.index.astype(str))
     splitter = GroupShuffleSplit(n_splits=1, test_size=params.validation_share, random_state=params.seed)
     train, held_out = next(splitter.split(labelled, y, groups))
 
-    model, curves = _fit(notes["normalized"].iloc[train], y[train], params,
-                         validation=(notes["normalized"].iloc[held_out], y[held_out]))  # fmt: skip
+    held_out_text = notes["normalized"].iloc[held_out]
+    model, curves = fit_classifier(notes["normalized"].iloc[train], y[train], params, (held_out_text, y[held_out]))
     results = score_components(model, labelled.iloc[held_out])
     decided = results[NEEDS_REVIEW].to_numpy() == 0
     right = decided & (results[NON_COMPLIANT].fillna(-1).to_numpy() == y[held_out])
     positive = y[held_out] == 1
-    probability = results["probability"].to_numpy()
+    probability = model.probability(held_out_text)
     metrics = {
         "eval_loss": float(log_loss(y[held_out], probability, labels=[0, 1])),
         "eval_accuracy": float(right.mean()),  # a labelled note sent to review counts as wrong
@@ -422,26 +466,30 @@ def train_classifier(components: pd.DataFrame, params: TrainingParams = Training
         "train_notes": float(len(train)),
         "unlabelled_notes_skipped": float(len(components) - len(labelled)),
     }
-    final, _ = _fit(notes["normalized"], y, params)
-    split = {"split": "template" if by_template else "note", "held_out_groups": sorted(set(groups.iloc[held_out]))}
+    final, _ = fit_classifier(notes["normalized"], y, params)
+    split = {"split": "note"}
+    if by_template:
+        split = {"split": "template", "held_out_templates": sorted(set(groups.iloc[held_out]))}
     final = final.with_metadata(
         params=asdict(params), metrics=metrics, **split, trained_at=datetime.now(UTC).isoformat(timespec="seconds")
     )
     return TrainingResult(model=final, curves=curves, metrics=metrics)
 
 
-def _fit(
+def fit_classifier(
     text: pd.Series, y: np.ndarray, params: TrainingParams, validation: tuple[pd.Series, np.ndarray] | None = None
 ) -> tuple[ComplianceModel, pd.DataFrame]:
-    """Learn the vocabularies and idf on `text`, then SGD epochs of logistic loss, recording the curves."""
-    word = TfidfVectorizer(**_WORD_ANALYZER).fit(text)
-    char = TfidfVectorizer(**_CHAR_ANALYZER).fit(text)
+    """Learn the vocabularies and idf on `text` (as `read_notes` normalises notes), then SGD epochs of
+    logistic loss; return the model and its per-epoch loss and accuracy on `text` and on `validation`."""
+    word, char = CountVectorizer(**_WORD_ANALYZER), CountVectorizer(**_CHAR_ANALYZER)
+    word_counts, char_counts = word.fit_transform(text), char.fit_transform(text)
+    word_idf, char_idf = (TfidfTransformer().fit(counts).idf_ for counts in (word_counts, char_counts))
     untrained = ComplianceModel(
-        word_vocabulary=np.array(word.get_feature_names_out(), dtype=str), word_idf=word.idf_,
-        char_vocabulary=np.array(char.get_feature_names_out(), dtype=str), char_idf=char.idf_,
-        coef=np.zeros(len(word.idf_) + len(char.idf_)), intercept=0.0,
+        word_vocabulary=np.array(word.get_feature_names_out(), dtype=str), word_idf=word_idf,
+        char_vocabulary=np.array(char.get_feature_names_out(), dtype=str), char_idf=char_idf,
+        coef=np.zeros(len(word_idf) + len(char_idf)), intercept=0.0,
     )  # fmt: skip
-    x = untrained.features(text)
+    x = _tfidf(word_counts.multiply(word_idf), char_counts.multiply(char_idf))
     sets = {"train": (x, y)}
     if validation is not None:
         sets["validation"] = (untrained.features(validation[0]), validation[1])
@@ -475,12 +523,16 @@ def score_components(model: ComplianceModel, components: pd.DataFrame) -> pd.Dat
     if missing:
         raise InputError(f"components: missing column(s): {', '.join(missing)}")
     components = components.reset_index(drop=True)
+    if components.empty:
+        return pd.DataFrame({column: pd.Series(dtype=object) for column in RESULT_COLUMNS}).astype(
+            {NON_COMPLIANT: "Int64", "probability": "float64", NEEDS_REVIEW: "int64"}
+        )
     notes = read_notes(components[TEXT])
-    probability = model.probability(notes["normalized"])
+    probability, contributions = model.explain(notes["normalized"])
     classifier_says = pd.Series((probability >= DECISION_PROBABILITY).astype("int64"))
     verdict = notes["verdict"]
     agreed = (verdict == classifier_says).fillna(False).astype(bool)
-    words = _top_words(model, notes, classifier_says)
+    words = _top_words(contributions, notes, classifier_says)
     finding = _finding(notes)
     reason = np.select(
         [agreed, verdict.isna().to_numpy()],
@@ -488,7 +540,8 @@ def score_components(model: ComplianceModel, components: pd.DataFrame) -> pd.Dat
         default="needs review: the classifier (p=" + pd.Series(probability).round(2).astype(str)
         + ") disagrees with the reading '" + finding + "'",
     )  # fmt: skip
-    reason = pd.Series(reason, dtype=object).where(words == "", reason + WORDS + words)
+    explained = verdict.notna().to_numpy() & (words != "").to_numpy()  # the words of a note that says nothing are noise
+    reason = pd.Series(np.where(explained, reason + WORDS + words, reason), dtype=object)
     return pd.DataFrame({
         COMPONENT_ID: components[COMPONENT_ID].astype(object),
         CAR_ID: components[CAR_ID].astype(object),
@@ -522,7 +575,7 @@ def _undecided_reason(notes: pd.DataFrame, texts: pd.Series) -> pd.Series:
         "manufacturing year": notes["year"].isna(), "condition": notes["condition"].isna(),
         "material": notes["material"].isna(),
     })  # fmt: skip
-    unstated_names = _joined(unstated.apply(lambda column: column.map({True: column.name, False: pd.NA})))
+    unstated_names = _joined(unstated.apply(lambda column: column.map({True: column.name, False: pd.NA})), " or ")
     empty = texts.astype("string").fillna("").str.strip() == ""
     reason = np.select(
         [empty.to_numpy(), unstated.all(axis=1).to_numpy() & notes["years"].isna().to_numpy(),
@@ -535,28 +588,34 @@ def _undecided_reason(notes: pd.DataFrame, texts: pd.Series) -> pd.Series:
     return pd.Series(reason, index=notes.index, dtype=object)
 
 
-def _top_words(model: ComplianceModel, notes: pd.DataFrame, classifier_says: pd.Series) -> pd.Series:
+def _top_words(contributions: pd.DataFrame, notes: pd.DataFrame, classifier_says: pd.Series) -> pd.Series:
     """Per note, the words that pushed the classifier hardest towards its answer: "plastic (+1.84), ..."."""
-    parts = model.word_contributions(notes["normalized"])
-    parts = parts.groupby(["row", "word"], as_index=False, sort=False)["contribution"].sum()
+    parts = contributions.groupby(["row", "word"], as_index=False, sort=False)["contribution"].sum()
     towards = np.where(classifier_says.to_numpy()[parts["row"]] == 1, 1.0, -1.0) * parts["contribution"]
     top = parts[towards > 0].assign(push=towards).sort_values(["row", "push"], ascending=[True, False])
-    top = top.groupby("row").head(TOP_WORDS)
+    top = top[top.groupby("row").cumcount() < TOP_WORDS]
     year_text = notes["year_text"].fillna("year").to_numpy(dtype=object)[top["row"]]
     shown = np.select(
         [top["word"] == YEAR_BEFORE_TOKEN, top["word"] == YEAR_FROM_TOKEN],
         [year_text + f" (before {CUTOFF_YEAR})", year_text + f" ({CUTOFF_YEAR} or later)"],
         default=top["word"].to_numpy(dtype=object),
     )
-    labelled = shown + " (" + top["contribution"].map("{:+.2f}".format).to_numpy(dtype=object) + ")"
-    joined = pd.Series(labelled, index=top["row"].to_numpy()).groupby(level=0).agg(", ".join)
-    return joined.reindex(range(len(notes)), fill_value="").set_axis(notes.index).astype(object)
+    top = top.assign(
+        shown=shown + " (" + top["contribution"].map("{:+.2f}".format).to_numpy(dtype=object) + ")",
+        rank=top.groupby("row").cumcount(),
+    )
+    wide = top.pivot(index="row", columns="rank", values="shown").reindex(range(len(notes)))
+    return _joined(wide).set_axis(notes.index)
 
 
-def _joined(frame: pd.DataFrame) -> pd.Series:
-    """Each row's non-missing cells joined with ", " ("" when none)."""
-    stacked = frame.astype(object).stack().dropna()
-    return stacked.groupby(level=0).agg(", ".join).reindex(frame.index, fill_value="").astype(object)
+def _joined(frame: pd.DataFrame, separator: str = ", ") -> pd.Series:
+    """Each row's non-missing cells joined ("" when none); a loop over the few columns, not the rows."""
+    joined = pd.Series("", index=frame.index, dtype="string")
+    for column in frame.columns:
+        cell = frame[column].astype("string")
+        glue = pd.Series(np.where(joined == "", "", separator), index=frame.index, dtype="string")
+        joined = joined.mask(cell.notna(), joined + glue + cell)
+    return joined.astype(object)
 
 
 # --- alerts -------------------------------------------------------------------------------------------------
@@ -574,7 +633,7 @@ def compliance_alert_content(results: pd.DataFrame, day: date | str, model_versi
     if missing:
         raise InputError(f"compliance results: missing column(s): {', '.join(missing)}")
     flagged = results[(results[NON_COMPLIANT] == 1).fillna(False) & (results[NEEDS_REVIEW] == 0)]
-    finding = flagged[REASON].str.partition(WORDS)[0].str.removeprefix("non-compliant: ")
+    finding = flagged[REASON].str.split(WORDS, n=1, regex=False).str[0].str.removeprefix("non-compliant: ")
     flagged = flagged.assign(part=flagged[COMPONENT_ID].astype(str) + ": " + finding).sort_values(
         [CAR_ID, COMPONENT_ID]
     )
@@ -623,7 +682,7 @@ def read_components_csv(path: str | Path, *, labelled: bool = False) -> pd.DataF
         label = frame[LABEL].astype("string").str.strip()
         _refuse(path, LABEL, label.notna() & ~label.isin(["0", "1"]), "not 0, 1 or empty")
         frame[LABEL] = pd.to_numeric(label).astype("Int64")
-    return frame.astype({COMPONENT_ID: object, CAR_ID: object})
+    return frame.astype({column: object for column in frame.columns if column != LABEL})
 
 
 def _refuse(path: str | Path, column: str, bad: pd.Series, reason: str) -> None:
@@ -646,7 +705,7 @@ def train_from_csv(
     with start_training_run(EXPERIMENT, asdict(params), tags, uri=tracking_uri) as run:
         result = train_classifier(components, params)
         run.log_metrics(result.metrics)
-        run.log_training_curves(result.curves)
+        run.log_training_curves(result.curves, "Component compliance classifier (validation: phrasings held out)")
         model = result.model.with_metadata(mlflow_run_id=run.run_id)
         model.save(model_dir)
         run.log_model_dir(model_dir)

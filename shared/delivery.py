@@ -23,15 +23,16 @@ from typing import Any
 from azure.data.tables import TableClient, TableServiceClient
 
 from shared import alert_store
-from shared.functions_host import load_host_config
+from shared.alerts import validate_alert
+from shared.archive import DEADLETTER_CONTAINER
 from shared.headunit import TransientDeliveryError, push_alert
+from shared.host_config import load_host_config
 from shared.services import Services
 from shared.settings import SettingsError
 from shared.storage import ensure_container, upload_json
 from shared.telemetry import InputError
 
 ALERT_QUEUE = "maintenance-alerts"
-DEAD_LETTER_CONTAINER = "deadletter"
 MALFORMED = "malformed"
 
 
@@ -46,11 +47,11 @@ def process_alert_message(
     so the queue keeps them until the setting is fixed), and `TransientDeliveryError` to be retried.
     """
     settings = services.settings
-    if not settings.head_unit_signing_key:
-        raise SettingsError("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed before they are sent")
     now = services.clock()
     try:
         alert = _parse_alert(body)
+        if not settings.head_unit_signing_key:
+            raise SettingsError("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed before they are sent")
         table = _alerts_table(services.tables)
         outcome = push_alert(
             alert, table=table, session=services.gateway, gateway_url=settings.head_unit_gateway_url,
@@ -84,18 +85,23 @@ def record_malformed(services: Services, body: str | bytes, reason: str, dequeue
         "recorded_at": now.isoformat(),
         "body": data.decode("utf-8", errors="replace"),
     }
-    upload_json(ensure_container(services.blobs, DEAD_LETTER_CONTAINER), name, record)
+    upload_json(ensure_container(services.blobs, DEADLETTER_CONTAINER), name, record)
     return name
 
 
 def _parse_alert(body: str | bytes) -> dict[str, Any]:
-    """The alert JSON object of a message body, or `InputError` saying why it is not one."""
+    """The alert of a message body, checked against the contract, or `InputError` saying what is wrong.
+
+    Checked here, before the settings, so a message that can never be delivered is recorded as such
+    even while the app is misconfigured.
+    """
     try:
         alert = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"queue message is not JSON: {error}") from None
     if not isinstance(alert, dict):
         raise InputError(f"queue message is a JSON {type(alert).__name__}, not an alert object")
+    validate_alert(alert)
     return alert
 
 

@@ -293,28 +293,32 @@ def _typed_rows(batch: _Batch) -> pd.DataFrame:
     batch.flag_rows([p.row for p in problems], [f"{p.column}: {p.reason} ({p.value!r})" for p in problems])
     typed.index = batch.rows.index[~batch.rows.index.isin([p.row for p in problems])]
     for column in INTEGER_COLUMNS:
-        values = typed[column]
-        fractional = values[values.notna() & (values != values.round())]
-        batch.flag_rows(fractional.index.tolist(), [f"{column}: {v:g} is not a whole number" for v in fractional])
+        values = typed[column].to_numpy(np.float64)
+        fractional = np.flatnonzero(values != np.round(values))  # NaN != NaN, so gaps are skipped below
+        fractional = fractional[~np.isnan(values[fractional])]
+        batch.flag_rows(typed.index[fractional].tolist(), [f"{column}: {values[i]:g} is not a whole number"
+                                                           for i in fractional])  # fmt: skip
     impossible = implausible_values(typed).dropna()
     batch.flag_rows(impossible.index.tolist(), impossible.tolist())
-    unusable = _items_without_values(typed, batch)
-    batch.flag_rows(unusable.index.tolist(), unusable.tolist())
+    _flag_items_without_values(typed, batch)
     failed = np.array([error is not None for error in batch.errors], dtype=bool)
     return typed[~failed[batch.row_item[typed.index]]]
 
 
-def _items_without_values(typed: pd.DataFrame, batch: _Batch) -> pd.Series:
-    """For an item whose history has no value at all in some measure, its first row and why.
+def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
+    """Fail an item whose history has no value at all in some measure, naming the measure.
 
-    Preparation would drop such a battery (nothing can fill the column); saying so here names the column.
+    Preparation would drop such a battery (nothing can fill the column). The rows are in item order,
+    so each item's rows are one contiguous run.
     """
-    known = typed[MEASURE_COLUMNS].notna().groupby(batch.row_item[typed.index]).any()
-    lacking = known.columns.to_numpy()[np.argmin(known.to_numpy(), axis=1)]
-    missing = ~known.all(axis=1)
-    first_row = pd.Series(typed.index, index=batch.row_item[typed.index]).groupby(level=0).min()
-    return pd.Series([f"no {column} value in the whole history" for column in lacking[missing.to_numpy()]],
-                     index=first_row[missing].to_numpy(), dtype=object)  # fmt: skip
+    if typed.empty:
+        return
+    rows = typed.index.to_numpy()
+    item = batch.row_item[rows]
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]])
+    known = np.logical_or.reduceat(~np.isnan(typed[MEASURE_COLUMNS].to_numpy(np.float64)), starts, axis=0)
+    for start, lacks in zip(starts[~known.all(axis=1)], np.argmin(known[~known.all(axis=1)], axis=1), strict=True):
+        batch.flag_rows([int(rows[start])], [f"no {MEASURE_COLUMNS[lacks]} value in the whole history"])
 
 
 def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list]]:
@@ -367,7 +371,3 @@ def _kind(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
              float: "a number", type(None): "null"}  # fmt: skip
     return names.get(type(value), type(value).__name__)
-
-
-def _expected(field: str) -> str:
-    return "string (YYYY-MM-DD)" if field == DATE else "number"

@@ -118,9 +118,10 @@ def send_telemetry(
 ) -> SendReport:
     """Send every record as an event, partition key = Car_ID; stops at the first failed send (it raises)."""
     bodies = event_bodies_by_car(telemetry)
+    progress(f"packing {len(telemetry):,} events from {len(bodies):,} cars (the first batch connects to the hub)")
     packing = pack_batches(bodies, lambda car: producer.create_batch(partition_key=car))
     total = len(packing.batches)
-    progress(f"sending {packing.events:,} events from {len(bodies):,} cars in {total:,} batches")
+    progress(f"sending {packing.events:,} events in {total:,} batches")
     sent = 0
     for number, car_batch in enumerate(packing.batches, start=1):
         producer.send_batch(car_batch.batch)

@@ -40,7 +40,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -53,7 +52,7 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, QueueServiceClient
 from azure.storage.queue import QueueMessage as StoredMessage
 
-from shared.azurite import PROJECT_ROOT
+from shared.host_config import PROJECT_ROOT, HostConfig, load_host_config, parse_timespan
 from shared.settings import SettingsError
 from shared.storage import APP_STORAGE_SETTING, StorageConnection, queue_service, resolve_connection
 
@@ -63,59 +62,8 @@ TRIGGERS = ("timerTrigger", "eventHubTrigger", "queueTrigger", "httpTrigger")
 # The host leases a queue message for 10 minutes while the function runs (and renews the lease); on
 # failure it releases the message so that it is visible again after host.json's visibilityTimeout.
 QUEUE_LEASE_SECONDS = 600
-_TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)")
 _SETTING_REFERENCE = re.compile(r"%([^%]+)%")
 _ROUTE_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\??\}")
-
-
-# --- host.json ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """The host.json settings the emulator obeys; the host's own defaults where host.json is silent."""
-
-    max_dequeue_count: int = 5
-    visibility_timeout: timedelta = timedelta(0)  # the wait before a failed queue message is retried
-    message_encoding: str = "base64"  # "base64" or "none"
-    queue_batch_size: int = 16
-    max_event_batch_size: int = 100
-
-
-def load_host_config(path: Path = PROJECT_ROOT / "host.json") -> HostConfig:
-    """Read the queue and Event Hub settings from host.json; a bad value raises naming its key."""
-    extensions = json.loads(path.read_text()).get("extensions", {})
-    queues, event_hubs = extensions.get("queues", {}), extensions.get("eventHubs", {})
-    defaults = HostConfig()
-
-    def count(section: Mapping[str, Any], prefix: str, key: str, default: int) -> int:
-        value = section.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{path}: {prefix}.{key} must be a whole number ≥ 1, got {value!r}")
-        return value
-
-    encoding = str(queues.get("messageEncoding", defaults.message_encoding)).lower()
-    if encoding not in ("base64", "none"):
-        raise ValueError(f"{path}: queues.messageEncoding must be 'base64' or 'none', got {encoding!r}")
-    visibility = queues.get("visibilityTimeout")
-    if visibility is not None:
-        visibility = parse_timespan(visibility, f"{path}: queues.visibilityTimeout")
-    return HostConfig(
-        max_dequeue_count=count(queues, "queues", "maxDequeueCount", defaults.max_dequeue_count),
-        visibility_timeout=defaults.visibility_timeout if visibility is None else visibility,
-        message_encoding=encoding,
-        queue_batch_size=count(queues, "queues", "batchSize", defaults.queue_batch_size),
-        max_event_batch_size=count(event_hubs, "eventHubs", "maxEventBatchSize", defaults.max_event_batch_size),
-    )
-
-
-def parse_timespan(text: str, what: str) -> timedelta:
-    """A .NET TimeSpan as host.json and retry policies write it: `[d.]hh:mm:ss[.fff]`."""
-    match = _TIMESPAN.fullmatch(str(text).strip())
-    if match is None:
-        raise ValueError(f"{what} must be a time span like 00:00:30, got {text!r}")
-    days, hours, minutes, seconds = match.groups()
-    return timedelta(days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=float(seconds))
 
 
 # --- what the host indexes ----------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     container = ensure_container(services.blobs, SCORES_CONTAINER)
     name = f"date={as_of.isoformat()}/scores-{model.version}.csv"
     upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())
-    alerts = alerts_from_scores(scores, threshold, now, services.settings.service_booking_url, model_version=model.version)
+    alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
+                                services.settings.service_booking_url, model_version=model.version)  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}"}
     return AlertBatch(alerts, summary)

@@ -49,7 +49,7 @@ CLEAN_COLUMNS = [*COLUMNS, IMPUTED]
 SUMMED_COLUMNS = [TRIPS, TRIP_MINUTES, DAILY_CYCLES]
 
 # Lifetime-counter readings may disagree by this many cycles (rounding, near-duplicate jitter) before one
-# of them is called a glitch; a real glitch is far larger, and a few days of driving are ~0.5 cycles.
+# of them is called a glitch; a glitch is far larger, and a day of driving uses 0.1–0.5 cycles.
 COUNTER_TOLERANCE = 0.5
 # A reported age may be a day off the battery's calendar (reports sent around midnight), not more.
 AGE_TOLERANCE_DAYS = 1
@@ -215,6 +215,7 @@ class _Rows:
         return len(self.battery)
 
     def take(self, index: np.ndarray) -> _Rows:
+        """The rows at `index`: positions (to reorder) or a boolean mask (to drop: much faster)."""
         return _Rows(
             battery=self.battery[index],
             time=self.time[index],
@@ -301,7 +302,7 @@ def _drop_exact_duplicates(rows: _Rows, counts: dict[str, int]) -> _Rows:
     duplicate = np.zeros(len(rows), bool)
     duplicate[candidates] = subset.duplicated().to_numpy()
     counts["exact_duplicates"] = int(duplicate.sum())
-    return rows.take(np.flatnonzero(~duplicate))
+    return rows.take(~duplicate)
 
 
 def _count_blank_values(rows: _Rows, counts: dict[str, int]) -> None:
@@ -349,7 +350,7 @@ def _collapse_near_duplicates(rows: _Rows, counts: dict[str, int]) -> _Rows:
         values[first_of_run] = medians[column].to_numpy()
     folded = in_run & ~run_start
     counts["near_duplicates"] = int(folded.sum())
-    return rows.take(np.flatnonzero(~folded))
+    return rows.take(~folded)
 
 
 def _split_at_replacements(rows: _Rows, counts: dict[str, int]) -> _Segments:
@@ -411,9 +412,11 @@ def _out_of_line_readings(value: np.ndarray, life: np.ndarray, time: np.ndarray)
     rise is a silent stretch of driving, which the gap repair uses.)
     """
 
+    same_life = {by: _shifted(life, -by, -1) == life for by in (-3, -2, -1, 1, 2, 3)}
+
     def neighbour(array: np.ndarray, by: int, fill) -> np.ndarray:
         """`array` at the reading `by` places later (earlier if negative); `fill` outside the battery life."""
-        return np.where(_shifted(life, -by, -1) == life, _shifted(array, -by, fill), fill)
+        return np.where(same_life[by], _shifted(array, -by, fill), fill)
 
     def beyond_all(contradicts: np.ndarray, side: np.ndarray) -> np.ndarray:
         present = ~np.isnan(side)

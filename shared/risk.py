@@ -7,7 +7,10 @@ distribution of the 30-day SUM, not of each day. We model the sum's forecast err
     z = (actual_sum - predicted_sum) / scale,    scale = sqrt(H * daily_std^2 + (RELATIVE_SPREAD * predicted_sum)^2)
 
 `scale` puts batteries with erratic and steady usage, heavy and light users, on one footing (day-to-day
-noise adds up over H days; a shift in the usage level grows with the level), and the empirical
+noise adds up over H days; a shift in the usage level grows with the level). A battery with fewer than
+VARIABILITY_DAYS known recent days (a new battery, a short request) has a less certain level, so its
+scale is widened by sqrt(VARIABILITY_DAYS / known days), as a mean's error grows with fewer days; the
+held-out errors come almost all from full histories, so this widening is a rule, not fitted. The empirical
 quantiles of z, collected on origins the model never trained on, carry whatever shape and bias is left.
 Then P = P(z >= (remaining - predicted_sum) / scale). No normal assumption, no threshold in disguise:
 the numbers are as calibrated as the held-out errors are representative, which the backtest measures.
@@ -64,17 +67,29 @@ def recent_variability(daily_cycles: np.ndarray) -> np.ndarray:
     return np.where(count >= 2, np.sqrt(squares / np.maximum(count - 1, 1)), 0.0)
 
 
-def error_scale(predicted_sum: np.ndarray, daily_std: np.ndarray) -> np.ndarray:
+def recent_known_days(daily_cycles: np.ndarray) -> np.ndarray:
+    """How many of each battery's last VARIABILITY_DAYS days are known."""
+    return np.sum(~np.isnan(daily_cycles[:, -VARIABILITY_DAYS:]), axis=1)
+
+
+def error_scale(
+    predicted_sum: np.ndarray, daily_std: np.ndarray, known_days: np.ndarray | None = None
+) -> np.ndarray:
     """The per-battery scale that standardises the 30-day-sum error (see the module docstring)."""
     noise = HORIZON_DAYS * np.nan_to_num(daily_std) ** 2
     level = (RELATIVE_SPREAD * np.maximum(predicted_sum, 0.0)) ** 2
-    return np.maximum(np.sqrt(noise + level), SCALE_FLOOR)
+    scale = np.maximum(np.sqrt(noise + level), SCALE_FLOOR)
+    if known_days is None:
+        return scale
+    return scale * np.sqrt(VARIABILITY_DAYS / np.clip(known_days, 1, VARIABILITY_DAYS))
 
 
-def calibrate(actual_sum: np.ndarray, forecast: np.ndarray, daily_std: np.ndarray) -> RiskCalibration:
+def calibrate(
+    actual_sum: np.ndarray, forecast: np.ndarray, daily_std: np.ndarray, known_days: np.ndarray | None = None
+) -> RiskCalibration:
     """Fit the error distribution from held-out origins: actual 30-day sums vs (n, 30) forecasts."""
     predicted = forecast.sum(axis=1)
-    z = (actual_sum - predicted) / error_scale(predicted, daily_std)
+    z = (actual_sum - predicted) / error_scale(predicted, daily_std, known_days)
     z = z[np.isfinite(z)]
     if len(z) < 20:
         raise ValueError(f"too few held-out forecasts to calibrate the failure risk ({len(z)}, need 20)")
@@ -90,11 +105,13 @@ def failure_risk(
     forecast: np.ndarray,
     calibration: RiskCalibration,
     daily_std: np.ndarray | None = None,
+    known_days: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """failure_probability_30d and days_to_rated_life for n batteries.
 
     lifetime, rated: (n,) cycles used so far and rated cycles; forecast: (n, 30) daily cycles;
-    daily_std: (n,) recent day-to-day variability (`recent_variability`), None = unknown (treated as 0).
+    daily_std: (n,) recent day-to-day variability (`recent_variability`), None = unknown (treated as 0);
+    known_days: (n,) known recent days (`recent_known_days`), None = a full history.
     A battery already at or past its rated cycles has probability 1 and 0 days left.
     """
     lifetime = np.asarray(lifetime, dtype=np.float64)
@@ -102,7 +119,7 @@ def failure_risk(
     forecast = np.maximum(np.asarray(forecast, dtype=np.float64), 0.0)
     daily_std = np.zeros(len(lifetime)) if daily_std is None else np.asarray(daily_std, dtype=np.float64)
     predicted = forecast.sum(axis=1)
-    threshold = (remaining - predicted) / error_scale(predicted, daily_std)
+    threshold = (remaining - predicted) / error_scale(predicted, daily_std, known_days)
     below = np.interp(threshold, calibration.z_quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     probability = np.where(remaining <= 0, 1.0, 1.0 - below)
     return pd.DataFrame(

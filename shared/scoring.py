@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from shared.forecasting import BatteryForecaster
-from shared.risk import HORIZON_DAYS, failure_risk, recent_variability
+from shared.risk import HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
 from shared.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
 from shared.windows import BatteryWindows, build_windows
 
@@ -29,7 +29,8 @@ def score_windows(model: BatteryForecaster, windows: BatteryWindows) -> tuple[pd
         raise ValueError("the model has no risk calibration; train it with train_model")
     forecast = model.forecast(windows)
     risk = failure_risk(windows.lifetime_cycles, windows.rated_cycles, forecast, model.calibration,
-                        daily_std=recent_variability(windows.daily_cycles))
+                        daily_std=recent_variability(windows.daily_cycles),
+                        known_days=recent_known_days(windows.daily_cycles))
     scores = pd.DataFrame({
         BATTERY_ID: windows.battery_id,
         CAR_ID: windows.car_id,

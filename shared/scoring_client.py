@@ -124,7 +124,7 @@ class ScoringClient:
         return f"ScoringClient({self.scoring_uri!r}, auth={auth}, chunk_size={self.chunk_size})"
 
     def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Score request items (see `shared.endpoint.request_items`); one prediction per item, same order.
+        """Score request items (`shared.battery_state.histories_for_request`); one prediction per item, in order.
 
         Each prediction is the endpoint's, plus the `model_version` of the response it came in (a
         deployment may swap models between two chunks).

@@ -10,6 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+AZURITE_CONNECTION = "UseDevelopmentStorage=true"
+
+
 class SettingsError(ValueError):
     """An app setting is missing or malformed; the message names it."""
 

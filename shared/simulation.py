@@ -55,6 +55,18 @@ Data problems planted in `telemetry` (counts in `Fleet.planted`), in this order:
 `telemetry` and `truth` are ordered by car and time. Measures are float64 (integer-valued columns
 too, as `shared.telemetry.coerce_telemetry` returns them), ids are strings, Date is datetime64[ns].
 
+Components (`simulate_components`, issue 6): every car has 3–8 components, each with a technician's note
+in `components` (Component_ID, Car_ID, text, label, template, and the year/condition/material the note
+states). Notes are written from templates (`COMPONENT_TEMPLATES`: the phrasing and word order; a held-out
+split by `template` tests phrasings never seen in training) with per-note variety: synonyms of
+"manufactured" ("mfd", "built", "produced", ...), spellings of materials, years as 1985, '85 or "nineteen
+eighty-five", casing, one-letter typos (12 %), and unrelated words or numbers before or after (30 %).
+A quarter of the years fall in 1993–1997, so 1994/1995/1996 are common. The label is the regulation
+(`shared.compliance.violates_regulation`) applied to what the note states: 1 non-compliant, 0 compliant,
+empty when the note cannot be decided — ~5 % are written that way on purpose: empty ("empty"), gibberish
+("gibberish"), silent on year, condition and material ("silent"), or stating only some of them ("P…"
+templates; those are labelled when what they state disqualifies).
+
 Speed: cars are simulated in blocks of `CARS_PER_BLOCK` as (cars × days) numpy arrays; the only loops
 are over blocks and over battery generations (a handful). Each block has its own random stream
 derived from the seed, so memory stays bounded and results depend only on (n_cars, start, end, seed).
@@ -62,6 +74,7 @@ derived from the seed, so memory stays bounded and results depend only on (n_car
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -69,6 +82,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.compliance import (
+    COMPONENT_COLUMNS,
+    COMPONENT_ID,
+    CONDITIONS,
+    LABEL,
+    MATERIAL_SPELLINGS,
+    MATERIALS,
+    TEENS,
+    TEMPLATE,
+    TENS,
+    TEXT,
+    UNITS,
+    violates_regulation,
+)
 from shared.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -178,6 +205,54 @@ BLANK_RATE = 0.001
 EXACT_DUPLICATE_RATE = 0.01
 NEAR_DUPLICATE_RATE = 0.003
 
+COMPONENTS_PER_CAR = (3, 8)
+COMPONENT_YEARS = (1975, 2023)
+BORDERLINE_YEARS = (1993, 1997)  # a quarter of components: 1994, 1995 and 1996 are common
+BORDERLINE_SHARE = 0.25
+CONDITION_SHARES = (0.3, 0.4, 0.2, 0.1)  # of CONDITIONS: excellent, good, fair, poor
+MATERIAL_SHARES = (0.25, 0.15, 0.1, 0.1, 0.2, 0.1, 0.1)  # of MATERIALS (plastic and iron last)
+MADE_WORDS = ("manufactured", "mfd", "mfd.", "built", "produced", "made", "mfg")
+PART_NAMES = ("bracket", "housing", "valve cover", "panel", "clamp", "brake rotor", "caliper", "manifold",
+              "bushing", "sensor mount", "heat shield", "fuel rail", "control arm", "strut", "pulley")  # fmt: skip
+# id → phrasing. T: states year, condition and material; P: states only some (P1-P2 no year, P3 no
+# condition, P4 no material, P5 material only).
+COMPONENT_TEMPLATES = {
+    "T01": "{made} in {year}, made of {material}, in {condition} condition",
+    "T02": "{condition} condition {material} component {made} in {year}",
+    "T03": "{material} {part}, {made} {year}, condition: {condition}",
+    "T04": "condition {condition}. material {material}. {made} {year}.",
+    "T05": "{made} {year} / {material} / {condition}",
+    "T06": "{year} {material} {part} in {condition} shape",
+    "T07": "tech note: {part} is {material}, {made} in {year}, looks {condition}",
+    "T08": "{part} ({material}) - {condition} condition - {made} {year}",
+    "T09": "inspected {part}: {condition} condition; {material}; {made} {year}",
+    "T10": "{material} {part} {made} in {year} in {condition} condition",
+    "T11": "condition={condition} material={material} year={year}",
+    "T12": "{part} made from {material}, {made} {year}, {condition}",
+    "T13": "{part}: {material}, {year}, {condition}",
+    "T14": "part is in {condition} condition, {made} {year}, {material} construction",
+    "T15": "{condition} {material} {part}. {made} {year}.",
+    "T16": "{made} {year} | cond {condition} | mat {material}",
+    "T17": "found {material} {part} ({made} {year}) in {condition} state",
+    "T18": "{material}, {condition}, {made} {year}",
+    "P1": "{material} {part} in {condition} condition",
+    "P2": "{condition} condition, {material}",
+    "P3": "{material} {part}, {made} {year}",
+    "P4": "{made} {year}, {condition} condition",
+    "P5": "{part} made of {material}",
+}
+SILENT_NOTES = ("component inspected, no issues noted.", "part checked during service.",
+                "replaced mounting bolts, see invoice.", "customer reported a rattle; tightened the {part}.",
+                "{part} cleaned and refitted.")  # fmt: skip
+UNDECIDABLE_NOTES = ("empty", "gibberish", "silent")  # template ids of notes that state nothing
+NOTE_SHARES = {"T": 0.90, "P": 0.05, "empty": 0.01, "gibberish": 0.02, "silent": 0.02}
+NOTE_EXTRAS = ("checked during service.", "per customer request.", "see photo {n}.", "part #A-{n}",
+               "torque checked, {n} bolts replaced.", "tech: R. Okafor", "odometer {n},412 km.",
+               "ref bulletin SB-{n}")  # fmt: skip
+TYPO_RATE = 0.12
+EXTRA_WORDS_RATE = 0.3
+COMPONENT_FRAME_COLUMNS = [*COMPONENT_COLUMNS, TEMPLATE, "Stated_Year", "Stated_Condition", "Stated_Material"]
+
 BATTERY_COLUMNS = [
     BATTERY_ID, CAR_ID, "Battery_Model", RATED_CYCLES, "Installed", "Replaced", "Wear_Factor",
     "Reported_ID", "Rated_Life_Reached",
@@ -192,6 +267,8 @@ class Fleet:
     cars       car metadata in `shared.telemetry.CAR_COLUMNS`, as `read_cars_csv` returns it.
     truth      the clean daily record before corruption: one row per battery and day (so also per
                car and day), real battery ids, no gaps, duplicates or glitches.
+    components one row per component in `COMPONENT_FRAME_COLUMNS`: the technician's note, its label and
+               template, and what it states (see `simulate_components`).
     batteries  one row per battery in `BATTERY_COLUMNS`: Installed (may precede the start), Replaced
                (the new battery's first day, NaT if not replaced by `end`), Wear_Factor (its cycle
                cost multiplier), Reported_ID (the id the car sends: the previous battery's after a
@@ -204,6 +281,7 @@ class Fleet:
     cars: pd.DataFrame
     truth: pd.DataFrame
     batteries: pd.DataFrame
+    components: pd.DataFrame
     planted: dict[str, int]
 
 
@@ -227,19 +305,23 @@ def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -
     reported_ids = batteries["Reported_ID"].to_numpy(object)[cell_battery]
     telemetry, planted = _dirty_telemetry(_random(seed, 1), truth, missing, reported_ids)
     planted["silent_replacements"] = int((batteries["Reported_ID"] != batteries[BATTERY_ID]).sum())
-    return Fleet(telemetry=telemetry, cars=cars, truth=truth, batteries=batteries, planted=planted)
+    components = simulate_components(cars[CAR_ID].to_numpy(object), seed)
+    return Fleet(telemetry=telemetry, cars=cars, truth=truth, batteries=batteries, components=components,
+                 planted=planted)  # fmt: skip
 
 
 def write_fleet(fleet: Fleet, out_dir: str | Path) -> dict[str, Path]:
-    """Write telemetry.csv and cars.csv as the cars would deliver them; return their paths by name.
+    """Write telemetry.csv, cars.csv and components.csv; return their paths by name.
 
     Dates are `YYYY-MM-DD`, and `YYYY-MM-DD HH:MM:SS` for the 12-hour rows before 2015; integer
     columns are written without a decimal point; blanks are empty cells. `read_telemetry_csv` and
     `read_cars_csv` read the files back into frames equal to `fleet.telemetry` and `fleet.cars`.
+    components.csv has Component_ID, Car_ID, text, label (empty: cannot be decided) and template.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"telemetry": out / "telemetry.csv", "cars": out / "cars.csv"}
+    paths = {"telemetry": out / "telemetry.csv", "cars": out / "cars.csv", "components": out / "components.csv"}
+    fleet.components[[*COMPONENT_COLUMNS, TEMPLATE]].to_csv(paths["components"], index=False)
     telemetry = fleet.telemetry.assign(**{
         DATE: _date_text(fleet.telemetry[DATE].to_numpy(DATE_DTYPE)),
         **{column: fleet.telemetry[column].astype("Int64") for column in INTEGER_COLUMNS},
@@ -249,6 +331,49 @@ def write_fleet(fleet: Fleet, out_dir: str | Path) -> dict[str, Path]:
         paths["cars"], index=False
     )
     return paths
+
+
+def simulate_components(car_ids: np.ndarray, seed: int) -> pd.DataFrame:
+    """Technicians' notes on 3–8 components per car, labelled by the regulation; deterministic for a seed.
+
+    The year, condition and material of each component are drawn first; a template and the per-note
+    variety (see the module docstring) then write the note, and the label follows from what it states.
+    """
+    rng = _random(seed, 2)
+    low, high = COMPONENTS_PER_CAR
+    cars = np.repeat(np.asarray(car_ids, dtype=object), rng.integers(low, high + 1, len(car_ids)))
+    n = cars.size
+    year = np.where(
+        rng.random(n) < BORDERLINE_SHARE,
+        rng.integers(BORDERLINE_YEARS[0], BORDERLINE_YEARS[1] + 1, n),
+        rng.integers(COMPONENT_YEARS[0], COMPONENT_YEARS[1] + 1, n),
+    )
+    condition = rng.choice(np.array(CONDITIONS), n, p=CONDITION_SHARES)
+    material = rng.choice(np.array(MATERIALS), n, p=MATERIAL_SHARES)
+    templates = [*COMPONENT_TEMPLATES, *UNDECIDABLE_NOTES]
+    kinds = [t if t in UNDECIDABLE_NOTES else t[0] for t in templates]  # "T", "P" or the undecidable kind
+    share = np.array([NOTE_SHARES[kind] / kinds.count(kind) for kind in kinds])
+    template = rng.choice(np.array(templates), n, p=share / share.sum())
+    text = [
+        _write_note(rng, t, y, c, m) for t, y, c, m in zip(template, year.tolist(), condition, material, strict=True)
+    ]
+    states = {
+        slot: pd.Series(template).map({t: "{" + slot + "}" in COMPONENT_TEMPLATES.get(t, "") for t in templates})
+        for slot in ("year", "condition", "material")
+    }
+    stated = pd.DataFrame({
+        "Stated_Year": pd.Series(year, dtype="Int64").where(states["year"]),
+        "Stated_Condition": pd.Series(condition, dtype=object).where(states["condition"]),
+        "Stated_Material": pd.Series(material, dtype=object).where(states["material"]),
+    })
+    return pd.DataFrame({
+        COMPONENT_ID: pd.Series([f"CMP-{k:06d}" for k in range(1, n + 1)], dtype=object),
+        CAR_ID: pd.Series(cars, dtype=object),
+        TEXT: pd.Series(text, dtype=object),
+        LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
+        TEMPLATE: pd.Series(template, dtype=object),
+        **stated,
+    })[COMPONENT_FRAME_COLUMNS]
 
 
 def ageing_factor(worn_fraction: np.ndarray) -> np.ndarray:
@@ -608,6 +733,85 @@ def _plant_duplicates(
     }
 
 
+def _write_note(rng: np.random.Generator, template: str, year: int, condition: str, material: str) -> str:
+    """One technician's note: the template's phrasing with this note's words, typo, extras and casing."""
+    if template == "empty":
+        return str(rng.choice(["", " "]))
+    if template == "gibberish":
+        text = " ".join(
+            "".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), rng.integers(3, 8))) for _ in range(rng.integers(1, 4))
+        )
+        return text if rng.random() < 0.7 else str(rng.choice(["???", "n/a", "-", "xx", "..."]))
+    part = str(rng.choice(PART_NAMES))
+    if template == "silent":
+        text = str(rng.choice(SILENT_NOTES)).format(part=part)
+    else:
+        words = {"made": str(rng.choice(MADE_WORDS)), "year": _write_year(rng, year), "condition": condition,
+                 "material": str(rng.choice(MATERIAL_SPELLINGS[material])), "part": part}  # fmt: skip
+        phrasing = COMPONENT_TEMPLATES[template]
+        typo_slots = [slot for slot in ("condition", "material", "made", "part")
+                      if "{" + slot + "}" in phrasing and re.search(r"[a-z]{4}", words[slot])]  # fmt: skip
+        if typo_slots and rng.random() < TYPO_RATE:
+            slot = typo_slots[rng.integers(len(typo_slots))]
+            words[slot] = _typo(rng, words[slot])
+        text = phrasing.format(**words)
+    if rng.random() < EXTRA_WORDS_RATE:
+        extra = str(rng.choice(NOTE_EXTRAS)).format(n=rng.integers(2, 99))
+        text = f"{extra} {text}" if rng.random() < 0.5 else f"{text} {extra}"
+    casing = rng.choice(["sentence", "lower", "upper", "title"], p=[0.5, 0.2, 0.15, 0.15])
+    return {"sentence": text[:1].upper() + text[1:], "lower": text.lower(), "upper": text.upper(),
+            "title": text.title()}[casing]  # fmt: skip
+
+
+def _write_year(rng: np.random.Generator, year: int) -> str:
+    """1985 (55 %), '85 (15 %) or spelled out (30 %): "nineteen eighty-five", "two thousand and ten"."""
+    form = rng.choice(["digits", "apostrophe", "words"], p=[0.55, 0.15, 0.30])
+    if form == "digits":
+        return str(year)
+    if form == "apostrophe":
+        return str(rng.choice(["'", "’"])) + f"{year % 100:02d}"
+    separator = str(rng.choice(["-", " "]))
+    if year < 2000:
+        return "nineteen " + _spell_two_digits(year - 1900, separator)
+    if year >= 2010 and rng.random() < 0.5:
+        return "twenty " + _spell_two_digits(year - 2000, separator)
+    rest = year - 2000
+    tail = "" if rest == 0 else " " + (UNITS[rest - 1] if rest < 10 else _spell_two_digits(rest, separator))
+    return "two thousand" + (" and" if rng.random() < 0.3 else "") + tail
+
+
+def _spell_two_digits(number: int, separator: str) -> str:
+    """1..99 as a year's last two digits are said: "oh five", "twelve", "eighty-five"."""
+    if number < 10:
+        return f"oh{separator}{UNITS[number - 1]}"
+    if number < 20:
+        return TEENS[number - 10]
+    tens, unit = divmod(number, 10)
+    return TENS[tens - 2] + (f"{separator}{UNITS[unit - 1]}" if unit else "")
+
+
+def _typo(rng: np.random.Generator, phrase: str) -> str:
+    """One slip of the keyboard in one word of at least four letters: a swap, a doubled, wrong or lost letter."""
+    words = phrase.split(" ")
+    long_words = [i for i, word in enumerate(words) if re.fullmatch(r"[a-z]{4,}", word)]
+    if not long_words:
+        return phrase
+    i = long_words[rng.integers(len(long_words))]
+    word = words[i]
+    while True:
+        at = int(rng.integers(1, len(word) - 1))
+        kind = rng.choice(["swap", "double", "wrong", "lost"] if len(word) >= 6 else ["swap", "double", "wrong"])
+        slipped = {
+            "swap": word[:at] + word[at + 1] + word[at] + word[at + 2 :],
+            "double": word[:at] + word[at] + word[at:],
+            "wrong": word[:at] + str(rng.choice(list("aeiourstnl"))) + word[at + 1 :],
+            "lost": word[:at] + word[at + 1 :],
+        }[kind]
+        if slipped != word:
+            words[i] = slipped
+            return " ".join(words)
+
+
 def _is_holiday(days: pd.DatetimeIndex) -> np.ndarray:
     """Summer holidays (20 July – 15 August) and Christmas (24 December – 1 January)."""
     month_day = days.month * 100 + days.day
@@ -622,5 +826,6 @@ def _winter_weight(days: pd.DatetimeIndex) -> np.ndarray:
 def _date_text(dates: np.ndarray) -> np.ndarray:
     text = np.datetime_as_string(dates, unit="D").astype(object)
     early = dates < TWELVE_HOUR_UNTIL
-    text[early] = np.char.replace(np.datetime_as_string(dates[early], unit="s"), "T", " ")
+    if early.any():  # np.char.replace fails on an empty array (numpy 2.x): a fleet starting in 2015 has none
+        text[early] = np.char.replace(np.datetime_as_string(dates[early], unit="s"), "T", " ")
     return text

@@ -63,7 +63,7 @@ class BatteryWindows:
         return self.daily_cycles.shape[1]
 
     def take(self, rows: np.ndarray) -> BatteryWindows:
-        """The windows of a subset of batteries (an index or boolean array), e.g. one scoring chunk."""
+        """The windows of a subset of batteries (an index or boolean array); the arrays are copies."""
         return BatteryWindows(**{name: value[rows] for name, value in vars(self).items()})
 
 

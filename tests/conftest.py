@@ -54,3 +54,25 @@ def make_alert():
         return alert
 
     return make
+
+
+@pytest.fixture(scope="session")
+def scoring_endpoint():
+    """The real local scoring endpoint (scoring/score.py under azmlinfsrv) serving the small test model,
+    started once per session (training the model and starting the server take seconds)."""
+    from _models import model_dir
+
+    from shared.inference_server import running_endpoint
+
+    with running_endpoint(model_dir()) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def harness(storage_connection, scoring_endpoint, monkeypatch, tmp_path):
+    """function_app.app on empty Azurite storage, the real endpoint and a head-unit simulator
+    (see tests/_services.py)."""
+    from _services import app_harness
+
+    with app_harness(storage_connection, scoring_endpoint.scoring_uri, monkeypatch, tmp_path) as running:
+        yield running

@@ -20,6 +20,7 @@ from shared.alert_store import (
     get_alert,
     latest_delivered,
     list_alerts,
+    record_given_up,
     record_latest_delivered,
     record_outcome,
     record_queued,
@@ -84,6 +85,25 @@ def test_a_claim_is_a_lease_and_a_holder_that_lost_it_cannot_overwrite(alert_tab
         record_outcome(alert_table, holder, FAILED, NOW + timedelta(seconds=62), error="late")
     record_outcome(alert_table, successor, DELIVERED, NOW + timedelta(seconds=63))
     assert get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERED
+
+
+def test_giving_up_is_recorded_but_leaves_a_delivery_or_a_live_claim_alone(alert_table, make_alert):
+    failed, delivered, in_flight, unseen = (make_alert(day=day) for day in ("2017-03-16", "2017-03-17",
+                                                                            "2017-03-18", "2017-03-19"))  # fmt: skip
+    record_outcome(alert_table, claim_delivery(alert_table, failed, FIRST, NOW), FAILED, NOW, error="503")
+    record_outcome(alert_table, claim_delivery(alert_table, delivered, FIRST, NOW), DELIVERED, NOW)
+    claim_delivery(alert_table, in_flight, FIRST, NOW, lease=timedelta(seconds=60))
+    later = NOW + timedelta(seconds=30)
+
+    assert [record_given_up(alert_table, a, "gave up", later) for a in (failed, delivered, in_flight, unseen)] == [
+        True, False, False, True,
+    ]  # fmt: skip
+    states = [get_alert(alert_table, a["car_id"], a["alert_id"]) for a in (failed, delivered, in_flight, unseen)]
+    assert [(r["state"], r["reason"]) for r in states] == [
+        (FAILED, "gave up"), (DELIVERED, FIRST), (DELIVERING, FIRST), (FAILED, "gave up"),
+    ]  # fmt: skip
+    assert states[0]["last_error"] == "503"  # the gateway's last words are kept
+    assert claim_delivery(alert_table, failed, FIRST, later).claimed  # a replayed message may still deliver
 
 
 @pytest.mark.parametrize("earlier_state", [None, FAILED])

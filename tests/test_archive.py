@@ -103,11 +103,14 @@ def test_an_unreadable_archived_blob_is_named_with_its_line(blobs, battery):
     archive_telemetry(blobs, good_records(record("2032-05-01", battery)), NOW)
     broken = pd.DataFrame([record("2032-05-02", battery), record("not a day", battery)])[COLUMNS]
     name = f"date=2032-05-02/{battery}.csv"
-    blobs.get_container_client(TELEMETRY_CONTAINER).upload_blob(name, broken.to_csv(index=False), overwrite=True)
-
-    with pytest.raises(InputError, match=rf"telemetry/{name}: column Date: not a date .* on line 3 \('not a day'\)"):
-        load_telemetry_history(blobs, since="2032-05-01")
-    blobs.get_container_client(TELEMETRY_CONTAINER).delete_blob(name)  # leave the shared archive readable
+    container = blobs.get_container_client(TELEMETRY_CONTAINER)
+    container.upload_blob(name, broken.to_csv(index=False), overwrite=True)
+    try:
+        expected = rf"telemetry/{name}: column Date: not a date .* on line 3 \('not a day'\)"
+        with pytest.raises(InputError, match=expected):
+            load_telemetry_history(blobs, since="2032-05-01")
+    finally:
+        container.delete_blob(name)  # the archive is shared with the session's other tests: leave it readable
 
 
 def test_dead_letters_round_trip_with_reason_body_and_metadata(blobs):

@@ -29,11 +29,12 @@ def backtest() -> dict:
 
 
 def test_model_beats_both_baselines_on_nrmse_and_brier(backtest):
+    """NRMSE by a clear margin; Brier less so: near the boundary it is mostly decided by day-to-day noise."""
     metrics = backtest["metrics"]
     assert metrics["model"]["nrmse"] <= SEED_EXIT_NRMSE
     for baseline in ("seasonal_naive", "recent_mean"):
-        assert metrics["model"]["nrmse"] < 0.95 * metrics[baseline]["nrmse"], baseline
-        assert metrics["model"]["brier"] < 0.95 * metrics[baseline]["brier"], baseline
+        assert metrics["model"]["nrmse"] < 0.9 * metrics[baseline]["nrmse"], baseline
+        assert metrics["model"]["brier"] < metrics[baseline]["brier"], baseline
     assert backtest["counts"]["positive"] >= 30  # enough failures for the probability metrics to mean something
 
 

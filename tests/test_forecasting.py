@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -72,13 +73,14 @@ def test_a_window_with_no_known_day_falls_back_to_the_fleet_prior(windows):
         values[:] = np.nan
     forecast = model().forecast(blank)
     assert np.isfinite(forecast).all()
-    np.testing.assert_allclose(forecast.mean(axis=1), model().level_prior, rtol=0.5)
+    # The fleet's typical level, adjusted by what is still known (age, lifetime, car): within a factor of 2.
+    ratio = forecast.mean(axis=1) / model().level_prior
+    assert ((ratio > 0.5) & (ratio < 2.0)).all()
 
 
 def test_an_unknown_car_is_still_forecast(windows):
     known = windows.take(np.arange(5))
-    unknown = known.take(np.arange(5))
-    object.__setattr__(unknown, "car_id", np.array(["NO-SUCH-CAR"] * 5, dtype=object))
+    unknown = replace(known, car_id=np.array(["NO-SUCH-CAR"] * 5, dtype=object))
     forecast = model().forecast(unknown)
     assert np.isfinite(forecast).all()
     np.testing.assert_allclose(forecast.mean(axis=1), model().forecast(known).mean(axis=1), rtol=0.3)

@@ -19,15 +19,8 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 
-from shared.functions_host import (
-    FunctionsHost,
-    HostConfig,
-    RetryPolicy,
-    function_spec,
-    indexed_functions,
-    load_host_config,
-    parse_timespan,
-)
+from shared.functions_host import FunctionsHost, RetryPolicy, function_spec, indexed_functions
+from shared.host_config import HostConfig, load_host_config, parse_timespan
 from shared.settings import SettingsError
 from shared.storage import queue_service
 

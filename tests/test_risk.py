@@ -12,6 +12,7 @@ from shared.risk import (
     days_to_rated_life,
     error_scale,
     failure_risk,
+    recent_known_days,
     recent_variability,
 )
 
@@ -77,6 +78,16 @@ def test_a_noisier_battery_gets_a_less_certain_probability():
     assert steady < noisy < 0.5
 
 
+def test_a_short_history_gets_a_less_certain_probability():
+    """One known day says less about the level than 28: the probability moves towards a coin toss."""
+    calibration = normal_calibration()
+    risk = failure_risk([196.0] * 3, [200] * 3, flat(0.2, 3), calibration, known_days=np.array([28, 7, 1]))
+    full, week, day = risk["failure_probability_30d"]
+    assert 0.5 < day < week < full
+    unknown = failure_risk([196.0], [200], flat(0.2), calibration)["failure_probability_30d"][0]
+    assert unknown == full  # no count given: a full history
+
+
 def test_days_to_rated_life_interpolates_within_and_extrapolates_beyond_the_horizon():
     forecast = np.vstack([flat(0.5)[0], flat(0.5)[0], flat(0.0)[0], np.r_[np.zeros(29), 1.0]])
     days = days_to_rated_life(np.array([2.25, 20.0, 5.0, 0.5]), forecast)
@@ -106,3 +117,4 @@ def test_recent_variability_uses_only_known_recent_days():
     std = recent_variability(daily)
     np.testing.assert_allclose(std[0], np.std(np.tile([0.1, 0.3], 14), ddof=1))
     np.testing.assert_array_equal(std[1:], [0.0, 0.0])
+    np.testing.assert_array_equal(recent_known_days(daily), [28, 1, 0])

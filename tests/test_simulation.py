@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shared.compliance import COMPONENT_COLUMNS, TEMPLATE, read_components_csv
 from shared.simulation import (
     BATTERY_COLUMNS,
     COLD_REGION,
@@ -66,7 +67,7 @@ def test_same_seed_gives_the_same_fleet_and_another_seed_a_different_one():
     first = simulate_fleet(40, "2014-12-01", "2015-02-28", seed=5)
     again = simulate_fleet(40, "2014-12-01", "2015-02-28", seed=5)
     other = simulate_fleet(40, "2014-12-01", "2015-02-28", seed=6)
-    for name in ("telemetry", "cars", "truth", "batteries"):
+    for name in ("telemetry", "cars", "truth", "batteries", "components"):
         pd.testing.assert_frame_equal(getattr(first, name), getattr(again, name))
     assert first.planted == again.planted
     assert not np.array_equal(first.truth[DAILY_CYCLES], other.truth[DAILY_CYCLES])
@@ -250,9 +251,12 @@ def test_cars_differ_in_how_much_and_on_which_days_they_drive(fleet):
 def test_written_files_read_back_as_the_same_frames(tmp_path):
     fleet = simulate_fleet(15, "2014-12-25", "2015-01-05", seed=2)
     paths = write_fleet(fleet, tmp_path / "out")
-    assert set(paths) == {"telemetry", "cars"}
+    assert set(paths) == {"telemetry", "cars", "components"}
     pd.testing.assert_frame_equal(read_telemetry_csv(paths["telemetry"]), fleet.telemetry)
     pd.testing.assert_frame_equal(read_cars_csv(paths["cars"]), fleet.cars)
+    components = read_components_csv(paths["components"], labelled=True)
+    written = [*COMPONENT_COLUMNS, TEMPLATE]
+    pd.testing.assert_frame_equal(components[written], fleet.components[written])
 
     lines = paths["telemetry"].read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS)

@@ -1,0 +1,206 @@
+"""Benchmark: the Function App's two hot functions, as the local host runs `function_app.app`.
+
+- events per second through `score_telemetry`, delivered in Event Hub batches of 100 and of 500 events
+  (host.json's `maxEventBatchSize` is 500), one event per car and day, against Azurite and the local
+  scoring endpoint (azmlinfsrv, one worker). The batteries start with a full rolling window in the state
+  table (`STATE_WINDOW_DAYS` days, seeded through `battery_state.update_states`, as weeks of streaming
+  would leave it), so each batch reads, merges and writes real windows and sends them to the endpoint.
+- alerts per second through `push_alert`: a queue of distinct alerts drained into the head-unit simulator
+  (cooldown read, claim, signed POST, outcome and latest-alert records, queue delete, per alert).
+
+Target (issue 4): ≥ 1,000 events/s, the ingress of one Event Hubs throughput unit.
+
+    .venv/bin/python bench/bench_functions.py [--model-dir DIR] [--cars 1000] [--days 3] [--alerts 300]
+    .venv/bin/python bench/bench_functions.py --profile     # where the time of a 500-event batch and its alerts goes
+
+Without --model-dir it trains a small model first (about a minute). Each size is measured on its own
+days (a day already streamed would be a repeat, which the state merge handles differently). The machine's
+other load shows in the figures: run it on an idle machine for numbers worth comparing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import TextBase64EncodePolicy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import function_app
+from shared import services
+from shared.alerts import alerts_from_scores
+from shared.azurite import free_port, running_azurite
+from shared.battery_state import TABLE as STATE_TABLE
+from shared.battery_state import update_states
+from shared.forecasting import train_model
+from shared.functions_host import FunctionsHost
+from shared.headunit import HeadUnitSimulator
+from shared.host_config import load_host_config
+from shared.inference_server import running_endpoint
+from shared.ingest import STATE_WINDOW_DAYS
+from shared.main_job import acceptable_records, app_environment, app_settings, day_events
+from shared.preparation import prepare_telemetry
+from shared.simulation import simulate_fleet
+from shared.storage import queue_service
+from shared.telemetry import DATE
+
+BATCH_SIZES = (100, 500)
+TARGET_EVENTS_PER_S = 1_000
+FLEET_START, FLEET_END = "2016-01-01", "2016-07-31"
+DayEvents = tuple[list[bytes], list[str]]  # a day's event bodies and their partition keys, as day_events gives
+
+
+def train_small_model(directory: Path) -> Path:
+    """A model good enough to score with: 60 cars, one year."""
+    fleet = simulate_fleet(60, "2015-01-01", "2015-12-31", seed=13)
+    clean, quality = prepare_telemetry(fleet.telemetry)
+    train_model(clean, quality=quality.to_dict()).save(directory)
+    return directory
+
+
+def split_history(telemetry: pd.DataFrame, stream_days: int) -> tuple[pd.DataFrame, list[DayEvents]]:
+    """The rows that fill the batteries' windows before streaming, and the events of the last
+    `stream_days` days (one per car and day), day by day."""
+    day = telemetry[DATE].dt.normalize()
+    streamed = sorted(day.unique())[-stream_days:]
+    first = streamed[0]
+    history = telemetry[(day < first) & (day >= first - pd.Timedelta(days=STATE_WINDOW_DAYS))]
+    return history, [day_events(telemetry[day == value]) for value in streamed]
+
+
+def measure_events(host: FunctionsHost, days: list[DayEvents]) -> dict:
+    """Deliver each day's events to score_telemetry; events/s over all, and seconds per batch."""
+    events, elapsed, per_batch, alerts = 0, 0.0, [], 0
+    for bodies, keys in days:
+        began = time.perf_counter()
+        delivery = host.deliver_events("score_telemetry", bodies, keys)
+        took = time.perf_counter() - began
+        if delivery.failed_batches:
+            raise RuntimeError(f"score_telemetry failed: {delivery.errors}")
+        events, elapsed = events + delivery.events, elapsed + took
+        per_batch += [took / len(delivery.batches)] * len(delivery.batches)
+        alerts += sum(batch.enqueued.get(function_app.ALERT_QUEUE, 0) for batch in delivery.batches)
+    return {"events": events, "seconds": round(elapsed, 2), "events_per_s": round(events / elapsed),
+            "batch_s_mean": round(statistics.fmean(per_batch), 3), "alerts_queued": alerts}  # fmt: skip
+
+
+def measure_alerts(host: FunctionsHost, connection: str, count: int) -> dict:
+    """Queue `count` distinct alerts (as the functions' queue output writes them) and drain them."""
+    scores = pd.DataFrame({
+        "Battery_ID": [f"B{n}" for n in range(count)], "Car_ID": [f"BENCH-{n:05d}" for n in range(count)],
+        "failure_probability_30d": 0.93, "days_to_rated_life": 12.5, "Lifetime_Cycles_Used": 190.0,
+        "Battery_Rated_Cycles": 200, "As_Of": "2016-07-31", "model_version": "bench",
+    })  # fmt: skip
+    alerts = alerts_from_scores(scores, 0.8, datetime.now(UTC), "https://service.example/book")
+    if host.config.message_encoding != "base64":
+        raise RuntimeError("host.json messageEncoding is not base64: adapt the queue client here")
+    host.drain_queue("push_alert")  # the alerts score_telemetry queued: delivered first, not measured
+    queue = queue_service(connection).get_queue_client(function_app.ALERT_QUEUE,
+                                                        message_encode_policy=TextBase64EncodePolicy())
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()
+    for alert in alerts:
+        queue.send_message(json.dumps(alert))
+    began = time.perf_counter()
+    drain = host.drain_queue("push_alert")
+    elapsed = time.perf_counter() - began
+    return {"alerts": drain.succeeded, "failed_attempts": drain.failed_attempts, "seconds": round(elapsed, 2),
+            "alerts_per_s": round(drain.succeeded / elapsed, 1)}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: train a small one)")
+    parser.add_argument("--cars", type=int, default=1_000, help="cars streaming (events per day)")
+    parser.add_argument("--days", type=int, default=3, help="days streamed per batch size")
+    parser.add_argument("--alerts", type=int, default=300, help="alerts drained through push_alert")
+    parser.add_argument("--profile", action="store_true", help="profile a 500-event batch and its alerts")
+    args = parser.parse_args()
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}", flush=True)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        model_dir = args.model_dir
+        if model_dir is None:
+            print("training a small model…", flush=True)
+            model_dir = train_small_model(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        fleet = simulate_fleet(args.cars, FLEET_START, FLEET_END, seed=17)
+        telemetry = fleet.telemetry[acceptable_records(fleet.telemetry)]  # the records a batch would accept
+        # one warm-up day, `days` per batch size, and a fresh day to profile
+        history, streamed = split_history(telemetry, 1 + args.days * len(BATCH_SIZES) + 1)
+        warm_up, streamed, profiled = streamed[0], streamed[1:-1], streamed[-1]
+
+        azurite = stack.enter_context(running_azurite())
+        gateway = stack.enter_context(HeadUnitSimulator(secrets.token_hex(32)))
+        endpoint = stack.enter_context(running_endpoint(model_dir, port=free_port()))
+        work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stack.enter_context(app_environment(app_settings(azurite, gateway.url, endpoint.scoring_uri,
+                                                         gateway.signing_key, work_dir)))  # fmt: skip
+        app = services.current()
+
+        print(f"filling {history['Battery_ID'].nunique():,} battery windows with {STATE_WINDOW_DAYS} days…",
+              flush=True)  # fmt: skip
+        update_states(app.tables.create_table_if_not_exists(STATE_TABLE), history, STATE_WINDOW_DAYS)
+
+        config = load_host_config()
+        hosts = {size: FunctionsHost(function_app.app, azurite.connection_string,
+                                     config=dataclasses.replace(config, max_event_batch_size=size))
+                 for size in BATCH_SIZES}  # fmt: skip
+        measure_events(hosts[BATCH_SIZES[0]], [warm_up])  # connections, the endpoint's first requests
+        results = {}
+        for number, size in enumerate(BATCH_SIZES):
+            results[size] = measure_events(hosts[size], streamed[number * args.days : (number + 1) * args.days])
+        alert_result = measure_alerts(hosts[BATCH_SIZES[0]], azurite.connection_string, args.alerts)
+
+        if args.profile:
+            bodies, keys = profiled
+            profile("one batch of 500 events through score_telemetry",
+                    lambda: hosts[500].deliver_events("score_telemetry", bodies[:500], keys[:500]))
+            profile("push_alert draining the alerts that batch queued",
+                    lambda: hosts[500].drain_queue("push_alert"))
+
+    print(f"\nscore_telemetry: {args.cars:,} cars, one event per car and day, windows of {STATE_WINDOW_DAYS} days")
+    print("| batch size | events | seconds | events/s | seconds per batch | alerts queued |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for size, result in results.items():
+        print(f"| {size} | {result['events']:,} | {result['seconds']} | {result['events_per_s']:,} | "
+              f"{result['batch_s_mean']} | {result['alerts_queued']} |")  # fmt: skip
+    print(f"\npush_alert: {alert_result['alerts']:,} alerts in {alert_result['seconds']} s = "
+          f"{alert_result['alerts_per_s']} alerts/s ({alert_result['failed_attempts']} failed attempts)")
+    best = max(result["events_per_s"] for result in results.values())
+    verdict = "meets" if best >= TARGET_EVENTS_PER_S else "is BELOW"
+    print(f"\nbest: {best:,} events/s, which {verdict} the target of {TARGET_EVENTS_PER_S:,} events/s")
+    return 0
+
+
+def profile(what: str, run: Callable[[], object]) -> None:
+    """Print where the time of `run` goes (needs `pip install pyinstrument` in .venv, for profiling only)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        print("--profile needs pyinstrument: .venv/bin/python -m pip install pyinstrument", file=sys.stderr)
+        return
+    profiler = Profiler(interval=0.001)
+    with profiler:
+        run()
+    print(f"\n--- profile: {what} ---")
+    print(profiler.output_text(unicode=True, color=False, show_all=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

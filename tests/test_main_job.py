@@ -1,0 +1,278 @@
+"""The main job end to end: the real function_app on real local services (Azurite, azmlinfsrv, the head-unit
+simulator), a small fleet, a few replayed days, and what a person reads at the end.
+
+The expectations are computed here from the simulated fleet (deterministic for its arguments), not taken
+from the job's own summary: which batteries the simulator set to reach rated life, how many events the
+replayed days hold, which of their records a car could not have sent validly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shared.azurite import PROJECT_ROOT
+from shared.main_job import (
+    acceptable_records,
+    alert_check,
+    bad_events,
+    day_events,
+    received_table,
+    run_main_job,
+    with_bad_events,
+)
+from shared.settings import SettingsError
+from shared.simulation import simulate_fleet
+from shared.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
+
+CARS, START, END, SEED, REPLAY_DAYS = 80, "2015-01-01", "2016-06-30", 5, 4
+LAST_ARCHIVED = date.fromisoformat(END) - timedelta(days=REPLAY_DAYS)
+REPLAYED = [LAST_ARCHIVED + timedelta(days=offset) for offset in range(1, REPLAY_DAYS + 1)]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, grandchildren…), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if fields[0] != "Z":  # a zombie has exited; only its exit status is left
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class MainJobRun:
+    out: Path
+    summary_md: str
+    summary: dict
+    progress: list[str]
+    processes_before: set[int]
+    processes_after: set[int]
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory) -> MainJobRun:
+    out = tmp_path_factory.mktemp("main-job")
+    progress: list[str] = []
+    before = descendants(os.getpid())
+    path = run_main_job(out, cars=CARS, start=START, end=END, seed=SEED, replay_days=REPLAY_DAYS,
+                        progress=progress.append)  # fmt: skip
+    after = descendants(os.getpid())
+    summary = json.loads((out / "summary.json").read_text())
+    return MainJobRun(out, path.read_text(), summary, progress, before, after)
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return simulate_fleet(CARS, START, END, SEED)
+
+
+def replayed_rows(fleet) -> pd.DataFrame:
+    day = fleet.telemetry[DATE].dt.normalize()
+    return fleet.telemetry[day.isin(pd.to_datetime(REPLAYED))]
+
+
+# --- end to end -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_battery_the_simulator_set_to_fail_gets_an_alert_on_its_head_unit(main_job, fleet):
+    batteries = fleet.batteries
+    r = pd.Timestamp(LAST_ARCHIVED)
+    reached = batteries["Rated_Life_Reached"]
+    due = batteries[(reached > r) & (reached <= r + pd.Timedelta(days=30)) & (batteries["Installed"] <= r)]
+    due_keys = set(zip(due[CAR_ID], due["Reported_ID"], strict=True))
+    received = [(alert["car_id"], alert["battery_id"]) for alert in main_job.summary["head_units"]]
+    assert due_keys, "the test fleet should have batteries reaching rated life in the 30 days after R"
+    assert due_keys & set(received), f"no head unit got an alert for any of {sorted(due_keys)}; got {received}"
+    assert "got an alert (recall" in main_job.summary_md
+
+
+@pytest.mark.slow
+def test_every_queued_alert_is_accounted_for_and_each_car_gets_an_alert_once(main_job):
+    alerts = main_job.summary["alerts"]
+    assert 0 < alerts["delivered"] <= alerts["queued"]
+    assert alerts["delivered"] == alerts["received_by_head_units"] == len(main_job.summary["head_units"])
+    handled = sum(alerts[key] for key in ("delivered", "suppressed_by_cooldown", "already_delivered", "rejected",
+                                          "malformed", "poisoned"))  # fmt: skip
+    assert handled == alerts["queued"], alerts
+    per_car = Counter((alert["car_id"], alert["alert_id"]) for alert in main_job.summary["head_units"])
+    assert max(per_car.values()) == 1
+    assert alerts["queued_batch"] > 0, "the nightly batch path should queue alerts too"
+
+
+@pytest.mark.slow
+def test_every_event_is_processed_and_the_bad_ones_are_dead_lettered_with_reasons(main_job, fleet):
+    events = main_job.summary["events"]
+    rows = replayed_rows(fleet)
+    cars_per_day = rows.groupby(rows[DATE].dt.normalize())[CAR_ID].nunique()
+    injected = events["injected_bad"]
+    assert injected == 6
+    assert events["delivered"] == cars_per_day.sum() + injected
+    assert events["failed_batches"] == []
+    bad_records = int((~acceptable_records(rows)).sum())  # blank or impossible values the simulator planted
+    assert events["dead_lettered"] == injected + bad_records
+    assert events["records_accepted"] == len(rows) - bad_records
+    assert all(event["dead_lettered"] and event["reason"] for event in events["injected"]), events["injected"]
+    assert events["parked_for_rescoring"] == 0
+
+
+@pytest.mark.slow
+def test_the_summary_reports_the_night_and_the_model(main_job):
+    summary = main_job.summary
+    assert summary["retrain"]["promoted"] is True
+    assert summary["scoring"]["batch_as_of"] == str(LAST_ARCHIVED)
+    assert summary["scoring"]["batch_scored"] > 0 and summary["scoring"]["streaming_scored"] > 0
+    assert summary["run"]["replayed_days"] == [str(day) for day in REPLAYED]
+    for heading in ("## Check against the simulator's truth", "## Alerts received by the simulated head units",
+                    "#### Backtest", "#### Data quality"):  # fmt: skip
+        assert heading in main_job.summary_md
+    assert (main_job.out / "model_report.md").read_text().startswith(f"# Battery forecaster {summary['model_version']}")
+    assert (main_job.out / "fleet" / "telemetry.csv").is_file()
+
+
+@pytest.mark.slow
+def test_no_process_or_port_is_left_behind_and_the_signing_key_is_never_written(main_job):
+    assert main_job.processes_after <= main_job.processes_before
+    services = main_job.summary["local_services"]
+    ports = [*services["azurite_ports"], int(services["scoring_endpoint"].split(":")[2].split("/")[0]),
+             int(services["head_unit_gateway"].rsplit(":", 1)[1])]  # fmt: skip
+    assert not [port for port in ports if listening(port)]
+    assert "HEAD_UNIT_SIGNING_KEY" not in os.environ and "AzureWebJobsStorage" not in os.environ
+    # The per-run signing key is 64 hex digits (no id the job writes is that long): not in any output.
+    written = [path.read_text() for path in main_job.out.glob("*.*") if path.suffix in (".md", ".json")]
+    assert not re.search(r"[0-9a-f]{64}", "\n".join([*written, *main_job.progress]))
+
+
+def test_a_run_that_fails_stops_every_process_it_started_and_restores_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALERT_PROBABILITY_THRESHOLD", "5")  # the app refuses it on first use, mid-run
+    before = descendants(os.getpid())
+    with pytest.raises(SettingsError, match="ALERT_PROBABILITY_THRESHOLD"):
+        run_main_job(tmp_path, cars=3, start="2015-01-01", end="2015-06-30", seed=1, replay_days=2)
+    assert descendants(os.getpid()) <= before
+    assert "AzureWebJobsStorage" not in os.environ and os.environ["ALERT_PROBABILITY_THRESHOLD"] == "5"
+
+
+# --- the pieces -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"cars": 0}, "--cars must be a whole number"),
+        ({"replay_days": 0}, "--replay-days must be a whole number"),
+        ({"end": "2016-13-01"}, "--end must be a day as YYYY-MM-DD"),
+        ({"start": "2016-05-01", "end": "2016-06-30"}, "training needs at least 120"),
+        ({"start": "2014-01-01", "end": "2014-12-31"}, "must start on or after 2015-01-01"),
+    ],
+)
+def test_arguments_that_cannot_make_a_run_are_refused_before_anything_starts(tmp_path, arguments, message):
+    chosen = {"cars": 5, "start": START, "end": END, "seed": 1, "replay_days": 3} | arguments
+    with pytest.raises(InputError, match=message):
+        run_main_job(tmp_path, **chosen)
+    assert not any(tmp_path.iterdir())
+
+
+def test_day_events_are_one_body_per_car_as_the_contract_writes_them():
+    rows = pd.DataFrame({
+        DATE: pd.to_datetime(["2016-03-01"] * 3), BATTERY_ID: ["7", "7", "8"], CAR_ID: ["CAR-7", "CAR-7", "CAR-8"],
+        "Battery_Age_Days": [100.0, 100.0, 5.0], "Number_Of_Trips": [5.0, 5.0, 2.0],
+        "Daily_Trip_Duration": [61.2, 61.2, float("nan")], "Daily_Cycles_Used": [0.15, 0.15, 0.05],
+        "Lifetime_Cycles_Used": [120.5, 120.5, 1.0], "Battery_Rated_Cycles": [200.0, 200.0, 200.0],
+    })  # fmt: skip
+    bodies, keys = day_events(rows)
+    assert keys == ["CAR-7", "CAR-8"]
+    duplicate, single = (json.loads(body) for body in bodies)
+    assert isinstance(duplicate, list) and len(duplicate) == 2  # a car's duplicate row travels as a backlog
+    assert single["Date"] == "2016-03-01" and single["Daily_Trip_Duration"] is None
+    assert single["Number_Of_Trips"] == 2 and isinstance(single["Number_Of_Trips"], int)
+
+
+def test_bad_events_are_spread_among_the_good_ones():
+    record = {"Date": "2016-03-01", "Battery_ID": "7", "Car_ID": "CAR-7", "Battery_Age_Days": 100,
+              "Number_Of_Trips": 5, "Daily_Trip_Duration": 61.2, "Daily_Cycles_Used": 0.15,
+              "Lifetime_Cycles_Used": 120.5, "Battery_Rated_Cycles": 200}  # fmt: skip
+    bad = bad_events(record)
+    good = [f"good {n}".encode() for n in range(20)]
+    bodies, keys = with_bad_events(good, [f"CAR-{n}" for n in range(20)], bad)
+    positions = [bodies.index(event.body) for event in bad]
+    assert len(bodies) == len(keys) == 26 and positions == sorted(positions)
+    assert positions[0] > 0 and positions[-1] < len(bodies) - 1
+    assert [b for b in bodies if b.startswith(b"good")] == good
+
+
+def test_the_check_maps_an_alert_to_the_real_battery_even_after_a_silent_replacement():
+    batteries = pd.DataFrame({
+        BATTERY_ID: ["1", "9", "2", "3"], CAR_ID: ["C1", "C1", "C2", "C3"], "Reported_ID": ["1", "1", "2", "3"],
+        "Installed": pd.to_datetime(["2015-01-01", "2016-06-10", "2015-01-01", "2015-01-01"]),
+        "Replaced": pd.to_datetime(["2016-06-10", None, None, None]),
+        "Rated_Life_Reached": pd.to_datetime(["2016-06-01", None, "2016-07-10", "2016-06-20"]),
+    })  # fmt: skip
+
+    def alert(alert_id: str, car: str, battery: str) -> dict:
+        return {"alert_id": alert_id, "car_id": car, "battery_id": battery, "severity": "high",
+                "failure_probability_30d": 0.9, "days_to_rated_life": None, "created_at": "2016-06-27T03:00:00Z",
+                "message": "…"}  # fmt: skip
+
+    # C1's battery 1 was silently replaced by battery 9 (same reported id), which is far from rated life.
+    received = received_table({"C1": [alert("a", "C1", "1")], "C2": [alert("b", "C2", "2")]}, batteries)
+    assert received["real_battery_id"].tolist() == ["9", "2"]
+    assert received["right_to_alert"].tolist() == [False, True]
+    assert received["rated_life_reached"].tolist() == [None, "2016-07-10"]
+    check = alert_check(batteries, received, date(2016, 6, 26))
+    assert (check["due_within_30_days"], check["due_alerted"], check["recall"]) == (1, 1, 1.0)
+    assert (check["past_rated_life"], check["past_alerted"], check["alerts_right"]) == (1, 0, 1)
+    nothing = alert_check(batteries, received_table({}, batteries), date(2016, 6, 26))
+    assert nothing["recall"] == 0.0 and nothing["missed"] == [{"car_id": "C2", "battery_id": "2",
+                                                               "rated_life_reached": "2016-07-10"}]
+
+
+# --- the README's main-job command from a clean clone -----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("RUN_CLEAN_CLONE") != "1",
+    reason="opt-in (RUN_CLEAN_CLONE=1): clones the committed repo and runs `make run`, which installs its own "
+    ".venv and node_modules from PyPI and npm (several minutes)",
+)
+def test_make_run_from_a_clean_clone(tmp_path):
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--verify", "--quiet", "HEAD"],
+                          capture_output=True, text=True)  # fmt: skip
+    if head.returncode != 0:
+        pytest.skip(f"{PROJECT_ROOT} has no commit yet: a clone would be empty")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], check=True)
+    environment = {name: value for name, value in os.environ.items() if name not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    result = subprocess.run(
+        ["make", "run", f"CARS={CARS}", f"START={START}", f"END={END}", f"SEED={SEED}", f"REPLAY_DAYS={REPLAY_DAYS}"],
+        cwd=clone, env=environment, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"make run failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    summary = json.loads((clone / "data" / "run" / "summary.json").read_text())
+    assert summary["check"]["due_alerted"] >= 1
+    assert summary["alerts"]["delivered"] == summary["alerts"]["received_by_head_units"] >= 1
+    assert "## Alerts received by the simulated head units" in result.stdout
