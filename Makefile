@@ -18,7 +18,7 @@ DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(
 
 install: $(STAMP) $(NPM_STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt scoring/requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-lstm.txt scoring/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

@@ -11,12 +11,13 @@ import json
 import logging
 
 import azure.functions as func
-from shared.delivery import process_alert_message
-from shared.ingest import ingest_telemetry, rescore_parked
-from shared.ops import health_report, vehicle_alerts
 
 from shared import services
+from shared.compliance_job import nightly_compliance_score
+from shared.delivery import process_alert_message
+from shared.ingest import ingest_telemetry, rescore_parked
 from shared.jobs import nightly_batch_score, nightly_retrain
+from shared.ops import health_report, vehicle_alerts
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -39,6 +40,15 @@ def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[st
     result = nightly_batch_score(services.current())
     alerts.set([json.dumps(alert) for alert in result.alerts])
     log.info("nightly_batch_score: %s", json.dumps(result.summary))
+
+
+@app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
+    """Score the component catalogue; write the results; queue one alert per car with non-compliant parts."""
+    result = nightly_compliance_score(services.current())
+    alerts.set([json.dumps(alert) for alert in result.alerts])
+    log.info("nightly_compliance_score: %s", json.dumps(result.summary))
 
 
 @app.event_hub_message_trigger(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from shared.risk import (
     HORIZON_DAYS,
@@ -59,6 +60,12 @@ class BacktestResult:
 
     summary: dict
     final_calibration: RiskCalibration
+    # The model's evaluation outcomes, for figures and fairness (not saved with the model): one row per
+    # (battery, origin) with Battery_ID, Car_ID, origin, label, scored, probability, alert; and the
+    # model's (m, 30) forecasts and the actual days (NaN = not reported), rows as in `evaluation`.
+    evaluation: pd.DataFrame | None = None
+    forecast: np.ndarray | None = None
+    actual: np.ndarray | None = None
 
 
 def seasonal_naive_forecast(windows: BatteryWindows) -> np.ndarray:
@@ -104,12 +111,13 @@ def run_backtest(
     held_out = _outcomes(history, calibration_origins, forecasters, window_days)
     evaluated = _outcomes(history, evaluation_origins, forecasters, window_days)
 
-    metrics, reliability = {}, {}
+    metrics, reliability, probabilities = {}, {}, {}
     for method in METHODS:
         calibration = _calibrate(held_out, method)
         probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
                                    daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
             "failure_probability_30d"].to_numpy()
+        probabilities[method] = probability
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),
             **probability_metrics(probability[evaluated.scored], evaluated.label[evaluated.scored], threshold),
@@ -127,7 +135,17 @@ def run_backtest(
         "reliability": reliability,
     }
     pooled = _concatenate(held_out, evaluated)
-    return BacktestResult(summary=summary, final_calibration=_calibrate(pooled, "model"))
+    evaluation = pd.DataFrame({
+        "Battery_ID": history.battery_id[evaluated.battery].astype(str),
+        "Car_ID": history.car_id[evaluated.battery].astype(str),
+        "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
+        "label": evaluated.label,
+        "scored": evaluated.scored,
+        "probability": probabilities["model"],
+        "alert": probabilities["model"] >= threshold,
+    })
+    return BacktestResult(summary=summary, final_calibration=_calibrate(pooled, "model"), evaluation=evaluation,
+                          forecast=evaluated.forecast["model"], actual=evaluated.actual)
 
 
 def forecast_metrics(actual: np.ndarray, forecast: np.ndarray) -> dict:
@@ -221,6 +239,8 @@ class _Outcomes:
     label: np.ndarray  # bool
     labelled: np.ndarray  # bool: the outcome is known
     already_past: np.ndarray  # bool
+    battery: np.ndarray  # row in the history
+    origin: np.ndarray  # day index in the history
 
     @property
     def scored(self) -> np.ndarray:
@@ -258,6 +278,8 @@ def _outcomes(
             label=reached,
             labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
             already_past=windows.lifetime_cycles >= windows.rated_cycles,
+            battery=rows,
+            origin=np.full(len(rows), origin),
         ))
     return _concatenate(*parts)
 
@@ -267,7 +289,7 @@ def _concatenate(*parts: _Outcomes) -> _Outcomes:
         forecast={m: np.concatenate([p.forecast[m] for p in parts]) for m in parts[0].forecast},
         **{name: np.concatenate([getattr(p, name) for p in parts])
            for name in ("actual", "lifetime", "rated", "daily_std", "known_days", "label", "labelled",
-                        "already_past")},
+                        "already_past", "battery", "origin")},
     )
 
 

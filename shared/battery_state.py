@@ -13,35 +13,50 @@ the same id: its window restarts at that day.
 Layout. One entity per battery: RowKey = the Battery_ID (percent-encoded, since `/ \\ # ?` are not
 allowed in keys), PartitionKey = one of `SHARDS` shards chosen by a stable hash of the id. Sharding is
 what makes a batch cheap: a few $filter queries read up to 14 batteries each, and one entity-group
-transaction writes up to 100 of them, instead of a GET and a PUT per battery (measured on a local
-Azurite on a quiet 2-core box: about 4 ms per battery instead of about 15). Each history column is a
-JSON array in its own property (dates as day offsets from `First_Date`), which keeps every property far
-under the 64 KiB string limit. For W = 240 an entity is about 17,000 characters in 14 properties
-(about 34 KiB as the service counts UTF-16, of the 1 MiB allowed), its largest property about 4,700
-characters (9 KiB of 64 KiB); see tests/test_battery_state.py. W is capped at `MAX_WINDOW_DAYS`, where
-the largest is about 39 KiB.
+transaction (`shared.table_transaction`) writes up to 100 of them, instead of a GET and a PUT per
+battery. Few shards mean few, full transactions: a batch of 100 batteries is 4 requests, not 16 (which
+halved its time on Azurite). The price is a ceiling: Azure serves about 2,000 entity writes a second
+per partition, so 4 shards carry about 8,000 battery-days a second, eight Event Hubs throughput units.
+Each history column is a JSON array in its own property (dates as day offsets from `First_Date`), which
+keeps every property far under the 64 KiB string limit. For W = 240 an entity is about 17,000
+characters in 14 properties (about 34 KiB as the service counts UTF-16, of the 1 MiB allowed), its
+largest property about 4,700 characters (9 KiB of 64 KiB); see tests/test_battery_state.py. W is
+capped at `MAX_WINDOW_DAYS`, where the largest is about 39 KiB.
 
-Concurrency. Each write carries the ETag it read (create-if-absent for a new battery), inside the
-transaction. If another writer got there first, the transaction fails as a whole, and the batteries of
-that transaction are read again, merged again and written again, up to `max_attempts` rounds.
+Concurrency. Each write carries the ETag of the version it merged into (create-if-absent for a new
+battery), inside the transaction. If another writer got there first, the transaction fails as a whole,
+and the batteries of that transaction are read again, merged again and written again, up to
+`max_attempts` rounds.
+
+Cache. Reading the windows cost as much as writing them. An Event Hub partition has one consumer at a
+time, so the entity a process wrote last is almost always still the stored one: `StateCache` keeps each
+battery's last entity and ETag, and a steady-state batch merges into those and reads nothing. The cache
+is only a guess: the write still carries the cached ETag, so a battery someone else wrote since (a
+partition that moved between instances) fails its transaction, is dropped from the cache, and goes the
+conflict path above, as if the read had raced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import logging
+import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import numpy as np
 import pandas as pd
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableEntity, TableErrorCode, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, TableEntity, TableErrorCode
 
+from shared.table_transaction import EntityWrite, TransactionFailed, submit_writes
 from shared.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -57,7 +72,7 @@ from shared.telemetry import (
 )
 
 TABLE = "batterystate"
-SHARDS = 16
+SHARDS = 4  # see "Layout" above; changing it moves every battery's entity (their windows start again)
 MAX_WINDOW_DAYS = 1000
 MAX_ATTEMPTS = 5
 # The per-day fields of a scoring request's `history` (DESIGN.md), after Date.
@@ -73,13 +88,75 @@ _OPS_PER_TRANSACTION = 100  # the entity-group transaction limit
 _BYTES_PER_TRANSACTION = 3 * 1024 * 1024  # under the 4 MiB request limit, with room for the envelope
 # As `shared.telemetry.coerce_telemetry` types them (explicit: pandas would infer a string dtype for ids).
 _DTYPES = {DATE: "datetime64[ns]", BATTERY_ID: object, CAR_ID: object, RATED_CYCLES: np.float64}
-_CONFLICTS = {TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED, TableErrorCode.ENTITY_ALREADY_EXISTS}
+# What a transaction fails with when the stored state is not the version it was merged into: changed
+# since (412), created since (409), or deleted since, with its table (404).
+_CONFLICTS = {
+    code.value
+    for code in (
+        TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
+        TableErrorCode.ENTITY_ALREADY_EXISTS,
+        TableErrorCode.RESOURCE_NOT_FOUND,
+        TableErrorCode.TABLE_NOT_FOUND,
+    )
+}
+_JSON_ENCODER = msgspec.json.Encoder()
+_JSON_DECODER = msgspec.json.Decoder()
+# About 9 KB per battery at W = 120: 10,000 batteries are about 100 MB of a Function App's memory.
+DEFAULT_CACHE_BATTERIES = 10_000
 
 log = logging.getLogger(__name__)
 
 
 class StateConflictError(RuntimeError):
     """Batteries whose state kept changing under us for `max_attempts` rounds; the batch should be retried."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A battery's entity as the table holds it (or held it, for a cached one), and that version's ETag."""
+
+    entity: Mapping[str, Any]
+    etag: str
+
+
+class StateCache:
+    """The last known `StoredState` of up to `max_batteries` batteries per table, least recently used out.
+
+    One per process (`shared.services.Services` holds it), shared by concurrent invocations, hence the
+    lock. See the module docstring for why a stale entry is safe.
+    """
+
+    def __init__(self, max_batteries: int = DEFAULT_CACHE_BATTERIES) -> None:
+        self.max_batteries = max_batteries
+        self._states: OrderedDict[tuple[str, str], StoredState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, table: str, battery_ids: Iterable[str]) -> dict[str, StoredState]:
+        """The cached states of those batteries that have one."""
+        found = {}
+        with self._lock:
+            for battery in battery_ids:
+                state = self._states.get((table, battery))
+                if state is not None:
+                    self._states.move_to_end((table, battery))
+                    found[battery] = state
+        return found
+
+    def put(self, table: str, states: Mapping[str, StoredState]) -> None:
+        with self._lock:
+            for battery, state in states.items():
+                self._states[(table, battery)] = state
+                self._states.move_to_end((table, battery))
+            while len(self._states) > self.max_batteries:
+                self._states.popitem(last=False)
+
+    def discard(self, table: str, battery_ids: Iterable[str]) -> None:
+        with self._lock:
+            for battery in battery_ids:
+                self._states.pop((table, battery), None)
 
 
 def state_keys(battery_id: str) -> tuple[str, str]:
@@ -93,6 +170,7 @@ def update_states(
     good_records: pd.DataFrame,
     window_days: int,
     max_attempts: int = MAX_ATTEMPTS,
+    cache: StateCache | None = None,
 ) -> pd.DataFrame:
     """Merge a batch's good records into their batteries' stored windows; return the windows touched.
 
@@ -101,20 +179,29 @@ def update_states(
     by Battery_ID then Date (one frame, not one per battery: the fleet stays vectorised all the way to
     `histories_for_request`). Raises `StateConflictError` if some batteries still conflict after
     `max_attempts` rounds; nothing is half-written for them (each transaction is all or nothing).
+
+    With a `cache`, batteries found in it are merged into their cached state instead of being read, and
+    the cache is updated with what was read and written. A battery whose records change nothing is not
+    written, so its window comes back as cached: stale only if another process wrote it meanwhile.
     """
     _check_window(window_days)
     missing = [c for c in COLUMNS if c not in good_records.columns]
     if missing:
         raise InputError(f"records are missing column(s): {', '.join(missing)}")
+    cache = StateCache(max_batteries=0) if cache is None else cache
+    table = f"{table_client.url}/{table_client.table_name}"
     pending = good_records[COLUMNS]
     windows: list[pd.DataFrame] = []
     for attempt in range(1, max_attempts + 1):
         ids = pending[BATTERY_ID].unique().tolist()
-        stored = _read_entities(table_client, ids)
-        merged = merge_windows(_entities_to_frame(stored.values()), pending, window_days)
+        stored = cache.get(table, ids)
+        stored |= _read_entities(table_client, [b for b in ids if b not in stored])
+        merged = merge_windows(_entities_to_frame(s.entity for s in stored.values()), pending, window_days)
         fresh = _window_entities(merged, window_days)
-        changed = [(fresh[b], stored.get(b)) for b in ids if not _same_state(fresh[b], stored.get(b))]
-        conflicted = _write(table_client, changed)
+        changed = {b: fresh[b] for b in ids if not _same_state(fresh[b], stored.get(b))}
+        etags, conflicted = _write(table_client, changed, stored)
+        cache.put(table, stored | {b: StoredState(fresh[b], etag) for b, etag in etags.items()})
+        cache.discard(table, conflicted)
         _log_merge(pending, merged, len(changed), attempt)
         windows.append(merged[~merged[BATTERY_ID].isin(conflicted)])
         if not conflicted:
@@ -129,7 +216,7 @@ def update_states(
 def read_windows(table_client: TableClient, battery_ids: Iterable[str]) -> pd.DataFrame:
     """The stored windows of these batteries (those that have one), shaped as `update_states` returns them."""
     stored = _read_entities(table_client, list(battery_ids))
-    return _entities_to_frame(stored.values()).sort_values([BATTERY_ID, DATE], ignore_index=True)
+    return _entities_to_frame(s.entity for s in stored.values()).sort_values([BATTERY_ID, DATE], ignore_index=True)
 
 
 def merge_windows(stored: pd.DataFrame, incoming: pd.DataFrame, window_days: int) -> pd.DataFrame:
@@ -159,10 +246,12 @@ def histories_for_request(windows: pd.DataFrame) -> list[dict]:
     One item per battery, in the frame's order. Car_ID and Battery_Rated_Cycles are the newest day's; the
     integer columns are JSON integers and an unknown value is null, so the body is strict JSON.
     """
-    keys = [DATE, *HISTORY_COLUMNS]
-    values = [np.datetime_as_string(windows[DATE].to_numpy("datetime64[D]")).tolist()]
-    values += [_json_numbers(windows[name], integer=name in _INTEGER_HISTORY) for name in HISTORY_COLUMNS]
-    rows = [dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True)]
+    dates = np.datetime_as_string(windows[DATE].to_numpy("datetime64[D]")).tolist()
+    values = [_json_numbers(windows[name], integer=name in _INTEGER_HISTORY) for name in HISTORY_COLUMNS]
+    age, trips, minutes, cycles, lifetime = HISTORY_COLUMNS
+    # A dict display per row, not dict(zip(...)): a third of the time, over the ~60,000 rows of a batch.
+    rows = [{DATE: d, age: a, trips: t, minutes: m, cycles: c, lifetime: life}
+            for d, a, t, m, c, life in zip(dates, *values, strict=True)]  # fmt: skip
     cars = windows[CAR_ID].to_numpy()
     rated = _json_numbers(windows[RATED_CYCLES], integer=True)
     return [
@@ -182,17 +271,19 @@ def _check_window(window_days: int) -> None:
 def _window_entities(merged: pd.DataFrame, window_days: int) -> dict[str, dict]:
     """Each battery's window (a frame sorted by battery, then day) as its Table entity.
 
-    Columns go to numpy once for the whole frame; each entity is then slices of those arrays, since a
-    pandas call per battery would cost more than the table I/O.
+    Columns go to Python lists once for the whole frame; each entity is then slices of those, encoded
+    by msgspec (a tenth of the json module's time for lists of floats), since a pandas call per battery
+    would cost more than the table I/O.
     """
     days = merged[DATE].to_numpy("datetime64[D]")
-    offsets = days.astype(np.int64)
+    day_numbers = days.astype(np.int64).tolist()
     car = merged[CAR_ID].to_numpy()
     rated = merged[RATED_CYCLES].to_numpy(np.float64)
-    history = {column: merged[column].to_numpy(np.float64) for column in HISTORY_COLUMNS}
+    history = {column: merged[column].to_numpy(np.float64).tolist() for column in HISTORY_COLUMNS}
     entities = {}
     for battery, start, end in _bounds(merged):
         partition, row = state_keys(battery)
+        first = day_numbers[start]
         entity = {
             "PartitionKey": partition,
             "RowKey": row,
@@ -202,38 +293,39 @@ def _window_entities(merged: pd.DataFrame, window_days: int) -> dict[str, dict]:
             "First_Date": str(days[start]),
             "Last_Date": str(days[end - 1]),
             "Window_Days": window_days,
-            "Day_Offsets": _json_list(offsets[start:end] - offsets[start]),
+            "Day_Offsets": _json_list([day - first for day in day_numbers[start:end]]),
         }
         entities[battery] = entity | {column: _json_list(values[start:end]) for column, values in history.items()}
     return entities
 
 
-def _json_list(values: np.ndarray) -> str:
-    return json.dumps(values.tolist(), separators=(",", ":"))
+def _json_list(values: list) -> str:
+    return _JSON_ENCODER.encode(values).decode("ascii")
 
 
-def _entities_to_frame(entities: Iterable[TableEntity]) -> pd.DataFrame:
+def _entities_to_frame(entities: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Stored entities back into one long frame with the telemetry schema (Car_ID, rated cycles repeated)."""
-    parts: dict[str, list] = {column: [] for column in COLUMNS}
-    for entity in entities:
-        offsets = np.asarray(json.loads(entity["Day_Offsets"]), dtype=np.int64)
-        parts[DATE].append(np.datetime64(entity["First_Date"], "D") + offsets)
-        for column in HISTORY_COLUMNS:
-            parts[column].append(np.asarray(json.loads(entity[column]), dtype=np.float64))
-        for column in (BATTERY_ID, CAR_ID, RATED_CYCLES):
-            parts[column].append(np.repeat(np.asarray([entity[column]], dtype=object), len(offsets)))
-    if not parts[DATE]:
+    entities = list(entities)
+    if not entities:
         return _empty_frame()
-    frame = pd.DataFrame({column: np.concatenate(values) for column, values in parts.items()})
-    return frame.astype(_DTYPES)
+    offsets = [np.asarray(_JSON_DECODER.decode(entity["Day_Offsets"]), dtype=np.int64) for entity in entities]
+    lengths = [len(battery_offsets) for battery_offsets in offsets]
+    first_days = np.array([entity["First_Date"] for entity in entities], dtype="datetime64[D]")
+    columns = {DATE: np.repeat(first_days, lengths) + np.concatenate(offsets)}
+    for column in HISTORY_COLUMNS:
+        values = [_JSON_DECODER.decode(entity[column]) for entity in entities]
+        columns[column] = np.fromiter(itertools.chain.from_iterable(values), dtype=np.float64, count=sum(lengths))
+    for column in (BATTERY_ID, CAR_ID, RATED_CYCLES):
+        columns[column] = np.repeat(np.array([entity[column] for entity in entities], dtype=object), lengths)
+    return pd.DataFrame({column: columns[column] for column in COLUMNS}).astype(_DTYPES)
 
 
 def _empty_frame() -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series(dtype=_DTYPES.get(column, np.float64)) for column in COLUMNS})
 
 
-def _same_state(entity: dict, stored: TableEntity | None) -> bool:
-    return stored is not None and all(stored.get(key) == value for key, value in entity.items())
+def _same_state(entity: dict, stored: StoredState | None) -> bool:
+    return stored is not None and all(stored.entity.get(key) == value for key, value in entity.items())
 
 
 def _bounds(frame: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
@@ -250,8 +342,8 @@ def _bounds(frame: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
 # --- table I/O ----------------------------------------------------------------------------------------
 
 
-def _read_entities(table_client: TableClient, battery_ids: list[str]) -> dict[str, TableEntity]:
-    """The stored entities of these batteries, by a few $filter queries per shard; creates a missing table."""
+def _read_entities(table_client: TableClient, battery_ids: list[str]) -> dict[str, StoredState]:
+    """The stored states of these batteries, by a few $filter queries per shard; creates a missing table."""
     by_shard: dict[str, list[str]] = {}
     for battery in battery_ids:
         partition, row = state_keys(battery)
@@ -270,51 +362,53 @@ def _read_entities(table_client: TableClient, battery_ids: list[str]) -> dict[st
 
     try:
         with ThreadPoolExecutor(_IO_THREADS) as pool:
-            return {e[BATTERY_ID]: e for found in pool.map(lambda q: query(*q), queries) for e in found}
+            found = [entity for entities in pool.map(lambda q: query(*q), queries) for entity in entities]
+        return {entity[BATTERY_ID]: StoredState(entity, entity.metadata["etag"]) for entity in found}
     except ResourceNotFoundError:
         with contextlib.suppress(ResourceExistsError):  # another worker may create it at the same time
             table_client.create_table()
         return {}
 
 
-def _write(table_client: TableClient, changes: list[tuple[dict, TableEntity | None]]) -> set[str]:
-    """Write new states as ETag-guarded transactions per shard; return the batteries that conflicted."""
+def _write(
+    table_client: TableClient, entities: Mapping[str, dict], stored: Mapping[str, StoredState]
+) -> tuple[dict[str, str], set[str]]:
+    """Write new states as ETag-guarded transactions per shard: the new ETag of each battery written,
+    and the batteries that conflicted (their transaction wrote nothing)."""
 
-    def submit(chunk: list[tuple[dict, TableEntity | None]]) -> set[str]:
+    def submit(batteries: list[str]) -> tuple[dict[str, str], set[str]]:
+        writes = [EntityWrite(entities[b], stored[b].etag if b in stored else None) for b in batteries]
         try:
-            table_client.submit_transaction([_guarded_write(entity, stored) for entity, stored in chunk])
-        except TableTransactionError as error:
-            if error.error_code not in _CONFLICTS:
+            etags = submit_writes(table_client, writes)
+        except TransactionFailed as error:
+            if error.code not in _CONFLICTS:
                 raise
-            return {entity[BATTERY_ID] for entity, _ in chunk}
-        return set()
+            return {}, set(batteries)
+        return dict(zip(batteries, etags, strict=True)), set()
 
+    etags: dict[str, str] = {}
+    conflicted: set[str] = set()
     with ThreadPoolExecutor(_IO_THREADS) as pool:
-        return set().union(*pool.map(submit, _transactions(changes)))
+        for written, failed in pool.map(submit, _transactions(entities)):
+            etags |= written
+            conflicted |= failed
+    return etags, conflicted
 
 
-def _guarded_write(entity: dict, stored: TableEntity | None) -> tuple:
-    """A transaction operation that fails if someone else wrote the battery since we read it."""
-    if stored is None:
-        return ("create", entity)
-    guard = {"etag": stored.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-    return ("update", entity, {"mode": UpdateMode.REPLACE, **guard})
-
-
-def _transactions(changes: list[tuple[dict, TableEntity | None]]) -> Iterator[list]:
-    """Group writes by PartitionKey into chunks within the transaction's count and size limits."""
-    by_shard: dict[str, list] = {}
-    for change in changes:
-        by_shard.setdefault(change[0]["PartitionKey"], []).append(change)
-    for shard_changes in by_shard.values():
-        chunk: list = []
+def _transactions(entities: Mapping[str, dict]) -> Iterator[list[str]]:
+    """Group batteries by PartitionKey into chunks within the transaction's count and size limits."""
+    by_shard: dict[str, list[str]] = {}
+    for battery, entity in entities.items():
+        by_shard.setdefault(entity["PartitionKey"], []).append(battery)
+    for batteries in by_shard.values():
+        chunk: list[str] = []
         size = 0
-        for change in shard_changes:
-            entity_size = sum(len(str(value)) for value in change[0].values())
+        for battery in batteries:
+            entity_size = sum(len(str(value)) for value in entities[battery].values())
             if chunk and (len(chunk) == _OPS_PER_TRANSACTION or size + entity_size > _BYTES_PER_TRANSACTION):
                 yield chunk
                 chunk, size = [], 0
-            chunk.append(change)
+            chunk.append(battery)
             size += entity_size
         yield chunk
 

@@ -100,16 +100,101 @@ def add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="telemetry CSV (raw or clean)")
     parser.add_argument("--cars", type=Path, help="car metadata CSV (adds Make/Region/... features)")
     parser.add_argument("--model-dir", type=Path, required=True, help="directory to write the model to")
+    parser.add_argument("--model", choices=["lightgbm", "lstm"], default="lightgbm",
+                        help="model kind: the global LightGBM forecaster (default) or the PyTorch LSTM contender "
+                        "(needs requirements-lstm.txt)")
     return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
     from shared.jobs import train_from_csv
 
-    model, report_path = train_from_csv(args.data, args.model_dir, cars_path=args.cars, progress=progress)
+    model, report_path = train_from_csv(args.data, args.model_dir, cars_path=args.cars, progress=progress,
+                                        model_kind=args.model)
     backtest = model.metadata["backtest"]["metrics"]
     print(json.dumps({"version": model.version, "model_dir": str(args.model_dir), "backtest": backtest}, indent=2))
     print(f"report: {report_path}")
+    return 0
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def add_report(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "report",
+        help="compare trained model directories in one self-contained HTML page",
+        description="Read each model directory's metadata.json and figures and write one HTML page: backtest "
+        "metrics against the baselines, the best model by the champion rule, reliability and other figures "
+        "(embedded), fairness and data quality.",
+    )
+    parser.add_argument("--model-dir", type=Path, nargs="+", required=True, help="model directories written by train")
+    parser.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from shared.model_comparison import write_comparison_report
+
+    print(f"report: {write_comparison_report(args.model_dir, args.out)}")
+    return 0
+
+
+# --- explain ------------------------------------------------------------------------------------------
+
+
+def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "explain",
+        help="what a model looks at overall, or why it scores one battery as it does",
+        description="Without --battery: the model's global feature importance (share of split gain). With "
+        "--battery and --data: that battery's plain-words reasons and each feature's TreeSHAP contribution "
+        "to its forecast (as a ratio to its last-28-day level), as of --as-of or its last report.",
+    )
+    parser.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
+    parser.add_argument("--battery", help="Battery_ID to explain (needs --data)")
+    parser.add_argument("--data", type=Path, help="telemetry CSV holding the battery's history")
+    parser.add_argument("--as-of", help="explain as of this day (YYYY-MM-DD); default: the battery's last report")
+    return parser
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from shared.explanation import explain_battery, feature_importance
+    from shared.forecasting import load_model
+    from shared.jobs import parse_day
+    from shared.preparation import prepare_telemetry
+    from shared.scoring import score_windows
+    from shared.telemetry import BATTERY_ID, CAR_ID, DATE, read_telemetry_csv
+    from shared.windows import build_windows
+
+    model = load_model(args.model_dir)
+    if args.battery is None:
+        print(f"model {model.version}: global feature importance (share of total split gain)")
+        print(feature_importance(model).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        return 0
+    if args.data is None:
+        raise InputError("--battery needs --data, the telemetry CSV with the battery's history")
+    raw = read_telemetry_csv(args.data)
+    raw = raw[raw[BATTERY_ID].astype(str) == str(args.battery)]
+    if args.as_of:
+        raw = raw[raw[DATE] < pd.Timestamp(parse_day(args.as_of)) + pd.Timedelta(days=1)]
+    if raw.empty:
+        raise InputError(f"{args.data}: no rows of battery {args.battery}"
+                         + (f" on or before {args.as_of}" if args.as_of else ""))
+    clean, _ = prepare_telemetry(raw)
+    windows = build_windows(clean, as_of=None, window_days=model.window_days)
+    windows = windows.take(np.flatnonzero(windows.as_of == windows.as_of.max())[-1:])  # the battery's newest life
+    scores, forecast = score_windows(model, windows, explain_from=0.0)
+    row = scores.iloc[0]
+    print(f"battery {row[BATTERY_ID]} (car {row[CAR_ID]}) as of {row['As_Of']:%Y-%m-%d}: "
+          f"P(rated life within 30 days) = {row['failure_probability_30d']:.3f}")
+    for reason in row["reasons"]:
+        print(f"  - {reason}")
+    print("feature contributions to the forecast (ratio to the last-28-day level):")
+    print(explain_battery(model, windows, forecast).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -336,6 +421,19 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     score.add_argument("--data", type=Path, required=True, help="components CSV")
     score.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
     score.add_argument("--out", type=Path, required=True, help="results CSV to write")
+    alerts = actions.add_parser("alerts", help="what the nightly compliance timer does, on local files",
+                                description="Score a components CSV, write the results and one "
+                                "component_compliance alert per car with non-compliant parts (JSON lines).")
+    alerts.add_argument("--data", type=Path, required=True, help="components CSV (Component_ID, Car_ID, text)")
+    alerts.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
+    alerts.add_argument("--out", type=Path, required=True, help="results CSV to write")
+    alerts.add_argument("--alerts-out", type=Path, help="alerts to write, one JSON object a line")
+    publish = actions.add_parser("publish", help="upload a trained classifier for the nightly timer to use",
+                                 description="Upload the model directory to Blob container compliance-models "
+                                 "and point champion.json at it (the timer uses the last published model).")
+    publish.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
+    publish.add_argument("--connection", help="storage connection string (default: AzureWebJobsStorage or its "
+                         "__serviceUri form)")
     return parser
 
 
@@ -355,12 +453,41 @@ def run_compliance(args: argparse.Namespace) -> int:
                           "mlflow_run_id": model.metadata["mlflow_run_id"], "held_out": model.metadata["metrics"]},
                          indent=2))  # fmt: skip
         return 0
+    if args.action in ("alerts", "publish"):
+        return _run_compliance_job(args)
     results = compliance.score_from_csv(args.data, args.model_dir, args.out)
     flagged = results[compliance.NON_COMPLIANT] == 1
     print(f"scored {len(results):,} components: {int(flagged.sum()):,} non-compliant on "
           f"{results.loc[flagged, 'Car_ID'].nunique():,} cars, {int(results[compliance.NEEDS_REVIEW].sum()):,} "
           f"need review")  # fmt: skip
     print(f"results: {args.out}")
+    return 0
+
+
+def _run_compliance_job(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from shared import compliance, compliance_job
+    from shared.settings import load_settings
+
+    if args.action == "publish":
+        from shared.storage import app_storage_connection, blob_service
+
+        blobs = blob_service(args.connection or app_storage_connection("blob"))
+        print(json.dumps({"version": compliance_job.publish_model(blobs, args.model_dir),
+                          "container": compliance_job.MODELS_CONTAINER}))  # fmt: skip
+        return 0
+    model = compliance.load_model(args.model_dir)
+    components = compliance.read_components_csv(args.data)
+    results, batch = compliance_job.compliance_run(model, components, datetime.now(UTC),
+                                                   load_settings().service_booking_url)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results.to_csv(args.out, index=False)
+    if args.alerts_out is not None:
+        args.alerts_out.parent.mkdir(parents=True, exist_ok=True)
+        args.alerts_out.write_text("".join(json.dumps(alert) + "\n" for alert in batch.alerts))
+    print(json.dumps({**batch.summary, "results": str(args.out),
+                      "alerts_out": None if args.alerts_out is None else str(args.alerts_out)}, indent=2))  # fmt: skip
     return 0
 
 
@@ -516,6 +643,8 @@ COMMANDS: dict[str, Command] = {
     "prepare": (add_prepare, run_prepare),
     "train": (add_train, run_train),
     "score": (add_score, run_score),
+    "explain": (add_explain, run_explain),
+    "report": (add_report, run_report),
     "demo": (add_demo, run_demo),
     "registry": (add_registry, run_registry),
     "headunit-sim": (add_headunit_sim, run_headunit_sim),

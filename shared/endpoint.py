@@ -1,10 +1,17 @@
 """Scoring endpoint: a request of DESIGN.md "Scoring endpoint" (fixed) in, its response out.
 
-`score_request` is everything `scoring/score.py` does between azmlinfsrv and the model, kept here as a
-pure function so it is tested without a server. It is the batch path's code on the request's rows:
-each item's history rows are flattened into one frame with the item's Battery_ID, Car_ID and
-Battery_Rated_Cycles, then coerce_telemetry → prepare_telemetry → build_windows (each battery at its own
-last day) → score_windows, so the same model files give the same probability here as in the batch path.
+`score_body` is everything `scoring/score.py` does between azmlinfsrv and the model, kept here as a
+pure function so it is tested without a server; `score_request` is the same on an already parsed body.
+It is the batch path's code on the request's rows: each item's history rows are laid out as columns
+with the item's Battery_ID, Car_ID and Battery_Rated_Cycles, then coerce_telemetry → prepare_telemetry →
+build_windows (each battery at its own last day) → score_windows, so the same model files give the same
+probability here as in the batch path.
+
+Speed (issue 3: 1,000 batteries of 240 days, a 39 MB body, in under a second): a body of exactly the
+contract's shape — what the Function App sends — is decoded by msgspec straight into typed structs, in
+C and without a dict per row, and each field becomes one numpy column; ids and dates are categorical,
+so they are stripped and parsed once per distinct value. Any other body is decoded as plain JSON and
+checked item by item: slower, and only for requests that carry a mistake.
 
 Nothing is dropped in silence: an item that cannot be scored — not an object, a missing field, a value
 of the wrong type, an empty history, an impossible value, a Battery_ID sent twice — gets its own
@@ -15,16 +22,20 @@ A `null` measure is a gap, as a blank cell is in a CSV: preparation fills it and
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 import pandas as pd
 
+from shared.explanation import REASONS
 from shared.forecasting import METADATA_FILE, BatteryForecaster
 from shared.preparation import prepare_telemetry
 from shared.risk import HORIZON_DAYS
@@ -53,7 +64,9 @@ HISTORY_FIELDS = [DATE, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CY
 # request of 240 days each is about 30 MB of JSON). Clients split bigger batches (ScoringClient does).
 MAX_BATTERIES_PER_REQUEST = 1_000
 MAX_HISTORY_ROWS_PER_REQUEST = 400_000
-_NUMBER_TYPES = (int, float, type(None))
+# Predictions at or above this probability carry `reasons` (TreeSHAP is costly; see scoring.score_windows);
+# below any sensible alert threshold, so every alert the streaming path raises has the model's reasons.
+EXPLAIN_FROM_PROBABILITY = 0.5
 
 EXAMPLE_ITEM = {
     BATTERY_ID: "17", CAR_ID: "CAR-00017", RATED_CYCLES: 200,
@@ -64,7 +77,8 @@ EXAMPLE_RESPONSE = {
     "model_version": "20170320T030000Z-1a2b3c4d",
     "predictions": [
         {BATTERY_ID: "17", CAR_ID: "CAR-00017", "failure_probability_30d": 0.93, "days_to_rated_life": 12.5,
-         "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None},
+         "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None,
+         REASONS: ["battery has used 98% of its rated cycles (196 of 200)"]},
     ],
 }  # fmt: skip
 
@@ -81,13 +95,27 @@ class RequestTooLarge(RequestError):
     status = 413
 
 
+def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
+    """The response body for a raw request body (the bytes POSTed to /score).
+
+    A JSON syntax error, or a body that is not an object with `data`, is a `RequestError`, worded as
+    azmlinfsrv words them for an entry script that lets it parse the body.
+    """
+    try:
+        request = _CONTRACT.decode(body)
+    except msgspec.DecodeError:  # not exactly the contract, or not JSON: find out what is wrong, item by item
+        return score_request(model, _data_of(_parsed(body)))
+    _check_size(request.data, [len(item.history) for item in request.data])
+    return _respond(model, [_check_values(*_struct_fields(item)) for item in request.data], _struct_columns)
+
+
 def score_request(model: BatteryForecaster, data: Any) -> dict[str, Any]:
-    """The response body for the request's `data` (the list of battery items), in the items' order."""
-    items = _check_shape(data)
-    batch = _flatten(items)
-    typed = _typed_rows(batch)
-    scores = _score(model, typed, batch)
-    return {"model_version": model.version, "predictions": _predictions(batch, scores)}
+    """The response body for the request's parsed `data` (the list of battery items), in the items' order."""
+    if not isinstance(data, list):
+        raise RequestError(f"'data' must be a JSON array of battery items, got {_kind(data)}")
+    histories = [item[HISTORY] for item in data if isinstance(item, dict) and isinstance(item.get(HISTORY), list)]
+    _check_size(data, [len(history) for history in histories])
+    return _respond(model, [_check_item(item) for item in data], _dict_columns)
 
 
 def find_model_dir(root: str | Path) -> Path:
@@ -105,24 +133,74 @@ def find_model_dir(root: str | Path) -> Path:
     return found[0]
 
 
+_Columns = Callable[[list, "_Batch"], dict[str, Any]]  # the history rows as one numpy column per field
+
+
+def _respond(model: BatteryForecaster, items: list[_Item], columns: _Columns) -> dict[str, Any]:
+    """Score checked items: their rows laid out by `columns`, typed, prepared, scored."""
+    batch = _flatten(items, columns)
+    typed = _typed_rows(batch)
+    scores = _score(model, typed, batch)
+    return {"model_version": model.version, "predictions": _predictions(batch, scores)}
+
+
 # --- the request --------------------------------------------------------------------------------------
 
+# The contract as msgspec structs, for the fast decode. A value that does not fit (a missing field, a
+# string where a number belongs, a boolean, a date not written YYYY-MM-DD) fails the decode, and the body
+# takes the item-by-item path. Dates decode to datetime.date and measures to float (a JSON integer too).
+_Row = msgspec.defstruct(
+    "HistoryRow", [(DATE, datetime.date), *((field, float | None) for field in HISTORY_FIELDS[1:])], gc=False
+)
+_ContractItem = msgspec.defstruct(
+    "BatteryItem", [(BATTERY_ID, str | int), (CAR_ID, str), (RATED_CYCLES, int | float), (HISTORY, list[_Row])],
+    gc=False,
+)  # fmt: skip
+_CONTRACT = msgspec.json.Decoder(msgspec.defstruct("ScoringRequest", [("data", list[_ContractItem])], gc=False))
+# Any JSON; a number beyond float range is ±inf (refused as "not a number" for its item), as json.loads reads it.
+_ANY_JSON = msgspec.json.Decoder(float_hook=float)
+_EPOCH = datetime.date(1970, 1, 1).toordinal()  # datetime64 counts days from here
+_struct_fields = operator.attrgetter(BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY)
 
-def _check_shape(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        raise RequestError(f"'data' must be a JSON array of battery items, got {_kind(data)}")
-    if len(data) > MAX_BATTERIES_PER_REQUEST:
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return _ANY_JSON.decode(body)
+    except msgspec.DecodeError as error:
+        problem = f"could not be decoded as JSON: {error}" if body else "is empty. Expecting a JSON dictionary."
+        raise RequestError(f"POST body {problem}") from None
+
+
+def _data_of(body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise RequestError("POST body should be a JSON dictionary.")
+    if "data" not in body:
+        raise RequestError("A value is not provided for the 'data' parameter.")
+    return body["data"]
+
+
+def _check_size(items: list, history_lengths: list[int]) -> None:
+    if len(items) > MAX_BATTERIES_PER_REQUEST:
         raise RequestTooLarge(
-            f"{len(data):,} batteries in one request; the limit is {MAX_BATTERIES_PER_REQUEST:,}: "
+            f"{len(items):,} batteries in one request; the limit is {MAX_BATTERIES_PER_REQUEST:,}: "
             "send them in smaller requests"
         )
-    rows = sum(len(item[HISTORY]) for item in data if isinstance(item, dict) and isinstance(item.get(HISTORY), list))
+    rows = sum(history_lengths)
     if rows > MAX_HISTORY_ROWS_PER_REQUEST:
         raise RequestTooLarge(
             f"{rows:,} history rows in one request; the limit is {MAX_HISTORY_ROWS_PER_REQUEST:,}: "
             "send fewer batteries or fewer days per request"
         )
-    return data
+
+
+class _Item(NamedTuple):
+    """One battery item as checked: its ids, rated cycles and history rows, or why it cannot be scored."""
+
+    battery_id: str | None  # stripped; None when unusable
+    car_id: str | None
+    rated_cycles: Any
+    history: Sequence[Any]  # rows: dicts (plain JSON) or `_Row` structs (the contract's decode)
+    error: str | None
 
 
 @dataclass
@@ -144,51 +222,70 @@ class _Batch:
                 self.errors[item] = f"history[{int(self.row_position[row])}]: {reason}"
 
 
-def _flatten(items: Sequence[Any]) -> _Batch:
-    """Check each item, then lay the history rows of the good ones out as one frame of raw COLUMNS."""
-    checked = [_check_item(item) for item in items]
-    battery_ids = [battery for battery, _, _ in checked]
-    errors = [error for _, _, error in checked]
+def _flatten(items: list[_Item], history_columns: _Columns) -> _Batch:
+    """Lay the history rows of the items without an error out as one frame of raw COLUMNS.
+
+    `history_columns(rows, batch)` gives each HISTORY_FIELDS field of every row as a numpy array or
+    categorical. The ids are categorical, one code per row into the items' ids, so coerce_telemetry
+    strips each id once.
+    """
+    battery_ids = [item.battery_id for item in items]
+    errors = [item.error for item in items]
     _flag_repeated_batteries(battery_ids, errors)
     usable = [i for i, error in enumerate(errors) if error is None]
-    lengths = np.array([len(items[i][HISTORY]) for i in usable], dtype=np.int64)
+    lengths = np.array([len(items[i].history) for i in usable], dtype=np.int64)
     starts = np.cumsum(lengths) - lengths
     batch = _Batch(
         battery_ids=battery_ids,
-        car_ids=[car for _, car, _ in checked],
+        car_ids=[item.car_id for item in items],
         errors=errors,
         row_item=np.repeat(np.array(usable, dtype=np.int64), lengths),
         row_position=np.arange(int(lengths.sum())) - np.repeat(starts, lengths),
     )
-    history = [row for i in usable for row in items[i][HISTORY]]
-    columns = {field: _typed_history_column(_history_column(history, field), field, batch) for field in HISTORY_FIELDS}
-    for column, values in (
-        (BATTERY_ID, [battery_ids[i] for i in usable]),
-        (CAR_ID, [batch.car_ids[i] for i in usable]),
-        (RATED_CYCLES, [float(items[i][RATED_CYCLES]) for i in usable]),
-    ):
-        columns[column] = np.repeat(np.array(values, dtype=object if column != RATED_CYCLES else np.float64), lengths)
-    batch.rows = pd.DataFrame({column: columns[column] for column in COLUMNS})
+    history = list(itertools.chain.from_iterable(items[i].history for i in usable))
+    columns = history_columns(history, batch)
+    item_of_row = np.repeat(np.arange(len(usable)), lengths)
+    car_codes, cars = pd.factorize(np.array([batch.car_ids[i] for i in usable], dtype=object))
+    columns[BATTERY_ID] = pd.Categorical.from_codes(item_of_row, [battery_ids[i] for i in usable])
+    columns[CAR_ID] = pd.Categorical.from_codes(car_codes[item_of_row], cars)
+    columns[RATED_CYCLES] = np.array([float(items[i].rated_cycles) for i in usable])[item_of_row]
+    batch.rows = pd.DataFrame({name: columns[name] for name in COLUMNS})
     return batch
 
 
-def _history_column(history: list[dict], field: str) -> list:
-    """One field of every history row; `_ABSENT` where a row does not have it.
+def _struct_columns(history: list, batch: _Batch) -> dict[str, np.ndarray]:
+    """The history rows of the contract's decode as columns; msgspec has checked every value's type.
 
-    The plain lookup runs in C (a request can hold 400,000 rows); only when some row lacks the field
-    does it look again, row by row, to mark where.
+    The measures are read in one pass in C over all rows (a tuple per row, chained into one float64
+    array). Dates become datetime64 days; coerce_telemetry still types the few distinct ones, as for
+    any input.
+    """
+    measures = HISTORY_FIELDS[1:]
+    per_row = operator.attrgetter(*measures)
+    try:
+        values = np.fromiter(itertools.chain.from_iterable(map(per_row, history)), np.float64)
+    except TypeError:  # a null (a gap) among them: numpy reads None as NaN
+        values = np.array(list(map(per_row, history)), dtype=np.float64)
+    values = values.reshape(len(history), len(measures))
+    days = np.fromiter(map(datetime.date.toordinal, map(operator.attrgetter(DATE), history)), np.int64, len(history))
+    return {DATE: (days - _EPOCH).astype("M8[D]")} | {field: values[:, i] for i, field in enumerate(measures)}
+
+
+def _dict_columns(history: list[dict], batch: _Batch) -> dict[str, np.ndarray | pd.Categorical]:
+    return {field: _dict_column(history, field, batch) for field in HISTORY_FIELDS}
+
+
+def _dict_column(history: list[dict], field: str, batch: _Batch) -> np.ndarray | pd.Categorical:
+    """One field of every history row of plain JSON; a value missing or of the wrong type fails its item.
+
+    Dates come out as categorical strings, measures as float64 (null = a gap, NaN). The lookups run in C
+    (a request can hold 400,000 rows), and so does checking the set of types: only when a row lacks the
+    field, or some value is of the wrong type, does it go row by row to say where.
     """
     try:
-        return list(map(operator.itemgetter(field), history))
+        values = list(map(operator.itemgetter(field), history))
     except KeyError:
-        return [row.get(field, _ABSENT) for row in history]
-
-
-def _typed_history_column(values: list, field: str, batch: _Batch) -> np.ndarray:
-    """Dates as strings, measures as float64 (null = a gap, NaN); a wrongly typed value fails its item.
-
-    Checking the set of types first keeps the usual case, every value well typed, to a pass in C.
-    """
+        values = [row.get(field, _ABSENT) for row in history]
     is_date = field == DATE
     if not set(map(type, values)) <= ({str} if is_date else {int, float, type(None)}):
         for row, value in enumerate(values):
@@ -196,8 +293,9 @@ def _typed_history_column(values: list, field: str, batch: _Batch) -> np.ndarray
             if reason:
                 batch.flag_rows([row], [f"{field} {reason}"])
                 values[row] = None
-    if is_date:
-        return np.array(values, dtype=object)
+    if is_date:  # as categorical strings: coerce_telemetry parses each distinct date once
+        codes, dates = pd.factorize(np.array(values, dtype=object))
+        return pd.Categorical.from_codes(codes, dates)
     try:
         return np.fromiter(values, dtype=np.float64, count=len(values))
     except (TypeError, OverflowError):  # a null, or an integer beyond float range, among the numbers
@@ -234,31 +332,39 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def _check_item(item: Any) -> tuple[str | None, str | None, str | None]:
-    """(Battery_ID, Car_ID, error) of one item, checking all but the values inside its history rows."""
+def _check_item(item: Any) -> _Item:
+    """One item of plain JSON, checked: all but the values inside its history rows."""
     if not isinstance(item, dict):
-        return None, None, f"item must be a JSON object, got {_kind(item)}"
-    fields = (BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY)
-    battery, car, rated, history = (item.get(field, _ABSENT) for field in fields)
+        return _Item(None, None, None, [], f"item must be a JSON object, got {_kind(item)}")
+    checked = _check_values(*(item.get(field, _ABSENT) for field in (BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY)))
+    if checked.error is None and set(map(type, checked.history)) != {dict}:
+        position, row = next((p, row) for p, row in enumerate(checked.history) if not isinstance(row, dict))
+        return checked._replace(error=f"history[{position}] must be a JSON object, got {_kind(row)}")
+    return checked
+
+
+def _check_values(battery: Any, car: Any, rated: Any, history: Any) -> _Item:
+    """An item's fields checked (`_ABSENT` for a field it lacks), the ids stripped; all but its rows."""
     battery_id = str(battery).strip() if isinstance(battery, str | int) and not isinstance(battery, bool) else None
     car_id = car.strip() if isinstance(car, str) else None
-    for field, value in zip(fields, (battery, car, rated, history), strict=True):
+
+    def failed(error: str, battery_id: str | None = battery_id, car_id: str | None = car_id) -> _Item:
+        return _Item(battery_id, car_id, rated, [], error)
+
+    for field, value in zip((BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY), (battery, car, rated, history), strict=True):
         if value is _ABSENT or value is None:
-            return battery_id, car_id, f"{field} is missing"
+            return failed(f"{field} is missing")
     if battery_id is None:
-        return None, car_id, f"{BATTERY_ID} must be a string or an integer, got {battery!r}"
+        return failed(f"{BATTERY_ID} must be a string or an integer, got {battery!r}", battery_id=None)
     if car_id is None:
-        return battery_id, None, f"{CAR_ID} must be a string, got {car!r}"
+        return failed(f"{CAR_ID} must be a string, got {car!r}", car_id=None)
     if not battery_id or not car_id:
-        return battery_id or None, car_id or None, f"{BATTERY_ID if not battery_id else CAR_ID} is empty"
+        return failed(f"{BATTERY_ID if not battery_id else CAR_ID} is empty", battery_id or None, car_id or None)
     if not _is_finite_number(rated):
-        return battery_id, car_id, f"{RATED_CYCLES} must be a number, got {rated!r}"
+        return failed(f"{RATED_CYCLES} must be a number, got {rated!r}")
     if not isinstance(history, list) or not history:
-        return battery_id, car_id, f"{HISTORY} must be a non-empty array of daily records, got {_kind(history)}"
-    if set(map(type, history)) != {dict}:
-        position, row = next((p, row) for p, row in enumerate(history) if not isinstance(row, dict))
-        return battery_id, car_id, f"history[{position}] must be a JSON object, got {_kind(row)}"
-    return battery_id, car_id, None
+        return failed(f"{HISTORY} must be a non-empty array of daily records, got {_kind(history)}")
+    return _Item(battery_id, car_id, rated, history, None)
 
 
 def _is_finite_number(value: Any) -> bool:
@@ -302,7 +408,10 @@ def _typed_rows(batch: _Batch) -> pd.DataFrame:
     batch.flag_rows(impossible.index.tolist(), impossible.tolist())
     _flag_items_without_values(typed, batch)
     failed = np.array([error is not None for error in batch.errors], dtype=bool)
-    return typed[~failed[batch.row_item[typed.index]]]
+    typed = typed[~failed[batch.row_item[typed.index]]]
+    # The same stripped ids, as the request's categoricals again: preparation then codes them without
+    # hashing every row's string (coerce_telemetry returns them as plain strings).
+    return typed.assign(**{column: batch.rows[column].array[typed.index] for column in (BATTERY_ID, CAR_ID)})
 
 
 def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
@@ -321,7 +430,7 @@ def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
         batch.flag_rows([int(rows[start])], [f"no {MEASURE_COLUMNS[lacks]} value in the whole history"])
 
 
-def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list]]:
+def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
     """Score the usable rows with the batch path's code; map each item index to its battery's numbers.
 
     Preparation splits a battery replaced under the same id into "<id>", "<id>#2", ...: the item's
@@ -331,7 +440,7 @@ def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict
         return {}
     clean, _ = prepare_telemetry(typed.reset_index(drop=True))
     windows = build_windows(clean, as_of=None, window_days=model.window_days)
-    scores, forecast = score_windows(model, windows)
+    scores, forecast = score_windows(model, windows, explain_from=EXPLAIN_FROM_PROBABILITY)
     ids = pd.Series(scores[BATTERY_ID].to_numpy(dtype=object)).astype(str)
     life = ids.str.extract(r"^(?P<base>.*)#(?P<number>\d+)$")
     sent = set(b for b, e in zip(batch.battery_ids, batch.errors, strict=True) if e is None)
@@ -342,14 +451,15 @@ def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict
     item_of = {battery: i for i, battery in enumerate(batch.battery_ids) if batch.errors[i] is None}
     probability = scores["failure_probability_30d"].to_numpy(np.float64)
     days = scores["days_to_rated_life"].to_numpy(np.float64)
+    reasons = scores[REASONS].to_numpy(dtype=object)
     return {
-        item_of[battery]: (float(probability[row]), float(days[row]), forecast[row].tolist())
+        item_of[battery]: (float(probability[row]), float(days[row]), forecast[row].tolist(), list(reasons[row]))
         for row, battery in zip(newest.index, newest["base"], strict=True)
         if battery in item_of
     }
 
 
-def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list]]) -> list[dict[str, Any]]:
+def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list]]) -> list[dict[str, Any]]:
     predictions = []
     for item, (battery, car, error) in enumerate(zip(batch.battery_ids, batch.car_ids, batch.errors, strict=True)):
         if error is None and item not in scores:
@@ -362,6 +472,7 @@ def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list]]) ->
             "days_to_rated_life": numbers[1] if numbers else None,
             "forecast_daily_cycles": numbers[2] if numbers else None,
             "error": error,
+            REASONS: numbers[3] if numbers else None,
         })  # fmt: skip
     return predictions
 

@@ -32,15 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from shared.backtest import run_backtest
+from shared.backtest import BacktestResult, run_backtest
 from shared.risk import HORIZON_DAYS, RiskCalibration
 from shared.telemetry import CAR_ID, DATE, InputError
 from shared.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
+
+if TYPE_CHECKING:
+    from shared.lstm import LstmForecaster
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
 MODEL_FILE = "model.txt"
@@ -90,6 +94,8 @@ class BatteryForecaster:
     cars: pd.DataFrame | None = None  # Car_ID + CAR_CATEGORIES (category codes) + CAR_NUMBERS
     calibration: RiskCalibration | None = None
     metadata: dict = field(default_factory=dict)
+    # The training's backtest with its per-battery outcomes (figures, fairness); in memory only, not saved.
+    backtest: BacktestResult | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -106,6 +112,11 @@ class BatteryForecaster:
         features, level, shape = self._features(windows)
         ratio = self.booster.predict(features, num_threads=LIGHTGBM_PARAMS["num_threads"]) if len(windows) else []
         return np.maximum(np.asarray(ratio), 0.0)[:, None] * level[:, None] * shape
+
+    def feature_matrix(self, windows: BatteryWindows) -> np.ndarray:
+        """(n, len(features)) float32 inputs of the booster, columns named by metadata["features"]; the
+        explanation code feeds these to the booster's own TreeSHAP (pred_contrib)."""
+        return self._features(windows)[0]
 
     def save(self, model_dir: str | Path) -> None:
         """Write metadata.json, the LightGBM model text and the car lookup into model_dir."""
@@ -138,13 +149,18 @@ class BatteryForecaster:
         }
 
 
-def load_model(model_dir: str | Path) -> BatteryForecaster:
-    """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds)."""
+def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster:
+    """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), or by
+    `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch)."""
+    from shared import lstm
+
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE
     if not metadata_path.is_file():
         raise FileNotFoundError(f"{model_dir}: no {METADATA_FILE}; not a model directory")
     metadata = json.loads(metadata_path.read_text())
+    if metadata.get("model_kind") == lstm.MODEL_KIND:
+        return lstm.load_lstm(model_dir, metadata)
     calibration = metadata.get("calibration")
     cars_path = model_dir / CARS_FILE
     cars = pd.read_csv(cars_path, dtype={CAR_ID: str}) if cars_path.is_file() else None
@@ -186,6 +202,7 @@ def train_model(
     say("training the final model on all data")
     model = fit(history, history.n_days - 1)
     model.calibration = backtest.final_calibration
+    model.backtest = backtest
     trained_at = datetime.now(UTC)
     digest = hashlib.sha256(model.booster.model_to_string().encode()).hexdigest()[:8]
     model.metadata.update(
@@ -195,6 +212,7 @@ def train_model(
         n_batteries=len(history.battery_id),
         n_cars=int(pd.unique(history.car_id).size),
         backtest=backtest.summary,
+        car_categories=car_category_names(cars) if cars is not None else None,
         data_quality=quality or {},
         library_versions={"python": platform.python_version(), "numpy": np.__version__,
                           "pandas": pd.__version__, "lightgbm": lgb.__version__},
@@ -415,13 +433,18 @@ def encode_cars(cars: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise InputError(f"car table is missing column(s): {', '.join(missing)}")
     table = pd.DataFrame({CAR_ID: cars[CAR_ID].astype(str).to_numpy(dtype=object)})
-    for name in CAR_CATEGORIES:
-        values = cars[name].astype("string")
-        codes = pd.Categorical(values, categories=sorted(values.dropna().unique())).codes
+    for name, categories in car_category_names(cars).items():
+        codes = pd.Categorical(cars[name].astype("string"), categories=categories).codes
         table[name] = np.where(codes >= 0, codes, np.nan)
     for name in CAR_NUMBERS:
         table[name] = pd.to_numeric(cars[name], errors="coerce").astype(np.float64)
     return table
+
+
+def car_category_names(cars: pd.DataFrame) -> dict[str, list[str]]:
+    """Each car category's values in code order (code i is names[i]): kept in the metadata so an
+    explanation can say "Nordic" where the trees only saw a code."""
+    return {name: sorted(str(v) for v in cars[name].astype("string").dropna().unique()) for name in CAR_CATEGORIES}
 
 
 def _json_default(value):

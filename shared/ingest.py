@@ -69,7 +69,7 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
     if good.empty:
         return AlertBatch([], summary | {"batteries": 0, "alerts": 0})
     state_table = services.tables.get_table_client(STATE_TABLE)
-    windows = update_states(state_table, good, STATE_WINDOW_DAYS)
+    windows = update_states(state_table, good, STATE_WINDOW_DAYS, cache=services.state_cache)
     items = histories_for_request(windows)
     summary["batteries"] = len(items)
     try:

@@ -24,6 +24,7 @@ from shared.services import Services
 from shared.settings import load_settings
 from shared.storage import ensure_container, upload_bytes
 from shared.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.training_tracking import track_training
 
 SCORES_CONTAINER = "scores"
 
@@ -42,17 +43,37 @@ def parse_day(text: str, name: str = "--as-of") -> date:
         raise InputError(f"{name} must be a day as YYYY-MM-DD, got {text!r}") from None
 
 
+MODEL_KINDS = ("lightgbm", "lstm")
+
+
 def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None = None,
-                   progress: Progress = _quiet):
-    """Read, prepare, backtest and train; write the model directory with metadata.json and report.md."""
+                   progress: Progress = _quiet, model_kind: str = "lightgbm"):
+    """Read, prepare, backtest and train; write the model directory with metadata.json and report.md.
+
+    model_kind "lstm" trains the PyTorch contender (shared/lstm.py; needs requirements-lstm.txt) on the
+    same backtest; it reads only the battery's own history, so the car table is not used, and it also
+    writes its loss curves as training_results.png.
+    """
+    if model_kind not in MODEL_KINDS:
+        raise InputError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {model_kind!r}")
     progress(f"reading {data_path}")
     raw = read_telemetry_csv(data_path)
     cars = read_cars_csv(cars_path) if cars_path else None
     progress(f"preparing {len(raw):,} rows")
     clean, quality = prepare_telemetry(raw)
     progress(f"training on {clean['Battery_ID'].nunique():,} batteries, {len(clean):,} battery-days")
-    model = train_model(clean, cars, quality=quality.to_dict(), progress=progress)
-    model.save(model_dir)
+    if model_kind == "lstm":
+        from shared.lstm import save_training_curves, train_lstm
+
+        model = train_lstm(clean, quality=quality.to_dict(), progress=progress)
+        model.save(model_dir)
+        save_training_curves(model, model_dir)
+    else:
+        model = train_model(clean, cars, quality=quality.to_dict(), progress=progress)
+        model.save(model_dir)
+    progress("recording the training in MLflow")
+    for warning in track_training(model, model_dir, cars=cars, quality=quality):
+        progress(f"WARNING {warning}")
     report_path = Path(model_dir) / "report.md"
     report_path.write_text(training_report(model.metadata, quality))
     progress(f"model {model.version} written to {model_dir}")
@@ -110,6 +131,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     model = train_model(clean, quality=quality.to_dict())
     model_dir = services.work_dir / "candidates" / model.version
     model.save(model_dir)
+    track_training(model, model_dir, quality=quality)
     decision = ModelRegistry(services.blobs).promote_if_better(model_dir)
     return {
         "trained": model.version,

@@ -82,6 +82,7 @@ DEFAULT_REPLAY_DAYS = 14
 MIN_HISTORY_DAYS = 120  # archived days before the replay: enough for the backtest and a 91-day window
 RETRAIN_HOUR, BATCH_SCORE_HOUR = 2, 3  # the app's default schedules (02:00 and 03:00 UTC)
 REPORT_HOUR = 23  # a car sends its day's record at the end of the day
+MLFLOW_STORE = "mlflow/mlflow.db"  # under the run's work directory
 SHOWN_ALERTS = 200  # rows of the head-unit table in summary.md (summary.json has them all)
 
 # The functions the job drives (names in function_app.app) and the names their log summaries carry.
@@ -120,8 +121,9 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
                  work_dir: Path) -> dict[str, str]:  # fmt: skip
     """The app settings of a local run: the local services, and the defaults of everything else.
 
-    ALERT_PROBABILITY_THRESHOLD and ALERT_COOLDOWN_DAYS keep a value set in the environment, so a person
-    can try another policy (`ALERT_PROBABILITY_THRESHOLD=0.6 make run`).
+    Training runs are tracked in an MLflow store of the run's own (`work_dir`/mlflow/mlflow.db), never in
+    a store the environment points at. ALERT_PROBABILITY_THRESHOLD and ALERT_COOLDOWN_DAYS keep a value
+    set in the environment, so a person can try another policy (`ALERT_PROBABILITY_THRESHOLD=0.6 make run`).
     """
     defaults = Settings()
     return {
@@ -130,8 +132,10 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
         "HEAD_UNIT_GATEWAY_URL": gateway_url,
         "HEAD_UNIT_SIGNING_KEY": signing_key,
         "BATTERY_WORK_DIR": str(work_dir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{(Path(work_dir) / MLFLOW_STORE).resolve().as_posix()}",
         "RETRAIN_SCHEDULE": defaults.retrain_schedule,
         "BATCH_SCORE_SCHEDULE": defaults.batch_score_schedule,
+        "COMPLIANCE_SCHEDULE": defaults.compliance_schedule,
         "ALERT_PROBABILITY_THRESHOLD": os.environ.get("ALERT_PROBABILITY_THRESHOLD")
         or str(defaults.alert_probability_threshold),
         "ALERT_COOLDOWN_DAYS": os.environ.get("ALERT_COOLDOWN_DAYS") or str(defaults.alert_cooldown_days),
@@ -331,8 +335,10 @@ def run_main_job(
             gateway = stack.enter_context(HeadUnitSimulator(signing_key))
         scoring_port = free_port()
         scoring_uri = f"http://127.0.0.1:{scoring_port}/score"
-        stack.enter_context(app_environment(app_settings(azurite, gateway.url, scoring_uri, signing_key,
-                                                         out_dir / "work")))  # fmt: skip
+        work_dir = out_dir / "work"
+        (work_dir / MLFLOW_STORE).parent.mkdir(parents=True, exist_ok=True)
+        settings = app_settings(azurite, gateway.url, scoring_uri, signing_key, work_dir)
+        stack.enter_context(app_environment(settings))
         stack.enter_context(collecting(record.function_log))
         host = FunctionsHost(function_app.app, azurite.connection_string)
         app = services.current()
@@ -341,6 +347,7 @@ def run_main_job(
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
             "scoring_endpoint": scoring_uri, "head_unit_gateway": gateway.url,
+            "mlflow_tracking_uri": settings["MLFLOW_TRACKING_URI"],
         }  # fmt: skip
 
         with step("archive", f"archiving the telemetry up to {last_archived} in Blob"):
@@ -353,7 +360,7 @@ def run_main_job(
             clock.set(night, RETRAIN_HOUR)
             _succeeded(host.fire_timer(RETRAIN))
             registry = ModelRegistry(app.blobs)
-            model_dir = registry.download_champion(out_dir / "work" / "endpoint")
+            model_dir = registry.download_champion(work_dir / "endpoint")
             if model_dir is None:
                 raise RuntimeError(f"nightly_retrain registered no champion: {record.function_log.of(RETRAIN_LOG)}")
             record.champion = registry.champion_metadata()
@@ -379,8 +386,8 @@ def run_main_job(
                 record.deliveries.append(host.deliver_events(SCORE_TELEMETRY, bodies, keys, enqueued_time=clock.now))
                 record.drains.append(host.drain_queue(PUSH_ALERT))
                 record.replayed.append(day)
-                say(f"  {day}: {len(bodies)} events; {_delivered_so_far(record.function_log)} alerts "
-                         "delivered so far")  # fmt: skip
+                delivered = _delivered_so_far(record.function_log)
+                say(f"  {day}: {len(bodies)} events; {delivered} alerts delivered so far")
 
         record.dead_letters = list_dead_letters(app.blobs)
         record.parked = len(list_blob_names(app.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX))
@@ -635,7 +642,9 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
     if len(summary["head_units"]) > SHOWN_ALERTS:
         lines += [f"… and {len(summary['head_units']) - SHOWN_ALERTS} more in summary.json.", ""]
     lines += ["## Timings", "", _markdown_table(["step", "seconds"], list(summary["timings_s"].items())), ""]
-    lines += ["## The model", "", "(also in model_report.md)", "", _demote_headings(model_report)]
+    lines += ["## The model", "",
+              "Also in model_report.md; the training run is in MLflow: `mlflow ui --backend-store-uri "
+              f"{summary['local_services']['mlflow_tracking_uri']}`.", "", _demote_headings(model_report)]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 Layout of the container (`models`, on Azurite locally):
 
     <version>/metadata.json, <version>/<model files...>   one folder per published version
-    champion.json                                          the pointer: version, promoted_at, rule, metrics
+    champion.json                                          the pointer: version, promoted_at, rule, metrics,
+                                                           mlflow_run_id (the training's MLflow run, or null)
     decisions.jsonl                                        append-only log of every promotion decision
 
 A version is immutable once published (its metadata.json is written last and only if absent), so a
@@ -299,7 +300,7 @@ class ModelRegistry:
                 break
             pointer = {"version": version, "promoted_at": promotion["decided_at"], "rule": promotion["rule"],
                        "reason": reason, "previous_champion": promotion["previous_champion"],
-                       "metrics": candidate}  # fmt: skip
+                       "metrics": candidate, "mlflow_run_id": metadata.get("mlflow_run_id")}  # fmt: skip
             try:
                 self.move_champion(pointer, champion)
                 break

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from shared.backtest import backtest_markdown
+from shared.fairness import fairness_markdown
 
 
 def training_report(metadata: dict[str, Any], quality: Any | None = None) -> str:
-    """Markdown: model identity and data, data-quality report, backtest against the baselines, features."""
+    """Markdown: model identity and data, data-quality report, backtest against the baselines, fairness, features."""
     data_range = metadata.get("data_range", {})
     lines = [
         f"# Battery forecaster {metadata.get('version', '(unversioned)')}",
@@ -33,6 +34,11 @@ def training_report(metadata: dict[str, Any], quality: Any | None = None) -> str
     ]
     backtest = metadata.get("backtest")
     lines.append(backtest_markdown(backtest) if backtest else "No backtest recorded.")
+    fairness = metadata.get("fairness")
+    if fairness:
+        lines += ["## Fairness", "", fairness_markdown(fairness)]
+        lines += [f"- **warning**: {warning}" for warning in fairness.get("warnings", [])]
+        lines.append("")
     promotion = metadata.get("promotion")
     if promotion:
         lines += ["## Promotion", "", f"- promoted: {promotion.get('promoted')}; {promotion.get('reason', '')}",

@@ -12,6 +12,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from shared.explanation import REASONS, battery_reasons
 from shared.forecasting import BatteryForecaster
 from shared.risk import HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
 from shared.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
@@ -23,8 +24,15 @@ SCORE_COLUMNS = [BATTERY_ID, CAR_ID, "failure_probability_30d", "days_to_rated_l
                  RATED_CYCLES]
 
 
-def score_windows(model: BatteryForecaster, windows: BatteryWindows) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per battery: SCORE_COLUMNS + As_Of, and the (n, 30) daily-cycles forecast, rows in window order."""
+def score_windows(
+    model: BatteryForecaster, windows: BatteryWindows, *, explain_from: float | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per battery: SCORE_COLUMNS + As_Of + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
+
+    `reasons` (plain words, a list of strings) are given to batteries with a failure probability of at
+    least `explain_from`, the ones that may alert; the others, and all when it is None, get an empty
+    list. Why not everyone: TreeSHAP costs ~40-250x a prediction (bench/bench_explanation.py).
+    """
     if model.calibration is None:
         raise ValueError("the model has no risk calibration; train it with train_model")
     forecast = model.forecast(windows)
@@ -40,6 +48,12 @@ def score_windows(model: BatteryForecaster, windows: BatteryWindows) -> tuple[pd
         RATED_CYCLES: windows.rated_cycles,
         "As_Of": pd.to_datetime(windows.as_of),
     })
+    reasons = pd.Series([[] for _ in range(len(windows))], dtype=object)
+    if explain_from is not None:
+        explained = np.flatnonzero(scores["failure_probability_30d"].to_numpy() >= explain_from)
+        reasons[explained] = pd.Series(battery_reasons(model, windows.take(explained), forecast[explained]),
+                                       index=explained, dtype=object)  # fmt: skip
+    scores[REASONS] = reasons
     return scores, forecast
 
 
@@ -64,13 +78,15 @@ def score_fleet(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every battery in service on as_of from data up to as_of only.
 
-    Returns SCORES (SCORE_COLUMNS + alert = probability >= threshold), one row per battery, and FORECAST
+    Returns SCORES (SCORE_COLUMNS + alert = probability >= threshold + reasons, given to the alerted
+    batteries), one row per battery, and FORECAST
     (Battery_ID, Date, Daily_Cycles_Used) for each of the 30 days after as_of.
     """
     in_service = batteries_in_service(clean, as_of)
     windows = build_windows(in_service, as_of=as_of, window_days=model.window_days)
-    scores, forecast = score_windows(model, windows)
-    scores = scores[SCORE_COLUMNS].assign(alert=scores["failure_probability_30d"] >= threshold)
+    scores, forecast = score_windows(model, windows, explain_from=threshold)
+    scores = scores[SCORE_COLUMNS].assign(alert=scores["failure_probability_30d"] >= threshold,
+                                          reasons=scores[REASONS])
     days = pd.Timestamp(as_of) + pd.to_timedelta(np.arange(1, HORIZON_DAYS + 1), unit="D")
     forecast_frame = pd.DataFrame({
         BATTERY_ID: np.repeat(windows.battery_id, HORIZON_DAYS),

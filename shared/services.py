@@ -19,6 +19,7 @@ import requests
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
+from shared.battery_state import StateCache
 from shared.scoring_client import ScoringClient
 from shared.settings import Settings, load_settings
 from shared.storage import app_storage_connection, blob_service, table_service
@@ -40,6 +41,8 @@ class Services:
     gateway: requests.Session
     work_dir: Path
     clock: Callable[[], datetime] = field(default=utc_now)
+    # The battery states this process last read or wrote (a guess checked by ETag: shared.battery_state).
+    state_cache: StateCache = field(default_factory=StateCache)
 
 
 def build_services(environ: Mapping[str, str] | None = None, *,

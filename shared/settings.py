@@ -35,6 +35,12 @@ class Settings:
     alert_cooldown_days: int = 7
     retrain_schedule: str = "0 0 2 * * *"
     batch_score_schedule: str = "0 0 3 * * *"
+    compliance_schedule: str = "0 30 3 * * *"
+    # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
+    # may hold a password: never logged) read with the query.
+    component_catalog_blob: str = "components/catalog.csv"
+    component_catalog_dsn: str | None = None
+    component_catalog_query: str = "SELECT Component_ID, Car_ID, text FROM components"
     azureml_subscription_id: str | None = None
     azureml_resource_group: str | None = None
     azureml_workspace: str | None = None
@@ -60,14 +66,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
-    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE"):
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
             raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
+    catalog_blob = text("COMPONENT_CATALOG_BLOB", defaults.component_catalog_blob)
+    container, _, blob = catalog_blob.partition("/")
+    if len(container) < 3 or not blob:
+        raise SettingsError(f"COMPONENT_CATALOG_BLOB must be <container>/<blob>, got {catalog_blob!r}")
     scoring_uri = text("SCORING_URI", defaults.scoring_uri)
     gateway = text("HEAD_UNIT_GATEWAY_URL", defaults.head_unit_gateway_url)
     booking = text("SERVICE_BOOKING_URL", defaults.service_booking_url)
-    for name, url in (("SCORING_URI", scoring_uri), ("HEAD_UNIT_GATEWAY_URL", gateway), ("SERVICE_BOOKING_URL", booking)):
+    urls = {"SCORING_URI": scoring_uri, "HEAD_UNIT_GATEWAY_URL": gateway, "SERVICE_BOOKING_URL": booking}
+    for name, url in urls.items():
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
     return Settings(
@@ -81,6 +92,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_cooldown_days=cooldown,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
+        compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
+        component_catalog_blob=catalog_blob,
+        component_catalog_dsn=text("COMPONENT_CATALOG_DSN", None),
+        component_catalog_query=text("COMPONENT_CATALOG_QUERY", defaults.component_catalog_query),
         azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
         azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
         azureml_workspace=text("AZUREML_WORKSPACE", None),

@@ -76,3 +76,13 @@ def harness(storage_connection, scoring_endpoint, monkeypatch, tmp_path):
 
     with app_harness(storage_connection, scoring_endpoint.scoring_uri, monkeypatch, tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Every training a test runs (CLI `train`, the nightly retrain) is tracked in a throwaway SQLite
+    store, never in the project's data/mlflow."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.as_posix()}")
+        yield store

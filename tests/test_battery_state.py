@@ -13,6 +13,7 @@ from azure.data.tables import TableClient, TableServiceClient
 
 from shared import battery_state
 from shared.battery_state import (
+    StateCache,
     StateConflictError,
     histories_for_request,
     merge_windows,
@@ -141,8 +142,8 @@ def test_many_batteries_go_through_chunked_queries_and_transactions(table, monke
     assert len(second) == 3, "only the battery touched comes back"
 
 
-class RivalFirst:
-    """A real TableClient whose writes are each preceded by another client's update of the same battery.
+class RivalAfterRead:
+    """A real TableClient after each of whose reads another client updates the same battery.
 
     This makes the race deterministic: we have read the entity, then the rival writes, then we write
     with an ETag that no longer matches.
@@ -150,29 +151,27 @@ class RivalFirst:
 
     def __init__(self, table: TableClient, rival: TableClient, rival_batches: list[pd.DataFrame]):
         self.table, self.rival, self.rival_batches = table, rival, list(rival_batches)
-        self.transactions = 0
+        self.reads = 0
+
+    def __getattr__(self, name):  # everything but query_entities is the real client's
+        return getattr(self.table, name)
 
     def query_entities(self, *args, **kwargs):
-        return self.table.query_entities(*args, **kwargs)
-
-    def create_table(self):
-        return self.table.create_table()
-
-    def submit_transaction(self, operations):
+        found = list(self.table.query_entities(*args, **kwargs))
+        self.reads += 1
         if self.rival_batches:
             update_states(self.rival, self.rival_batches.pop(0), W)
-        self.transactions += 1
-        return self.table.submit_transaction(operations)
+        return found
 
 
 def test_two_writers_racing_on_a_battery_both_land_through_the_etag_retry(table, storage_connection):
     update_states(table, days("42", "2017-03-01", 2), W)
     rival = TableClient.from_connection_string(storage_connection, table.table_name)
-    racing = RivalFirst(table, rival, [days("42", "2017-03-03", 1)])
+    racing = RivalAfterRead(table, rival, [days("42", "2017-03-03", 1)])
 
     window = window_of(update_states(racing, days("42", "2017-03-04", 1), W), "42")
 
-    assert racing.transactions == 2, "the first write conflicted and was redone"
+    assert racing.reads == 2, "the first write conflicted, so the battery was read again"
     assert dates_of(window) == ["2017-03-01", "2017-03-02", "2017-03-03", "2017-03-04"]
     assert dates_of(window_of(read_windows(table, ["42"]), "42")) == dates_of(window)
 
@@ -180,7 +179,7 @@ def test_two_writers_racing_on_a_battery_both_land_through_the_etag_retry(table,
 def test_two_new_battery_writers_racing_on_create_both_land(table, storage_connection):
     rival = TableClient.from_connection_string(storage_connection, table.table_name)
     rival.create_table()
-    racing = RivalFirst(table, rival, [days("43", "2017-03-01", 1)])
+    racing = RivalAfterRead(table, rival, [days("43", "2017-03-01", 1)])
 
     window = window_of(update_states(racing, days("43", "2017-03-02", 1), W), "43")
 
@@ -190,12 +189,79 @@ def test_two_new_battery_writers_racing_on_create_both_land(table, storage_conne
 def test_a_battery_that_keeps_changing_gives_up_after_the_bounded_retries(table, storage_connection):
     update_states(table, days("44", "2017-03-01", 1), W)
     rival = TableClient.from_connection_string(storage_connection, table.table_name)
-    racing = RivalFirst(table, rival, [days("44", f"2017-03-0{d}", 1) for d in range(2, 9)])
+    racing = RivalAfterRead(table, rival, [days("44", f"2017-03-0{d}", 1) for d in range(2, 9)])
 
     with pytest.raises(StateConflictError, match=r"1 battery state.* 3 attempts: 44"):
         update_states(racing, days("44", "2017-03-20", 1), W, max_attempts=3)
 
     assert "2017-03-20" not in dates_of(window_of(read_windows(table, ["44"]), "44")), "nothing half-written"
+
+
+class CountingReads:
+    """A real TableClient that counts the batteries it was asked to read."""
+
+    def __init__(self, table: TableClient):
+        self.table, self.queries = table, 0
+
+    def __getattr__(self, name):
+        return getattr(self.table, name)
+
+    def query_entities(self, *args, **kwargs):
+        self.queries += 1
+        return self.table.query_entities(*args, **kwargs)
+
+
+def test_with_a_cache_a_steady_batch_reads_nothing_and_writes_on_the_cached_etag(table):
+    cache = StateCache()
+    counting = CountingReads(table)
+    update_states(counting, days("50", "2017-03-01", 2), W, cache=cache)
+    first_reads = counting.queries
+
+    window = window_of(update_states(counting, days("50", "2017-03-03", 1), W, cache=cache), "50")
+
+    assert first_reads == 1 and counting.queries == 1, "the second batch was merged into the cached state"
+    assert dates_of(window) == ["2017-03-01", "2017-03-02", "2017-03-03"]
+    assert dates_of(window_of(read_windows(table, ["50"]), "50")) == dates_of(window)
+
+
+def test_a_write_by_another_process_since_the_cache_is_detected_and_merged(table, storage_connection):
+    cache = StateCache()
+    counting = CountingReads(table)
+    update_states(counting, days("51", "2017-03-01", 2), W, cache=cache)
+    other_process = TableClient.from_connection_string(storage_connection, table.table_name)
+    update_states(other_process, days("51", "2017-03-03", 1), W)  # the partition moved, for a day
+
+    window = window_of(update_states(counting, days("51", "2017-03-04", 1), W, cache=cache), "51")
+
+    assert counting.queries == 2, "the cached ETag failed, so the battery was read again"
+    assert dates_of(window) == ["2017-03-01", "2017-03-02", "2017-03-03", "2017-03-04"], "no day lost"
+    assert dates_of(window_of(read_windows(table, ["51"]), "51")) == dates_of(window)
+    update_states(counting, days("51", "2017-03-05", 1), W, cache=cache)
+    assert counting.queries == 2, "the cache holds the merged state again"
+
+
+def test_a_cached_battery_whose_table_was_deleted_is_written_again(table):
+    cache = StateCache()
+    update_states(table, days("52", "2017-03-01", 2), W, cache=cache)
+    table.delete_table()
+
+    window = window_of(update_states(table, days("52", "2017-03-03", 1), W, cache=cache), "52")
+
+    assert dates_of(window) == ["2017-03-03"], "the stored window went with the table: only the new day"
+    assert dates_of(window_of(read_windows(table, ["52"]), "52")) == ["2017-03-03"]
+
+
+def test_the_cache_keeps_the_most_recently_used_batteries_per_table():
+    cache = StateCache(max_batteries=2)
+    state = battery_state.StoredState({"RowKey": "x"}, "etag-1")
+    cache.put("table-a", {"1": state, "2": state})
+    cache.get("table-a", ["1"])  # 1 is now more recent than 2
+    cache.put("table-a", {"3": state})
+
+    assert set(cache.get("table-a", ["1", "2", "3"])) == {"1", "3"}
+    assert cache.get("table-b", ["1"]) == {}, "another table's battery is another battery"
+    cache.discard("table-a", ["1"])
+    assert set(cache.get("table-a", ["1", "3"])) == {"3"}
 
 
 def test_concurrent_writers_in_threads_lose_no_day(table, storage_connection):

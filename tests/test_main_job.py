@@ -35,7 +35,7 @@ from shared.settings import SettingsError
 from shared.simulation import simulate_fleet
 from shared.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 
-CARS, START, END, SEED, REPLAY_DAYS = 80, "2015-01-01", "2016-06-30", 5, 4
+CARS, START, END, SEED, REPLAY_DAYS = 60, "2015-05-01", "2016-06-30", 4, 4
 LAST_ARCHIVED = date.fromisoformat(END) - timedelta(days=REPLAY_DAYS)
 REPLAYED = [LAST_ARCHIVED + timedelta(days=offset) for offset in range(1, REPLAY_DAYS + 1)]
 

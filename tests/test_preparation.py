@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import shared.preparation as preparation
 from shared.preparation import CLEAN_COLUMNS, IMPUTED, prepare_telemetry
 from shared.simulation import simulate_fleet
 from shared.telemetry import (
@@ -356,6 +357,29 @@ def test_a_messy_shuffled_fleet_meets_the_clean_frame_contract():
     pd.testing.assert_frame_equal(clean, prepare_telemetry(raw)[0])
     assert clean[BATTERY_ID].drop_duplicates().tolist() == ["10", "2", "3"]
     assert report.rows_out == 6 + 12 + 4 and report.batteries_out == 3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        battery(),
+        pd.concat([battery("8", start="2017-02-11", days=30), battery("10", counter_before=0.0, first_age=0)]),
+        battery().assign(**{DATE: battery()[DATE] + pd.Timedelta(hours=13)}),  # one report a day, not at midnight
+        simulate_fleet(12, "2016-01-01", "2016-03-31", seed=4).truth,
+        battery().iloc[:0],
+    ],
+    ids=["one battery", "two batteries", "afternoon reports", "simulated fleet", "empty"],
+)
+def test_telemetry_that_needs_no_repair_skips_the_repairs_and_ends_the_same(raw, monkeypatch):
+    """The fast path (a scoring request is usually clean daily rows) must give the repair path's frame and report."""
+    with monkeypatch.context() as repairs:
+        repairs.setattr(preparation, "_repaired_grid", lambda rows, counts: pytest.fail("took the repair path"))
+        fast, fast_report = prepare_telemetry(raw)
+    monkeypatch.setattr(preparation, "_needs_no_repair", lambda rows: False)
+    repaired, report = prepare_telemetry(raw)
+
+    pd.testing.assert_frame_equal(fast, repaired, check_exact=True)
+    assert fast_report.to_dict() == report.to_dict() and list(fast_report.counts) == list(report.counts)
 
 
 def test_the_report_is_json_ready_and_renders_as_a_table():

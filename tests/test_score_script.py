@@ -69,7 +69,7 @@ def test_contract_response_for_a_batch(server: LocalEndpoint, items: list[dict])
     assert [p["Battery_ID"] for p in body["predictions"]] == [item["Battery_ID"] for item in items[:5]]
     for prediction in body["predictions"]:
         assert set(prediction) == {"Battery_ID", "Car_ID", "failure_probability_30d", "days_to_rated_life",
-                                   "forecast_daily_cycles", "error"}  # fmt: skip
+                                   "forecast_daily_cycles", "error", "reasons"}  # fmt: skip
         assert prediction["error"] is None and len(prediction["forecast_daily_cycles"]) == 30
 
 
@@ -107,6 +107,14 @@ def test_a_body_that_is_not_the_contract_shape_gets_a_json_400(server: LocalEndp
     assert response.status_code == 400
     error = response.json()
     assert message in (error.get("error") or error.get("message"))
+
+
+def test_run_takes_the_raw_body_and_answers_other_requests_as_the_server_would(server: LocalEndpoint) -> None:
+    """run() is @rawhttp (it decodes the body itself, for speed): what the server used to refuse, it refuses."""
+    not_json = post(server, '{"data": []}', content_type="text/plain")
+    assert not_json.status_code == 415 and "application/json" in not_json.json()["error"]
+    assert requests.get(server.scoring_uri, timeout=10).status_code == 405
+    assert requests.options(server.scoring_uri, timeout=10).status_code == 200
 
 
 def test_an_oversize_request_gets_a_413_the_client_does_not_retry(server: LocalEndpoint) -> None:

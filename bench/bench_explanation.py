@@ -1,0 +1,60 @@
+"""Benchmark: what per-battery reasons add to scoring (TreeSHAP contributions and the reason texts).
+
+Trains the 500-car test fleet's model, builds the windows of the batteries in service on one day,
+tiles them to --batteries rows, and prints wall seconds for the plain prediction, the contributions,
+the reasons, and score_windows without reasons and with them for the batteries that may alert.
+
+    .venv/bin/python bench/bench_explanation.py [--batteries 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _forecast_fleet import clean, model
+
+from shared.explanation import battery_reasons, contributions
+from shared.scoring import batteries_in_service, score_windows
+from shared.windows import build_windows
+
+
+def timed(label: str, action):
+    started = time.perf_counter()
+    result = action()
+    print(f"{label:<28} {time.perf_counter() - started:7.2f} s")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batteries", type=int, default=5_000)
+    args = parser.parse_args()
+    forecaster = timed("train (test fleet)", model)
+    day = date(2017, 3, 15)
+    windows = build_windows(batteries_in_service(clean(), day), as_of=day, window_days=forecaster.window_days)
+    windows = windows.take(np.resize(np.arange(len(windows)), args.batteries))
+    print(f"{len(windows):,} batteries")
+    features = forecaster.feature_matrix(windows)
+    timed("booster.predict", lambda: forecaster.booster.predict(features, num_threads=1))
+    timed("contributions (TreeSHAP)", lambda: contributions(forecaster, windows))
+    forecast = forecaster.forecast(windows)
+    timed("battery_reasons", lambda: battery_reasons(forecaster, windows, forecast))
+    timed("score_windows, no reasons", lambda: score_windows(forecaster, windows))
+    scores, _ = score_windows(forecaster, windows)
+    for threshold in (0.8, 0.5):
+        share = (scores["failure_probability_30d"] >= threshold).mean()
+        timed(f"score_windows, p>={threshold} ({share:.1%})", lambda t=threshold: score_windows(forecaster, windows,
+                                                                                    explain_from=t))
+
+
+if __name__ == "__main__":
+    main()

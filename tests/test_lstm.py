@@ -1,0 +1,147 @@
+"""The LSTM contender: trains on the small fleet, round-trips through its model directory, is served by
+the endpoint (in process and under a real azmlinfsrv), competes under the registry's champion rule, and
+stays out of the default install (loading a LightGBM model never imports torch)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install -r requirements-lstm.txt")
+
+from _models import comparable_batteries, fleet, model_dir, request_items
+
+from shared.endpoint import score_request
+from shared.forecasting import load_model
+from shared.inference_server import PROJECT_ROOT, running_endpoint
+from shared.lstm import INPUT_DAYS, MODEL_KIND, TRAINING_CURVES_PNG, LstmForecaster, save_training_curves, train_lstm
+from shared.model_registry import DEFAULT_RULE, ModelRegistry, model_metrics
+from shared.preparation import prepare_telemetry
+from shared.risk import HORIZON_DAYS
+from shared.storage import blob_service
+from shared.windows import build_windows
+
+pytestmark = pytest.mark.slow
+AS_OF = "2016-06-30"
+EPOCHS = 3
+TRAINING_ROWS = 1_000
+
+
+@functools.cache
+def trained() -> tuple[LstmForecaster, Path]:
+    """An LSTM trained on the endpoint tests' fleet, saved into a temporary model directory."""
+    clean, quality = prepare_telemetry(fleet().telemetry)
+    model = train_lstm(clean, quality=quality.to_dict(), epochs=EPOCHS, max_training_rows=TRAINING_ROWS)
+    directory = Path(tempfile.mkdtemp(prefix="lstm-model-"))
+    model.save(directory)
+    save_training_curves(model, directory)
+    return model, directory
+
+
+@pytest.fixture(scope="module")
+def items() -> list[dict]:
+    return request_items(comparable_batteries(fleet().telemetry, AS_OF))
+
+
+def teardown_module() -> None:
+    if trained.cache_info().currsize:
+        shutil.rmtree(trained()[1], ignore_errors=True)
+
+
+def test_the_lstm_trains_with_a_backtest_against_the_same_baselines_and_records_its_loss_curves() -> None:
+    model, directory = trained()
+    metadata = model.metadata
+    assert metadata["model_kind"] == MODEL_KIND and model.window_days == INPUT_DAYS
+    assert set(metadata["backtest"]["metrics"]) == {"model", "seasonal_naive", "recent_mean"}
+    assert metadata["backtest"]["counts"]["labelled"] > 0
+    assert all(np.isfinite(model_metrics(metadata, "lstm")[name]) for name in ("nrmse", "brier", "mae"))
+    curves = metadata["training_curves"]
+    assert len(curves["train_loss"]) == len(curves["validation_loss"]) == EPOCHS
+    assert curves["train_loss"][-1] < curves["train_loss"][0]  # it learned something
+    assert (directory / TRAINING_CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert model.calibration is not None and model.calibration.n_errors >= 20
+
+
+def test_the_lstm_forecast_is_a_sane_30_day_forecast_on_the_scale_of_each_battery() -> None:
+    model, _ = trained()
+    clean, _ = prepare_telemetry(fleet().telemetry)
+    windows = build_windows(clean, as_of=AS_OF, window_days=model.window_days)
+    forecast = model.forecast(windows)
+    assert forecast.shape == (len(windows), HORIZON_DAYS)
+    assert np.isfinite(forecast).all() and (forecast >= 0).all()
+    active = (~np.isnan(windows.daily_cycles[:, -28:])).any(axis=1)
+    recent = np.nanmean(windows.daily_cycles[active, -28:], axis=1)
+    # A scale-free network: heavy users get heavy forecasts (strong agreement with the recent level).
+    assert active.sum() > 10
+    assert np.corrcoef(recent, forecast[active].mean(axis=1))[0, 1] > 0.8
+
+
+def test_the_lstm_round_trips_through_its_model_directory() -> None:
+    model, directory = trained()
+    loaded = load_model(directory)
+    assert isinstance(loaded, LstmForecaster)
+    assert loaded.version == model.version
+    np.testing.assert_array_equal(loaded.calibration.z_quantiles, model.calibration.z_quantiles)
+    clean, _ = prepare_telemetry(fleet().telemetry)
+    windows = build_windows(clean, as_of=AS_OF, window_days=model.window_days)
+    np.testing.assert_allclose(loaded.forecast(windows), model.forecast(windows), rtol=1e-6)
+    assert json.loads((directory / "metadata.json").read_text())["model_kind"] == "lstm"
+
+
+def test_the_endpoint_serves_an_lstm_model_directory_by_the_contract(items: list[dict]) -> None:
+    _, directory = trained()
+    response = score_request(load_model(directory), items)
+    assert response["model_version"].count("lstm") == 1
+    predictions = response["predictions"]
+    assert len(predictions) == len(items) > 0
+    for prediction in predictions:
+        assert prediction["error"] is None
+        assert 0.0 <= prediction["failure_probability_30d"] <= 1.0
+        assert len(prediction["forecast_daily_cycles"]) == HORIZON_DAYS
+
+
+def test_a_real_azmlinfsrv_serves_the_lstm_with_the_same_numbers_as_in_process(items: list[dict]) -> None:
+    _, directory = trained()
+    expected = score_request(load_model(directory), items[:3])
+    with running_endpoint(directory, workers=1, timeout=180) as endpoint:
+        answer = requests.post(endpoint.scoring_uri, json={"data": items[:3]}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()
+    assert served["model_version"] == expected["model_version"]
+    for got, want in zip(served["predictions"], expected["predictions"], strict=True):
+        assert got["failure_probability_30d"] == pytest.approx(want["failure_probability_30d"], abs=1e-9)
+
+
+def test_the_champion_rule_picks_the_better_of_lightgbm_and_lstm_and_the_champion_serves(
+    storage_connection: str, items: list[dict], tmp_path: Path
+) -> None:
+    lstm_dir, lightgbm_dir = trained()[1], model_dir()
+    metrics = {path: model_metrics(json.loads((path / "metadata.json").read_text()), str(path))
+               for path in (lstm_dir, lightgbm_dir)}  # fmt: skip
+    lstm_wins, _ = DEFAULT_RULE.decide(metrics[lstm_dir], metrics[lightgbm_dir])
+    winner = lstm_dir if lstm_wins else lightgbm_dir
+    registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}")
+    registry.promote_if_better(lightgbm_dir)
+    decision = registry.promote_if_better(lstm_dir)
+    assert decision.promoted == lstm_wins
+    assert registry.champion_version() == json.loads((winner / "metadata.json").read_text())["version"]
+    champion = load_model(registry.download_champion(tmp_path))
+    assert all(p["error"] is None for p in score_request(champion, items[:2])["predictions"])
+
+
+def test_loading_a_lightgbm_model_never_imports_torch() -> None:
+    script = ("import sys; from shared.forecasting import load_model; "
+              f"load_model({str(model_dir())!r}); assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
