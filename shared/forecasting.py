@@ -203,23 +203,35 @@ def train_model(
     model = fit(history, history.n_days - 1)
     model.calibration = backtest.final_calibration
     model.backtest = backtest
-    trained_at = datetime.now(UTC)
     digest = hashlib.sha256(model.booster.model_to_string().encode()).hexdigest()[:8]
     model.metadata.update(
-        version=f"{trained_at:%Y%m%dT%H%M%SZ}-{digest}",
-        trained_at=trained_at.isoformat(timespec="seconds"),
-        data_range={"start": f"{clean[DATE].min():%Y-%m-%d}", "end": f"{clean[DATE].max():%Y-%m-%d}"},
-        n_batteries=len(history.battery_id),
-        n_cars=int(pd.unique(history.car_id).size),
-        backtest=backtest.summary,
+        training_record(clean, history, backtest.summary, quality, digest, {"lightgbm": lgb.__version__}),
         car_categories=car_category_names(cars) if cars is not None else None,
-        data_quality=quality or {},
-        library_versions={"python": platform.python_version(), "numpy": np.__version__,
-                          "pandas": pd.__version__, "lightgbm": lgb.__version__},
     )
     say(f"model {model.version} trained")
     return model
 
+
+
+def training_record(clean: pd.DataFrame, history: FleetHistory, backtest: dict, quality: dict | None,
+                    digest: str, libraries: dict[str, str]) -> dict:
+    """What every model kind records about its training: version, time, data, backtest, libraries.
+
+    The version is the UTC time plus a short digest of the fitted parameters, so two trainings on the
+    same data at the same second still get different names if they learned different things.
+    """
+    trained_at = datetime.now(UTC)
+    return {
+        "version": f"{trained_at:%Y%m%dT%H%M%SZ}-{digest}",
+        "trained_at": trained_at.isoformat(timespec="seconds"),
+        "data_range": {"start": f"{clean[DATE].min():%Y-%m-%d}", "end": f"{clean[DATE].max():%Y-%m-%d}"},
+        "n_batteries": len(history.battery_id),
+        "n_cars": int(pd.unique(history.car_id).size),
+        "backtest": backtest,
+        "data_quality": quality or {},
+        "library_versions": {"python": platform.python_version(), "numpy": np.__version__,
+                             "pandas": pd.__version__, **libraries},
+    }
 
 def fit_forecaster(
     history: FleetHistory,

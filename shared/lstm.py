@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +35,16 @@ import numpy as np
 import pandas as pd
 
 from shared.backtest import run_backtest
-from shared.forecasting import LEVEL_DAYS, METADATA_FILE, _hide_some_days, _json_default, _sample_origins
+from shared.forecasting import (
+    LEVEL_DAYS,
+    METADATA_FILE,
+    _hide_some_days,
+    _json_default,
+    _sample_origins,
+    training_record,
+)
 from shared.risk import HORIZON_DAYS, RiskCalibration
-from shared.telemetry import DATE, InputError
+from shared.telemetry import InputError
 from shared.windows import BatteryWindows, FleetHistory, build_history
 
 if TYPE_CHECKING:
@@ -176,18 +181,9 @@ def train_lstm(
     model = fit(history, history.n_days - 1)
     model.calibration = backtest.final_calibration
     torch = _torch()
-    trained_at = datetime.now(UTC)
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.network.state_dict().values())).hexdigest()
     model.metadata.update(
-        version=f"{trained_at:%Y%m%dT%H%M%SZ}-lstm-{digest[:8]}",
-        trained_at=trained_at.isoformat(timespec="seconds"),
-        data_range={"start": f"{clean[DATE].min():%Y-%m-%d}", "end": f"{clean[DATE].max():%Y-%m-%d}"},
-        n_batteries=len(history.battery_id),
-        n_cars=int(pd.unique(history.car_id).size),
-        backtest=backtest.summary,
-        data_quality=quality or {},
-        library_versions={"python": platform.python_version(), "numpy": np.__version__,
-                          "pandas": pd.__version__, "torch": torch.__version__},
+        training_record(clean, history, backtest.summary, quality, f"lstm-{digest[:8]}", {"torch": torch.__version__})
     )
     say(f"model {model.version} trained")
     return model

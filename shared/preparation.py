@@ -741,8 +741,9 @@ def _segment_ids(segments: _Segments, battery_ids: np.ndarray) -> np.ndarray:
     """Battery_ID of each battery life: the reported id, then "<id>#2", "<id>#3"... after replacements."""
     ids = battery_ids[segments.battery]
     later = segments.number > 1
-    suffixed = pd.Series(ids[later], dtype=str) + "#" + pd.Series(segments.number[later], dtype=str)
-    ids[later] = suffixed.to_numpy(dtype=object)
+    if later.any():
+        suffixed = pd.Series(ids[later], dtype=str) + "#" + pd.Series(segments.number[later], dtype=str)
+        ids[later] = suffixed.to_numpy(dtype=object)
     return ids
 
 

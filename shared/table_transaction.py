@@ -104,23 +104,24 @@ def submit_writes(table_client: TableClient, writes: Sequence[EntityWrite]) -> l
             index = _failed_index(message, position)
             raise TransactionFailed(f"transaction refused at operation {index}: HTTP {status} {code}: {message}",
                                     status=status, code=code, index=index)  # fmt: skip
-    if len(responses) != len(writes):
-        raise TransactionFailed(f"transaction answered {len(responses)} results for {len(writes)} writes",
+    etags = [headers.get("etag") for _, headers, _ in responses]
+    if len(etags) != len(writes) or None in etags:
+        raise TransactionFailed(f"transaction answered {len(etags)} results for {len(writes)} writes, or no ETag",
                                 status=response.status_code, code="UnexpectedResponse", index=None)  # fmt: skip
-    return [headers.get("etag", "") for _, headers, _ in responses]
+    return etags
 
 
 def _operation(table_url: str, write: EntityWrite, index: int) -> str:
     """One changeset part: the HTTP request of a write, as the Table service's batch format has it."""
     content = json.dumps(_typed(write.entity), separators=(",", ":"), allow_nan=False)
     if write.etag is None:
-        request_line = f"POST {table_url} HTTP/1.1\r\nPrefer: return-no-content\r\n"
+        request_head = f"POST {table_url} HTTP/1.1\r\nPrefer: return-no-content\r\n"
     else:
         keys = f"PartitionKey='{_key(write.entity['PartitionKey'])}',RowKey='{_key(write.entity['RowKey'])}'"
-        request_line = f"PUT {table_url}({keys}) HTTP/1.1\r\nIf-Match: {write.etag}\r\n"
+        request_head = f"PUT {table_url}({keys}) HTTP/1.1\r\nIf-Match: {write.etag}\r\n"
     return (
         f"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: {index}\r\n\r\n"
-        f"{request_line}Content-Type: application/json\r\nAccept: application/json;odata=minimalmetadata\r\n"
+        f"{request_head}Content-Type: application/json\r\nAccept: application/json;odata=minimalmetadata\r\n"
         f"DataServiceVersion: 3.0\r\nContent-Length: {len(content.encode('utf-8'))}\r\n\r\n{content}\r\n"
     )
 

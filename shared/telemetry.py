@@ -75,25 +75,25 @@ def coerce_telemetry(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[RowProblem]]
     if missing:
         raise InputError(f"missing column(s): {', '.join(missing)}")
     problems: list[RowProblem] = []
-    typed = pd.DataFrame(index=raw.index)
+    typed: dict[str, np.ndarray | pd.Series] = {}  # by row position: the frame is built once, at the end
 
     codes, text = _distinct_text(raw[DATE])
     dates = pd.to_datetime(pd.Series(text, dtype="string"), errors="coerce", format="ISO8601")
     typed[DATE] = _per_row(dates.astype("datetime64[ns]").to_numpy(), codes, np.datetime64("NaT", "ns"))
-    problems += _problems(raw, DATE, typed[DATE].isna().to_numpy(), "not a date (expected YYYY-MM-DD)")
+    problems += _problems(raw, DATE, np.isnat(typed[DATE]), "not a date (expected YYYY-MM-DD)")
     for column in (BATTERY_ID, CAR_ID):
         codes, text = _distinct_text(raw[column])
-        typed[column] = pd.Series(_per_row(text, codes, None), index=raw.index, dtype=object)
+        typed[column] = pd.Series(_per_row(text, codes, None), dtype=object)  # not pandas' inferred "str"
         problems += _problems(raw, column, _per_row(text == "", codes, True), "empty id")
     for column in MEASURE_COLUMNS:
         numbers, blank = _numbers(raw[column])
-        bad = np.isnan(numbers) & ~blank | np.isinf(numbers)
         typed[column] = numbers
-        problems += _problems(raw, column, bad, "not a number")
+        problems += _problems(raw, column, np.isnan(numbers) & ~blank | np.isinf(numbers), "not a number")
+    frame = pd.DataFrame(typed)
     if not problems:
-        return typed.reset_index(drop=True), problems
+        return frame, problems
     keep = ~raw.index.isin(list({p.row for p in problems}))
-    return typed.loc[keep].reset_index(drop=True), problems
+    return frame[keep].reset_index(drop=True), problems
 
 
 def _distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
