@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from shared.battery_state import histories_for_request
-from shared.forecasting import train_model
+from shared.forecasting import BatteryForecaster, load_model, train_model
 from shared.preparation import prepare_telemetry
 from shared.simulation import Fleet, simulate_fleet
 from shared.telemetry import BATTERY_ID, DATE, RATED_CYCLES, implausible_values
@@ -40,6 +40,17 @@ def model_dir() -> Path:
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     model.save(directory)
     return directory
+
+
+@functools.cache
+def trained_model() -> BatteryForecaster:
+    """The model of `model_dir()`, loaded once per test process."""
+    return load_model(model_dir())
+
+
+def endpoint_items(count: int) -> list[dict]:
+    """The first `count` request items of batteries both paths score alike, with history up to END."""
+    return request_items(comparable_batteries(fleet().telemetry, END))[:count]
 
 
 def request_items(telemetry: pd.DataFrame) -> list[dict]:

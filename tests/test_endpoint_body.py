@@ -11,23 +11,23 @@ import copy
 import json
 
 import pytest
-from _models import comparable_batteries, fleet, model_dir, request_items
+from _models import END, endpoint_items, trained_model
 
 import shared.endpoint as endpoint
 from shared.endpoint import RequestError, RequestTooLarge, score_body, score_request
-from shared.forecasting import load_model
 
-AS_OF = "2016-06-30"
+AS_OF = END
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(model_dir())
+    return trained_model()
 
 
 @pytest.fixture(scope="module")
 def items() -> list[dict]:
-    return request_items(comparable_batteries(fleet().telemetry, AS_OF))[:6]
+    """6 batteries' histories up to AS_OF, as the Function App sends them."""
+    return endpoint_items(6)
 
 
 def body_of(items: list) -> bytes:

@@ -12,27 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import comparable_batteries, fleet, model_dir, request_items
+from _models import END, comparable_batteries, endpoint_items, fleet, request_items, trained_model
 
 import shared.endpoint as endpoint
 from shared.endpoint import RequestError, RequestTooLarge, find_model_dir, score_request
-from shared.forecasting import METADATA_FILE, load_model
+from shared.forecasting import METADATA_FILE
 from shared.preparation import prepare_telemetry
 from shared.scoring import score_fleet
 
-AS_OF = "2016-06-30"
+AS_OF = END
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(model_dir())
+    return trained_model()
 
 
 @pytest.fixture(scope="module")
 def items() -> list[dict]:
-    """Ten batteries' histories up to AS_OF, as the Function App sends them."""
-    rows = comparable_batteries(fleet().telemetry, AS_OF)
-    return request_items(rows)[:10]
+    """10 batteries' histories up to AS_OF, as the Function App sends them."""
+    return endpoint_items(10)
 
 
 def test_every_item_gets_a_30_day_forecast_and_a_probability_in_order(model, items) -> None:
