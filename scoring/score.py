@@ -29,6 +29,7 @@ from inference_schema.schema_decorators import input_schema, output_schema
 from inference_schema.schema_util import is_schema_decorated
 
 from shared.endpoint import EXAMPLE_ITEM, EXAMPLE_RESPONSE, RequestError, find_model_dir, score_body
+from shared.explanation import prepare_reasons
 from shared.forecasting import load_model
 
 logger = logging.getLogger("azmlinfsrv.score")
@@ -41,6 +42,7 @@ def init() -> None:
     global model
     model_dir = find_model_dir(os.environ["AZUREML_MODEL_DIR"])
     model = load_model(model_dir)
+    prepare_reasons(model)
     _describe_the_contract_in_the_swagger()
     logger.info("loaded model %s from %s", model.version, model_dir)
 

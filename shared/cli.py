@@ -148,7 +148,7 @@ def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "explain",
         help="what a model looks at overall, or why it scores one battery as it does",
         description="Without --battery: the model's global feature importance (share of split gain). With "
-        "--battery and --data: that battery's plain-words reasons and each feature's TreeSHAP contribution "
+        "--battery and --data: that battery's plain-words reasons and each feature's path contribution "
         "to its forecast (as a ratio to its last-28-day level), as of --as-of or its last report.",
     )
     parser.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")

@@ -65,7 +65,7 @@ HISTORY_FIELDS = [DATE, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CY
 # request of 240 days each is about 30 MB of JSON). Clients split bigger batches (ScoringClient does).
 MAX_BATTERIES_PER_REQUEST = 1_000
 MAX_HISTORY_ROWS_PER_REQUEST = 400_000
-# Predictions at or above this probability carry `reasons` (TreeSHAP is costly; see scoring.score_windows);
+# Predictions at or above this probability carry `reasons` (see scoring.score_windows for why not all);
 # below any sensible alert threshold, so every alert the streaming path raises has the model's reasons.
 EXPLAIN_FROM_PROBABILITY = 0.5
 

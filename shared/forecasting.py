@@ -115,7 +115,7 @@ class BatteryForecaster:
 
     def feature_matrix(self, windows: BatteryWindows) -> np.ndarray:
         """(n, len(features)) float32 inputs of the booster, columns named by metadata["features"]; the
-        explanation code feeds these to the booster's own TreeSHAP (pred_contrib)."""
+        explanation code walks them through the trees (path contributions)."""
         return self._features(windows)[0]
 
     def save(self, model_dir: str | Path) -> None:

@@ -31,7 +31,8 @@ def score_windows(
 
     `reasons` (plain words, a list of strings) are given to batteries with a failure probability of at
     least `explain_from`, the ones that may alert; the others, and all when it is None, get an empty
-    list. Why not everyone: TreeSHAP costs ~40-250x a prediction (bench/bench_explanation.py).
+    list. Why not everyone: nobody reads them, and the texts are the costly part of reasons now
+    (bench/bench_explanation.py).
     """
     if model.calibration is None:
         raise ValueError("the model has no risk calibration; train it with train_model")

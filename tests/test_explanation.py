@@ -1,4 +1,4 @@
-"""Explanations: importance, TreeSHAP contributions that add up, and reasons that are right for known cases."""
+"""Explanations: importance, path contributions that add up, and reasons that are right for known cases."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from shared.explanation import (
     contributions,
     explain_battery,
     feature_importance,
+    leaf_contributions,
 )
 from shared.scoring import batteries_in_service, score_windows
 from shared.windows import BatteryWindows, build_windows
@@ -46,6 +47,20 @@ def test_contributions_sum_to_the_raw_prediction(windows):
     assert list(contribution.columns) == [*model().metadata["features"], "bias"]
     np.testing.assert_allclose(contribution.sum(axis=1).to_numpy(), raw, rtol=1e-6, atol=1e-9)
     assert contribution.drop(columns="bias").abs().to_numpy().max() > 0  # something is attributed
+
+
+def test_path_contributions_name_the_features_treeshap_names(windows):
+    """The reasons come from path contributions; TreeSHAP is the reference they are checked against."""
+    path = contributions(model(), windows).drop(columns="bias").to_numpy()
+    shap = model().booster.predict(model().feature_matrix(windows), pred_contrib=True, num_threads=1)[:, :-1]
+    correlation = [np.corrcoef(p, s)[0, 1] for p, s in zip(path, shap, strict=True)]
+    shap_top_in_path_top_two = (np.argsort(-path, axis=1)[:, :2] == shap.argmax(axis=1)[:, None]).any(axis=1)
+    assert np.mean(correlation) > 0.85
+    assert shap_top_in_path_top_two.mean() > 0.7
+
+
+def test_leaf_contributions_are_worked_out_once_per_booster():
+    assert leaf_contributions(model().booster) is leaf_contributions(model().booster)
 
 
 def at_lifetime_share(windows: BatteryWindows, rows: np.ndarray, share: float) -> BatteryWindows:
