@@ -61,7 +61,7 @@ from shared.telemetry import (
     TRIPS,
     InputError,
 )
-from shared.windows import BatteryWindows, build_history
+from shared.windows import BatteryWindows, FleetHistory, build_history
 
 MODEL_KIND = "mlflow-pyfunc"
 MLFLOW_DIR = "mlflow-model"
@@ -69,8 +69,9 @@ MLFLOW_DIR = "mlflow-model"
 WINDOW_DAYS = VARIABILITY_DAYS
 # The columns the future frame can supply, in the order of the training data (the target left out).
 FUTURE_COLUMNS = [DATE, BATTERY_ID, CAR_ID, AGE_DAYS, TRIPS, TRIP_MINUTES, LIFETIME_CYCLES, RATED_CYCLES]
-# MLflow column types (mlflow.types.DataType names) that need whole numbers.
+# MLflow column types (mlflow.types.DataType names) that take whole numbers, and other numbers.
 INTEGER_TYPES = {"integer", "long"}
+NUMBER_TYPES = {"float", "double"}
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +185,20 @@ def future_frame(windows: BatteryWindows, input_types: dict[str, str] | None = N
     }
     if input_types is None:
         return pd.DataFrame(columns, index=pd.RangeIndex(n * HORIZON_DAYS))
-    frame = {}
-    for name, kind in input_types.items():
-        values = columns[name]
-        frame[name] = np.rint(np.nan_to_num(values)).astype(np.int64) if kind in INTEGER_TYPES else values
+    frame = {name: _as_type(name, columns[name], kind) for name, kind in input_types.items()}
     return pd.DataFrame(frame, index=pd.RangeIndex(n * HORIZON_DAYS))
+
+
+def _as_type(name: str, values: np.ndarray, kind: str) -> np.ndarray:
+    """A column as the signature types it: AutoML reads numeric-looking ids (Battery_ID "17") as numbers,
+    and MLflow refuses a float where its signature says integer."""
+    if kind not in INTEGER_TYPES and kind not in NUMBER_TYPES:
+        return values.astype(str) if kind == "string" else values
+    try:
+        numbers = pd.to_numeric(values).astype(np.float64)
+    except ValueError as error:
+        raise ValueError(f"the model's signature types {name} as {kind}, but {error}") from None
+    return np.rint(np.nan_to_num(numbers)).astype(np.int64) if kind in INTEGER_TYPES else numbers
 
 
 def forecast_days(output: Any, n: int) -> np.ndarray:
@@ -209,7 +219,7 @@ def forecast_days(output: Any, n: int) -> np.ndarray:
 
 
 def calibrate_after_training(
-    model: MlflowForecaster, clean: pd.DataFrame, trained_until: str
+    model: MlflowForecaster, history: FleetHistory, trained_until: str
 ) -> tuple[RiskCalibration, dict]:
     """Risk calibration and forecast metrics from origins on and after `trained_until` (the last day of the
     model's training data), every ORIGIN_STRIDE days while the 30 days after the origin are in `clean`.
@@ -217,7 +227,6 @@ def calibrate_after_training(
     The metrics compare the model with the backtest's two baselines on the same origins (forecast error
     only: the probabilities would be scored on the errors they were calibrated on).
     """
-    history = build_history(clean)
     first = int((np.datetime64(trained_until, "D") - history.first_day).astype(np.int64))
     last = history.n_days - 1 - HORIZON_DAYS
     if first < 0 or first > last:
@@ -261,8 +270,8 @@ def wrap_mlflow_model(
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(mlflow_model, target)
     model = load_mlflow_forecaster(target)
-    model.calibration, summary = calibrate_after_training(model, clean, trained_until)
     history = build_history(clean)
+    model.calibration, summary = calibrate_after_training(model, history, trained_until)
     model.metadata.update(
         training_record(clean, history, summary, quality, f"mlflow-{_folder_digest(target)}",
                         {"mlflow": mlflow.__version__}),

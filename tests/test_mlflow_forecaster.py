@@ -43,6 +43,7 @@ from shared.scoring_client import ScoringClient
 from shared.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
+    CAR_ID,
     DATE,
     LIFETIME_CYCLES,
     RATED_CYCLES,
@@ -88,10 +89,15 @@ def test_the_future_frame_holds_30_days_after_each_batterys_as_of_day() -> None:
     assert np.allclose(first[TRIP_MINUTES], np.nanmean(window.trip_minutes[0]))
 
 
-def test_the_signature_picks_the_columns_their_order_and_whole_numbers() -> None:
-    frame = future_frame(windows(), {TRIPS: "long", DATE: "datetime", BATTERY_ID: "string"})
-    assert list(frame.columns) == [TRIPS, DATE, BATTERY_ID]
-    assert frame[TRIPS].dtype == np.int64
+def test_the_signature_picks_the_columns_their_order_and_types() -> None:
+    window = windows(batteries=10)
+    window = window.take(np.flatnonzero([battery.isdigit() for battery in window.battery_id]))  # not "14#2"
+    frame = future_frame(window, {TRIPS: "long", DATE: "datetime", BATTERY_ID: "long", CAR_ID: "string"})
+    assert list(frame.columns) == [TRIPS, DATE, BATTERY_ID, CAR_ID]
+    assert (frame[TRIPS].dtype, frame[BATTERY_ID].dtype) == (np.int64, np.int64)  # AutoML reads "17" as 17
+    assert frame[BATTERY_ID].iloc[0] == int(window.battery_id[0])
+    with pytest.raises(ValueError, match="the model's signature types Car_ID as long, but Unable to parse"):
+        future_frame(window, {CAR_ID: "long"})
 
 
 def test_the_forecast_maps_each_row_back_to_its_battery_and_day(tmp_path: Path) -> None:
