@@ -22,7 +22,7 @@ forecasts from origins AFTER the model's training data ends (`trained_until`), o
 since, and fits the risk calibration (risk.py) to those held-out 30-day sums: out of sample by
 construction. It needs at least 30 days of telemetry after `trained_until`.
 
-mlflow is imported only where a model is loaded, so importing this module needs nothing beyond numpy.
+mlflow is imported only where a model is loaded or wrapped, so importing this module does not need it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from shared.backtest import (
     recent_mean_forecast,
     seasonal_naive_forecast,
 )
-from shared.forecasting import METADATA_FILE, _json_default, training_record
+from shared.forecasting import METADATA_FILE, _json_default, _known_mean, training_record
 from shared.risk import HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
 from shared.telemetry import (
     AGE_DAYS,
@@ -264,16 +264,11 @@ def wrap_mlflow_model(
     """
     import mlflow
 
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    target = model_dir / MLFLOW_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(mlflow_model, target)
-    model = load_mlflow_forecaster(target)
+    model = load_mlflow_forecaster(mlflow_model)
     history = build_history(clean)
     model.calibration, summary = calibrate_after_training(model, history, trained_until)
     model.metadata.update(
-        training_record(clean, history, summary, quality, f"mlflow-{_folder_digest(target)}",
+        training_record(clean, history, summary, quality, f"mlflow-{_folder_digest(Path(mlflow_model))}",
                         {"mlflow": mlflow.__version__}),
         horizon_days=HORIZON_DAYS,
         source=source or {},
@@ -284,9 +279,7 @@ def wrap_mlflow_model(
 
 def _recent_mean(values: np.ndarray) -> np.ndarray:
     """Mean of each battery's known values over its window (the last WINDOW_DAYS days), 0 if none is known."""
-    known = ~np.isnan(values)
-    count = known.sum(axis=1)
-    return np.sum(values, axis=1, where=known) / np.maximum(count, 1)
+    return np.nan_to_num(_known_mean(values))
 
 
 def _folder_digest(folder: Path) -> str:
