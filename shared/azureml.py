@@ -38,9 +38,16 @@ from azure.ai.ml.entities import (
     OnlineRequestSettings,
 )
 from azure.core.exceptions import ResourceNotFoundError
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
+from shared.forecasting import METADATA_FILE
+from shared.mlflow_forecaster import MLFLOW_DIR
+from shared.mlflow_forecaster import MODEL_KIND as MLFLOW_KIND
 from shared.settings import Settings, SettingsError
-from shared.telemetry import BATTERY_ID, DAILY_CYCLES, DATE
+from shared.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCORING_DIR = PROJECT_ROOT / "scoring"
@@ -64,9 +71,13 @@ INSTANCE_TYPE = "Standard_DS3_v2"
 # A 1,000-battery request takes about a second locally; leave room for a cold instance.
 REQUEST_TIMEOUT_MS = 30_000
 BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
-PYTHON_VERSION = "3.11"
-# Where AutoML v2 writes the best trial's model (MLflow format) among a child job's outputs.
+PYTHON_VERSION = "3.11"  # also the oldest Python the `shared` package runs on (datetime.UTC)
+# Where AutoML v2 writes the best trial's model (MLflow format) among a child job's outputs, and the
+# parent job's named output holding the same model.
 AUTOML_MODEL_OUTPUT = "outputs/mlflow-model"
+AUTOML_BEST_MODEL_OUTPUT = "best_model"
+# The MLflow client the endpoint loads an MLflow model with, pinned in the project's requirements.
+MLFLOW_PACKAGE = "mlflow-skinny"
 
 
 # --- workspace ----------------------------------------------------------------------------------------
@@ -197,14 +208,22 @@ def submit_automl(ml_client: MLClient, data_version: str | None = None) -> Forec
 
 
 def model_asset(model_dir: Path, version_tag: str | None = None) -> Model:
-    """A locally trained model directory (`python -m shared train`) as a custom model asset."""
+    """A local model directory (`python -m shared train`, or `azureml wrap-automl`) as a custom model asset."""
+    wrapped = model_kind(model_dir) == MLFLOW_KIND
     return Model(
         name=MODEL_NAME,
         path=str(model_dir),
         type=AssetTypes.CUSTOM_MODEL,
-        description="Global LightGBM battery-cycle forecaster with calibrated 30-day failure risk.",
+        description="AutoML (MLflow) forecaster with calibrated 30-day failure risk." if wrapped
+        else "Global LightGBM battery-cycle forecaster with calibrated 30-day failure risk.",
         tags={"model_version": version_tag} if version_tag else {},
     )
+
+
+def model_kind(model_dir: Path) -> str | None:
+    """The model_kind a model directory's metadata names (None without one: an older LightGBM directory)."""
+    metadata = Path(model_dir) / METADATA_FILE
+    return json.loads(metadata.read_text()).get("model_kind") if metadata.is_file() else None
 
 
 def automl_model_asset(best_child_job: str, parent_job: str | None = None) -> Model:
@@ -230,6 +249,16 @@ def best_child_job(ml_client: MLClient, parent_job: str) -> str:
     )
 
 
+def download_best_model(ml_client: MLClient, parent_job: str, folder: Path) -> Path:
+    """Download an AutoML job's best model (its `best_model` output, MLflow format); the folder with MLmodel."""
+    ml_client.jobs.download(name=parent_job, download_path=str(folder), output_name=AUTOML_BEST_MODEL_OUTPUT)
+    found = sorted(path.parent for path in Path(folder).rglob("MLmodel"))
+    if len(found) != 1:
+        raise InputError(f"the download of {parent_job}'s {AUTOML_BEST_MODEL_OUTPUT} holds {len(found)} MLflow "
+                         f"models under {folder}; expected one")
+    return found[0]
+
+
 def register_model(ml_client: MLClient, model: Model) -> Model:
     """Register a model asset (`model_asset` uploads the directory; `automl_model_asset` only points)."""
     return ml_client.models.create_or_update(model)
@@ -238,20 +267,118 @@ def register_model(ml_client: MLClient, model: Model) -> Model:
 # --- endpoint -----------------------------------------------------------------------------------------
 
 
-def scoring_requirements(path: Path = SCORING_DIR / "requirements.txt") -> list[str]:
-    """The pip requirements of the scoring environment, one per line, comments dropped."""
+def scoring_requirements(path: Path = SCORING_DIR / "requirements.txt", only: list[str] | None = None) -> list[str]:
+    """The pip requirements of the scoring environment, one per line, comments dropped (`only`: these packages)."""
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line]
+    requirements = [line for line in lines if line]
+    if only is None:
+        return requirements
+    wanted = {canonicalize_name(name) for name in only}
+    return [line for line in requirements if canonicalize_name(Requirement(line).name) in wanted]
 
 
-def scoring_environment() -> Environment:
-    """The endpoint's environment: Azure ML's Ubuntu base image plus scoring/requirements.txt."""
+def scoring_environment(model_dir: Path | None = None) -> Environment:
+    """The endpoint's environment: Azure ML's Ubuntu base image plus scoring/requirements.txt.
+
+    For a wrapped MLflow (AutoML) model directory it is the MLflow model's own conda.yaml joined with
+    those requirements and the MLflow client (`mlflow_model_conda`): the model's pickle needs its
+    packages, score.py needs ours, in one process.
+    """
+    if model_dir is not None and model_kind(model_dir) == MLFLOW_KIND:
+        model_conda = yaml.safe_load((Path(model_dir) / MLFLOW_DIR / "conda.yaml").read_text())
+        requirements = [*scoring_requirements(), *scoring_requirements(PROJECT_ROOT / "requirements.txt",
+                                                                       only=[MLFLOW_PACKAGE])]
+        conda = mlflow_model_conda(model_conda, requirements)
+        return Environment(name="battery-scoring-mlflow", image=BASE_IMAGE, conda_file=conda)
     conda = {
         "name": "battery-scoring",
         "channels": ["conda-forge"],
         "dependencies": [f"python={PYTHON_VERSION}", "pip", {"pip": scoring_requirements()}],
     }
     return Environment(name="battery-scoring", image=BASE_IMAGE, conda_file=conda)
+
+
+class EnvironmentConflict(InputError):
+    """The MLflow model's dependencies and the scoring code's cannot be installed side by side."""
+
+
+def mlflow_model_conda(model_conda: dict, requirements: list[str]) -> dict:
+    """One conda environment for an MLflow model and the scoring code, or EnvironmentConflict naming why not.
+
+    The model's conda.yaml is the base (its Python, channels and packages: its pickle was made with
+    them). Its Python must be at least PYTHON_VERSION, which `shared` needs. A package both sides name
+    must have overlapping version ranges; the merged environment asks for both ranges on one pip line.
+    Everything else either side names is kept as it is.
+    """
+    conda_entries = [d for d in model_conda.get("dependencies", []) if isinstance(d, str)]
+    model_pip = [line for d in model_conda.get("dependencies", []) if isinstance(d, dict) for line in d.get("pip", [])]
+    ours = {canonicalize_name(r.name): r for r in map(Requirement, requirements)}
+    conflicts, kept_conda, merged = [], [], {}
+    for entry in conda_entries:
+        name, spec = _conda_spec(entry)
+        if name == "python":
+            if not _overlap(spec, SpecifierSet(f">={PYTHON_VERSION}")):
+                conflicts.append(f"{entry} (the scoring code needs Python {PYTHON_VERSION} or later)")
+            kept_conda.append(entry)
+        elif name in ours:
+            merged[name] = spec
+        else:
+            kept_conda.append(entry)
+    kept_pip = []
+    for line in model_pip:
+        requirement = _requirement(line)
+        if requirement is None or canonicalize_name(requirement.name) not in ours:
+            kept_pip.append(line)  # pip options, URLs and packages only the model names stay as written
+        else:
+            merged[canonicalize_name(requirement.name)] = requirement.specifier
+    for name, spec in merged.items():
+        if not _overlap(spec, ours[name].specifier):
+            conflicts.append(f"{name}: the model needs {spec}, the scoring code {ours[name].specifier}")
+    if conflicts:
+        raise EnvironmentConflict("the MLflow model's environment (its conda.yaml) and the scoring code's "
+                                  "requirements conflict: " + "; ".join(conflicts))
+    combined = [f"{r.name}{r.specifier & merged[n]}" if merged.get(n) else str(r) for n, r in ours.items()]
+    return {
+        "name": "battery-scoring-mlflow",
+        "channels": model_conda.get("channels") or ["conda-forge"],
+        "dependencies": [*kept_conda, {"pip": [*kept_pip, *combined]}],
+    }
+
+
+def _conda_spec(entry: str) -> tuple[str, SpecifierSet]:
+    """A conda dependency ("python=3.9.19", "numpy~=1.23.5", "pip") as a name and a pip-style range.
+
+    Conda's single "=" is a prefix match: "=3.9" is "==3.9.*".
+    """
+    entry = entry.split("::")[-1].strip()
+    cut = next((i for i, char in enumerate(entry) if char in "=<>!~ "), len(entry))
+    name, spec = canonicalize_name(entry[:cut]), entry[cut:].replace(" ", "")
+    if spec.startswith("=") and not spec.startswith("=="):
+        spec = "==" + spec[1:] + ("" if spec.endswith("*") else ".*")
+    return name, SpecifierSet(spec)
+
+
+def _requirement(line: str) -> Requirement | None:
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
+
+
+def _overlap(first: SpecifierSet, second: SpecifierSet) -> bool:
+    """Whether some version satisfies both ranges, tried on the versions they name and the next one up."""
+    candidates = set()
+    for specifier in [*first, *second]:
+        try:
+            version = Version(specifier.version.removesuffix(".*"))
+        except InvalidVersion:
+            return True  # a range we cannot read is left to the installer to judge
+        release = list(version.release)
+        release[-1] += 1
+        candidates |= {version, Version(".".join(map(str, release)))}
+    if not candidates:
+        return True  # neither side limits the version
+    return any(first.contains(v, prereleases=True) and second.contains(v, prereleases=True) for v in candidates)
 
 
 def stage_scoring_code(folder: Path) -> Path:
@@ -281,8 +408,10 @@ def online_deployment(
     name: str = DEPLOYMENT_NAME,
     instance_type: str = INSTANCE_TYPE,
     worker_count: int = 2,
+    environment: Environment | None = None,
 ) -> ManagedOnlineDeployment:
-    """One deployment of the endpoint: the model, the staged code with score.py, the scoring environment.
+    """One deployment of the endpoint: the model, the staged code with score.py, the scoring environment
+    (`scoring_environment()` unless given: pass `scoring_environment(model_dir)` for an MLflow model).
 
     `WORKER_COUNT` sets azmlinfsrv's worker processes; the instance admits as many concurrent requests.
     """
@@ -291,7 +420,7 @@ def online_deployment(
         endpoint_name=ENDPOINT_NAME,
         model=model,
         code_configuration=CodeConfiguration(code=str(code_folder), scoring_script=ENTRY_SCRIPT),
-        environment=scoring_environment(),
+        environment=environment or scoring_environment(),
         instance_type=instance_type,
         instance_count=1,
         environment_variables={"WORKER_COUNT": str(worker_count)},

@@ -497,6 +497,8 @@ AZUREML_ACTIONS = {
     "register-data": "prepare telemetry and register it as a new version of the MLTable data asset "
     "daily-battery-time-series",
     "submit-automl": "submit the lab's AutoML forecasting run (creates compute auto-ml-compute if missing)",
+    "wrap-automl": "make an AutoML (MLflow) model a model directory score.py serves: calibrate its failure "
+    "risk on telemetry after its training data",
     "register-model": "register a local model directory, or the best trial of an AutoML run",
     "deploy": "deploy a registered model to the managed online endpoint battery-cycles",
 }
@@ -513,8 +515,19 @@ def add_azureml(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text in AZUREML_ACTIONS.items():
         action_parser = actions.add_parser(action, help=help_text, description=help_text)
-        action_parser.add_argument("--dry-run", action="store_true", help="print the YAML, submit nothing")
-        if action == "register-data":
+        if action != "wrap-automl":  # the one local action: it submits nothing
+            action_parser.add_argument("--dry-run", action="store_true", help="print the YAML, submit nothing")
+        if action == "wrap-automl":
+            source = action_parser.add_mutually_exclusive_group(required=True)
+            source.add_argument("--mlflow-model", type=Path, help="a downloaded MLflow model folder (with MLmodel)")
+            source.add_argument("--automl-job", help="AutoML parent job: download its best_model output")
+            action_parser.add_argument("--data", type=Path, required=True,
+                                       help="telemetry CSV (raw or clean) reaching 30+ days past --trained-until")
+            action_parser.add_argument("--trained-until", required=True,
+                                       help="last Date of the data the AutoML job trained on (YYYY-MM-DD)")
+            action_parser.add_argument("--out", type=Path, default=Path("data/automl-model"),
+                                       help="model directory to write (default data/automl-model)")
+        elif action == "register-data":
             action_parser.add_argument("--data", type=Path, required=True, help="telemetry CSV (raw or clean)")
             action_parser.add_argument("--work-dir", type=Path, default=Path("data/azureml/mltable"),
                                        help="where to write the MLTable folder (default data/azureml/mltable)")
@@ -527,6 +540,9 @@ def add_azureml(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             action_parser.add_argument("--child-job", help="with --automl-job: this trial instead of the best")
         else:
             action_parser.add_argument("--model", required=True, help="registered model as NAME:VERSION")
+            action_parser.add_argument("--model-dir", type=Path,
+                                       help="the local directory that was registered; for a wrapped AutoML model "
+                                       "its MLflow conda.yaml joins the environment")
             action_parser.add_argument("--deployment", default="blue", help="deployment name (default blue)")
             action_parser.add_argument("--instance-type", default="Standard_DS3_v2")
             action_parser.add_argument("--work-dir", type=Path, default=Path("data/azureml/code"),
@@ -560,6 +576,24 @@ def run_azureml(args: argparse.Namespace) -> int:
             return 0
         job = azureml.submit_automl(client(), args.data_version)
         print(json.dumps({"job": job.name, "experiment": job.experiment_name, "studio_url": job.studio_url}))
+    elif args.action == "wrap-automl":
+        from shared.jobs import parse_day
+        from shared.mlflow_forecaster import wrap_mlflow_model
+        from shared.preparation import prepare_telemetry
+        from shared.telemetry import read_telemetry_csv
+
+        trained_until = str(parse_day(args.trained_until, "--trained-until"))
+        source = {"mlflow_model": str(args.mlflow_model)} if args.mlflow_model else {"automl_job": args.automl_job}
+        mlflow_model = args.mlflow_model or azureml.download_best_model(client(), args.automl_job,
+                                                                       args.out.with_name(args.out.name + "-download"))
+        progress(f"preparing {args.data}")
+        clean, quality = prepare_telemetry(read_telemetry_csv(args.data))
+        progress(f"calibrating {mlflow_model} on the telemetry after {trained_until}")
+        model = wrap_mlflow_model(mlflow_model, clean, trained_until, args.out, quality=quality.to_dict(),
+                                  source=source)
+        print(json.dumps({"version": model.version, "model_dir": str(args.out),
+                          "calibration_errors": model.calibration.n_errors,
+                          "metrics": model.metadata["backtest"]["metrics"]}, indent=2))
     elif args.action == "register-model":
         if args.child_job and not args.automl_job:
             raise InputError("--child-job needs --automl-job")
@@ -583,9 +617,10 @@ def run_azureml(args: argparse.Namespace) -> int:
         name, _, version = args.model.partition(":")
         if not name or not version:
             raise InputError(f"--model must be NAME:VERSION, got {args.model!r}")
+        environment = azureml.scoring_environment(args.model_dir)
         folder = azureml.stage_scoring_code(args.work_dir)
         deployment = azureml.online_deployment(f"azureml:{name}:{version}", folder, args.deployment,
-                                               args.instance_type)
+                                               args.instance_type, environment=environment)
         if args.dry_run:
             print(azureml.to_yaml(azureml.online_endpoint(), deployment))
             return 0

@@ -45,6 +45,7 @@ from shared.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, bu
 
 if TYPE_CHECKING:
     from shared.lstm import LstmForecaster
+    from shared.mlflow_forecaster import MlflowForecaster
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
 MODEL_FILE = "model.txt"
@@ -149,10 +150,11 @@ class BatteryForecaster:
         }
 
 
-def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster:
-    """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), or by
-    `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch)."""
-    from shared import lstm
+def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster | MlflowForecaster:
+    """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), by
+    `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch), or by
+    `MlflowForecaster.save` (model_kind "mlflow-pyfunc", e.g. a wrapped AutoML model; only it imports mlflow)."""
+    from shared import lstm, mlflow_forecaster
 
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE
@@ -161,6 +163,8 @@ def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster:
     metadata = json.loads(metadata_path.read_text())
     if metadata.get("model_kind") == lstm.MODEL_KIND:
         return lstm.load_lstm(model_dir, metadata)
+    if metadata.get("model_kind") == mlflow_forecaster.MODEL_KIND:
+        return mlflow_forecaster.load_mlflow_forecaster(model_dir, metadata)
     calibration = metadata.get("calibration")
     cars_path = model_dir / CARS_FILE
     cars = pd.read_csv(cars_path, dtype={CAR_ID: str}) if cars_path.is_file() else None

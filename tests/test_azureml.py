@@ -23,6 +23,8 @@ import urllib3
 import yaml
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from requests.adapters import BaseAdapter
 
 from shared import azureml
@@ -307,3 +309,93 @@ def test_cli_without_a_workspace_names_the_missing_settings(monkeypatch, capsys)
         monkeypatch.delenv(name, raising=False)
     assert main(["azureml", "submit-automl"]) == 2
     assert "AZUREML_SUBSCRIPTION_ID" in capsys.readouterr().err
+
+
+# --- an AutoML (MLflow) model directory ---------------------------------------------------------------
+
+# The shape of an AutoML forecasting model's conda.yaml: Python 3.9 and the pandas/numpy pins of
+# azureml-automl-runtime.
+AUTOML_CONDA = {
+    "name": "project_environment",
+    "channels": ["conda-forge", "anaconda"],
+    "dependencies": ["python=3.9.19", "pip=22.1.2", "numpy~=1.23.5", "pandas~=1.5.3", "py-xgboost=1.5.2",
+                     {"pip": ["azureml-automl-runtime==1.58.0", "azureml-mlflow==1.58.0", "mlflow==2.11.3",
+                              "inference-schema"]}],
+}  # fmt: skip
+
+
+def mlflow_model_dir(folder: Path, conda: dict | None = None) -> Path:
+    """A wrapped-model directory as `azureml wrap-automl` writes it, with a real pyfunc's conda.yaml unless given."""
+    from _mlflow_model import save_stand_in
+
+    save_stand_in(folder / "mlflow-model")
+    if conda is not None:
+        (folder / "mlflow-model" / "conda.yaml").write_text(yaml.safe_dump(conda))
+    (folder / "metadata.json").write_text(json.dumps({"model_kind": "mlflow-pyfunc", "mlflow_model": "mlflow-model"}))
+    return folder
+
+
+def test_an_mlflow_models_environment_is_its_conda_yaml_joined_with_the_scoring_requirements(tmp_path: Path) -> None:
+    model_dir = mlflow_model_dir(tmp_path / "model")
+    own = yaml.safe_load((model_dir / "mlflow-model" / "conda.yaml").read_text())
+    folder = azureml.stage_scoring_code(tmp_path / "code")
+
+    spec = azureml.online_deployment("azureml:battery-cycles-forecaster:4", folder,
+                                     environment=azureml.scoring_environment(model_dir))._to_dict()  # fmt: skip
+
+    conda = spec["environment"]["conda_file"]
+    python = next(d for d in own["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert python in conda["dependencies"] and conda["channels"] == own["channels"]
+    merged = {r.name: r.specifier for r in map(Requirement, conda["dependencies"][-1]["pip"])}
+    theirs = list(map(Requirement, next(d["pip"] for d in own["dependencies"] if isinstance(d, dict))))
+    ours = list(map(Requirement, [*azureml.scoring_requirements(), "mlflow-skinny==3.17.2"]))
+    assert set(merged) == {r.name for r in theirs + ours}
+    assert "pandas" in {r.name for r in theirs} & {r.name for r in ours}  # both sides name it
+    for requirement in theirs + ours:  # each side's range holds in the merged line
+        assert set(requirement.specifier) <= set(merged[requirement.name])
+    assert azureml.model_asset(model_dir)._to_dict()["description"].startswith("AutoML (MLflow) forecaster")
+
+
+def test_a_package_both_sides_name_gets_both_ranges() -> None:
+    model = {"dependencies": ["python=3.11.7", "numpy", {"pip": ["pandas>=2.0", "--extra-index-url https://x"]}]}
+    conda = azureml.mlflow_model_conda(model, ["numpy>=2.0,<3", "pandas>=2.2,<4", "msgspec==0.22.0"])
+    assert conda["dependencies"][0] == "python=3.11.7" and "numpy" not in conda["dependencies"]
+    pip = conda["dependencies"][-1]["pip"]
+    assert pip[0] == "--extra-index-url https://x" and "msgspec==0.22.0" in pip
+    pandas = SpecifierSet(next(line for line in pip if line.startswith("pandas")).removeprefix("pandas"))
+    assert ("2.2.0" in pandas, "2.1.0" in pandas, "4.0" in pandas) == (True, False, False)
+
+
+def test_a_real_automl_models_pins_conflict_with_the_scoring_code_and_say_so(tmp_path: Path, capsys) -> None:
+    model_dir = mlflow_model_dir(tmp_path / "model", AUTOML_CONDA)
+    with pytest.raises(azureml.EnvironmentConflict) as conflict:
+        azureml.scoring_environment(model_dir)
+    message = str(conflict.value)
+    assert "python=3.9.19 (the scoring code needs Python 3.11 or later)" in message
+    assert "numpy: the model needs ~=1.23.5, the scoring code <3,>=2.0" in message
+    assert "pandas: the model needs ~=1.5.3, the scoring code <4,>=2.2" in message
+
+    assert main(["azureml", "deploy", "--dry-run", "--model", "battery-cycles-forecaster:4", "--model-dir",
+                 str(model_dir), "--work-dir", str(tmp_path / "code")]) == 2  # fmt: skip
+    assert "python=3.9.19" in capsys.readouterr().err
+
+
+def test_cli_wraps_a_downloaded_mlflow_model_and_deploys_it_with_its_environment(tmp_path: Path, capsys) -> None:
+    from _mlflow_model import TRAINED_UNTIL, clean_telemetry, save_stand_in
+
+    save_stand_in(tmp_path / "downloaded")
+    clean_telemetry().to_csv(tmp_path / "telemetry.csv", index=False, date_format="%Y-%m-%d")
+    assert main(["azureml", "wrap-automl", "--mlflow-model", str(tmp_path / "downloaded"), "--data",
+                 str(tmp_path / "telemetry.csv"), "--trained-until", TRAINED_UNTIL, "--out",
+                 str(tmp_path / "model")]) == 0  # fmt: skip
+    wrapped = json.loads(capsys.readouterr().out)
+    assert wrapped["model_dir"] == str(tmp_path / "model") and wrapped["calibration_errors"] >= 100
+    assert set(wrapped["metrics"]) == {"model", "seasonal_naive", "recent_mean"}
+
+    assert main(["azureml", "deploy", "--dry-run", "--model", "battery-cycles-forecaster:4", "--model-dir",
+                 str(tmp_path / "model"), "--work-dir", str(tmp_path / "code")]) == 0  # fmt: skip
+    _, deployment = yaml.safe_load_all(capsys.readouterr().out)
+    assert "mlflow-skinny==3.17.2" in deployment["environment"]["conda_file"]["dependencies"][-1]["pip"]
+    assert main(["azureml", "wrap-automl", "--mlflow-model", str(tmp_path / "downloaded"), "--data",
+                 str(tmp_path / "telemetry.csv"), "--trained-until", "30/04/2016"]) == 2  # fmt: skip
+    assert "--trained-until must be a day as YYYY-MM-DD" in capsys.readouterr().err
