@@ -141,6 +141,7 @@ class Climate:
     base: float  # cycle cost multiplier all year
     winter: float  # added at mid-January
     summer: float  # added at mid-July
+    frost: float = 0.0  # added from the first hard frost to the thaw (FROST_SEASON), a step, not a cosine
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ CLIMATES = (
     Climate("Continental", 0.25, 1.05, 0.20, 0.03),
     Climate("Mediterranean", 0.17, 1.00, 0.00, 0.08),
     Climate(HOT_REGION, 0.10, 1.05, 0.00, 0.15),
-    Climate(COLD_REGION, 0.18, 1.25, 0.60, 0.00),
+    Climate(COLD_REGION, 0.18, 1.05, 0.15, 0.00, frost=1.00),
 )
 ENGINE_TYPES = (
     EngineType(REFERENCE_ENGINE, 1.0, 0.5),
@@ -195,6 +196,7 @@ UNIT_SPREAD = 0.05  # lognormal sigma of Wear_Factor between units of the same m
 COST_NOISE = 0.03  # lognormal sigma of the day-to-day cycle cost
 AGEING_AT_RATED_LIFE = 0.12
 REPLACEMENT_DELAY_DAYS = 45  # replaced 0..45 days after reaching rated cycles
+FROST_SEASON = (1115, 315)  # month * 100 + day: the cold region's pre-heating season, 15 November – 15 March
 
 MISSING_RUN_START = 0.01  # × mean run length 3 ≈ 3 % of days missing
 SINGLE_MISSING_DAY = 0.6  # share of missing runs that are one day; the rest last 2..10 days
@@ -387,7 +389,7 @@ def climate_factor(region: str, days: pd.DatetimeIndex) -> np.ndarray:
     if climate is None:
         raise InputError(f"region: unknown {region!r}; known: {', '.join(c.region for c in CLIMATES)}")
     winter = _winter_weight(days)
-    return climate.base + climate.winter * winter + climate.summer * (1.0 - winter)
+    return climate.base + climate.winter * winter + climate.summer * (1.0 - winter) + climate.frost * _frost(days)
 
 
 @dataclass(frozen=True)
@@ -816,6 +818,12 @@ def _is_holiday(days: pd.DatetimeIndex) -> np.ndarray:
     """Summer holidays (20 July – 15 August) and Christmas (24 December – 1 January)."""
     month_day = days.month * 100 + days.day
     return np.asarray(((month_day >= 720) & (month_day <= 815)) | (month_day >= 1224) | (month_day <= 101))
+
+
+def _frost(days: pd.DatetimeIndex) -> np.ndarray:
+    """1 from the first hard frost (15 November) to the thaw (15 March) inclusive, else 0."""
+    month_day = days.month * 100 + days.day
+    return np.asarray((month_day >= FROST_SEASON[0]) | (month_day <= FROST_SEASON[1]), dtype=np.float64)
 
 
 def _winter_weight(days: pd.DatetimeIndex) -> np.ndarray:
