@@ -8,10 +8,19 @@ rates so data preparation can be tested against the truth it should recover.
 The model, per car and day (all numbers are the module constants below):
 
 * Cars: a Make, an Engine_Type (BEV/PHEV/HEV: cycle cost ×1.0/1.3/1.6) and a Region with a climate.
-  "Atlantic" is the mild reference (cost ×1.0 all year); "Nordic" is cold (×1.25 in summer, ×1.85 in
-  mid-January); "Desert" is hot with a smaller summer effect (×1.05 → ×1.20 in mid-July). The seasonal
-  shape is a cosine peaking mid-January (winter) or mid-July (summer). Purchase_Date precedes the car's
-  first simulated battery by 0–3 years; Model_Year is the purchase year or the one before.
+  "Atlantic" is the mild reference (cost ×1.0 all year); "Desert" is hot with a smaller summer effect
+  (×1.05 → ×1.20 in mid-July). The seasonal shape is a cosine peaking mid-January (winter) or mid-July
+  (summer). Purchase_Date precedes the car's first simulated battery by 0–3 years; Model_Year is the
+  purchase year or the one before.
+* The cold region ("Nordic", the fairness check's planted group): through summer and autumn its
+  batteries wear like a mild region's (×1.05, rising slowly to ×1.16 by mid-November). From the first
+  hard frost (15 November) to the thaw (15 March) the cars pre-heat battery and cabin before every
+  drive and keep the pack warm on cold-soaked nights: from one day to the next every minute of driving
+  costs 1.86 times as much (×2.16–2.20 of the mild reference). The frost is a step, not a slope: in
+  late October nothing in a Nordic battery's last weeks says its wear is about to double, so only a
+  model that knows the car's region (and the date) sees it coming. A region-blind model forecasts
+  those weeks like everyone else's and warns too late the Nordic owners whose batteries the frost will
+  take to rated life within 30 days (fairness.py).
 * Usage: minutes/day = a lognormal base per car (median 60) × a weekday profile (commuter: weekdays
   high; leisure: weekends high; steady) × a holiday effect (commuters drive less in the summer and
   Christmas holidays, leisure drivers more) × a per-car summer lift × a slow per-car drift × daily
