@@ -5,7 +5,8 @@ days, would it have been alerted) are joined with the car table, and for each of
 Engine_Type and a model-year band fairlearn's `MetricFrame` gives the alert's recall (share of failing
 batteries warned), precision, false-positive rate and selection rate per group. A gap is the largest
 minus the smallest group value; a gap over its limit (default: recall 0.05, i.e. one group's failing
-batteries warned 5 points less often than another's) is flagged, and `train` warns about it.
+batteries warned 5 points less often than another's) beyond sampling noise (below) is flagged, and
+`train` warns about it.
 
 Why it matters here: in the cold region batteries wear much faster from the first hard frost
 (simulation.py). A model that cannot see the region forecasts a Nordic battery's first frost weeks like
