@@ -90,8 +90,12 @@ def run_backtest(
     threshold: float = 0.8,
     progress: Callable[[str], None] | None = None,
     window_days: int = DEFAULT_WINDOW_DAYS,
+    model_title: str = METHOD_TITLES["model"],
 ) -> BacktestResult:
-    """Fit with `fit(history, last_target_day)`, calibrate, evaluate model and baselines (module docstring)."""
+    """Fit with `fit(history, last_target_day)`, calibrate, evaluate model and baselines (module docstring).
+
+    `model_title` names the model under test in the summary and its Markdown ("LSTM model", ...).
+    """
     say = progress or (lambda message: None)
     last_day = history.n_days - 1
     cutoff = last_day - EVALUATION_DAYS
@@ -128,6 +132,7 @@ def run_backtest(
         "training_targets_until": _date(history, calibration_origins[0]),
         "calibration_origins": [_date(history, d) for d in calibration_origins],
         "evaluation_origins": [_date(history, d) for d in evaluation_origins],
+        "model_title": model_title,
         "horizon_days": HORIZON_DAYS,
         "threshold": threshold,
         "counts": evaluated.counts(),
@@ -204,6 +209,7 @@ def reliability_table(probability: np.ndarray, label: np.ndarray, bins: int = RE
 def backtest_markdown(summary: dict) -> str:
     """The backtest as Markdown for the human-readable report: metrics vs baselines, reliability, verdict."""
     metrics, counts = summary["metrics"], summary["counts"]
+    titles = {**METHOD_TITLES, "model": summary.get("model_title", METHOD_TITLES["model"])}
     names = ["nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold"]
     lines = [
         f"### Backtest (cut-off {summary['cutoff']}, {len(summary['evaluation_origins'])} origins, "
@@ -214,7 +220,7 @@ def backtest_markdown(summary: dict) -> str:
         f"{counts['censored']:,} censored (reports stopped), {counts['already_past_rated']:,} already past "
         "rated life at the origin (not scored).",
         "",
-        "| metric | " + " | ".join(METHOD_TITLES[m] for m in METHODS) + " |",
+        "| metric | " + " | ".join(titles[m] for m in METHODS) + " |",
         "| --- | " + " | ".join("---:" for _ in METHODS) + " |",
     ]
     lines += [f"| {name} | " + " | ".join(_cell(metrics[m].get(name)) for m in METHODS) + " |" for name in names]
@@ -222,7 +228,7 @@ def backtest_markdown(summary: dict) -> str:
               "| bin | count | mean predicted | observed rate |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
               for row in summary["reliability"]["model"]]
-    lines += ["", _verdict(metrics)]
+    lines += ["", _verdict(metrics, titles["model"])]
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +306,7 @@ def _calibrate(outcomes: _Outcomes, method: str) -> RiskCalibration:
                      outcomes.daily_std[complete], outcomes.known_days[complete])
 
 
-def _verdict(metrics: dict) -> str:
+def _verdict(metrics: dict, title: str) -> str:
     """One paragraph that justifies (or not) the model against the baselines, with the numbers."""
     model = metrics["model"]
     lines = []
@@ -315,11 +321,11 @@ def _verdict(metrics: dict) -> str:
         lines.append((model[name] < best, f"{label} {_cell(model[name])} against {_cell(best)} for the better "
                                           f"baseline ({abs(change):.0f}% {direction})"))
     wins = all(win for win, _ in lines)
-    lead = "The LightGBM model is justified" if wins else "Caution: the LightGBM model does not beat both baselines"
+    lead = f"The {title} is justified" if wins else f"Caution: the {title} does not beat both baselines"
     return (
         f"{lead}: {'; '.join(text for _, text in lines)}. Seasonal-naive copies one noisy week and recent-mean "
         "ignores the weekly rhythm, the season and changes in use; the global model learns them across the "
-        "fleet, predicts the 30-day total that decides the risk directly, and scores one row per battery. "
+        "fleet and is trained on the 30 days whose total decides the risk. "
         "Both baselines went through the same calibrated risk code, so the Brier gap is the forecast's, not "
         "the calibration's."
     )

@@ -5,13 +5,22 @@ days, would it have been alerted) are joined with the car table, and for each of
 Engine_Type and a model-year band fairlearn's `MetricFrame` gives the alert's recall (share of failing
 batteries warned), precision, false-positive rate and selection rate per group. A gap is the largest
 minus the smallest group value; a gap over its limit (default: recall 0.05, i.e. one group's failing
-batteries warned 5 points less often than another's) is flagged, and `train` warns about it.
+batteries warned 5 points less often than another's) beyond sampling noise (below) is flagged, and
+`train` warns about it.
 
-Why it matters here: cold regions wear batteries faster in winter. A model that cannot see the region
-forecasts a Nordic battery's winter like everyone's, under-forecasts it, and warns its owner late.
+Why it matters here: in the cold region batteries wear much faster from the first hard frost
+(simulation.py). A model that cannot see the region forecasts a Nordic battery's first frost weeks like
+everyone's, under-forecasts them, and warns its owner late: a lower Nordic recall.
 
-Groups with fewer than MIN_GROUP_POSITIVES failing batteries are reported but left out of the gaps:
-a recall over five batteries moves 20 points with one of them, which would flag noise, not bias.
+Noise, and how the report keeps it apart from bias:
+- Groups with fewer than MIN_GROUP_POSITIVES failing batteries are reported but left out of the gaps:
+  a recall over five batteries moves 20 points with one of them.
+- Each gap (highest minus lowest group) comes with a BOOTSTRAP_CONFIDENCE interval from resampling CARS
+  (one car's batteries and origins rise and fall together, so they are resampled as one), and a gap
+  counts as exceeding its limit only when the whole interval is above it. A recall is a share of a few
+  hundred failing batteries at most, so with five groups the largest minus the smallest is several
+  points even when the model treats every group alike; without the interval an unbiased model would be
+  flagged on most fleets, and a warning nobody can act on would teach people to ignore the real ones.
 """
 
 from __future__ import annotations
@@ -30,13 +39,17 @@ METRICS = ("recall", "precision", "false_positive_rate", "selection_rate")
 DEFAULT_LIMITS = {"recall": 0.05}
 MIN_GROUP_POSITIVES = 20
 MODEL_YEAR_BAND_YEARS = 3
+BOOTSTRAP_REPLICATES = 1000
+BOOTSTRAP_CONFIDENCE = 0.90
+BOOTSTRAP_SEED = 0  # the same outcomes always give the same interval
 
 
 @dataclass(frozen=True)
 class FairnessReport:
     """`groups`: one row per (attribute, group) with count, positives, the METRICS and `judged` (enough
-    positives to count in the gaps). `gaps`: one row per (attribute, metric) with the gap, the lowest and
-    highest group, the limit (NaN = none) and whether the gap exceeds it."""
+    positives to count in the gaps). `gaps`: one row per (attribute, metric) with the gap, its bootstrap
+    interval (`gap_low`, `gap_high`), the lowest and highest group, the limit (NaN = none) and whether the
+    gap exceeds it (the whole interval above the limit)."""
 
     groups: pd.DataFrame
     gaps: pd.DataFrame
@@ -50,13 +63,14 @@ class FairnessReport:
         return [
             f"fairness: {row.metric} gap {row.gap:.3f} across {row.attribute} ({row.lowest} {row.lowest_value:.3f}"
             f" vs {row.highest} {row.highest_value:.3f}) exceeds the limit {row.limit:g}"
+            f" ({BOOTSTRAP_CONFIDENCE:.0%} interval {row.gap_low:.3f}-{row.gap_high:.3f})"
             for row in self.exceeded.itertuples()
         ]
 
     def to_dict(self) -> dict:
         """JSON-ready (metadata.json, MLflow)."""
         return {"groups": _records(self.groups), "gaps": _records(self.gaps),
-                "min_group_positives": MIN_GROUP_POSITIVES}  # fmt: skip
+                "min_group_positives": MIN_GROUP_POSITIVES, "confidence": BOOTSTRAP_CONFIDENCE}  # fmt: skip
 
     def to_markdown(self) -> str:
         return fairness_markdown(self.to_dict())
@@ -64,12 +78,16 @@ class FairnessReport:
 
 def fairness_markdown(record: Mapping) -> str:
     """A stored fairness record (`FairnessReport.to_dict`, as in metadata.json) as Markdown tables."""
+    confidence = record.get("confidence", BOOTSTRAP_CONFIDENCE)
     lines = [f"Largest gap between car groups on the backtest (groups with at least "
-             f"{record.get('min_group_positives', MIN_GROUP_POSITIVES)} failing batteries):", "",
-             "| attribute | metric | gap | lowest | highest | limit | exceeded |",
-             "| --- | --- | ---: | --- | --- | ---: | --- |"]  # fmt: skip
+             f"{record.get('min_group_positives', MIN_GROUP_POSITIVES)} failing batteries), with its "
+             f"{confidence:.0%} interval from resampling cars; a gap exceeds its limit when the whole interval "
+             "is above it:", "",
+             "| attribute | metric | gap | interval | lowest | highest | limit | exceeded |",
+             "| --- | --- | ---: | ---: | --- | --- | ---: | --- |"]  # fmt: skip
     for row in record.get("gaps", []):
-        lines.append(f"| {row['attribute']} | {row['metric']} | {_number(row['gap'])} | {row['lowest']} "
+        interval = f"{_number(row.get('gap_low'))}-{_number(row.get('gap_high'))}"
+        lines.append(f"| {row['attribute']} | {row['metric']} | {_number(row['gap'])} | {interval} | {row['lowest']} "
                      f"({_number(row['lowest_value'])}) | {row['highest']} ({_number(row['highest_value'])}) | "
                      f"{_number(row['limit'])} | {'**yes**' if row['exceeded'] else 'no'} |")  # fmt: skip
     lines += ["", "| attribute | group | forecasts | failing | " + " | ".join(METRICS) + " |",
@@ -101,8 +119,9 @@ def fairness_report(
         cars_missing = joined.loc[orphans, CAR_ID]
         raise InputError(f"fairness: {len(cars_missing)} backtest outcome(s) of {cars_missing.nunique()} car(s) "
                          f"not in the car table, e.g. {cars_missing.iloc[0]}")
-    groups = _per_group(joined, joined["label"].to_numpy(bool), joined["alert"].to_numpy(bool))
-    return FairnessReport(groups=groups, gaps=_gaps(groups, limits))
+    label, alert = joined["label"].to_numpy(bool), joined["alert"].to_numpy(bool)
+    groups = _per_group(joined, label, alert)
+    return FairnessReport(groups=groups, gaps=_gaps(groups, limits, _replicates(joined, label, alert)))
 
 
 def car_groups(cars: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +170,42 @@ def _per_group(joined: pd.DataFrame, label: np.ndarray, alert: np.ndarray) -> pd
     return groups[["attribute", "group", "count", "positives", *METRICS, "judged"]]
 
 
-def _gaps(groups: pd.DataFrame, limits: Mapping[str, float]) -> pd.DataFrame:
+def _replicates(joined: pd.DataFrame, label: np.ndarray, alert: np.ndarray) -> dict[str, pd.DataFrame]:
+    """Every METRIC of every group in each of BOOTSTRAP_REPLICATES resamplings of the cars, as one
+    (replicates x groups) frame per "attribute/metric" (columns: group names).
+
+    Each metric is a ratio of per-car counts (recall = warned failing / failing, ...), so a replicate is
+    a weighted sum of the per-car counts, the weight being how often the replicate drew the car: a few
+    matrix products, no loop over replicates.
+    """
+    car, car_row = np.unique(joined[CAR_ID].to_numpy(dtype=str), return_inverse=True)
+    counts = np.column_stack([label & alert, label, ~label & alert, ~label, alert, np.ones(len(label), bool)])
+    per_car = np.zeros((len(car), counts.shape[1]))
+    np.add.at(per_car, car_row, counts)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.integers(0, len(car), (BOOTSTRAP_REPLICATES, len(car)))
+    offsets = (np.arange(BOOTSTRAP_REPLICATES) * len(car))[:, None]
+    weight = np.bincount((draws + offsets).ravel(), minlength=BOOTSTRAP_REPLICATES * len(car))
+    weight = weight.reshape(BOOTSTRAP_REPLICATES, len(car)).astype(np.float64)
+    car_attributes = joined.drop_duplicates(CAR_ID).set_index(CAR_ID).loc[car]
+    replicates = {}
+    for attribute in ATTRIBUTES:
+        names, group = np.unique(car_attributes[attribute].to_numpy(dtype=str), return_inverse=True)
+        one_hot = np.zeros((len(car), len(names)))
+        one_hot[np.arange(len(car)), group] = 1.0
+        tp, positives, fp, negatives, alerts, count = (weight @ (one_hot * per_car[:, [k]]) for k in range(6))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = {"recall": tp / positives, "precision": tp / alerts, "false_positive_rate": fp / negatives,
+                      "selection_rate": alerts / count}  # fmt: skip
+        for metric, values in ratios.items():
+            replicates[f"{attribute}/{metric}"] = pd.DataFrame(values, columns=names)
+    return replicates
+
+
+def _gaps(groups: pd.DataFrame, limits: Mapping[str, float], replicates: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The largest gap of each (attribute, metric) among judged groups, with its bootstrap interval: the
+    spread of (highest group - lowest group) over the replicates, the two groups fixed as observed."""
+    tail = (1 - BOOTSTRAP_CONFIDENCE) / 2 * 100
     rows = []
     for attribute, judged in groups[groups["judged"]].groupby("attribute", sort=False):
         for metric in METRICS:
@@ -160,12 +214,16 @@ def _gaps(groups: pd.DataFrame, limits: Mapping[str, float]) -> pd.DataFrame:
                 continue
             low, high = values.loc[values[metric].idxmin()], values.loc[values[metric].idxmax()]
             gap = float(high[metric] - low[metric])
+            spread = replicates[f"{attribute}/{metric}"]
+            differences = (spread[str(high["group"])] - spread[str(low["group"])]).dropna().to_numpy()
+            gap_low, gap_high = np.percentile(differences, [tail, 100 - tail]) if len(differences) else (gap, gap)
             limit = limits.get(metric, np.nan)
-            rows.append({"attribute": attribute, "metric": metric, "gap": gap, "lowest": low["group"],
-                         "lowest_value": float(low[metric]), "highest": high["group"],
-                         "highest_value": float(high[metric]), "limit": limit,
-                         "exceeded": bool(gap > limit) if not np.isnan(limit) else False})  # fmt: skip
-    columns = ["attribute", "metric", "gap", "lowest", "lowest_value", "highest", "highest_value", "limit", "exceeded"]
+            rows.append({"attribute": attribute, "metric": metric, "gap": gap, "gap_low": float(gap_low),
+                         "gap_high": float(gap_high), "lowest": low["group"], "lowest_value": float(low[metric]),
+                         "highest": high["group"], "highest_value": float(high[metric]), "limit": limit,
+                         "exceeded": bool(gap_low > limit) if not np.isnan(limit) else False})  # fmt: skip
+    columns = ["attribute", "metric", "gap", "gap_low", "gap_high", "lowest", "lowest_value", "highest",
+               "highest_value", "limit", "exceeded"]
     return pd.DataFrame(rows, columns=columns)
 
 

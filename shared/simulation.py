@@ -8,10 +8,19 @@ rates so data preparation can be tested against the truth it should recover.
 The model, per car and day (all numbers are the module constants below):
 
 * Cars: a Make, an Engine_Type (BEV/PHEV/HEV: cycle cost ×1.0/1.3/1.6) and a Region with a climate.
-  "Atlantic" is the mild reference (cost ×1.0 all year); "Nordic" is cold (×1.25 in summer, ×1.85 in
-  mid-January); "Desert" is hot with a smaller summer effect (×1.05 → ×1.20 in mid-July). The seasonal
-  shape is a cosine peaking mid-January (winter) or mid-July (summer). Purchase_Date precedes the car's
-  first simulated battery by 0–3 years; Model_Year is the purchase year or the one before.
+  "Atlantic" is the mild reference (cost ×1.0 all year); "Desert" is hot with a smaller summer effect
+  (×1.05 → ×1.20 in mid-July). The seasonal shape is a cosine peaking mid-January (winter) or mid-July
+  (summer). Purchase_Date precedes the car's first simulated battery by 0–3 years; Model_Year is the
+  purchase year or the one before.
+* The cold region ("Nordic", the fairness check's planted group): through summer and autumn its
+  batteries wear like a mild region's (×1.05, rising slowly to ×1.16 by mid-November). From the first
+  hard frost (15 November) to the thaw (15 March) the cars pre-heat battery and cabin before every
+  drive and keep the pack warm on cold-soaked nights: from one day to the next every minute of driving
+  costs 1.86 times as much (×2.16–2.20 of the mild reference). The frost is a step, not a slope: in
+  late October nothing in a Nordic battery's last weeks says its wear is about to double, so only a
+  model that knows the car's region (and the date) sees it coming. A region-blind model forecasts
+  those weeks like everyone else's and warns too late the Nordic owners whose batteries the frost will
+  take to rated life within 30 days (fairness.py).
 * Usage: minutes/day = a lognormal base per car (median 60) × a weekday profile (commuter: weekdays
   high; leisure: weekends high; steady) × a holiday effect (commuters drive less in the summer and
   Christmas holidays, leisure drivers more) × a per-car summer lift × a slow per-car drift × daily
@@ -141,6 +150,7 @@ class Climate:
     base: float  # cycle cost multiplier all year
     winter: float  # added at mid-January
     summer: float  # added at mid-July
+    frost: float = 0.0  # added from the first hard frost to the thaw (FROST_SEASON), a step, not a cosine
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,7 @@ CLIMATES = (
     Climate("Continental", 0.25, 1.05, 0.20, 0.03),
     Climate("Mediterranean", 0.17, 1.00, 0.00, 0.08),
     Climate(HOT_REGION, 0.10, 1.05, 0.00, 0.15),
-    Climate(COLD_REGION, 0.18, 1.25, 0.60, 0.00),
+    Climate(COLD_REGION, 0.18, 1.05, 0.15, 0.00, frost=1.00),
 )
 ENGINE_TYPES = (
     EngineType(REFERENCE_ENGINE, 1.0, 0.5),
@@ -195,6 +205,7 @@ UNIT_SPREAD = 0.05  # lognormal sigma of Wear_Factor between units of the same m
 COST_NOISE = 0.03  # lognormal sigma of the day-to-day cycle cost
 AGEING_AT_RATED_LIFE = 0.12
 REPLACEMENT_DELAY_DAYS = 45  # replaced 0..45 days after reaching rated cycles
+FROST_SEASON = (1115, 315)  # month * 100 + day: the cold region's pre-heating season, 15 November – 15 March
 
 MISSING_RUN_START = 0.01  # × mean run length 3 ≈ 3 % of days missing
 SINGLE_MISSING_DAY = 0.6  # share of missing runs that are one day; the rest last 2..10 days
@@ -387,7 +398,7 @@ def climate_factor(region: str, days: pd.DatetimeIndex) -> np.ndarray:
     if climate is None:
         raise InputError(f"region: unknown {region!r}; known: {', '.join(c.region for c in CLIMATES)}")
     winter = _winter_weight(days)
-    return climate.base + climate.winter * winter + climate.summer * (1.0 - winter)
+    return climate.base + climate.winter * winter + climate.summer * (1.0 - winter) + climate.frost * _frost(days)
 
 
 @dataclass(frozen=True)
@@ -816,6 +827,12 @@ def _is_holiday(days: pd.DatetimeIndex) -> np.ndarray:
     """Summer holidays (20 July – 15 August) and Christmas (24 December – 1 January)."""
     month_day = days.month * 100 + days.day
     return np.asarray(((month_day >= 720) & (month_day <= 815)) | (month_day >= 1224) | (month_day <= 101))
+
+
+def _frost(days: pd.DatetimeIndex) -> np.ndarray:
+    """1 from the first hard frost (15 November) to the thaw (15 March) inclusive, else 0."""
+    month_day = days.month * 100 + days.day
+    return np.asarray((month_day >= FROST_SEASON[0]) | (month_day <= FROST_SEASON[1]), dtype=np.float64)
 
 
 def _winter_weight(days: pd.DatetimeIndex) -> np.ndarray:

@@ -8,8 +8,10 @@ where runs go):
   gap over its limit;
 - in MLflow: parameters, the backtest metrics (the model's unprefixed, baselines as
   "<baseline>_<metric>"), the data-quality report, feature importance and fairness as JSON, the
-  figures (predicted vs true, forecast vs actual for a few batteries, reliability diagram), the model
-  directory's files and the same directory as an MLflow pyfunc model;
+  figures (predicted vs true, forecast vs actual for a few batteries, reliability diagram), for an
+  iterative model (the LSTM) its per-epoch train and validation loss as stepped metrics
+  (curve_train_loss, curve_validation_loss) and as training_results.png, the model directory's files
+  and the same directory as an MLflow pyfunc model;
 - the run id in metadata["mlflow_run_id"], so the registry's champion points at its run.
 """
 
@@ -31,6 +33,7 @@ from shared.backtest import METHODS
 from shared.explanation import feature_importance
 from shared.fairness import fairness_report
 from shared.forecasting import BatteryForecaster, load_model
+from shared.lstm import training_curves
 from shared.report import training_report
 from shared.tracking import PROJECT_ROOT, TrainingRun, start_training_run, tracking_uri
 
@@ -88,6 +91,9 @@ def track_training(
             run.log_metrics({f"fairness_{row.attribute}_{row.metric}_gap": row.gap
                              for row in fairness.gaps.itertuples()})  # fmt: skip
         _log_figures(run, model)
+        if "training_curves" in model.metadata:  # an iterative model: its loss per epoch, and the figure
+            title = f"{model.metadata.get('model_kind')} {model.version}"
+            run.log_training_curves(training_curves(model.metadata), title)
         run.log_model_dir(model_dir)
         _log_pyfunc_model(run, model_dir)
     return warnings

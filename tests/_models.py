@@ -58,6 +58,18 @@ def request_items(telemetry: pd.DataFrame) -> list[dict]:
     return histories_for_request(telemetry.sort_values([BATTERY_ID, DATE], kind="stable"))
 
 
+def batch_rows(batch: pd.DataFrame, battery_ids: list[str]) -> pd.DataFrame:
+    """The batch path's score rows for the batteries a request names, in request order, indexed by the
+    requested id. Preparation calls a battery replaced under the same id "<id>#2", "<id>#3"...; the
+    endpoint answers for the newest of these (the battery in the car now) under the id the car sends."""
+    ids = batch[BATTERY_ID].astype(str)
+    reported = ids.str.replace(r"#\d+$", "", regex=True)
+    life = pd.to_numeric(ids.str.extract(r"#(\d+)$")[0]).fillna(1)
+    newest = batch.assign(_reported=reported, _life=life).sort_values("_life", kind="stable")
+    newest = newest.drop_duplicates("_reported", keep="last").set_index("_reported")
+    return newest.drop(columns="_life").rename_axis(BATTERY_ID).loc[battery_ids]
+
+
 def comparable_batteries(telemetry: pd.DataFrame, as_of: str) -> pd.DataFrame:
     """The rows up to `as_of` of batteries the endpoint and the batch path must score identically.
 

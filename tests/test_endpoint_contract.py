@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import END, comparable_batteries, endpoint_items, fleet, request_items, trained_model
+from _models import END, batch_rows, comparable_batteries, endpoint_items, fleet, request_items, trained_model
 
 import shared.endpoint as endpoint
 from shared.endpoint import RequestError, RequestTooLarge, find_model_dir, score_request
@@ -56,7 +56,7 @@ def test_probabilities_equal_the_batch_paths_for_the_same_data_and_model(model) 
     online = score_request(model, request_items(rows))["predictions"]
 
     assert len(online) >= 10 and all(p["error"] is None for p in online)
-    expected = batch.set_index("Battery_ID").loc[[p["Battery_ID"] for p in online]]
+    expected = batch_rows(batch, [p["Battery_ID"] for p in online])
     np.testing.assert_allclose([p["failure_probability_30d"] for p in online], expected["failure_probability_30d"],
                                rtol=0, atol=1e-12)  # fmt: skip
     np.testing.assert_allclose([p["days_to_rated_life"] for p in online], expected["days_to_rated_life"],

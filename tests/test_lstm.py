@@ -1,6 +1,7 @@
-"""The LSTM contender: trains on the small fleet, round-trips through its model directory, is served by
-the endpoint (in process and under a real azmlinfsrv), competes under the registry's champion rule, and
-stays out of the default install (loading a LightGBM model never imports torch)."""
+"""The LSTM contender: trains on the small fleet (in process, and end to end through `python -m shared
+train --model lstm` with its report and MLflow run), round-trips through its model directory, is served
+by the endpoint (in process and under a real azmlinfsrv), competes under the registry's champion rule,
+and stays out of the default install (loading a LightGBM model never imports torch)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install -r requirements-lstm.txt")
 
 from _models import comparable_batteries, fleet, model_dir, request_items
 
+from shared.cli import main
 from shared.endpoint import score_request
 from shared.forecasting import load_model
 from shared.inference_server import PROJECT_ROOT, running_endpoint
-from shared.lstm import INPUT_DAYS, MODEL_KIND, TRAINING_CURVES_PNG, LstmForecaster, save_training_curves, train_lstm
+from shared.lstm import (
+    INPUT_DAYS,
+    MODEL_KIND,
+    TRAINING_CURVES_PNG,
+    WEIGHTS_FILE,
+    LstmForecaster,
+    save_training_curves,
+    train_lstm,
+)
 from shared.model_registry import DEFAULT_RULE, ModelRegistry, model_metrics
 from shared.preparation import prepare_telemetry
 from shared.risk import HORIZON_DAYS
@@ -51,6 +62,22 @@ def trained() -> tuple[LstmForecaster, Path]:
 @pytest.fixture(scope="module")
 def items() -> list[dict]:
     return request_items(comparable_batteries(fleet().telemetry, AS_OF))
+
+
+@pytest.fixture(scope="module")
+def cli_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MlflowClient]:
+    """`python -m shared train --model lstm` on the small fleet's CSVs (default settings), tracked in a
+    fresh SQLite store."""
+    root = tmp_path_factory.mktemp("lstm-cli")
+    fleet().telemetry.to_csv(root / "telemetry.csv", index=False, date_format="%Y-%m-%d")
+    fleet().cars.to_csv(root / "cars.csv", index=False)
+    uri = f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        code = main(["train", "--model", "lstm", "--data", str(root / "telemetry.csv"), "--cars",
+                     str(root / "cars.csv"), "--model-dir", str(root / "model")])  # fmt: skip
+    assert code == 0
+    return root / "model", MlflowClient(tracking_uri=uri)
 
 
 def teardown_module() -> None:
@@ -145,3 +172,31 @@ def test_loading_a_lightgbm_model_never_imports_torch() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cli_trains_an_lstm_end_to_end_into_a_model_dir_a_report_and_an_mlflow_run(cli_trained) -> None:
+    directory, client = cli_trained
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["model_kind"] == MODEL_KIND
+    assert (directory / WEIGHTS_FILE).is_file() and (directory / TRAINING_CURVES_PNG).is_file()
+    assert isinstance(load_model(directory), LstmForecaster)
+    report = (directory / "report.md").read_text()
+    assert "| metric | LSTM model | Seasonal naive | Recent mean |" in report
+    assert "the lstm model" in report.lower() and "LightGBM" not in report  # the verdict names it too
+    run = client.get_run(metadata["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model_kind"] == MODEL_KIND
+    assert run.data.metrics["nrmse"] == pytest.approx(metadata["backtest"]["metrics"]["model"]["nrmse"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {TRAINING_CURVES_PNG, "report.md", "fairness.json", "predicted_vs_true.png", "reliability.png"} <= artifacts
+    assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+
+
+def test_the_lstm_s_loss_per_epoch_is_logged_as_stepped_mlflow_metrics(cli_trained) -> None:
+    directory, client = cli_trained
+    metadata = json.loads((directory / "metadata.json").read_text())
+    curves = metadata["training_curves"]
+    for name in ("train_loss", "validation_loss"):
+        history = sorted(client.get_metric_history(metadata["mlflow_run_id"], f"curve_{name}"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, len(curves[name]) + 1))
+        assert [m.value for m in history] == pytest.approx(curves[name])
+    assert len(curves["validation_loss"]) == metadata["lstm_params"]["epochs_run"] >= 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from _models import comparable_batteries, fleet, model_dir, request_items
+from _models import batch_rows, comparable_batteries, fleet, model_dir, request_items
 
 from shared.azurite import free_port
 from shared.forecasting import load_model
@@ -87,7 +87,7 @@ def test_probabilities_over_http_equal_the_batch_paths(server: LocalEndpoint, it
     batch, _ = score_fleet(load_model(model_dir()), clean, AS_OF, threshold=0.8)
     online = ScoringClient(server.scoring_uri, chunk_size=7).score(items)
 
-    expected = batch.set_index("Battery_ID")["failure_probability_30d"][[item["Battery_ID"] for item in items]]
+    expected = batch_rows(batch, [item["Battery_ID"] for item in items])["failure_probability_30d"]
     assert len(online) == len(items) >= 10
     assert {p["Battery_ID"]: p["failure_probability_30d"] for p in online} == expected.to_dict()
 

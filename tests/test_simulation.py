@@ -9,12 +9,14 @@ import pytest
 from shared.compliance import COMPONENT_COLUMNS, TEMPLATE, read_components_csv
 from shared.simulation import (
     BATTERY_COLUMNS,
+    CLIMATES,
     COLD_REGION,
     CYCLES_PER_MINUTE,
     HOT_REGION,
     REFERENCE_BATTERY_MODEL,
     REFERENCE_ENGINE,
     REFERENCE_REGION,
+    climate_factor,
     simulate_fleet,
     write_fleet,
 )
@@ -218,6 +220,19 @@ def test_cold_region_wears_clearly_faster_in_winter_and_hot_region_a_little_in_s
     assert cost[COLD_REGION, "summer"] < 1.45 * cost[REFERENCE_REGION, "summer"]
     hot_summer = cost[HOT_REGION, "summer"] / cost[HOT_REGION, "winter"]
     assert 1.05 < hot_summer < cost[COLD_REGION, "winter"] / cost[COLD_REGION, "summer"]
+
+
+def test_the_cold_region_s_wear_steps_up_at_the_first_frost_and_no_other_region_s_does():
+    before = pd.date_range("2015-11-01", "2015-11-14")
+    after = pd.date_range("2015-11-15", "2015-11-28")
+    for climate in CLIMATES:
+        step = climate_factor(climate.region, after).mean() / climate_factor(climate.region, before).mean()
+        if climate.region == COLD_REGION:
+            assert step > 1.8
+        else:
+            assert step == pytest.approx(1.0, abs=0.02)  # the smooth seasonal cosine only
+    # Before the frost the cold region is as mild as a temperate one: nothing in its history gives it away.
+    assert climate_factor(COLD_REGION, before).mean() < climate_factor("Continental", before).mean()
 
 
 def test_at_every_date_a_few_percent_of_batteries_are_within_30_days_of_rated_life(fleet):
