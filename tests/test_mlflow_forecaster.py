@@ -20,7 +20,7 @@ from _mlflow_model import (
     save_stand_in,
     wrapped_model_dir,
 )
-from _models import comparable_batteries, fleet, request_items
+from _models import batch_rows, comparable_batteries, fleet, request_items
 
 from shared.backtest import recent_mean_forecast
 from shared.explanation import battery_reasons
@@ -197,8 +197,8 @@ def test_score_py_serves_the_wrapped_model_with_the_batch_paths_probabilities(se
 
     online = ScoringClient(server.scoring_uri, chunk_size=7).score(items)
 
-    expected = batch.set_index(BATTERY_ID)["failure_probability_30d"][[item["Battery_ID"] for item in items]]
+    rows = batch_rows(batch, [item["Battery_ID"] for item in items])
     assert len(online) == len(items) >= 10
-    assert {p["Battery_ID"]: p["failure_probability_30d"] for p in online} == expected.to_dict()
-    first = forecast[forecast[BATTERY_ID] == items[0]["Battery_ID"]]["Daily_Cycles_Used"].tolist()
+    assert {p["Battery_ID"]: p["failure_probability_30d"] for p in online} == rows["failure_probability_30d"].to_dict()
+    first = forecast[forecast[BATTERY_ID] == rows[BATTERY_ID].iloc[0]]["Daily_Cycles_Used"].tolist()
     assert online[0]["forecast_daily_cycles"] == pytest.approx(first) and online[0]["error"] is None
