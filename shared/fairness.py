@@ -113,6 +113,8 @@ def fairness_report(
         raise InputError(f"fairness limits: unknown metric(s) {', '.join(unknown_metrics)}; "
                          f"known: {', '.join(METRICS)}")
     scored = evaluation[evaluation["scored"].to_numpy(bool)]
+    if scored.empty:
+        raise InputError("fairness: the backtest scored no battery outcome, so there are no groups to compare")
     joined = scored.merge(car_groups(cars), on=CAR_ID, how="left", validate="many_to_one")
     orphans = joined["Region"].isna()
     if orphans.any():

@@ -69,10 +69,14 @@ def track_training(
                                                         strict=True))  # fmt: skip
     backtest = getattr(model, "backtest", None)
     fairness = None
+    warnings = []
     if cars is not None and backtest is not None and backtest.evaluation is not None:
-        fairness = fairness_report(backtest.evaluation, cars, fairness_limits)
-        model.metadata["fairness"] = {**fairness.to_dict(), "warnings": fairness.warnings()}
-    warnings = fairness.warnings() if fairness is not None else []
+        if backtest.evaluation["scored"].any():
+            fairness = fairness_report(backtest.evaluation, cars, fairness_limits)
+            warnings = fairness.warnings()
+            model.metadata["fairness"] = {**fairness.to_dict(), "warnings": warnings}
+        else:  # a fleet too small or too short for the backtest to score anyone: say so, train anyway
+            warnings = ["fairness: not judged, the backtest scored no battery outcome"]
     for warning in warnings:
         log.warning(warning)
 

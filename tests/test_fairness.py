@@ -102,6 +102,9 @@ def test_unscored_outcomes_are_left_out_and_unknown_cars_are_an_error():
         fairness_report(outcomes(0.0)[0], cars[cars["Region"] != "Desert"])
     with pytest.raises(InputError, match="unknown metric"):
         fairness_report(*outcomes(0.0), limits={"accuracy": 0.1})
+    evaluation["scored"] = False
+    with pytest.raises(InputError, match="scored no battery outcome"):
+        fairness_report(evaluation, cars)
 
 
 def test_model_year_bands():
