@@ -112,12 +112,12 @@ def run_backtest(
                    "recent_mean": recent_mean_forecast}
     say(f"backtest: calibrating on {len(calibration_origins)} origins, "
         f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}")
-    held_out = _outcomes(history, calibration_origins, forecasters, window_days)
-    evaluated = _outcomes(history, evaluation_origins, forecasters, window_days)
+    held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
+    evaluated = origin_outcomes(history, evaluation_origins, forecasters, window_days)
 
     metrics, reliability, probabilities = {}, {}, {}
     for method in METHODS:
-        calibration = _calibrate(held_out, method)
+        calibration = calibration_from_outcomes(held_out, method)
         probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
                                    daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
             "failure_probability_30d"].to_numpy()
@@ -149,8 +149,8 @@ def run_backtest(
         "probability": probabilities["model"],
         "alert": probabilities["model"] >= threshold,
     })
-    return BacktestResult(summary=summary, final_calibration=_calibrate(pooled, "model"), evaluation=evaluation,
-                          forecast=evaluated.forecast["model"], actual=evaluated.actual)
+    return BacktestResult(summary=summary, final_calibration=calibration_from_outcomes(pooled, "model"),
+                          evaluation=evaluation, forecast=evaluated.forecast["model"], actual=evaluated.actual)
 
 
 def forecast_metrics(actual: np.ndarray, forecast: np.ndarray) -> dict:
@@ -233,7 +233,7 @@ def backtest_markdown(summary: dict) -> str:
 
 
 @dataclass(frozen=True)
-class _Outcomes:
+class OriginOutcomes:
     """Forecasts of every method and what actually happened, one row per (battery, origin)."""
 
     forecast: dict[str, np.ndarray]  # method -> (m, 30)
@@ -263,9 +263,11 @@ class _Outcomes:
         }
 
 
-def _outcomes(
+def origin_outcomes(
     history: FleetHistory, origins: np.ndarray, forecasters: dict[str, Callable], window_days: int
-) -> _Outcomes:
+) -> OriginOutcomes:
+    """Each method's 30-day forecast from every battery reporting on each origin day, and what happened;
+    shared with model kinds that are calibrated on origins of their own (mlflow_forecaster)."""
     parts = []
     reported = history.reported()
     for origin in origins:
@@ -274,7 +276,7 @@ def _outcomes(
         future = slice(origin + 1, origin + 1 + HORIZON_DAYS)
         future_lifetime = history.lifetime_cycles[rows, future]
         reached = (future_lifetime >= windows.rated_cycles[:, None]).any(axis=1)  # NaN (unreported) compares False
-        parts.append(_Outcomes(
+        parts.append(OriginOutcomes(
             forecast={name: forecast(windows) for name, forecast in forecasters.items()},
             actual=history.daily_cycles[rows, future],
             lifetime=windows.lifetime_cycles,
@@ -290,8 +292,8 @@ def _outcomes(
     return _concatenate(*parts)
 
 
-def _concatenate(*parts: _Outcomes) -> _Outcomes:
-    return _Outcomes(
+def _concatenate(*parts: OriginOutcomes) -> OriginOutcomes:
+    return OriginOutcomes(
         forecast={m: np.concatenate([p.forecast[m] for p in parts]) for m in parts[0].forecast},
         **{name: np.concatenate([getattr(p, name) for p in parts])
            for name in ("actual", "lifetime", "rated", "daily_std", "known_days", "label", "labelled",
@@ -299,7 +301,7 @@ def _concatenate(*parts: _Outcomes) -> _Outcomes:
     )
 
 
-def _calibrate(outcomes: _Outcomes, method: str) -> RiskCalibration:
+def calibration_from_outcomes(outcomes: OriginOutcomes, method: str) -> RiskCalibration:
     """Risk calibration from the origins whose 30 actual days are all known."""
     complete = ~np.isnan(outcomes.actual).any(axis=1)
     return calibrate(outcomes.actual[complete].sum(axis=1), outcomes.forecast[method][complete],

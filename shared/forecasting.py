@@ -129,7 +129,7 @@ class BatteryForecaster:
         metadata = {**self.metadata, "level_prior": self.level_prior, "weekday_shrinkage": self.weekday_shrinkage}
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
-        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
+        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
 
     def _features(self, windows: BatteryWindows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One feature row per battery, its level (what the ratio multiplies) and its (n, 30) day shape."""
@@ -250,10 +250,10 @@ def fit_forecaster(
     `cars` is a table from `encode_cars`, or None to train without car attributes.
     """
     rng = np.random.default_rng(seed)
-    battery, origin = _sample_origins(history, last_target_day, max_training_rows, rng)
+    battery, origin = sample_origins(history, last_target_day, max_training_rows, rng)
     if len(battery) == 0:
         raise InputError(f"not enough history to train: no battery has {HORIZON_DAYS + 1} reported days in a row")
-    windows = _hide_some_days(history.windows_at(origin, battery), rng)
+    windows = hide_some_days(history.windows_at(origin, battery), rng)
     actual = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, HORIZON_DAYS + 1)]
     model = BatteryForecaster(booster=None, level_prior=_level_prior(history, last_target_day),
                               weekday_shrinkage=fit_weekday_shrinkage(windows.daily_cycles, actual), cars=cars)
@@ -315,9 +315,9 @@ def _weekday_factors(daily_cycles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     `back` is the weekday `back` days before the as-of day."""
     width = daily_cycles.shape[1]
     by_weekday = [daily_cycles[:, width - 1 - back :: -7] for back in range(7)]
-    means = np.column_stack([_known_mean(days) for days in by_weekday])
+    means = np.column_stack([known_mean(days) for days in by_weekday])
     count = np.column_stack([np.sum(~np.isnan(days), axis=1) for days in by_weekday])
-    overall = _known_mean(means)
+    overall = known_mean(means)
     factor = means / np.where(overall > 0, overall, np.nan)[:, None]
     return np.where(np.isnan(factor), 1.0, factor), count
 
@@ -340,7 +340,7 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
     """Per-battery features from the window arrays, and the level every ratio is taken against."""
     cycles, minutes = windows.daily_cycles, windows.trip_minutes
     level_28 = _tail_mean(cycles, LEVEL_DAYS)
-    level_91 = _known_mean(cycles)
+    level_91 = known_mean(cycles)
     level = np.where(np.isnan(level_28), level_91, level_28)
     # Unknown level: the fleet prior. The floor keeps ratios finite for a battery barely used lately.
     level = np.maximum(np.where(np.isnan(level), level_prior, level), 0.05 * level_prior)
@@ -358,7 +358,7 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
         "trips_28": _tail_mean(windows.trips, LEVEL_DAYS),
         "cycles_per_minute": cycles_total / np.where(minutes_total > 0, minutes_total, np.nan),
         "std_28_ratio": _known_std(recent) / level,
-        "zero_share_28": _known_mean(np.where(np.isnan(recent), np.nan, recent == 0)),
+        "zero_share_28": known_mean(np.where(np.isnan(recent), np.nan, recent == 0)),
         "last_day_ratio": cycles[:, -1] / level,
         "known_days": known.sum(axis=1).astype(np.float64),
         "days_since_report": newest_known,
@@ -383,7 +383,7 @@ def _calendar_features(as_of: np.ndarray, shape: np.ndarray) -> dict[str, np.nda
     }
 
 
-def _known_mean(values: np.ndarray) -> np.ndarray:
+def known_mean(values: np.ndarray) -> np.ndarray:
     """Row means of the known (non-NaN) values, NaN for a row with none; unlike np.nanmean, warning-free."""
     known = ~np.isnan(values)
     count = known.sum(axis=1)
@@ -392,17 +392,17 @@ def _known_mean(values: np.ndarray) -> np.ndarray:
 
 def _tail_mean(values: np.ndarray, days: int) -> np.ndarray:
     """Mean of the known values among the last `days` columns."""
-    return _known_mean(values[:, -days:])
+    return known_mean(values[:, -days:])
 
 
 def _known_std(values: np.ndarray) -> np.ndarray:
-    mean = _known_mean(values)
+    mean = known_mean(values)
     count = np.sum(~np.isnan(values), axis=1)
     squares = np.nansum((values - mean[:, None]) ** 2, axis=1)
     return np.where(count >= 2, np.sqrt(squares / np.maximum(count - 1, 1)), np.nan)
 
 
-def _sample_origins(
+def sample_origins(
     history: FleetHistory, last_target_day: int, max_rows: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """(battery, origin day) pairs with the origin and its 30 following days all reported, sampled."""
@@ -418,7 +418,7 @@ def _sample_origins(
     return battery, origin
 
 
-def _hide_some_days(windows: BatteryWindows, rng: np.random.Generator) -> BatteryWindows:
+def hide_some_days(windows: BatteryWindows, rng: np.random.Generator) -> BatteryWindows:
     """Make some training windows look like short histories or like cars that went silent for a while.
 
     Works in place: the windows were just sliced out of the history as copies.
@@ -438,7 +438,7 @@ def _hide_some_days(windows: BatteryWindows, rng: np.random.Generator) -> Batter
 def _level_prior(history: FleetHistory, last_target_day: int) -> float:
     """The fleet's median 28-day level: what a battery with no known days is assumed to use."""
     recent = history.daily_cycles[:, max(0, last_target_day - LEVEL_DAYS + 1) : last_target_day + 1]
-    levels = _known_mean(recent)
+    levels = known_mean(recent)
     levels = levels[~np.isnan(levels)]
     return float(np.median(levels)) if len(levels) else float(np.nanmean(history.daily_cycles))
 
@@ -463,7 +463,8 @@ def car_category_names(cars: pd.DataFrame) -> dict[str, list[str]]:
     return {name: sorted(str(v) for v in cars[name].astype("string").dropna().unique()) for name in CAR_CATEGORIES}
 
 
-def _json_default(value):
+def json_default(value: object) -> object:
+    """`json.dumps(default=...)` for numpy scalars and arrays in a model's metadata (every model kind)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -38,9 +38,9 @@ from shared.backtest import BacktestResult, run_backtest
 from shared.forecasting import (
     LEVEL_DAYS,
     METADATA_FILE,
-    _hide_some_days,
-    _json_default,
-    _sample_origins,
+    hide_some_days,
+    json_default,
+    sample_origins,
     training_record,
 )
 from shared.risk import HORIZON_DAYS, RiskCalibration
@@ -116,7 +116,7 @@ class LstmForecaster:
                     "level_prior": self.level_prior, "minutes_prior": self.minutes_prior}
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
-        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
+        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
 
 
 def load_lstm(model_dir: str | Path, metadata: dict) -> LstmForecaster:
@@ -216,11 +216,11 @@ def fit_lstm(
     torch = _torch()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    battery, origin = _sample_origins(history, last_target_day, max_training_rows, rng)
+    battery, origin = sample_origins(history, last_target_day, max_training_rows, rng)
     if len(battery) < 10:
         raise InputError(f"not enough history to train the LSTM: {len(battery)} windows with "
                          f"{HORIZON_DAYS + 1} reported days in a row (need 10)")  # fmt: skip
-    windows = _hide_some_days(history.windows_at(origin, battery, INPUT_DAYS), rng)
+    windows = hide_some_days(history.windows_at(origin, battery, INPUT_DAYS), rng)
     actual = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, HORIZON_DAYS + 1)]
     level_prior = _fleet_level(history.daily_cycles[:, : last_target_day + 1])
     minutes_prior = _fleet_level(history.trip_minutes[:, : last_target_day + 1])

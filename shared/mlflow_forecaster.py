@@ -41,13 +41,13 @@ import pandas as pd
 from shared.backtest import (
     METHODS,
     ORIGIN_STRIDE,
-    _calibrate,
-    _outcomes,
+    calibration_from_outcomes,
     forecast_metrics,
+    origin_outcomes,
     recent_mean_forecast,
     seasonal_naive_forecast,
 )
-from shared.forecasting import METADATA_FILE, _json_default, _known_mean, training_record
+from shared.forecasting import METADATA_FILE, json_default, known_mean, training_record
 from shared.risk import HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
 from shared.telemetry import (
     AGE_DAYS,
@@ -125,7 +125,7 @@ class MlflowForecaster:
                     "window_days": self.window_days, "input_types": self.input_types}
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
-        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
+        (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
 
 
 def load_mlflow_forecaster(model_dir: str | Path, metadata: dict | None = None) -> MlflowForecaster:
@@ -236,7 +236,7 @@ def calibrate_after_training(
     origins = np.arange(first, last + 1, ORIGIN_STRIDE)
     forecasters = {"model": model.forecast, "seasonal_naive": seasonal_naive_forecast,
                    "recent_mean": recent_mean_forecast}
-    outcomes = _outcomes(history, origins, forecasters, WINDOW_DAYS)
+    outcomes = origin_outcomes(history, origins, forecasters, WINDOW_DAYS)
     summary = {
         "trained_until": str(trained_until),
         "calibration_origins": [str(history.first_day + int(day)) for day in origins],
@@ -244,7 +244,7 @@ def calibrate_after_training(
         "counts": outcomes.counts(),
         "metrics": {method: forecast_metrics(outcomes.actual, outcomes.forecast[method]) for method in METHODS},
     }
-    return _calibrate(outcomes, "model"), summary
+    return calibration_from_outcomes(outcomes, "model"), summary
 
 
 def wrap_mlflow_model(
@@ -279,7 +279,7 @@ def wrap_mlflow_model(
 
 def _recent_mean(values: np.ndarray) -> np.ndarray:
     """Mean of each battery's known values over its window (the last WINDOW_DAYS days), 0 if none is known."""
-    return np.nan_to_num(_known_mean(values))
+    return np.nan_to_num(known_mean(values))
 
 
 def _folder_digest(folder: Path) -> str:
