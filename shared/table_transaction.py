@@ -11,9 +11,9 @@ whichever credential the client has, its retry policy and logging), by way of th
 azure-data-tables version is pinned in requirements.txt, and tests/test_table_transaction.py runs this
 against Azurite, so an upgrade that moves it fails there first.
 
-Only what the battery state needs: create (fails if the entity exists) and replace-if-unchanged (fails
-if the entity's ETag is not the one given), of entities whose values are strings, 32-bit integers or
-floats.
+Only what the battery state and the alert store need: create (fails if the entity exists), and replace-
+or merge-if-unchanged (fails if the entity's ETag is not the one given; a merge keeps the properties it
+does not name), of entities whose values are strings, 32-bit integers or floats.
 The transaction is all or nothing; when an operation fails, `TransactionFailed` carries the service's
 error code ("UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound", ...) and the
 position of the operation that failed.
@@ -41,10 +41,16 @@ _BOUNDARY_LINE = re.compile(r"^--\S+$", re.MULTILINE)
 
 @dataclass(frozen=True)
 class EntityWrite:
-    """Create `entity` (`etag` None: fails if it exists) or replace it (fails unless its ETag is `etag`)."""
+    """Create `entity` (`etag` None: fails if it exists) or replace it (fails unless its ETag is `etag`);
+    with `merge`, update only the properties `entity` names (an ETag is then required)."""
 
     entity: Mapping[str, Any]
     etag: str | None
+    merge: bool = False
+
+    def __post_init__(self) -> None:
+        if self.merge and self.etag is None:
+            raise ValueError("a merge updates an existing entity: give the ETag it must still have")
 
 
 class TransactionFailed(RuntimeError):
@@ -118,7 +124,7 @@ def _operation(table_url: str, write: EntityWrite, index: int) -> str:
         request_head = f"POST {table_url} HTTP/1.1\r\nPrefer: return-no-content\r\n"
     else:
         keys = f"PartitionKey='{_key(write.entity['PartitionKey'])}',RowKey='{_key(write.entity['RowKey'])}'"
-        request_head = f"PUT {table_url}({keys}) HTTP/1.1\r\nIf-Match: {write.etag}\r\n"
+        request_head = f"{'MERGE' if write.merge else 'PUT'} {table_url}({keys}) HTTP/1.1\r\nIf-Match: {write.etag}\r\n"
     return (
         f"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: {index}\r\n\r\n"
         f"{request_head}Content-Type: application/json\r\nAccept: application/json;odata=minimalmetadata\r\n"
