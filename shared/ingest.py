@@ -117,10 +117,9 @@ def merge_and_score(services: Services, good: pd.DataFrame) -> list[ScoredChunk]
             return unavailable[0]
         try:
             return score_items(services, items)
-        except ScoringUnavailable as error:
-            unavailable.append(error)
-            return error
         except ScoringError as error:
+            if isinstance(error, ScoringUnavailable):
+                unavailable.append(error)
             return error
 
     sent: list[tuple[list[dict], Future]] = []
