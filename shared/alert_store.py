@@ -11,6 +11,10 @@ claim: creating the alert row fails if it exists, and taking over an unfinished 
 guarded by its ETag, so exactly one caller holds the claim. A claim is a lease: if its holder dies
 mid-delivery, the row is claimable again once the lease ends, so the queue's retry can finish the job.
 Timestamps are `iso_utc` strings, which sort as text.
+
+Both rows of a car are in its partition, so a delivery's two last writes — the outcome on the alert row
+and the latest row — go as one entity-group transaction (`record_delivered`), each guarded by the ETag
+its writer last saw: one round trip instead of three, and never one row without the other.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, TableErrorCode, TableServiceClient, UpdateMode
 
 from shared.alerts import iso_utc
+from shared.table_transaction import EntityWrite, TransactionFailed, submit_writes
 from shared.telemetry import InputError
 
 ALERTS_TABLE = "alerts"
@@ -41,6 +46,16 @@ OUTCOME_STATES = frozenset({DELIVERED, REJECTED, FAILED})
 
 DEFAULT_LEASE = timedelta(seconds=60)
 
+# What a transaction fails with when a row is not the version its writer saw: changed (412), created (409)
+# or deleted (404) since.
+_CHANGED_SINCE = {
+    code.value
+    for code in (
+        TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
+        TableErrorCode.ENTITY_ALREADY_EXISTS,
+        TableErrorCode.RESOURCE_NOT_FOUND,
+    )
+}
 _ALERT_ROW = "alert"
 _LATEST_ROW = "latest"
 _FORBIDDEN_KEY_CHARACTERS = set("/\\#?") | {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
@@ -48,6 +63,15 @@ _FORBIDDEN_KEY_CHARACTERS = set("/\\#?") | {chr(c) for c in [*range(0x20), *rang
 
 class ClaimLostError(RuntimeError):
     """Another delivery took over this alert's claim (our lease ran out) before we recorded the outcome."""
+
+
+@dataclass(frozen=True)
+class LatestDelivered:
+    """A car's latest row of one alert type as read: what `latest_delivered` returns (None: no row yet),
+    and the row's ETag, which `record_delivered` writes against."""
+
+    alert: dict[str, str] | None
+    etag: str | None
 
 
 @dataclass(frozen=True)
@@ -140,22 +164,39 @@ def record_outcome(
     Guarded by the claim's ETag: if another caller took the row over meanwhile, raise `ClaimLostError`
     rather than overwrite their state (the queue then retries, and sees the row as they left it).
     """
-    if state not in OUTCOME_STATES:
-        raise ValueError(f"outcome must be one of {sorted(OUTCOME_STATES)}, got {state!r}")
-    if not claim.claimed:
-        raise ValueError(f"alert {claim.alert_id} was not claimed (state {claim.state}); nothing to record")
-    update = {
-        "PartitionKey": claim.car_id, "RowKey": claim.alert_id, "State": state, "UpdatedAt": iso_utc(now),
-        "ClaimedUntil": "", "LastError": error or "",
-    }  # fmt: skip
-    if state == DELIVERED:
-        update["DeliveredAt"] = iso_utc(now)
+    update = _outcome_update(claim, state, now, error)
     try:
         table.update_entity(update, mode=UpdateMode.MERGE, etag=claim.etag,
                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
     except ResourceModifiedError:
-        raise ClaimLostError(f"alert {claim.alert_id} for car {claim.car_id} was claimed by another "
-                             f"delivery before its {state} outcome was recorded") from None  # fmt: skip
+        raise _claim_lost(claim, state) from None
+
+
+def record_delivered(
+    table: TableClient, claim: Claim, alert: Mapping[str, Any], now: datetime, seen: LatestDelivered
+) -> None:
+    """`record_outcome(DELIVERED)` and `record_latest_delivered` in one transaction, when it can be.
+
+    `seen` is the latest row as read before the delivery (`read_latest`). The outcome is guarded by the
+    claim's ETag and the latest row by `seen`'s (created if `seen` found none), so the transaction lands
+    only if neither row changed since; a later delivery already in `seen` is left as the latest. If the
+    latest row changed since (another delivery for the car), the two are written as separate steps,
+    whose read-compare-write settles it. Raises `ClaimLostError` as `record_outcome` does.
+    """
+    outcome = EntityWrite(_outcome_update(claim, DELIVERED, now), claim.etag, merge=True)
+    latest = _latest_entity(alert, now)
+    if seen.alert is not None and seen.alert["delivered_at"] > latest["DeliveredAt"]:
+        record_outcome(table, claim, DELIVERED, now)
+        return
+    try:
+        submit_writes(table, [outcome, EntityWrite(latest, seen.etag)])
+    except TransactionFailed as error:
+        if error.code not in _CHANGED_SINCE or error.index is None:
+            raise
+        if error.index == 0:
+            raise _claim_lost(claim, DELIVERED) from None
+        record_outcome(table, claim, DELIVERED, now)
+        record_latest_delivered(table, alert, now)
 
 
 def record_given_up(table: TableClient, alert: Mapping[str, Any], reason: str, now: datetime) -> bool:
@@ -188,12 +229,8 @@ def record_latest_delivered(table: TableClient, alert: Mapping[str, Any], delive
 
     Read-compare-write under the row's ETag, repeated if another delivery for the same car wrote between.
     """
-    car_id = _key(alert["car_id"], "car_id")
-    entity = {
-        "PartitionKey": car_id, "RowKey": _latest_key(alert["type"]), "Kind": _LATEST_ROW,
-        "AlertId": alert["alert_id"], "BatteryId": alert["battery_id"], "Type": alert["type"],
-        "Severity": alert["severity"], "CreatedAt": alert["created_at"], "DeliveredAt": iso_utc(delivered_at),
-    }  # fmt: skip
+    entity = _latest_entity(alert, delivered_at)
+    car_id = entity["PartitionKey"]
     while True:
         try:
             current = table.get_entity(car_id, entity["RowKey"])
@@ -216,15 +253,21 @@ def record_latest_delivered(table: TableClient, alert: Mapping[str, Any], delive
 def latest_delivered(table: TableClient, car_id: str, alert_type: str) -> dict[str, str] | None:
     """The last alert of `alert_type` the car got (alert_id, car_id, battery_id, type, severity,
     created_at, delivered_at), or None: the `previous` of `should_deliver`. One point read."""
+    return read_latest(table, car_id, alert_type).alert
+
+
+def read_latest(table: TableClient, car_id: str, alert_type: str) -> LatestDelivered:
+    """`latest_delivered` with the row's ETag, for `record_delivered`. One point read."""
     try:
         row = table.get_entity(_key(car_id, "car_id"), _latest_key(alert_type))
     except ResourceNotFoundError:
-        return None
-    return {
+        return LatestDelivered(None, None)
+    alert = {
         "alert_id": row["AlertId"], "car_id": row["PartitionKey"], "battery_id": row["BatteryId"],
         "type": row["Type"], "severity": row["Severity"], "created_at": row["CreatedAt"],
         "delivered_at": row["DeliveredAt"],
     }  # fmt: skip
+    return LatestDelivered(alert, row.metadata["etag"])
 
 
 def get_alert(table: TableClient, car_id: str, alert_id: str) -> dict[str, Any] | None:
@@ -252,6 +295,35 @@ def _alert_entity(alert: Mapping[str, Any], state: str, now: datetime) -> dict[s
         "Severity": alert["severity"], "CreatedAt": alert["created_at"],
         "Alert": json.dumps(alert, sort_keys=True, separators=(",", ":")),
         "State": state, "UpdatedAt": iso_utc(now),
+    }  # fmt: skip
+
+
+def _outcome_update(claim: Claim, state: str, now: datetime, error: str | None = None) -> dict[str, Any]:
+    """The properties an outcome merges into a claimed alert row."""
+    if state not in OUTCOME_STATES:
+        raise ValueError(f"outcome must be one of {sorted(OUTCOME_STATES)}, got {state!r}")
+    if not claim.claimed:
+        raise ValueError(f"alert {claim.alert_id} was not claimed (state {claim.state}); nothing to record")
+    update = {
+        "PartitionKey": claim.car_id, "RowKey": claim.alert_id, "State": state, "UpdatedAt": iso_utc(now),
+        "ClaimedUntil": "", "LastError": error or "",
+    }  # fmt: skip
+    if state == DELIVERED:
+        update["DeliveredAt"] = iso_utc(now)
+    return update
+
+
+def _claim_lost(claim: Claim, state: str) -> ClaimLostError:
+    return ClaimLostError(f"alert {claim.alert_id} for car {claim.car_id} was claimed by another "
+                          f"delivery before its {state} outcome was recorded")  # fmt: skip
+
+
+def _latest_entity(alert: Mapping[str, Any], delivered_at: datetime) -> dict[str, Any]:
+    """The car's latest row of the alert's type, naming `alert` as delivered at `delivered_at`."""
+    return {
+        "PartitionKey": _key(alert["car_id"], "car_id"), "RowKey": _latest_key(alert["type"]), "Kind": _LATEST_ROW,
+        "AlertId": alert["alert_id"], "BatteryId": alert["battery_id"], "Type": alert["type"],
+        "Severity": alert["severity"], "CreatedAt": alert["created_at"], "DeliveredAt": iso_utc(delivered_at),
     }  # fmt: skip
 
 

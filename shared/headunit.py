@@ -150,8 +150,8 @@ def push_alert(
     outcome recorded. Everything else ends in a recorded state and a return.
     """
     validate_alert(alert)
-    previous = alert_store.latest_delivered(table, alert["car_id"], alert["type"])
-    deliver, reason = should_deliver(alert, previous, cooldown_days, now)
+    latest = alert_store.read_latest(table, alert["car_id"], alert["type"])
+    deliver, reason = should_deliver(alert, latest.alert, cooldown_days, now)
     if not deliver and reason == DUPLICATE:
         return PushOutcome(alert["alert_id"], alert["car_id"], DUPLICATE, reason)
     if not deliver:
@@ -171,8 +171,7 @@ def push_alert(
     if not result.delivered:
         alert_store.record_outcome(table, claim, alert_store.REJECTED, now, error=result.error)
         return PushOutcome(claim.alert_id, claim.car_id, alert_store.REJECTED, result.error or "")
-    alert_store.record_outcome(table, claim, alert_store.DELIVERED, now)
-    alert_store.record_latest_delivered(table, alert, now)
+    alert_store.record_delivered(table, claim, alert, now, latest)
     return PushOutcome(claim.alert_id, claim.car_id, alert_store.DELIVERED, reason)
 
 

@@ -14,6 +14,12 @@ the retry policy runs it again later; on the policy's last attempt (`final_attem
 is parked in Blob instead, with its reason, because after that the host checkpoints past the batch.
 A request the endpoint refuses outright (`ScoringRejected`) is parked at once: running the same batch
 again would be refused the same way, while a fixed or redeployed endpoint can score it later.
+
+Overlap. The batteries of a batch are merged and scored in chunks of at most the scoring client's
+`chunk_size` (one request each): while the endpoint, in its own process, scores one chunk, this process
+merges the next chunk's state and builds its request, since waiting on the HTTP response releases the
+GIL. Once a chunk finds the endpoint unavailable, the later chunks are merged but not sent (they would
+only wait out the same retries), and their items share that chunk's fate: raised, or parked together.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -68,18 +77,75 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
                                "dead_lettered": len(bad)}  # fmt: skip
     if good.empty:
         return AlertBatch([], summary | {"batteries": 0, "alerts": 0})
-    state_table = services.tables.get_table_client(STATE_TABLE)
-    windows = update_states(state_table, good, STATE_WINDOW_DAYS, cache=services.state_cache)
-    items = histories_for_request(windows)
-    summary["batteries"] = len(items)
-    try:
-        scores = score_items(services, items)
-    except ScoringError as error:
+    chunks = merge_and_score(services, good)
+    summary["batteries"] = sum(len(chunk.items) for chunk in chunks)
+    unscored = [item for chunk in chunks if chunk.error is not None for item in chunk.items]
+    if unscored:
+        error = next(chunk.error for chunk in chunks if chunk.error is not None)
         if isinstance(error, ScoringUnavailable) and not final_attempt:
-            raise
-        return AlertBatch([], summary | {"alerts": 0, "parked": park_request(services, batch, items, error, now)})
-    alerts, errors = alerts_from_scored(services, batch, items, scores, now)
+            raise error
+        summary["parked"] = park_request(services, batch, unscored, error, now)
+    alerts, errors = [], 0
+    for chunk in chunks:
+        if chunk.error is None:
+            chunk_alerts, chunk_errors = alerts_from_scored(services, batch, chunk.items, chunk.scores, now)
+            alerts, errors = alerts + chunk_alerts, errors + chunk_errors
     return AlertBatch(alerts, summary | {"alerts": len(alerts), "scoring_errors": errors})
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """One scoring request of a batch: its items, and their scores (`score_items`) or why it has none."""
+
+    items: list[dict]
+    scores: pd.DataFrame | None
+    error: ScoringError | None
+
+
+def merge_and_score(services: Services, good: pd.DataFrame) -> list[ScoredChunk]:
+    """Merge the good records into their batteries' state and score the merged windows, chunk by chunk,
+    the endpoint scoring one chunk while the next is merged (see "Overlap" above).
+
+    Scoring errors are returned per chunk (a chunk not sent because an earlier one found the endpoint
+    unavailable carries that error too); anything else raises, once the request in flight has ended.
+    """
+    state_table = services.tables.get_table_client(STATE_TABLE)
+    unavailable: list[ScoringUnavailable] = []  # the scorer has one thread: chunks are scored in order
+
+    def score(items: list[dict]) -> pd.DataFrame | ScoringError:
+        if unavailable:
+            return unavailable[0]
+        try:
+            return score_items(services, items)
+        except ScoringError as error:
+            if isinstance(error, ScoringUnavailable):
+                unavailable.append(error)
+            return error
+
+    sent: list[tuple[list[dict], Future]] = []
+    scorer = ThreadPoolExecutor(1, thread_name_prefix="score-chunk")
+    try:
+        for records in _battery_chunks(good, services.scoring.chunk_size):
+            windows = update_states(state_table, records, STATE_WINDOW_DAYS, cache=services.state_cache)
+            items = histories_for_request(windows)
+            sent.append((items, scorer.submit(score, items)))
+        results = [(items, future.result()) for items, future in sent]
+    finally:
+        scorer.shutdown(cancel_futures=True)  # after an error: the request in flight ends, the rest never start
+    return [
+        ScoredChunk(items, None, result) if isinstance(result, ScoringError) else ScoredChunk(items, result, None)
+        for items, result in results
+    ]
+
+
+def _battery_chunks(records: pd.DataFrame, most: int) -> Iterator[pd.DataFrame]:
+    """The records split by battery into the fewest chunks of at most `most` batteries, of even sizes
+    (500 batteries in chunks of at most 250 are 2 × 250; 300 are 2 × 150, not 250 + 50)."""
+    battery, batteries = pd.factorize(records[BATTERY_ID], use_na_sentinel=False)
+    size = math.ceil(len(batteries) / max(1, math.ceil(len(batteries) / most)))
+    chunk = battery // size
+    for number in range(int(chunk.max()) + 1):
+        yield records[chunk == number]
 
 
 def rescore_parked(services: Services) -> AlertBatch:

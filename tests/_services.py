@@ -219,10 +219,16 @@ def expected_id(car: str, day: str = LAST_DAY) -> str:
 
 
 @contextlib.contextmanager
-def stub_endpoint(status: int = 200, failing_batteries: frozenset[str] = frozenset()) -> Iterator[str]:
+def stub_endpoint(
+    status: int = 200,
+    failing_batteries: frozenset[str] = frozenset(),
+    refused_batteries: frozenset[str] = frozenset(),
+    requests: list[list[str]] | None = None,
+) -> Iterator[str]:
     """A loopback server speaking the scoring contract, for what the real model cannot be made to do:
-    answer every request with `status` (an endpoint that is down), or score every battery 0.95 except
-    `failing_batteries`, which get a per-item `error`. Yields its SCORING_URI."""
+    answer every request with `status` (an endpoint that is down), refuse (400) a request holding one of
+    `refused_batteries`, or score every battery 0.95 except `failing_batteries`, which get a per-item
+    `error`. Each request's battery ids are appended to `requests`. Yields its SCORING_URI."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -230,8 +236,13 @@ def stub_endpoint(status: int = 200, failing_batteries: frozenset[str] = frozens
 
         def do_POST(self) -> None:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if requests is not None:
+                requests.append([item["Battery_ID"] for item in request["data"]])
             if status != 200:
                 self._answer(status, {"error": f"stub endpoint answers {status}"})
+                return
+            if refused_batteries & {item["Battery_ID"] for item in request["data"]}:
+                self._answer(400, {"error": "stub refuses this request"})
                 return
             predictions = [_stub_prediction(item, failing_batteries) for item in request["data"]]
             self._answer(200, {"model_version": "stub-1", "predictions": predictions})

@@ -20,6 +20,8 @@ from shared.alert_store import (
     get_alert,
     latest_delivered,
     list_alerts,
+    read_latest,
+    record_delivered,
     record_given_up,
     record_latest_delivered,
     record_outcome,
@@ -175,6 +177,52 @@ def test_concurrent_latest_updates_end_with_the_latest_delivery(alert_table, mak
         thread.join()
     latest = latest_delivered(alert_table, "CAR-00017", "battery_end_of_life")
     assert latest["alert_id"] == alerts[-1]["alert_id"]
+
+
+def test_a_delivery_records_its_outcome_and_the_latest_row_together(alert_table, make_alert):
+    alert = make_alert()
+    record_queued(alert_table, alert, NOW)
+    seen = read_latest(alert_table, alert["car_id"], alert["type"])
+    assert (seen.alert, seen.etag) == (None, None)
+    claim = claim_delivery(alert_table, alert, FIRST, NOW)
+
+    record_delivered(alert_table, claim, alert, NOW + timedelta(seconds=2), seen)
+
+    record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
+    assert (record["state"], record["delivered_at"], record["queued_at"]) == (
+        DELIVERED, "2017-03-20T03:00:02Z", "2017-03-20T03:00:00Z")  # fmt: skip
+    assert latest_delivered(alert_table, alert["car_id"], alert["type"])["alert_id"] == alert["alert_id"]
+    again = read_latest(alert_table, alert["car_id"], alert["type"])
+    assert again.alert["delivered_at"] == "2017-03-20T03:00:02Z" and again.etag is not None
+
+
+def test_a_latest_row_written_since_it_was_read_still_ends_with_the_latest_delivery(alert_table, make_alert):
+    older, newer, oldest = (make_alert(day=day) for day in ("2017-03-18", "2017-03-19", "2017-03-10"))
+    seen = read_latest(alert_table, older["car_id"], older["type"])
+    record_latest_delivered(alert_table, newer, NOW + timedelta(hours=1))  # another delivery, after the read
+
+    record_delivered(alert_table, claim_delivery(alert_table, older, FIRST, NOW), older, NOW, seen)
+
+    assert get_alert(alert_table, older["car_id"], older["alert_id"])["state"] == DELIVERED
+    assert latest_delivered(alert_table, older["car_id"], older["type"])["alert_id"] == newer["alert_id"]
+    seen = read_latest(alert_table, oldest["car_id"], oldest["type"])  # a later delivery seen: kept as latest
+    record_delivered(alert_table, claim_delivery(alert_table, oldest, FIRST, NOW), oldest, NOW, seen)
+    assert get_alert(alert_table, oldest["car_id"], oldest["alert_id"])["state"] == DELIVERED
+    assert latest_delivered(alert_table, oldest["car_id"], oldest["type"])["alert_id"] == newer["alert_id"]
+
+
+def test_a_delivery_whose_claim_was_taken_over_records_neither_row(alert_table, make_alert):
+    alert = make_alert()
+    seen = read_latest(alert_table, alert["car_id"], alert["type"])
+    holder = claim_delivery(alert_table, alert, FIRST, NOW, lease=timedelta(seconds=60))
+    taker = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(seconds=61))
+    assert taker.claimed
+
+    with pytest.raises(ClaimLostError, match="claimed by another delivery"):
+        record_delivered(alert_table, holder, alert, NOW + timedelta(seconds=62), seen)
+
+    assert get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERING
+    assert latest_delivered(alert_table, alert["car_id"], alert["type"]) is None, "all or nothing"
 
 
 def test_list_alerts_gives_one_cars_alerts_newest_first_without_bookkeeping_rows(alert_table, make_alert):

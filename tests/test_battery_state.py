@@ -253,7 +253,7 @@ def test_a_cached_battery_whose_table_was_deleted_is_written_again(table):
 
 def test_the_cache_keeps_the_most_recently_used_batteries_per_table():
     cache = StateCache(max_batteries=2)
-    state = battery_state.StoredState({"RowKey": "x"}, "etag-1")
+    state = battery_state.StoredState({"Battery_ID": "x"}, np.zeros((1, 6)), "etag-1")
     cache.put("table-a", {"1": state, "2": state})
     cache.get("table-a", ["1"])  # 1 is now more recent than 2
     cache.put("table-a", {"3": state})

@@ -138,6 +138,44 @@ def test_an_endpoint_that_refuses_the_request_parks_it_at_once(harness):
     assert "ScoringRejected" in request["reason"] and "400" in request["reason"]
 
 
+def test_a_batch_is_scored_in_chunks_of_the_clients_size_with_the_same_alerts(harness):
+    sent: list[list[str]] = []
+    with stub_endpoint(requests=sent) as stub:
+        harness.configure(SCORING_URI=stub).scoring.chunk_size = 2  # 3 batteries: 2 requests (2 and 1)
+        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+
+    assert (batch.succeeded, batch.enqueued) == (True, {"maintenance-alerts": 3})  # the stub scores all 0.95
+    assert sorted(len(request) for request in sent) == [1, 2]
+    assert sorted(battery for request in sent for battery in request) == ["B-PAST", "B-SAFE", "B-SOON"]
+    assert sorted(streamed_alerts(harness)) == ["CAR-PAST", "CAR-SAFE", "CAR-SOON"]
+
+
+def test_a_chunk_that_finds_the_endpoint_down_holds_back_the_rest_and_all_are_parked_together(harness):
+    client_attempts = harness.services.scoring.retry.max_attempts
+    sent: list[list[str]] = []
+    with stub_endpoint(status=503, requests=sent) as down:
+        harness.configure(SCORING_URI=down).scoring.chunk_size = 1
+        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+
+    assert (batch.succeeded, batch.attempts, batch.enqueued) == (True, 5, {"maintenance-alerts": 0})
+    assert len(sent) == 5 * client_attempts, "per run, only the first chunk was tried"
+    [request] = parked_requests(harness).values()
+    assert sorted(item["Battery_ID"] for item in request["items"]) == ["B-PAST", "B-SAFE", "B-SOON"]
+    assert len(stored_windows(harness)) == len(TELEMETRY), "every chunk's state was merged all the same"
+
+
+def test_a_refused_chunk_is_parked_while_the_other_chunks_alert(harness):
+    with stub_endpoint(refused_batteries=frozenset({"B-SOON"})) as refusing:
+        harness.configure(SCORING_URI=refusing).scoring.chunk_size = 1
+        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+
+    assert (batch.succeeded, batch.attempts, batch.enqueued) == (True, 1, {"maintenance-alerts": 2})
+    assert sorted(streamed_alerts(harness)) == ["CAR-PAST", "CAR-SAFE"]
+    [request] = parked_requests(harness).values()
+    assert [item["Battery_ID"] for item in request["items"]] == ["B-SOON"]
+    assert "ScoringRejected" in request["reason"] and "400" in request["reason"]
+
+
 def test_items_the_endpoint_cannot_score_are_recorded_not_alerted(harness):
     with stub_endpoint(failing_batteries=frozenset({"B-SOON"})) as stub:
         harness.configure(SCORING_URI=stub)

@@ -33,6 +33,20 @@ def test_creates_and_replaces_land_with_their_types_and_the_etags_the_service_gi
     assert "Count" not in stored, "a replace, not a merge"
 
 
+def test_a_merge_updates_only_what_it_names_and_needs_the_etag(table):
+    [created] = submit_writes(table, [EntityWrite(entity("a", State="delivering", Alert="{}"), None)])
+
+    [merged] = submit_writes(table, [EntityWrite(entity("a", State="delivered"), created, merge=True)])
+
+    stored = table.get_entity("shard00", "a")
+    assert (stored["State"], stored["Alert"], stored.metadata["etag"]) == ("delivered", "{}", merged)
+    with pytest.raises(TransactionFailed) as failed:
+        submit_writes(table, [EntityWrite(entity("a", State="failed"), created, merge=True)])
+    assert (failed.value.status, failed.value.code) == (412, "UpdateConditionNotSatisfied")
+    with pytest.raises(ValueError, match="give the ETag"):
+        EntityWrite(entity("a", State="failed"), None, merge=True)
+
+
 def test_values_keep_their_types(table):
     submit_writes(table, [EntityWrite(entity("a", Count=7, Rated=200.0, Missing=float("nan")), None)])
 
