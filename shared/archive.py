@@ -31,7 +31,7 @@ import pandas as pd
 from azure.storage.blob import BlobServiceClient
 
 from shared.events import DeadLetter
-from shared.storage import download_bytes, ensure_container, list_blob_names, upload_bytes
+from shared.storage import download_bytes, ensure_container, list_blob_names, upload_bytes, upload_creating_container
 from shared.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
 
 TELEMETRY_CONTAINER = "telemetry"
@@ -51,12 +51,11 @@ def archive_telemetry(
     """
     if good.empty:
         return []
-    container = ensure_container(blob_service, TELEMETRY_CONTAINER)
     name = _blob_name(now, batch_id)
     written = []
     for day, records in good[COLUMNS].groupby(good[DATE].dt.strftime("%Y-%m-%d"), sort=True):
         blob = f"date={day}/{name}.csv"
-        upload_bytes(container, blob, records.to_csv(index=False).encode("utf-8"))
+        upload_creating_container(blob_service, TELEMETRY_CONTAINER, blob, records.to_csv(index=False).encode())
         written.append(blob)
     return written
 

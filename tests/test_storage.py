@@ -22,6 +22,7 @@ from shared.storage import (
     resolve_connection,
     table_service,
     upload_bytes,
+    upload_creating_container,
     upload_file,
     upload_json,
 )
@@ -117,6 +118,19 @@ def test_an_empty_connection_string_is_a_settings_error():
 
 
 # --- the connection-string path on a real Azurite -----------------------------------------------------
+
+
+def test_a_write_creates_its_missing_container_and_then_just_writes(storage_connection):
+    service = blob_service(storage_connection)
+    name = unique("optimistic")
+    upload_creating_container(service, name, "day/one.csv", b"first")  # the container did not exist
+    upload_creating_container(service, name, "day/two.csv", b"second")
+    container = service.get_container_client(name)
+    assert download_bytes(container, "day/one.csv") == b"first"
+    assert download_bytes(container, "day/two.csv") == b"second"
+    service.delete_container(name)
+    upload_creating_container(service, name, "day/three.csv", b"third")  # deleted meanwhile: made again
+    assert download_bytes(service.get_container_client(name), "day/three.csv") == b"third"
 
 
 def test_blob_helpers_round_trip_on_azurite(storage_connection, tmp_path):
