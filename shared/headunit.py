@@ -39,6 +39,8 @@ SIGNATURE_HEADER = "X-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_TIMEOUT = 10.0
 MAX_BODY_BYTES = 64 * 1024
+# An oversize body up to this size is read and dropped before the 413; a larger one closes the connection.
+DRAINED_BODY_BYTES = 16 * MAX_BODY_BYTES
 
 
 class TransientDeliveryError(RuntimeError):
@@ -330,7 +332,12 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         simulator: HeadUnitSimulator = self.server.simulator  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body must not be taken for the next request
+            # Read and drop a moderate one: closing on a client that is still sending resets the connection,
+            # and the client would see a connection error instead of the 413.
+            if length <= DRAINED_BODY_BYTES:
+                self._discard(length)
+            else:
+                self.close_connection = True  # the unread body must not be taken for the next request
             self._answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
             return
         body = self.rfile.read(length)
@@ -359,6 +366,13 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[0] == "vehicles" and parts[2] == "alerts" and parts[1]:
             return unquote(parts[1])
         return None
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, MAX_BODY_BYTES))
+            if not chunk:
+                break
+            length -= len(chunk)
 
     def _answer(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
