@@ -115,18 +115,7 @@ def run_backtest(
     held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
     evaluated = origin_outcomes(history, evaluation_origins, forecasters, window_days)
 
-    metrics, reliability, probabilities = {}, {}, {}
-    for method in METHODS:
-        calibration = calibration_from_outcomes(held_out, method)
-        probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
-                                   daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
-            "failure_probability_30d"].to_numpy()
-        probabilities[method] = probability
-        metrics[method] = {
-            **forecast_metrics(evaluated.actual, evaluated.forecast[method]),
-            **probability_metrics(probability[evaluated.scored], evaluated.label[evaluated.scored], threshold),
-        }
-        reliability[method] = reliability_table(probability[evaluated.scored], evaluated.label[evaluated.scored])
+    metrics, reliability, probabilities = score_outcomes(held_out, evaluated, threshold)
     summary = {
         "cutoff": _date(history, cutoff),
         "training_targets_until": _date(history, calibration_origins[0]),
@@ -139,7 +128,7 @@ def run_backtest(
         "metrics": metrics,
         "reliability": reliability,
     }
-    pooled = _concatenate(held_out, evaluated)
+    pooled = concatenate_outcomes(held_out, evaluated)
     evaluation = pd.DataFrame({
         "Battery_ID": history.battery_id[evaluated.battery].astype(str),
         "Car_ID": history.car_id[evaluated.battery].astype(str),
@@ -151,6 +140,27 @@ def run_backtest(
     })
     return BacktestResult(summary=summary, final_calibration=calibration_from_outcomes(pooled, "model"),
                           evaluation=evaluation, forecast=evaluated.forecast["model"], actual=evaluated.actual)
+
+
+def score_outcomes(
+    held_out: OriginOutcomes, evaluated: OriginOutcomes, threshold: float
+) -> tuple[dict, dict, dict]:
+    """Per method: metrics (forecast and probability), reliability table and probabilities on `evaluated`,
+    each method's risk calibrated on `held_out` — the backtest's scoring, shared with model kinds that are
+    calibrated on origins of their own (mlflow_forecaster)."""
+    metrics, reliability, probabilities = {}, {}, {}
+    for method in METHODS:
+        calibration = calibration_from_outcomes(held_out, method)
+        probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
+                                   daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
+            "failure_probability_30d"].to_numpy()
+        probabilities[method] = probability
+        metrics[method] = {
+            **forecast_metrics(evaluated.actual, evaluated.forecast[method]),
+            **probability_metrics(probability[evaluated.scored], evaluated.label[evaluated.scored], threshold),
+        }
+        reliability[method] = reliability_table(probability[evaluated.scored], evaluated.label[evaluated.scored])
+    return metrics, reliability, probabilities
 
 
 def forecast_metrics(actual: np.ndarray, forecast: np.ndarray) -> dict:
@@ -289,10 +299,11 @@ def origin_outcomes(
             battery=rows,
             origin=np.full(len(rows), origin),
         ))
-    return _concatenate(*parts)
+    return concatenate_outcomes(*parts)
 
 
-def _concatenate(*parts: OriginOutcomes) -> OriginOutcomes:
+def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
+    """The outcomes of several origin sets as one."""
     return OriginOutcomes(
         forecast={m: np.concatenate([p.forecast[m] for p in parts]) for m in parts[0].forecast},
         **{name: np.concatenate([getattr(p, name) for p in parts])

@@ -20,7 +20,8 @@ The calibration. An AutoML model cannot be refitted here, and it refuses to fore
 period, so the backtest's refit-then-calibrate (backtest.py) does not apply. `wrap_mlflow_model` instead
 forecasts from origins AFTER the model's training data ends (`trained_until`), on telemetry that arrived
 since, and fits the risk calibration (risk.py) to those held-out 30-day sums: out of sample by
-construction. It needs at least 30 days of telemetry after `trained_until`.
+construction. It needs at least 30 days of telemetry after `trained_until`. As in the backtest, the
+earlier origins calibrate and the later ones are scored (Brier included, the champion rule's metric).
 
 mlflow is imported only where a model is loaded or wrapped, so importing this module does not need it.
 """
@@ -42,9 +43,11 @@ from shared.backtest import (
     METHODS,
     ORIGIN_STRIDE,
     calibration_from_outcomes,
+    concatenate_outcomes,
     forecast_metrics,
     origin_outcomes,
     recent_mean_forecast,
+    score_outcomes,
     seasonal_naive_forecast,
 )
 from shared.forecasting import METADATA_FILE, json_default, known_mean, training_record
@@ -65,6 +68,7 @@ from shared.windows import BatteryWindows, FleetHistory, build_history
 
 MODEL_KIND = "mlflow-pyfunc"
 MLFLOW_DIR = "mlflow-model"
+MODEL_TITLE = "AutoML (MLflow) model"  # how its backtest tables name it
 # The longest look-back anything here needs: the risk code's variability and the 28-day means.
 WINDOW_DAYS = VARIABILITY_DAYS
 # The columns the future frame can supply, in the order of the training data (the target left out).
@@ -219,13 +223,15 @@ def forecast_days(output: Any, n: int) -> np.ndarray:
 
 
 def calibrate_after_training(
-    model: MlflowForecaster, history: FleetHistory, trained_until: str
+    model: MlflowForecaster, history: FleetHistory, trained_until: str, threshold: float = 0.8
 ) -> tuple[RiskCalibration, dict]:
-    """Risk calibration and forecast metrics from origins on and after `trained_until` (the last day of the
+    """Risk calibration and backtest metrics from origins on and after `trained_until` (the last day of the
     model's training data), every ORIGIN_STRIDE days while the 30 days after the origin are in `clean`.
 
-    The metrics compare the model with the backtest's two baselines on the same origins (forecast error
-    only: the probabilities would be scored on the errors they were calibrated on).
+    As in the backtest, the earlier origins calibrate and the later ones are scored — forecast and
+    probability metrics (Brier included) for the model and the two baselines — so the registry's champion
+    rule can compare this model with the others; the returned calibration pools all origins. With a
+    single origin nothing is left to score probabilities on, and the metrics are the forecast's only.
     """
     first = int((np.datetime64(trained_until, "D") - history.first_day).astype(np.int64))
     last = history.n_days - 1 - HORIZON_DAYS
@@ -236,15 +242,26 @@ def calibrate_after_training(
     origins = np.arange(first, last + 1, ORIGIN_STRIDE)
     forecasters = {"model": model.forecast, "seasonal_naive": seasonal_naive_forecast,
                    "recent_mean": recent_mean_forecast}
-    outcomes = origin_outcomes(history, origins, forecasters, WINDOW_DAYS)
-    summary = {
+    split = (len(origins) + 1) // 2
+    held_out = origin_outcomes(history, origins[:split], forecasters, WINDOW_DAYS)
+    summary: dict[str, Any] = {
         "trained_until": str(trained_until),
-        "calibration_origins": [str(history.first_day + int(day)) for day in origins],
+        "model_title": MODEL_TITLE,
         "horizon_days": HORIZON_DAYS,
-        "counts": outcomes.counts(),
-        "metrics": {method: forecast_metrics(outcomes.actual, outcomes.forecast[method]) for method in METHODS},
+        "threshold": threshold,
+        "calibration_origins": [str(history.first_day + int(day)) for day in origins[:split]],
     }
-    return calibration_from_outcomes(outcomes, "model"), summary
+    if split == len(origins):
+        summary["counts"] = held_out.counts()
+        summary["metrics"] = {method: forecast_metrics(held_out.actual, held_out.forecast[method])
+                              for method in METHODS}  # fmt: skip
+        return calibration_from_outcomes(held_out, "model"), summary
+    evaluated = origin_outcomes(history, origins[split:], forecasters, WINDOW_DAYS)
+    metrics, reliability, _ = score_outcomes(held_out, evaluated, threshold)
+    summary |= {"cutoff": str(history.first_day + int(origins[split])),
+                "evaluation_origins": [str(history.first_day + int(day)) for day in origins[split:]],
+                "counts": evaluated.counts(), "metrics": metrics, "reliability": reliability}  # fmt: skip
+    return calibration_from_outcomes(concatenate_outcomes(held_out, evaluated), "model"), summary
 
 
 def wrap_mlflow_model(

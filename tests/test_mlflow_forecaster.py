@@ -22,7 +22,7 @@ from _mlflow_model import (
 )
 from _models import batch_rows, comparable_batteries, fleet, request_items
 
-from shared.backtest import recent_mean_forecast
+from shared.backtest import backtest_markdown, recent_mean_forecast
 from shared.explanation import battery_reasons
 from shared.forecasting import load_model
 from shared.inference_server import LocalEndpoint, running_endpoint
@@ -36,6 +36,7 @@ from shared.mlflow_forecaster import (
     load_mlflow_forecaster,
     wrap_mlflow_model,
 )
+from shared.model_registry import DEFAULT_RULE
 from shared.preparation import prepare_telemetry
 from shared.risk import HORIZON_DAYS
 from shared.scoring import score_fleet
@@ -160,10 +161,32 @@ def test_wrapping_calibrates_after_the_training_data_and_load_model_serves_the_k
 
     assert isinstance(model, MlflowForecaster) and model.version == metadata["version"]
     assert metadata["model_kind"] == MODEL_KIND and metadata["source"] == {"automl_parent_job": "stand-in"}
-    origins = metadata["backtest"]["calibration_origins"]
-    assert origins[0] == TRAINED_UNTIL and origins[-1] <= "2016-05-31"  # 30 known days after each
-    assert model.calibration.n_errors == metadata["calibration"]["n_errors"] >= 100
-    assert set(metadata["backtest"]["metrics"]) == {"model", "seasonal_naive", "recent_mean"}
+    backtest = metadata["backtest"]
+    calibrating, scored = backtest["calibration_origins"], backtest["evaluation_origins"]
+    assert calibrating[0] == TRAINED_UNTIL and calibrating[-1] < scored[0] == backtest["cutoff"]
+    assert scored[-1] <= "2016-05-31"  # 30 known days after each
+    assert model.calibration.n_errors == metadata["calibration"]["n_errors"] >= 100  # all origins, pooled
+    assert set(backtest["metrics"]) == {"model", "seasonal_naive", "recent_mean"}
+
+
+def test_the_wrapped_models_backtest_scores_probabilities_so_the_champion_rule_can_rank_it() -> None:
+    backtest = json.loads((wrapped_model_dir() / "metadata.json").read_text())["backtest"]
+    for method in ("model", "seasonal_naive", "recent_mean"):
+        assert 0 <= backtest["metrics"][method]["brier"] < 1
+    better = {name: value * 0.9 for name, value in backtest["metrics"]["model"].items()
+              if name in ("brier", "nrmse")}  # fmt: skip
+    assert DEFAULT_RULE.decide(backtest["metrics"]["model"], better)[0] is False
+    assert DEFAULT_RULE.decide(better, backtest["metrics"]["model"])[0] is True
+    assert "| metric | AutoML (MLflow) model |" in backtest_markdown(backtest)
+
+
+def test_with_a_single_origin_after_the_training_data_only_the_forecast_is_scored(tmp_path: Path) -> None:
+    save_stand_in(tmp_path / "downloaded")
+    model = wrap_mlflow_model(tmp_path / "downloaded", clean_telemetry(), "2016-05-31", tmp_path / "model")
+    backtest = model.metadata["backtest"]
+    assert backtest["calibration_origins"] == ["2016-05-31"] and "evaluation_origins" not in backtest
+    assert "nrmse" in backtest["metrics"]["model"] and "brier" not in backtest["metrics"]["model"]
+    assert model.calibration.n_errors > 0
 
 
 def test_wrapping_needs_30_days_of_telemetry_after_the_training_data(tmp_path: Path) -> None:
