@@ -53,7 +53,6 @@ SCHEDULE_SERVICE = "schedule_service"
 FIRST = "first"
 COOLDOWN_ELAPSED = "cooldown_elapsed"
 ESCALATED = "escalated"
-NEW_SUBJECT = "new_subject"
 COOLDOWN = "cooldown"
 DUPLICATE = "duplicate"
 
@@ -207,16 +206,12 @@ def validate_alert(alert: Mapping[str, Any]) -> None:
 def should_deliver(
     alert: Mapping[str, Any], previous: Mapping[str, Any] | None, cooldown_days: int, now: datetime
 ) -> tuple[bool, str]:
-    """Whether to push `alert` now, and why (one of FIRST, COOLDOWN_ELAPSED, ESCALATED, NEW_SUBJECT,
-    COOLDOWN, DUPLICATE).
+    """Whether to push `alert` now, and why (one of FIRST, COOLDOWN_ELAPSED, ESCALATED, COOLDOWN, DUPLICATE).
 
     `previous` is the latest alert of the same type *delivered* to the same car (keys alert_id,
-    battery_id, severity, delivered_at), or None. An owner told "service your battery" does not need
-    telling again every night for a week; but if things got worse (high → critical) they hear it at once,
-    and so they do when the alert is about something the last one was not: another battery (a replacement
-    nearing its own end), or a part not named before (`battery_id` carries a compliance alert's
-    comma-separated parts; a part fixed since is no news). `now` and `delivered_at` are on the same clock:
-    wall time in production, the simulated day in a replay.
+    severity, delivered_at), or None. An owner told "service your battery" does not need telling again
+    every night for a week; but if things got worse (high → critical) they hear it at once. `now` and
+    `delivered_at` are on the same clock: wall time in production, the simulated day in a replay.
     """
     if previous is None:
         return True, FIRST
@@ -226,14 +221,7 @@ def should_deliver(
         return True, COOLDOWN_ELAPSED
     if SEVERITY_RANK[alert["severity"]] > SEVERITY_RANK[previous["severity"]]:
         return True, ESCALATED
-    if _subjects(alert["battery_id"]) - _subjects(previous.get("battery_id", alert["battery_id"])):
-        return True, NEW_SUBJECT
     return False, COOLDOWN
-
-
-def _subjects(battery_id: str) -> set[str]:
-    """What an alert is about: its battery, or a compliance alert's parts."""
-    return set(str(battery_id).split(","))
 
 
 def _battery_messages(days: pd.Series, past_rated_life: pd.Series) -> np.ndarray:

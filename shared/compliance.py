@@ -626,8 +626,7 @@ def compliance_alert_content(results: pd.DataFrame, day: date | str, model_versi
     COMPONENT_COMPLIANCE, created_at, action_url)`. Notes that need review are not alerted.
 
     battery_id (the contract's required id) carries the car's non-compliant Component_IDs, comma-separated,
-    so the alert id changes when the set of parts does, and a part not in the car's last alert passes the
-    cooldown (`alerts.should_deliver`); failure_probability_30d carries the classifier's
+    so the alert id changes when the set of parts does; failure_probability_30d carries the classifier's
     highest P(non-compliant) among them; days_to_rated_life is null; reasons list each part and why.
     """
     missing = [column for column in RESULT_COLUMNS if column not in results.columns]

@@ -17,7 +17,6 @@ from shared.alerts import (
     DUPLICATE,
     ESCALATED,
     FIRST,
-    NEW_SUBJECT,
     alert_id,
     alerts_from_scores,
     build_alerts,
@@ -193,10 +192,9 @@ def test_validate_alert_names_every_problem():
 NOW = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
 
 
-def delivered(days_ago: float, severity: str = "high", alert_id: str = "earlier", battery_id: str = "") -> dict:
+def delivered(days_ago: float, severity: str = "high", alert_id: str = "earlier") -> dict:
     moment = NOW - timedelta(days=days_ago)
-    return {"alert_id": alert_id, "battery_id": battery_id or one_alert()["battery_id"], "severity": severity,
-            "delivered_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return {"alert_id": alert_id, "severity": severity, "delivered_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 @pytest.mark.parametrize(
@@ -215,20 +213,6 @@ def delivered(days_ago: float, severity: str = "high", alert_id: str = "earlier"
 def test_cooldown_holds_repeats_back_unless_severity_rose(severity, previous, decision):
     alert = one_alert() | {"severity": severity}
     assert should_deliver(alert, previous, cooldown_days=7, now=NOW) == decision
-
-
-@pytest.mark.parametrize(
-    ("now_about", "before_about", "decision"),
-    [
-        ("C-2,C-7", "C-2", (True, NEW_SUBJECT)),  # a part not named before: news
-        ("C-2", "C-2,C-7", (False, COOLDOWN)),  # C-7 fixed since: no news
-        ("C-2,C-7", "C-7,C-2", (False, COOLDOWN)),
-        ("B-18", "B-17", (True, NEW_SUBJECT)),  # the replacement battery nears its own end
-    ],
-)
-def test_an_alert_about_something_new_passes_the_cooldown(now_about, before_about, decision):
-    alert = one_alert() | {"battery_id": now_about}
-    assert should_deliver(alert, delivered(2, battery_id=before_about), cooldown_days=7, now=NOW) == decision
 
 
 def test_the_same_alert_already_delivered_is_a_duplicate_even_after_the_cooldown():

@@ -105,24 +105,6 @@ def test_the_timer_alerts_each_affected_car_once_and_keeps_needs_review_parts_ou
     assert len(app.simulator.attempts) == 2  # nothing new reached the gateway
 
 
-def test_a_newly_non_compliant_part_passes_the_cooldown_and_a_fixed_one_does_not_alert_again(app, model_dir):
-    publish_model(app.services.blobs, model_dir)
-    upload_catalogue(app)
-    app.host.fire_timer("nightly_compliance_score_timer")
-    app.host.drain_queue("push_alert")
-    changed = CATALOGUE.copy()
-    changed.loc[changed["Component_ID"] == "P-2", "text"] = "Manufactured in 1982 made of lead in poor condition"
-    changed.loc[changed["Component_ID"] == "P-4", "text"] = "Aluminum bracket made in 2019, excellent condition"
-    upload_catalogue(app, changed)
-
-    run = app.host.fire_timer("nightly_compliance_score_timer")  # within the cooldown of the first alerts
-    app.host.drain_queue("push_alert")
-
-    assert run.succeeded
-    assert [alert["battery_id"] for alert in app.simulator.received("CAR-A")] == ["P-1", "P-1,P-2"]
-    assert [alert["battery_id"] for alert in app.simulator.received("CAR-B")] == ["P-3,P-4"]  # P-4 fixed: no news
-
-
 def test_the_summary_counts_what_was_scored_flagged_and_sent_to_review(app, model_dir):
     from shared.compliance_job import nightly_compliance_score
 
