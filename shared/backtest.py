@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from shared.risk import (
+    ALERT_THRESHOLD,
     HORIZON_DAYS,
     RiskCalibration,
     calibrate,
@@ -87,7 +88,7 @@ def run_backtest(
     history: FleetHistory,
     fit: Callable[[FleetHistory, int], Forecaster],
     *,
-    threshold: float = 0.8,
+    threshold: float = ALERT_THRESHOLD,
     progress: Callable[[str], None] | None = None,
     window_days: int = DEFAULT_WINDOW_DAYS,
     model_title: str = METHOD_TITLES["model"],

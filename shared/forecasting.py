@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from shared.backtest import BacktestResult, run_backtest
-from shared.risk import HORIZON_DAYS, RiskCalibration
+from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.telemetry import CAR_ID, DATE, InputError
 from shared.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
 
@@ -184,7 +184,7 @@ def train_model(
     *,
     quality: dict | None = None,
     progress: Callable[[str], None] | None = None,
-    threshold: float = 0.8,
+    threshold: float = ALERT_THRESHOLD,
     max_training_rows: int = MAX_TRAINING_ROWS,
     seed: int = 0,
 ) -> BatteryForecaster:

@@ -43,7 +43,7 @@ from shared.forecasting import (
     sample_origins,
     training_record,
 )
-from shared.risk import HORIZON_DAYS, RiskCalibration
+from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.telemetry import InputError
 from shared.windows import BatteryWindows, FleetHistory, build_history
 
@@ -167,7 +167,7 @@ def train_lstm(
     *,
     quality: dict | None = None,
     progress: Callable[[str], None] | None = None,
-    threshold: float = 0.8,
+    threshold: float = ALERT_THRESHOLD,
     max_training_rows: int = MAX_TRAINING_ROWS,
     epochs: int = EPOCHS,
     seed: int = 0,

@@ -51,7 +51,7 @@ from shared.backtest import (
     seasonal_naive_forecast,
 )
 from shared.forecasting import METADATA_FILE, json_default, known_mean, training_record
-from shared.risk import HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
+from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
 from shared.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -223,7 +223,7 @@ def forecast_days(output: Any, n: int) -> np.ndarray:
 
 
 def calibrate_after_training(
-    model: MlflowForecaster, history: FleetHistory, trained_until: str, threshold: float = 0.8
+    model: MlflowForecaster, history: FleetHistory, trained_until: str, threshold: float = ALERT_THRESHOLD
 ) -> tuple[RiskCalibration, dict]:
     """Risk calibration and backtest metrics from origins on and after `trained_until` (the last day of the
     model's training data), every ORIGIN_STRIDE days while the 30 days after the origin are in `clean`.

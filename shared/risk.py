@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 
 HORIZON_DAYS = 30
+# The failure probability from which a battery is alerted, unless told otherwise: what backtests and batch
+# scoring judge alerts at (the app's ALERT_PROBABILITY_THRESHOLD setting defaults to the same).
+ALERT_THRESHOLD = 0.8
 # Empirical quantile levels kept for the error distribution (0.5 % steps; tails interpolate linearly).
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
 # Share of the predicted sum that a change in usage level typically moves it (shapes `scale` only; the

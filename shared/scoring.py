@@ -14,7 +14,7 @@ import pandas as pd
 
 from shared.explanation import REASONS, battery_reasons
 from shared.forecasting import BatteryForecaster
-from shared.risk import HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
+from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
 from shared.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
 from shared.windows import BatteryWindows, build_windows
 
@@ -75,7 +75,7 @@ def batteries_in_service(clean: pd.DataFrame, as_of: date) -> pd.DataFrame:
 
 
 def score_fleet(
-    model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float = 0.8
+    model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every battery in service on as_of from data up to as_of only.
 
