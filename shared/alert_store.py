@@ -67,8 +67,8 @@ class ClaimLostError(RuntimeError):
 
 @dataclass(frozen=True)
 class LatestDelivered:
-    """A car's latest row of one alert type as read: what `latest_delivered` returns (None: no row yet),
-    and the row's ETag, which `record_delivered` writes against."""
+    """A car's latest row of one alert type as read (`alert` None: no row yet), and the row's ETag, which
+    `record_delivered` writes against."""
 
     alert: dict[str, str] | None
     etag: str | None
@@ -183,11 +183,11 @@ def record_delivered(
     latest row changed since (another delivery for the car), the two are written as separate steps,
     whose read-compare-write settles it. Raises `ClaimLostError` as `record_outcome` does.
     """
-    outcome = EntityWrite(_outcome_update(claim, DELIVERED, now), claim.etag, merge=True)
     latest = _latest_entity(alert, now)
     if seen.alert is not None and seen.alert["delivered_at"] > latest["DeliveredAt"]:
         record_outcome(table, claim, DELIVERED, now)
         return
+    outcome = EntityWrite(_outcome_update(claim, DELIVERED, now), claim.etag, merge=True)
     try:
         submit_writes(table, [outcome, EntityWrite(latest, seen.etag)])
     except TransactionFailed as error:
@@ -250,14 +250,10 @@ def record_latest_delivered(table: TableClient, alert: Mapping[str, Any], delive
             continue
 
 
-def latest_delivered(table: TableClient, car_id: str, alert_type: str) -> dict[str, str] | None:
-    """The last alert of `alert_type` the car got (alert_id, car_id, battery_id, type, severity,
-    created_at, delivered_at), or None: the `previous` of `should_deliver`. One point read."""
-    return read_latest(table, car_id, alert_type).alert
-
-
 def read_latest(table: TableClient, car_id: str, alert_type: str) -> LatestDelivered:
-    """`latest_delivered` with the row's ETag, for `record_delivered`. One point read."""
+    """The last alert of `alert_type` the car got (alert_id, car_id, battery_id, type, severity,
+    created_at, delivered_at; None if none: the `previous` of `should_deliver`) and the row's ETag, for
+    `record_delivered`. One point read."""
     try:
         row = table.get_entity(_key(car_id, "car_id"), _latest_key(alert_type))
     except ResourceNotFoundError:

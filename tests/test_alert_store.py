@@ -18,7 +18,6 @@ from shared.alert_store import (
     ClaimLostError,
     claim_delivery,
     get_alert,
-    latest_delivered,
     list_alerts,
     read_latest,
     record_delivered,
@@ -149,17 +148,17 @@ def test_suppression_is_recorded_but_never_overwrites_a_delivery(alert_table, ma
 
 def test_latest_delivered_follows_delivery_time_per_car_and_type(alert_table, make_alert):
     car = "CAR-00017"
-    assert latest_delivered(alert_table, car, "battery_end_of_life") is None
+    assert read_latest(alert_table, car, "battery_end_of_life").alert is None
     first, second = make_alert(day="2017-03-10"), make_alert(day="2017-03-19", days_left=5.0)
     record_latest_delivered(alert_table, first, NOW - timedelta(days=9))
     record_latest_delivered(alert_table, second, NOW)
     record_latest_delivered(alert_table, first, NOW - timedelta(days=1))  # a late write of an older delivery
-    assert latest_delivered(alert_table, car, "battery_end_of_life") == {
+    assert read_latest(alert_table, car, "battery_end_of_life").alert == {
         "alert_id": second["alert_id"], "car_id": car, "battery_id": "17", "type": "battery_end_of_life",
         "severity": "critical", "created_at": "2017-03-20T03:00:00Z", "delivered_at": "2017-03-20T03:00:00Z",
     }  # fmt: skip
-    assert latest_delivered(alert_table, car, "component_compliance") is None
-    assert latest_delivered(alert_table, "CAR-00018", "battery_end_of_life") is None
+    assert read_latest(alert_table, car, "component_compliance").alert is None
+    assert read_latest(alert_table, "CAR-00018", "battery_end_of_life").alert is None
 
 
 def test_concurrent_latest_updates_end_with_the_latest_delivery(alert_table, make_alert):
@@ -175,7 +174,7 @@ def test_concurrent_latest_updates_end_with_the_latest_delivery(alert_table, mak
         thread.start()
     for thread in threads:
         thread.join()
-    latest = latest_delivered(alert_table, "CAR-00017", "battery_end_of_life")
+    latest = read_latest(alert_table, "CAR-00017", "battery_end_of_life").alert
     assert latest["alert_id"] == alerts[-1]["alert_id"]
 
 
@@ -191,7 +190,7 @@ def test_a_delivery_records_its_outcome_and_the_latest_row_together(alert_table,
     record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
     assert (record["state"], record["delivered_at"], record["queued_at"]) == (
         DELIVERED, "2017-03-20T03:00:02Z", "2017-03-20T03:00:00Z")  # fmt: skip
-    assert latest_delivered(alert_table, alert["car_id"], alert["type"])["alert_id"] == alert["alert_id"]
+    assert read_latest(alert_table, alert["car_id"], alert["type"]).alert["alert_id"] == alert["alert_id"]
     again = read_latest(alert_table, alert["car_id"], alert["type"])
     assert again.alert["delivered_at"] == "2017-03-20T03:00:02Z" and again.etag is not None
 
@@ -204,11 +203,11 @@ def test_a_latest_row_written_since_it_was_read_still_ends_with_the_latest_deliv
     record_delivered(alert_table, claim_delivery(alert_table, older, FIRST, NOW), older, NOW, seen)
 
     assert get_alert(alert_table, older["car_id"], older["alert_id"])["state"] == DELIVERED
-    assert latest_delivered(alert_table, older["car_id"], older["type"])["alert_id"] == newer["alert_id"]
+    assert read_latest(alert_table, older["car_id"], older["type"]).alert["alert_id"] == newer["alert_id"]
     seen = read_latest(alert_table, oldest["car_id"], oldest["type"])  # a later delivery seen: kept as latest
     record_delivered(alert_table, claim_delivery(alert_table, oldest, FIRST, NOW), oldest, NOW, seen)
     assert get_alert(alert_table, oldest["car_id"], oldest["alert_id"])["state"] == DELIVERED
-    assert latest_delivered(alert_table, oldest["car_id"], oldest["type"])["alert_id"] == newer["alert_id"]
+    assert read_latest(alert_table, oldest["car_id"], oldest["type"]).alert["alert_id"] == newer["alert_id"]
 
 
 def test_a_delivery_whose_claim_was_taken_over_records_neither_row(alert_table, make_alert):
@@ -222,7 +221,7 @@ def test_a_delivery_whose_claim_was_taken_over_records_neither_row(alert_table, 
         record_delivered(alert_table, holder, alert, NOW + timedelta(seconds=62), seen)
 
     assert get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERING
-    assert latest_delivered(alert_table, alert["car_id"], alert["type"]) is None, "all or nothing"
+    assert read_latest(alert_table, alert["car_id"], alert["type"]).alert is None, "all or nothing"
 
 
 def test_list_alerts_gives_one_cars_alerts_newest_first_without_bookkeeping_rows(alert_table, make_alert):

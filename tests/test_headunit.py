@@ -208,7 +208,7 @@ def test_push_delivers_records_and_remembers_the_latest(push, alert_table, simul
     record = record_of(alert_table, alert)
     assert (record["state"], record["attempts"]) == ("delivered", 1)
     assert record["delivered_at"] == "2017-03-20T03:05:00Z"
-    latest = alert_store.latest_delivered(alert_table, "CAR-00017", "battery_end_of_life")
+    latest = alert_store.read_latest(alert_table, "CAR-00017", "battery_end_of_life").alert
     assert latest["alert_id"] == alert["alert_id"]
 
 
