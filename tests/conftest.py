@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from _fault_report import FaultOutcome, write_report
 
 from shared.azurite import AzuriteEndpoints, running_azurite
+
+_FAULT_OUTCOMES: list[FaultOutcome] = []
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +89,22 @@ def mlflow_store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.as_posix()}")
         yield store
+
+
+@pytest.fixture
+def fault_outcome():
+    """Record one injected fault's outcome: `fault_outcome(path, fault, lost=..., duplicates=..., bound=...)`.
+
+    The fault-injection tests assert lost == 0 and duplicates within the bound themselves; this only keeps
+    the figures for data/fault-report.md (tests/_fault_report.py).
+    """
+
+    def record(path: str, fault: str, *, lost: int, duplicates: int, bound: str) -> None:
+        _FAULT_OUTCOMES.append(FaultOutcome(path, fault, lost, duplicates, bound))
+
+    return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _FAULT_OUTCOMES:
+        write_report(_FAULT_OUTCOMES)
