@@ -225,7 +225,7 @@ var monitoringSettings = {
 }
 var resolvedScoringUri = azureMlEnabled ? azureMl.outputs.scoringUri : scoringUri
 var scoringUriSettings = empty(resolvedScoringUri) ? {} : { SCORING_URI: resolvedScoringUri }
-var scoringKeySettings = scoringAuthMode == 'key' ? { SCORING_KEY: '@Microsoft.KeyVault(VaultName=${names.keyVault};SecretName=scoring-key)' } : {}
+var scoringKeySettings = (scoringAuthMode == 'key') ? { SCORING_KEY: '@Microsoft.KeyVault(VaultName=${names.keyVault};SecretName=scoring-key)' } : {}
 var scoringSettings = union({ SCORING_AUTH: scoringAuthMode }, scoringUriSettings, scoringKeySettings)
 var alertSettings = {
   HEAD_UNIT_GATEWAY_URL: headUnitGatewayUrl

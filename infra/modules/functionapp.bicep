@@ -36,8 +36,6 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; client certificates would need one per operator and probe
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales to zero on purpose; always-ready instances are billed around the clock
   // checkov:skip=CKV_AZURE_213: /api/health needs a function key and an app scaled to zero has no instance to probe; the alert rules watch the app instead
-  // checkov:skip=CKV_AZURE_13: App Service Authentication is for interactive users; the HTTP functions use function keys and the rest have no HTTP surface
-  // checkov:skip=CKV_AZURE_88: Flex Consumption has no Azure Files content share: the package is read from a blob container
   name: appName
   location: location
   tags: union(tags, { 'azd-service-name': 'api' })
