@@ -1,20 +1,23 @@
 # Two commands do everything on a fresh machine with Python 3.11+ and Node 20:
 #   make run    the main job on local defaults (Azurite, local scoring endpoint, head-unit simulator)
-#   make test   lint and the whole test suite (real Azurite, real azmlinfsrv)
-# Both create .venv and install the npm packages on first use.
+#   make test   lint, the checkov scan of infra/ and the whole test suite (real Azurite, real azmlinfsrv)
+# Both create .venv and install the npm packages on first use (make test also .checkov-venv).
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+# checkov pins packaging<24, which pytest 9 outgrows: it gets a venv of its own.
+CHECKOV_VENV  := .checkov-venv
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 RUN_DIR ?= data/run
 # `make run CARS=60 START=2015-01-01 END=2016-06-30 SEED=3 REPLAY_DAYS=4`: a smaller main job. Unset
 # variables keep the demo command's defaults (300 cars, 2014-01-01..2016-12-31, seed 7, 14 days replayed).
 DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(END),--end $(END)) \
             $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS))
 
-.PHONY: run test lint bench clean install
+.PHONY: run test lint infra-scan bench clean install
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -22,6 +25,12 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lstm.txt scoring/re
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
 $(NPM_STAMP): package.json
@@ -34,7 +43,11 @@ run: install
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: install lint
+# checkov on infra/ (Bicep): zero failed checks, every template parsed, each skip justified in place.
+infra-scan: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/python infra/scan.py
+
+test: install lint infra-scan
 	$(PY) -m pytest
 
 # Each benchmark prints its figures; they take minutes (core: 2,000 cars x 3 years, 100,000 batteries).
@@ -42,4 +55,4 @@ bench: install
 	for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) node_modules data .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules data .pytest_cache

@@ -52,7 +52,8 @@ def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[li
 
 
 @app.event_hub_message_trigger(
-    arg_name="events", event_hub_name="car-telemetry", connection="EventHubConnection", cardinality="many"
+    arg_name="events", event_hub_name="car-telemetry", connection="EventHubConnection", cardinality="many",
+    consumer_group="%EVENTHUB_CONSUMER_GROUP%",
 )
 @app.retry(strategy="exponential_backoff", max_retry_count="4", minimum_interval="00:00:05",
            maximum_interval="00:02:00")  # fmt: skip

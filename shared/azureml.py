@@ -67,6 +67,7 @@ MODEL_NAME = "battery-cycles-forecaster"
 ENDPOINT_NAME = "battery-cycles"
 ENDPOINT_DESCRIPTION = "The best AutoML model to predict battery cycles."
 DEPLOYMENT_NAME = "blue"
+ENDPOINT_AUTH_MODES = ("aad_token", "key")
 INSTANCE_TYPE = "Standard_DS3_v2"
 # A 1,000-battery request takes about a second locally; leave room for a cold instance.
 REQUEST_TIMEOUT_MS = 30_000
@@ -113,10 +114,23 @@ def workspace_client(settings: Settings, credential: Any = None, **client_option
 
 
 def to_yaml(*entities: Any) -> str:
-    """The entities as Azure ML YAML documents (what `--dry-run` prints), from their `_to_dict()`."""
+    """The entities as Azure ML YAML documents (what `--dry-run` prints), from their `_to_dict()`.
+
+    Each document loads back (`azure.ai.ml.load_job`, `load_compute`, ...) to an entity that sends the same
+    request body as the original: tests/test_azureml.py round-trips every dry-run.
+    """
+    return yaml.safe_dump_all([_yaml_document(entity) for entity in entities], sort_keys=False)
+
+
+def _yaml_document(entity: Any) -> dict:
     # _to_dict() holds OrderedDicts; a JSON round trip turns them into plain data YAML can write.
-    documents = [json.loads(json.dumps(entity._to_dict())) for entity in entities]
-    return yaml.safe_dump_all(documents, sort_keys=False)
+    document = json.loads(json.dumps(entity._to_dict()))
+    if isinstance(entity, ForecastingJob):
+        # azure-ai-ml dumps this list as its str(), "['Battery_ID']", which load_job reads back as one
+        # column of that name; the YAML schema takes a list.
+        settings = entity.forecasting_settings
+        document["forecasting"]["time_series_id_column_names"] = list(settings.time_series_id_column_names)
+    return document
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -160,8 +174,9 @@ def register_data(ml_client: MLClient, folder: Path) -> Data:
 
 
 def compute_target() -> AmlCompute:
-    """The lab's training cluster: one STANDARD_DS3_v2 node, always on (1 to 1 nodes)."""
-    return AmlCompute(name=COMPUTE_NAME, size=COMPUTE_SIZE, min_instances=1, max_instances=1)
+    """The lab's training cluster: up to one STANDARD_DS3_v2 node, none while idle (the lab kept one always on,
+    billed around the clock; AutoML waits a few minutes for the node instead)."""
+    return AmlCompute(name=COMPUTE_NAME, size=COMPUTE_SIZE, min_instances=0, max_instances=1)
 
 
 def automl_job(data_version: str | None = None) -> ForecastingJob:
@@ -397,9 +412,12 @@ def stage_scoring_code(folder: Path) -> Path:
     return folder
 
 
-def online_endpoint() -> ManagedOnlineEndpoint:
-    """The managed online endpoint `battery-cycles` (key auth, like the lab's ACI service)."""
-    return ManagedOnlineEndpoint(name=ENDPOINT_NAME, description=ENDPOINT_DESCRIPTION, auth_mode="key")
+def online_endpoint(auth_mode: str = "aad_token") -> ManagedOnlineEndpoint:
+    """The managed online endpoint `battery-cycles`: Entra ID tokens (the app's identity, no secret) unless
+    `auth_mode="key"` (a key, like the lab's ACI service). infra/ creates it the same way."""
+    if auth_mode not in ENDPOINT_AUTH_MODES:
+        raise InputError(f"auth mode must be one of {', '.join(ENDPOINT_AUTH_MODES)}, got {auth_mode!r}")
+    return ManagedOnlineEndpoint(name=ENDPOINT_NAME, description=ENDPOINT_DESCRIPTION, auth_mode=auth_mode)
 
 
 def online_deployment(
@@ -424,23 +442,28 @@ def online_deployment(
         instance_type=instance_type,
         instance_count=1,
         environment_variables={"WORKER_COUNT": str(worker_count)},
+        app_insights_enabled=True,
         request_settings=OnlineRequestSettings(
             request_timeout_ms=REQUEST_TIMEOUT_MS, max_concurrent_requests_per_instance=worker_count
         ),
     )
 
 
-def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment) -> Mapping[str, str]:
+def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment,
+           auth_mode: str = "aad_token") -> Mapping[str, str]:
     """Create or update the endpoint and the deployment, send it all traffic; return where to call it.
 
-    The key is not returned or printed: `key_hint` says how to fetch it, so it never lands in logs.
+    With key auth the key is not returned or printed: `key_hint` says how to fetch it, so it never lands in logs.
     """
-    ml_client.online_endpoints.begin_create_or_update(online_endpoint()).result()
+    ml_client.online_endpoints.begin_create_or_update(online_endpoint(auth_mode)).result()
     ml_client.online_deployments.begin_create_or_update(deployment).result()
     endpoint = ml_client.online_endpoints.get(ENDPOINT_NAME)
     endpoint.traffic = {deployment.name: 100}
     endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
-    return {"scoring_uri": endpoint.scoring_uri, "key_hint": key_hint(ml_client)}
+    if auth_mode == "key":
+        return {"scoring_uri": endpoint.scoring_uri, "auth_mode": auth_mode, "key_hint": key_hint(ml_client)}
+    return {"scoring_uri": endpoint.scoring_uri, "auth_mode": auth_mode,
+            "auth_hint": "SCORING_AUTH=aad_token; the caller's identity needs AzureML Data Scientist on the workspace"}
 
 
 def key_hint(ml_client: MLClient) -> str:

@@ -544,6 +544,9 @@ def add_azureml(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                        help="the local directory that was registered; for a wrapped AutoML model "
                                        "its MLflow conda.yaml joins the environment")
             action_parser.add_argument("--deployment", default="blue", help="deployment name (default blue)")
+            action_parser.add_argument("--auth-mode", choices=("aad_token", "key"), default="aad_token",
+                                       help="endpoint auth: Entra ID tokens (default; set SCORING_AUTH=aad_token) "
+                                       "or a key (SCORING_KEY)")
             action_parser.add_argument("--instance-type", default="Standard_DS3_v2")
             action_parser.add_argument("--work-dir", type=Path, default=Path("data/azureml/code"),
                                        help="where to stage scoring/ and shared/ (default data/azureml/code)")
@@ -622,9 +625,9 @@ def run_azureml(args: argparse.Namespace) -> int:
         deployment = azureml.online_deployment(f"azureml:{name}:{version}", folder, args.deployment,
                                                args.instance_type, environment=environment)
         if args.dry_run:
-            print(azureml.to_yaml(azureml.online_endpoint(), deployment))
+            print(azureml.to_yaml(azureml.online_endpoint(args.auth_mode), deployment))
             return 0
-        print(json.dumps(dict(azureml.deploy(client(), deployment)), indent=2))
+        print(json.dumps(dict(azureml.deploy(client(), deployment, args.auth_mode)), indent=2))
     return 0
 
 

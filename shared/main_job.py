@@ -93,7 +93,9 @@ RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
 
 # Settings that would send the app somewhere other than the local services (Azure ML training, a keyed
 # endpoint): removed from the environment for the run, with every identity-based storage setting.
-CLEARED_SETTINGS = ("SCORING_KEY", "AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE")
+CLEARED_SETTINGS = (
+    "SCORING_KEY", "SCORING_AUTH", "AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE",
+)  # fmt: skip
 STORAGE_SETTING = "AzureWebJobsStorage"
 
 

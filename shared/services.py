@@ -21,7 +21,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from shared.battery_state import StateCache
-from shared.scoring_client import ScoringClient
+from shared.scoring_client import ScoringClient, TokenCredential
 from shared.settings import Settings, load_settings
 from shared.storage import app_storage_connection, blob_service, table_service
 
@@ -56,11 +56,24 @@ def build_services(environ: Mapping[str, str] | None = None, *,
         settings=settings,
         blobs=blob_service(app_storage_connection("blob", env)),
         tables=table_service(app_storage_connection("table", env)),
-        scoring=ScoringClient.from_settings(settings),
+        scoring=ScoringClient.from_settings(settings, scoring_credential(settings)),
         gateway=requests.Session(),
         work_dir=work_dir,
         clock=clock,
     )
+
+
+def scoring_credential(settings: Settings) -> TokenCredential | None:
+    """The app identity's credential when the endpoint takes Entra ID tokens (SCORING_AUTH=aad_token), else None.
+
+    DefaultAzureCredential picks the user-assigned managed identity named by AZURE_CLIENT_ID in Azure, and the
+    developer's login elsewhere. Building it sends nothing; the first score asks for a token.
+    """
+    if settings.scoring_auth != "aad_token":
+        return None
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
 
 
 @functools.cache

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
+# How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
+SCORING_AUTH_MODES = ("key", "aad_token", "none")
 
 
 class SettingsError(ValueError):
@@ -28,6 +30,7 @@ class Settings:
     eventhub_connection: str | None = None
     scoring_uri: str = "http://127.0.0.1:5001/score"
     scoring_key: str | None = None
+    scoring_auth: str = "none"  # SCORING_AUTH: "key" (SCORING_KEY), "aad_token" (the app identity's token), "none"
     head_unit_gateway_url: str = "http://127.0.0.1:7072"
     head_unit_signing_key: str | None = None
     service_booking_url: str = "https://service.treyresearch.example/book"
@@ -81,10 +84,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name, url in urls.items():
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+    scoring_key = text("SCORING_KEY", None)
+    scoring_auth = text("SCORING_AUTH", "key" if scoring_key else "none")
+    if scoring_auth not in SCORING_AUTH_MODES:
+        raise SettingsError(f"SCORING_AUTH must be one of {', '.join(SCORING_AUTH_MODES)}, got {scoring_auth!r}")
+    if (scoring_auth == "key") != bool(scoring_key):
+        raise SettingsError("SCORING_KEY is set only with SCORING_AUTH=key (and needed then): "
+                            f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
     return Settings(
         eventhub_connection=text("EventHubConnection", None),
         scoring_uri=scoring_uri,
-        scoring_key=text("SCORING_KEY", None),
+        scoring_key=scoring_key,
+        scoring_auth=scoring_auth,
         head_unit_gateway_url=gateway.rstrip("/"),
         head_unit_signing_key=text("HEAD_UNIT_SIGNING_KEY", None),
         service_booking_url=booking,

@@ -21,6 +21,8 @@ import pytest
 import requests
 import urllib3
 import yaml
+from azure.ai.ml import load_compute, load_data, load_job, load_model, load_online_deployment, load_online_endpoint
+from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 from packaging.requirements import Requirement
@@ -28,9 +30,9 @@ from packaging.specifiers import SpecifierSet
 from requests.adapters import BaseAdapter
 
 from shared import azureml
-from shared.cli import main
+from shared.cli import build_parser, main
 from shared.settings import SettingsError, load_settings
-from shared.telemetry import COLUMNS
+from shared.telemetry import COLUMNS, InputError
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 WORKSPACE_PATH = (
@@ -70,10 +72,10 @@ def test_automl_job_without_a_version_names_the_latest_data() -> None:
     assert azureml.automl_job()._to_dict()["training_data"]["path"] == "azureml:daily-battery-time-series@latest"
 
 
-def test_compute_is_one_standard_ds3_v2_node() -> None:
+def test_compute_is_up_to_one_standard_ds3_v2_node_and_none_while_idle() -> None:
     spec = azureml.compute_target()._to_dict()
     assert (spec["name"], spec["type"], spec["size"]) == ("auto-ml-compute", "amlcompute", "STANDARD_DS3_v2")
-    assert (spec["min_instances"], spec["max_instances"]) == (1, 1)
+    assert (spec["min_instances"], spec["max_instances"]) == (0, 1)
 
 
 def test_mltable_folder_holds_the_csv_and_how_to_read_it(tmp_path: Path) -> None:
@@ -100,10 +102,13 @@ def test_models_local_and_from_the_best_automl_trial(tmp_path: Path) -> None:
 
 
 def test_endpoint_and_deployment(tmp_path: Path) -> None:
-    endpoint = azureml.online_endpoint()._to_dict()
+    endpoint = azureml.online_endpoint("key")._to_dict()
     assert endpoint["name"] == "battery-cycles"
     assert endpoint["description"] == "The best AutoML model to predict battery cycles."
     assert endpoint["auth_mode"] == "key"
+    assert azureml.online_endpoint()._to_dict()["auth_mode"] == "aad_token"  # keyless unless asked
+    with pytest.raises(InputError, match="auth mode must be one of aad_token, key"):
+        azureml.online_endpoint("aml_token")
 
     folder = azureml.stage_scoring_code(tmp_path / "code")
     spec = azureml.online_deployment("azureml:battery-cycles-forecaster:3", folder)._to_dict()
@@ -113,6 +118,7 @@ def test_endpoint_and_deployment(tmp_path: Path) -> None:
     assert spec["environment"]["conda_file"]["dependencies"][2]["pip"] == azureml.scoring_requirements()
     assert "azureml-inference-server-http==1.5.1" in azureml.scoring_requirements()
     assert (spec["instance_type"], spec["instance_count"]) == ("Standard_DS3_v2", 1)
+    assert spec["app_insights_enabled"] is True
 
 
 def test_staged_code_imports_shared_from_itself_without_the_function_app_packages(tmp_path: Path) -> None:
@@ -229,7 +235,7 @@ def test_submit_automl_creates_the_missing_compute_then_the_job_on_the_latest_da
     compute, submitted = arm.writes()
     assert (compute["method"], compute["path"]) == ("PUT", "/computes/auto-ml-compute")
     assert compute["body"]["properties"]["properties"]["vmSize"] == "STANDARD_DS3_v2"
-    assert compute["body"]["properties"]["properties"]["scaleSettings"]["minNodeCount"] == 1
+    assert compute["body"]["properties"]["properties"]["scaleSettings"]["minNodeCount"] == 0
     assert compute["body"]["properties"]["properties"]["scaleSettings"]["maxNodeCount"] == 1
     assert submitted["method"] == "PUT" and submitted["path"] == f"/jobs/{job.name}"
     properties = submitted["body"]["properties"]
@@ -279,11 +285,18 @@ def test_register_the_best_automl_trial() -> None:
 
 def test_create_the_endpoint_sends_its_name_description_and_key_auth() -> None:
     client, arm = recording_client({})
-    client.online_endpoints.begin_create_or_update(azureml.online_endpoint()).result()
+    client.online_endpoints.begin_create_or_update(azureml.online_endpoint("key")).result()
     (put,) = arm.writes()
     assert put["path"] == "/onlineEndpoints/battery-cycles"
     assert put["body"]["properties"]["description"] == "The best AutoML model to predict battery cycles."
     assert put["body"]["properties"]["authMode"] == "Key"
+
+
+def test_the_endpoint_takes_entra_id_tokens_by_default() -> None:
+    client, arm = recording_client({})
+    client.online_endpoints.begin_create_or_update(azureml.online_endpoint()).result()
+    (put,) = arm.writes()
+    assert put["body"]["properties"]["authMode"] == "AADToken"
 
 
 # --- the CLI ------------------------------------------------------------------------------------------
@@ -302,6 +315,111 @@ def test_cli_dry_runs_print_yaml_and_need_no_workspace(tmp_path: Path, capsys, m
     assert (endpoint["name"], deployment["model"]) == ("battery-cycles", "azureml:battery-cycles-forecaster:3")
     assert main(["azureml", "register-model", "--dry-run", "--automl-job", "parent", "--child-job", "parent_2"]) == 0
     assert "azureml://jobs/parent_2/outputs/artifacts/outputs/mlflow-model/" in capsys.readouterr().out
+
+
+# --- every dry-run loads back to the entity it printed -------------------------------------------------
+
+LOADERS = {"amlcompute": load_compute, "automl": load_job, "mltable": load_data, "custom_model": load_model,
+           "mlflow_model": load_model}  # fmt: skip
+
+
+def load_entity(document: dict):
+    """The entity Azure ML's own loader makes of one dry-run document (as `az ml ... create -f` would)."""
+    stream = io.StringIO(yaml.safe_dump(document))
+    if "endpoint_name" in document:
+        return load_online_deployment(stream)
+    if "auth_mode" in document:
+        return load_online_endpoint(stream)
+    return LOADERS[document["type"]](stream)
+
+
+def request_body(entity) -> dict:
+    """What the SDK sends for the entity, before it resolves asset references and uploads local paths.
+
+    Loading strips the `azureml:` prefix of `azureml:NAME:VERSION`; the SDK resolves both forms to the same
+    asset (test_a_loaded_job_sends_the_same_request shows it for the job), so the prefix is dropped here.
+    """
+    if isinstance(entity, ManagedOnlineEndpoint):
+        rest = entity._to_rest_online_endpoint("westeurope")
+    elif isinstance(entity, ManagedOnlineDeployment):
+        rest = entity._to_rest_object("westeurope")
+    else:
+        rest = entity._to_rest_object()
+    body = rest.serialize() if hasattr(rest, "serialize") else rest.as_dict()  # two generations of models
+    text = json.dumps(body, default=str).replace('"azureml:', '"')
+    return json.loads(text)
+
+
+def plain(entity) -> dict:
+    return json.loads(json.dumps(entity._to_dict(), default=str))
+
+
+def dry_run_cases(tmp_path: Path) -> dict[str, tuple[list[str], list]]:
+    """Each dry-run action: the CLI arguments, and the entities it must print (built as the CLI builds them)."""
+    from _mlflow_model import clean_telemetry
+
+    clean_telemetry().to_csv(tmp_path / "telemetry.csv", index=False, date_format="%Y-%m-%d")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    return {
+        "register-data": (["--data", str(tmp_path / "telemetry.csv"), "--work-dir", str(tmp_path / "mltable")],
+                          [azureml.telemetry_data_asset(tmp_path / "mltable")]),
+        "submit-automl": (["--data-version", "7"], [azureml.compute_target(), azureml.automl_job("7")]),
+        "register-model": (["--model-dir", str(model_dir)], [azureml.model_asset(model_dir)]),
+        "deploy": (["--model", "battery-cycles-forecaster:3", "--work-dir", str(tmp_path / "code")],
+                   [azureml.online_endpoint(),
+                    azureml.online_deployment("azureml:battery-cycles-forecaster:3", tmp_path / "code")]),
+    }  # fmt: skip
+
+
+def dry_run_actions() -> set[str]:
+    """The azureml actions that take --dry-run, read off the CLI's own parser."""
+    azureml_parser = next(action for action in build_parser()._subparsers._group_actions[0].choices.items()
+                          if action[0] == "azureml")[1]  # fmt: skip
+    actions = azureml_parser._subparsers._group_actions[0].choices
+    return {name for name, parser in actions.items()
+            if any("--dry-run" in option.option_strings for option in parser._actions)}  # fmt: skip
+
+
+def test_every_dry_run_action_has_a_round_trip_case(tmp_path: Path) -> None:
+    assert dry_run_actions() == set(dry_run_cases(tmp_path))
+
+
+@pytest.mark.parametrize("action", ["register-data", "submit-automl", "register-model", "deploy"])
+def test_dry_run_yaml_loads_back_to_the_same_entities(action: str, tmp_path: Path, capsys) -> None:
+    """The printed YAML, read by azure-ai-ml's loaders, gives entities equal to the ones the CLI built, both
+    as YAML and as the request body the SDK would send (which is where a column list read as one string
+    column, "['Battery_ID']", shows)."""
+    arguments, expected = dry_run_cases(tmp_path)[action]
+    assert main(["azureml", action, "--dry-run", *arguments]) == 0
+    documents = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d is not None]
+    if action == "register-data":  # the last document is the MLTable file the asset points at
+        *documents, mltable = documents
+        assert mltable == yaml.safe_load((tmp_path / "mltable" / "MLTable").read_text())
+    loaded = [load_entity(document) for document in documents]
+    assert [plain(entity) for entity in loaded] == [plain(entity) for entity in expected]
+    assert [request_body(entity) for entity in loaded] == [request_body(entity) for entity in expected]
+
+
+def test_the_forecast_series_id_is_a_list_of_column_names_after_the_round_trip() -> None:
+    job = load_entity(yaml.safe_load(azureml.to_yaml(azureml.automl_job("7"))))
+    assert job.forecasting_settings.time_series_id_column_names == ["Battery_ID"]
+
+
+def test_a_loaded_job_sends_the_same_request() -> None:
+    """Through MLClient and the recording transport: the job loaded from the dry-run YAML and the job the
+    CLI submits send one body (but for the random display name each submission gets)."""
+    data_version = {"id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/7", "name": "7",
+                    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"}}
+    bodies = []
+    for job in (azureml.automl_job("7"), load_entity(yaml.safe_load(azureml.to_yaml(azureml.automl_job("7"))))):
+        client, arm = recording_client({("GET", "/data/daily-battery-time-series/versions/7"): (200, data_version)})
+        client.jobs.create_or_update(job)
+        (put,) = arm.writes()
+        put["body"]["properties"].pop("displayName")
+        bodies.append(put["body"])
+    assert bodies[0] == bodies[1]
+    assert bodies[1]["properties"]["taskDetails"]["forecastingSettings"]["timeSeriesIdColumnNames"] == ["Battery_ID"]
 
 
 def test_cli_without_a_workspace_names_the_missing_settings(monkeypatch, capsys) -> None:

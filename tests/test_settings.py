@@ -38,3 +38,22 @@ def test_values_are_typed_and_trimmed():
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+def test_scoring_auth_follows_the_key_unless_set():
+    assert load_settings({}).scoring_auth == "none"
+    assert load_settings({"SCORING_KEY": "k"}).scoring_auth == "key"
+    assert load_settings({"SCORING_AUTH": "aad_token"}).scoring_auth == "aad_token"
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"SCORING_AUTH": "aml_token"}, "SCORING_AUTH must be one of key, aad_token, none"),
+        ({"SCORING_AUTH": "key"}, "SCORING_KEY is set only with SCORING_AUTH=key"),
+        ({"SCORING_AUTH": "aad_token", "SCORING_KEY": "k"}, "SCORING_AUTH is 'aad_token', SCORING_KEY is set"),
+    ],
+)
+def test_scoring_auth_and_key_must_agree(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ)
