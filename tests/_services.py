@@ -119,8 +119,9 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
     """A harness on empty storage, with the settings of local.settings.json pointed at the test services."""
     wipe_storage(connection)
     with HeadUnitSimulator(SIGNING_KEY) as simulator:
-        host = FunctionsHost(function_app.app, connection)
-        harness = AppHarness(host, simulator, SimClock(NIGHT), connection, monkeypatch)
+        clock = SimClock(NIGHT)
+        host = FunctionsHost(function_app.app, connection, clock=clock)  # events arrive on the simulated clock
+        harness = AppHarness(host, simulator, clock, connection, monkeypatch)
         harness.configure(
             AzureWebJobsStorage=connection, SCORING_URI=scoring_uri, SCORING_KEY=None,
             HEAD_UNIT_GATEWAY_URL=simulator.url, HEAD_UNIT_SIGNING_KEY=SIGNING_KEY,

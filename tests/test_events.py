@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ RECORD = {
     "Number_Of_Trips": 5, "Daily_Trip_Duration": 61.2, "Daily_Cycles_Used": 0.15,
     "Lifetime_Cycles_Used": 196.4, "Battery_Rated_Cycles": 200,
 }  # fmt: skip
+
+
+ARRIVED = datetime(2017, 3, 21, 1, 30, tzinfo=UTC)  # when the test events arrive (RECORD's day is 2017-03-19)
 
 
 def record(**changes) -> dict:
@@ -59,7 +63,7 @@ def test_a_bad_event_is_dead_lettered_with_its_reason_and_the_good_ones_go_on(ki
     bodies = [body(RECORD), bad, body(record(Date="2017-03-20"))]
     metadata = [{"sequence_number": 100 + i, "partition_key": "CAR-00017"} for i in range(3)]
 
-    good, dead = parse_events(bodies, metadata, max_body_bytes=4096)
+    good, dead = parse_events(bodies, metadata, max_body_bytes=4096, received=ARRIVED)
 
     assert good["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-03-19", "2017-03-20"]
     assert len(dead) == 1
@@ -72,7 +76,7 @@ def test_a_bad_event_is_dead_lettered_with_its_reason_and_the_good_ones_go_on(ki
 
 
 def test_good_records_are_typed_per_the_telemetry_schema():
-    good, dead = parse_events([body(record(Battery_ID=17)), body(RECORD)])
+    good, dead = parse_events([body(record(Battery_ID=17)), body(RECORD)], received=ARRIVED)
 
     assert dead == []
     assert list(good.columns) == COLUMNS
@@ -83,7 +87,7 @@ def test_good_records_are_typed_per_the_telemetry_schema():
 
 
 def test_extra_fields_are_ignored_since_the_contract_grows_by_adding_fields():
-    good, dead = parse_events([body(record(Firmware="4.2.1", Odometer_Km=81234))])
+    good, dead = parse_events([body(record(Firmware="4.2.1", Odometer_Km=81234))], received=ARRIVED)
 
     assert dead == [] and len(good) == 1
 
@@ -92,7 +96,7 @@ def test_a_bad_record_in_an_array_dead_letters_only_that_record_with_its_index()
     backlog = [record(Date="2017-03-17"), record(Date="2017-03-18", Daily_Cycles_Used=-1), "oops",
                record(Date="2017-03-19")]  # fmt: skip
 
-    good, dead = parse_events([body(backlog)], [{"sequence_number": 7}])
+    good, dead = parse_events([body(backlog)], [{"sequence_number": 7}], received=ARRIVED)
 
     assert good["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-03-17", "2017-03-19"]
     assert [(d.event_index, d.record_index) for d in dead] == [(0, 1), (0, 2)]
@@ -106,7 +110,7 @@ def test_a_record_with_several_problems_names_each_of_them():
     unreadable = record(Car_ID=None, Number_Of_Trips="many")
     implausible = record(Number_Of_Trips=5.5, Daily_Cycles_Used=-3)
 
-    _, dead = parse_events([body(unreadable), body(implausible)])
+    _, dead = parse_events([body(unreadable), body(implausible)], received=ARRIVED)
 
     assert [d.reason for d in dead] == [
         "missing field Car_ID; Number_Of_Trips: expected a JSON number, got a string",
@@ -129,7 +133,7 @@ def test_nothing_is_lost_in_a_large_mixed_batch():
             bodies.append(body(record(Battery_ID=str(i))))
     records_sent = sum(len(json.loads(b)) if b.startswith(b"[") else 1 for b in bodies)
 
-    good, dead = parse_events(bodies)
+    good, dead = parse_events(bodies, received=ARRIVED)
 
     assert len(good) + len(dead) == records_sent
     bad_events = {i for i, sent in enumerate(bodies) if b"broken" in sent or b"-1.0" in sent}
