@@ -33,8 +33,18 @@ def test_values_are_typed_and_trimmed():
         ("ALERT_COOLDOWN_DAYS", "2.5"),
         ("SCORING_URI", "127.0.0.1:5001/score"),
         ("RETRAIN_SCHEDULE", "0 2 * * *"),
+        ("TELEMETRY_MAX_AGE_DAYS", "0"),
+        ("TELEMETRY_MAX_AGE_DAYS", "7321"),
+        ("TELEMETRY_MAX_AGE_DAYS", "a year"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+def test_the_telemetry_date_window_reaches_back_1000_days_unless_set():
+    from shared.events import DEFAULT_MAX_AGE_DAYS
+
+    assert load_settings({}).telemetry_max_age_days == DEFAULT_MAX_AGE_DAYS == 1000
+    assert load_settings({"TELEMETRY_MAX_AGE_DAYS": " 90 "}).telemetry_max_age_days == 90
