@@ -280,6 +280,7 @@ def _check_records(records: list[Any], windows: list[tuple[str, str, str]]) -> t
         flag((kinds[column] == "null").to_numpy(bool), column, f"missing field {column}")
         wrong = ~kinds[column].isin([*allowed, "null"]).to_numpy(bool)
         flag(wrong, column, f"{column}: expected a JSON {described}, got a " + kinds[column])
+        raw.loc[wrong, column] = None  # flagged already; typing must not see an array or an object
     dates = raw[DATE].astype("string")
     not_iso = ~dates.str.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}").fillna(True).to_numpy(bool)
     flag(not_iso, DATE, f"{DATE}: " + dates.fillna("") + " is not a YYYY-MM-DD date")
