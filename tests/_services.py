@@ -259,7 +259,14 @@ def stub_endpoint(
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with scoring_uri_serving(Handler) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def scoring_uri_serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on a free loopback port, in a thread, while the block runs; yields its SCORING_URI."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

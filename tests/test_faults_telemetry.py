@@ -12,8 +12,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from datetime import date, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
@@ -31,6 +30,7 @@ from _services import (
     day_events,
     expected_id,
     record,
+    scoring_uri_serving,
     stub_endpoint,
 )
 from hypothesis import HealthCheck, Phase, given, settings
@@ -136,15 +136,8 @@ def refusing_proxy(upstream: str, refused: frozenset[str], status: int, seen: li
         def log_message(self, format: str, *args) -> None:
             """Quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with scoring_uri_serving(Handler) as uri:
+        yield uri
 
 
 def park_one_batch_per_battery(harness) -> dict[str, str]:
