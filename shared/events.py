@@ -35,6 +35,7 @@ dead letters themselves are always storable as UTF-8 JSON (a lone surrogate in a
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -158,7 +159,11 @@ def _storable(text: str) -> str:
 def _date_window(enqueued: Any, received: datetime | None, max_age_days: int) -> tuple[str, str, str]:
     """The event's arrival day (UTC) and the first and last record day it accepts, as YYYY-MM-DD text:
     record days are that text too, so comparing the strings compares the days."""
-    arrived = _utc_day(enqueued) or _utc_day(received) or datetime.now(UTC).date()
+    return _window_of_day(_utc_day(enqueued) or _utc_day(received) or datetime.now(UTC).date(), max_age_days)
+
+
+@functools.lru_cache(maxsize=64)  # a batch's events arrive on a day or two
+def _window_of_day(arrived: date, max_age_days: int) -> tuple[str, str, str]:
     first = arrived - timedelta(days=min(max_age_days, (arrived - date.min).days))
     last = arrived + timedelta(days=min(MAX_FUTURE_DAYS, (date.max - arrived).days))
     return arrived.isoformat(), first.isoformat(), last.isoformat()
@@ -189,7 +194,7 @@ def _decode(body: bytes, max_body_bytes: int) -> tuple[Any, str | None]:
     except UnicodeDecodeError as error:
         return None, f"body is not UTF-8 text: {error.reason} at byte {error.start}"
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicates)
+        value = _JSON.decode(text)
     except _DuplicateKey as error:
         return None, f"duplicate key {error.key!r} in a JSON object"
     except RecursionError:
@@ -223,6 +228,9 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicates)  # built once
 
 
 def _check_guarded(
