@@ -78,7 +78,8 @@ def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]
 @app.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", use_monitor=False)
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
 def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
-    """Every 10 minutes, score the batches parked while the endpoint was down; queue their alerts."""
+    """Every 10 minutes, score the batches parked while the endpoint was down or refused them (fewest attempts
+    first; one refused three times is dead-lettered); queue their alerts."""
     result = rescore_parked(services.current())
     alerts.set([json.dumps(alert) for alert in result.alerts])
     log.info("rescore_parked_telemetry: %s", json.dumps(result.summary))

@@ -64,7 +64,8 @@ from shared.telemetry import DATE
 BATCH_SIZES = (100, 500)
 TARGET_EVENTS_PER_S = 1_000
 FLEET_START, FLEET_END = "2016-01-01", "2016-07-31"
-DayEvents = tuple[list[bytes], list[str]]  # a day's event bodies and their partition keys, as day_events gives
+# A day's event bodies and their partition keys, as day_events gives, and when they arrive (early the next day).
+DayEvents = tuple[list[bytes], list[str], datetime]
 
 
 def train_small_model(directory: Path) -> Path:
@@ -82,7 +83,8 @@ def split_history(telemetry: pd.DataFrame, stream_days: int) -> tuple[pd.DataFra
     streamed = sorted(day.unique())[-stream_days:]
     first = streamed[0]
     history = telemetry[(day < first) & (day >= first - pd.Timedelta(days=STATE_WINDOW_DAYS))]
-    return history, [day_events(telemetry[day == value]) for value in streamed]
+    arrival = [(value + pd.Timedelta(hours=25)).to_pydatetime().replace(tzinfo=UTC) for value in streamed]
+    return history, [(*day_events(telemetry[day == value]), at) for value, at in zip(streamed, arrival, strict=True)]
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -119,9 +121,9 @@ def measure_events(host: FunctionsHost, days: list[DayEvents]) -> dict:
     seconds per batch of the app, the endpoint and Azurite."""
     events, elapsed, per_batch, alerts = 0, 0.0, [], 0
     cpu = dict.fromkeys(cpu_seconds(), 0.0)
-    for bodies, keys in days:
+    for bodies, keys, arrived in days:
         cpu_began, began = cpu_seconds(), time.perf_counter()
-        delivery = host.deliver_events("score_telemetry", bodies, keys)
+        delivery = host.deliver_events("score_telemetry", bodies, keys, enqueued_time=arrived)
         took = time.perf_counter() - began
         cpu = {name: cpu[name] + seconds for name, seconds in cpu_used(cpu_began).items()}
         if delivery.failed_batches:
@@ -204,9 +206,10 @@ def main() -> int:
         alert_result = measure_alerts(hosts[BATCH_SIZES[0]], azurite.connection_string, args.alerts)
 
         if args.profile:
-            bodies, keys = profiled
+            bodies, keys, arrived = profiled
             profile("one batch of 500 events through score_telemetry",
-                    lambda: hosts[500].deliver_events("score_telemetry", bodies[:500], keys[:500]))
+                    lambda: hosts[500].deliver_events("score_telemetry", bodies[:500], keys[:500],
+                                                      enqueued_time=arrived))
             profile("push_alert draining the alerts that batch queued",
                     lambda: hosts[500].drain_queue("push_alert"))
 

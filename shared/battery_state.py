@@ -10,18 +10,18 @@ out-of-order events never count twice. A window covers the W calendar days endin
 newest day. When a battery's age goes down from one day to the next, it was reset or replaced under
 the same id: its window restarts at that day.
 
-Layout. One entity per battery: RowKey = the Battery_ID (percent-encoded, since `/ \\ # ?` are not
-allowed in keys), PartitionKey = one of `SHARDS` shards chosen by a stable hash of the id. Sharding is
-what makes a batch cheap: a few $filter queries read up to 14 batteries each, and one entity-group
-transaction (`shared.table_transaction`) writes up to 100 of them, instead of a GET and a PUT per
-battery. Few shards mean few, full transactions: a batch of 100 batteries is 4 requests, not 16 (which
-cut its time on Azurite by about 40%). The price is a ceiling: Azure serves about 2,000 entity writes a second
-per partition, so 4 shards carry about 8,000 battery-days a second, eight Event Hubs throughput units.
-Each history column is a JSON array in its own property (dates as day offsets from `First_Date`), which
-keeps every property far under the 64 KiB string limit. For W = 240 an entity is about 17,000
-characters in 14 properties (about 34 KiB as the service counts UTF-16, of the 1 MiB allowed), its
-largest property about 4,700 characters (9 KiB of 64 KiB); see tests/test_battery_state.py. W is
-capped at `MAX_WINDOW_DAYS`, where the largest is about 39 KiB.
+Layout. One entity per battery: RowKey = the Battery_ID percent-encoded (or, when that is longer than a
+key can be, a hash of it; see `state_keys`), PartitionKey = one of `SHARDS` shards chosen by a stable
+hash of the id. Sharding is what makes a batch cheap: a few $filter queries read up to 14 batteries
+each, and one entity-group transaction (`shared.table_transaction`) writes up to 100 of them, instead of
+a GET and a PUT per battery. Few shards mean few, full transactions: a batch of 100 batteries is 4
+requests, not 16 (which cut its time on Azurite by about 40%). The price is a ceiling: Azure serves
+about 2,000 entity writes a second per partition, so 4 shards carry about 8,000 battery-days a second,
+eight Event Hubs throughput units. Each history column is a JSON array in its own property (dates as day
+offsets from `First_Date`), which keeps every property far under the 64 KiB string limit. For W = 240 an
+entity is about 17,000 characters in 14 properties (about 34 KiB as the service counts UTF-16, of the 1
+MiB allowed), its largest property about 4,700 characters (9 KiB of 64 KiB); see
+tests/test_battery_state.py. W is capped at `MAX_WINDOW_DAYS`, where the largest is about 39 KiB.
 
 Concurrency. Each write carries the ETag of the version it merged into (create-if-absent for a new
 battery), inside the transaction. If another writer got there first, the transaction fails as a whole,
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import threading
 import zlib
@@ -83,6 +84,7 @@ _INTEGER_HISTORY = {AGE_DAYS, TRIPS}
 # a network round trip, so overlapping a batch's few dozen requests keeps it from being latency-bound;
 # against a local Azurite on a busy 2-core box it makes no measurable difference either way.
 _IO_THREADS = 4
+_MAX_KEY_LENGTH = 512  # a Table key holds 1 KiB of UTF-16; a percent-encoded key is ASCII, 1 unit a character
 _KEYS_PER_QUERY = 14  # a Table $filter allows 15 comparisons: the PartitionKey and 14 RowKeys
 _OPS_PER_TRANSACTION = 100  # the entity-group transaction limit
 _BYTES_PER_TRANSACTION = 3 * 1024 * 1024  # under the 4 MiB request limit, with room for the envelope
@@ -177,9 +179,19 @@ class StateCache:
 
 
 def state_keys(battery_id: str) -> tuple[str, str]:
-    """(PartitionKey, RowKey) of a battery's entity: a stable shard, and the id made safe for a key."""
-    shard = zlib.crc32(battery_id.encode("utf-8")) % SHARDS
-    return f"shard{shard:02d}", quote(battery_id, safe="")
+    """(PartitionKey, RowKey) of a battery's entity: a stable shard, and the id made safe for a key.
+
+    The key is the id percent-encoded (as it always was). Percent-encoding can make an id of up to
+    `shared.telemetry.MAX_ID_LENGTH` characters twelve times longer (a 4-byte character becomes 12), past
+    what a key holds; such an id is keyed by its SHA-256 instead, after "%sha256-", which no percent-encoded
+    id can begin with ("%" is always followed by two hex digits). The entity keeps the id itself.
+    """
+    encoded = battery_id.encode("utf-8")
+    shard = zlib.crc32(encoded) % SHARDS
+    row = quote(encoded, safe="")
+    if len(row) > _MAX_KEY_LENGTH:
+        row = f"%sha256-{hashlib.sha256(encoded).hexdigest()}"
+    return f"shard{shard:02d}", row
 
 
 def update_states(

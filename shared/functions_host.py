@@ -206,7 +206,8 @@ class FunctionsHost:
     """Runs the functions of a `func.FunctionApp` the way the Functions host would, on real storage.
 
     `storage_connection` is the app's `AzureWebJobsStorage`; queue bindings naming another connection
-    setting are resolved from `environ`, which also resolves `%SETTING%` schedules.
+    setting are resolved from `environ`, which also resolves `%SETTING%` schedules. `clock` says when
+    delivered events were enqueued (default: the wall clock; a simulated one for simulated days).
     """
 
     def __init__(
@@ -215,7 +216,9 @@ class FunctionsHost:
         storage_connection: StorageConnection,
         config: HostConfig | None = None,
         environ: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
         self.functions = {spec.name: spec for spec in map(function_spec, indexed_functions(app))}
         self.config = config or load_host_config()
         self._environ = os.environ if environ is None else environ
@@ -259,7 +262,7 @@ class FunctionsHost:
         if partition_keys is not None and len(partition_keys) != len(bodies):
             raise ValueError(f"got {len(bodies)} event bodies but {len(partition_keys)} partition keys")
         keys = [None] * len(bodies) if partition_keys is None else list(partition_keys)
-        enqueued = enqueued_time or datetime.now(UTC)
+        enqueued = enqueued_time or self._clock()
         events = [self._event(body, key, enqueued) for body, key in zip(bodies, keys, strict=True)]
         many = spec.trigger.get("cardinality", "one").lower() == "many"
         size = self.config.max_event_batch_size if many else 1

@@ -14,6 +14,8 @@ the retry policy runs it again later; on the policy's last attempt (`final_attem
 is parked in Blob instead, with its reason, because after that the host checkpoints past the batch.
 A request the endpoint refuses outright (`ScoringRejected`) is parked at once: running the same batch
 again would be refused the same way, while a fixed or redeployed endpoint can score it later.
+`rescore_parked` tries the parked requests in turn and dead-letters one after `MAX_PARKED_REFUSALS`
+refusals, so a request the endpoint will never take cannot hold up the others.
 
 Overlap. The batteries of a batch are merged and scored in chunks of at most the scoring client's
 `chunk_size` (one request each): while the endpoint, in its own process, scores one chunk, this process
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from azure.storage.blob import ContainerClient
 
 from shared.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
 from shared.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
@@ -44,7 +47,7 @@ from shared.battery_state import histories_for_request, update_states
 from shared.events import parse_events
 from shared.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.services import Services
-from shared.storage import download_json, ensure_container, list_blob_names, upload_json
+from shared.storage import download_bytes, ensure_container, upload_json
 from shared.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
 # Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
@@ -54,6 +57,10 @@ STATE_WINDOW_DAYS = 120
 
 PARKED_CONTAINER = "parked"
 PARKED_PREFIX = "telemetry/"
+PARKED_DEADLETTER_PREFIX = "parked/"  # in the dead-letter container: parked requests refused for good
+# Refusals after which a parked request is dead-lettered: a 4xx repeated three times, 10 minutes apart,
+# is the request, not a passing fault (a redeployed endpoint gets two more chances at it).
+MAX_PARKED_REFUSALS = 3
 SCORING_ERRORS_PREFIX = "scoring/"
 UNKNOWN_MODEL = "unknown"  # an endpoint that does not say which model answered
 
@@ -70,7 +77,7 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
     """
     now = services.clock()
     batch = batch_id(bodies, metadata)
-    good, bad = parse_events(bodies, metadata)
+    good, bad = parse_events(bodies, metadata, received=now, max_age_days=services.settings.telemetry_max_age_days)
     dead_letter(services.blobs, bad, now, batch)
     archive_telemetry(services.blobs, good, now, batch)
     summary: dict[str, Any] = {"batch_id": batch, "events": len(bodies), "records": len(good),
@@ -149,36 +156,91 @@ def _battery_chunks(records: pd.DataFrame, most: int) -> Iterator[pd.DataFrame]:
 
 
 def rescore_parked(services: Services) -> AlertBatch:
-    """Score the requests parked while the endpoint was down, oldest first; their alerts for the queue.
+    """Score the requests parked while the endpoint was down or refused them; their alerts for the queue.
 
-    A request scored is deleted from the parking container. When the endpoint still fails, that request
-    keeps its place with one more attempt and the new reason, and the run stops there: the others would
-    only wait out the client's retries against the same dead endpoint.
+    Requests are tried in turn: fewest attempts first, then oldest, so one that keeps failing goes to the
+    back and cannot hold up the others. A request scored is deleted from the parking container. One that
+    fails keeps its place with one more attempt and the new reason; a *refusal* (the endpoint refused it,
+    `ScoringRejected`, or was unavailable for it in a run where it scored another) counts towards
+    `MAX_PARKED_REFUSALS`, after which the request moves to the dead-letter container, so a request the
+    endpoint will never take is recorded instead of retried for ever. When the endpoint is unavailable
+    the run stops there: the others would only wait out the client's retries against the same endpoint.
     """
     container = ensure_container(services.blobs, PARKED_CONTAINER)
-    names = list_blob_names(container, PARKED_PREFIX)
+    names = _parked_in_turn(container)
     alerts: list[dict] = []
-    summary: dict[str, Any] = {"parked": len(names), "rescored": 0, "alerts": 0, "scoring_errors": 0}
+    summary: dict[str, Any] = {"parked": len(names), "rescored": 0, "dead_lettered": 0, "alerts": 0,
+                               "scoring_errors": 0}  # fmt: skip
     for name in names:
-        parked = download_json(container, name)
-        if parked is None:  # another run (or an operator) removed it since the listing
+        data = download_bytes(container, name)
+        if data is None:  # another run (or an operator) removed it since the listing
             continue
         now = services.clock()
+        parked, unreadable = _read_parked(data)
+        if unreadable is not None:
+            _dead_letter_parked(services, container, name, {"body": data.decode("utf-8", "replace")}, unreadable, now)
+            summary["dead_lettered"] += 1
+            continue
         try:
             scores = score_items(services, parked["items"])
         except ScoringError as error:
-            retried = {"attempts": parked["attempts"] + 1, "reason": _reason(error), "last_attempt_at": now.isoformat()}
-            upload_json(container, name, parked | retried)
-            summary["still_parked"] = len(names) - summary["rescored"]
-            summary["reason"] = _reason(error)
-            break
+            refused = isinstance(error, ScoringRejected) or summary["rescored"] > 0
+            parked |= {"attempts": parked.get("attempts", 0) + 1, "refusals": parked.get("refusals", 0) + refused,
+                       "reason": _reason(error), "last_attempt_at": now.isoformat()}  # fmt: skip
+            if parked["refusals"] >= MAX_PARKED_REFUSALS:
+                reason = f"refused {parked['refusals']} times, the last: {_reason(error)}"
+                _dead_letter_parked(services, container, name, parked, reason, now)
+                summary["dead_lettered"] += 1
+            else:
+                _store_parked(container, name, parked)
+            if isinstance(error, ScoringUnavailable):
+                summary["reason"] = _reason(error)
+                break
+            continue
         batch_alerts, errors = alerts_from_scored(services, parked["batch_id"], parked["items"], scores, now)
         container.delete_blob(name)
         alerts += batch_alerts
         summary["rescored"] += 1
         summary["scoring_errors"] += errors
+    summary["still_parked"] = summary["parked"] - summary["rescored"] - summary["dead_lettered"]
     summary["alerts"] = len(alerts)
     return AlertBatch(alerts, summary)
+
+
+def _parked_in_turn(container: ContainerClient) -> list[str]:
+    """The parked requests' blob names in the order `rescore_parked` tries them: fewest attempts first
+    (the count is kept in each blob's metadata, so ordering them reads no request), then oldest."""
+    blobs = container.list_blobs(name_starts_with=PARKED_PREFIX, include=["metadata"])
+    attempts = {blob.name: (blob.metadata or {}).get("attempts", "0") for blob in blobs}
+    return sorted(attempts, key=lambda name: (int(attempts[name]) if attempts[name].isdigit() else 0, name))
+
+
+def _read_parked(data: bytes) -> tuple[dict, None] | tuple[None, str]:
+    """A parked request, or why it cannot be one (an operator's edit, a truncated write)."""
+    try:
+        parked = json.loads(data)
+    except ValueError as error:
+        return None, f"unreadable parked request: {error}"
+    if not (isinstance(parked, dict) and isinstance(parked.get("batch_id"), str) and parked.get("items")
+            and isinstance(parked["items"], list)):  # fmt: skip
+        return None, "unreadable parked request: no batch_id and items"
+    return parked, None
+
+
+def _store_parked(container: ContainerClient, name: str, parked: dict) -> None:
+    upload_json(container, name, parked, metadata={"attempts": str(parked["attempts"])})
+
+
+def _dead_letter_parked(
+    services: Services, container: ContainerClient, name: str, parked: dict, reason: str, now: datetime
+) -> str:
+    """Move a parked request to `deadletter/parked/…` with why; returns the dead letter's blob name."""
+    dead_name = f"{PARKED_DEADLETTER_PREFIX}date={now:%Y-%m-%d}/{name.rsplit('/', 1)[-1]}"
+    document = parked | {"dead_lettered_at": now.isoformat(), "reason": reason, "parked_as": name}
+    upload_json(ensure_container(services.blobs, DEADLETTER_CONTAINER), dead_name, document)
+    container.delete_blob(name)
+    log.warning("dead-lettered parked request %s: %s", name, reason)
+    return dead_name
 
 
 def score_items(services: Services, items: Sequence[dict]) -> pd.DataFrame:
@@ -231,9 +293,10 @@ def park_request(services: Services, batch: str, items: list[dict], error: Scori
     """Keep a scoring request the endpoint could not score, with why, for `rescore_parked`; its blob name."""
     container = ensure_container(services.blobs, PARKED_CONTAINER)
     name = f"{PARKED_PREFIX}date={now:%Y-%m-%d}/{batch}.json"
-    document = {"batch_id": batch, "parked_at": now.isoformat(), "attempts": 1, "reason": _reason(error),
+    document = {"batch_id": batch, "parked_at": now.isoformat(), "attempts": 1,
+                "refusals": int(isinstance(error, ScoringRejected)), "reason": _reason(error),
                 "last_attempt_at": now.isoformat(), "items": items}  # fmt: skip
-    upload_json(container, name, document)
+    _store_parked(container, name, document)
     log.warning("parked %d batteries of batch %s: %s", len(items), batch, document["reason"])
     return f"{PARKED_CONTAINER}/{name}"
 

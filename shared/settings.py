@@ -36,6 +36,8 @@ class Settings:
     service_booking_url: str = "https://service.treyresearch.example/book"
     alert_probability_threshold: float = 0.8
     alert_cooldown_days: int = 7
+    # The oldest telemetry record accepted, in days before its event arrived (shared/events.py, "date window").
+    telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
     batch_score_schedule: str = "0 0 3 * * *"
     compliance_schedule: str = "0 30 3 * * *"
@@ -69,6 +71,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
+    if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/telemetry.py PLAUSIBLE_RANGES)
+        raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
     for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
@@ -101,6 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         service_booking_url=booking,
         alert_probability_threshold=threshold,
         alert_cooldown_days=cooldown,
+        telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),

@@ -163,9 +163,17 @@ def upload_creating_container(service: BlobServiceClient, container_name: str, n
         upload_bytes(ensure_container(service, container_name), name, data)
 
 
-def upload_bytes(container: ContainerClient, name: str, data: bytes, *, overwrite: bool = True) -> None:
-    """Write a blob; with `overwrite=False` an existing blob raises `ResourceExistsError` (If-None-Match)."""
-    container.upload_blob(name, data, overwrite=overwrite)
+def upload_bytes(
+    container: ContainerClient,
+    name: str,
+    data: bytes,
+    *,
+    overwrite: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a blob (with `metadata`, if given); with `overwrite=False` an existing blob raises
+    `ResourceExistsError` (If-None-Match)."""
+    container.upload_blob(name, data, overwrite=overwrite, metadata=metadata)
 
 
 def download_bytes(container: ContainerClient, name: str) -> bytes | None:
@@ -176,9 +184,11 @@ def download_bytes(container: ContainerClient, name: str) -> bytes | None:
         return None
 
 
-def upload_json(container: ContainerClient, name: str, value: Any, *, overwrite: bool = True) -> None:
-    """Write `value` as a UTF-8 JSON blob."""
-    upload_bytes(container, name, json.dumps(value, indent=2).encode(), overwrite=overwrite)
+def upload_json(
+    container: ContainerClient, name: str, value: Any, *, overwrite: bool = True, metadata: dict[str, str] | None = None
+) -> None:
+    """Write `value` as a UTF-8 JSON blob (with `metadata`, if given)."""
+    upload_bytes(container, name, json.dumps(value, indent=2).encode(), overwrite=overwrite, metadata=metadata)
 
 
 def download_json(container: ContainerClient, name: str) -> Any | None:

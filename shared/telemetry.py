@@ -7,6 +7,7 @@ unparsable in one path is unparsable in all of them, with the same words.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,18 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# The longest id accepted, in characters. Azure Table keys hold 1 KiB of UTF-16 (512 code units; any
+# character is 1 or 2 of them), so every id of up to 256 characters fits a key as it is: the alert store
+# keys by Car_ID. The gateway client percent-encodes the id into a URL path segment.
+MAX_ID_LENGTH = 256
+# What no id may contain: / \ # ? (Table keys cannot hold them; in a URL path they end or escape the
+# segment), control characters (Table keys cannot hold them either) and lone surrogates (not text: UTF-8
+# cannot encode them).
+_ID_FORBIDDEN = re.compile("[/\\\\#?\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The days a datetime64[ns] holds (pandas' nanosecond range): every date this system stores is one of them.
+FIRST_DAY, LAST_DAY = "1677-09-22", "2262-04-11"
+
+
 class InputError(ValueError):
     """Input that cannot be used as it is; the message names the source, the column and the first bad rows.
 
@@ -59,6 +72,35 @@ class RowProblem:
     column: str
     value: object
     reason: str
+
+
+def id_problem(value: object) -> str | None:
+    """Why `value` cannot be a Car_ID or Battery_ID (a string naming the problem), or None if it can.
+
+    An id becomes a Table storage key (alert store, battery state), a URL path segment (the head-unit
+    gateway) and text in UTF-8 blobs (archive, dead letters), so it must be something all of them can hold:
+    a non-empty string of at most `MAX_ID_LENGTH` characters, not "." or ".." (which a URL path resolves
+    away), with no / \\ # ?, no control character (U+0000-U+001F, U+007F-U+009F) and no lone surrogate
+    (which UTF-8 cannot encode). The streaming path refuses such ids at the door; the delivery side checks
+    the same rule before it stores or sends.
+    """
+    if not isinstance(value, str):
+        return f"not a string ({type(value).__name__})"
+    if not value:
+        return "empty id"
+    if len(value) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters ({len(value):,})"
+    if value in (".", ".."):
+        return f"{value!r} is not allowed as an id (a URL path resolves it away)"
+    found = _ID_FORBIDDEN.search(value)
+    if found is None:
+        return None
+    character = found.group()
+    if character in "/\\#?":
+        return f"contains {character!r}, which storage keys and URL paths cannot hold"
+    if "\ud800" <= character <= "\udfff":
+        return f"contains a lone surrogate U+{ord(character):04X}, which is not text (UTF-8 cannot encode it)"
+    return f"contains the control character U+{ord(character):04X}"
 
 
 def coerce_telemetry(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[RowProblem]]:
@@ -79,8 +121,12 @@ def coerce_telemetry(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[RowProblem]]
 
     codes, text = _distinct_text(raw[DATE])
     dates = pd.to_datetime(pd.Series(text, dtype="string"), errors="coerce", format="ISO8601")
-    typed[DATE] = _per_row(dates.astype("datetime64[ns]").to_numpy(), codes, np.datetime64("NaT", "ns"))
-    problems += _problems(raw, DATE, np.isnat(typed[DATE]), "not a date (expected YYYY-MM-DD)")
+    outside = ((dates < pd.Timestamp.min) | (dates > pd.Timestamp.max)).to_numpy(bool)  # pandas ≥ 3 parses them
+    typed[DATE] = _per_row(dates.where(~outside).astype("datetime64[ns]").to_numpy(), codes,
+                           np.datetime64("NaT", "ns"))  # fmt: skip
+    outside = _per_row(outside, codes, False)
+    problems += _problems(raw, DATE, outside, f"outside the dates this system holds ({FIRST_DAY} to {LAST_DAY})")
+    problems += _problems(raw, DATE, np.isnat(typed[DATE]) & ~outside, "not a date (expected YYYY-MM-DD)")
     for column in (BATTERY_ID, CAR_ID):
         codes, text = _distinct_text(raw[column])
         typed[column] = pd.Series(_per_row(text, codes, None), dtype=object)  # not pandas' inferred "str"

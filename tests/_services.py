@@ -119,8 +119,9 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
     """A harness on empty storage, with the settings of local.settings.json pointed at the test services."""
     wipe_storage(connection)
     with HeadUnitSimulator(SIGNING_KEY) as simulator:
-        host = FunctionsHost(function_app.app, connection)
-        harness = AppHarness(host, simulator, SimClock(NIGHT), connection, monkeypatch)
+        clock = SimClock(NIGHT)
+        host = FunctionsHost(function_app.app, connection, clock=clock)  # events arrive on the simulated clock
+        harness = AppHarness(host, simulator, clock, connection, monkeypatch)
         harness.configure(
             AzureWebJobsStorage=connection, SCORING_URI=scoring_uri, SCORING_KEY=None,
             HEAD_UNIT_GATEWAY_URL=simulator.url, HEAD_UNIT_SIGNING_KEY=SIGNING_KEY,
@@ -258,7 +259,14 @@ def stub_endpoint(
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with scoring_uri_serving(Handler) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def scoring_uri_serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on a free loopback port, in a thread, while the block runs; yields its SCORING_URI."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

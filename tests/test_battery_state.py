@@ -126,6 +126,16 @@ def test_keys_survive_characters_tables_do_not_allow(table):
     assert dates_of(window_of(read_windows(table, [battery]), battery)) == ["2017-03-01", "2017-03-02"]
 
 
+@pytest.mark.parametrize("battery", ["😀" * 256, "é" * 256, "!" * 256])
+def test_an_id_whose_encoded_key_is_too_long_for_a_table_key_is_keyed_by_its_hash(table, battery):
+    update_states(table, days(battery, "2017-03-01", 2), W)
+
+    _, row = state_keys(battery)
+    assert row.startswith("%sha256-") and len(row) <= 512
+    assert dates_of(window_of(read_windows(table, [battery]), battery)) == ["2017-03-01", "2017-03-02"]
+    assert state_keys("CAR 17/#?")[1] == "CAR%2017%2F%23%3F", "an id whose encoding fits keeps its key"
+
+
 def test_many_batteries_go_through_chunked_queries_and_transactions(table, monkeypatch):
     # Small limits, so a small fleet needs several queries and transactions per shard.
     monkeypatch.setattr(battery_state, "_KEYS_PER_QUERY", 2)

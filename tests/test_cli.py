@@ -29,6 +29,11 @@ def test_every_command_explains_itself(command, capsys):
             f"{HEADER}\n{GOOD}\n{GOOD.replace(',61.2,', ',lots,')}\n",
             "column Daily_Trip_Duration: not a number on line 3",
         ),
+        *[
+            (f"{HEADER}\n{GOOD}\n{GOOD.replace('2017-03-19', day)}\n",
+             f"column Date: outside the dates this system holds (1677-09-22 to 2262-04-11) on line 3 ('{day}')")
+            for day in ("9999-12-31", "0001-01-01", "3000-01-01")
+        ],
     ],
 )
 @pytest.mark.parametrize("command", ["train", "score", "prepare"])

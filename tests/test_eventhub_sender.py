@@ -79,7 +79,7 @@ def test_the_bodies_the_simulator_sends_are_the_events_the_function_accepts():
     telemetry = fleet(cars=3, days=2)
     bodies = [body for car_bodies in event_bodies_by_car(telemetry).values() for body in car_bodies]
 
-    good, dead = parse_events(bodies)
+    good, dead = parse_events(bodies, received=telemetry[DATE].max() + pd.Timedelta(hours=1))
 
     assert dead == []
     pd.testing.assert_frame_equal(good, telemetry.reset_index(drop=True))

@@ -33,6 +33,9 @@ def test_values_are_typed_and_trimmed():
         ("ALERT_COOLDOWN_DAYS", "2.5"),
         ("SCORING_URI", "127.0.0.1:5001/score"),
         ("RETRAIN_SCHEDULE", "0 2 * * *"),
+        ("TELEMETRY_MAX_AGE_DAYS", "0"),
+        ("TELEMETRY_MAX_AGE_DAYS", "7321"),
+        ("TELEMETRY_MAX_AGE_DAYS", "a year"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
@@ -57,3 +60,10 @@ def test_scoring_auth_follows_the_key_unless_set():
 def test_scoring_auth_and_key_must_agree(environ, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(environ)
+
+
+def test_the_telemetry_date_window_reaches_back_1000_days_unless_set():
+    from shared.events import DEFAULT_MAX_AGE_DAYS
+
+    assert load_settings({}).telemetry_max_age_days == DEFAULT_MAX_AGE_DAYS == 1000
+    assert load_settings({"TELEMETRY_MAX_AGE_DAYS": " 90 "}).telemetry_max_age_days == 90

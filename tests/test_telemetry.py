@@ -5,8 +5,10 @@ import pytest
 
 from shared.telemetry import (
     COLUMNS,
+    MAX_ID_LENGTH,
     InputError,
     coerce_telemetry,
+    id_problem,
     implausible_values,
     read_cars_csv,
     read_telemetry_csv,
@@ -106,3 +108,43 @@ def test_cars_csv_rejects_duplicates_and_bad_years(tmp_path):
         read_cars_csv(write(tmp_path, header + good + good, "cars.csv"))
     with pytest.raises(InputError, match="Model_Year: not a number on line"):
         read_cars_csv(write(tmp_path, header + good.replace("2013,", "soon,"), "cars.csv"))
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("", "empty id"),
+        (".", "'.' is not allowed as an id (a URL path resolves it away)"),
+        ("..", "'..' is not allowed as an id (a URL path resolves it away)"),
+        ("CAR/17", "contains '/', which storage keys and URL paths cannot hold"),
+        ("CAR\\17", "contains '\\\\', which storage keys and URL paths cannot hold"),
+        ("CAR#17", "contains '#', which storage keys and URL paths cannot hold"),
+        ("CAR?17", "contains '?', which storage keys and URL paths cannot hold"),
+        ("CAR\x0017", "contains the control character U+0000"),
+        ("CAR\n17", "contains the control character U+000A"),
+        ("CAR\x7f", "contains the control character U+007F"),
+        ("CAR\x9f", "contains the control character U+009F"),
+        ("CAR-\udc00", "contains a lone surrogate U+DC00, which is not text (UTF-8 cannot encode it)"),
+        ("7" * (MAX_ID_LENGTH + 1), "longer than 256 characters (257)"),
+        (17, "not a string (int)"),
+    ],
+)
+def test_id_problem_names_what_no_store_or_url_can_hold(value, problem):
+    assert id_problem(value) == problem
+
+
+@pytest.mark.parametrize("value", ["CAR-00017", "17", "a.b", "...", "CAR 17", "%2F", "\xa0x", "é" * 256, "😀" * 256])
+def test_id_problem_accepts_every_id_the_stores_and_the_gateway_can_hold(value):
+    assert id_problem(value) is None
+
+
+def test_dates_outside_what_a_datetime64_ns_holds_are_row_problems_not_errors():
+    raw = pd.DataFrame([GOOD.split(",")] * 5, columns=COLUMNS)
+    raw["Date"] = ["9999-12-31", "1677-09-22", "0001-01-01", "2262-04-11", "3000-01-01"]
+
+    typed, problems = coerce_telemetry(raw)
+
+    assert typed["Date"].tolist() == [pd.Timestamp("1677-09-22"), pd.Timestamp("2262-04-11")]
+    assert [(p.row, p.reason) for p in problems] == [
+        (row, "outside the dates this system holds (1677-09-22 to 2262-04-11)") for row in (0, 2, 4)
+    ]
