@@ -208,8 +208,8 @@ def _parsed(body: bytes) -> Any:
         problem = f"could not be decoded as JSON: {error}" if body else "is empty. Expecting a JSON dictionary."
         raise RequestError(f"POST body {problem}") from None
     except UnicodeDecodeError as error:
-        raise RequestError(f"POST body is not valid UTF-8: byte {error.object[error.start]:#04x} at offset "
-                           f"{error.start:,}") from None  # fmt: skip
+        byte = error.object[error.start]  # the offset is within the string msgspec was decoding, not the body
+        raise RequestError(f"POST body is not valid UTF-8: {error.reason} (byte {byte:#04x})") from None
     except RecursionError:
         raise RequestError("POST body nests arrays or objects too deeply to decode") from None
 
