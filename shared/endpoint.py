@@ -552,12 +552,14 @@ def _check_spans(typed: pd.DataFrame, batch: _Batch) -> None:
     Preparation fills every day between a battery's first and last row, so a few rows years apart
     would cost as many days of work and memory as a full history of those years.
     """
-    usable = typed[~np.array([batch.errors[i] is not None for i in batch.row_item[typed.index]], dtype=bool)]
-    if usable.empty:
+    failed = np.array([error is not None for error in batch.errors], dtype=bool)
+    item = batch.row_item[typed.index.to_numpy()]
+    usable = ~failed[item]
+    item = item[usable]
+    if not len(item):
         return
-    item = batch.row_item[usable.index.to_numpy()]
     starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]])
-    days = usable[DATE].to_numpy("M8[D]").astype(np.int64)
+    days = typed[DATE].to_numpy()[usable].astype("M8[D]").astype(np.int64)
     first, last = np.minimum.reduceat(days, starts), np.maximum.reduceat(days, starts)
     spans = last - first + 1
     too_long = spans > MAX_HISTORY_SPAN_DAYS
