@@ -247,9 +247,9 @@ def test_repeated_keys_get_400_naming_the_key(scoring_endpoint, fault_outcome) -
         assert f"repeats the key '{key}' in one object" in error
 
 
-# Short timeouts for the stalled-client tests, on a server of their own: mid-body silence 1 s, run() 3 s,
-# a worker held anywhere 6 s (more than run()'s bound, so a trickled body gets its 408 first).
-STALL_TIMEOUTS = {"SCORING_BODY_IDLE_TIMEOUT_S": "1", "SCORING_TIMEOUT_MS": "3000", "WORKER_TIMEOUT": "6"}
+# Short timeouts for the stalled-client tests, on a server of their own: mid-body silence 1 s, run() 5 s,
+# a worker held anywhere 8 s (more than run()'s bound, so a trickled body gets its 408 first).
+STALL_TIMEOUTS = {"SCORING_BODY_IDLE_TIMEOUT_S": "1", "SCORING_TIMEOUT_MS": "5000", "WORKER_TIMEOUT": "8"}
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +270,12 @@ def test_a_client_stalling_mid_body_gets_408_and_does_not_hold_the_worker(impati
     fault_outcome(PATH, "client stalls mid-body (1 s idle timeout)", lost=lost([status, waiting.status_code]),
                   duplicates=0, bound="0")  # fmt: skip
     assert status == 408 and "send it again" in answer["error"]
-    assert waiting.text == "Healthy" and waited < 5  # the 1 s idle timeout, not the 6 s worker timeout
+    assert waiting.text == "Healthy" and waited < 4  # the 1 s idle timeout, not the 5 s scoring timeout
     assert post(impatient_endpoint, body).status_code == 200
 
 
 def test_a_trickling_body_is_cut_off_by_the_scoring_timeout(impatient_endpoint, fault_outcome) -> None:
-    """One byte every 0.3 s never trips the 1 s idle timeout; the 3 s bound on run() ends it with 408."""
+    """One byte every 0.3 s never trips the 1 s idle timeout; the 5 s bound on run() ends it with 408."""
     body = small_body()
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", impatient_endpoint.port), timeout=60) as trickling:
@@ -287,10 +287,10 @@ def test_a_trickling_body_is_cut_off_by_the_scoring_timeout(impatient_endpoint, 
         status, answer = parse_answer(read_to_end(trickling))
     took = time.monotonic() - started
 
-    fault_outcome(PATH, "client trickles its body (3 s scoring timeout)", lost=lost([status]), duplicates=0,
+    fault_outcome(PATH, "client trickles its body (5 s scoring timeout)", lost=lost([status]), duplicates=0,
                   bound="0")  # fmt: skip
     assert status == 408 and answer["error"].startswith("the body did not arrive in time")
-    assert 2.5 < took < 6
+    assert 4.5 < took < 8
     assert healthy(impatient_endpoint)
 
 
@@ -306,7 +306,7 @@ def test_a_client_stalling_in_its_headers_costs_a_worker_restart_not_the_endpoin
         waited = time.monotonic() - started
         stalled_answer = read_to_end(stalled)
 
-    fault_outcome(PATH, "client stalls in its headers (6 s worker timeout; it gets gunicorn's HTML 500)",
+    fault_outcome(PATH, "client stalls in its headers (8 s worker timeout; it gets gunicorn's HTML 500)",
                   lost=lost([waiting.status_code]), duplicates=0, bound="0")  # fmt: skip
-    assert waiting.text == "Healthy" and 6 <= waited < 60  # after the worker timeout and the new worker's init()
+    assert waiting.text == "Healthy" and 8 <= waited < 60  # after the worker timeout and the new worker's init()
     assert stalled_answer.startswith(b"HTTP/1.1 500 ") and b"text/html" in stalled_answer
