@@ -43,6 +43,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from shared.endpoint import SERVER_ENVIRONMENT
 from shared.forecasting import METADATA_FILE
 from shared.mlflow_forecaster import MLFLOW_DIR
 from shared.mlflow_forecaster import MODEL_KIND as MLFLOW_KIND
@@ -432,6 +433,7 @@ def online_deployment(
     (`scoring_environment()` unless given: pass `scoring_environment(model_dir)` for an MLflow model).
 
     `WORKER_COUNT` sets azmlinfsrv's worker processes; the instance admits as many concurrent requests.
+    SERVER_ENVIRONMENT gives the server the endpoint's timeouts, as the local server has them.
     """
     return ManagedOnlineDeployment(
         name=name,
@@ -441,7 +443,7 @@ def online_deployment(
         environment=environment or scoring_environment(),
         instance_type=instance_type,
         instance_count=1,
-        environment_variables={"WORKER_COUNT": str(worker_count)},
+        environment_variables={"WORKER_COUNT": str(worker_count), **SERVER_ENVIRONMENT},
         app_insights_enabled=True,
         request_settings=OnlineRequestSettings(
             request_timeout_ms=REQUEST_TIMEOUT_MS, max_concurrent_requests_per_instance=worker_count

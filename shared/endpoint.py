@@ -19,14 +19,21 @@ of the wrong type, an empty history, an impossible value, a Battery_ID sent twic
 `error` and no numbers, and the other items are still scored. A body that is not the contract's shape
 raises `RequestError` (HTTP 400); one over the size limits raises `RequestTooLarge` (HTTP 413).
 A `null` measure is a gap, as a blank cell is in a CSV: preparation fills it and counts it.
+
+A body that is not JSON at all — invalid UTF-8, nesting too deep to decode, a truncated body — is a
+`RequestError` too, and so is a body in which an object repeats a key (see `_refuse_repeated_keys`).
+Error messages show a bounded excerpt of the offending value, never the whole of it.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
+import json
 import math
 import operator
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +58,7 @@ from shared.telemetry import (
     INTEGER_COLUMNS,
     LIFETIME_CYCLES,
     MEASURE_COLUMNS,
+    PLAUSIBLE_RANGES,
     RATED_CYCLES,
     TRIP_MINUTES,
     TRIPS,
@@ -65,6 +73,21 @@ HISTORY_FIELDS = [DATE, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CY
 # request of 240 days each is about 30 MB of JSON). Clients split bigger batches (ScoringClient does).
 MAX_BATTERIES_PER_REQUEST = 1_000
 MAX_HISTORY_ROWS_PER_REQUEST = 400_000
+# The body's size, checked before it is read (Content-Length) and while it is read (scoring/score.py):
+# room for the row limit in the Function App's encoding (about 165 bytes a row), and a bound on the
+# worker's memory (a request's body, decoded, costs about three times its size).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# How long a client may go silent in the middle of its body before it gets 408 (scoring/score.py).
+BODY_IDLE_TIMEOUT_S = 10.0
+# azmlinfsrv's own bounds, set where it runs (shared/inference_server.py locally, shared/azureml.py in
+# Azure ML): run() as a whole — reading the body and scoring it — within SCORING_TIMEOUT_MS (its alarm;
+# Azure ML's request timeout is the same 30 s), and gunicorn's --timeout (WORKER_TIMEOUT, seconds) kills
+# and restarts a worker held longer than that anywhere, a client stuck in its headers included.
+SERVER_ENVIRONMENT = {"SCORING_TIMEOUT_MS": "30000", "WORKER_TIMEOUT": "60"}
+# Dates preparation can hold (pandas' nanosecond timestamps run from 1677-09-21 to 2262-04-11), and how
+# many days one battery's history may span: preparation fills every day between its first and last row.
+FIRST_DATE, LAST_DATE = np.datetime64("1678-01-01"), np.datetime64("2261-12-31")
+MAX_HISTORY_SPAN_DAYS = int(PLAUSIBLE_RANGES[AGE_DAYS][1])  # as long as a battery may be old
 # Predictions at or above this probability carry `reasons` (see scoring.score_windows for why not all);
 # below any sensible alert threshold, so every alert the streaming path raises has the model's reasons.
 EXPLAIN_FROM_PROBABILITY = 0.5
@@ -96,6 +119,12 @@ class RequestTooLarge(RequestError):
     status = 413
 
 
+class RequestTimeout(RequestError):
+    """The body did not arrive in time (a stalled or trickling client): HTTP 408, worth sending again."""
+
+    status = 408
+
+
 def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
     """The response body for a raw request body (the bytes POSTed to /score).
 
@@ -104,9 +133,14 @@ def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
     """
     try:
         request = _CONTRACT.decode(body)
-    except msgspec.DecodeError:  # not exactly the contract, or not JSON: find out what is wrong, item by item
-        return score_request(model, _data_of(_parsed(body)))
-    _check_size(request.data, [len(item.history) for item in request.data])
+    except _UNDECODABLE:  # not exactly the contract, or not JSON: find out what is wrong, item by item
+        parsed = _parsed(body)
+        _refuse_repeated_keys(body, _keys_at_contract_levels(parsed))
+        return score_request(model, _data_of(parsed))
+    history_lengths = [len(item.history) for item in request.data]
+    _check_size(request.data, history_lengths)
+    _refuse_repeated_keys(body, 1 + len(_ContractItem.__struct_fields__) * len(request.data)
+                          + len(_Row.__struct_fields__) * sum(history_lengths))  # fmt: skip
     return _respond(model, [_check_values(*_struct_fields(item)) for item in request.data], _struct_columns)
 
 
@@ -160,6 +194,9 @@ _ContractItem = msgspec.defstruct(
 _CONTRACT = msgspec.json.Decoder(msgspec.defstruct("ScoringRequest", [("data", list[_ContractItem])], gc=False))
 # Any JSON; a number beyond float range is ±inf (refused as "not a number" for its item), as json.loads reads it.
 _ANY_JSON = msgspec.json.Decoder(float_hook=float)
+# What msgspec raises for a body it cannot decode: not JSON or not the shape (DecodeError), a string that
+# is not UTF-8, arrays or objects nested deeper than the interpreter's recursion limit.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _EPOCH = datetime.date(1970, 1, 1).toordinal()  # datetime64 counts days from here
 _struct_fields = operator.attrgetter(BATTERY_ID, CAR_ID, RATED_CYCLES, HISTORY)
 
@@ -170,6 +207,66 @@ def _parsed(body: bytes) -> Any:
     except msgspec.DecodeError as error:
         problem = f"could not be decoded as JSON: {error}" if body else "is empty. Expecting a JSON dictionary."
         raise RequestError(f"POST body {problem}") from None
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]  # the offset is within the string msgspec was decoding, not the body
+        raise RequestError(f"POST body is not valid UTF-8: {error.reason} (byte {byte:#04x})") from None
+    except RecursionError:
+        raise RequestError("POST body nests arrays or objects too deeply to decode") from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(body: bytes, keys: int) -> None:
+    """Refuse (HTTP 400, naming the key) a body in which an object repeats a key.
+
+    Readers disagree on which of the two values counts (msgspec and json keep the last, others the
+    first), so such a body means different requests to different readers: it is refused, not guessed.
+    `keys` is how many keys the decode found in the objects it kept. Each key is followed by exactly
+    one colon, so a body with no more colons than that repeats no key; that count is the whole cost
+    for the Function App's requests. Only when there are more (a colon inside a string, an extra
+    field, a repeated key) is the body read again by json, whose pairs hook sees every key.
+    """
+    if _colons(body) <= keys:
+        return
+    try:
+        json.loads(body, object_pairs_hook=_without_repeated_keys)
+    except _RepeatedKey as repeated:
+        raise RequestError(f"POST body repeats the key {_shown(repeated.args[0])} in one object; "
+                           "each key may appear once per object") from None  # fmt: skip
+    except (ValueError, RecursionError):  # msgspec read it; json refuses it (say, too deep for it): refuse
+        raise RequestError("POST body could not be checked for repeated keys") from None
+
+
+def _without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object as a dict, or _RepeatedKey with the first key it repeats."""
+    as_dict = dict(pairs)
+    if len(as_dict) < len(pairs):
+        counts = collections.Counter(key for key, _ in pairs)
+        raise _RepeatedKey(next(key for key, count in counts.items() if count > 1))
+    return as_dict
+
+
+_COUNT_STEP = 256 * 1024  # bytes compared at once: the comparison's scratch array stays in cache
+
+
+def _colons(body: bytes) -> int:
+    """How many b":" the body holds; numpy in cache-sized steps, a third of bytes.count's time."""
+    view = np.frombuffer(body, dtype=np.uint8)
+    return sum(int(np.count_nonzero(view[start : start + _COUNT_STEP] == ord(":")))
+               for start in range(0, len(view), _COUNT_STEP))  # fmt: skip
+
+
+def _keys_at_contract_levels(body: Any) -> int:
+    """The keys of the body's objects where the contract has objects: the body, its items, their rows."""
+    if not isinstance(body, dict):
+        return 0
+    data = body.get("data")
+    items = [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+    rows = [item[HISTORY] for item in items if isinstance(item.get(HISTORY), list)]
+    row_keys = sum(len(row) for row in itertools.chain.from_iterable(rows) if isinstance(row, dict))
+    return len(body) + sum(map(len, items)) + row_keys
 
 
 def _data_of(body: Any) -> Any:
@@ -178,6 +275,13 @@ def _data_of(body: Any) -> Any:
     if "data" not in body:
         raise RequestError("A value is not provided for the 'data' parameter.")
     return body["data"]
+
+
+def check_body_size(size: int, what: str = "the body") -> None:
+    """Refuse (HTTP 413) a body of more than MAX_BODY_BYTES; `what` says where the size comes from."""
+    if size > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"{what} is {size:,} bytes; the limit is {MAX_BODY_BYTES:,}: "
+                              "send fewer batteries or fewer days per request")  # fmt: skip
 
 
 def _check_size(items: list, history_lengths: list[int]) -> None:
@@ -317,9 +421,9 @@ def _value_problem(value: Any, is_date: bool) -> str | None:
     if value is _ABSENT or (value is None and is_date):
         return "is missing"
     if is_date and not isinstance(value, str):
-        return f"must be a YYYY-MM-DD string, got {value!r}"
+        return f"must be a YYYY-MM-DD string, got {_shown(value)}"
     if not is_date and (isinstance(value, bool) or not isinstance(value, int | float | type(None))):
-        return f"must be a number, got {value!r}"
+        return f"must be a number, got {_shown(value)}"
     return None
 
 
@@ -356,13 +460,13 @@ def _check_values(battery: Any, car: Any, rated: Any, history: Any) -> _Item:
         if value is _ABSENT or value is None:
             return failed(f"{field} is missing")
     if battery_id is None:
-        return failed(f"{BATTERY_ID} must be a string or an integer, got {battery!r}", battery_id=None)
+        return failed(f"{BATTERY_ID} must be a string or an integer, got {_shown(battery)}", battery_id=None)
     if car_id is None:
-        return failed(f"{CAR_ID} must be a string, got {car!r}", car_id=None)
+        return failed(f"{CAR_ID} must be a string, got {_shown(car)}", car_id=None)
     if not battery_id or not car_id:
         return failed(f"{BATTERY_ID if not battery_id else CAR_ID} is empty", battery_id or None, car_id or None)
     if not _is_finite_number(rated):
-        return failed(f"{RATED_CYCLES} must be a number, got {rated!r}")
+        return failed(f"{RATED_CYCLES} must be a number, got {_shown(rated)}")
     if not isinstance(history, list) or not history:
         return failed(f"{HISTORY} must be a non-empty array of daily records, got {_kind(history)}")
     return _Item(battery_id, car_id, rated, history, None)
@@ -385,7 +489,7 @@ def _flag_repeated_batteries(battery_ids: list[str | None], errors: list[str | N
             positions.setdefault(battery, []).append(index)
     for battery, where in positions.items():
         for index in where if len(where) > 1 else []:
-            errors[index] = f"{BATTERY_ID} {battery!r} is sent {len(where)} times in this request (items {where})"
+            errors[index] = f"{BATTERY_ID} {_shown(battery)} is sent {len(where)} times in this request (items {where})"
 
 
 # --- typing and scoring -------------------------------------------------------------------------------
@@ -396,8 +500,9 @@ def _typed_rows(batch: _Batch) -> pd.DataFrame:
 
     The result keeps the batch's row numbers as its index, so scores can be traced back to items.
     """
+    _flag_dates_out_of_range(batch)
     typed, problems = coerce_telemetry(batch.rows)
-    batch.flag_rows([p.row for p in problems], [f"{p.column}: {p.reason} ({p.value!r})" for p in problems])
+    batch.flag_rows([p.row for p in problems], [f"{p.column}: {p.reason} ({_shown(p.value)})" for p in problems])
     typed.index = batch.rows.index[~batch.rows.index.isin([p.row for p in problems])]
     for column in INTEGER_COLUMNS:
         values = typed[column].to_numpy(np.float64)
@@ -408,12 +513,62 @@ def _typed_rows(batch: _Batch) -> pd.DataFrame:
     impossible = implausible_values(typed).dropna()
     batch.flag_rows(impossible.index.tolist(), impossible.tolist())
     _flag_items_without_values(typed, batch)
+    _check_spans(typed, batch)
     failed = np.array([error is not None for error in batch.errors], dtype=bool)
     if failed.any():
         typed = typed[~failed[batch.row_item[typed.index]]]
     # The same stripped ids, as the request's categoricals again: preparation then codes them without
     # hashing every row's string (coerce_telemetry returns them as plain strings).
     return typed.assign(**{column: batch.rows[column].array[typed.index] for column in (BATTERY_ID, CAR_ID)})
+
+
+def _flag_dates_out_of_range(batch: _Batch) -> None:
+    """Fail the items with a date outside [FIRST_DATE, LAST_DATE], and blank those dates.
+
+    Preparation works in pandas' nanosecond timestamps, which end at 1677 and 2262: a date beyond
+    them ("0355-12-12", "9342-02-05", both valid YYYY-MM-DD) would fail the whole request.
+    """
+    dates = batch.rows[DATE]
+    if isinstance(dates.dtype, pd.CategoricalDtype):  # plain JSON: the distinct strings, parsed once
+        text = dates.cat.categories
+        parsed = pd.to_datetime(pd.Series(text, dtype="string"), errors="coerce", format="ISO8601").to_numpy()
+        outside = text[(parsed < FIRST_DATE) | (parsed > LAST_DATE)]
+        rows = np.flatnonzero(dates.isin(outside))
+        shown = [_shown(value) for value in dates.to_numpy()[rows]]
+        if len(outside):
+            batch.rows[DATE] = dates.cat.remove_categories(outside)
+    else:  # the contract's decode: datetime64 days
+        days = dates.to_numpy()
+        rows = np.flatnonzero((days < FIRST_DATE) | (days > LAST_DATE))
+        shown = np.datetime_as_string(days[rows], unit="D").tolist()
+        batch.rows.loc[rows, DATE] = np.datetime64("NaT")
+    batch.flag_rows(rows.tolist(), [f"{DATE}: {day} is outside {FIRST_DATE} to {LAST_DATE}" for day in shown])
+
+
+def _check_spans(typed: pd.DataFrame, batch: _Batch) -> None:
+    """Fail an item whose history spans more than MAX_HISTORY_SPAN_DAYS; refuse a request whose
+    histories span more than MAX_HISTORY_ROWS_PER_REQUEST days in all (HTTP 413).
+
+    Preparation fills every day between a battery's first and last row, so a few rows years apart
+    would cost as many days of work and memory as a full history of those years.
+    """
+    failed = np.array([error is not None for error in batch.errors], dtype=bool)
+    item = batch.row_item[typed.index.to_numpy()]
+    usable = ~failed[item]
+    item = item[usable]
+    if not len(item):
+        return
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]])
+    days = typed[DATE].to_numpy()[usable].astype("M8[D]").astype(np.int64)
+    first, last = np.minimum.reduceat(days, starts), np.maximum.reduceat(days, starts)
+    spans = last - first + 1
+    too_long = spans > MAX_HISTORY_SPAN_DAYS
+    for start, span in zip(starts[too_long], spans[too_long], strict=True):
+        batch.errors[int(item[start])] = f"{HISTORY} spans {span:,} days; at most {MAX_HISTORY_SPAN_DAYS:,} are scored"
+    total = int(spans[~too_long].sum())
+    if total > MAX_HISTORY_ROWS_PER_REQUEST:
+        raise RequestTooLarge(f"the histories span {total:,} days in all; the limit is "
+                              f"{MAX_HISTORY_ROWS_PER_REQUEST:,}: send fewer batteries or fewer days per request")
 
 
 def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
@@ -486,6 +641,18 @@ def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list
             REASONS: numbers[3] if numbers else None,
         })  # fmt: skip
     return predictions
+
+
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = 80
+    shown.maxlevel = 2  # and reprlib's own bounds on list, dict, ... lengths
+    return shown
+
+
+# A value in an error message: its repr, bounded (a request may carry a megabyte-long id or a deeply
+# nested array where a number belongs; the response and the client's logs get an excerpt).
+_shown = _bounded_repr().repr
 
 
 def _kind(value: Any) -> str:

@@ -4,6 +4,10 @@
 same server Azure ML runs in its images (azureml-inference-server-http: gunicorn + Flask), with the
 same entry script, on a loopback URL. azmlinfsrv has no bind-address option and listens on all
 interfaces; clients and tests talk to it on 127.0.0.1.
+
+It runs with the endpoint's bounds (`shared.endpoint.SERVER_ENVIRONMENT`: scoring and worker timeouts)
+and a fresh temporary app root (AML_APP_ROOT), where score.py's init() publishes the swagger; score.py
+finds `shared` by its own path, so nothing else needs to be there.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 from shared.azurite import free_port, wait_for_port
+from shared.endpoint import SERVER_ENVIRONMENT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = PROJECT_ROOT / "scoring" / "score.py"
@@ -60,19 +65,24 @@ def server_command(model_dir: Path, port: int, workers: int = 1) -> list[str]:
 
 @contextlib.contextmanager
 def running_endpoint(
-    model_dir: str | Path, port: int | None = None, workers: int = 1, timeout: float = 60.0
+    model_dir: str | Path,
+    port: int | None = None,
+    workers: int = 1,
+    timeout: float = 60.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[LocalEndpoint]:
     """Run the endpoint for the duration of the block; yields once GET / answers (init() has run).
 
     The server's log goes to a temporary file whose tail is in the error if it fails to start (a
-    broken model directory makes init() fail and azmlinfsrv exit).
+    broken model directory makes init() fail and azmlinfsrv exit). `environment` overrides the
+    server's settings (tests shorten its timeouts with it).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such model directory")
     endpoint = LocalEndpoint(port or free_port())
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        process = _start(model_dir, endpoint.port, workers, log)
+    with tempfile.TemporaryFile(mode="w+b") as log, tempfile.TemporaryDirectory(prefix="azmlinfsrv-") as app_root:
+        process = _start(model_dir, endpoint.port, workers, log, Path(app_root), environment)
         try:
             wait_until_healthy(endpoint, process, timeout)
         except (RuntimeError, TimeoutError) as error:
@@ -93,15 +103,17 @@ def serve(model_dir: str | Path, port: int, workers: int = 1, timeout: float = 6
     The server runs in its own process group, so both signals stop it through `_stop` here.
     """
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    process = _start(Path(model_dir), port, workers, log=None)
-    try:
-        wait_until_healthy(LocalEndpoint(port), process, timeout)
-        print(f"scoring endpoint ready: SCORING_URI={LocalEndpoint(port).scoring_uri} (Ctrl-C stops it)", flush=True)
-        return process.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        _stop(process)
+    with tempfile.TemporaryDirectory(prefix="azmlinfsrv-") as app_root:
+        process = _start(Path(model_dir), port, workers, log=None, app_root=Path(app_root))
+        try:
+            wait_until_healthy(LocalEndpoint(port), process, timeout)
+            print(f"scoring endpoint ready: SCORING_URI={LocalEndpoint(port).scoring_uri} (Ctrl-C stops it)",
+                  flush=True)  # fmt: skip
+            return process.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            _stop(process)
 
 
 def wait_until_healthy(endpoint: LocalEndpoint, process: subprocess.Popen, timeout: float) -> None:
@@ -122,12 +134,14 @@ def wait_until_healthy(endpoint: LocalEndpoint, process: subprocess.Popen, timeo
     raise TimeoutError(f"GET {endpoint.health_uri} did not answer within {timeout:.0f}s")
 
 
-def _start(model_dir: Path, port: int, workers: int, log) -> subprocess.Popen:
+def _start(
+    model_dir: Path, port: int, workers: int, log, app_root: Path, environment: Mapping[str, str] | None = None
+) -> subprocess.Popen:
     output = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
     return subprocess.Popen(
         server_command(model_dir, port, workers),
         cwd=PROJECT_ROOT,
-        env={**os.environ, "AML_APP_ROOT": str(PROJECT_ROOT)},
+        env={**os.environ, **SERVER_ENVIRONMENT, "AML_APP_ROOT": str(app_root), **(environment or {})},
         start_new_session=True,  # its own process group: stopping it stops the gunicorn workers too
         **output,
     )

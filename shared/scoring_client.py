@@ -6,7 +6,10 @@ is worth retrying — 408, 429, 5xx, connection errors and timeouts — with bou
 full jitter, honouring `Retry-After`. Scoring is a pure function of the request, so repeating a POST is
 safe. When it gives up it raises one exception that says why: `ScoringUnavailable` (still failing after
 the last attempt: worth retrying later, e.g. by the Event Hub trigger's retry) or `ScoringRejected`
-(the endpoint refused the request: retrying cannot help). The key never appears in logs or messages.
+(the endpoint refused the request: retrying cannot help). The key never appears in logs or messages:
+the endpoint's own words are quoted as a short excerpt with the key, the token and any bearer
+credential redacted and control characters removed (an endpoint that echoes the request's headers,
+or a proxy's error page, would otherwise put the key in the log).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +35,13 @@ AZURE_ML_SCOPE = "https://ml.azure.com/.default"
 TOKEN_REFRESH_MARGIN_S = 300
 _JSON_ENCODER = msgspec.json.Encoder()
 _JSON_BODY = {"Content-Type": "application/json"}
+# The endpoint's error text, as quoted in logs and exceptions: at most this many characters, of the
+# first _SCANNED_CHARS, which are searched for secrets.
+ERROR_EXCERPT_CHARS = 200
+_SCANNED_CHARS = 10_000
+REDACTED = "[redacted]"
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[\w\-.~+/]+=*")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class ScoringError(RuntimeError):
@@ -163,7 +174,7 @@ class ScoringClient:
             else:
                 if response.ok:
                     return self._json(response, attempt)
-                last_status, last_reason = response.status_code, _error_text(response)
+                last_status, last_reason = response.status_code, excerpt(_error_text(response), self._secrets())
                 if not is_retryable(last_status):
                     raise ScoringRejected(
                         f"{self.scoring_uri} refused the request: HTTP {last_status}: {last_reason}",
@@ -192,6 +203,9 @@ class ScoringClient:
                 f"{self.scoring_uri} answered HTTP {response.status_code} with a body that is not JSON",
                 status=response.status_code, reason="response is not JSON", attempts=attempt,
             ) from None  # fmt: skip
+
+    def _secrets(self) -> list[str]:
+        return [secret for secret in (self._key, getattr(self._token, "token", None)) if secret]
 
     def _headers(self) -> dict[str, str]:
         if self._key:
@@ -228,10 +242,21 @@ def _error_text(response: requests.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return (response.text or response.reason or "").strip()[:300]
+        return response.text or response.reason or ""
     if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or body)[:300]
-    return str(body)[:300]
+        return str(body.get("error") or body.get("message") or body)
+    return str(body)
+
+
+def excerpt(text: str, secrets: Iterable[str] = ()) -> str:
+    """A bounded, loggable excerpt of text an endpoint sent: secrets and bearer credentials redacted,
+    control characters (a forged log line) replaced, at most ERROR_EXCERPT_CHARS characters."""
+    text = text[:_SCANNED_CHARS]
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = " ".join(_UNPRINTABLE.sub(" ", text).split())
+    return text if len(text) <= ERROR_EXCERPT_CHARS else text[: ERROR_EXCERPT_CHARS - 1] + "…"
 
 
 def _describe_connection_error(error: requests.RequestException) -> str:

@@ -6,7 +6,9 @@ simulator). A bad value raises `SettingsError` naming the setting, at start-up r
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -96,6 +98,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if (scoring_auth == "key") != bool(scoring_key):
         raise SettingsError("SCORING_KEY is set only with SCORING_AUTH=key (and needed then): "
                             f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
+    _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
     return Settings(
         eventhub_connection=text("EventHubConnection", None),
         scoring_uri=scoring_uri,
@@ -117,6 +120,25 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
         azureml_workspace=text("AZUREML_WORKSPACE", None),
     )
+
+
+def _check_key_is_not_sent_in_clear(scoring_uri: str, scoring_key: str | None, env: Mapping[str, str]) -> None:
+    """SCORING_KEY travels in every request's Authorization header: over plain http only to this machine
+    (a loopback host), or where SCORING_ALLOW_INSECURE_HTTP=true says the network is trusted."""
+    allow = env.get("SCORING_ALLOW_INSECURE_HTTP", "").strip().lower()
+    if allow not in ("", "true", "false"):
+        raise SettingsError(f"SCORING_ALLOW_INSECURE_HTTP must be true or false, got {allow!r}")
+    if not scoring_key or not scoring_uri.lower().startswith("http://") or allow == "true":
+        return
+    host = urllib.parse.urlsplit(scoring_uri).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SettingsError(f"SCORING_URI must be https:// when SCORING_KEY is set (the key would cross the network "
+                            f"in clear), got {scoring_uri!r}; plain http is for a loopback host, or set "
+                            "SCORING_ALLOW_INSECURE_HTTP=true")  # fmt: skip
 
 
 def _number(env: Mapping[str, str], name: str, default, kind):

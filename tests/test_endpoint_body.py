@@ -118,3 +118,79 @@ def test_oversize_bodies_are_refused_on_both_paths(model, items, monkeypatch) ->
     monkeypatch.setattr(endpoint, "MAX_HISTORY_ROWS_PER_REQUEST", 100)
     with pytest.raises(RequestTooLarge, match="history rows in one request; the limit is 100"):
         score_body(model, body_of(items[:2]))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"data": [{"Battery_ID": "\xff"}]}', r"POST body is not valid UTF-8: invalid start byte \(byte 0xff\)"),
+        (b'{"data": [' + b"[" * 5_000 + b"]" * 5_000 + b"]}", "POST body nests arrays or objects too deeply"),
+        (b'{"data": ' + b'{"a": ' * 5_000, "POST body nests arrays or objects too deeply"),
+        (b'{"data": [], "data": []}', "POST body repeats the key 'data' in one object"),
+    ],
+)
+def test_a_body_that_cannot_be_read_as_json_is_a_request_error_not_a_crash(model, body, message) -> None:
+    with pytest.raises(RequestError, match=message) as caught:
+        score_body(model, body)
+    assert caught.value.status == 400
+
+
+def repeat_first(text: str, key: str, value: str) -> str:
+    return text.replace(f'"{key}": ', f'"{key}": {value}, "{key}": ', 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("Battery_ID", '"other"'), ("Daily_Cycles_Used", "9.5"), ("history", "[]"), ("Date", '"2016-02-30"')],
+)
+@pytest.mark.parametrize("path", ["contract", "item by item"])
+def test_a_repeated_key_is_refused_naming_it_on_both_paths(model, items, key, value, path) -> None:
+    data = copy.deepcopy(items[:2])
+    if path == "item by item":
+        data[1]["Battery_ID"] = True  # off the contract: the body takes the slower path
+    with pytest.raises(RequestError, match=f"POST body repeats the key '{key}' in one object"):
+        score_body(model, repeat_first(body_of(data).decode(), key, value).encode())
+
+
+def test_colons_inside_strings_and_extra_fields_are_not_mistaken_for_repeated_keys(model, items) -> None:
+    data = copy.deepcopy(items[:2])
+    data[0]["Car_ID"] = 'CAR:17 "quoted": yes'
+    data[1]["note"] = {"a": 1, "b": {"a": 2}}  # an added field; the same key in two objects is fine
+
+    first, second = score_body(model, body_of(data))["predictions"]
+
+    assert (first["error"], first["Car_ID"], second["error"]) == (None, 'CAR:17 "quoted": yes', None)
+
+
+@pytest.mark.parametrize("day", ["0355-12-12", "9342-02-05", "1677-01-01", "2262-06-01"])
+@pytest.mark.parametrize("suffix", ["", "T12:00:00"], ids=["contract", "item by item"])
+def test_a_date_preparation_cannot_hold_fails_its_item_not_the_request(model, items, day, suffix) -> None:
+    data = copy.deepcopy(items[:2])
+    data[0]["history"][3]["Date"] = day + suffix
+
+    first, second = score_body(model, body_of(data))["predictions"]
+
+    assert first["error"].startswith("history[3]: Date: ")
+    assert "is outside 1678-01-01 to 2261-12-31" in first["error"]
+    assert second["error"] is None
+
+
+def test_a_history_spanning_decades_fails_its_item_and_too_many_days_in_all_is_413(model, items) -> None:
+    data = copy.deepcopy(items[:2])
+    data[0]["history"][0]["Date"] = "1990-01-01"  # a gap preparation would fill day by day
+    first, second = score_body(model, body_of(data))["predictions"]
+    assert first["error"].startswith("history spans ") and "at most 7,320 are scored" in first["error"]
+    assert second["error"] is None
+
+    sparse = [{**items[0], "Battery_ID": str(n), "history": [dict(items[0]["history"][0], Date=day)
+              for day in ("2000-01-01", "2019-12-31")]} for n in range(60)]  # fmt: skip
+    with pytest.raises(RequestTooLarge, match="the histories span 438,300 days in all; the limit is 400,000"):
+        score_body(model, body_of(sparse))
+
+
+def test_error_messages_show_a_bounded_excerpt_of_a_huge_value(model, items) -> None:
+    data = copy.deepcopy(items[:1])
+    data[0]["Battery_Rated_Cycles"] = "9" * 1_000_000
+    (prediction,) = score_body(model, body_of(data))["predictions"]
+    assert prediction["error"].startswith("Battery_Rated_Cycles must be a number, got '9999")
+    assert len(prediction["error"]) < 200

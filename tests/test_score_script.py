@@ -20,6 +20,7 @@ import requests
 from _models import batch_rows, comparable_batteries, fleet, model_dir, request_items
 
 from shared.azurite import free_port
+from shared.endpoint_schema import swagger_document
 from shared.forecasting import load_model
 from shared.inference_server import PROJECT_ROOT, LocalEndpoint, running_endpoint
 from shared.preparation import prepare_telemetry
@@ -52,11 +53,18 @@ def test_health_probe_answers_once_the_model_is_loaded(server: LocalEndpoint) ->
 
 def test_swagger_describes_the_request_and_the_response(server: LocalEndpoint) -> None:
     swagger = requests.get(server.swagger_uri, timeout=10).json()
-    request, response = swagger["definitions"]["ServiceInput"], swagger["definitions"]["ServiceOutput"]
-    item = request["properties"]["data"]["items"]
+    assert swagger == json.loads(json.dumps(swagger_document()))  # the endpoint's own document, not the template
+    definitions = swagger["definitions"]
+    request, response = definitions["ServiceInput"], definitions["ServiceOutput"]
+    item = definitions[request["properties"]["data"]["items"]["$ref"].rpartition("/")[2]]
     assert {"Battery_ID", "Car_ID", "Battery_Rated_Cycles", "history"} <= set(item["properties"])
+    assert set(item["required"]) == {"Battery_ID", "Car_ID", "Battery_Rated_Cycles", "history"}
+    assert request["required"] == ["data"]
     assert request["example"]["data"][0]["history"][0]["Date"] == "2017-03-19"
     assert {"model_version", "predictions"} <= set(response["properties"])
+    error = definitions["Prediction"]["properties"]["error"]
+    assert (error["type"], error["x-nullable"]) == ("string", True)  # a string or null, not an object
+    assert set(swagger["paths"]["/score"]["post"]["responses"]) == {"200", "400", "408", "413", "415", "431", "500"}
 
 
 def test_contract_response_for_a_batch(server: LocalEndpoint, items: list[dict]) -> None:

@@ -19,10 +19,12 @@ import pytest
 
 from shared.scoring_client import (
     AZURE_ML_SCOPE,
+    ERROR_EXCERPT_CHARS,
     RetryPolicy,
     ScoringClient,
     ScoringRejected,
     ScoringUnavailable,
+    excerpt,
     is_retryable,
 )
 from shared.settings import load_settings
@@ -140,6 +142,48 @@ def test_sends_the_key_as_bearer_and_never_logs_it(server: ScriptedServer, caplo
     assert "retrying" in caplog.text
     assert secret not in caplog.text
     assert secret not in repr(scorer)
+
+
+def test_an_endpoint_that_echoes_the_request_headers_does_not_put_the_key_in_the_log(server: ScriptedServer,
+                                                                                      caplog) -> None:  # fmt: skip
+    secret = "k3y-4bc.def/ghi+jkl="
+    echo = {"message": f"bad gateway; you sent Authorization: Bearer {secret}, X-Api-Key: {secret}\n"
+                       "ERROR forged log line\r\x1b[31m" + "padding " * 500}  # fmt: skip
+    headers_echoed = {"error": {"Authorization": f"Bearer {secret}", "X-Functions-Key": secret}}
+    server.script = [Answer(503, body=echo), Answer(400, body=headers_echoed)]
+    with caplog.at_level(logging.DEBUG), pytest.raises(ScoringRejected) as caught:
+        client(server, key=secret).score(items(1))
+
+    logged = caplog.text + str(caught.value) + caught.value.reason
+    assert secret not in logged and "Bearer [redacted]" in caplog.text
+    assert "forged log line" in caplog.text and "\nERROR forged" not in caplog.text and "\x1b" not in caplog.text
+    assert max(len(record.getMessage()) for record in caplog.records) < 400  # the 4 KB page is an excerpt
+    assert len(caught.value.reason) <= ERROR_EXCERPT_CHARS
+
+
+def test_an_echoed_azure_ad_token_is_redacted_too(server: ScriptedServer) -> None:
+    class Credential:
+        def get_token(self, *scopes, **kwargs):
+            return type("Token", (), {"token": "aad-t0ken", "expires_on": time.time() + 3600})()
+
+    server.script = [Answer(400, body={"error": "token aad-t0ken is not for this audience"})]
+    with pytest.raises(ScoringRejected) as caught:
+        client(server, credential=Credential()).score(items(1))
+    assert caught.value.reason == "token [redacted] is not for this audience"
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        ("denied for Bearer eyJhbGciOi.J9.eyJzdWIi-_x", [], "denied for Bearer [redacted]"),
+        ("header authorization: basic dXNlcjpwYXNz==; retry", [], "header authorization: basic [redacted]; retry"),
+        ("key abc123 in ?code=abc123", ["abc123"], "key [redacted] in ?code=[redacted]"),
+        ("line one\nline two\t\x00end\u2028", [], "line one line two end"),
+        ("x" * 500, [], "x" * (ERROR_EXCERPT_CHARS - 1) + "…"),
+    ],
+)
+def test_the_excerpt_of_an_endpoints_words_is_redacted_printable_and_bounded(text, secrets, expected) -> None:
+    assert excerpt(text, secrets) == expected
 
 
 def test_sends_an_azure_ad_token_for_the_azure_ml_scope_and_reuses_it(server: ScriptedServer) -> None:

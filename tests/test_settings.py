@@ -67,3 +67,33 @@ def test_the_telemetry_date_window_reaches_back_1000_days_unless_set():
 
     assert load_settings({}).telemetry_max_age_days == DEFAULT_MAX_AGE_DAYS == 1000
     assert load_settings({"TELEMETRY_MAX_AGE_DAYS": " 90 "}).telemetry_max_age_days == 90
+
+
+@pytest.mark.parametrize("uri", ["http://scoring.example.com/score", "http://10.0.0.7:5001/score",
+                                 "http://battery-cycles.westeurope.inference.ml.azure.com/score"])  # fmt: skip
+def test_a_key_over_plain_http_to_another_host_is_refused_naming_the_setting(uri):
+    with pytest.raises(SettingsError, match=r"SCORING_URI must be https:// when SCORING_KEY is set") as caught:
+        load_settings({"SCORING_URI": uri, "SCORING_KEY": "s3cr3t"})
+    assert "s3cr3t" not in str(caught.value)
+    assert "SCORING_ALLOW_INSECURE_HTTP=true" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"SCORING_URI": "https://scoring.example.com/score", "SCORING_KEY": "k"},
+        {"SCORING_URI": "http://127.0.0.1:5001/score", "SCORING_KEY": "k"},
+        {"SCORING_URI": "http://127.8.9.10:5001/score", "SCORING_KEY": "k"},
+        {"SCORING_URI": "http://[::1]:5001/score", "SCORING_KEY": "k"},
+        {"SCORING_URI": "http://localhost:5001/score", "SCORING_KEY": "k"},
+        {"SCORING_URI": "http://scoring.example.com/score"},  # no key to leak
+        {"SCORING_URI": "http://scoring.internal/score", "SCORING_KEY": "k", "SCORING_ALLOW_INSECURE_HTTP": "true"},
+    ],
+)
+def test_plain_http_is_accepted_for_loopback_without_a_key_or_by_explicit_opt_in(environ):
+    assert load_settings(environ).scoring_uri == environ["SCORING_URI"]
+
+
+def test_the_opt_in_must_be_true_or_false():
+    with pytest.raises(SettingsError, match="SCORING_ALLOW_INSECURE_HTTP must be true or false"):
+        load_settings({"SCORING_ALLOW_INSECURE_HTTP": "yes please"})
