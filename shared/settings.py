@@ -102,6 +102,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def configuration_problems(settings: Settings) -> list[str]:
+    """What a valid configuration still cannot do, one sentence per setting, naming it. The start-up check
+    logs these and GET /api/health fails on them; the app runs, so nothing queued is lost meanwhile."""
+    problems = []
+    if not settings.head_unit_signing_key:
+        problems.append("HEAD_UNIT_SIGNING_KEY is not set (or blank): alerts cannot be signed, so push_alert "
+                        "keeps them queued until it is")  # fmt: skip
+    return problems
+
+
 def _number(env: Mapping[str, str], name: str, default, kind):
     value = env.get(name, "").strip()
     if not value:
