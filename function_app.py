@@ -89,7 +89,8 @@ def push_alert(message: func.QueueMessage) -> None:
     """Deliver one alert to the car's head unit, unless cooldown or idempotency says it was already sent.
 
     Transient gateway failures raise, so the queue retries; after maxDequeueCount (host.json) the host
-    moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried.
+    moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried. Without
+    a signing key the alert is kept on the queue (shared/delivery.py).
     """
     outcome = process_alert_message(services.current(), message.get_body(), message.dequeue_count)
     log.info("push_alert: %s", json.dumps(outcome))
