@@ -29,7 +29,7 @@ from _services import SIGNING_KEY
 from azure.functions.queue import QueueMessage
 
 from shared import alert_store
-from shared.functions_host import QUEUE_LEASE_SECONDS
+from shared.functions_host import QUEUE_LEASE_SECONDS, QueueDrain
 from shared.headunit import TransientDeliveryError
 from shared.storage import queue_service
 
@@ -59,6 +59,22 @@ def lost(gateway: CountingGateway, alerts: list[dict], harness) -> int:
     return sum(alert["alert_id"] not in {*gateway.has(alert["car_id"]), *held_back} for alert in alerts)
 
 
+def deliver(harness, alert: dict) -> tuple[QueueDrain, dict]:
+    """Queue `alert`, let the host drain the queue through push_alert; the drain and the alert's record."""
+    harness.send_alerts([alert])
+    drain = harness.host.drain_queue("push_alert")
+    return drain, stored(harness, alert)
+
+
+def settle(fault_outcome, harness, gateway: CountingGateway, fault: str, alerts: list[dict],
+           bound: str = BOUND) -> None:  # fmt: skip
+    """Keep the fault's figures for the report, then hold it to the promise: nothing lost, repeats bounded."""
+    missing = lost(gateway, alerts, harness)
+    fault_outcome(PATH, fault, lost=missing, duplicates=gateway.duplicates, bound=bound)
+    assert missing == 0
+    assert gateway.duplicates <= (MAX_DEQUEUE_COUNT - 1 if bound == BOUND else 0)
+
+
 def scaled_timeouts(harness, *read_timeouts_s: float) -> None:
     """The app's delivery policy with test-sized read timeouts (the lease and the rest as deployed)."""
     services = harness.services
@@ -69,19 +85,15 @@ def test_a_gateway_slower_than_the_first_timeout_is_delivered_on_the_retry(harne
     alert = make_alert()
     gateway.plan = lambda alert_id, n: Plan(delay_s=0.6)  # every answer 0.6 s late, always 2xx
     scaled_timeouts(harness, 0.2, 5.0)  # the first attempt gives up at 0.2 s, later ones wait 5 s
-    harness.send_alerts([alert])
 
-    drain = harness.host.drain_queue("push_alert")
+    drain, record = deliver(harness, alert)
 
     assert (drain.failed_attempts, drain.succeeded, drain.poisoned) == (1, 1, 0)
     assert "it may have the alert" in drain.failures[0]
-    record = stored(harness, alert)
     assert (record["state"], record["attempts"]) == ("delivered", 2)
     assert gateway.has(alert["car_id"]) == [alert["alert_id"]]
     assert gateway.duplicates == 1
-    fault_outcome(PATH, "gateway slower than the first timeout, answers 2xx", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound=BOUND)  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0
+    settle(fault_outcome, harness, gateway, "gateway slower than the first timeout, answers 2xx", [alert])
 
 
 def test_a_gateway_slower_than_every_timeout_is_recorded_unknown_not_failed(harness, gateway, make_alert,
@@ -89,19 +101,15 @@ def test_a_gateway_slower_than_every_timeout_is_recorded_unknown_not_failed(harn
     alert = make_alert()
     gateway.plan = lambda alert_id, n: Plan(delay_s=0.8)
     scaled_timeouts(harness, 0.2, 0.3)
-    harness.send_alerts([alert])
 
-    drain = harness.host.drain_queue("push_alert")
+    drain, record = deliver(harness, alert)
 
     assert (drain.failed_attempts, drain.succeeded, drain.poisoned) == (MAX_DEQUEUE_COUNT, 0, 1)
-    record = stored(harness, alert)
     assert (record["state"], record["attempts"]) == ("unknown", MAX_DEQUEUE_COUNT)  # not "failed": the car has it
     assert f"gave up after {MAX_DEQUEUE_COUNT} deliveries" in record["reason"]
     assert gateway.has(alert["car_id"]) == [alert["alert_id"]]
     assert gateway.duplicates == MAX_DEQUEUE_COUNT - 1  # the bound, reached
-    fault_outcome(PATH, "gateway slower than every timeout, answers 2xx", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound=BOUND)  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0
+    settle(fault_outcome, harness, gateway, "gateway slower than every timeout, answers 2xx", [alert])
 
 
 class CrashAfterPost(requests.Session):
@@ -123,18 +131,14 @@ def test_a_failure_after_the_gateways_2xx_is_recorded_unknown_and_the_retry_sett
                                                                                       fault_outcome):  # fmt: skip
     alert = make_alert()
     harness.services.gateway = CrashAfterPost()
-    harness.send_alerts([alert])
 
-    drain = harness.host.drain_queue("push_alert")
+    drain, record = deliver(harness, alert)
 
     assert (drain.failed_attempts, drain.succeeded, drain.poisoned) == (1, 1, 0)
     assert "worker crashed after the gateway answered 201" in drain.failures[0]
-    record = stored(harness, alert)
     assert (record["state"], record["attempts"]) == ("delivered", 2)
     assert gateway.has(alert["car_id"]) == [alert["alert_id"]] and gateway.duplicates == 1
-    fault_outcome(PATH, "exception after the gateway's 2xx, before the record", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound=BOUND)  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0
+    settle(fault_outcome, harness, gateway, "exception after the gateway's 2xx, before the record", [alert])
 
 
 def test_a_worker_killed_after_the_gateway_took_the_alert_is_redelivered_once_its_lease_ends(
@@ -170,9 +174,7 @@ def test_a_worker_killed_after_the_gateway_took_the_alert_is_redelivered_once_it
     record = stored(harness, alert)
     assert (record["state"], record["attempts"]) == ("delivered", 2)
     assert gateway.has(alert["car_id"]) == [alert["alert_id"]] and gateway.duplicates == 1
-    fault_outcome(PATH, "worker killed after the gateway took it (SIGKILL)", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound=BOUND)  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0
+    settle(fault_outcome, harness, gateway, "worker killed after the gateway took it (SIGKILL)", [alert])
 
 
 def race(harness, gateway: CountingGateway, alerts: list[dict]) -> tuple[Exception, object]:
@@ -214,9 +216,7 @@ def test_two_consumers_of_one_alert_send_it_once(harness, gateway, make_alert, f
     assert harness.host.drain_queue("push_alert").succeeded == 1
     assert stored(harness, alert)["state"] == "delivered"
     assert gateway.posts[alert["alert_id"]] == 1
-    fault_outcome(PATH, "two consumers of the same alert at once", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound="0")  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0 and gateway.duplicates == 0
+    settle(fault_outcome, harness, gateway, "two consumers of the same alert at once", [alert], bound="0")
 
 
 def test_two_consumers_of_different_alerts_for_one_car_respect_the_cooldown(harness, gateway, make_alert,
@@ -235,23 +235,17 @@ def test_two_consumers_of_different_alerts_for_one_car_respect_the_cooldown(harn
     record = stored(harness, held_back)
     assert (record["state"], record["reason"]) == ("suppressed", "cooldown")
     assert gateway.has("CAR-00017") == [sent] and sum(gateway.posts.values()) == 1
-    fault_outcome(PATH, "two consumers of different alerts for one car at once", lost=lost(gateway, alerts, harness),
-                  duplicates=gateway.duplicates, bound="0")  # fmt: skip
-    assert lost(gateway, alerts, harness) == 0 and gateway.duplicates == 0
+    settle(fault_outcome, harness, gateway, "two consumers of different alerts for one car at once", alerts, bound="0")
 
 
 def test_a_gateway_answering_5xx_then_recovering_gets_the_alert_once(harness, gateway, make_alert, fault_outcome):
     alert = make_alert()
     gateway.plan = lambda alert_id, n: Plan(status=503 if n <= 2 else 201)
-    harness.send_alerts([alert])
 
-    drain = harness.host.drain_queue("push_alert")
+    drain, record = deliver(harness, alert)
 
     assert (drain.failed_attempts, drain.succeeded, drain.poisoned) == (2, 1, 0)
-    record = stored(harness, alert)
     assert (record["state"], record["attempts"]) == ("delivered", 3)
     assert gateway.has(alert["car_id"]) == [alert["alert_id"]]
     assert gateway.duplicates == 2  # repeats after refusals: the gateway never had it twice
-    fault_outcome(PATH, "gateway answers 503 twice, then recovers", lost=lost(gateway, [alert], harness),
-                  duplicates=gateway.duplicates, bound=BOUND)  # fmt: skip
-    assert lost(gateway, [alert], harness) == 0
+    settle(fault_outcome, harness, gateway, "gateway answers 503 twice, then recovers", [alert])
