@@ -87,7 +87,7 @@ def parse_iso_utc(text: str) -> datetime:
 
 
 def check_id(value: object, name: str) -> str:
-    """`value` if it can name a car, battery or alert everywhere an alert takes it, else `InputError` naming
+    """`value` if it can name a car or an alert everywhere an alert takes it, else `InputError` naming
     `name` and what is wrong.
 
     Everywhere: a Table storage key (PartitionKey = car, RowKey = alert), one segment of the gateway's URL
@@ -216,12 +216,15 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
 def validate_alert(alert: Mapping[str, Any]) -> None:
     """Raise `InputError` naming what is wrong with an alert read back from a queue message."""
     problems = [f"missing {key}" for key in ALERT_KEYS if key not in alert]
-    for key in ("alert_id", "car_id", "battery_id"):
+    for key in ("alert_id", "car_id"):  # Table keys and a URL path segment
         if key in alert:
             try:
                 check_id(alert[key], key)
             except InputError as error:
                 problems.append(str(error))
+    battery = alert.get("battery_id")  # neither: a compliance alert lists the car's parts in it
+    if "battery_id" in alert and not (isinstance(battery, str) and battery.strip()):
+        problems.append(f"battery_id must be a non-empty string, got {battery!r}")
     alert_type = alert.get("type")
     if "type" in alert and not (isinstance(alert_type, str) and _ALERT_TYPE_PATTERN.fullmatch(alert_type)):
         problems.append(f"type must be lower_snake_case, got {alert['type']!r}")
