@@ -18,6 +18,7 @@ from shared.delivery import process_alert_message
 from shared.ingest import ingest_telemetry, rescore_parked
 from shared.jobs import nightly_batch_score, nightly_retrain
 from shared.ops import health_report, vehicle_alerts
+from shared.telemetry import InputError
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -90,7 +91,8 @@ def push_alert(message: func.QueueMessage) -> None:
     """Deliver one alert to the car's head unit, unless cooldown or idempotency says it was already sent.
 
     Transient gateway failures raise, so the queue retries; after maxDequeueCount (host.json) the host
-    moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried.
+    moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried. Without
+    a signing key the alert is kept on the queue (shared/delivery.py).
     """
     outcome = process_alert_message(services.current(), message.get_body(), message.dequeue_count)
     log.info("push_alert: %s", json.dumps(outcome))
@@ -105,8 +107,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="vehicles/{car_id}/alerts", methods=["GET"])
 def list_vehicle_alerts(req: func.HttpRequest) -> func.HttpResponse:
-    """The alerts a car was sent and their delivery state, for service staff."""
-    return _json(vehicle_alerts(services.current(), req.route_params["car_id"]), 200)
+    """The alerts a car was sent and their delivery state, for service staff; 400 for an impossible id."""
+    try:
+        return _json(vehicle_alerts(services.current(), req.route_params["car_id"]), 200)
+    except InputError as error:
+        return _json({"error": str(error)}, 400)
 
 
 def _event_metadata(event: func.EventHubEvent) -> dict:

@@ -58,6 +58,10 @@ DUPLICATE = "duplicate"
 
 _ALERT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{2,62}")
 _ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
+MAX_ID_LENGTH = 512
+# What no id may hold: Table storage keys refuse / \ # ? and control characters, and a URL path segment
+# would need / \ # ? escaped, which gateways and proxies treat inconsistently (%2F is often refused).
+_FORBIDDEN_ID_CHARACTERS = frozenset("/\\#?") | {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,32 @@ def iso_utc(moment: datetime) -> str:
 def parse_iso_utc(text: str) -> datetime:
     """The aware UTC datetime of an `iso_utc` string."""
     return datetime.strptime(text, _ISO_UTC).replace(tzinfo=UTC)
+
+
+def check_id(value: object, name: str) -> str:
+    """`value` if it can name a car or an alert everywhere an alert takes it, else `InputError` naming
+    `name` and what is wrong.
+
+    Everywhere: a Table storage key (PartitionKey = car, RowKey = alert), one segment of the gateway's URL
+    path, and UTF-8 JSON. So: a non-blank string of at most MAX_ID_LENGTH characters, without / \\ # ? or
+    control characters, not "." or ".." (dot segments, which a URL resolves to the parent path whether
+    escaped or not), and without lone surrogates (no UTF-8 for them).
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{name} must be a non-empty string, got {value!r}")
+    shown = value if len(value) <= 40 else f"{value[:40]}…"
+    if len(value) > MAX_ID_LENGTH:
+        raise InputError(f"{name} {shown!r} is {len(value)} characters long, over the limit of {MAX_ID_LENGTH}")
+    bad = sorted(set(value) & _FORBIDDEN_ID_CHARACTERS)
+    if bad:
+        raise InputError(f"{name} {shown!r} contains {bad!r}, which no id may hold (Table keys, URL paths)")
+    if value in (".", ".."):
+        raise InputError(f"{name} {value!r} is a URL dot segment: it would change the gateway path it is sent to")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{name} {shown!r} holds a lone surrogate, which has no UTF-8 encoding") from None
+    return value
 
 
 def alert_id(car_id: str, battery_id: str, alert_type: str, day: date | str) -> str:
@@ -186,9 +216,15 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
 def validate_alert(alert: Mapping[str, Any]) -> None:
     """Raise `InputError` naming what is wrong with an alert read back from a queue message."""
     problems = [f"missing {key}" for key in ALERT_KEYS if key not in alert]
-    for key in ("alert_id", "car_id", "battery_id"):
-        if key in alert and not (isinstance(alert[key], str) and alert[key].strip()):
-            problems.append(f"{key} must be a non-empty string, got {alert[key]!r}")
+    for key in ("alert_id", "car_id"):  # Table keys and a URL path segment
+        if key in alert:
+            try:
+                check_id(alert[key], key)
+            except InputError as error:
+                problems.append(str(error))
+    battery = alert.get("battery_id")  # neither: a compliance alert lists the car's parts in it
+    if "battery_id" in alert and not (isinstance(battery, str) and battery.strip()):
+        problems.append(f"battery_id must be a non-empty string, got {battery!r}")
     alert_type = alert.get("type")
     if "type" in alert and not (isinstance(alert_type, str) and _ALERT_TYPE_PATTERN.fullmatch(alert_type)):
         problems.append(f"type must be lower_snake_case, got {alert['type']!r}")

@@ -14,15 +14,19 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from shared import alert_store
+from shared.alerts import check_id
 from shared.model_registry import ModelRegistry
 from shared.services import Services
+from shared.settings import configuration_problems
 
 CHECK_TIMEOUT_S = 3.0
 
 
 def health_report(services: Services, timeout_s: float = CHECK_TIMEOUT_S) -> dict[str, Any]:
-    """{"healthy", "checked_at", "checks": {"blob", "table", "scoring_endpoint": {"ok", "detail"}},
-    "champion_model": version or None}. Healthy when storage and the scoring endpoint both answer.
+    """{"healthy", "checked_at", "checks": {"blob", "table", "scoring_endpoint", "configuration": {"ok",
+    "detail"}}, "champion_model": version or None}. Healthy when storage and the scoring endpoint both
+    answer and the configuration lets every function do its job (`configuration_problems`: an unset
+    HEAD_UNIT_SIGNING_KEY, say, leaves alerts queued, so the app is not healthy).
 
     The champion is information, not a condition: before the first night's training there is none, and
     the streaming path still works against whatever the endpoint serves.
@@ -32,6 +36,7 @@ def health_report(services: Services, timeout_s: float = CHECK_TIMEOUT_S) -> dic
         "blob": _check(lambda: services.blobs.get_service_properties(**bounded) and "reachable"),
         "table": _check(lambda: services.tables.get_service_properties(**bounded) and "reachable"),
         "scoring_endpoint": _check(lambda: _endpoint_alive(services.settings.scoring_uri, timeout_s)),
+        "configuration": _configuration(services),
     }
     champion = None
     if checks["blob"]["ok"]:  # else the registry read would wait out the SDK's retries on a dead store
@@ -46,8 +51,11 @@ def health_report(services: Services, timeout_s: float = CHECK_TIMEOUT_S) -> dic
 
 
 def vehicle_alerts(services: Services, car_id: str) -> list[dict[str, Any]]:
-    """A car's alerts and their delivery state, newest first (empty for a car that never had one)."""
-    return alert_store.list_alerts(alert_store.alerts_table(services.tables), car_id)
+    """A car's alerts and their delivery state, newest first (empty for a car that never had one).
+
+    Raises `InputError` naming the problem for an id no car can have (`check_id`), before any storage call.
+    """
+    return alert_store.list_alerts(alert_store.alerts_table(services.tables), check_id(car_id, "car_id"))
 
 
 def endpoint_root(scoring_uri: str) -> str:
@@ -61,6 +69,11 @@ def _endpoint_alive(scoring_uri: str, timeout_s: float) -> str:
     response = requests.get(root, timeout=timeout_s)
     response.raise_for_status()
     return f"GET {root} answered {response.status_code}"
+
+
+def _configuration(services: Services) -> dict[str, Any]:
+    problems = configuration_problems(services.settings)
+    return {"ok": not problems, "detail": "; ".join(problems) or "every function can do its job"}
 
 
 def _check(probe: Callable[[], Any]) -> dict[str, Any]:

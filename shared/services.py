@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ from pathlib import Path
 import requests
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
 
 from shared.battery_state import StateCache
+from shared.headunit import DEFAULT_POLICY, DeliveryPolicy
 from shared.scoring_client import ScoringClient, TokenCredential
-from shared.settings import Settings, load_settings
-from shared.storage import app_storage_connection, blob_service, table_service
+from shared.settings import Settings, configuration_problems, load_settings
+from shared.storage import app_storage_connection, blob_service, queue_service, table_service
+
+log = logging.getLogger("services")
 
 
 def utc_now() -> datetime:
@@ -38,10 +43,12 @@ class Services:
     settings: Settings
     blobs: BlobServiceClient
     tables: TableServiceClient
+    queues: QueueServiceClient
     scoring: ScoringClient
     gateway: requests.Session
     work_dir: Path
     clock: Callable[[], datetime] = field(default=utc_now)
+    delivery: DeliveryPolicy = DEFAULT_POLICY  # head-unit timeouts and lease (shared.headunit)
     # The battery states this process last read or wrote (a guess checked by ETag: shared.battery_state).
     state_cache: StateCache = field(default_factory=StateCache)
 
@@ -56,6 +63,7 @@ def build_services(environ: Mapping[str, str] | None = None, *,
         settings=settings,
         blobs=blob_service(app_storage_connection("blob", env)),
         tables=table_service(app_storage_connection("table", env)),
+        queues=queue_service(app_storage_connection("queue", env)),
         scoring=ScoringClient.from_settings(settings, scoring_credential(settings)),
         gateway=requests.Session(),
         work_dir=work_dir,
@@ -80,9 +88,15 @@ def scoring_credential(settings: Settings) -> TokenCredential | None:
 def current() -> Services:
     """The process's services, built on first use (so a bad setting fails the first invocation, named).
 
+    This is the app's start-up: besides the settings' own validation (a bad value raises, naming it), the
+    start-up check logs an error for each setting the app runs without but cannot do its whole job
+    without (`configuration_problems`; GET /api/health answers 503 for them). It does not stop the app:
+    the other functions keep working, and what cannot be done yet waits (alerts stay queued).
     `current.cache_clear()` makes the next call read the environment again (tests, the local host).
     """
     built = build_services()
+    for problem in configuration_problems(built.settings):
+        log.error("start-up check failed: %s", problem)
     _freeze_startup_heap()
     return built
 

@@ -141,6 +141,16 @@ def _check_key_is_not_sent_in_clear(scoring_uri: str, scoring_key: str | None, e
                             "SCORING_ALLOW_INSECURE_HTTP=true")  # fmt: skip
 
 
+def configuration_problems(settings: Settings) -> list[str]:
+    """What a valid configuration still cannot do, one sentence per setting, naming it. The start-up check
+    logs these and GET /api/health fails on them; the app runs, so nothing queued is lost meanwhile."""
+    problems = []
+    if not settings.head_unit_signing_key:
+        problems.append("HEAD_UNIT_SIGNING_KEY is not set (or blank): alerts cannot be signed, so push_alert "
+                        "keeps them queued until it is")  # fmt: skip
+    return problems
+
+
 def _number(env: Mapping[str, str], name: str, default, kind):
     value = env.get(name, "").strip()
     if not value:

@@ -89,8 +89,9 @@ def test_a_claim_is_a_lease_and_a_holder_that_lost_it_cannot_overwrite(alert_tab
 
 
 def test_giving_up_is_recorded_but_leaves_a_delivery_or_a_live_claim_alone(alert_table, make_alert):
-    failed, delivered, in_flight, unseen = (make_alert(day=day) for day in ("2017-03-16", "2017-03-17",
-                                                                            "2017-03-18", "2017-03-19"))  # fmt: skip
+    # One car each: an alert in flight holds its car's cooldown, which would keep the others from a claim.
+    failed, delivered, in_flight, unseen = (make_alert(car_id=f"CAR-{n}", day=day) for n, day in enumerate(
+        ("2017-03-16", "2017-03-17", "2017-03-18", "2017-03-19")))  # fmt: skip
     record_outcome(alert_table, claim_delivery(alert_table, failed, FIRST, NOW), FAILED, NOW, error="503")
     record_outcome(alert_table, claim_delivery(alert_table, delivered, FIRST, NOW), DELIVERED, NOW)
     claim_delivery(alert_table, in_flight, FIRST, NOW, lease=timedelta(seconds=60))
@@ -107,27 +108,119 @@ def test_giving_up_is_recorded_but_leaves_a_delivery_or_a_live_claim_alone(alert
     assert claim_delivery(alert_table, failed, FIRST, later).claimed  # a replayed message may still deliver
 
 
+class WritesWaitForEveryone:
+    """The real alerts table, except that each thread's first write waits until every contender has come to
+    its first write: all have read what they read, none has written. That is the interleaving a racy
+    read-then-write loses every time (each read sees the row free), so a race test is decided, not lucky.
+    The winner never records an outcome here, so it holds its claim open while the others try."""
+
+    _WRITES = frozenset({"create_entity", "update_entity", "upsert_entity", "delete_entity", "submit_transaction"})
+
+    def __init__(self, table, contenders: int) -> None:
+        self._table = table
+        self._everyone = threading.Barrier(contenders, timeout=30)
+        self._wrote = threading.local()
+        self._client = _Gated(table._client, {"send_request"}, self._first_write)  # shared.table_transaction
+
+    def _first_write(self) -> None:
+        if not getattr(self._wrote, "done", False):
+            self._wrote.done = True
+            self._everyone.wait()
+
+    def __getattr__(self, name: str):
+        return getattr(_Gated(self._table, self._WRITES, self._first_write), name)
+
+
+class _Gated:
+    def __init__(self, target, names, gate) -> None:
+        self._target, self._names, self._gate = target, names, gate
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._target, name)
+        if name not in self._names:
+            return attribute
+
+        def gated(*args, **kwargs):
+            self._gate()
+            return attribute(*args, **kwargs)
+
+        return gated
+
+
+def contend(table, alerts: list[dict], now: datetime) -> list:
+    """Claim each alert on its own thread at once; each thread's Claim, or the exception it raised."""
+    outcomes: list = [None] * len(alerts)
+
+    def claim(position: int) -> None:
+        try:
+            outcomes[position] = claim_delivery(table, alerts[position], FIRST, now)
+        except Exception as error:  # reported to the test, which says what it expects
+            outcomes[position] = error
+
+    threads = [threading.Thread(target=claim, args=(position,)) for position in range(len(alerts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
 @pytest.mark.parametrize("earlier_state", [None, FAILED])
 def test_concurrent_claims_of_one_alert_let_exactly_one_through(alert_table, make_alert, earlier_state):
     alert = make_alert()
     if earlier_state == FAILED:
         record_outcome(alert_table, claim_delivery(alert_table, alert, FIRST, NOW), FAILED, NOW, error="503")
     contenders = 6
-    start = threading.Barrier(contenders)
-    claims = []
 
-    def contend() -> None:
-        start.wait()
-        claims.append(claim_delivery(alert_table, alert, FIRST, NOW + timedelta(minutes=5)))
+    claims = contend(WritesWaitForEveryone(alert_table, contenders), [alert] * contenders, NOW + timedelta(minutes=5))
 
-    threads = [threading.Thread(target=contend) for _ in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    assert all(isinstance(claim, alert_store.Claim) for claim in claims), claims
     assert len(claims) == contenders
     assert sum(claim.claimed for claim in claims) == 1
     assert {claim.state for claim in claims if not claim.claimed} <= {DELIVERING}
+
+
+def test_concurrent_claims_of_two_alerts_for_one_car_let_one_hold_the_cooldown(alert_table, make_alert):
+    alerts = [make_alert(day="2017-03-18"), make_alert(day="2017-03-19")]  # day D and D+1, same car and type
+
+    outcomes = contend(WritesWaitForEveryone(alert_table, 2), alerts, NOW)
+
+    [winner] = [outcome for outcome in outcomes if isinstance(outcome, alert_store.Claim)]
+    [loser] = [alert for alert, outcome in zip(alerts, outcomes, strict=True) if outcome is not winner]
+    assert winner.claimed
+    assert [type(outcome) for outcome in outcomes if outcome is not winner] == [alert_store.LatestChanged]
+    # Deciding again, the loser finds the car's cooldown held until the winner's outcome or its lease's end.
+    assert claim_delivery(alert_table, loser, FIRST, NOW).state == alert_store.CAR_BUSY
+    later = NOW + alert_store.DEFAULT_LEASE + timedelta(seconds=1)
+    assert claim_delivery(alert_table, loser, FIRST, later).claimed  # a dead holder's hold runs out
+
+
+def test_an_outcome_releases_the_cars_cooldown_hold(alert_table, make_alert):
+    first, second = make_alert(day="2017-03-18"), make_alert(day="2017-03-19")
+    holder = claim_delivery(alert_table, first, FIRST, NOW)
+    assert read_latest(alert_table, first["car_id"], first["type"]).held_by == first["alert_id"]
+    assert claim_delivery(alert_table, second, FIRST, NOW).state == alert_store.CAR_BUSY
+
+    record_outcome(alert_table, holder, alert_store.UNKNOWN, NOW, error="read timeout")
+
+    latest = read_latest(alert_table, first["car_id"], first["type"])
+    assert (latest.alert, latest.held_by) == (None, None)  # unknown is not a delivery the cooldown counts
+    assert claim_delivery(alert_table, second, FIRST, NOW).claimed
+
+
+def test_an_unknown_outcome_is_claimable_and_a_give_up_after_it_says_unknown(alert_table, make_alert):
+    alert = make_alert()
+    record_outcome(alert_table, claim_delivery(alert_table, alert, FIRST, NOW), alert_store.UNKNOWN, NOW,
+                   error="gateway did not answer within 15s")  # fmt: skip
+    again = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(minutes=1))
+    assert (again.claimed, again.attempts) == (True, 2)
+    record_outcome(alert_table, again, FAILED, NOW + timedelta(minutes=1), error="gateway answered 503")
+
+    assert record_given_up(alert_table, alert, "gave up", NOW + timedelta(minutes=2))
+
+    record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
+    assert (record["state"], record["reason"], record["last_error"]) == (
+        alert_store.UNKNOWN, "gave up", "gateway answered 503")  # fmt: skip
 
 
 def test_suppression_is_recorded_but_never_overwrites_a_delivery(alert_table, make_alert):
@@ -183,9 +276,9 @@ def test_a_delivery_records_its_outcome_and_the_latest_row_together(alert_table,
     record_queued(alert_table, alert, NOW)
     seen = read_latest(alert_table, alert["car_id"], alert["type"])
     assert (seen.alert, seen.etag) == (None, None)
-    claim = claim_delivery(alert_table, alert, FIRST, NOW)
+    claim = claim_delivery(alert_table, alert, FIRST, NOW, seen)
 
-    record_delivered(alert_table, claim, alert, NOW + timedelta(seconds=2), seen)
+    record_delivered(alert_table, claim, alert, NOW + timedelta(seconds=2))
 
     record = get_alert(alert_table, alert["car_id"], alert["alert_id"])
     assert (record["state"], record["delivered_at"], record["queued_at"]) == (
@@ -199,13 +292,17 @@ def test_a_latest_row_written_since_it_was_read_still_ends_with_the_latest_deliv
     older, newer, oldest = (make_alert(day=day) for day in ("2017-03-18", "2017-03-19", "2017-03-10"))
     seen = read_latest(alert_table, older["car_id"], older["type"])
     record_latest_delivered(alert_table, newer, NOW + timedelta(hours=1))  # another delivery, after the read
+    with pytest.raises(alert_store.LatestChanged):  # a claim on a stale read of the cooldown is refused...
+        claim_delivery(alert_table, older, FIRST, NOW, seen)
+    claim = claim_delivery(alert_table, older, FIRST, NOW)
+    record_latest_delivered(alert_table, newer, NOW + timedelta(hours=2))  # ...and a late writer past the hold
 
-    record_delivered(alert_table, claim_delivery(alert_table, older, FIRST, NOW), older, NOW, seen)
+    record_delivered(alert_table, claim, older, NOW)
 
     assert get_alert(alert_table, older["car_id"], older["alert_id"])["state"] == DELIVERED
     assert read_latest(alert_table, older["car_id"], older["type"]).alert["alert_id"] == newer["alert_id"]
     seen = read_latest(alert_table, oldest["car_id"], oldest["type"])  # a later delivery seen: kept as latest
-    record_delivered(alert_table, claim_delivery(alert_table, oldest, FIRST, NOW), oldest, NOW, seen)
+    record_delivered(alert_table, claim_delivery(alert_table, oldest, FIRST, NOW, seen), oldest, NOW)
     assert get_alert(alert_table, oldest["car_id"], oldest["alert_id"])["state"] == DELIVERED
     assert read_latest(alert_table, oldest["car_id"], oldest["type"]).alert["alert_id"] == newer["alert_id"]
 
@@ -213,12 +310,12 @@ def test_a_latest_row_written_since_it_was_read_still_ends_with_the_latest_deliv
 def test_a_delivery_whose_claim_was_taken_over_records_neither_row(alert_table, make_alert):
     alert = make_alert()
     seen = read_latest(alert_table, alert["car_id"], alert["type"])
-    holder = claim_delivery(alert_table, alert, FIRST, NOW, lease=timedelta(seconds=60))
+    holder = claim_delivery(alert_table, alert, FIRST, NOW, seen, lease=timedelta(seconds=60))
     taker = claim_delivery(alert_table, alert, FIRST, NOW + timedelta(seconds=61))
     assert taker.claimed
 
     with pytest.raises(ClaimLostError, match="claimed by another delivery"):
-        record_delivered(alert_table, holder, alert, NOW + timedelta(seconds=62), seen)
+        record_delivered(alert_table, holder, alert, NOW + timedelta(seconds=62))
 
     assert get_alert(alert_table, alert["car_id"], alert["alert_id"])["state"] == DELIVERING
     assert read_latest(alert_table, alert["car_id"], alert["type"]).alert is None, "all or nothing"

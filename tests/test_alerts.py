@@ -17,9 +17,11 @@ from shared.alerts import (
     DUPLICATE,
     ESCALATED,
     FIRST,
+    MAX_ID_LENGTH,
     alert_id,
     alerts_from_scores,
     build_alerts,
+    check_id,
     should_deliver,
     validate_alert,
 )
@@ -185,6 +187,34 @@ def test_validate_alert_names_every_problem():
     for words in ("missing message", "car_id must be a non-empty string", "severity must be one of",
                   "created_at must look like"):  # fmt: skip
         assert words in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("CAR/17", "contains ['/']"), ("CAR\\17", "contains ['\\\\']"), ("CAR#17", "contains ['#']"),
+        ("CAR?17", "contains ['?']"), ("CAR\x0017", "contains ['\\x00']"), ("CAR\n17", "contains ['\\n']"),
+        ("CAR\x7f", "contains ['\\x7f']"), ("CAR\x85", "contains ['\\x85']"),
+        (".", "dot segment"), ("..", "dot segment"), ("CAR\ud800", "lone surrogate"),
+        ("x" * (MAX_ID_LENGTH + 1), f"over the limit of {MAX_ID_LENGTH}"),
+        ("", "non-empty string"), ("   ", "non-empty string"), (17, "non-empty string"), (None, "non-empty string"),
+    ],
+)  # fmt: skip
+def test_ids_no_table_key_or_url_segment_can_hold_are_refused_naming_why(value, words):
+    with pytest.raises(InputError) as error:
+        check_id(value, "car_id")
+    assert str(error.value).startswith("car_id") and words in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["CAR-00017", "car 17", "Pkw-Müller", "CAR.1", "...", "x" * MAX_ID_LENGTH])
+def test_ids_that_fit_everywhere_pass_unchanged(value):
+    assert check_id(value, "car_id") == value
+
+
+@pytest.mark.parametrize("key", ["alert_id", "car_id"])
+def test_an_alert_whose_id_cannot_be_stored_or_sent_is_malformed(key):
+    with pytest.raises(InputError, match=f"{key} '..' is a URL dot segment"):
+        validate_alert(one_alert() | {key: ".."})
 
 
 # --- cooldown -----------------------------------------------------------------------------------------

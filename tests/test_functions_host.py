@@ -112,7 +112,7 @@ def send_texts(storage_connection: str, name: str, texts: list[str]) -> None:
 def test_host_config_is_read_from_the_project_host_json():
     config = load_host_config()
     assert config == HostConfig(
-        max_dequeue_count=5, visibility_timeout=timedelta(seconds=30), message_encoding="base64",
+        max_dequeue_count=5, visibility_timeout=timedelta(seconds=60), message_encoding="base64",
         queue_batch_size=16, max_event_batch_size=500,
     )  # fmt: skip
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import selectors
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +23,10 @@ from shared import alert_store
 from shared.alerts import COOLDOWN, COOLDOWN_ELAPSED, DUPLICATE, ESCALATED, FIRST
 from shared.azurite import PROJECT_ROOT, free_port
 from shared.headunit import (
+    DEFAULT_POLICY,
     MAX_BODY_BYTES,
+    WEBHOOK_TOLERANCE_S,
+    DeliveryPolicy,
     HeadUnitSimulator,
     TransientDeliveryError,
     alerts_url,
@@ -25,8 +34,12 @@ from shared.headunit import (
     deliver_alert,
     push_alert,
     sign,
+    signed_headers,
     verify,
+    verify_webhook,
+    webhook_signature,
 )
+from shared.host_config import load_host_config
 from shared.settings import SettingsError
 from shared.telemetry import InputError
 
@@ -68,6 +81,109 @@ def test_body_is_canonical_json_and_refuses_nan():
 
 def test_car_id_is_one_escaped_path_segment():
     assert alerts_url("http://gw/", "CAR 1/A?b") == "http://gw/vehicles/CAR%201%2FA%3Fb/alerts"
+    assert alerts_url("http://gw", "CAR.1%é") == "http://gw/vehicles/CAR.1%25%C3%A9/alerts"
+    assert alerts_url("http://gw", "...") == "http://gw/vehicles/.../alerts"  # not a dot segment
+
+
+@pytest.mark.parametrize("car_id", [".", "..", "", "CAR\ud800"])
+def test_car_ids_no_encoding_can_make_a_path_segment_are_refused(car_id):
+    with pytest.raises(InputError, match="car_id"):
+        alerts_url("http://gw", car_id)
+
+
+# --- Standard Webhooks headers ------------------------------------------------------------------------
+
+# The Standard Webhooks specification's test vector (its reference libraries all check it).
+VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_webhook_signature_is_the_standard_webhooks_one():
+    assert webhook_signature(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY, VECTOR_SECRET) == VECTOR_SIGNATURE
+    check = {"webhook_id": VECTOR_ID, "timestamp": str(VECTOR_TIMESTAMP), "body": VECTOR_BODY, "key": VECTOR_SECRET}
+    now = VECTOR_TIMESTAMP + 10
+    assert verify_webhook(signature=VECTOR_SIGNATURE, now=now, **check) is None
+    assert verify_webhook(signature=f"v1,bm90LWl0 {VECTOR_SIGNATURE}", now=now, **check) is None  # key rotation
+    assert verify_webhook(signature="v1,bm90LWl0", now=now, **check) == "bad webhook-signature"
+    assert "outside ±300 s" in verify_webhook(signature=VECTOR_SIGNATURE, now=now + 300, **check)  # stale: replay
+    assert "outside ±300 s" in verify_webhook(signature=VECTOR_SIGNATURE, now=VECTOR_TIMESTAMP - 301, **check)
+    assert "missing" in verify_webhook(signature=None, now=now, **check)
+    tampered = check | {"body": b'{"test": 2432232315}'}
+    assert verify_webhook(signature=VECTOR_SIGNATURE, now=now, **tampered) == "bad webhook-signature"
+    other_id = check | {"webhook_id": "msg_other"}
+    assert verify_webhook(signature=VECTOR_SIGNATURE, now=now, **other_id) == "bad webhook-signature"
+
+
+def test_an_attempt_carries_both_signatures_over_the_same_body(make_alert):
+    alert = make_alert()
+    body = canonical_json(alert)
+    headers = signed_headers(alert["alert_id"], body, KEY, timestamp=1_700_000_000)
+    assert headers["X-Signature"] == sign(body, KEY)  # the fixed contract, unchanged
+    assert headers["Idempotency-Key"] == headers["webhook-id"] == alert["alert_id"]
+    assert headers["webhook-timestamp"] == "1700000000"
+    digest = hmac.new(KEY.encode(), f"{alert['alert_id']}.1700000000.".encode() + body, hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode()
+
+
+def post_signed(simulator: HeadUnitSimulator, alert: dict, timestamp: int, **changes: str | None):
+    """POST `alert` with every header signed at `timestamp`, then the header `changes` applied."""
+    body = canonical_json(alert)
+    headers = signed_headers(alert["alert_id"], body, KEY, timestamp=timestamp)
+    for name, value in changes.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    return requests.post(alerts_url(simulator.url, alert["car_id"]), data=body, headers=headers, timeout=10)
+
+
+def test_the_simulator_refuses_stale_future_and_unsigned_webhooks(make_alert):
+    clock = [1_700_000_000.0]
+    with HeadUnitSimulator(KEY, clock=lambda: clock[0]) as simulator:
+        alert, now = make_alert(), int(clock[0])
+        for timestamp in (now - WEBHOOK_TOLERANCE_S - 1, now + WEBHOOK_TOLERANCE_S + 1):
+            response = post_signed(simulator, alert, timestamp)
+            assert response.status_code == 401 and "webhook-timestamp" in response.json()["error"]
+        assert post_signed(simulator, alert, now, webhook_signature=None).status_code == 401
+        assert post_signed(simulator, alert, now, webhook_id="someone-else").status_code == 401  # signed over the id
+        assert post_signed(simulator, alert, now, webhook_timestamp="soon").status_code == 401
+        assert simulator.received_by_car() == {}
+        assert post_signed(simulator, alert, now - WEBHOOK_TOLERANCE_S).status_code == 201  # at the edge: accepted
+
+
+def test_a_captured_request_replayed_is_never_shown_twice_and_is_refused_once_stale(make_alert):
+    clock = [1_700_000_000.0]
+    with HeadUnitSimulator(KEY, clock=lambda: clock[0]) as simulator:
+        alert = make_alert()
+        body = canonical_json(alert)
+        captured = signed_headers(alert["alert_id"], body, KEY, timestamp=int(clock[0]))
+        url = alerts_url(simulator.url, alert["car_id"])
+
+        def replay():
+            return requests.post(url, data=body, headers=captured, timeout=10)
+
+        assert replay().status_code == 201
+        clock[0] += 60
+        assert (replay().status_code, replay().json()["status"]) == (200, "duplicate")  # within the window
+        clock[0] += WEBHOOK_TOLERANCE_S
+        assert replay().status_code == 401  # stale
+        assert simulator.received("CAR-00017") == [alert]
+
+
+# --- the delivery policy ------------------------------------------------------------------------------
+
+
+def test_the_delivery_policy_fits_host_json():
+    host = load_host_config()
+    assert DEFAULT_POLICY.longest_attempt_s + 10 <= DEFAULT_POLICY.lease.total_seconds()
+    assert DEFAULT_POLICY.lease <= host.visibility_timeout  # a retry after a failed attempt finds the lease over
+    assert [DEFAULT_POLICY.timeout(n) for n in range(1, host.max_dequeue_count + 1)] == [
+        (5.0, 15.0), (5.0, 30.0), (5.0, 30.0), (5.0, 30.0), (5.0, 30.0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="must outlast the longest attempt"):
+        DeliveryPolicy(read_timeouts_s=(15.0, 60.0))
 
 
 # --- deliver_alert against the simulator --------------------------------------------------------------
@@ -110,7 +226,7 @@ def test_a_wrong_signing_key_is_rejected_for_good(simulator, session, make_alert
 def test_the_simulator_checks_what_the_contract_promises(simulator, make_alert, change, status, words):
     alert = make_alert()
     body = canonical_json(alert)
-    headers = {"Idempotency-Key": alert["alert_id"], "X-Signature": sign(body, KEY)}
+    headers = signed_headers(alert["alert_id"], body, KEY, timestamp=int(time.time()))
     url = alerts_url(simulator.url, alert["car_id"])
     if change == "tampered_body":
         body = canonical_json(alert | {"severity": "critical"})
@@ -162,8 +278,34 @@ def test_a_timeout_is_transient_and_a_late_answer_plus_retry_counts_once(simulat
 
 
 def test_no_gateway_listening_is_transient(session, make_alert):
-    with pytest.raises(TransientDeliveryError, match="cannot reach the gateway"):
+    with pytest.raises(TransientDeliveryError, match="cannot reach the gateway") as error:
         deliver_alert(make_alert(), f"http://127.0.0.1:{free_port()}", KEY, session, timeout=2)
+    assert error.value.maybe_received is False  # nothing was sent
+
+
+def test_a_timeout_after_sending_may_have_reached_the_gateway(simulator, session, make_alert):
+    simulator.stall_next(1)
+    with pytest.raises(TransientDeliveryError, match="it may have the alert") as error:
+        deliver_alert(make_alert(), simulator.url, KEY, session, timeout=(2, 0.3))
+    assert error.value.maybe_received is True
+    simulator.release_stalled()
+
+
+def test_a_connection_reset_after_sending_may_have_reached_the_gateway(session, make_alert):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def take_then_reset() -> None:
+            connection, _ = server.accept()
+            connection.recv(65536)  # the request arrived
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()  # closing with linger 0 sends a reset
+
+        thread = threading.Thread(target=take_then_reset)
+        thread.start()
+        with pytest.raises(TransientDeliveryError, match="connection lost after the request was sent") as error:
+            deliver_alert(make_alert(), f"http://127.0.0.1:{server.getsockname()[1]}", KEY, session, timeout=5)
+        thread.join()
+    assert error.value.maybe_received is True
 
 
 def test_an_unset_signing_key_is_named(simulator, session, make_alert):
@@ -255,6 +397,31 @@ def test_gateway_down_raises_records_the_attempt_and_retry_delivers(push, alert_
     record = record_of(alert_table, alert)
     assert (record["state"], record["attempts"], record["last_error"]) == ("delivered", 3, None)
     assert simulator.received("CAR-00017") == [alert]
+
+
+def test_a_gateway_that_may_have_the_alert_is_recorded_unknown_and_the_retry_settles_it(
+    alert_table, simulator, session, make_alert
+):
+    alert = make_alert()
+    simulator.stall_next(1)
+    options = {"table": alert_table, "session": session, "gateway_url": simulator.url, "signing_key": KEY,
+               "cooldown_days": 7}  # fmt: skip
+    with pytest.raises(TransientDeliveryError, match="may have the alert"):
+        push_alert(alert, now=NOW, timeout=(2, 0.3), **options)
+    record = record_of(alert_table, alert)
+    assert (record["state"], record["attempts"]) == ("unknown", 1)
+    simulator.release_stalled()  # the gateway took it after all
+    assert push_alert(alert, now=NOW + timedelta(minutes=1), **options).state == "delivered"
+    assert simulator.received("CAR-00017") == [alert]
+    assert [a.status for a in simulator.attempts] == [201, 200]  # the retry was a duplicate, answered as one
+
+
+def test_push_without_a_signing_key_refuses_before_claiming(alert_table, simulator, session, make_alert):
+    alert = make_alert()
+    with pytest.raises(SettingsError, match="HEAD_UNIT_SIGNING_KEY"):
+        push_alert(alert, table=alert_table, session=session, gateway_url=simulator.url, signing_key="",
+                   cooldown_days=7, now=NOW)  # fmt: skip
+    assert record_of(alert_table, alert) is None and simulator.attempts == []
 
 
 def test_a_gateway_rejection_is_recorded_and_never_retried(push, alert_table, simulator, make_alert):

@@ -7,7 +7,9 @@ listens on.
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 from _models import model_dir
 
 from shared.azurite import ACCOUNT_KEY, AzuriteEndpoints, free_port
@@ -26,7 +28,7 @@ def test_health_is_ok_when_storage_and_endpoint_answer_and_names_the_champion(ha
     assert status == 200
     assert report["healthy"] is True
     assert {name: check["ok"] for name, check in report["checks"].items()} == {
-        "blob": True, "table": True, "scoring_endpoint": True,
+        "blob": True, "table": True, "scoring_endpoint": True, "configuration": True,
     }  # fmt: skip
     assert report["champion_model"] is None  # before the first promotion
 
@@ -59,6 +61,21 @@ def test_health_is_503_when_storage_is_down_without_leaking_its_key(harness):
     assert ACCOUNT_KEY not in response.get_body().decode()
 
 
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_an_unset_or_blank_signing_key_fails_health_and_the_start_up_check_naming_it(harness, caplog, key):
+    with caplog.at_level(logging.ERROR, logger="services"):
+        harness.configure(HEAD_UNIT_SIGNING_KEY=key)  # the app's start-up: its services are built
+
+    status, report = get(harness, "health")
+
+    assert (status, report["healthy"]) == (503, False)
+    assert report["checks"]["configuration"]["ok"] is False
+    assert "HEAD_UNIT_SIGNING_KEY is not set" in report["checks"]["configuration"]["detail"]
+    assert report["checks"]["blob"]["ok"] and report["checks"]["scoring_endpoint"]["ok"]  # only that is wrong
+    [failed] = [record.getMessage() for record in caplog.records if record.name == "services"]
+    assert failed.startswith("start-up check failed: HEAD_UNIT_SIGNING_KEY is not set")
+
+
 def test_endpoint_root_is_derived_from_the_scoring_uri():
     assert endpoint_root("http://127.0.0.1:5001/score") == "http://127.0.0.1:5001/"
     assert endpoint_root("https://ep.westeurope.inference.ml.azure.com/score?x=1") == (
@@ -84,3 +101,14 @@ def test_vehicle_alerts_lists_what_a_car_was_sent_and_how_it_went(harness, make_
     record = by_id[delivered["alert_id"]]
     assert (record["message"], record["delivered_at"]) == (delivered["message"], "2016-03-11T03:00:00Z")
     assert get(harness, "list_vehicle_alerts", car_id="CAR-99999") == (200, [])
+
+
+@pytest.mark.parametrize(
+    ("car_id", "words"),
+    [("..", "dot segment"), (".", "dot segment"), ("CAR\x00", "contains"), ("CAR\\17", "contains"),
+     ("x" * 600, "over the limit of 512")],
+)  # fmt: skip
+def test_vehicle_alerts_of_an_impossible_car_id_is_a_400_naming_why(harness, car_id, words):
+    status, body = get(harness, "list_vehicle_alerts", car_id=car_id)
+    assert status == 400
+    assert body["error"].startswith("car_id") and words in body["error"]

@@ -6,16 +6,21 @@ the batch-versus-streaming test the real endpoint and the real nightly_batch_sco
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from datetime import timedelta
+
 import pytest
 from _models import model_dir
-from _services import AT_RISK, NIGHT, POISON_QUEUE, TELEMETRY, backlogs, expected_id
+from _services import AT_RISK, NIGHT, POISON_QUEUE, SIGNING_KEY, TELEMETRY, backlogs, expected_id
+from azure.functions.queue import QueueMessage
 
 from shared import alert_store
 from shared.alerts import COOLDOWN, COOLDOWN_ELAPSED, CRITICAL, ESCALATED, FIRST, HIGH
 from shared.archive import DEADLETTER_CONTAINER
 from shared.azurite import free_port
 from shared.model_registry import ModelRegistry
-from shared.storage import download_json, list_blob_names
+from shared.storage import download_json, list_blob_names, queue_service
 
 MAX_DEQUEUE_COUNT = 5  # host.json
 
@@ -159,12 +164,44 @@ def test_the_same_alert_from_the_nightly_batch_and_the_stream_is_delivered_once(
     assert len(harness.simulator.attempts) == 2  # the second copy of each never reached the gateway
 
 
-def test_an_unset_signing_key_fails_every_delivery_naming_the_setting(harness, make_alert):
-    harness.configure(HEAD_UNIT_SIGNING_KEY=None)
-    harness.send_alerts([make_alert()])
+@pytest.mark.parametrize("key", [None, "   "])
+def test_an_unset_signing_key_keeps_the_alert_queued_with_the_reason_and_never_poisons_it(harness, make_alert, key):
+    alert = make_alert()
+    harness.configure(HEAD_UNIT_SIGNING_KEY=key)
+    harness.send_alerts([alert])
 
     drain = harness.host.drain_queue("push_alert")
 
-    assert (drain.failed_attempts, drain.poisoned) == (MAX_DEQUEUE_COUNT, 1)
-    assert all("SettingsError: HEAD_UNIT_SIGNING_KEY is not set" in failure for failure in drain.failures)
+    # Every delivery but the last fails naming the setting; the last puts a fresh copy back, hidden a while.
+    assert (drain.failed_attempts, drain.succeeded, drain.poisoned) == (MAX_DEQUEUE_COUNT - 1, 1, 0)
+    assert all("SettingsError: not sent: HEAD_UNIT_SIGNING_KEY is not set" in failure for failure in drain.failures)
+    assert harness.queued(POISON_QUEUE) == []
+    assert queue_length(harness) == 1  # kept (invisible for the policy's held_retry_delay)
+    record = stored(harness, alert)
+    assert (record["state"], record["attempts"]) == ("queued", 0)
+    assert "HEAD_UNIT_SIGNING_KEY is not set" in record["reason"]
     assert harness.simulator.attempts == []
+
+
+def test_an_alert_kept_for_the_signing_key_is_delivered_once_the_key_is_set(harness, make_alert):
+    alert = make_alert()
+    services = harness.configure(HEAD_UNIT_SIGNING_KEY=None)
+    services.delivery = replace(services.delivery, held_retry_delay=timedelta(0))  # visible again at once
+    push_alert = harness.host.functions["push_alert"].user_function
+    body = json.dumps(alert).encode()
+    harness.send_alerts([])  # the queue exists, as it does for any message the host hands on
+
+    push_alert(QueueMessage(id="m1", body=body, dequeue_count=MAX_DEQUEUE_COUNT))  # its last delivery
+
+    assert harness.queued() == [alert]  # a fresh copy: its dequeue count starts again
+    assert harness.queued(POISON_QUEUE) == []
+    harness.configure(HEAD_UNIT_SIGNING_KEY=SIGNING_KEY)
+    assert harness.host.drain_queue("push_alert").succeeded == 1
+    assert harness.simulator.received("CAR-00017") == [alert]
+    assert stored(harness, alert)["state"] == "delivered"
+
+
+def queue_length(harness, name: str = "maintenance-alerts") -> int:
+    """Messages on a queue, the invisible ones included."""
+    queue = queue_service(harness.connection).get_queue_client(name)
+    return queue.get_queue_properties().approximate_message_count
