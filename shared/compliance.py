@@ -248,7 +248,7 @@ def _correct_typos(normalized: pd.Series) -> pd.Series:
     corrections = {}
     for word in unknown:  # distinct words, not notes
         near = {meant for known, meant in _VOCABULARY.items()
-                if len(known) >= _MIN_TYPO_LENGTH and _one_edit_apart(word, known)}  # fmt: skip
+                if len(known) >= _MIN_TYPO_LENGTH and one_edit_apart(word, known)}  # fmt: skip
         if len(near) == 1:
             corrections[word] = near.pop()
     if not corrections:
@@ -257,7 +257,7 @@ def _correct_typos(normalized: pd.Series) -> pd.Series:
     return normalized.str.replace(pattern, lambda m: corrections[m.group(0)], regex=True)
 
 
-def _one_edit_apart(a: str, b: str) -> bool:
+def one_edit_apart(a: str, b: str) -> bool:
     """One substitution, insertion, deletion or swap of neighbours turns `a` into `b` (and a != b)."""
     if a == b or abs(len(a) - len(b)) > 1:
         return False
