@@ -51,8 +51,8 @@ SEEDS = ROOT / "tools" / "compliance_lexicon_seeds.json"
 OUT = ROOT / "shared" / "compliance_lexicon.json"
 FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SUBSTANCE_LEXFILE = 27
-UNCLEAR_ABOVE = 2  # hypernym levels above a regulated material's seed that are "unclear" (metal, resin)
-SYNONYM_GRADE = {"excellent": "poor", "good": "poor", "fair": "good", "poor": "good"}  # antonym's grade
+UNCLEAR_ABOVE = 1  # hypernym levels above a regulated material's seed that are "unclear" (metal, resin, alloy)
+ANTONYM_GRADE = {"excellent": "poor", "good": "poor", "fair": "good", "poor": "good"}  # antonym's grade
 
 
 @dataclass
@@ -116,12 +116,11 @@ class WordNet:
             seen.extend(frontier)
         return seen
 
-    def commonest_sense(self, word: str, key: tuple[str, str]) -> bool:
-        """`key` is the word's commonest sense in its part of speech, and that part of speech is the word's
-        commonest ("crack" is first a noun, so the adjective "crack", first-rate, is not kept)."""
-        senses = self.senses.get((word, key[0]), [])
-        others = [self.tagged.get((word, pos), 0) for pos in FILES if pos != key[0]]
-        return bool(senses) and senses[0] == key and self.tagged.get((word, key[0]), 0) >= max(others)
+    def used_mostly_as(self, word: str, pos: str) -> bool:
+        """The word is tagged in WordNet's corpus at least as often in `pos` as in any other part of speech
+        ("crack" is mostly a noun, so the adjective "crack", first-rate, is not kept)."""
+        others = [self.tagged.get((word, other), 0) for other in FILES if other != pos]
+        return (word, pos) in self.senses and self.tagged.get((word, pos), 0) >= max(others)
 
     def is_substance(self, word: str) -> bool:
         return any(self.synsets[k].lexfile == SUBSTANCE_LEXFILE for k in self.senses.get((word, "n"), []))
@@ -138,7 +137,12 @@ def verb_forms(wordnet: WordNet, verb: str) -> list[str]:
     stem = verb[:-1] if verb.endswith("e") else verb
     if re.search(r"(?<![aeiou])[aeiou][bdgklmnprt]$", verb) and len(verb) <= 4:
         stem = verb + verb[-1]  # drop → dropped, dropping
-    regular = verb + "d" if verb.endswith("e") else (verb[:-1] + "ied" if re.search(r"[^aeiou]y$", verb) else stem + "ed")
+    if verb.endswith("e"):
+        regular = verb + "d"
+    elif re.search(r"[^aeiou]y$", verb):
+        regular = verb[:-1] + "ied"
+    else:
+        regular = stem + "ed"
     return [*(irregular or [regular]), stem + "ing"]
 
 
@@ -149,46 +153,54 @@ def condition_words(wordnet: WordNet, seed: dict) -> dict[str, tuple[str, str]]:
 
     def add(words: list[str], grade: str, how: str, sense: tuple[str, str] | None = None) -> None:
         for word in words:
-            if (sense is None or wordnet.commonest_sense(word, sense)) and not wordnet.is_substance(word):
+            if (sense is None or wordnet.used_mostly_as(word, sense[0])) and not wordnet.is_substance(word):
                 found.setdefault(word, (grade, how))
 
     synset = wordnet.synsets[key]
     for word in synset.words:  # the seed sense's own words: whatever else they mean, here they mean this
-        found.setdefault(word, (grade, f"WordNet: '{seed['lemma']}' ({synset.gloss.split(';')[0]})"))
+        found.setdefault(word, (grade, f"WordNet: {_same_as(word, seed['lemma'])}"))
     if seed["pos"] == "a":
         if synset.head:
             for satellite in wordnet.related(key, "&"):
-                add(wordnet.synsets[satellite].words, grade, f"WordNet: a kind of '{seed['lemma']}'", satellite)
+                add(wordnet.synsets[satellite].words, grade, f"WordNet: a kind of {seed['lemma']}", satellite)
         if not wordnet.about_age(key):
             for also in wordnet.related(key, "^"):
                 if not wordnet.about_age(also):
-                    add(wordnet.synsets[also].words, grade, f"WordNet: see also '{seed['lemma']}'", also)
+                    add(wordnet.synsets[also].words, grade, f"WordNet: akin to {seed['lemma']}", also)
             for antonym in wordnet.related(key, "!"):
                 if not wordnet.about_age(antonym):
-                    add(wordnet.synsets[antonym].words, SYNONYM_GRADE[grade], f"WordNet: opposite of '{seed['lemma']}'",
-                        antonym)  # fmt: skip
+                    opposite = f"WordNet: the opposite of {seed['lemma']}"
+                    add(wordnet.synsets[antonym].words, ANTONYM_GRADE[grade], opposite, antonym)
     else:
         hyponyms = [k for k in wordnet.related(key, "~", "~i") if wordnet.synsets[k].lexfile == synset.lexfile]
         for sense in [key, *hyponyms]:
             nouns = wordnet.synsets[sense].words
             if sense != key:
-                add(nouns, grade, f"WordNet: a kind of '{seed['lemma']}'", sense)
+                add(nouns, grade, f"WordNet: a kind of {seed['lemma']}", sense)
             for derived in wordnet.related(sense, "+"):
                 target = wordnet.synsets[derived]
                 if derived[0] == "v":
                     for verb in target.words:
                         if wordnet.senses.get((verb, "v"), [None])[0] == derived:  # the verb's commonest sense
-                            add(verb_forms(wordnet, verb), grade, f"WordNet: from the verb '{verb}' ('{nouns[0]}')")
+                            add(verb_forms(wordnet, verb), grade, f"WordNet: {verb} ({nouns[0]})")
                 elif derived[0] == "a":
-                    add(target.words, grade, f"WordNet: the adjective of '{nouns[0]}'", derived)
+                    add(target.words, grade, f"WordNet: of {nouns[0]}", derived)
     return found
 
 
+def _same_as(word: str, lemma: str) -> str:
+    return "seed word" if word == lemma else f"same sense as {lemma}"
+
+
+def _kind_of(word: str, lemma: str) -> str:
+    return "seed word" if word == lemma else f"a kind of {lemma}"
+
+
 def material_words(wordnet: WordNet, seeds: list[dict]) -> dict[str, dict]:
-    """word → {"roots": {seed: material}, "via": how} for the material seeds, with "unclear" entries for
+    """word → {"roots": {seed: [material, how]}} for the material seeds, with "unclear" entries for
     senses close above a regulated seed."""
     entries: dict[str, dict] = {}
-    regulated = set()
+    regulated, materials, lemmas = set(), {}, {}
     for seed in seeds:
         key = wordnet.sense(seed["lemma"], "n", seed["gloss"])
         general = seed["material"] == "other"  # "metal", "alloy" themselves could be iron: only their kinds are other
@@ -196,13 +208,15 @@ def material_words(wordnet: WordNet, seeds: list[dict]) -> dict[str, dict]:
             for word in wordnet.synsets[sense].words:
                 if len(word) <= 2 or word.startswith("atomic number"):  # symbols: "am", "as", "no" are English words
                     continue
-                entry = entries.setdefault(word, {"roots": {}, "via": f"WordNet: a kind of '{seed['lemma']}'"})
-                entry["roots"][seed["lemma"]] = seed["material"]
+                roots = entries.setdefault(word, {"roots": {}})["roots"]
+                roots[seed["lemma"]] = [seed["material"], f"WordNet: {_kind_of(word, seed['lemma'])}"]
         if general:
             for word in wordnet.synsets[key].words:
-                entries.setdefault(word, {"roots": {}, "via": f"WordNet: '{word}' covers iron and other metals"})
+                roots = entries.setdefault(word, {"roots": {}})["roots"]
+                roots[seed["lemma"]] = ["unclear", "WordNet: covers iron and other metals"]
         else:
             regulated.add(key)
+            materials[key], lemmas[key] = seed["material"], seed["lemma"]
     for key in regulated:
         above, frontier = [], [key]
         for _ in range(UNCLEAR_ABOVE):
@@ -210,8 +224,9 @@ def material_words(wordnet: WordNet, seeds: list[dict]) -> dict[str, dict]:
             above.extend(frontier)
         for sense in above:
             for word in wordnet.synsets[sense].words:
-                if word not in entries:
-                    entries[word] = {"roots": {}, "via": f"WordNet: '{word}' covers a regulated material and others"}
+                roots = entries.setdefault(word, {"roots": {}})["roots"]
+                if all(meant == "unclear" for meant, _ in roots.values()):
+                    roots[lemmas[key]] = ["unclear", f"WordNet: covers {materials[key]} and more"]
     return entries
 
 
@@ -226,8 +241,9 @@ def build(wordnet: WordNet, seeds: dict) -> dict:
     conditions: dict[str, dict] = {}
     for seed in seeds["conditions"]:
         for word, (grade, how) in condition_words(wordnet, seed).items():
-            entry = conditions.setdefault(word, {"roots": {}, "via": how})
-            entry["roots"][seed["lemma"]] = grade
+            conditions.setdefault(word, {"roots": {}})["roots"][seed["lemma"]] = [grade, how]
+    for word in seeds["not_states"]:
+        conditions.pop(word, None)
     spelled = {s.lower() for forms in (*MATERIAL_SPELLINGS.values(), *CONDITION_SPELLINGS.values()) for s in forms}
     materials = material_words(wordnet, seeds["materials"])
     for word in spelled:  # the regulation's own spellings are read by the rules, not the lexicon
@@ -238,8 +254,8 @@ def build(wordnet: WordNet, seeds: dict) -> dict:
     for word in seeds["not_states"]:
         conditions.pop(word, None)
     for entry in materials.values():  # a regulated material is more specific than "a kind of metal or alloy"
-        if len(set(entry["roots"].values())) > 1:
-            entry["roots"] = {root: meant for root, meant in entry["roots"].items() if meant != "other"}
+        if len({meant for meant, _ in entry["roots"].values()}) > 1:
+            entry["roots"] = {root: read for root, read in entry["roots"].items() if read[0] != "other"}
     return {
         "about": __doc__.split("\n\n")[0].replace("\n", " "),
         "license": "Derived from WordNet 3.0. WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.",
@@ -257,8 +273,8 @@ def main() -> None:
     args = parser.parse_args()
     lexicon = build(WordNet(args.wordnet), json.loads(SEEDS.read_text()))
     args.out.write_text(json.dumps(lexicon, indent=0, ensure_ascii=False) + "\n")
-    print(f"{args.out}: {len(lexicon['conditions']):,} condition words, {len(lexicon['materials']):,} material "
-          f"words, {len(lexicon['typo_exceptions']):,} typo exceptions, {args.out.stat().st_size / 1024:.0f} KB")  # fmt: skip
+    counts = {kind: len(lexicon[kind]) for kind in ("conditions", "materials", "typo_exceptions")}
+    print(f"{args.out}: {counts} entries, {args.out.stat().st_size / 1024:.0f} KB")
 
 
 if __name__ == "__main__":
