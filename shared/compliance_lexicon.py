@@ -13,7 +13,9 @@ Grammar the lexicon does not hold, kept here because it is about how a note is w
 means: a negator up to three words before a condition word in the same clause ("no visible wear",
 "without damage", "free of rust") or "free" right after it ("rust free") turns a non-compliant reading
 into good, and a compliant one into unclear ("not perfect" says too little). A material word is never
-negated (the reader's known limit: "no plastic parts" is read as plastic).
+negated (the reader's known limit: "no plastic parts" is read as plastic). A material word before "plated",
+"coated", "painted", ... names a surface, not what the part is made of ("chrome-plated"); a word that
+starts with "poly" (polycarbonate, polyoxymethylene) names a polymer: plastic.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ CLAUSE_BREAK = re.compile(r"[.;,:|/()!?=]|\s[-–]\s")
 NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non"})
 NEGATION_WINDOW = 3
 NEGATED_GRADE = "good"
+COATINGS = frozenset({"plated", "coated", "painted", "clad", "finish", "finished", "dipped", "sprayed"})  # a surface
+POLYMER_PREFIX = "poly"  # chemistry's name for a polymer: polycarbonate, polyoxymethylene
 GRADES = ("excellent", "good", "fair", "poor")  # the regulation's conditions, best first (as CONDITIONS)
 
 
@@ -44,6 +48,10 @@ GRADES = ("excellent", "good", "fair", "poor")  # the regulation's conditions, b
 class Reading:
     meaning: str  # a grade, a regulation material, OTHER or UNCLEAR
     via: str  # how the lexicon came to it, for the reason
+
+
+POLYMER = Reading("plastic", "named as a polymer (poly-)")
+MIN_POLYMER_NAME = 8  # "polymer" itself is the lexicon's word; "poly" alone is nothing
 
 
 @dataclass(frozen=True)
@@ -127,11 +135,20 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
         same = (row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])
         taken = np.concatenate([[0], np.cumsum(covered)])
         free = taken[starts + n] - taken[starts] == 0
+        after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
+        coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
-            for start in starts[same & free & gram.isin(table.keys()).to_numpy()]:
+            hits = gram.isin(table.keys()).to_numpy() & ~(coating & (kind == "material"))
+            for start in starts[same & free & hits]:
                 if not covered[start : start + n].any():  # two matches of one length may overlap
                     covered[start : start + n] = True
                     found.append((kind, int(start), n, table[gram.iloc[start]]))
+        if n == 1:
+            polymer = pd.Series(word, dtype=object).str.startswith(POLYMER_PREFIX).to_numpy() & ~covered & ~coating
+            polymer &= np.array([len(w) >= MIN_POLYMER_NAME and w.isalpha() for w in word], dtype=bool)
+            for start in starts[polymer]:
+                covered[start] = True
+                found.append(("material", int(start), 1, POLYMER))
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]

@@ -52,6 +52,7 @@ OUT = ROOT / "shared" / "compliance_lexicon.json"
 FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SUBSTANCE_LEXFILE = 27
 UNCLEAR_ABOVE = 1  # hypernym levels above a regulated material's seed that are "unclear" (metal, resin, alloy)
+TROPONYMS = 200  # kinds of a derived verb followed (all of them for the seeds here)
 ANTONYM_GRADE = {"excellent": "poor", "good": "poor", "fair": "good", "poor": "good"}  # antonym's grade
 
 
@@ -134,7 +135,7 @@ def verb_forms(wordnet: WordNet, verb: str) -> list[str]:
     if " " in verb:
         return []
     irregular = wordnet.irregular_participles.get(verb, [])
-    stem = verb[:-1] if verb.endswith("e") else verb
+    stem = verb[:-1] if verb.endswith("e") and not verb.endswith(("ee", "ge", "ye", "oe")) else verb  # singeing
     if re.search(r"(?<![aeiou])[aeiou][bdgklmnprt]$", verb) and len(verb) <= 4:
         stem = verb + verb[-1]  # drop → dropped, dropping
     if verb.endswith("e"):
@@ -179,10 +180,11 @@ def condition_words(wordnet: WordNet, seed: dict) -> dict[str, tuple[str, str]]:
                 add(nouns, grade, f"WordNet: a kind of {seed['lemma']}", sense)
             for derived in wordnet.related(sense, "+"):
                 target = wordnet.synsets[derived]
-                if derived[0] == "v":
-                    for verb in target.words:
-                        if wordnet.senses.get((verb, "v"), [None])[0] == derived:  # the verb's commonest sense
-                            add(verb_forms(wordnet, verb), grade, f"WordNet: {verb} ({nouns[0]})")
+                if derived[0] == "v":  # the verb and its kinds ("damage" → "dent", "shatter", "corrode")
+                    for verb_sense in [derived, *wordnet.closure(derived, "~")[:TROPONYMS]]:
+                        for verb in wordnet.synsets[verb_sense].words:
+                            if wordnet.senses.get((verb, "v"), [None])[0] == verb_sense:  # the verb's commonest sense
+                                add(verb_forms(wordnet, verb), grade, f"WordNet: {verb} ({nouns[0]})")
                 elif derived[0] == "a":
                     add(target.words, grade, f"WordNet: of {nouns[0]}", derived)
     return found
