@@ -71,7 +71,7 @@ class Lexicon:
 
     @functools.cached_property
     def longest(self) -> int:
-        return max(len(phrase.split()) for phrase in (*self.conditions, *self.materials))
+        return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
 
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
