@@ -775,7 +775,7 @@ VOCABULARY_PHRASES = ("condition_phrase", "material_phrase")  # `simulate_vocabu
 
 
 def evaluate_unseen_vocabulary(
-    model: ComplianceModel, notes: pd.DataFrame, hold_out_seeds: bool = True
+    model: ComplianceModel, notes: pd.DataFrame, hold_out_seeds: bool = True, lexicon: Lexicon | None = None
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Accuracy, recall of non-compliant parts and review rate on notes written from a vocabulary
     (`shared.simulation.simulate_vocabulary_notes`), and the per-note results.
@@ -784,19 +784,19 @@ def evaluate_unseen_vocabulary(
     its condition or material phrase (the regulation's own words are kept: the rules read those anyway), so
     a phrase counts as understood only if WordNet's relations reach it from other seeds. Metrics are over
     notes a person can decide (label 0/1: a note sent to review counts as wrong); `undecidable_decided` is
-    the share of notes a person could not decide (label empty) that were decided all the same.
+    the share of notes a person could not decide (label empty) that were decided all the same. A given
+    `lexicon` is used for every note as it is (an empty one: the regulation's words only).
     """
     protected = {*CONDITIONS, *MATERIALS}
     held_out = [
-        seeds_in(phrases, protected) if hold_out_seeds else frozenset()
+        seeds_in(phrases, protected) if hold_out_seeds and lexicon is None else frozenset()
         for phrases in notes[list(VOCABULARY_PHRASES)].itertuples(index=False)
     ]
     groups = pd.Series(held_out, index=notes.index)
-    data = lexicon_data()
     parts = []
     for seeds, group in groups.groupby(groups.map(lambda s: tuple(sorted(s))), sort=False):
-        lexicon = Lexicon.from_data(data, held_out=frozenset(seeds))
-        parts.append(score_components(model, notes.loc[group.index], lexicon).set_axis(group.index))
+        reader = lexicon or Lexicon.from_data(lexicon_data(), held_out=frozenset(seeds))
+        parts.append(score_components(model, notes.loc[group.index], reader).set_axis(group.index))
     results = pd.concat(parts).reindex(notes.index)
     label = notes[LABEL]
     decidable = label.notna().to_numpy()
