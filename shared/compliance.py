@@ -6,8 +6,10 @@ free-text note ("Manufactured in 1985 made of steel in fair condition"). Two dec
 a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
-  nineteen eighty-five), and the condition and material words, reading a word one letter away from one
-  of them as that word (typos), and applies the regulation to what the note states. Years are its job
+  nineteen eighty-five), and the condition and material words: the regulation's own, ordinary ones
+  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance_lexicon`),
+  and a word one letter away from a regulation word as that word (typos, unless it is a real word), and
+  applies the regulation to what the note states. Years are its job
   because a model of words cannot compare a year with 1995. It also decides whether the note says enough
   to apply the regulation at all: a note that is empty, gibberish, or silent on what would decide it
   cannot be decided.
@@ -19,8 +21,9 @@ a verdict is issued only when they agree:
 * The verdict: when the reader cannot decide, or the two disagree, the note is "needs review" with the
   reason, neither alerted nor guessed nor dropped.
 
-Known limits: negation ("no plastic parts") is read as a mention; a real word one letter away from a
-regulation word ("door" / "poor") is read as that word, unless the note also spells one exactly.
+Known limits: negation of a material or of the regulation's own condition words ("no plastic parts",
+"not good") is read as a mention (negated lexicon condition words are handled); a typo that makes a real
+word ("goad" for "good") is not read.
 
 Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching)
 and over year expressions, never over components. Model files are JSON + NumPy arrays (no pickle), so a

@@ -74,7 +74,9 @@ A quarter of the years fall in 1993–1997, so 1994/1995/1996 are common. The la
 (`shared.compliance.violates_regulation`) applied to what the note states: 1 non-compliant, 0 compliant,
 empty when the note cannot be decided — ~5 % are written that way on purpose: empty ("empty"), gibberish
 ("gibberish"), silent on year, condition and material ("silent"), or stating only some of them ("P…"
-templates; those are labelled when what they state disqualifies).
+templates; those are labelled when what they state disqualifies). `simulate_vocabulary_notes` writes notes
+from a vocabulary of condition and material phrasings the simulator never uses (the compliance reader's
+evaluation, issue 17), labelled by what a person reads each phrase as.
 
 Speed: cars are simulated in blocks of `CARS_PER_BLOCK` as (cars × days) numpy arrays; the only loops
 are over blocks and over battery generations (a handful). Each block has its own random stream
