@@ -123,6 +123,40 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     tokens = clauses.reset_index(drop=True).str.split().explode().dropna()
     row, word = tokens.index.to_numpy(), _canonical(tokens.astype(object).to_numpy(), lexicon)
     clause = np.cumsum(word == CLAUSE)
+    found = _matches(word, row, clause, lexicon)
+    reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
+    reads["meaning"] = [r.meaning for r in reads["reading"]]
+    reads["via"] = [r.via for r in reads["reading"]]
+    reads["first"] = reads["start"]
+    _negate(reads, word, row, clause, disqualifying)
+    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means
+    for start, n, meaning in reads[["start", "n", "meaning"]].itertuples(index=False):
+        if meaning not in (OTHER, UNCLEAR):
+            replacement[start] = meaning
+            replacement[start + 1 : start + n] = ""
+    spans = reads[["first", "start", "n"]].itertuples(index=False)
+    reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
+    reads["row"] = row[reads["start"].to_numpy(dtype=int)]
+
+    kept = pd.Series(replacement, index=row)
+    kept = kept[(kept != CLAUSE) & (kept != "")]
+    text = kept.groupby(level=0).agg(" ".join).reindex(range(len(clauses)), fill_value="")
+    result = pd.DataFrame({"text": text.to_numpy(dtype=object)})
+    ranks = {"condition": {**{g: 1 for g in GRADES}, UNCLEAR: 2}, "material": {OTHER: 2, UNCLEAR: 3}}
+    for kind, rank in ranks.items():
+        mine = reads[reads["kind"] == kind]
+        mine = mine.assign(rank=mine["meaning"].map(lambda m, rank=rank: 0 if m in disqualifying else rank.get(m, 1)))
+        best = mine.sort_values(["row", "rank", "start"]).drop_duplicates("row").set_index("row")
+        best = best.reindex(range(len(clauses)))
+        result[kind] = best["meaning"].astype(object).where(best["meaning"].notna(), None).to_numpy()
+        result[f"{kind}_written"] = best["written"].to_numpy(dtype=object)
+        result[f"{kind}_via"] = best["via"].to_numpy(dtype=object)
+    return result.set_axis(clauses.index)
+
+
+def _matches(word: np.ndarray, row: np.ndarray, clause: np.ndarray, lexicon: Lexicon) -> list[tuple]:
+    """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
+    and never across notes or clauses; a loop over phrase lengths and over matches."""
     covered = np.zeros(len(word), dtype=bool)
     found = []
     for n in range(lexicon.longest, 0, -1):
@@ -144,40 +178,12 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
                     covered[start : start + n] = True
                     found.append((kind, int(start), n, table[gram.iloc[start]]))
         if n == 1:
-            polymer = pd.Series(word, dtype=object).str.startswith(POLYMER_PREFIX).to_numpy() & ~covered & ~coating
-            polymer &= np.array([len(w) >= MIN_POLYMER_NAME and w.isalpha() for w in word], dtype=bool)
-            for start in starts[polymer]:
+            words = pd.Series(word, dtype=object)
+            named = words.str.startswith(POLYMER_PREFIX) & words.str.isalpha() & (words.str.len() >= MIN_POLYMER_NAME)
+            for start in starts[named.to_numpy(dtype=bool) & ~covered & ~coating]:
                 covered[start] = True
                 found.append(("material", int(start), 1, POLYMER))
-    reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
-    reads["meaning"] = [r.meaning for r in reads["reading"]]
-    reads["via"] = [r.via for r in reads["reading"]]
-    reads["first"] = reads["start"]
-    _negate(reads, word, row, clause)
-    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means
-    for kind, start, n, meaning in reads[["kind", "start", "n", "meaning"]].itertuples(index=False):
-        if meaning in (OTHER, UNCLEAR):
-            continue
-        replacement[start] = meaning.replace(" ", "_") if kind == "material" else meaning
-        replacement[start + 1 : start + n] = ""
-    spans = reads[["first", "start", "n"]].itertuples(index=False)
-    reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
-    reads["row"] = row[reads["start"].to_numpy(dtype=int)]
-
-    kept = pd.Series(replacement, index=row)
-    kept = kept[(kept != CLAUSE) & (kept != "")]
-    text = kept.groupby(level=0).agg(" ".join).reindex(range(len(clauses)), fill_value="")
-    result = pd.DataFrame({"text": text.to_numpy(dtype=object)})
-    ranks = {"condition": {**{g: 1 for g in GRADES}, UNCLEAR: 2}, "material": {OTHER: 2, UNCLEAR: 3}}
-    for kind, rank in ranks.items():
-        mine = reads[reads["kind"] == kind]
-        mine = mine.assign(rank=mine["meaning"].map(lambda m, rank=rank: 0 if m in disqualifying else rank.get(m, 1)))
-        best = mine.sort_values(["row", "rank", "start"]).drop_duplicates("row").set_index("row")
-        best = best.reindex(range(len(clauses)))
-        result[kind] = best["meaning"].astype(object).where(best["meaning"].notna(), None).to_numpy()
-        result[f"{kind}_written"] = best["written"].to_numpy(dtype=object)
-        result[f"{kind}_via"] = best["via"].to_numpy(dtype=object)
-    return result.set_axis(clauses.index)
+    return found
 
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> np.ndarray:
@@ -192,7 +198,9 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> np.ndarray:
     return np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
 
 
-def _negate(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
+def _negate(
+    reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray, disqualifying: Collection[str]
+) -> None:
     """Condition readings under a negator become good (a fault denied) or unclear (a merit denied)."""
     if reads.empty:
         return
@@ -210,8 +218,9 @@ def _negate(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.n
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
     after = np.minimum(end, len(word) - 1)
     free_after = conditions & (end < len(word)) & (word[after] == "free") & (row[after] == row[start])
+    free_after &= clause[after] == clause[start]
     negated = (negated_at >= 0) | free_after
-    fault = reads["meaning"].isin(["fair", "poor"]).to_numpy()
+    fault = reads["meaning"].isin(list(disqualifying)).to_numpy()
     reads.loc[negated & fault, "meaning"] = NEGATED_GRADE
     reads.loc[negated & ~fault, "meaning"] = UNCLEAR
     reads.loc[negated, "via"] = "negated: " + reads.loc[negated, "via"]
