@@ -13,7 +13,11 @@ sends to review counts as wrong. Candidates:
   rules          the reader's regulation verdict alone (undecidable → review)
 
 Then the time to train the chosen model on all notes and to score them (CPU seconds: the steadier
-figure on a shared machine).
+figure on a shared machine), and the reader on words the simulator never writes (issue 17): accuracy,
+recall of non-compliant notes and review rate on the development and the held-out test vocabularies
+(tests/compliance_vocabulary_*.json), with the regulation's words only (an empty lexicon), with the
+WordNet lexicon, and with it less each phrase's own seeds (the figure that counts); and the lexicon's
+size and load time.
 
     .venv/bin/python bench/bench_compliance.py [--cars 1000] [--folds 5] [--seed 11]
 """
@@ -21,6 +25,7 @@ figure on a shared machine).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,11 +46,15 @@ from shared.compliance import (
     TEMPLATE,
     TEXT,
     TrainingParams,
+    evaluate_unseen_vocabulary,
     fit_classifier,
     read_notes,
     score_components,
 )
-from shared.simulation import simulate_components
+from shared.compliance_lexicon import LEXICON_FILE, Lexicon, default_lexicon, lexicon_data
+from shared.simulation import simulate_components, simulate_vocabulary_notes
+
+VOCABULARIES = Path(__file__).resolve().parent.parent / "tests"
 
 
 def main() -> None:
@@ -96,6 +105,31 @@ def main() -> None:
     print(f"\ntrain on {len(labelled):,} notes: {trained:.2f} CPU s ({params.epochs} epochs, "
           f"{len(model.word_vocabulary):,} word + {len(model.char_vocabulary):,} char features); "
           f"score {len(components):,} notes: {scored:.2f} CPU s ({len(components) / scored:,.0f} notes/s)")  # fmt: skip
+    _vocabulary(model)
+
+
+def _vocabulary(model) -> None:
+    lexicon_data.cache_clear()  # time the first use, as a cold Function App sees it
+    default_lexicon.cache_clear()
+    start = time.perf_counter()
+    lexicon = default_lexicon()
+    loaded = time.perf_counter() - start
+    print(f"\nlexicon {LEXICON_FILE.name}: {LEXICON_FILE.stat().st_size / 1024:.0f} KB, {len(lexicon.conditions)} "
+          f"condition and {len(lexicon.materials)} material phrases, loaded in {loaded * 1000:.0f} ms\n")  # fmt: skip
+    print("| vocabulary | reader | accuracy | recall non-compliant | review rate | accuracy of decided | "
+          "undecidable decided |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
+    for which in ("dev", "test"):
+        words = json.loads((VOCABULARIES / f"compliance_vocabulary_{which}.json").read_text())
+        notes = simulate_vocabulary_notes(words, seed=17)
+        rows = {"regulation words only": evaluate_unseen_vocabulary(model, notes, lexicon=empty)[0],
+                "WordNet lexicon": evaluate_unseen_vocabulary(model, notes, hold_out_seeds=False)[0],
+                "WordNet lexicon, phrase's seeds held out": evaluate_unseen_vocabulary(model, notes)[0]}  # fmt: skip
+        for reader, m in rows.items():
+            print(f"| {which} ({m['notes']:.0f} notes) | {reader} | {m['accuracy']:.3f} "
+                  f"| {m['recall_non_compliant']:.3f} | {m['review_rate']:.1%} | {m['decided_accuracy']:.4f} "
+                  f"| {m['undecidable_decided']:.1%} |")  # fmt: skip
 
 
 def _naive_bayes(train_text: pd.Series, y: np.ndarray, test_text: pd.Series) -> np.ndarray:

@@ -6,8 +6,10 @@ free-text note ("Manufactured in 1985 made of steel in fair condition"). Two dec
 a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
-  nineteen eighty-five), and the condition and material words, reading a word one letter away from one
-  of them as that word (typos), and applies the regulation to what the note states. Years are its job
+  nineteen eighty-five), and the condition and material words: the regulation's own, ordinary ones
+  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance_lexicon`),
+  and a word one letter away from a regulation word as that word (typos, unless it is a real word), and
+  applies the regulation to what the note states. Years are its job
   because a model of words cannot compare a year with 1995. It also decides whether the note says enough
   to apply the regulation at all: a note that is empty, gibberish, or silent on what would decide it
   cannot be decided.
@@ -19,8 +21,9 @@ a verdict is issued only when they agree:
 * The verdict: when the reader cannot decide, or the two disagree, the note is "needs review" with the
   reason, neither alerted nor guessed nor dropped.
 
-Known limits: negation ("no plastic parts") is read as a mention; a real word one letter away from a
-regulation word ("door" / "poor") is read as that word, unless the note also spells one exactly.
+Known limits: negation of a material or of the regulation's own condition words ("no plastic parts",
+"not good") is read as a mention (negated lexicon condition words are handled); a typo that makes a real
+word ("goad" for "good") is not read.
 
 Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching)
 and over year expressions, never over components. Model files are JSON + NumPy arrays (no pickle), so a
@@ -49,6 +52,17 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import normalize
 
 from shared.alerts import DAYS_TO_RATED_LIFE, HIGH, MODEL_VERSION, PROBABILITY, REASONS
+from shared.compliance_lexicon import (
+    CLAUSE,
+    CLAUSE_BREAK,
+    OTHER,
+    UNCLEAR,
+    Lexicon,
+    default_lexicon,
+    lexicon_data,
+    read_phrases,
+    seeds_in,
+)
 from shared.telemetry import CAR_ID, InputError, read_csv_text
 
 # --- the regulation and its vocabulary ------------------------------------------------------------------
@@ -180,15 +194,23 @@ def year_value(expression: str) -> int:
     return century + sum(_NUMBER_VALUES[word] for word in words[1:])
 
 
-def read_notes(texts: pd.Series) -> pd.DataFrame:
+def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame:
     """What each note states, as the reader reads it; one row per note, same index.
 
     Columns: normalized (the classifier's input: lower case, words and numbers only, years as tokens,
-    typos corrected),
+    words read through the lexicon replaced by the regulation word they mean, typos corrected),
     year (Int64, <NA> unless exactly one year is stated), year_text (as written), years (all distinct
-    years stated, comma-separated), condition and material (the regulation's words, <NA> when not
-    stated; a disqualifying one wins when several are), verdict (`violates_regulation` of those).
+    years stated, comma-separated), condition and material (the regulation's words, "other" for a material
+    the regulation does not name, <NA> when not stated; a disqualifying one wins when several are),
+    verdict (`violates_regulation` of those), and for condition and material: *_written and *_via (the
+    words read through the lexicon and how, <NA> when the regulation's own word was read), *_unclear (a
+    word that could be read either way, with why).
+
+    Where a note states a slot several ways, the regulation's own spelling wins, then the lexicon
+    (`shared.compliance_lexicon`, `default_lexicon()` unless one is given), then a typo of the regulation's
+    word (a real word such as "door" or "wood" is never taken for a typo of "poor" or "good").
     """
+    lexicon = lexicon or default_lexicon()
     index, texts = texts.index, texts.reset_index(drop=True)
     lowered = texts.astype("string").fillna("").str.lower()
     matches = lowered.str.extractall(f"({YEAR_PATTERN.pattern})")[0].rename("text").reset_index()
@@ -204,17 +226,31 @@ def read_notes(texts: pd.Series) -> pd.DataFrame:
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
     words = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
-    corrected = _correct_typos(words)
-    condition = _stated(words, corrected, CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS)
-    material = _stated(words, corrected, MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)
+    clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
+    phrases = read_phrases(clauses.str.strip(), lexicon, NON_COMPLIANT_CONDITIONS)
+    corrected = _correct_typos(phrases["text"].astype("string"), lexicon)
+    read = {}
+    for slot, spellings, disqualifying in (("condition", CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS),
+                                           ("material", MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)):  # fmt: skip
+        exact, typo = (_stated(text, spellings, disqualifying) for text in (words, corrected))
+        by_lexicon = phrases[slot].where(phrases[slot] != UNCLEAR)
+        stated = exact.combine_first(by_lexicon).combine_first(typo)
+        through = exact.isna() & by_lexicon.notna()
+        unclear = exact.isna() & by_lexicon.isna() & typo.isna() & (phrases[slot] == UNCLEAR)
+        read[slot] = stated.astype(object).where(stated.notna(), None)
+        read[f"{slot}_written"] = phrases[f"{slot}_written"].where(through | unclear)
+        read[f"{slot}_via"] = phrases[f"{slot}_via"].where(through | unclear)
+        read[f"{slot}_unclear"] = unclear.to_numpy()
     return pd.DataFrame({
         "normalized": corrected.astype(object),
         "year": year,
         "year_text": year_text.astype(object),
         "years": years.astype(object),
-        "condition": condition,
-        "material": material,
-        "verdict": violates_regulation(year, condition, material),
+        "condition": read["condition"],
+        "material": read["material"],
+        "verdict": violates_regulation(year, read["condition"], read["material"]),
+        **{f"{slot}_{part}": read[f"{slot}_{part}"] for slot in ("condition", "material")
+           for part in ("written", "via", "unclear")},
     }).set_axis(index)
 
 
@@ -222,33 +258,28 @@ def _year_token(match: re.Match) -> str:
     return f" {YEAR_BEFORE_TOKEN if year_value(match.group(0)) < CUTOFF_YEAR else YEAR_FROM_TOKEN} "
 
 
-def _stated(
-    normalized: pd.Series, corrected: pd.Series, spellings: Mapping[str, tuple[str, ...]], disqualifying: tuple
-) -> pd.Series:
-    """The regulation word each note states (exact spellings first, typo-corrected ones only if none)."""
+def _stated(text: pd.Series, spellings: Mapping[str, tuple[str, ...]], disqualifying: tuple) -> pd.Series:
+    """The regulation word each note spells (a disqualifying one first, then the first), <NA> if none."""
     meaning = {
         re.sub(r"[\W_]+", " ", spelling.lower()): word for word, forms in spellings.items() for spelling in forms
     }
     pattern = r"\b(" + "|".join(re.escape(s) for s in sorted(meaning, key=len, reverse=True)) + r")\b"
-
-    def first_stated(text: pd.Series) -> pd.Series:
-        found = text.str.extractall(pattern)[0].map(meaning).rename("word").reset_index()
-        found["clean"] = ~found["word"].isin(disqualifying)
-        picked = found.sort_values(["level_0", "clean", "match"]).drop_duplicates("level_0")
-        return picked.set_index("level_0")["word"].reindex(text.index)
-
-    exact = first_stated(normalized)
-    return exact.combine_first(first_stated(corrected)).astype(object).where(lambda s: s.notna(), None)
+    found = text.str.extractall(pattern)[0].map(meaning).rename("word").reset_index()
+    found["clean"] = ~found["word"].isin(disqualifying)
+    picked = found.sort_values(["level_0", "clean", "match"]).drop_duplicates("level_0")
+    return picked.set_index("level_0")["word"].reindex(text.index)
 
 
-def _correct_typos(normalized: pd.Series) -> pd.Series:
-    """The notes with each word one edit away from exactly one vocabulary word replaced by it."""
+def _correct_typos(normalized: pd.Series, lexicon: Lexicon) -> pd.Series:
+    """The notes with each word one edit away from exactly one vocabulary word replaced by it, unless it is
+    a real word (`Lexicon.typo_exceptions`, or a word the lexicon reads)."""
     words = pd.Series(normalized.str.split().explode().dropna().unique(), dtype=object)
-    unknown = words[words.str.isalpha() & (words.str.len() >= _MIN_TYPO_LENGTH) & ~words.isin(list(_VOCABULARY))]
+    real = words.isin([*_VOCABULARY, *lexicon.typo_exceptions, *lexicon.conditions, *lexicon.materials])
+    unknown = words[words.str.isalpha() & (words.str.len() >= _MIN_TYPO_LENGTH) & ~real]
     corrections = {}
     for word in unknown:  # distinct words, not notes
         near = {meant for known, meant in _VOCABULARY.items()
-                if len(known) >= _MIN_TYPO_LENGTH and _one_edit_apart(word, known)}  # fmt: skip
+                if len(known) >= _MIN_TYPO_LENGTH and one_edit_apart(word, known)}  # fmt: skip
         if len(near) == 1:
             corrections[word] = near.pop()
     if not corrections:
@@ -257,7 +288,7 @@ def _correct_typos(normalized: pd.Series) -> pd.Series:
     return normalized.str.replace(pattern, lambda m: corrections[m.group(0)], regex=True)
 
 
-def _one_edit_apart(a: str, b: str) -> bool:
+def one_edit_apart(a: str, b: str) -> bool:
     """One substitution, insertion, deletion or swap of neighbours turns `a` into `b` (and a != b)."""
     if a == b or abs(len(a) - len(b)) > 1:
         return False
@@ -511,13 +542,14 @@ def fit_classifier(
 # --- scoring ------------------------------------------------------------------------------------------------
 
 
-def score_components(model: ComplianceModel, components: pd.DataFrame) -> pd.DataFrame:
+def score_components(model: ComplianceModel, components: pd.DataFrame, lexicon: Lexicon | None = None) -> pd.DataFrame:
     """Component_ID, Car_ID, non_compliant, probability, needs_review, reason for each component.
 
     non_compliant is 1/0 where the reader's regulation verdict and the classifier agree, <NA> (Int64)
     where the note needs review; needs_review is 1/0; probability is the classifier's P(non-compliant),
-    shown for every note (a reviewer's hint, not a verdict). The reason states the finding and the
-    words that drove the classifier, or why the note needs review.
+    shown for every note (a reviewer's hint, not a verdict). The reason states the finding (naming each
+    word read through the lexicon and what it was read as) and the words that drove the classifier, or why
+    the note needs review. `lexicon`: the reader's (`read_notes`).
     """
     missing = [column for column in SCORE_INPUT_COLUMNS if column not in components.columns]
     if missing:
@@ -527,7 +559,7 @@ def score_components(model: ComplianceModel, components: pd.DataFrame) -> pd.Dat
         return pd.DataFrame({column: pd.Series(dtype=object) for column in RESULT_COLUMNS}).astype(
             {NON_COMPLIANT: "Int64", "probability": "float64", NEEDS_REVIEW: "int64"}
         )
-    notes = read_notes(components[TEXT])
+    notes = read_notes(components[TEXT], lexicon)
     probability, contributions = model.explain(notes["normalized"])
     classifier_says = pd.Series((probability >= DECISION_PROBABILITY).astype("int64"))
     verdict = notes["verdict"]
@@ -558,8 +590,9 @@ def _finding(notes: pd.DataFrame) -> pd.Series:
     facts = pd.DataFrame({
         "year": "made " + notes["year"].astype("string")
         + np.where(old, f" (before {CUTOFF_YEAR})", f" ({CUTOFF_YEAR} or later)"),
-        "condition": notes["condition"].astype("string") + " condition",
-        "material": notes["material"].astype("string"),
+        "condition": notes["condition"].astype("string") + " condition" + _read_as(notes, "condition"),
+        "material": notes["material"].replace({OTHER: "a material the regulation does not name"}).astype("string")
+        + _read_as(notes, "material"),
     })
     disqualifying = np.column_stack([
         old, notes["condition"].isin(NON_COMPLIANT_CONDITIONS), notes["material"].isin(NON_COMPLIANT_MATERIALS)
@@ -569,13 +602,30 @@ def _finding(notes: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(non_compliant, "non-compliant: ", "compliant: "), index=notes.index) + shown
 
 
+def _read_as(notes: pd.DataFrame, slot: str) -> pd.Series:
+    """" (read 'shabby' as poor: WordNet: a kind of worn)" where the lexicon read the slot, else ""."""
+    meant = notes[slot].replace({OTHER: "not plastic or iron"}).astype("string")
+    shown = " (read '" + notes[f"{slot}_written"].astype("string") + "' as " + meant + ": "
+    return (shown + notes[f"{slot}_via"].astype("string") + ")").fillna("").astype(object)
+
+
 def _undecided_reason(notes: pd.DataFrame, texts: pd.Series) -> pd.Series:
     """Why the regulation cannot be applied to a note."""
+    unclear = notes[["condition_unclear", "material_unclear"]].to_numpy(dtype=bool)
     unstated = pd.DataFrame({
-        "manufacturing year": notes["year"].isna(), "condition": notes["condition"].isna(),
-        "material": notes["material"].isna(),
+        "manufacturing year": notes["year"].isna(), "condition": notes["condition"].isna() & ~unclear[:, 0],
+        "material": notes["material"].isna() & ~unclear[:, 1],
     })  # fmt: skip
     unstated_names = _joined(unstated.apply(lambda column: column.map({True: column.name, False: pd.NA})), " or ")
+    doubts = _joined(pd.DataFrame({
+        slot: ("the " + slot + " '" + notes[f"{slot}_written"].astype("string") + "' is unclear ("
+               + notes[f"{slot}_via"].astype("string") + ")").where(notes[f"{slot}_unclear"].astype(bool))
+        for slot in ("condition", "material")
+    }))  # fmt: skip
+    stated_and_doubts = _joined(pd.DataFrame({
+        "unstated": ("no " + unstated_names.astype("string") + " stated").where(unstated_names != ""),
+        "doubts": doubts.astype("string").where(doubts != ""),
+    }))
     empty = texts.astype("string").fillna("").str.strip() == ""
     reason = np.select(
         [empty.to_numpy(), unstated.all(axis=1).to_numpy() & notes["years"].isna().to_numpy(),
@@ -583,7 +633,7 @@ def _undecided_reason(notes: pd.DataFrame, texts: pd.Series) -> pd.Series:
         ["needs review: the note is empty",
          "needs review: the note states no manufacturing year, condition or material",
          "needs review: several years stated (" + notes["years"].fillna("") + ") and nothing else disqualifies it"],
-        default="needs review: no " + unstated_names + " stated, and what is stated complies",
+        default="needs review: " + stated_and_doubts + ", and what is stated complies",
     )  # fmt: skip
     return pd.Series(reason, index=notes.index, dtype=object)
 
@@ -720,3 +770,49 @@ def score_from_csv(data_path: str | Path, model_dir: str | Path, out_path: str |
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(out_path, index=False)
     return results
+
+
+# --- evaluation on words the reader never saw ------------------------------------------------------------------
+
+VOCABULARY_PHRASES = ("condition_phrase", "material_phrase")  # `simulate_vocabulary_notes` columns
+
+
+def evaluate_unseen_vocabulary(
+    model: ComplianceModel, notes: pd.DataFrame, hold_out_seeds: bool = True, lexicon: Lexicon | None = None
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Accuracy, recall of non-compliant parts and review rate on notes written from a vocabulary
+    (`shared.simulation.simulate_vocabulary_notes`), and the per-note results.
+
+    With `hold_out_seeds`, each note is read with a lexicon built without every seed whose words appear in
+    its condition or material phrase (the regulation's own words are kept: the rules read those anyway), so
+    a phrase counts as understood only if WordNet's relations reach it from other seeds. Metrics are over
+    notes a person can decide (label 0/1: a note sent to review counts as wrong); `undecidable_decided` is
+    the share of notes a person could not decide (label empty) that were decided all the same. A given
+    `lexicon` is used for every note as it is (an empty one: the regulation's words only).
+    """
+    protected = {*CONDITIONS, *MATERIALS}
+    held_out = [
+        seeds_in(phrases, protected) if hold_out_seeds and lexicon is None else frozenset()
+        for phrases in notes[list(VOCABULARY_PHRASES)].itertuples(index=False)
+    ]
+    groups = pd.Series(held_out, index=notes.index)
+    parts = []
+    for seeds, group in groups.groupby(groups.map(lambda s: tuple(sorted(s))), sort=False):
+        reader = lexicon or Lexicon.from_data(lexicon_data(), held_out=frozenset(seeds))
+        parts.append(score_components(model, notes.loc[group.index], reader).set_axis(group.index))
+    results = pd.concat(parts).reindex(notes.index)
+    label = notes[LABEL]
+    decidable = label.notna().to_numpy()
+    decided = results[NEEDS_REVIEW].to_numpy() == 0
+    right = decided & (results[NON_COMPLIANT].fillna(-1).to_numpy() == label.fillna(-2).to_numpy())
+    positive = (label == 1).fillna(False).to_numpy()
+    metrics = {
+        "notes": float(decidable.sum()),
+        "accuracy": float(right[decidable].mean()),
+        "recall_non_compliant": float(right[positive].mean()),
+        "review_rate": float(1 - decided[decidable].mean()),
+        "decided_accuracy": float(right[decidable & decided].mean()),
+        "undecidable_notes": float((~decidable).sum()),
+        "undecidable_decided": float(decided[~decidable].mean()) if (~decidable).any() else 0.0,
+    }
+    return metrics, results.assign(right=right, held_out=[", ".join(sorted(s)) for s in held_out])

@@ -74,7 +74,9 @@ A quarter of the years fall in 1993–1997, so 1994/1995/1996 are common. The la
 (`shared.compliance.violates_regulation`) applied to what the note states: 1 non-compliant, 0 compliant,
 empty when the note cannot be decided — ~5 % are written that way on purpose: empty ("empty"), gibberish
 ("gibberish"), silent on year, condition and material ("silent"), or stating only some of them ("P…"
-templates; those are labelled when what they state disqualifies).
+templates; those are labelled when what they state disqualifies). `simulate_vocabulary_notes` writes notes
+from a vocabulary of condition and material phrasings the simulator never uses (the compliance reader's
+evaluation, issue 17), labelled by what a person reads each phrase as.
 
 Speed: cars are simulated in blocks of `CARS_PER_BLOCK` as (cars × days) numpy arrays; the only loops
 are over blocks and over battery generations (a handful). Each block has its own random stream
@@ -95,6 +97,7 @@ from shared.compliance import (
     COMPONENT_COLUMNS,
     COMPONENT_ID,
     CONDITIONS,
+    CUTOFF_YEAR,
     LABEL,
     MATERIAL_SPELLINGS,
     MATERIALS,
@@ -385,6 +388,65 @@ def simulate_components(car_ids: np.ndarray, seed: int) -> pd.DataFrame:
         TEMPLATE: pd.Series(template, dtype=object),
         **stated,
     })[COMPONENT_FRAME_COLUMNS]
+
+
+UNCLEAR = "unclear"  # in a vocabulary: a person could not tell compliant from non-compliant by this phrase
+OTHER_MATERIAL = "other"  # in a vocabulary: a material the regulation does not name (not plastic or iron)
+NOTES_PER_PHRASE = 8
+OLD_YEAR_SHARE = 0.15  # the rest are 1995 or later, so the condition and material words decide
+
+
+def simulate_vocabulary_notes(vocabulary: dict, seed: int, notes_per_phrase: int = NOTES_PER_PHRASE) -> pd.DataFrame:
+    """Notes written from a vocabulary of condition and material phrasings (the compliance reader's
+    evaluation on words it never saw), labelled by the regulation applied to what a person reads them as.
+
+    `vocabulary` has "conditions" (grade → phrases, "unclear" → phrases a person could not grade),
+    "materials" (regulation material, "other" or "unclear" → phrases), "templates" ({part}, {material},
+    {year}, {condition}) and "parts". Every phrase is the note's condition (or material) in
+    `notes_per_phrase` notes, the other slot drawn at random, so each phrase is measured. Columns:
+    `COMPONENT_FRAME_COLUMNS` plus condition_phrase and material_phrase; Stated_Condition/Material are
+    <NA> for unclear phrases, and "other" for a material the regulation does not name. The label is
+    empty where what a person reads does not decide the note.
+    """
+    rng = _random(seed, 3)
+    conditions = [(phrase, grade) for grade, phrases in vocabulary["conditions"].items() for phrase in phrases]
+    materials = [(phrase, meaning) for meaning, phrases in vocabulary["materials"].items() for phrase in phrases]
+    condition_at = np.concatenate([
+        np.repeat(np.arange(len(conditions)), notes_per_phrase),
+        rng.integers(len(conditions), size=len(materials) * notes_per_phrase),
+    ])
+    material_at = np.concatenate([
+        rng.integers(len(materials), size=len(conditions) * notes_per_phrase),
+        np.repeat(np.arange(len(materials)), notes_per_phrase),
+    ])
+    n = condition_at.size
+    year = np.where(rng.random(n) < OLD_YEAR_SHARE, rng.integers(COMPONENT_YEARS[0], CUTOFF_YEAR, n),
+                    rng.integers(CUTOFF_YEAR, COMPONENT_YEARS[1] + 1, n))  # fmt: skip
+    template = rng.integers(len(vocabulary["templates"]), size=n)
+    text = []
+    for k in range(n):
+        note = vocabulary["templates"][template[k]].format(
+            part=str(rng.choice(vocabulary["parts"])), material=materials[material_at[k]][0],
+            condition=conditions[condition_at[k]][0], year=_write_year(rng, int(year[k])),
+        )  # fmt: skip
+        text.append(_cased(rng, note))
+    grade = pd.Series([conditions[i][1] for i in condition_at], dtype=object)
+    meaning = pd.Series([materials[i][1] for i in material_at], dtype=object)
+    stated = pd.DataFrame({
+        "Stated_Year": pd.Series(year, dtype="Int64"),
+        "Stated_Condition": grade.where(grade != UNCLEAR),
+        "Stated_Material": meaning.where(meaning != UNCLEAR),
+    })
+    return pd.DataFrame({
+        COMPONENT_ID: pd.Series([f"VOC-{k:06d}" for k in range(1, n + 1)], dtype=object),
+        CAR_ID: pd.Series([f"CAR-V{k // 5:05d}" for k in range(n)], dtype=object),
+        TEXT: pd.Series(text, dtype=object),
+        LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
+        TEMPLATE: pd.Series([f"V{t + 1:02d}" for t in template], dtype=object),
+        **stated,
+        "condition_phrase": pd.Series([conditions[i][0] for i in condition_at], dtype=object),
+        "material_phrase": pd.Series([materials[i][0] for i in material_at], dtype=object),
+    })
 
 
 def ageing_factor(worn_fraction: np.ndarray) -> np.ndarray:
@@ -769,6 +831,11 @@ def _write_note(rng: np.random.Generator, template: str, year: int, condition: s
     if rng.random() < EXTRA_WORDS_RATE:
         extra = str(rng.choice(NOTE_EXTRAS)).format(n=rng.integers(2, 99))
         text = f"{extra} {text}" if rng.random() < 0.5 else f"{text} {extra}"
+    return _cased(rng, text)
+
+
+def _cased(rng: np.random.Generator, text: str) -> str:
+    """As technicians type: sentence case (50 %), lower, UPPER or Title case."""
     casing = rng.choice(["sentence", "lower", "upper", "title"], p=[0.5, 0.2, 0.15, 0.15])
     return {"sentence": text[:1].upper() + text[1:], "lower": text.lower(), "upper": text.upper(),
             "title": text.title()}[casing]  # fmt: skip

@@ -1,0 +1,244 @@
+"""Component compliance in ordinary words (issue 17, point 4): the WordNet lexicon, its grammar (negation,
+coatings), the reasons that name the words read, the builder on a tiny WordNet, and the evaluation on
+vocabulary the simulator never writes, with each phrase's own seeds held out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.compliance import (
+    COMPONENT_ID,
+    CONDITIONS,
+    MATERIAL_SPELLINGS,
+    MATERIALS,
+    NEEDS_REVIEW,
+    NON_COMPLIANT,
+    REASON,
+    TEXT,
+    evaluate_unseen_vocabulary,
+    read_notes,
+    score_components,
+    train_classifier,
+)
+from shared.compliance_lexicon import Lexicon, lexicon_data, seeds_in
+from shared.simulation import (
+    COMPONENT_TEMPLATES,
+    MADE_WORDS,
+    PART_NAMES,
+    simulate_components,
+    simulate_vocabulary_notes,
+)
+from shared.telemetry import CAR_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = json.loads((ROOT / "tools" / "compliance_lexicon_seeds.json").read_text())
+REGULATION_WORDS = {*CONDITIONS, *MATERIALS}
+
+pytestmark = pytest.mark.slow  # trains the classifier and scores a few thousand notes
+
+
+def vocabulary(which: str) -> dict:
+    return json.loads((Path(__file__).with_name(f"compliance_vocabulary_{which}.json")).read_text())
+
+
+def phrases(which: str) -> set[str]:
+    words = vocabulary(which)
+    return {_norm(p) for kind in ("conditions", "materials") for group in words[kind].values() for p in group}
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train_classifier(simulate_components(np.array([f"CAR-{k:05d}" for k in range(1, 601)]), seed=7)).model
+
+
+@pytest.fixture(scope="module")
+def held_out_test(model):
+    """The held-out test vocabulary, each note read without the seeds its phrases share a word with."""
+    return evaluate_unseen_vocabulary(model, simulate_vocabulary_notes(vocabulary("test"), seed=17))
+
+
+def score_texts(model, texts: list[str], lexicon: Lexicon | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({COMPONENT_ID: [f"C{i}" for i in range(len(texts))], CAR_ID: "CAR-1", TEXT: texts})
+    return score_components(model, frame, lexicon)
+
+
+# --- the evaluation vocabularies are unseen -------------------------------------------------------------------
+
+
+def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_each_other():
+    simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
+    simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
+    dev, test = phrases("dev"), phrases("test")
+    assert not dev & test
+    assert not (dev | test) & simulator
+    for which in ("dev", "test"):
+        words = vocabulary(which)
+        assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
+        assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
+
+
+def test_the_hand_written_parts_of_the_lexicon_give_no_evaluated_phrase_its_reading():
+    """A seed that shares a word with an evaluated phrase is held out when that phrase is read ("synthetic
+    resin" is both), and the hand deletions never remove a word of either vocabulary (that would tune the
+    reader to it)."""
+    test = phrases("test")
+    for seed in (s["lemma"] for kind in ("conditions", "materials") for s in SEEDS[kind]):
+        for phrase in test:
+            if set(_norm(seed).split()) & set(phrase.split()) and seed not in REGULATION_WORDS:
+                assert seed in seeds_in([phrase], REGULATION_WORDS), (seed, phrase)
+    assert not {_norm(w) for w in SEEDS["not_states"]} & (test | phrases("dev"))
+
+
+# --- the measured figures -------------------------------------------------------------------------------------
+
+TARGETS = {"accuracy": 0.99, "recall_non_compliant": 0.99, "review_rate": 0.02}
+
+
+def test_on_held_out_vocabulary_more_notes_are_decided_and_none_is_guessed(model, held_out_test):
+    """The regulation's own words only (an empty lexicon: the reader before issue 17) against the WordNet
+    lexicon, on the test vocabulary with each phrase's seeds held out. Figures: README, Component compliance."""
+    notes = simulate_vocabulary_notes(vocabulary("test"), seed=17)
+    empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
+    before, _ = evaluate_unseen_vocabulary(model, notes, lexicon=empty)
+    after, _ = held_out_test
+    assert before["review_rate"] > 0.7
+    assert after["review_rate"] < before["review_rate"] - 0.25
+    assert after["decided_accuracy"] >= 0.99  # what it decides, it decides right
+    assert after["accuracy"] >= 0.53 and after["recall_non_compliant"] >= 0.6 and after["review_rate"] <= 0.47
+    assert after["undecidable_decided"] <= 0.06
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17.4 targets not met: WordNet does not know idioms ('seen better "
+                   "days'), trade names and abbreviations (PEEK, Delrin), nor many inflected forms; see README")
+def test_issue_17_targets_on_held_out_vocabulary(held_out_test):
+    metrics, _ = held_out_test
+    assert metrics["accuracy"] >= TARGETS["accuracy"]
+    assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"]
+    assert metrics["review_rate"] <= TARGETS["review_rate"]
+
+
+# --- reading ordinary words -------------------------------------------------------------------------------------
+
+
+def test_the_reason_names_each_word_read_and_what_it_was_read_as(model):
+    results = score_texts(model, ["Shabby PVC housing, built 2010", "Brass bushing from 2012, no visible wear"])
+    shabby, brass = results.to_dict("records")
+    assert shabby[NEEDS_REVIEW] == 0 and shabby[NON_COMPLIANT] == 1
+    assert "poor condition (read 'shabby' as poor: WordNet: a kind of worn)" in shabby[REASON]
+    assert "plastic (read 'pvc' as plastic: WordNet: a kind of synthetic resin)" in shabby[REASON]
+    assert brass[NEEDS_REVIEW] == 0 and brass[NON_COMPLIANT] == 0
+    assert "good condition (read 'no visible wear' as good: negated:" in brass[REASON]
+    assert "(read 'brass' as not plastic or iron: WordNet: a kind of alloy)" in brass[REASON]
+
+
+@pytest.mark.parametrize(
+    ("text", "condition"),
+    [("steel bracket 2010, free of corrosion", "good"), ("steel bracket 2010, rust-free", "good"),
+     ("steel bracket 2010, without damage", "good"), ("steel bracket 2010, corroded", "poor"),
+     ("steel bracket 2010. no issues. corroded", "poor")],
+)  # fmt: skip
+def test_a_negated_fault_is_read_as_good_within_its_clause(text, condition):
+    assert read_notes(pd.Series([text]))["condition"].tolist() == [condition]
+
+
+def test_words_that_do_not_decide_go_to_review_and_say_why(model):
+    results = score_texts(model, ["steel bracket 2010, not perfect", "metal bracket, 2010, excellent",
+                                  "ferrous bracket, 2010, excellent", "metal bracket, 2010, shabby"])  # fmt: skip
+    perfect, metal, ferrous, shabby = results.to_dict("records")
+    assert "the condition 'not perfect' is unclear" in perfect[REASON] and perfect[NEEDS_REVIEW] == 1
+    assert "the material 'metal' is unclear (WordNet: covers iron and other metals)" in metal[REASON]
+    assert metal[NEEDS_REVIEW] == 1 and pd.isna(metal[NON_COMPLIANT])
+    assert "no material stated" in ferrous[REASON] and ferrous[NEEDS_REVIEW] == 1  # steel or iron: not said
+    assert shabby[NEEDS_REVIEW] == 0 and shabby[NON_COMPLIANT] == 1  # the condition decides it anyway
+
+
+def test_a_coating_is_not_the_material_and_poly_names_a_polymer():
+    notes = read_notes(pd.Series(["chrome-plated steel trim 2010 good", "chrome-plated trim 2010 good",
+                                  "polycarbonate lens 2010 good"]))  # fmt: skip
+    assert notes["material"].tolist() == ["steel", None, "plastic"]
+
+
+def test_a_real_word_is_not_taken_for_a_typo():
+    texts = ["door hinge, steel, 2010, excellent", "wood trim, steel, 2010", "mfd 2010 steel, fiar"]
+    notes = read_notes(pd.Series(texts))
+    assert notes["condition"].tolist() == ["excellent", None, "fair"]
+
+
+# --- the lexicon --------------------------------------------------------------------------------------------------
+
+
+def test_holding_a_seed_out_removes_only_what_it_alone_gave():
+    full, without_worn = Lexicon.from_data(lexicon_data()), Lexicon.from_data(lexicon_data(), held_out={"worn"})
+    assert full.conditions["shabby"].meaning == "poor" and "shabby" not in without_worn.conditions
+    assert without_worn.conditions["corroded"].meaning == "poor"  # also a kind of unsound, and from rust
+    assert seeds_in(["badly worn"], REGULATION_WORDS) == {"worn"}
+    assert seeds_in(["very good", "mild steel"], REGULATION_WORDS) == set()
+
+
+def test_the_lexicon_is_loaded_on_first_use_not_on_import():
+    code = ("import sys, shared.compliance_job, shared.compliance_lexicon as lexicon; "
+            "print(lexicon.lexicon_data.cache_info().currsize, 'nltk' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]
+
+
+def _load_builder():
+    path = ROOT / "tools" / "build_compliance_lexicon.py"
+    spec = importlib.util.spec_from_file_location("build_compliance_lexicon", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_wordnet(folder: Path) -> None:
+    """Five synsets in WordNet 3.0's database format: worn (head) with satellite shabby and antonym unworn;
+    plastic with a kind, polypropylene; alloy with a kind, brass. And the noun door (a real word)."""
+    adj = ["00000001 00 a 01 worn 0 002 & 00000002 a 0000 ! 00000003 a 0101 | affected by wear",
+           "00000002 00 s 01 shabby 0 001 & 00000001 a 0000 | showing signs of wear",
+           "00000003 00 a 01 unworn 0 001 ! 00000001 a 0101 | not worn"]  # fmt: skip
+    noun = ["00000010 27 n 01 plastic 0 001 ~ 00000011 n 0000 | generic name for certain synthetic materials",
+            "00000011 27 n 01 polypropylene 0 001 @ 00000010 n 0000 | a plastic",
+            "00000020 27 n 02 alloy 0 metal 0 001 ~ 00000021 n 0000 | a mixture containing metallic elements",
+            "00000021 27 n 01 brass 0 001 @ 00000020 n 0000 | an alloy of copper and zinc",
+            "00000030 06 n 01 door 0 000 | a swinging barrier"]  # fmt: skip
+    index_adj = ["worn a 1 0 1 0 00000001", "shabby a 1 0 1 0 00000002", "unworn a 1 0 1 0 00000003"]
+    index_noun = ["plastic n 1 0 1 0 00000010", "polypropylene n 1 0 1 0 00000011", "alloy n 1 0 1 0 00000020",
+                  "metal n 1 0 1 0 00000020", "brass n 1 0 1 0 00000021", "door n 1 0 1 0 00000030"]  # fmt: skip
+    files = {"data.adj": adj, "data.noun": noun, "data.verb": [], "data.adv": [], "index.adj": index_adj,
+             "index.noun": index_noun, "index.verb": [], "index.adv": [], "verb.exc": []}  # fmt: skip
+    for name, lines in files.items():
+        (folder / name).write_text("".join(line + "\n" for line in ["  licence header"] * bool(lines) + lines))
+
+
+def test_the_builder_grows_seeds_through_wordnet_and_records_where_each_word_came_from(tmp_path):
+    builder = _load_builder()
+    _tiny_wordnet(tmp_path)
+    seeds = {
+        "conditions": [{"lemma": "worn", "pos": "a", "gloss": "affected by wear", "grade": "poor"}],
+        "materials": [{"lemma": "plastic", "pos": "n", "gloss": "generic name", "material": "plastic"},
+                      {"lemma": "alloy", "pos": "n", "gloss": "a mixture", "material": "other"}],
+        "not_states": [],
+    }  # fmt: skip
+    lexicon = builder.build(builder.WordNet(tmp_path), seeds)
+    assert lexicon["conditions"]["shabby"]["roots"] == {"worn": ["poor", "WordNet: a kind of worn"]}
+    assert lexicon["conditions"]["unworn"]["roots"] == {"worn": ["good", "WordNet: the opposite of worn"]}
+    assert lexicon["materials"]["polypropylene"]["roots"] == {"plastic": ["plastic", "WordNet: a kind of plastic"]}
+    assert lexicon["materials"]["brass"]["roots"]["alloy"][0] == "other"
+    assert lexicon["materials"]["metal"]["roots"]["alloy"][0] == "unclear"  # "metal" itself could be iron
+    assert "plastic" not in lexicon["materials"]  # the regulation's own spelling is the rules' job
+    assert "door" in lexicon["typo_exceptions"]
+    assert builder.verb_forms(builder.WordNet(tmp_path), "corrode") == ["corroded", "corroding"]
