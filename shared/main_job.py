@@ -50,7 +50,7 @@ from typing import Any
 import pandas as pd
 
 import function_app
-from shared import services
+from shared import observability, services
 from shared.archive import archive_telemetry, list_dead_letters
 from shared.azurite import AzuriteEndpoints, free_port, running_azurite
 from shared.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
@@ -170,20 +170,15 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
 
 
 class FunctionLog(logging.Handler):
-    """Collects the JSON summary each function of the app logs per invocation: "<step>: {...}"."""
+    """Collects the summary each function of the app logs per invocation (`observability.log_summary`)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.summaries: dict[str, list[dict]] = defaultdict(list)
 
     def emit(self, record: logging.LogRecord) -> None:
-        step, _, text = record.getMessage().partition(": ")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return  # not a summary line
-        if isinstance(value, dict):
-            self.summaries[step].append(value)
+        if (summary := observability.summary_of(record)) is not None:
+            self.summaries[summary[0]].append(summary[1])
 
     def of(self, step: str) -> list[dict]:
         return self.summaries.get(step, [])
