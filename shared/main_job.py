@@ -288,6 +288,7 @@ class RunRecord:
     champion: dict | None = None
     local_services: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)  # the app's OpenTelemetry instruments (observability)
 
 
 def run_main_job(
@@ -337,6 +338,7 @@ def run_main_job(
         settings = app_settings(azurite, gateway.url, scoring_uri, signing_key, work_dir)
         stack.enter_context(app_environment(settings))
         stack.enter_context(collecting(record.function_log))
+        metrics = stack.enter_context(observability.in_memory())
         host = FunctionsHost(function_app.app, azurite.connection_string)
         app = services.current()
         clock = SimulatedClock(at_hour(last_archived, REPORT_HOUR))
@@ -389,6 +391,7 @@ def run_main_job(
         record.dead_letters = list_dead_letters(app.blobs)
         record.parked = len(list_blob_names(app.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX))
         record.received = gateway.received_by_car()
+        record.counters = observability.readings(metrics)
 
     summary = summarise(record, cars=cars, start=start, end=end, seed=seed)
     model_report = training_report(record.champion)
@@ -498,6 +501,7 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
         },
         "check": alert_check(fleet.batteries, received, record.last_archived),
         "head_units": received.to_dict(orient="records"),
+        "counters": record.counters,
         "local_services": record.local_services,
         "timings_s": record.timings,
     }
@@ -638,11 +642,29 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
     ]  # fmt: skip
     if len(summary["head_units"]) > SHOWN_ALERTS:
         lines += [f"… and {len(summary['head_units']) - SHOWN_ALERTS} more in summary.json.", ""]
+    counters = _markdown_table(["instrument", "value"], counter_rows(summary["counters"]))
+    lines += ["## Counters", "", "What the app's OpenTelemetry instruments recorded (in Azure: Application Insights "
+              "customMetrics, by these names).", "", counters, ""]  # fmt: skip
     lines += ["## Timings", "", _markdown_table(["step", "seconds"], list(summary["timings_s"].items())), ""]
     lines += ["## The model", "",
               "Also in model_report.md; the training run is in MLflow: `mlflow ui --backend-store-uri "
               f"{summary['local_services']['mlflow_tracking_uri']}`.", "", _demote_headings(model_report)]  # fmt: skip
     return "\n".join(lines)
+
+
+def counter_rows(counters: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One row per counter (its total) and per histogram and attribute set (count, mean and max)."""
+    rows = []
+    for name, value in sorted(counters.items()):
+        if not isinstance(value, list):
+            rows.append((f"`{name}`", f"{value:,}"))
+            continue
+        for point in value:
+            labels = ", ".join(f"{key}={label}" for key, label in point["attributes"].items())
+            mean = point["sum"] / point["count"] if point["count"] else 0
+            rows.append((f"`{name}`" + (f" ({labels})" if labels else ""),
+                         f"{point['count']:,} recorded, mean {mean:,.1f}, max {point['max']:,.1f}"))  # fmt: skip
+    return rows
 
 
 def _markdown_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:

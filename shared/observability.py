@@ -86,6 +86,37 @@ def recording_to(provider: metrics.MeterProvider) -> Iterator[None]:
         _instruments = previous
 
 
+@contextlib.contextmanager
+def in_memory() -> Iterator[Any]:
+    """A MeterProvider with an InMemoryMetricReader that the instruments record to for the block; yields the
+    reader (for `readings`). How a local run (the main job, the tests) sees what Azure Monitor would get."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        with recording_to(provider):
+            yield reader
+    finally:
+        provider.shutdown()
+
+
+def readings(reader: Any) -> dict[str, Any]:
+    """What `reader` (an InMemoryMetricReader) holds, by instrument name: a counter's total, and for a histogram
+    one row per attribute set (count, sum, max). Instruments never used are absent."""
+    data = reader.get_metrics_data()
+    found: dict[str, Any] = {}
+    for metric in (m for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics for m in sm.metrics):
+        points = metric.data.data_points
+        if hasattr(points[0] if points else None, "bucket_counts"):
+            found[metric.name] = [{"attributes": dict(p.attributes or {}), "count": p.count, "sum": p.sum,
+                                   "max": p.max} for p in points]  # fmt: skip
+        else:
+            found[metric.name] = sum(point.value for point in points)
+    return found
+
+
 # --- what the handlers count ----------------------------------------------------------------------------
 
 
