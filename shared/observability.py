@@ -37,6 +37,8 @@ ALERTS_SUPPRESSED = "battery.alerts.suppressed"
 ALERTS_REJECTED = "battery.alerts.rejected"
 ALERTS_POISONED = "battery.alerts.poisoned"
 ENDPOINT_LATENCY = "battery.endpoint.latency"
+COUNTERS = (EVENTS_PROCESSED, EVENTS_DEAD_LETTERED, EVENTS_PARKED, BATTERIES_SCORED, ALERTS_QUEUED, ALERTS_DELIVERED,
+            ALERTS_SUPPRESSED, ALERTS_REJECTED, ALERTS_POISONED)  # fmt: skip
 # push_alert outcome states (shared.alert_store) and the counter each adds to; the others (duplicate,
 # malformed, held) are not deliveries and are in the push_alert summary only.
 _OUTCOME_COUNTERS = {"delivered": ALERTS_DELIVERED, "suppressed": ALERTS_SUPPRESSED, "rejected": ALERTS_REJECTED}
@@ -103,10 +105,10 @@ def in_memory() -> Iterator[Any]:
 
 
 def readings(reader: Any) -> dict[str, Any]:
-    """What `reader` (an InMemoryMetricReader) holds, by instrument name: a counter's total, and for a histogram
-    one row per attribute set (count, sum, max). Instruments never used are absent."""
+    """What `reader` (an InMemoryMetricReader) holds, by instrument name: every counter's total (0 if never
+    added to), and for each histogram recorded to, one row per attribute set (count, sum, max)."""
     data = reader.get_metrics_data()
-    found: dict[str, Any] = {}
+    found: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
     for metric in (m for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics for m in sm.metrics):
         points = metric.data.data_points
         if hasattr(points[0] if points else None, "bucket_counts"):

@@ -29,8 +29,10 @@ NAMES = json.loads((Path(__file__).resolve().parents[1] / "infra" / "telemetry.j
 LAG = timedelta(seconds=90)  # how long the test's events waited in the hub
 
 
-def counters(readings: dict) -> dict:
-    return {name: value for name, value in readings.items() if not isinstance(value, list)}
+def counters(readings: dict, **expected: int) -> tuple[dict, dict]:
+    """The counters read, and those expected by telemetry.json key (every other counter: 0)."""
+    read = {name: value for name, value in readings.items() if not isinstance(value, list)}
+    return read, dict.fromkeys(observability.COUNTERS, 0) | {NAMES[key]: value for key, value in expected.items()}
 
 
 def by_outcome(readings: dict) -> dict[str, int]:
@@ -61,15 +63,12 @@ def test_score_telemetry_counts_events_dead_letters_parking_scores_and_endpoint_
         readings = observability.readings(reader)
 
     assert (scored.enqueued, parked.attempts, refused.attempts) == ({"maintenance-alerts": 2}, 5, 1)
-    assert counters(after_scoring) == {
-        NAMES["eventsProcessed"]: 5, NAMES["eventsDeadLettered"]: 2, NAMES["eventsParked"]: 0,
-        NAMES["batteriesScored"]: 3, NAMES["alertsQueued"]: 2,
-    }  # fmt: skip
+    read, expected = counters(after_scoring, eventsProcessed=5, eventsDeadLettered=2, batteriesScored=3, alertsQueued=2)
+    assert read == expected
     # A batch counts once, when its attempt has an outcome: the four retries that raised added nothing.
-    assert counters(readings) == {
-        NAMES["eventsProcessed"]: 5 + 3 + 3, NAMES["eventsDeadLettered"]: 2,
-        NAMES["eventsParked"]: 2 * len(TELEMETRY), NAMES["batteriesScored"]: 3, NAMES["alertsQueued"]: 2,
-    }  # fmt: skip
+    read, expected = counters(readings, eventsProcessed=5 + 3 + 3, eventsDeadLettered=2,
+                              eventsParked=2 * len(TELEMETRY), batteriesScored=3, alertsQueued=2)  # fmt: skip
+    assert read == expected
     # One scoring request per attempt: ok, five found the endpoint down (the client's retries inside), one refused.
     assert by_outcome(readings) == {"ok": 1, "unavailable": 5, "rejected": 1}
     [lag] = readings[NAMES["eventsLagSeconds"]]
@@ -91,10 +90,8 @@ def test_push_alert_counts_delivered_suppressed_rejected_and_poisoned(harness, m
         readings = observability.readings(reader)
 
     assert (drain.poisoned, len(harness.simulator.received("CAR-00017"))) == (1, 1)
-    assert counters(readings) == {
-        NAMES["alertsDelivered"]: 1, NAMES["alertsSuppressed"]: 1, NAMES["alertsRejected"]: 1,
-        NAMES["alertsPoisoned"]: 1,
-    }  # fmt: skip
+    read, expected = counters(readings, alertsDelivered=1, alertsSuppressed=1, alertsRejected=1, alertsPoisoned=1)
+    assert read == expected
 
 
 def test_a_summary_is_a_readable_line_with_its_fields_as_exported_attributes(harness, make_alert):
