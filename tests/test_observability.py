@@ -60,19 +60,23 @@ def test_score_telemetry_counts_events_dead_letters_parking_scores_and_endpoint_
         with stub_endpoint(status=400) as refusing:
             harness.configure(SCORING_URI=refusing)
             [refused] = harness.host.deliver_events("score_telemetry", good, enqueued_time=arrived).batches
+        with stub_endpoint(failing_batteries=frozenset({"B-SOON"})) as scoring_two:  # and an error for one
+            harness.configure(SCORING_URI=scoring_two)
+            [partly] = harness.host.deliver_events("score_telemetry", good, enqueued_time=arrived).batches
         readings = observability.readings(reader)
 
     assert (scored.enqueued, parked.attempts, refused.attempts) == ({"maintenance-alerts": 2}, 5, 1)
+    assert partly.enqueued == {"maintenance-alerts": 2}  # the stub scores every battery at risk
     read, expected = counters(after_scoring, eventsProcessed=5, eventsDeadLettered=2, batteriesScored=3, alertsQueued=2)
     assert read == expected
     # A batch counts once, when its attempt has an outcome: the four retries that raised added nothing.
-    read, expected = counters(readings, eventsProcessed=5 + 3 + 3, eventsDeadLettered=2,
-                              eventsParked=2 * len(TELEMETRY), batteriesScored=3, alertsQueued=2)  # fmt: skip
+    read, expected = counters(readings, eventsProcessed=5 + 3 + 3 + 3, eventsDeadLettered=2,
+                              eventsParked=2 * len(TELEMETRY), batteriesScored=3 + 2, alertsQueued=2 + 2)  # fmt: skip
     assert read == expected
-    # One scoring request per attempt: ok, five found the endpoint down (the client's retries inside), one refused.
-    assert by_outcome(readings) == {"ok": 1, "unavailable": 5, "rejected": 1}
+    # One scoring request per attempt: five found the endpoint down (the client's retries inside), one refused.
+    assert by_outcome(readings) == {"ok": 2, "unavailable": 5, "rejected": 1}
     [lag] = readings[NAMES["eventsLagSeconds"]]
-    assert (lag["count"], lag["max"], lag["sum"]) == (11, LAG.total_seconds(), 11 * LAG.total_seconds())
+    assert (lag["count"], lag["max"], lag["sum"]) == (14, LAG.total_seconds(), 14 * LAG.total_seconds())
 
 
 def test_push_alert_counts_delivered_suppressed_rejected_and_poisoned(harness, make_alert):
