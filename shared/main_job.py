@@ -27,8 +27,9 @@ moves forward. Production code has no fake-time switch that could be left on in 
 visible line here and lasts as long as the environment block, whose exit clears the cached services.
 
 The figures come from where an operator would find them: dead letters and parked requests from Blob, what
-the cars received from the head-unit simulator, and the one-line JSON summary each function logs per
-invocation (what Application Insights would hold), collected by a log handler during the run.
+the cars received from the head-unit simulator, the summary each function logs per invocation (its fields
+are what Application Insights holds as custom dimensions), collected by a log handler during the run, and
+the app's OpenTelemetry counters, read from an in-memory MeterProvider (`observability.in_memory`).
 """
 
 from __future__ import annotations
