@@ -22,11 +22,11 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.battery_state import StateCache
-from shared.headunit import DEFAULT_POLICY, DeliveryPolicy
-from shared.scoring_client import ScoringClient, TokenCredential
-from shared.settings import Settings, configuration_problems, load_settings
-from shared.storage import app_storage_connection, blob_service, queue_service, table_service
+from shared.adapters.battery_state import StateCache
+from shared.adapters.headunit import DEFAULT_POLICY, DeliveryPolicy
+from shared.adapters.scoring_client import ScoringClient, TokenCredential
+from shared.adapters.storage import app_storage_connection, blob_service, queue_service, table_service
+from shared.config.settings import Settings, configuration_problems, load_settings
 
 log = logging.getLogger("services")
 
@@ -48,8 +48,8 @@ class Services:
     gateway: requests.Session
     work_dir: Path
     clock: Callable[[], datetime] = field(default=utc_now)
-    delivery: DeliveryPolicy = DEFAULT_POLICY  # head-unit timeouts and lease (shared.headunit)
-    # The battery states this process last read or wrote (a guess checked by ETag: shared.battery_state).
+    delivery: DeliveryPolicy = DEFAULT_POLICY  # head-unit timeouts and lease (shared.adapters.headunit)
+    # The battery states this process last read or wrote (a guess checked by ETag: shared.adapters.battery_state).
     state_cache: StateCache = field(default_factory=StateCache)
 
 

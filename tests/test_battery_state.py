@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared import battery_state
-from shared.battery_state import (
+from shared.adapters import battery_state
+from shared.adapters.battery_state import (
     StateCache,
     StateConflictError,
     histories_for_request,
@@ -21,7 +21,7 @@ from shared.battery_state import (
     state_keys,
     update_states,
 )
-from shared.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, RATED_CYCLES
+from shared.core.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, RATED_CYCLES
 
 W = 30
 

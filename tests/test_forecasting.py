@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _forecast_fleet import clean, fleet, model
 
-from shared.forecasting import load_model, weekday_shape
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.models._lightgbm import load_model, weekday_shape
 
 pytestmark = pytest.mark.slow
 

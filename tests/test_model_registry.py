@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from shared.model_registry import (
+from shared.adapters.registry import (
     DECISIONS_BLOB,
     ChampionConflictError,
     ChampionRule,
     ModelRegistry,
     RegistryError,
 )
-from shared.storage import blob_service
-from shared.telemetry import InputError
+from shared.adapters.storage import blob_service
+from shared.cli import main
+from shared.core.telemetry import InputError
 
 
 def metrics(brier: float, nrmse: float) -> dict:

@@ -15,12 +15,12 @@ from _models import model_dir
 from _services import AT_RISK, NIGHT, POISON_QUEUE, SIGNING_KEY, TELEMETRY, backlogs, expected_id
 from azure.functions.queue import QueueMessage
 
-from shared import alert_store
-from shared.alerts import COOLDOWN, COOLDOWN_ELAPSED, CRITICAL, ESCALATED, FIRST, HIGH
-from shared.archive import DEADLETTER_CONTAINER
-from shared.azurite import free_port
-from shared.model_registry import ModelRegistry
-from shared.storage import download_json, list_blob_names, queue_service
+from shared.adapters import alert_store
+from shared.adapters.archive import DEADLETTER_CONTAINER
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import download_json, list_blob_names, queue_service
+from shared.core.alerts import COOLDOWN, COOLDOWN_ELAPSED, CRITICAL, ESCALATED, FIRST, HIGH
+from shared.devtools.azurite import free_port
 
 MAX_DEQUEUE_COUNT = 5  # host.json
 

@@ -33,8 +33,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableErrorCode, TableServiceClient, UpdateMode
 
-from shared.alerts import check_id, iso_utc
-from shared.table_transaction import EntityWrite, TransactionFailed, submit_writes
+from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
+from shared.core.alerts import check_id, iso_utc
 
 ALERTS_TABLE = "alerts"
 

@@ -30,9 +30,15 @@ from datetime import date, datetime
 import pandas as pd
 from azure.storage.blob import BlobServiceClient
 
-from shared.events import DeadLetter
-from shared.storage import download_bytes, ensure_container, list_blob_names, upload_bytes, upload_creating_container
-from shared.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
+from shared.adapters.storage import (
+    download_bytes,
+    ensure_container,
+    list_blob_names,
+    upload_bytes,
+    upload_creating_container,
+)
+from shared.core.events import DeadLetter
+from shared.core.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
 
 TELEMETRY_CONTAINER = "telemetry"
 DEADLETTER_CONTAINER = "deadletter"
@@ -61,7 +67,7 @@ def archive_telemetry(
 
 
 def load_telemetry_history(blob_service: BlobServiceClient, since: date | str | None = None) -> pd.DataFrame:
-    """Every archived record (from day `since` on, if given), typed per `shared.telemetry`, in day order.
+    """Every archived record (from day `since` on, if given), typed per `shared.core.telemetry`, in day order.
 
     Raw as archived: redelivered days appear more than once, and preparation deduplicates them as it
     does any telemetry. Raises `InputError` naming the blob if an archived file is unreadable.

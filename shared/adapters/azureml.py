@@ -43,14 +43,14 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from shared.endpoint import SERVER_ENVIRONMENT
-from shared.forecasting import METADATA_FILE
-from shared.mlflow_forecaster import MLFLOW_DIR
-from shared.mlflow_forecaster import MODEL_KIND as MLFLOW_KIND
-from shared.settings import Settings, SettingsError
-from shared.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, InputError
+from shared.config.settings import Settings, SettingsError
+from shared.core.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, InputError
+from shared.endpoint.server import SERVER_ENVIRONMENT
+from shared.models._lightgbm import METADATA_FILE
+from shared.models._mlflow import MLFLOW_DIR
+from shared.models._mlflow import MODEL_KIND as MLFLOW_KIND
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCORING_DIR = PROJECT_ROOT / "scoring"
 ENTRY_SCRIPT = "scoring/score.py"  # relative to the staged code folder (see `stage_scoring_code`)
 

@@ -13,7 +13,7 @@ the same id: its window restarts at that day.
 Layout. One entity per battery: RowKey = the Battery_ID percent-encoded (or, when that is longer than a
 key can be, a hash of it; see `state_keys`), PartitionKey = one of `SHARDS` shards chosen by a stable
 hash of the id. Sharding is what makes a batch cheap: a few $filter queries read up to 14 batteries
-each, and one entity-group transaction (`shared.table_transaction`) writes up to 100 of them, instead of
+each, and one entity-group transaction (`shared.adapters.tables`) writes up to 100 of them, instead of
 a GET and a PUT per battery. Few shards mean few, full transactions: a batch of 100 batteries is 4
 requests, not 16 (which cut its time on Azurite by about 40%). The price is a ceiling: Azure serves
 about 2,000 entity writes a second per partition, so 4 shards carry about 8,000 battery-days a second,
@@ -57,8 +57,8 @@ import pandas as pd
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableErrorCode
 
-from shared.table_transaction import EntityWrite, TransactionFailed, submit_writes
-from shared.telemetry import (
+from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -88,7 +88,7 @@ _MAX_KEY_LENGTH = 512  # a Table key holds 1 KiB of UTF-16; a percent-encoded ke
 _KEYS_PER_QUERY = 14  # a Table $filter allows 15 comparisons: the PartitionKey and 14 RowKeys
 _OPS_PER_TRANSACTION = 100  # the entity-group transaction limit
 _BYTES_PER_TRANSACTION = 3 * 1024 * 1024  # under the 4 MiB request limit, with room for the envelope
-# As `shared.telemetry.coerce_telemetry` types them (explicit: pandas would infer a string dtype for ids).
+# As `shared.core.telemetry.coerce_telemetry` types them (explicit: pandas would infer a string dtype for ids).
 _DTYPES = {DATE: "datetime64[ns]", BATTERY_ID: object, CAR_ID: object, RATED_CYCLES: np.float64}
 # What a transaction fails with when the stored state is not the version it was merged into: changed
 # since (412), created since (409), or deleted since, with its table (404).
@@ -141,7 +141,7 @@ class StoredState:
 class StateCache:
     """The last known `StoredState` of up to `max_batteries` batteries per table, least recently used out.
 
-    One per process (`shared.services.Services` holds it), shared by concurrent invocations, hence the
+    One per process (`shared.bootstrap.Services` holds it), shared by concurrent invocations, hence the
     lock. See the module docstring for why a stale entry is safe.
     """
 
@@ -182,7 +182,7 @@ def state_keys(battery_id: str) -> tuple[str, str]:
     """(PartitionKey, RowKey) of a battery's entity: a stable shard, and the id made safe for a key.
 
     The key is the id percent-encoded (as it always was). Percent-encoding can make an id of up to
-    `shared.telemetry.MAX_ID_LENGTH` characters twelve times longer (a 4-byte character becomes 12), past
+    `shared.core.telemetry.MAX_ID_LENGTH` characters twelve times longer (a 4-byte character becomes 12), past
     what a key holds; such an id is keyed by its SHA-256 instead, after "%sha256-", which no percent-encoded
     id can begin with ("%" is always followed by two hex digits). The entity keeps the id itself.
     """
@@ -203,7 +203,7 @@ def update_states(
 ) -> pd.DataFrame:
     """Merge a batch's good records into their batteries' stored windows; return the windows touched.
 
-    `good_records` has the `shared.telemetry.COLUMNS` schema (as `parse_events` returns it). The result
+    `good_records` has the `shared.core.telemetry.COLUMNS` schema (as `parse_events` returns it). The result
     is the whole window after the merge of every battery in it, as one frame with the same schema sorted
     by Battery_ID then Date (one frame, not one per battery: the fleet stays vectorised all the way to
     `histories_for_request`). Raises `StateConflictError` if some batteries still conflict after

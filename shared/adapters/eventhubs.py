@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 
-from shared.settings import SettingsError
-from shared.telemetry import CAR_ID, COLUMNS, DATE, INTEGER_COLUMNS
+from shared.config.settings import SettingsError
+from shared.core.telemetry import CAR_ID, COLUMNS, DATE, INTEGER_COLUMNS
 
 EVENTHUB_NAME = "car-telemetry"
 CONNECTION_SETTING = "EventHubConnection"

@@ -41,10 +41,10 @@ import requests
 from azure.data.tables import TableClient
 from urllib3.exceptions import NewConnectionError
 
-from shared import alert_store
-from shared.alerts import DUPLICATE, should_deliver, validate_alert
-from shared.settings import SettingsError
-from shared.telemetry import InputError
+from shared.adapters import alert_store
+from shared.config.settings import SettingsError
+from shared.core.alerts import DUPLICATE, should_deliver, validate_alert
+from shared.core.telemetry import InputError
 
 SIGNATURE_HEADER = "X-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

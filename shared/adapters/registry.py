@@ -31,7 +31,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
-from shared.storage import (
+from shared.adapters.storage import (
     download_bytes,
     download_file,
     download_json,
@@ -40,7 +40,7 @@ from shared.storage import (
     upload_file,
     upload_json,
 )
-from shared.telemetry import InputError
+from shared.core.telemetry import InputError
 
 METADATA = "metadata.json"
 CHAMPION_BLOB = "champion.json"

@@ -32,8 +32,8 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.azurite import AzuriteEndpoints
-from shared.settings import AZURITE_CONNECTION, SettingsError
+from shared.config.settings import AZURITE_CONNECTION, SettingsError
+from shared.devtools.azurite import AzuriteEndpoints
 
 Service = Literal["blob", "queue", "table"]
 SERVICES: tuple[Service, ...] = ("blob", "queue", "table")

@@ -29,9 +29,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from shared.settings import Settings, load_settings
+from shared.config.settings import Settings, load_settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_STORE = Path("data/mlflow/mlflow.db")  # under the project root
 LOCAL_ARTIFACTS = Path("data/mlflow/artifacts")
 TRAINING_RESULTS_PNG = "training_results.png"
@@ -61,7 +61,7 @@ def tracking_uri(
 
 def azureml_tracking_uri(settings: Settings, credential: Any = None, **client_options: Any) -> str:
     """The MLflow tracking URI of the workspace the settings name, as azure-ai-ml reports it."""
-    from shared.azureml import workspace_client
+    from shared.adapters.azureml import workspace_client
 
     client = workspace_client(settings, credential, **client_options)
     uri = client.workspaces.get(settings.azureml_workspace).mlflow_tracking_uri

@@ -1,7 +1,7 @@
 """Training tracking: what every `train` (CLI and nightly timer) records about the model it produced.
 
 After a model is trained and saved, `track_training` adds what a reviewer needs to trust it and writes
-it both into the model directory (metadata.json) and into one MLflow run (shared/tracking.py decides
+it both into the model directory (metadata.json) and into one MLflow run (shared/adapters/tracking.py decides
 where runs go):
 - the global feature importance (explanation.py), so a non-data-scientist sees what the model looks at;
 - the fairness report across car groups (fairness.py) when a car table was given, with a warning per
@@ -29,13 +29,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.pyfunc import PythonModel, save_model
 
-from shared.backtest import METHODS
-from shared.explanation import feature_importance
-from shared.fairness import fairness_report
-from shared.forecasting import BatteryForecaster, load_model
-from shared.lstm import training_curves
-from shared.report import training_report
-from shared.tracking import PROJECT_ROOT, TrainingRun, start_training_run, tracking_uri
+from shared.adapters.tracking import PROJECT_ROOT, TrainingRun, start_training_run, tracking_uri
+from shared.models._lightgbm import BatteryForecaster, load_model
+from shared.models._lstm import training_curves
+from shared.models.backtest import METHODS
+from shared.models.explanation import feature_importance
+from shared.models.fairness import fairness_report
+from shared.models.report import training_report
 
 EXPERIMENT = "battery-forecaster"
 TRACKED_METRICS = ("nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold")
@@ -211,9 +211,9 @@ class BatteryScorer(PythonModel):
         self.model = load_model(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from shared.preparation import prepare_telemetry
-        from shared.scoring import score_windows
-        from shared.windows import build_windows
+        from shared.core.preparation import prepare_telemetry
+        from shared.core.windows import build_windows
+        from shared.models.scoring import score_windows
 
         clean, _ = prepare_telemetry(model_input)
         windows = build_windows(clean, as_of=None, window_days=self.model.window_days)

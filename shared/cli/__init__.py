@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.settings import SettingsError
-from shared.telemetry import InputError
+from shared.config.settings import SettingsError
+from shared.core.telemetry import InputError
 
 Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 
@@ -44,7 +44,7 @@ def add_simulate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from shared.simulation import simulate_fleet, write_fleet
+    from shared.devtools.fleet_simulator import simulate_fleet, write_fleet
 
     if args.cars < 1:
         raise InputError(f"--cars must be at least 1, got {args.cars}")
@@ -72,8 +72,8 @@ def add_prepare(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from shared.preparation import prepare_telemetry
-    from shared.telemetry import read_telemetry_csv
+    from shared.core.preparation import prepare_telemetry
+    from shared.core.telemetry import read_telemetry_csv
 
     progress(f"reading {args.data}")
     raw = read_telemetry_csv(args.data)
@@ -107,7 +107,7 @@ def add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from shared.jobs import train_from_csv
+    from shared.handlers.nightly import train_from_csv
 
     model, report_path = train_from_csv(args.data, args.model_dir, cars_path=args.cars, progress=progress,
                                         model_kind=args.model)
@@ -134,7 +134,7 @@ def add_report(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from shared.model_comparison import write_comparison_report
+    from shared.models.comparison import write_comparison_report
 
     print(f"report: {write_comparison_report(args.model_dir, args.out)}")
     return 0
@@ -162,13 +162,13 @@ def run_explain(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from shared.explanation import explain_battery, feature_importance
-    from shared.forecasting import load_model
-    from shared.jobs import parse_day
-    from shared.preparation import prepare_telemetry
-    from shared.scoring import score_windows
-    from shared.telemetry import BATTERY_ID, CAR_ID, DATE, read_telemetry_csv
-    from shared.windows import build_windows
+    from shared.core.preparation import prepare_telemetry
+    from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, read_telemetry_csv
+    from shared.core.windows import build_windows
+    from shared.handlers.nightly import parse_day
+    from shared.models._lightgbm import load_model
+    from shared.models.explanation import explain_battery, feature_importance
+    from shared.models.scoring import score_windows
 
     model = load_model(args.model_dir)
     if args.battery is None:
@@ -218,7 +218,7 @@ def add_score(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from shared.jobs import score_from_csv
+    from shared.handlers.nightly import score_from_csv
 
     scores = score_from_csv(
         args.data, args.model_dir, args.as_of, args.out,
@@ -255,7 +255,7 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from shared.main_job import run_main_job
+    from shared.devtools.main_job import run_main_job
 
     summary_path = run_main_job(args.out, cars=args.cars, start=args.start, end=args.end, seed=args.seed,
                                 replay_days=args.replay_days, progress=progress)
@@ -298,8 +298,8 @@ def add_registry(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run_registry(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from shared.model_registry import ModelRegistry, RegistryError
-    from shared.storage import app_storage_connection, blob_service
+    from shared.adapters.registry import ModelRegistry, RegistryError
+    from shared.adapters.storage import app_storage_connection, blob_service
 
     registry = ModelRegistry(blob_service(args.connection or app_storage_connection("blob")), args.container)
     try:
@@ -350,7 +350,7 @@ def run_headunit_sim(args: argparse.Namespace) -> int:
     import os
     import threading
 
-    from shared.headunit import HeadUnitSimulator
+    from shared.adapters.headunit import HeadUnitSimulator
 
     key = os.environ.get(args.signing_key_env, "")
     if not key:
@@ -385,7 +385,7 @@ def add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from shared.inference_server import serve
+    from shared.devtools.inference_server import serve
 
     if not args.model_dir.is_dir():
         raise InputError(f"--model-dir {args.model_dir}: no such directory")
@@ -440,10 +440,10 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run_compliance(args: argparse.Namespace) -> int:
     import os
 
-    from shared import compliance
+    from shared.compliance import classifier as compliance
 
     if args.action == "train":
-        from shared.tracking import PROJECT_ROOT, tracking_uri
+        from shared.adapters.tracking import PROJECT_ROOT, tracking_uri
 
         given = {name: getattr(args, name) for name in ("learning_rate", "alpha", "epochs", "seed")}
         params = compliance.TrainingParams(**{name: value for name, value in given.items() if value is not None})
@@ -467,11 +467,12 @@ def run_compliance(args: argparse.Namespace) -> int:
 def _run_compliance_job(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from shared import compliance, compliance_job
-    from shared.settings import load_settings
+    from shared.compliance import classifier as compliance
+    from shared.config.settings import load_settings
+    from shared.handlers import compliance as compliance_job
 
     if args.action == "publish":
-        from shared.storage import app_storage_connection, blob_service
+        from shared.adapters.storage import app_storage_connection, blob_service
 
         blobs = blob_service(args.connection or app_storage_connection("blob"))
         print(json.dumps({"version": compliance_job.publish_model(blobs, args.model_dir),
@@ -554,15 +555,15 @@ def add_azureml(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_azureml(args: argparse.Namespace) -> int:
-    from shared import azureml
-    from shared.settings import load_settings
+    from shared.adapters import azureml
+    from shared.config.settings import load_settings
 
     def client():
         return azureml.workspace_client(load_settings())
 
     if args.action == "register-data":
-        from shared.preparation import prepare_telemetry
-        from shared.telemetry import read_telemetry_csv
+        from shared.core.preparation import prepare_telemetry
+        from shared.core.telemetry import read_telemetry_csv
 
         progress(f"preparing {args.data}")
         clean, _ = prepare_telemetry(read_telemetry_csv(args.data))
@@ -580,10 +581,10 @@ def run_azureml(args: argparse.Namespace) -> int:
         job = azureml.submit_automl(client(), args.data_version)
         print(json.dumps({"job": job.name, "experiment": job.experiment_name, "studio_url": job.studio_url}))
     elif args.action == "wrap-automl":
-        from shared.jobs import parse_day
-        from shared.mlflow_forecaster import wrap_mlflow_model
-        from shared.preparation import prepare_telemetry
-        from shared.telemetry import read_telemetry_csv
+        from shared.core.preparation import prepare_telemetry
+        from shared.core.telemetry import read_telemetry_csv
+        from shared.handlers.nightly import parse_day
+        from shared.models._mlflow import wrap_mlflow_model
 
         trained_until = str(parse_day(args.trained_until, "--trained-until"))
         source = {"mlflow_model": str(args.mlflow_model)} if args.mlflow_model else {"automl_job": args.automl_job}
@@ -653,9 +654,9 @@ def add_send_telemetry(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def run_send_telemetry(args: argparse.Namespace) -> int:
     from azure.eventhub.exceptions import EventHubError
 
-    from shared.eventhub_sender import producer_client, records_of_day, send_telemetry
-    from shared.jobs import parse_day
-    from shared.telemetry import read_telemetry_csv
+    from shared.adapters.eventhubs import producer_client, records_of_day, send_telemetry
+    from shared.core.telemetry import read_telemetry_csv
+    from shared.handlers.nightly import parse_day
 
     day = parse_day(args.day, "--day")
     telemetry = read_telemetry_csv(args.data)

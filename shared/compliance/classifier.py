@@ -7,7 +7,7 @@ a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
   nineteen eighty-five), and the condition and material words: the regulation's own, ordinary ones
-  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance_lexicon`),
+  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance.lexicon`),
   and a word one letter away from a regulation word as that word (typos, unless it is a real word), and
   applies the regulation to what the note states. Years are its job
   because a model of words cannot compare a year with 1995. It also decides whether the note says enough
@@ -51,8 +51,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import normalize
 
-from shared.alerts import DAYS_TO_RATED_LIFE, HIGH, MODEL_VERSION, PROBABILITY, REASONS
-from shared.compliance_lexicon import (
+from shared.compliance.lexicon import (
     CLAUSE,
     CLAUSE_BREAK,
     OTHER,
@@ -63,7 +62,8 @@ from shared.compliance_lexicon import (
     read_phrases,
     seeds_in,
 )
-from shared.telemetry import CAR_ID, InputError, read_csv_text
+from shared.core.alerts import DAYS_TO_RATED_LIFE, HIGH, MODEL_VERSION, PROBABILITY, REASONS
+from shared.core.telemetry import CAR_ID, InputError, read_csv_text
 
 # --- the regulation and its vocabulary ------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     word that could be read either way, with why).
 
     Where a note states a slot several ways, the regulation's own spelling wins, then the lexicon
-    (`shared.compliance_lexicon`, `default_lexicon()` unless one is given), then a typo of the regulation's
+    (`shared.compliance.lexicon`, `default_lexicon()` unless one is given), then a typo of the regulation's
     word (a real word such as "door" or "wood" is never taken for a typo of "poor" or "good").
     """
     lexicon = lexicon or default_lexicon()
@@ -672,7 +672,7 @@ def _joined(frame: pd.DataFrame, separator: str = ", ") -> pd.Series:
 
 
 def compliance_alert_content(results: pd.DataFrame, day: date | str, model_version: str) -> pd.DataFrame:
-    """One alert's content per car with non-compliant parts, for `shared.alerts.build_alerts(content,
+    """One alert's content per car with non-compliant parts, for `shared.core.alerts.build_alerts(content,
     COMPONENT_COMPLIANCE, created_at, action_url)`. Notes that need review are not alerted.
 
     battery_id (the contract's required id) carries the car's non-compliant Component_IDs, comma-separated,
@@ -747,7 +747,7 @@ def train_from_csv(
     progress: Progress = lambda message: None,
 ) -> ComplianceModel:
     """Train on a labelled components CSV, track the run in MLflow, write the model directory."""
-    from shared.tracking import start_training_run
+    from shared.adapters.tracking import start_training_run
 
     components = read_components_csv(data_path, labelled=True)
     progress(f"training the compliance classifier on {components[LABEL].notna().sum():,} labelled notes")
@@ -781,7 +781,7 @@ def evaluate_unseen_vocabulary(
     model: ComplianceModel, notes: pd.DataFrame, hold_out_seeds: bool = True, lexicon: Lexicon | None = None
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Accuracy, recall of non-compliant parts and review rate on notes written from a vocabulary
-    (`shared.simulation.simulate_vocabulary_notes`), and the per-note results.
+    (`shared.devtools.fleet_simulator.simulate_vocabulary_notes`), and the per-note results.
 
     With `hold_out_seeds`, each note is read with a lexicon built without every seed whose words appear in
     its condition or material phrase (the regulation's own words are kept: the rules read those anyway), so

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LEXICON_FILE = Path(__file__).with_name("compliance_lexicon.json")
+LEXICON_FILE = Path(__file__).with_name("lexicon.json")
 UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("metal"), or a negated good word
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.azurite import PROJECT_ROOT
+from shared.devtools.azurite import PROJECT_ROOT
 
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)")
 

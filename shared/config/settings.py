@@ -26,7 +26,7 @@ class Settings:
     """The app settings of DESIGN.md ("Configuration"), typed.
 
     Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
-    `shared.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
+    `shared.adapters.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
     """
 
     eventhub_connection: str | None = None
@@ -38,7 +38,7 @@ class Settings:
     service_booking_url: str = "https://service.treyresearch.example/book"
     alert_probability_threshold: float = 0.8
     alert_cooldown_days: int = 7
-    # The oldest telemetry record accepted, in days before its event arrived (shared/events.py, "date window").
+    # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
     batch_score_schedule: str = "0 0 3 * * *"
@@ -74,7 +74,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
-    if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/telemetry.py PLAUSIBLE_RANGES)
+    if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
     for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
         value = env.get(name)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
 
 BATTERY_END_OF_LIFE = "battery_end_of_life"
 

@@ -16,13 +16,13 @@ The rules, decided here once:
   grow by adding fields). Types are JSON types: `Date` a "YYYY-MM-DD" string, the ids strings or
   integers, the measures numbers (a quoted number or a boolean is a wrong type); the integer columns
   must hold whole numbers.
-- Car_ID and Battery_ID must pass `shared.telemetry.id_problem` (what every store and the gateway path
+- Car_ID and Battery_ID must pass `shared.core.telemetry.id_problem` (what every store and the gateway path
   can hold).
 - The date window: a record's Date is at most `MAX_FUTURE_DAYS` after the UTC day its event arrived
   (enqueued; the batch's receive time when the event has none) and at most `max_age_days` before it. A
   record from the future would take over its battery's rolling window (the window ends at the newest
   day); one from centuries ago is not a car talking either.
-- Values are then typed by `shared.telemetry.coerce_telemetry` and checked by `implausible_values`,
+- Values are then typed by `shared.core.telemetry.coerce_telemetry` and checked by `implausible_values`,
   the same code the CSV path uses, once for the whole batch.
 
 The guard. Whatever the bytes, `parse_events` returns records and dead letters, never raises: a body
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.telemetry import (
+from shared.core.telemetry import (
     BATTERY_ID,
     CAR_ID,
     COLUMNS,
@@ -64,7 +64,7 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
 # The date window (see the module docstring). A day ahead: a car's local day can be a day ahead of UTC
 # (time zones up to UTC+14), and its clock a little fast. 1,000 days back: about the longest backlog one
-# body can carry; a setting (TELEMETRY_MAX_AGE_DAYS, shared/settings.py) for fleets that keep longer ones.
+# body can carry; a setting (TELEMETRY_MAX_AGE_DAYS, shared/config/settings.py) for fleets that keep longer ones.
 MAX_FUTURE_DAYS = 1
 DEFAULT_MAX_AGE_DAYS = 1000
 
@@ -113,7 +113,7 @@ def parse_events(
 
     `metadata[i]` (sequence number, partition, enqueued time…) is copied into the dead letters of
     `bodies[i]`, and its `enqueued_time` is when the event arrived, for the date window; `received`
-    (default: now) stands in for an event without one. The good frame has the `shared.telemetry.COLUMNS`
+    (default: now) stands in for an event without one. The good frame has the `shared.core.telemetry.COLUMNS`
     schema as `coerce_telemetry` types it, in the order the records arrived; nothing is left out without
     a dead letter.
     """

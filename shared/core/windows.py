@@ -19,7 +19,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from shared.telemetry import (
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,

@@ -1,1 +1,1 @@
-"""Local-only tools (Functions host emulator, main job, Azurite and inference-server runners, simulators); the Function App never imports them."""
+"""Local-only tools: Functions host emulator, main job, service runners, simulators; never imported by the app."""

@@ -62,7 +62,7 @@ Data problems planted in `telemetry` (counts in `Fleet.planted`), in this order:
   digits. Copies are made of rows without glitches or blanks, so every count above is exact.
 
 `telemetry` and `truth` are ordered by car and time. Measures are float64 (integer-valued columns
-too, as `shared.telemetry.coerce_telemetry` returns them), ids are strings, Date is datetime64[ns].
+too, as `shared.core.telemetry.coerce_telemetry` returns them), ids are strings, Date is datetime64[ns].
 
 Components (`simulate_components`, issue 6): every car has 3–8 components, each with a technician's note
 in `components` (Component_ID, Car_ID, text, label, template, and the year/condition/material the note
@@ -71,7 +71,7 @@ split by `template` tests phrasings never seen in training) with per-note variet
 "manufactured" ("mfd", "built", "produced", ...), spellings of materials, years as 1985, '85 or "nineteen
 eighty-five", casing, one-letter typos (12 %), and unrelated words or numbers before or after (30 %).
 A quarter of the years fall in 1993–1997, so 1994/1995/1996 are common. The label is the regulation
-(`shared.compliance.violates_regulation`) applied to what the note states: 1 non-compliant, 0 compliant,
+(`shared.compliance.classifier.violates_regulation`) applied to what the note states: 1 non-compliant, 0 compliant,
 empty when the note cannot be decided — ~5 % are written that way on purpose: empty ("empty"), gibberish
 ("gibberish"), silent on year, condition and material ("silent"), or stating only some of them ("P…"
 templates; those are labelled when what they state disqualifies). `simulate_vocabulary_notes` writes notes
@@ -93,7 +93,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.compliance import (
+from shared.compliance.classifier import (
     COMPONENT_COLUMNS,
     COMPONENT_ID,
     CONDITIONS,
@@ -108,7 +108,7 @@ from shared.compliance import (
     UNITS,
     violates_regulation,
 )
-from shared.telemetry import (
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_COLUMNS,
@@ -277,8 +277,8 @@ BATTERY_COLUMNS = [
 class Fleet:
     """A simulated fleet: what the cars report, and the truth behind it.
 
-    telemetry  the raw, dirty telemetry in `shared.telemetry.COLUMNS`.
-    cars       car metadata in `shared.telemetry.CAR_COLUMNS`, as `read_cars_csv` returns it.
+    telemetry  the raw, dirty telemetry in `shared.core.telemetry.COLUMNS`.
+    cars       car metadata in `shared.core.telemetry.CAR_COLUMNS`, as `read_cars_csv` returns it.
     truth      the clean daily record before corruption: one row per battery and day (so also per
                car and day), real battery ids, no gaps, duplicates or glitches.
     components one row per component in `COMPONENT_FRAME_COLUMNS`: the technician's note, its label and

@@ -52,9 +52,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, QueueServiceClient
 from azure.storage.queue import QueueMessage as StoredMessage
 
-from shared.host_config import PROJECT_ROOT, HostConfig, load_host_config, parse_timespan
-from shared.settings import SettingsError
-from shared.storage import APP_STORAGE_SETTING, StorageConnection, queue_service, resolve_connection
+from shared.adapters.storage import APP_STORAGE_SETTING, StorageConnection, queue_service, resolve_connection
+from shared.config.host import PROJECT_ROOT, HostConfig, load_host_config, parse_timespan
+from shared.config.settings import SettingsError
 
 log = logging.getLogger("functions_host")
 

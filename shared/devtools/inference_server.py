@@ -5,7 +5,7 @@ same server Azure ML runs in its images (azureml-inference-server-http: gunicorn
 same entry script, on a loopback URL. azmlinfsrv has no bind-address option and listens on all
 interfaces; clients and tests talk to it on 127.0.0.1.
 
-It runs with the endpoint's bounds (`shared.endpoint.SERVER_ENVIRONMENT`: scoring and worker timeouts)
+It runs with the endpoint's bounds (`shared.endpoint.server.SERVER_ENVIRONMENT`: scoring and worker timeouts)
 and a fresh temporary app root (AML_APP_ROOT), where score.py's init() publishes the swagger; score.py
 finds `shared` by its own path, so nothing else needs to be there.
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import requests
 
-from shared.azurite import free_port, wait_for_port
-from shared.endpoint import SERVER_ENVIRONMENT
+from shared.devtools.azurite import free_port, wait_for_port
+from shared.endpoint.server import SERVER_ENVIRONMENT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = PROJECT_ROOT / "scoring" / "score.py"
 
 

@@ -1,7 +1,7 @@
 """The main job: the whole product running locally, end to end, on loopback (`python -m shared demo`, `make run`).
 
 Why it exists: one command that shows a person (and a test) that the parts work together. It runs the
-real `function_app.app`, driven by `shared.functions_host` (no Azure Functions Core Tools needed) against
+real `function_app.app`, driven by `shared.devtools.functions_host` (no Azure Functions Core Tools needed) against
 real local services: Azurite for Blob, Queue and Table, the scoring endpoint (scoring/score.py under
 azmlinfsrv) and the head-unit simulator, which verifies signatures and records what each car received.
 
@@ -21,7 +21,7 @@ The story it plays, with R = `end` − `replay_days`, the last day already in th
    model_report.md.
 
 Simulated time: the app reads the time only through `Services.clock`. The job sets the app settings in the
-environment (the app reads them there, as in Azure), lets `services.current()` build the app's services
+environment (the app reads them there, as in Azure), lets `bootstrap.current()` build the app's services
 from them exactly as an invocation would, then points that object's `clock` at a `SimulatedClock` that it
 moves forward. Production code has no fake-time switch that could be left on in Azure; the override is one
 visible line here and lasts as long as the environment block, whose exit clears the cached services.
@@ -50,22 +50,15 @@ from typing import Any
 import pandas as pd
 
 import function_app
-from shared import services
-from shared.archive import archive_telemetry, list_dead_letters
-from shared.azurite import AzuriteEndpoints, free_port, running_azurite
-from shared.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
-from shared.functions_host import EventDelivery, FunctionsHost, Invocation, QueueDrain
-from shared.headunit import HeadUnitSimulator
-from shared.inference_server import running_endpoint
-from shared.ingest import PARKED_CONTAINER, PARKED_PREFIX
-from shared.jobs import Progress
-from shared.model_registry import ModelRegistry
-from shared.report import training_report
-from shared.risk import HORIZON_DAYS
-from shared.settings import Settings
-from shared.simulation import TWELVE_HOUR_UNTIL, Fleet, simulate_fleet, write_fleet
-from shared.storage import list_blob_names
-from shared.telemetry import (
+from shared import bootstrap
+from shared.adapters.archive import archive_telemetry, list_dead_letters
+from shared.adapters.headunit import HeadUnitSimulator
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import list_blob_names
+from shared.config.settings import Settings
+from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
+from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import (
     BATTERY_ID,
     CAR_ID,
     COLUMNS,
@@ -77,6 +70,13 @@ from shared.telemetry import (
     InputError,
     implausible_values,
 )
+from shared.devtools.azurite import AzuriteEndpoints, free_port, running_azurite
+from shared.devtools.fleet_simulator import TWELVE_HOUR_UNTIL, Fleet, simulate_fleet, write_fleet
+from shared.devtools.functions_host import EventDelivery, FunctionsHost, Invocation, QueueDrain
+from shared.devtools.inference_server import running_endpoint
+from shared.handlers.nightly import Progress
+from shared.handlers.telemetry import PARKED_CONTAINER, PARKED_PREFIX
+from shared.models.report import training_report
 
 DEFAULT_REPLAY_DAYS = 14
 MIN_HISTORY_DAYS = 120  # archived days before the replay: enough for the backtest and a 91-day window
@@ -103,7 +103,7 @@ STORAGE_SETTING = "AzureWebJobsStorage"
 
 
 class SimulatedClock:
-    """The time the app's services see during the run; the job moves it. Called like `services.utc_now`."""
+    """The time the app's services see during the run; the job moves it. Called like `bootstrap.utc_now`."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -157,7 +157,7 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
     for name in names - set(values):
         os.environ.pop(name, None)
     os.environ.update(values)
-    services.current.cache_clear()
+    bootstrap.current.cache_clear()
     try:
         yield
     finally:
@@ -166,7 +166,7 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        services.current.cache_clear()
+        bootstrap.current.cache_clear()
 
 
 class FunctionLog(logging.Handler):
@@ -207,7 +207,7 @@ def collecting(handler: FunctionLog) -> Iterator[FunctionLog]:
 
 
 def acceptable_records(telemetry: pd.DataFrame) -> pd.Series:
-    """Rows the streaming path accepts: no blank cell and no impossible value (shared.events' rules)."""
+    """Rows the streaming path accepts: no blank cell and no impossible value (shared.core.events' rules)."""
     return telemetry[COLUMNS].notna().all(axis=1) & implausible_values(telemetry).isna()
 
 
@@ -343,7 +343,7 @@ def run_main_job(
         stack.enter_context(app_environment(settings))
         stack.enter_context(collecting(record.function_log))
         host = FunctionsHost(function_app.app, azurite.connection_string)
-        app = services.current()
+        app = bootstrap.current()
         clock = SimulatedClock(at_hour(last_archived, REPORT_HOUR))
         app.clock = clock  # the one override: the app's services keep the simulated time
         record.local_services = {

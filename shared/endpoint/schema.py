@@ -18,17 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.endpoint import (
-    EXAMPLE_ITEM,
-    EXAMPLE_RESPONSE,
-    HISTORY,
-    MAX_BATTERIES_PER_REQUEST,
-    MAX_BODY_BYTES,
-    MAX_HISTORY_ROWS_PER_REQUEST,
-)
-from shared.explanation import REASONS
-from shared.risk import HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE
-from shared.telemetry import (
+from shared.core.risk import HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -39,6 +30,15 @@ from shared.telemetry import (
     TRIP_MINUTES,
     TRIPS,
 )
+from shared.endpoint.server import (
+    EXAMPLE_ITEM,
+    EXAMPLE_RESPONSE,
+    HISTORY,
+    MAX_BATTERIES_PER_REQUEST,
+    MAX_BODY_BYTES,
+    MAX_HISTORY_ROWS_PER_REQUEST,
+)
+from shared.models.explanation import REASONS
 
 # The file azmlinfsrv serves GET /swagger.json from when its app root holds it (scoring/score.py writes it).
 SWAGGER_FILE = "swagger2.json"

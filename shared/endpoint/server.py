@@ -43,12 +43,9 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from shared.explanation import REASONS
-from shared.forecasting import METADATA_FILE, BatteryForecaster
-from shared.preparation import prepare_telemetry
-from shared.risk import HORIZON_DAYS
-from shared.scoring import score_windows
-from shared.telemetry import (
+from shared.core.preparation import prepare_telemetry
+from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -65,7 +62,10 @@ from shared.telemetry import (
     coerce_telemetry,
     implausible_values,
 )
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.models._lightgbm import METADATA_FILE, BatteryForecaster
+from shared.models.explanation import REASONS
+from shared.models.scoring import score_windows
 
 HISTORY = "history"
 HISTORY_FIELDS = [DATE, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CYCLES]
@@ -79,7 +79,7 @@ MAX_HISTORY_ROWS_PER_REQUEST = 400_000
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # How long a client may go silent in the middle of its body before it gets 408 (scoring/score.py).
 BODY_IDLE_TIMEOUT_S = 10.0
-# azmlinfsrv's own bounds, set where it runs (shared/inference_server.py locally, shared/azureml.py in
+# azmlinfsrv's own bounds, set where it runs (shared/devtools/inference_server.py locally, shared/adapters/azureml.py in
 # Azure ML): run() as a whole — reading the body and scoring it — within SCORING_TIMEOUT_MS (its alarm;
 # Azure ML's request timeout is the same 30 s), and gunicorn's --timeout (WORKER_TIMEOUT, seconds) kills
 # and restarts a worker held longer than that anywhere, a client stuck in its headers included.

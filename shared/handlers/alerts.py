@@ -30,15 +30,15 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared import alert_store
-from shared.alerts import validate_alert
-from shared.archive import DEADLETTER_CONTAINER
-from shared.headunit import TransientDeliveryError, push_alert
-from shared.host_config import HostConfig, load_host_config
-from shared.services import Services
-from shared.settings import SettingsError
-from shared.storage import ensure_container, upload_json
-from shared.telemetry import InputError
+from shared.adapters import alert_store
+from shared.adapters.archive import DEADLETTER_CONTAINER
+from shared.adapters.headunit import TransientDeliveryError, push_alert
+from shared.adapters.storage import ensure_container, upload_json
+from shared.bootstrap import Services
+from shared.config.host import HostConfig, load_host_config
+from shared.config.settings import SettingsError
+from shared.core.alerts import validate_alert
+from shared.core.telemetry import InputError
 
 ALERT_QUEUE = "maintenance-alerts"
 MALFORMED = "malformed"

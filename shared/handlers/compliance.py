@@ -31,8 +31,17 @@ from pathlib import Path
 import pandas as pd
 from azure.storage.blob import BlobServiceClient
 
-from shared.alerts import AlertBatch, build_alerts, iso_utc
-from shared.compliance import (
+from shared.adapters.storage import (
+    download_bytes,
+    download_file,
+    download_json,
+    ensure_container,
+    upload_bytes,
+    upload_file,
+    upload_json,
+)
+from shared.bootstrap import Services
+from shared.compliance.classifier import (
     COMPONENT_COMPLIANCE,
     MODEL_FILE,
     NEEDS_REVIEW,
@@ -44,17 +53,8 @@ from shared.compliance import (
     read_components_csv,
     score_components,
 )
-from shared.services import Services
-from shared.storage import (
-    download_bytes,
-    download_file,
-    download_json,
-    ensure_container,
-    upload_bytes,
-    upload_file,
-    upload_json,
-)
-from shared.telemetry import CAR_ID, InputError
+from shared.core.alerts import AlertBatch, build_alerts, iso_utc
+from shared.core.telemetry import CAR_ID, InputError
 
 MODELS_CONTAINER = "compliance-models"
 CHAMPION_BLOB = "champion.json"

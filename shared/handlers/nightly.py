@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.alerts import AlertBatch, alerts_from_scores
-from shared.archive import load_telemetry_history
-from shared.forecasting import BatteryForecaster, load_model, train_model
-from shared.model_registry import ModelRegistry
-from shared.preparation import prepare_telemetry
-from shared.report import training_report
-from shared.scoring import score_fleet
-from shared.services import Services
-from shared.settings import load_settings
-from shared.storage import ensure_container, upload_bytes
-from shared.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
-from shared.training_tracking import track_training
+from shared.adapters.archive import load_telemetry_history
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import ensure_container, upload_bytes
+from shared.adapters.training_tracking import track_training
+from shared.bootstrap import Services
+from shared.config.settings import load_settings
+from shared.core.alerts import AlertBatch, alerts_from_scores
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.models._lightgbm import BatteryForecaster, load_model, train_model
+from shared.models.report import training_report
+from shared.models.scoring import score_fleet
 
 SCORES_CONTAINER = "scores"
 
@@ -50,7 +50,7 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
                    progress: Progress = _quiet, model_kind: str = "lightgbm"):
     """Read, prepare, backtest and train; write the model directory with metadata.json and report.md.
 
-    model_kind "lstm" trains the PyTorch contender (shared/lstm.py; needs requirements-lstm.txt) on the
+    model_kind "lstm" trains the PyTorch contender (shared/models/_lstm.py; needs requirements-lstm.txt) on the
     same backtest; it reads only the battery's own history, so the car table is not used, and it also
     writes its loss curves as training_results.png.
     """
@@ -63,7 +63,7 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
     clean, quality = prepare_telemetry(raw)
     progress(f"training on {clean['Battery_ID'].nunique():,} batteries, {len(clean):,} battery-days")
     if model_kind == "lstm":
-        from shared.lstm import save_training_curves, train_lstm
+        from shared.models._lstm import save_training_curves, train_lstm
 
         model = train_lstm(clean, quality=quality.to_dict(), progress=progress)
         model.save(model_dir)
@@ -120,7 +120,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     """
     settings = services.settings
     if settings.azureml_configured:
-        from shared.azureml import submit_automl, workspace_client
+        from shared.adapters.azureml import submit_automl, workspace_client
 
         job = submit_automl(workspace_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from shared import alert_store
-from shared.alerts import check_id
-from shared.model_registry import ModelRegistry
-from shared.services import Services
-from shared.settings import configuration_problems
+from shared.adapters import alert_store
+from shared.adapters.registry import ModelRegistry
+from shared.bootstrap import Services
+from shared.config.settings import configuration_problems
+from shared.core.alerts import check_id
 
 CHECK_TIMEOUT_S = 3.0
 

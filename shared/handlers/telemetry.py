@@ -40,15 +40,15 @@ import numpy as np
 import pandas as pd
 from azure.storage.blob import ContainerClient
 
-from shared.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
-from shared.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
-from shared.battery_state import TABLE as STATE_TABLE
-from shared.battery_state import histories_for_request, update_states
-from shared.events import parse_events
-from shared.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
-from shared.services import Services
-from shared.storage import download_bytes, ensure_container, upload_json
-from shared.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
+from shared.adapters.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
+from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.battery_state import histories_for_request, update_states
+from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
+from shared.adapters.storage import download_bytes, ensure_container, upload_json
+from shared.bootstrap import Services
+from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
+from shared.core.events import parse_events
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
 # Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
 # (91 today, in its metadata); the rest is headroom so a retrained model with a longer window scores
@@ -244,7 +244,7 @@ def _dead_letter_parked(
 
 
 def score_items(services: Services, items: Sequence[dict]) -> pd.DataFrame:
-    """One scoring call for a request's items: a scores table (shared.alerts.SCORE_COLUMNS, plus
+    """One scoring call for a request's items: a scores table (shared.core.alerts.SCORE_COLUMNS, plus
     model_version, error and, when the endpoint gives them, reasons), row i for item i.
 
     Each prediction is joined with its item's newest history day, by position: the contract keeps the

@@ -1,1 +1,1 @@
-"""The battery-failure forecasters (LightGBM, LSTM, MLflow), their loader, backtest, explanation, fairness and reports."""
+"""The battery-failure forecasters, their loader, backtest, explanation, fairness and reports."""

@@ -38,14 +38,14 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from shared.backtest import BacktestResult, run_backtest
-from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
-from shared.telemetry import CAR_ID, DATE, InputError
-from shared.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
+from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
+from shared.core.telemetry import CAR_ID, DATE, InputError
+from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
+from shared.models.backtest import BacktestResult, run_backtest
 
 if TYPE_CHECKING:
-    from shared.lstm import LstmForecaster
-    from shared.mlflow_forecaster import MlflowForecaster
+    from shared.models._lstm import LstmForecaster
+    from shared.models._mlflow import MlflowForecaster
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
 MODEL_FILE = "model.txt"
@@ -154,7 +154,8 @@ def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster | Ml
     """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), by
     `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch), or by
     `MlflowForecaster.save` (model_kind "mlflow-pyfunc", e.g. a wrapped AutoML model; only it imports mlflow)."""
-    from shared import lstm, mlflow_forecaster
+    from shared.models import _lstm as lstm
+    from shared.models import _mlflow as mlflow_forecaster
 
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE

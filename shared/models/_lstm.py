@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from shared.backtest import BacktestResult, run_backtest
-from shared.forecasting import (
+from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
+from shared.core.telemetry import InputError
+from shared.core.windows import BatteryWindows, FleetHistory, build_history
+from shared.models._lightgbm import (
     LEVEL_DAYS,
     METADATA_FILE,
     hide_some_days,
@@ -43,9 +45,7 @@ from shared.forecasting import (
     sample_origins,
     training_record,
 )
-from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
-from shared.telemetry import InputError
-from shared.windows import BatteryWindows, FleetHistory, build_history
+from shared.models.backtest import BacktestResult, run_backtest
 
 if TYPE_CHECKING:
     import torch
@@ -261,7 +261,7 @@ def training_curves(metadata: dict) -> pd.DataFrame:
 
 def save_training_curves(model: LstmForecaster, model_dir: str | Path) -> Path:
     """training_results.png (train vs validation loss by epoch) in the model directory."""
-    from shared.tracking import training_curves_figure
+    from shared.adapters.tracking import training_curves_figure
 
     path = Path(model_dir) / TRAINING_CURVES_PNG
     figure = training_curves_figure(training_curves(model.metadata), title=f"LSTM {model.version}")

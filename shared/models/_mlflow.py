@@ -39,20 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.backtest import (
-    METHODS,
-    ORIGIN_STRIDE,
-    calibration_from_outcomes,
-    concatenate_outcomes,
-    forecast_metrics,
-    origin_outcomes,
-    recent_mean_forecast,
-    score_outcomes,
-    seasonal_naive_forecast,
-)
-from shared.forecasting import METADATA_FILE, json_default, known_mean, training_record
-from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
-from shared.telemetry import (
+from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, VARIABILITY_DAYS, RiskCalibration
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -64,7 +52,19 @@ from shared.telemetry import (
     TRIPS,
     InputError,
 )
-from shared.windows import BatteryWindows, FleetHistory, build_history
+from shared.core.windows import BatteryWindows, FleetHistory, build_history
+from shared.models._lightgbm import METADATA_FILE, json_default, known_mean, training_record
+from shared.models.backtest import (
+    METHODS,
+    ORIGIN_STRIDE,
+    calibration_from_outcomes,
+    concatenate_outcomes,
+    forecast_metrics,
+    origin_outcomes,
+    recent_mean_forecast,
+    score_outcomes,
+    seasonal_naive_forecast,
+)
 
 MODEL_KIND = "mlflow-pyfunc"
 MLFLOW_DIR = "mlflow-model"

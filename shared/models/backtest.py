@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from shared.risk import (
+from shared.core.risk import (
     ALERT_THRESHOLD,
     HORIZON_DAYS,
     RiskCalibration,
@@ -36,8 +36,8 @@ from shared.risk import (
     recent_known_days,
     recent_variability,
 )
-from shared.telemetry import InputError
-from shared.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory
+from shared.core.telemetry import InputError
+from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory
 
 EVALUATION_DAYS = 90
 CALIBRATION_SPAN_DAYS = 56

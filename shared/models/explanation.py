@@ -30,9 +30,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from shared.backtest import recent_mean_forecast
-from shared.forecasting import BatteryForecaster
-from shared.windows import BatteryWindows
+from shared.core.windows import BatteryWindows
+from shared.models._lightgbm import BatteryForecaster
+from shared.models.backtest import recent_mean_forecast
 
 REASONS = "reasons"
 # Feature reasons per battery (after the rated-life and forecast facts), and the smallest contribution

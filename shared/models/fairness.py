@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shared.telemetry import CAR_ID, InputError
+from shared.core.telemetry import CAR_ID, InputError
 
 ATTRIBUTES = ("Make", "Region", "Engine_Type", "Model_Year_Band")
 METRICS = ("recall", "precision", "false_positive_rate", "selection_rate")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.backtest import backtest_markdown
-from shared.fairness import fairness_markdown
+from shared.models.backtest import backtest_markdown
+from shared.models.fairness import fairness_markdown
 
 
 def training_report(metadata: dict[str, Any], quality: Any | None = None) -> str:

@@ -12,11 +12,11 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from shared.explanation import REASONS, battery_reasons
-from shared.forecasting import BatteryForecaster
-from shared.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
-from shared.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
-from shared.windows import BatteryWindows, build_windows
+from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
+from shared.core.windows import BatteryWindows, build_windows
+from shared.models._lightgbm import BatteryForecaster
+from shared.models.explanation import REASONS, battery_reasons
 
 # A battery silent for longer than this before the as-of day is no longer counted as in service.
 IN_SERVICE_DAYS = 14
