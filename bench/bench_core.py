@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.core.preparation import prepare_telemetry
 from shared.core.windows import DEFAULT_WINDOW_DAYS, build_windows
 from shared.devtools.fleet_simulator import simulate_fleet
-from shared.models._lightgbm import load_model, train_model
+from shared.models._lightgbm import train_model
+from shared.models.loader import load_model
 from shared.models.scoring import score_fleet, score_windows
 
 START, END = "2014-06-01", "2017-05-31"

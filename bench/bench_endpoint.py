@@ -40,7 +40,8 @@ from shared.core.telemetry import BATTERY_ID, DATE
 from shared.devtools.fleet_simulator import simulate_fleet
 from shared.devtools.inference_server import running_endpoint
 from shared.endpoint.server import score_body
-from shared.models._lightgbm import load_model, train_model
+from shared.models._lightgbm import train_model
+from shared.models.loader import load_model
 
 HISTORY_DAYS = 240
 SIZES = (1, 100, 1_000)

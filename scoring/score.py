@@ -43,8 +43,8 @@ from shared.endpoint.server import (
     find_model_dir,
     score_body,
 )
-from shared.models._lightgbm import load_model
 from shared.models.explanation import prepare_reasons
+from shared.models.loader import load_model
 
 logger = logging.getLogger("azmlinfsrv.score")
 model = None

@@ -31,7 +31,6 @@ from shared.core.risk import HORIZON_DAYS
 from shared.core.windows import build_windows
 from shared.devtools.inference_server import PROJECT_ROOT, running_endpoint
 from shared.endpoint.server import score_request
-from shared.models._lightgbm import load_model
 from shared.models._lstm import (
     INPUT_DAYS,
     MODEL_KIND,
@@ -41,6 +40,7 @@ from shared.models._lstm import (
     save_training_curves,
     train_lstm,
 )
+from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 AS_OF = "2016-06-30"
@@ -167,7 +167,7 @@ def test_the_champion_rule_picks_the_better_of_lightgbm_and_lstm_and_the_champio
 
 
 def test_loading_a_lightgbm_model_never_imports_torch() -> None:
-    script = ("import sys; from shared.models._lightgbm import load_model; "
+    script = ("import sys; from shared.models.loader import load_model; "
               f"load_model({str(model_dir())!r}); assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)  # fmt: skip

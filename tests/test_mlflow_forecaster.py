@@ -39,7 +39,6 @@ from shared.core.telemetry import (
 )
 from shared.core.windows import build_windows
 from shared.devtools.inference_server import LocalEndpoint, running_endpoint
-from shared.models._lightgbm import load_model
 from shared.models._mlflow import (
     FUTURE_COLUMNS,
     MODEL_KIND,
@@ -52,6 +51,7 @@ from shared.models._mlflow import (
 )
 from shared.models.backtest import backtest_markdown, recent_mean_forecast
 from shared.models.explanation import battery_reasons
+from shared.models.loader import load_model
 from shared.models.scoring import score_fleet
 
 AS_OF = "2016-06-30"

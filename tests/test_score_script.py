@@ -24,7 +24,7 @@ from shared.core.preparation import prepare_telemetry
 from shared.devtools.azurite import free_port
 from shared.devtools.inference_server import PROJECT_ROOT, LocalEndpoint, running_endpoint
 from shared.endpoint.schema import swagger_document
-from shared.models._lightgbm import load_model
+from shared.models.loader import load_model
 from shared.models.scoring import score_fleet
 
 AS_OF = "2016-06-30"

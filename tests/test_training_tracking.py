@@ -13,7 +13,7 @@ from PIL import Image
 from shared.adapters.training_tracking import EXPERIMENT, TRACKED_METRICS, backtest_metrics
 from shared.cli import main
 from shared.devtools.fleet_simulator import simulate_fleet
-from shared.models._lightgbm import load_model
+from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 

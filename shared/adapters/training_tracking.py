@@ -30,11 +30,12 @@ from matplotlib.figure import Figure
 from mlflow.pyfunc import PythonModel, save_model
 
 from shared.adapters.tracking import PROJECT_ROOT, TrainingRun, start_training_run, tracking_uri
-from shared.models._lightgbm import BatteryForecaster, load_model
+from shared.models._lightgbm import BatteryForecaster
 from shared.models._lstm import training_curves
 from shared.models.backtest import METHODS
 from shared.models.explanation import feature_importance
 from shared.models.fairness import fairness_report
+from shared.models.loader import load_model
 from shared.models.report import training_report
 
 EXPERIMENT = "battery-forecaster"

@@ -166,8 +166,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, read_telemetry_csv
     from shared.core.windows import build_windows
     from shared.handlers.nightly import parse_day
-    from shared.models._lightgbm import load_model
     from shared.models.explanation import explain_battery, feature_importance
+    from shared.models.loader import load_model
     from shared.models.scoring import score_windows
 
     model = load_model(args.model_dir)

@@ -22,7 +22,8 @@ from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
-from shared.models._lightgbm import BatteryForecaster, load_model, train_model
+from shared.models._lightgbm import BatteryForecaster, train_model
+from shared.models.loader import load_model
 from shared.models.report import training_report
 from shared.models.scoring import score_fleet
 

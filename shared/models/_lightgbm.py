@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -42,10 +41,6 @@ from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
 from shared.models.backtest import BacktestResult, run_backtest
-
-if TYPE_CHECKING:
-    from shared.models._lstm import LstmForecaster
-    from shared.models._mlflow import MlflowForecaster
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
 MODEL_FILE = "model.txt"
@@ -150,22 +145,8 @@ class BatteryForecaster:
         }
 
 
-def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster | MlflowForecaster:
-    """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), by
-    `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch), or by
-    `MlflowForecaster.save` (model_kind "mlflow-pyfunc", e.g. a wrapped AutoML model; only it imports mlflow)."""
-    from shared.models import _lstm as lstm
-    from shared.models import _mlflow as mlflow_forecaster
-
-    model_dir = Path(model_dir)
-    metadata_path = model_dir / METADATA_FILE
-    if not metadata_path.is_file():
-        raise FileNotFoundError(f"{model_dir}: no {METADATA_FILE}; not a model directory")
-    metadata = json.loads(metadata_path.read_text())
-    if metadata.get("model_kind") == lstm.MODEL_KIND:
-        return lstm.load_lstm(model_dir, metadata)
-    if metadata.get("model_kind") == mlflow_forecaster.MODEL_KIND:
-        return mlflow_forecaster.load_mlflow_forecaster(model_dir, metadata)
+def load_lightgbm(model_dir: Path, metadata: dict) -> BatteryForecaster:
+    """The model in a directory written by `BatteryForecaster.save` (`loader.load_model` calls this)."""
     calibration = metadata.get("calibration")
     cars_path = model_dir / CARS_FILE
     cars = pd.read_csv(cars_path, dtype={CAR_ID: str}) if cars_path.is_file() else None

@@ -15,7 +15,7 @@ two LSTM layers of 50 units. What changes, and why:
 
 It is a model kind, not a separate product: `LstmForecaster` has the `BatteryForecaster` surface
 (`forecast(windows)`, `save(dir)`, `metadata`, `version`, `calibration`, `window_days`), its directory
-is metadata.json (model_kind "lstm") + lstm_weights.pt, `forecasting.load_model` loads either kind, and
+is metadata.json (model_kind "lstm") + lstm_weights.pt, `loader.load_model` loads either kind, and
 `train_lstm` runs the same backtest (backtest.py) and ships the same kind of risk calibration (risk.py).
 
 torch is an optional extra (requirements-lstm.txt): it is imported only inside the functions that need
@@ -120,7 +120,7 @@ class LstmForecaster:
 
 
 def load_lstm(model_dir: str | Path, metadata: dict) -> LstmForecaster:
-    """The model in a directory written by `LstmForecaster.save` (`forecasting.load_model` calls this)."""
+    """The model in a directory written by `LstmForecaster.save` (`loader.load_model` calls this)."""
     torch = _torch()
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():

@@ -7,7 +7,7 @@ forecast per row. The endpoint and the batch path need something else: `forecast
 (n, 30) daily cycles for the 30 days after each battery's as-of day, plus a failure-risk calibration.
 `MlflowForecaster` is that adapter, a model kind like the LSTM: its directory is metadata.json
 (model_kind "mlflow-pyfunc", the calibration) + the MLflow model in `mlflow-model/`, and
-`forecasting.load_model` loads it.
+`loader.load_model` loads it.
 
 The future frame. The columns the model's signature asks for are built from each battery's window:
 identity (Battery_ID, Car_ID, Battery_Rated_Cycles) as it is; Battery_Age_Days counted on; trips and
@@ -133,7 +133,7 @@ class MlflowForecaster:
 
 
 def load_mlflow_forecaster(model_dir: str | Path, metadata: dict | None = None) -> MlflowForecaster:
-    """The model in a directory written by `MlflowForecaster.save` (`forecasting.load_model` calls this), or,
+    """The model in a directory written by `MlflowForecaster.save` (`loader.load_model` calls this), or,
     without metadata, a bare MLflow model folder (no calibration yet: what `wrap_mlflow_model` starts from).
 
     The signature is checked here, so a model that needs a column the future frame cannot build fails
