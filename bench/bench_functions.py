@@ -47,7 +47,6 @@ import function_app
 from shared import bootstrap
 from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import update_states
-from shared.adapters.headunit import HeadUnitSimulator
 from shared.adapters.storage import queue_service
 from shared.config.host import load_host_config
 from shared.core.alerts import alerts_from_scores
@@ -56,6 +55,7 @@ from shared.core.telemetry import DATE
 from shared.devtools.azurite import free_port, running_azurite
 from shared.devtools.fleet_simulator import simulate_fleet
 from shared.devtools.functions_host import FunctionsHost
+from shared.devtools.headunit_simulator import HeadUnitSimulator
 from shared.devtools.inference_server import running_endpoint
 from shared.devtools.main_job import acceptable_records, app_environment, app_settings, day_events
 from shared.handlers.telemetry import STATE_WINDOW_DAYS

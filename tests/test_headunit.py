@@ -22,10 +22,8 @@ import requests
 from shared.adapters import alert_store
 from shared.adapters.headunit import (
     DEFAULT_POLICY,
-    MAX_BODY_BYTES,
     WEBHOOK_TOLERANCE_S,
     DeliveryPolicy,
-    HeadUnitSimulator,
     TransientDeliveryError,
     alerts_url,
     canonical_json,
@@ -42,6 +40,7 @@ from shared.config.settings import SettingsError
 from shared.core.alerts import COOLDOWN, COOLDOWN_ELAPSED, DUPLICATE, ESCALATED, FIRST
 from shared.core.telemetry import InputError
 from shared.devtools.azurite import PROJECT_ROOT, free_port
+from shared.devtools.headunit_simulator import MAX_BODY_BYTES, HeadUnitSimulator
 
 KEY = "test-signing-key"
 NOW = datetime(2017, 3, 20, 3, 5, tzinfo=UTC)

@@ -350,7 +350,7 @@ def run_headunit_sim(args: argparse.Namespace) -> int:
     import os
     import threading
 
-    from shared.adapters.headunit import HeadUnitSimulator
+    from shared.devtools.headunit_simulator import HeadUnitSimulator
 
     key = os.environ.get(args.signing_key_env, "")
     if not key:

@@ -52,7 +52,6 @@ import pandas as pd
 import function_app
 from shared import bootstrap
 from shared.adapters.archive import archive_telemetry, list_dead_letters
-from shared.adapters.headunit import HeadUnitSimulator
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import list_blob_names
 from shared.config.settings import Settings
@@ -73,6 +72,7 @@ from shared.core.telemetry import (
 from shared.devtools.azurite import AzuriteEndpoints, free_port, running_azurite
 from shared.devtools.fleet_simulator import TWELVE_HOUR_UNTIL, Fleet, simulate_fleet, write_fleet
 from shared.devtools.functions_host import EventDelivery, FunctionsHost, Invocation, QueueDrain
+from shared.devtools.headunit_simulator import HeadUnitSimulator
 from shared.devtools.inference_server import running_endpoint
 from shared.handlers.nightly import Progress
 from shared.handlers.telemetry import PARKED_CONTAINER, PARKED_PREFIX

@@ -37,7 +37,6 @@ from shared.adapters.storage import ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
 from shared.config.settings import SettingsError
-from shared.core.alerts import validate_alert
 from shared.core.telemetry import InputError
 
 ALERT_QUEUE = "maintenance-alerts"
@@ -61,13 +60,13 @@ def process_alert_message(
     try:
         alert = _parse_alert(body)
         table = _alerts_table(services.tables)
-        if not settings.head_unit_signing_key:
-            return _keep_until_configured(services, table, body, alert, dequeue_count, limit, now)
         outcome = push_alert(
             alert, table=table, session=services.gateway, gateway_url=settings.head_unit_gateway_url,
             signing_key=settings.head_unit_signing_key, cooldown_days=settings.alert_cooldown_days, now=now,
             timeout=policy.timeout(dequeue_count), lease=policy.lease,
         )  # fmt: skip
+    except SettingsError:  # push_alert refused an unset signing key, after checking the alert, before a claim
+        return _keep_until_configured(services, table, body, alert, dequeue_count, limit, now)
     except InputError as error:
         record_malformed(services, body, str(error), dequeue_count, now)
         return {"alert_id": None, "car_id": None, "state": MALFORMED, "reason": str(error)}
@@ -117,10 +116,11 @@ def record_malformed(services: Services, body: str | bytes, reason: str, dequeue
 
 
 def _parse_alert(body: str | bytes) -> dict[str, Any]:
-    """The alert of a message body, checked against the contract, or `InputError` saying what is wrong.
+    """The JSON object of a message body, or `InputError` saying what is wrong.
 
-    Checked here, before the settings, so a message that can never be delivered is recorded as such
-    even while the app is misconfigured. Ids that no store or URL can take (`check_id`) are refused here.
+    `push_alert` checks it against the contract (ids that no store or URL can take included) before it
+    looks at the signing key, so a message that can never be delivered is recorded as such even while the
+    app is misconfigured.
     """
     try:
         alert = json.loads(body)
@@ -128,7 +128,6 @@ def _parse_alert(body: str | bytes) -> dict[str, Any]:
         raise InputError(f"queue message is not JSON: {error}") from None
     if not isinstance(alert, dict):
         raise InputError(f"queue message is a JSON {type(alert).__name__}, not an alert object")
-    validate_alert(alert)
     return alert
 
 
