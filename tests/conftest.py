@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from _fault_report import FaultOutcome, write_report
 
-from shared.devtools.azurite import AzuriteEndpoints, running_azurite
+from shared.adapters.storage import AzuriteEndpoints
+from shared.devtools.azurite import running_azurite
 
 _FAULT_OUTCOMES: list[FaultOutcome] = []
 

@@ -13,7 +13,8 @@ import pytest
 from _models import model_dir
 
 from shared.adapters.registry import ModelRegistry
-from shared.devtools.azurite import ACCOUNT_KEY, AzuriteEndpoints, free_port
+from shared.adapters.storage import ACCOUNT_KEY, AzuriteEndpoints
+from shared.devtools.azurite import free_port
 from shared.handlers.ops import endpoint_root
 
 

@@ -33,11 +33,34 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueServiceClient
 
 from shared.config.settings import AZURITE_CONNECTION, SettingsError
-from shared.devtools.azurite import AzuriteEndpoints
 
 Service = Literal["blob", "queue", "table"]
 SERVICES: tuple[Service, ...] = ("blob", "queue", "table")
 APP_STORAGE_SETTING = "AzureWebJobsStorage"
+
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (documented publicly by Microsoft; it only opens local emulators).
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass(frozen=True)
+class AzuriteEndpoints:
+    """Where a running Azurite listens, and the connection string the Azure SDKs take."""
+
+    blob_port: int
+    queue_port: int
+    table_port: int
+
+    @property
+    def connection_string(self) -> str:
+        base = f"http://127.0.0.1:{{}}/{ACCOUNT}"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={base.format(self.blob_port)};"
+            f"QueueEndpoint={base.format(self.queue_port)};"
+            f"TableEndpoint={base.format(self.table_port)};"
+        )
+
 
 # Where `UseDevelopmentStorage=true` points: Azurite's default ports on loopback, the public dev account.
 DEVELOPMENT_STORAGE = AzuriteEndpoints(blob_port=10000, queue_port=10001, table_port=10002)

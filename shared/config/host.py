@@ -14,8 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.devtools.azurite import PROJECT_ROOT
-
+HOST_JSON = Path(__file__).resolve().parents[2] / "host.json"
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)")
 
 
@@ -30,7 +29,7 @@ class HostConfig:
     max_event_batch_size: int = 100
 
 
-def load_host_config(path: Path = PROJECT_ROOT / "host.json") -> HostConfig:
+def load_host_config(path: Path = HOST_JSON) -> HostConfig:
     """Read the queue and Event Hub settings from host.json; a bad value raises naming its key."""
     extensions = json.loads(path.read_text()).get("extensions", {})
     queues, event_hubs = extensions.get("queues", {}), extensions.get("eventHubs", {})

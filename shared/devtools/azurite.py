@@ -2,7 +2,7 @@
 
 Started from the project's own `node_modules` (npm package `azurite`, installed by `make`), on free
 loopback ports, in memory, telemetry off, so any number of runs can share a machine and leave nothing
-behind. The connection string uses Azurite's published development account, which is not a secret.
+behind. The connection string uses Azurite's published development account (shared/adapters/storage.py).
 """
 
 from __future__ import annotations
@@ -13,34 +13,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from shared.adapters.storage import AzuriteEndpoints
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development key (documented publicly by Microsoft; it only opens local emulators).
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-@dataclass(frozen=True)
-class AzuriteEndpoints:
-    """Where a running Azurite listens, and the connection string the Azure SDKs take."""
-
-    blob_port: int
-    queue_port: int
-    table_port: int
-
-    @property
-    def connection_string(self) -> str:
-        base = f"http://127.0.0.1:{{}}/{ACCOUNT}"
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={base.format(self.blob_port)};"
-            f"QueueEndpoint={base.format(self.queue_port)};"
-            f"TableEndpoint={base.format(self.table_port)};"
-        )
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

@@ -53,8 +53,9 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from azure.storage.queue import QueueMessage as StoredMessage
 
 from shared.adapters.storage import APP_STORAGE_SETTING, StorageConnection, queue_service, resolve_connection
-from shared.config.host import PROJECT_ROOT, HostConfig, load_host_config, parse_timespan
+from shared.config.host import HostConfig, load_host_config, parse_timespan
 from shared.config.settings import SettingsError
+from shared.devtools.azurite import PROJECT_ROOT
 
 log = logging.getLogger("functions_host")
 

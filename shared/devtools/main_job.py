@@ -53,7 +53,7 @@ import function_app
 from shared import bootstrap
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.registry import ModelRegistry
-from shared.adapters.storage import list_blob_names
+from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.settings import Settings
 from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
 from shared.core.risk import HORIZON_DAYS
@@ -69,7 +69,7 @@ from shared.core.telemetry import (
     InputError,
     implausible_values,
 )
-from shared.devtools.azurite import AzuriteEndpoints, free_port, running_azurite
+from shared.devtools.azurite import free_port, running_azurite
 from shared.devtools.fleet_simulator import TWELVE_HOUR_UNTIL, Fleet, simulate_fleet, write_fleet
 from shared.devtools.functions_host import EventDelivery, FunctionsHost, Invocation, QueueDrain
 from shared.devtools.headunit_simulator import HeadUnitSimulator
