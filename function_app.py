@@ -1,8 +1,10 @@
 """The Function App: a routing table. Each trigger parses its binding, calls `shared/`, binds outputs.
 
-Python v2 programming model. Settings are read once, on first use, by `shared.bootstrap` (so a bad
-setting fails the first invocation with a message that names it, and tests can set the environment
-before any function runs).
+Python v2 programming model. Only the streaming, delivery and HTTP handlers are imported here; each
+nightly timer imports its job when it runs, so a cold start (every Event Hub scale-out instance) does
+not pay for the training, tracking, plotting and compliance stacks. Settings are read once, on first
+use, by `shared.bootstrap` (so a bad setting fails the first invocation with a message that names it,
+and tests can set the environment before any function runs).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import azure.functions as func
 from shared import bootstrap
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import process_alert_message
-from shared.handlers.compliance import nightly_compliance_score
-from shared.handlers.nightly import nightly_batch_score, nightly_retrain
 from shared.handlers.ops import health_report, vehicle_alerts
 from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
@@ -30,6 +30,8 @@ log = logging.getLogger("function_app")
 @app.timer_trigger(arg_name="timer", schedule="%RETRAIN_SCHEDULE%", use_monitor=True)
 def nightly_retrain_timer(timer: func.TimerRequest) -> None:
     """Retrain on the archived telemetry; promote the new model only if its backtest beats the champion."""
+    from shared.handlers.nightly import nightly_retrain  # the training stack, loaded when the timer runs
+
     outcome = nightly_retrain(bootstrap.current(), past_due=timer.past_due)
     log.info("nightly_retrain: %s", json.dumps(outcome))
 
@@ -38,6 +40,8 @@ def nightly_retrain_timer(timer: func.TimerRequest) -> None:
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
 def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score every battery in service with the champion; write the scores table; queue the alerts."""
+    from shared.handlers.nightly import nightly_batch_score  # the model stack, loaded when the timer runs
+
     result = nightly_batch_score(bootstrap.current())
     alerts.set([json.dumps(alert) for alert in result.alerts])
     log.info("nightly_batch_score: %s", json.dumps(result.summary))
@@ -47,6 +51,8 @@ def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[st
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
 def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score the component catalogue; write the results; queue one alert per car with non-compliant parts."""
+    from shared.handlers.compliance import nightly_compliance_score  # the compliance stack, when the timer runs
+
     result = nightly_compliance_score(bootstrap.current())
     alerts.set([json.dumps(alert) for alert in result.alerts])
     log.info("nightly_compliance_score: %s", json.dumps(result.summary))
