@@ -34,7 +34,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.adapters.battery_state import histories_for_request
+from shared.core.battery_window import histories_for_request
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import BATTERY_ID, DATE
 from shared.devtools.fleet_simulator import simulate_fleet

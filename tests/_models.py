@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.adapters.battery_state import histories_for_request
+from shared.core.battery_window import histories_for_request
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import BATTERY_ID, DATE, RATED_CYCLES, implausible_values
 from shared.devtools.fleet_simulator import Fleet, simulate_fleet

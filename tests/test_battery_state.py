@@ -15,12 +15,11 @@ from shared.adapters import battery_state
 from shared.adapters.battery_state import (
     StateCache,
     StateConflictError,
-    histories_for_request,
-    merge_windows,
     read_windows,
     state_keys,
     update_states,
 )
+from shared.core.battery_window import histories_for_request, merge_windows
 from shared.core.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, RATED_CYCLES
 
 W = 30

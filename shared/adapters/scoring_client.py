@@ -138,7 +138,7 @@ class ScoringClient:
         return f"ScoringClient({self.scoring_uri!r}, auth={auth}, chunk_size={self.chunk_size})"
 
     def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Score request items (`battery_state.histories_for_request`); one prediction per item, in order.
+        """Score request items (`battery_window.histories_for_request`); one prediction per item, in order.
 
         Each prediction is the endpoint's, plus the `model_version` of the response it came in (a
         deployment may swap models between two chunks).

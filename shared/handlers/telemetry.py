@@ -42,11 +42,12 @@ from azure.storage.blob import ContainerClient
 
 from shared.adapters.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
 from shared.adapters.battery_state import TABLE as STATE_TABLE
-from shared.adapters.battery_state import histories_for_request, update_states
+from shared.adapters.battery_state import update_states
 from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.adapters.storage import download_bytes, ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
+from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
