@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install 
 
 from _models import comparable_batteries, fleet, model_dir, request_items
 
-from shared.adapters.registry import DEFAULT_RULE, ModelRegistry, model_metrics
+from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import blob_service
 from shared.cli import main
 from shared.core.preparation import prepare_telemetry
@@ -40,6 +40,7 @@ from shared.models._lstm import (
     save_training_curves,
     train_lstm,
 )
+from shared.models.champion import DEFAULT_RULE, model_metrics
 from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow

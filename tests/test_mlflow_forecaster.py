@@ -22,7 +22,6 @@ from _mlflow_model import (
 )
 from _models import batch_rows, comparable_batteries, fleet, request_items
 
-from shared.adapters.registry import DEFAULT_RULE
 from shared.adapters.scoring_client import ScoringClient
 from shared.core.preparation import prepare_telemetry
 from shared.core.risk import HORIZON_DAYS
@@ -50,6 +49,7 @@ from shared.models._mlflow import (
     wrap_mlflow_model,
 )
 from shared.models.backtest import backtest_markdown, recent_mean_forecast
+from shared.models.champion import DEFAULT_RULE
 from shared.models.explanation import battery_reasons
 from shared.models.loader import load_model
 from shared.models.scoring import score_fleet
