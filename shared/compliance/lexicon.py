@@ -1,7 +1,7 @@
 """The compliance reader's words beyond the regulation's own: conditions and materials in ordinary words.
 
 A technician writes "shabby", "badly corroded", "no visible wear" or "PVC" where the regulation says poor,
-good or plastic. The lexicon (compliance_lexicon.json, built from WordNet 3.0 by
+good or plastic. The lexicon (lexicon.json, built from WordNet 3.0 by
 tools/build_compliance_lexicon.py) maps such words to what the regulation reads them as, and says how
 ("WordNet: a kind of 'worn'"), so every reason can name the word it read. It is a data file of some 50 KB:
 nothing is downloaded or loaded from a model at run time, and it is read once, on first use.
