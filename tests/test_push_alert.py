@@ -205,3 +205,15 @@ def queue_length(harness, name: str = "maintenance-alerts") -> int:
     """Messages on a queue, the invisible ones included."""
     queue = queue_service(harness.connection).get_queue_client(name)
     return queue.get_queue_properties().approximate_message_count
+
+
+def test_a_malformed_signing_key_fails_naming_it_and_is_not_kept_as_an_unset_one(harness, make_alert):
+    alert = make_alert()
+    harness.configure(HEAD_UNIT_SIGNING_KEY="whsec_not-base64!")
+    harness.send_alerts([alert])
+
+    drain = harness.host.drain_queue("push_alert")
+
+    assert drain.failures and all("starts with whsec_ but the rest is not base64" in f for f in drain.failures)
+    assert stored(harness, alert)["state"] != "queued"  # not held as if the key were unset
+    assert harness.simulator.attempts == []

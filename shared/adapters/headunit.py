@@ -91,6 +91,16 @@ class DeliveryPolicy:
 DEFAULT_POLICY = DeliveryPolicy()
 
 
+class SigningKeyUnset(SettingsError):
+    """HEAD_UNIT_SIGNING_KEY is empty, so no alert can be signed: raised before anything is claimed or sent."""
+
+
+def require_signing_key(signing_key: str) -> None:
+    """Raise `SigningKeyUnset` for an empty key: an unsigned alert must never leave the app."""
+    if not signing_key:
+        raise SigningKeyUnset("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed")
+
+
 class TransientDeliveryError(RuntimeError):
     """The gateway could not take the alert now (408, 429, 5xx, timeout, no connection): retry later.
 
@@ -204,8 +214,7 @@ def deliver_alert(
     which a gateway has no business sending) → a rejection, returned with the gateway's words, because
     sending the same request again would get the same answer.
     """
-    if not signing_key:
-        raise SettingsError("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed")
+    require_signing_key(signing_key)
     alert_id, car_id = alert["alert_id"], alert["car_id"]
     url = alerts_url(gateway_url, car_id)
     body = canonical_json(alert)
@@ -270,8 +279,7 @@ def push_alert(
     """
     validate_alert(alert)
     canonical_json(alert)  # refused now, before a claim, if it can never be sent
-    if not signing_key:
-        raise SettingsError("HEAD_UNIT_SIGNING_KEY is not set: alerts must be signed")
+    require_signing_key(signing_key)
     alert_id, car_id = alert["alert_id"], alert["car_id"]
     for _ in range(_COOLDOWN_ROUNDS):
         latest = alert_store.read_latest(table, car_id, alert["type"])

@@ -32,7 +32,7 @@ from azure.data.tables import TableClient, TableServiceClient
 
 from shared.adapters import alert_store
 from shared.adapters.archive import DEADLETTER_CONTAINER
-from shared.adapters.headunit import TransientDeliveryError, push_alert
+from shared.adapters.headunit import SigningKeyUnset, TransientDeliveryError, push_alert
 from shared.adapters.storage import ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
@@ -65,7 +65,7 @@ def process_alert_message(
             signing_key=settings.head_unit_signing_key, cooldown_days=settings.alert_cooldown_days, now=now,
             timeout=policy.timeout(dequeue_count), lease=policy.lease,
         )  # fmt: skip
-    except SettingsError:  # push_alert refused an unset signing key, after checking the alert, before a claim
+    except SigningKeyUnset:  # push_alert refused it after checking the alert, before any claim
         return _keep_until_configured(services, table, body, alert, dequeue_count, limit, now)
     except InputError as error:
         record_malformed(services, body, str(error), dequeue_count, now)
