@@ -21,8 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.azurite import PROJECT_ROOT
-from shared.main_job import (
+from shared.config.settings import SettingsError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
+from shared.devtools.azurite import PROJECT_ROOT
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.devtools.main_job import (
     acceptable_records,
     alert_check,
     bad_events,
@@ -31,9 +34,6 @@ from shared.main_job import (
     run_main_job,
     with_bad_events,
 )
-from shared.settings import SettingsError
-from shared.simulation import simulate_fleet
-from shared.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 
 CARS, START, END, SEED, REPLAY_DAYS = 60, "2015-05-01", "2016-06-30", 4, 4
 LAST_ARCHIVED = date.fromisoformat(END) - timedelta(days=REPLAY_DAYS)

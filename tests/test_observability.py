@@ -21,9 +21,9 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogExporter, SimpleLogRecordProcessor
 
 import function_app
-from shared import observability
-from shared.alerts import FIRST
-from shared.azurite import free_port
+from shared.adapters import observability
+from shared.core.alerts import FIRST
+from shared.devtools.azurite import free_port
 
 NAMES = json.loads((Path(__file__).resolve().parents[1] / "infra" / "telemetry.json").read_text())
 LAG = timedelta(seconds=90)  # how long the test's events waited in the hub
