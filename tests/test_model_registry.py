@@ -211,7 +211,9 @@ def on_pointer_reads(storage_connection: str, react) -> ModelRegistry:
     return BlobServiceClient.from_connection_string(storage_connection, raw_response_hook=hook)
 
 
-def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(registry, storage_connection, tmp_path):
+def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(
+    registry, storage_connection, tmp_path
+):
     """Both racers read the pointer (v1) before either writes: a read-then-write without the ETag check
     would let both promote against v1 and the later write win, whichever model it is."""
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10))
@@ -237,7 +239,9 @@ def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(
     assert sorted(d["version"] for d in registry.decisions()) == ["v1", "v2", "v3"]
 
 
-def test_a_promotion_that_keeps_losing_races_is_recorded_as_not_promoted(registry, service, storage_connection, tmp_path):
+def test_a_promotion_that_keeps_losing_races_is_recorded_as_not_promoted(
+    registry, service, storage_connection, tmp_path
+):
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10))
     other = ModelRegistry(service, container=registry.container_name)
 
