@@ -12,7 +12,19 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from _services import AT_RISK, DAYS, TELEMETRY, backlogs, batteries, day_events, expected_id, record, stub_endpoint
+import requests
+from _services import (
+    AT_RISK,
+    DAYS,
+    TELEMETRY,
+    backlogs,
+    batteries,
+    day_events,
+    expected_id,
+    record,
+    stub_endpoint,
+    wipe_storage,
+)
 
 from shared.alerts import CRITICAL, HIGH
 from shared.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
@@ -20,6 +32,7 @@ from shared.azurite import free_port
 from shared.battery_state import TABLE as STATE_TABLE
 from shared.battery_state import read_windows
 from shared.ingest import PARKED_CONTAINER, STATE_WINDOW_DAYS
+from shared.scoring_client import ScoringClient
 from shared.storage import download_json, list_blob_names
 
 
@@ -138,16 +151,29 @@ def test_an_endpoint_that_refuses_the_request_parks_it_at_once(harness):
     assert "ScoringRejected" in request["reason"] and "400" in request["reason"]
 
 
-def test_a_batch_is_scored_in_chunks_of_the_clients_size_with_the_same_alerts(harness):
-    sent: list[list[str]] = []
-    with stub_endpoint(requests=sent) as stub:
-        harness.configure(SCORING_URI=stub).scoring.chunk_size = 2  # 3 batteries: 2 requests (2 and 1)
-        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+def test_a_batch_scored_in_chunks_alerts_exactly_as_unchunked_on_the_real_endpoint(harness, scoring_endpoint):
+    """The real model tells the batteries apart (the stub endpoint scores every one alike), so an item
+    paired with another chunk's prediction, or a chunk lost, shows as a different alert."""
 
-    assert (batch.succeeded, batch.enqueued) == (True, {"maintenance-alerts": 3})  # the stub scores all 0.95
-    assert sorted(len(request) for request in sent) == [1, 2]
-    assert sorted(battery for request in sent for battery in request) == ["B-PAST", "B-SAFE", "B-SOON"]
-    assert sorted(streamed_alerts(harness)) == ["CAR-PAST", "CAR-SAFE", "CAR-SOON"]
+    def run(chunk_size: int) -> tuple[list[int], dict[str, dict]]:
+        wipe_storage(harness.connection)  # a fresh deployment for each run: no state, no alerts
+        harness.send_alerts([])  # the alert queue exists, as after deployment
+        sizes: list[int] = []  # batteries per request, as sent
+        session = requests.Session()
+        session.hooks["response"].append(lambda sent, **_: sizes.append(len(json.loads(sent.request.body)["data"])))
+        services = harness.configure(SCORING_URI=scoring_endpoint.scoring_uri)
+        services.scoring = ScoringClient.from_settings(services.settings, chunk_size=chunk_size, session=session)
+        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+        assert batch.succeeded, batch.error
+        return sizes, streamed_alerts(harness)
+
+    chunked_sizes, chunked = run(chunk_size=1)
+    whole_sizes, whole = run(chunk_size=250)
+
+    assert (sorted(chunked_sizes), whole_sizes) == ([1, 1, 1], [3])
+    assert sorted(whole) == sorted(AT_RISK)  # B-SAFE, half way to its rated life, is not alerted
+    assert chunked == whole  # the same alerts, field for field
+    assert {car: alert["battery_id"] for car, alert in whole.items()} == AT_RISK
 
 
 def test_a_chunk_that_finds_the_endpoint_down_holds_back_the_rest_and_all_are_parked_together(harness):
