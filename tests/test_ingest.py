@@ -8,6 +8,7 @@ tests/_services.py's three made-up batteries: two at risk (B-PAST, B-SOON), one 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import pandas as pd
@@ -17,6 +18,7 @@ from _services import (
     AT_RISK,
     DAYS,
     TELEMETRY,
+    backlog_event,
     backlogs,
     batteries,
     day_events,
@@ -26,11 +28,13 @@ from _services import (
     wipe_storage,
 )
 
+import function_app
 from shared.alerts import CRITICAL, HIGH
 from shared.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
 from shared.azurite import free_port
 from shared.battery_state import TABLE as STATE_TABLE
 from shared.battery_state import read_windows
+from shared.functions_host import FunctionsHost
 from shared.ingest import PARKED_CONTAINER, STATE_WINDOW_DAYS
 from shared.scoring_client import ScoringClient
 from shared.storage import download_json, list_blob_names
@@ -237,3 +241,26 @@ def model_metadata_path():
     from _models import model_dir
 
     return model_dir() / "metadata.json"
+
+
+def test_batches_of_different_partitions_never_share_a_batch_id(harness, caplog):
+    """Each Event Hub partition numbers its events from 0 and may be read by another host instance, so two
+    partitions deliver batches with the same sequence numbers. Each car's backlog on a partition of its own
+    (one host per partition, as the scale controller spreads them), all at sequence number 0: every batch
+    must be named apart, or one's archive blob would overwrite another's and its records would be lost."""
+    partitions = [FunctionsHost(function_app.app, harness.connection, clock=harness.clock) for _ in AT_RISK]
+    partitions.append(harness.host)
+    by_battery = dict(list(TELEMETRY.groupby("Battery_ID")))
+    with caplog.at_level(logging.INFO, logger="function_app"):
+        for host, battery in zip(partitions, sorted(by_battery), strict=True):
+            [batch] = host.deliver_events("score_telemetry", [backlog_event(by_battery[battery])]).batches
+            assert batch.succeeded, batch.error
+
+    summaries = [json.loads(r.getMessage().removeprefix("score_telemetry: ")) for r in caplog.records
+                 if r.getMessage().startswith("score_telemetry: ")]  # fmt: skip
+    ids = [summary["batch_id"] for summary in summaries]
+    assert len(ids) == 3 and all(batch.startswith("0-0-") for batch in ids)  # the same sequence span each
+    assert len(set(ids)) == 3
+    archived = load_telemetry_history(harness.services.blobs)
+    assert sorted(archived.groupby("Battery_ID").size().items()) == [("B-PAST", DAYS), ("B-SAFE", DAYS),
+                                                                     ("B-SOON", DAYS)]  # fmt: skip
