@@ -12,7 +12,7 @@ import logging
 
 import azure.functions as func
 
-from shared import services
+from shared import observability, services
 from shared.compliance_job import nightly_compliance_score
 from shared.delivery import process_alert_message
 from shared.ingest import ingest_telemetry, rescore_parked
@@ -31,7 +31,7 @@ log = logging.getLogger("function_app")
 def nightly_retrain_timer(timer: func.TimerRequest) -> None:
     """Retrain on the archived telemetry; promote the new model only if its backtest beats the champion."""
     outcome = nightly_retrain(services.current(), past_due=timer.past_due)
-    log.info("nightly_retrain: %s", json.dumps(outcome))
+    observability.log_summary(log, "nightly_retrain", outcome)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%BATCH_SCORE_SCHEDULE%", use_monitor=True)
@@ -39,8 +39,8 @@ def nightly_retrain_timer(timer: func.TimerRequest) -> None:
 def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score every battery in service with the champion; write the scores table; queue the alerts."""
     result = nightly_batch_score(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("nightly_batch_score: %s", json.dumps(result.summary))
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "nightly_batch_score", result.summary)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)
@@ -48,8 +48,8 @@ def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[st
 def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score the component catalogue; write the results; queue one alert per car with non-compliant parts."""
     result = nightly_compliance_score(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("nightly_compliance_score: %s", json.dumps(result.summary))
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "nightly_compliance_score", result.summary)
 
 
 @app.event_hub_message_trigger(
@@ -72,8 +72,9 @@ def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]
         metadata=[_event_metadata(event) for event in events],
         final_attempt=retry is None or retry.retry_count >= retry.max_retry_count,
     )
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("score_telemetry: %s", json.dumps(result.summary))
+    _queue(alerts, result.alerts)
+    observability.count_ingested(result.summary, [event.enqueued_time for event in events], services.current().clock())
+    observability.log_summary(log, "score_telemetry", result.summary)
 
 
 @app.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", use_monitor=False)
@@ -82,8 +83,8 @@ def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str
     """Every 10 minutes, score the batches parked while the endpoint was down or refused them (fewest attempts
     first; one refused three times is dead-lettered); queue their alerts."""
     result = rescore_parked(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("rescore_parked_telemetry: %s", json.dumps(result.summary))
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "rescore_parked_telemetry", result.summary)
 
 
 @app.queue_trigger(arg_name="message", queue_name=ALERT_QUEUE, connection=STORAGE)
@@ -95,7 +96,8 @@ def push_alert(message: func.QueueMessage) -> None:
     a signing key the alert is kept on the queue (shared/delivery.py).
     """
     outcome = process_alert_message(services.current(), message.get_body(), message.dequeue_count)
-    log.info("push_alert: %s", json.dumps(outcome))
+    observability.count_alert_outcome(outcome["state"])
+    observability.log_summary(log, "push_alert", outcome)
 
 
 @app.route(route="health", methods=["GET"])
@@ -121,6 +123,11 @@ def _event_metadata(event: func.EventHubEvent) -> dict:
         "offset": event.offset,
         "enqueued_time": event.enqueued_time.isoformat() if event.enqueued_time else None,
     }
+
+
+def _queue(alerts: func.Out[list[str]], queued: list[dict]) -> None:
+    alerts.set([json.dumps(alert) for alert in queued])
+    observability.count_queued(len(queued))
 
 
 def _json(body: dict | list, status: int) -> func.HttpResponse:

@@ -30,7 +30,7 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared import alert_store
+from shared import alert_store, observability
 from shared.alerts import validate_alert
 from shared.archive import DEADLETTER_CONTAINER
 from shared.headunit import TransientDeliveryError, push_alert
@@ -75,6 +75,7 @@ def process_alert_message(
         if dequeue_count >= limit:
             reason = f"gave up after {dequeue_count} deliveries, moved to {ALERT_QUEUE}-poison: {error}"
             alert_store.record_given_up(table, alert, reason, now)
+            observability.count_poisoned()
         raise
     return {"alert_id": outcome.alert_id, "car_id": outcome.car_id, "state": outcome.state, "reason": outcome.reason}
 

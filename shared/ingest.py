@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from azure.storage.blob import ContainerClient
 
+from shared import observability
 from shared.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
 from shared.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
 from shared.battery_state import TABLE as STATE_TABLE
@@ -92,6 +93,7 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
         if isinstance(error, ScoringUnavailable) and not final_attempt:
             raise error
         summary["parked"] = park_request(services, batch, unscored, error, now)
+        summary["parked_records"] = int(good[BATTERY_ID].astype(str).isin([str(i[BATTERY_ID]) for i in unscored]).sum())
     alerts, errors = [], 0
     for chunk in chunks:
         if chunk.error is None:
@@ -264,6 +266,7 @@ def score_items(services: Services, items: Sequence[dict]) -> pd.DataFrame:
     frame[AS_OF] = [row[DATE] for row in latest]
     error = frame["error"] if "error" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["error"] = error.astype(object).where(error.notna(), None)
+    observability.count_scored(int(error.isna().sum()))
     frame[MODEL_VERSION] = frame[MODEL_VERSION].astype(object).fillna(UNKNOWN_MODEL)
     if REASONS in frame:
         frame[REASONS] = frame[REASONS].astype(object)

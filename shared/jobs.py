@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shared import observability
 from shared.alerts import AlertBatch, alerts_from_scores
 from shared.archive import load_telemetry_history
 from shared.forecasting import BatteryForecaster, load_model, train_model
@@ -160,6 +161,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     clean, _ = prepare_telemetry(raw)
     threshold = services.settings.alert_probability_threshold
     scores, _ = score_fleet(model, clean, as_of, threshold=threshold)
+    observability.count_scored(len(scores))
     container = ensure_container(services.blobs, SCORES_CONTAINER)
     name = f"date={as_of.isoformat()}/scores-{model.version}.csv"
     upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())

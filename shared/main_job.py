@@ -27,8 +27,9 @@ moves forward. Production code has no fake-time switch that could be left on in 
 visible line here and lasts as long as the environment block, whose exit clears the cached services.
 
 The figures come from where an operator would find them: dead letters and parked requests from Blob, what
-the cars received from the head-unit simulator, and the one-line JSON summary each function logs per
-invocation (what Application Insights would hold), collected by a log handler during the run.
+the cars received from the head-unit simulator, the summary each function logs per invocation (its fields
+are what Application Insights holds as custom dimensions), collected by a log handler during the run, and
+the app's OpenTelemetry counters, read from an in-memory MeterProvider (`observability.in_memory`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Any
 import pandas as pd
 
 import function_app
-from shared import services
+from shared import observability, services
 from shared.archive import archive_telemetry, list_dead_letters
 from shared.azurite import AzuriteEndpoints, free_port, running_azurite
 from shared.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
@@ -170,20 +171,15 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
 
 
 class FunctionLog(logging.Handler):
-    """Collects the JSON summary each function of the app logs per invocation: "<step>: {...}"."""
+    """Collects the summary each function of the app logs per invocation (`observability.log_summary`)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.summaries: dict[str, list[dict]] = defaultdict(list)
 
     def emit(self, record: logging.LogRecord) -> None:
-        step, _, text = record.getMessage().partition(": ")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return  # not a summary line
-        if isinstance(value, dict):
-            self.summaries[step].append(value)
+        if (summary := observability.summary_of(record)) is not None:
+            self.summaries[summary[0]].append(summary[1])
 
     def of(self, step: str) -> list[dict]:
         return self.summaries.get(step, [])
@@ -293,6 +289,7 @@ class RunRecord:
     champion: dict | None = None
     local_services: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)  # the app's OpenTelemetry instruments (observability)
 
 
 def run_main_job(
@@ -342,6 +339,7 @@ def run_main_job(
         settings = app_settings(azurite, gateway.url, scoring_uri, signing_key, work_dir)
         stack.enter_context(app_environment(settings))
         stack.enter_context(collecting(record.function_log))
+        metrics = stack.enter_context(observability.in_memory())
         host = FunctionsHost(function_app.app, azurite.connection_string)
         app = services.current()
         clock = SimulatedClock(at_hour(last_archived, REPORT_HOUR))
@@ -394,6 +392,7 @@ def run_main_job(
         record.dead_letters = list_dead_letters(app.blobs)
         record.parked = len(list_blob_names(app.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX))
         record.received = gateway.received_by_car()
+        record.counters = observability.readings(metrics)
 
     summary = summarise(record, cars=cars, start=start, end=end, seed=seed)
     model_report = training_report(record.champion)
@@ -503,6 +502,7 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
         },
         "check": alert_check(fleet.batteries, received, record.last_archived),
         "head_units": received.to_dict(orient="records"),
+        "counters": record.counters,
         "local_services": record.local_services,
         "timings_s": record.timings,
     }
@@ -643,11 +643,29 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
     ]  # fmt: skip
     if len(summary["head_units"]) > SHOWN_ALERTS:
         lines += [f"… and {len(summary['head_units']) - SHOWN_ALERTS} more in summary.json.", ""]
+    counters = _markdown_table(["instrument", "value"], counter_rows(summary["counters"]))
+    lines += ["## Counters", "", "What the app's OpenTelemetry instruments recorded (in Azure: Application Insights "
+              "customMetrics, by these names).", "", counters, ""]  # fmt: skip
     lines += ["## Timings", "", _markdown_table(["step", "seconds"], list(summary["timings_s"].items())), ""]
     lines += ["## The model", "",
               "Also in model_report.md; the training run is in MLflow: `mlflow ui --backend-store-uri "
               f"{summary['local_services']['mlflow_tracking_uri']}`.", "", _demote_headings(model_report)]  # fmt: skip
     return "\n".join(lines)
+
+
+def counter_rows(counters: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One row per counter (its total) and per histogram and attribute set (count, mean and max)."""
+    rows = []
+    for name, value in sorted(counters.items()):
+        if not isinstance(value, list):
+            rows.append((f"`{name}`", f"{value:,}"))
+            continue
+        for point in value:
+            labels = ", ".join(f"{key}={label}" for key, label in point["attributes"].items())
+            mean = point["sum"] / point["count"] if point["count"] else 0
+            rows.append((f"`{name}`" + (f" ({labels})" if labels else ""),
+                         f"{point['count']:,} recorded, mean {mean:,.1f}, max {point['max']:,.1f}"))  # fmt: skip
+    return rows
 
 
 def _markdown_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 import requests
 
+from shared import observability
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,13 @@ class ScoringError(RuntimeError):
 class ScoringUnavailable(ScoringError):
     """The endpoint kept failing transiently (408/429/5xx, connection error, timeout) to the last attempt."""
 
+    outcome = "unavailable"  # battery.endpoint.latency's attribute (shared.observability)
+
 
 class ScoringRejected(ScoringError):
     """The endpoint refused the request (4xx other than 408/429) or answered outside the contract."""
+
+    outcome = "rejected"
 
 
 class TokenCredential(Protocol):
@@ -146,7 +151,8 @@ class ScoringClient:
         predictions: list[dict[str, Any]] = []
         for start in range(0, len(items), self.chunk_size):
             chunk = list(items[start : start + self.chunk_size])
-            body = self._post({"data": chunk})
+            with observability.endpoint_request():
+                body = self._post({"data": chunk})
             returned = body.get("predictions") if isinstance(body, dict) else None
             if not isinstance(returned, list) or len(returned) != len(chunk):
                 count = len(returned) if isinstance(returned, list) else "no"

@@ -23,6 +23,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+from shared import observability
 from shared.battery_state import StateCache
 from shared.headunit import DEFAULT_POLICY, DeliveryPolicy
 from shared.scoring_client import ScoringClient, TokenCredential
@@ -105,6 +106,7 @@ def current() -> Services:
     the other functions keep working, and what cannot be done yet waits (alerts stay queued).
     `current.cache_clear()` makes the next call read the environment again (tests, the local host).
     """
+    observability.configure_once()
     built = build_services()
     for problem in configuration_problems(built.settings):
         log.error("start-up check failed: %s", problem)

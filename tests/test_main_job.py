@@ -141,6 +141,27 @@ def test_every_event_is_processed_and_the_bad_ones_are_dead_lettered_with_reason
 
 
 @pytest.mark.slow
+def test_the_apps_counters_agree_with_what_the_stores_the_host_and_the_head_units_saw(main_job):
+    """The OpenTelemetry counters (observability, read in memory) against the figures taken elsewhere: dead
+    letters listed in Blob, messages the host saw queued, alerts the simulator received."""
+    summary = main_job.summary
+    counters, events, alerts, scoring = summary["counters"], summary["events"], summary["alerts"], summary["scoring"]
+    assert counters["battery.events.processed"] == events["delivered"]
+    assert counters["battery.events.dead_lettered"] == events["dead_lettered"]
+    assert counters["battery.events.parked"] == events["parked_for_rescoring"] == 0
+    scored = scoring["batch_scored"] + scoring["streaming_scored"] - events["scoring_errors"]
+    assert counters["battery.batteries.scored"] == scored
+    assert counters["battery.alerts.queued"] == alerts["queued"]
+    assert counters["battery.alerts.delivered"] == alerts["received_by_head_units"] > 0
+    assert counters["battery.alerts.suppressed"] == alerts["suppressed_by_cooldown"]
+    assert (counters["battery.alerts.rejected"], counters["battery.alerts.poisoned"]) == (0, 0)
+    [lag] = counters["battery.events.lag_seconds"]
+    assert lag["count"] == events["delivered"]
+    assert {point["attributes"]["outcome"] for point in counters["battery.endpoint.latency"]} == {"ok"}
+    assert "## Counters" in main_job.summary_md and "`battery.alerts.delivered`" in main_job.summary_md
+
+
+@pytest.mark.slow
 def test_the_summary_reports_the_night_and_the_model(main_job):
     summary = main_job.summary
     assert summary["retrain"]["promoted"] is True
