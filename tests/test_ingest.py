@@ -36,6 +36,7 @@ from shared.battery_state import TABLE as STATE_TABLE
 from shared.battery_state import read_windows
 from shared.functions_host import FunctionsHost
 from shared.ingest import PARKED_CONTAINER, STATE_WINDOW_DAYS
+from shared.observability import summary_of
 from shared.scoring_client import ScoringClient
 from shared.storage import download_json, list_blob_names
 
@@ -256,9 +257,8 @@ def test_batches_of_different_partitions_never_share_a_batch_id(harness, caplog)
             [batch] = host.deliver_events("score_telemetry", [backlog_event(by_battery[battery])]).batches
             assert batch.succeeded, batch.error
 
-    summaries = [json.loads(r.getMessage().removeprefix("score_telemetry: ")) for r in caplog.records
-                 if r.getMessage().startswith("score_telemetry: ")]  # fmt: skip
-    ids = [summary["batch_id"] for summary in summaries]
+    ids = [fields["batch_id"] for step, fields in filter(None, map(summary_of, caplog.records))
+           if step == "score_telemetry"]  # fmt: skip
     assert len(ids) == 3 and all(batch.startswith("0-0-") for batch in ids)  # the same sequence span each
     assert len(set(ids)) == 3
     archived = load_telemetry_history(harness.services.blobs)

@@ -21,6 +21,7 @@ from shared.archive import archive_telemetry
 from shared.azureml import workspace_client
 from shared.jobs import SCORES_CONTAINER
 from shared.model_registry import ModelRegistry
+from shared.observability import summary_of
 from shared.scoring import SCORE_COLUMNS
 from shared.storage import download_bytes, list_blob_names
 
@@ -33,10 +34,10 @@ AZUREML = {"AZUREML_SUBSCRIPTION_ID": SUBSCRIPTION, "AZUREML_RESOURCE_GROUP": "r
            "AZUREML_WORKSPACE": "ws-battery"}  # fmt: skip
 
 
-def logged_outcome(caplog, function: str) -> dict:
-    """The JSON summary the function logged (function_app logs one line per run)."""
-    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{function}: ")]
-    return json.loads(line.removeprefix(f"{function}: "))
+def logged_outcome(caplog, step: str) -> dict:
+    """The summary the function logged for `step` (function_app logs one per run, as record attributes)."""
+    [summary] = [fields for of, fields in filter(None, map(summary_of, caplog.records)) if of == step]
+    return summary
 
 
 def unbeatable_champion(root: Path) -> Path:
