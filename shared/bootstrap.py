@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 from azure.data.tables import TableServiceClient
@@ -37,6 +38,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def azureml_workspace(settings: Settings) -> Any:
+    """The MLClient of the workspace the settings name, with the app identity's credential (imported on
+    first use: azure-ai-ml is heavy and most invocations never need it)."""
+    from shared.azureml import workspace_client
+
+    return workspace_client(settings)
+
+
 @dataclass
 class Services:
     """Everything a handler may touch outside its own process, passed in explicitly."""
@@ -52,6 +61,8 @@ class Services:
     delivery: DeliveryPolicy = DEFAULT_POLICY  # head-unit timeouts and lease (shared.adapters.headunit)
     # The battery states this process last read or wrote (a guess checked by ETag: shared.adapters.battery_state).
     state_cache: StateCache = field(default_factory=StateCache)
+    # Builds the Azure ML client the nightly retrain submits to (tests hand in one on a recording transport).
+    azureml_client: Callable[[Settings], Any] = azureml_workspace
 
 
 def build_services(environ: Mapping[str, str] | None = None, *,

@@ -254,21 +254,32 @@ def test_latest_delivered_follows_delivery_time_per_car_and_type(alert_table, ma
     assert read_latest(alert_table, "CAR-00018", "battery_end_of_life").alert is None
 
 
-def test_concurrent_latest_updates_end_with_the_latest_delivery(alert_table, make_alert):
-    alerts = [make_alert(day=f"2017-03-{day:02d}") for day in range(1, 7)]
-    start = threading.Barrier(len(alerts))
+@pytest.mark.parametrize("earlier", [False, True])
+def test_an_older_delivery_held_between_its_read_and_its_write_does_not_replace_a_newer_one(
+    alert_table, make_alert, earlier
+):
+    """The interleaving a read-compare-write without the ETag check loses every time: the older delivery
+    reads the row (empty, or an earlier delivery), is held at its write while the newer one records itself
+    completely, then writes."""
+    oldest, older, newer = (make_alert(day=day) for day in ("2017-03-01", "2017-03-18", "2017-03-19"))
+    if earlier:
+        record_latest_delivered(alert_table, oldest, NOW - timedelta(days=1))
+    read_done, newer_done = threading.Event(), threading.Event()
 
-    def deliver(offset: int) -> None:
-        start.wait()
-        record_latest_delivered(alert_table, alerts[offset], NOW + timedelta(hours=offset))
+    def hold_until_the_newer_is_recorded() -> None:
+        read_done.set()
+        assert newer_done.wait(timeout=60), "the newer delivery never finished"
 
-    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(len(alerts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    held = _Gated(alert_table, WritesWaitForEveryone._WRITES, hold_until_the_newer_is_recorded)
+    writer = threading.Thread(target=record_latest_delivered, args=(held, older, NOW))
+    writer.start()
+    assert read_done.wait(timeout=60), "the older delivery never came to its write"
+    record_latest_delivered(alert_table, newer, NOW + timedelta(hours=1))
+    newer_done.set()
+    writer.join()
+
     latest = read_latest(alert_table, "CAR-00017", "battery_end_of_life").alert
-    assert latest["alert_id"] == alerts[-1]["alert_id"]
+    assert (latest["alert_id"], latest["delivered_at"]) == (newer["alert_id"], "2017-03-20T04:00:00Z")
 
 
 def test_a_delivery_records_its_outcome_and_the_latest_row_together(alert_table, make_alert):

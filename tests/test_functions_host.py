@@ -344,3 +344,81 @@ def test_http_errors(host: FunctionsHost, test_app: AppUnderTest):
         host.call_http("vehicle_alerts", "POST", route_params={"car_id": "CAR-1"})
     test_app.recorder.failures_left["vehicle_alerts"] = 1
     assert host.call_http("vehicle_alerts", route_params={"car_id": "CAR-1"}).status_code == 500
+
+
+# --- the documented host behaviour ---------------------------------------------------------------------
+# Each test names the Microsoft Learn page (or maintainers' statement) the emulator follows.
+
+ERROR_HANDLING = "https://learn.microsoft.com/azure/azure-functions/functions-bindings-error-pages"
+RETRY_CONTEXT = "https://learn.microsoft.com/javascript/api/@azure/functions/retrycontext"
+QUEUE_TRIGGER = "https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue-trigger"
+
+
+def test_a_retry_policy_counts_retries_after_the_first_run_and_the_last_has_retry_count_max(storage_connection: str):
+    """Azure Functions error handling and retries (ERROR_HANDLING): Event Hubs and timer triggers take a
+    function-level retry policy, "to rerun a failed execution until either successful completion occurs or
+    the maximum number of retries is reached" (the @azure/functions typings that link to that page).
+    RetryContext (RETRY_CONTEXT): `retryCount` is the "current retry count of the function executions",
+    `maxRetryCount` "the maximum number of times an execution is retried before eventual failure". So
+    max_retry_count 3 is 1 + 3 executions, numbered 0, 1, 2, 3, the last with retry_count ==
+    max_retry_count (the last-attempt test in function_app.score_telemetry)."""
+    recorder = Recorder(failures_left={"ingest": 99})
+    app = func.FunctionApp()
+
+    @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="EventHubConnection",
+                                   cardinality="many")  # fmt: skip
+    @app.retry(strategy="fixed_delay", max_retry_count="3", delay_interval="00:00:04")
+    def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
+        retry = context.retry_context
+        recorder.record("ingest", (retry.retry_count, retry.max_retry_count, retry.exception))
+
+    host = FunctionsHost(app, storage_connection, CONFIG, environ={})
+    [batch] = host.deliver_events("ingest", [b"event"]).batches
+
+    calls = recorder.calls["ingest"]
+    assert [(count, most) for count, most, _ in calls] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert calls[0][2] is None and calls[-1][2].message == "ingest told to fail"  # the previous run's error
+    assert (batch.attempts, [delay.total_seconds() for delay in batch.retry_delays]) == (4, [4, 4, 4])
+    assert not batch.succeeded
+
+
+def test_queue_messages_are_tried_max_dequeue_count_times_default_five_then_moved_to_queue_poison(
+    test_app: AppUnderTest, storage_connection: str, tmp_path: Path
+):
+    """Azure Queue storage trigger, poison messages (QUEUE_TRIGGER): when a queue-triggered function
+    fails, the host retries it up to `maxDequeueCount` times for the message (host.json `queues`, default
+    5); after that the message is moved to a queue named <originalqueuename>-poison, its content as it was.
+    The error-handling page (ERROR_HANDLING) lists Queue storage retries as the binding extension's, set in
+    host.json, not a retry policy."""
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {}}}))
+    defaults = load_host_config(tmp_path / "host.json")
+    assert defaults.max_dequeue_count == 5
+    host = FunctionsHost(test_app.app, storage_connection, defaults, environ={})
+    send_texts(storage_connection, test_app.in_queue, ["never works"])
+    test_app.recorder.failures_left["deliver"] = 99
+
+    drain = host.drain_queue("deliver")
+
+    assert [message.dequeue_count for message in test_app.recorder.calls["deliver"]] == [1, 2, 3, 4, 5]
+    assert (drain.failed_attempts, drain.poisoned) == (5, 1)
+    assert queue_texts(storage_connection, test_app.in_queue) == []
+    assert queue_texts(storage_connection, f"{test_app.in_queue}-poison") == ["never works"]
+
+
+def test_an_event_hub_batch_is_rerun_whole_and_then_checkpointed_past_after_its_final_retry(
+    host: FunctionsHost, test_app: AppUnderTest
+):
+    """Event Hubs trigger with a retry policy (ERROR_HANDLING): a retry reruns the failed execution, that is
+    the same batch; once the retries are spent the host checkpoints past the batch regardless of the
+    failure ("Event Hub-triggered function *always* checkpoints", Azure/Azure-Functions#947, where the
+    retry policy was designed as the answer), and goes on with the next events. A failed batch is never
+    delivered again: what the function did not park on its last retry is gone (shared/handlers/telemetry.py parks)."""
+    test_app.recorder.failures_left["ingest"] = 4  # the first run and all 3 retries
+    first = host.deliver_events("ingest", [b"a", b"b"])
+    later = host.deliver_events("ingest", [b"c"])
+
+    runs = [[(event.sequence_number, event.get_body()) for event in events]
+            for events, _, _ in test_app.recorder.calls["ingest"]]  # fmt: skip
+    assert runs == [[(0, b"a"), (1, b"b")]] * 4 + [[(2, b"c")]]  # the same events each retry, then onwards
+    assert [batch.attempts for batch in first.batches + later.batches] == [4, 1]
+    assert first.failed_batches == first.batches and later.failed_batches == []

@@ -8,18 +8,36 @@ tests/_services.py's three made-up batteries: two at risk (B-PAST, B-SOON), one 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import pandas as pd
 import pytest
-from _services import AT_RISK, DAYS, TELEMETRY, backlogs, batteries, day_events, expected_id, record, stub_endpoint
+import requests
+from _services import (
+    AT_RISK,
+    DAYS,
+    TELEMETRY,
+    backlog_event,
+    backlogs,
+    batteries,
+    day_events,
+    expected_id,
+    record,
+    stub_endpoint,
+    wipe_storage,
+)
 
+import function_app
 from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
 from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import read_windows
+from shared.adapters.observability import summary_of
+from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import download_json, list_blob_names
 from shared.core.alerts import CRITICAL, HIGH
 from shared.devtools.azurite import free_port
+from shared.devtools.functions_host import FunctionsHost
 from shared.handlers.telemetry import PARKED_CONTAINER, STATE_WINDOW_DAYS
 
 
@@ -138,16 +156,29 @@ def test_an_endpoint_that_refuses_the_request_parks_it_at_once(harness):
     assert "ScoringRejected" in request["reason"] and "400" in request["reason"]
 
 
-def test_a_batch_is_scored_in_chunks_of_the_clients_size_with_the_same_alerts(harness):
-    sent: list[list[str]] = []
-    with stub_endpoint(requests=sent) as stub:
-        harness.configure(SCORING_URI=stub).scoring.chunk_size = 2  # 3 batteries: 2 requests (2 and 1)
-        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+def test_a_batch_scored_in_chunks_alerts_exactly_as_unchunked_on_the_real_endpoint(harness, scoring_endpoint):
+    """The real model tells the batteries apart (the stub endpoint scores every one alike), so an item
+    paired with another chunk's prediction, or a chunk lost, shows as a different alert."""
 
-    assert (batch.succeeded, batch.enqueued) == (True, {"maintenance-alerts": 3})  # the stub scores all 0.95
-    assert sorted(len(request) for request in sent) == [1, 2]
-    assert sorted(battery for request in sent for battery in request) == ["B-PAST", "B-SAFE", "B-SOON"]
-    assert sorted(streamed_alerts(harness)) == ["CAR-PAST", "CAR-SAFE", "CAR-SOON"]
+    def run(chunk_size: int) -> tuple[list[int], dict[str, dict]]:
+        wipe_storage(harness.connection)  # a fresh deployment for each run: no state, no alerts
+        harness.send_alerts([])  # the alert queue exists, as after deployment
+        sizes: list[int] = []  # batteries per request, as sent
+        session = requests.Session()
+        session.hooks["response"].append(lambda sent, **_: sizes.append(len(json.loads(sent.request.body)["data"])))
+        services = harness.configure(SCORING_URI=scoring_endpoint.scoring_uri)
+        services.scoring = ScoringClient.from_settings(services.settings, chunk_size=chunk_size, session=session)
+        [batch] = harness.host.deliver_events("score_telemetry", backlogs(TELEMETRY)).batches
+        assert batch.succeeded, batch.error
+        return sizes, streamed_alerts(harness)
+
+    chunked_sizes, chunked = run(chunk_size=1)
+    whole_sizes, whole = run(chunk_size=250)
+
+    assert (sorted(chunked_sizes), whole_sizes) == ([1, 1, 1], [3])
+    assert sorted(whole) == sorted(AT_RISK)  # B-SAFE, half way to its rated life, is not alerted
+    assert chunked == whole  # the same alerts, field for field
+    assert {car: alert["battery_id"] for car, alert in whole.items()} == AT_RISK
 
 
 def test_a_chunk_that_finds_the_endpoint_down_holds_back_the_rest_and_all_are_parked_together(harness):
@@ -211,3 +242,25 @@ def model_metadata_path():
     from _models import model_dir
 
     return model_dir() / "metadata.json"
+
+
+def test_batches_of_different_partitions_never_share_a_batch_id(harness, caplog):
+    """Each Event Hub partition numbers its events from 0 and may be read by another host instance, so two
+    partitions deliver batches with the same sequence numbers. Each car's backlog on a partition of its own
+    (one host per partition, as the scale controller spreads them), all at sequence number 0: every batch
+    must be named apart, or one's archive blob would overwrite another's and its records would be lost."""
+    partitions = [FunctionsHost(function_app.app, harness.connection, clock=harness.clock) for _ in AT_RISK]
+    partitions.append(harness.host)
+    by_battery = dict(list(TELEMETRY.groupby("Battery_ID")))
+    with caplog.at_level(logging.INFO, logger="function_app"):
+        for host, battery in zip(partitions, sorted(by_battery), strict=True):
+            [batch] = host.deliver_events("score_telemetry", [backlog_event(by_battery[battery])]).batches
+            assert batch.succeeded, batch.error
+
+    ids = [fields["batch_id"] for step, fields in filter(None, map(summary_of, caplog.records))
+           if step == "score_telemetry"]  # fmt: skip
+    assert len(ids) == 3 and all(batch.startswith("0-0-") for batch in ids)  # the same sequence span each
+    assert len(set(ids)) == 3
+    archived = load_telemetry_history(harness.services.blobs)
+    assert sorted(archived.groupby("Battery_ID").size().items()) == [("B-PAST", DAYS), ("B-SAFE", DAYS),
+                                                                     ("B-SOON", DAYS)]  # fmt: skip

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 
-from shared.adapters.registry import DECISIONS_BLOB, ChampionConflictError, ModelRegistry, RegistryError
+from shared.adapters.registry import (
+    CHAMPION_BLOB,
+    DECISIONS_BLOB,
+    ChampionConflictError,
+    ModelRegistry,
+    RegistryError,
+)
 from shared.adapters.storage import blob_service
 from shared.cli import main
 from shared.core.telemetry import InputError
@@ -76,6 +86,28 @@ def test_versions_are_listed_and_immutable(registry, tmp_path):
         registry.publish(tmp_path / "2024-01-01")
 
 
+def test_a_published_version_is_never_written_again_by_promotions(registry, service, tmp_path):
+    """The decision about a version lives beside it: its blobs stay the bytes that were published, with
+    the same ETags through later promotions, so a cached download is still a faithful copy."""
+    source = model_dir(tmp_path, "v1", brier=0.10)
+    published = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    container = service.get_container_client(registry.container_name)
+
+    def stored() -> dict[str, tuple[str, bytes]]:
+        return {blob.name.removeprefix("v1/"): (blob.etag, container.download_blob(blob.name).readall())
+                for blob in container.list_blobs(name_starts_with="v1/")}  # fmt: skip
+
+    assert registry.promote_if_better(source).promoted
+    decided = stored()
+    assert {name: content for name, (_, content) in decided.items()} == published
+    assert registry.metadata("v1")["promotion"]["promoted"] is True  # read from its own blob
+    for version, brier in (("v2", 0.05), ("v3", 0.20)):
+        registry.promote_if_better(model_dir(tmp_path, version, brier=brier))
+    assert stored() == decided
+    copy = registry.download("v1", tmp_path / "cache")
+    assert (copy / "metadata.json").read_bytes() == published["metadata.json"]
+
+
 def test_unknown_version_and_bad_model_dirs_are_named(registry, tmp_path):
     with pytest.raises(RegistryError, match="'nope' is not in container"):
         registry.download("nope", tmp_path / "cache")
@@ -112,8 +144,7 @@ def test_first_model_becomes_champion_and_the_decision_is_recorded(registry, tmp
     assert promotion["candidate_metrics"]["brier"] == 0.10 and promotion["champion_metrics"] is None
     assert json.loads((source / "metadata.json").read_text())["promotion"] == promotion
     assert registry.champion().record["metrics"]["brier"] == 0.10
-    champion_copy = registry.download_champion(tmp_path / "cache")
-    assert json.loads((champion_copy / "metadata.json").read_text())["promotion"]["promoted"] is True
+    assert registry.champion_metadata()["promotion"] == promotion
 
 
 def test_a_worse_model_does_not_move_the_pointer_and_a_better_one_does(registry, tmp_path):
@@ -164,39 +195,66 @@ def test_stale_pointer_write_is_refused_by_etag(registry, service, tmp_path):
     assert registry.champion_version() == "v2"
 
 
-class ReadsAStaleChampion(ModelRegistry):
-    """A registry whose first `stale_reads` looks at the pointer predate a concurrent promotion."""
+def on_pointer_reads(storage_connection: str, react) -> ModelRegistry:
+    """A registry on its own client whose every read of champion.json calls `react(n)` (n = 1, 2, ...) once
+    the answer is in, before the registry can act on it: the moment another promotion can slip in between.
+    The SDK's own response hook; nothing of the registry is replaced."""
+    reads = 0
 
-    def __init__(self, *args, stale, stale_reads: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._stale_reads = [stale] * stale_reads
+    def hook(response) -> None:
+        nonlocal reads
+        request = response.http_request
+        if request.method == "GET" and urlsplit(request.url).path.endswith(f"/{CHAMPION_BLOB}"):
+            reads += 1
+            react(reads)
 
-    def champion(self):
-        return self._stale_reads.pop() if self._stale_reads else super().champion()
+    return BlobServiceClient.from_connection_string(storage_connection, raw_response_hook=hook)
 
 
-def test_the_loser_of_a_race_re_decides_against_the_new_champion(registry, service, tmp_path):
+def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(
+    registry, storage_connection, tmp_path
+):
+    """Both racers read the pointer (v1) before either writes: a read-then-write without the ETag check
+    would let both promote against v1 and the later write win, whichever model it is."""
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10))
-    stale = registry.champion()
-    registry.promote_if_better(model_dir(tmp_path, "v2", brier=0.05))  # the concurrent winner
+    both_read = threading.Barrier(2, timeout=60)
 
-    racer = ReadsAStaleChampion(service, container=registry.container_name, stale=stale, stale_reads=1)
-    decision = racer.promote_if_better(model_dir(tmp_path, "v3", brier=0.07))  # beats v1, not v2
-    assert not decision.promoted and decision.previous_champion == "v2"
-    assert registry.champion_version() == "v2"
-    assert registry.metadata("v3")["promotion"]["previous_champion"] == "v2"
+    def first_read_waits_for_the_other(read: int) -> None:
+        if read == 1:
+            both_read.wait()
+
+    racers = {version: ModelRegistry(on_pointer_reads(storage_connection, first_read_waits_for_the_other),
+                                     container=registry.container_name) for version in ("v2", "v3")}  # fmt: skip
+    candidates = {"v2": model_dir(tmp_path, "v2", brier=0.05), "v3": model_dir(tmp_path, "v3", brier=0.07)}
+    with ThreadPoolExecutor(2) as pool:
+        running = {version: pool.submit(racers[version].promote_if_better, candidates[version]) for version in racers}
+        decisions = {version: future.result() for version, future in running.items()}
+
+    assert registry.champion_version() == "v2"  # the better model, whichever wrote first
+    first_writer = "v2" if decisions["v3"].previous_champion == "v2" else "v3"
+    second_writer = "v3" if first_writer == "v2" else "v2"
+    assert decisions[first_writer].previous_champion == "v1" and decisions[first_writer].promoted
+    assert decisions[second_writer].previous_champion == first_writer  # it decided again, against the winner
+    assert decisions[second_writer].promoted == (second_writer == "v2")
+    assert sorted(d["version"] for d in registry.decisions()) == ["v1", "v2", "v3"]
 
 
-def test_a_promotion_that_keeps_losing_races_is_recorded_as_not_promoted(registry, service, tmp_path):
+def test_a_promotion_that_keeps_losing_races_is_recorded_as_not_promoted(
+    registry, service, storage_connection, tmp_path
+):
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10))
-    stale = registry.champion()
-    registry.promote_if_better(model_dir(tmp_path, "v2", brier=0.05))
+    other = ModelRegistry(service, container=registry.container_name)
 
-    racer = ReadsAStaleChampion(service, container=registry.container_name, stale=stale, stale_reads=99)
-    decision = racer.promote_if_better(model_dir(tmp_path, "v3", brier=0.07))
+    def another_promotion_moves_the_pointer(read: int) -> None:
+        other.promote_if_better(model_dir(tmp_path, f"w{read}", brier=0.10 - 0.01 * read))
+
+    racer = ModelRegistry(on_pointer_reads(storage_connection, another_promotion_moves_the_pointer),
+                          container=registry.container_name)  # fmt: skip
+    decision = racer.promote_if_better(model_dir(tmp_path, "v9", brier=0.01))  # beats every one of them
+
     assert not decision.promoted and "moved the champion pointer 3 times" in decision.reason
-    assert registry.champion_version() == "v2"
-    assert registry.metadata("v3")["promotion"]["promoted"] is False
+    assert registry.champion_version() == "w3"
+    assert registry.metadata("v9")["promotion"]["promoted"] is False
     assert registry.decisions()[-1]["reason"] == decision.reason
 
 

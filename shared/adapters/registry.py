@@ -2,13 +2,15 @@
 
 Layout of the container (`models`, on Azurite locally):
 
-    <version>/metadata.json, <version>/<model files...>   one folder per published version
+    <version>/metadata.json, <version>/<model files...>   one folder per published version, written once
+    _promotions/<version>.json                             the promotion decision about that version
     champion.json                                          the pointer: version, promoted_at, rule, metrics,
                                                            mlflow_run_id (the training's MLflow run, or null)
     decisions.jsonl                                        append-only log of every promotion decision
 
-A version is immutable once published (its metadata.json is written last and only if absent), so a
-version name is a cache key: `download` keeps a local copy per version and repeats for free.
+A version is immutable once published (its metadata.json is written last and only if absent, and nothing
+under `<version>/` is written again: the decision about it has a blob of its own), so a version name is a
+cache key: `download` keeps a local copy per version and repeats for free, byte-equal to what was published.
 A candidate becomes champion only if its backtest beats the champion's under `ChampionRule`; the
 pointer is moved with an ETag condition, so two promotions racing each other cannot silently overwrite
 one another: the loser re-decides against the new champion.
@@ -44,6 +46,7 @@ from shared.models.champion import DEFAULT_RULE, ChampionRule, PromotionDecision
 METADATA = "metadata.json"
 CHAMPION_BLOB = "champion.json"
 DECISIONS_BLOB = "decisions.jsonl"
+PROMOTIONS_PREFIX = "_promotions/"  # not a version folder: a version starts with a letter or digit
 # A version names a blob folder and a local cache folder: no slashes, no dot-only names.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 # How often a promotion re-decides when another promotion moved the pointer first.
@@ -112,11 +115,12 @@ class ModelRegistry:
         )
 
     def metadata(self, version: str) -> dict:
-        """The stored metadata.json of a published version (with its "promotion" record once decided)."""
+        """The stored metadata.json of a published version, with its "promotion" record once decided."""
         metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA}")
         if metadata is None:
             raise self._not_published(version)
-        return metadata
+        promotion = download_json(self._blobs, _promotion_blob(version))
+        return metadata if promotion is None else {**metadata, "promotion": promotion}
 
     def download(self, version: str, dest_dir: str | Path) -> Path:
         """The version's files in `dest_dir/<version>/`, downloaded only if that folder is not there yet.
@@ -198,8 +202,9 @@ class ModelRegistry:
     def promote_if_better(self, model_dir: str | Path) -> PromotionDecision:
         """Publish the model, decide against the current champion, and move the pointer if it wins.
 
-        The decision (rule, reason, both metric sets, time) is written into the stored and the local
-        metadata.json under "promotion" and appended to decisions.jsonl, promoted or not. If another
+        The decision (rule, reason, both metric sets, time) is stored as `_promotions/<version>.json` (read
+        back by `metadata` under "promotion"; the version's own files are never rewritten), written into the
+        local metadata.json under "promotion" and appended to decisions.jsonl, promoted or not. If another
         promotion moves the pointer between our read and our write, the ETag check fails and we decide
         again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
         promoted, with that reason.
@@ -221,8 +226,8 @@ class ModelRegistry:
                 "candidate_metrics": candidate,
                 "champion_metrics": champion_metrics,
             }
-            # Stored before the pointer moves, so any copy of the new champion carries its decision.
-            upload_json(self._blobs, f"{version}/{METADATA}", {**metadata, "promotion": promotion})
+            # Stored before the pointer moves, so the new champion's decision can always be read.
+            upload_json(self._blobs, _promotion_blob(version), promotion)
             if not promoted:
                 break
             pointer = {"version": version, "promoted_at": promotion["decided_at"], "rule": promotion["rule"],
@@ -236,7 +241,7 @@ class ModelRegistry:
         else:
             reason = f"not promoted: other promotions moved the champion pointer {PROMOTION_ATTEMPTS} times"
             promotion = {**promotion, "promoted": False, "reason": reason}
-            upload_json(self._blobs, f"{version}/{METADATA}", {**metadata, "promotion": promotion})
+            upload_json(self._blobs, _promotion_blob(version), promotion)
         (model_dir / METADATA).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
         self._append_decision({"version": version, **promotion})
         return PromotionDecision(version, promotion["promoted"], promotion["reason"],
@@ -283,6 +288,10 @@ def read_model_metadata(model_dir: Path) -> dict:
             f"or digit, at most 128), got {version!r}"
         )
     return metadata
+
+
+def _promotion_blob(version: str) -> str:
+    return f"{PROMOTIONS_PREFIX}{version}.json"
 
 
 def _checked_version(version: str) -> str:

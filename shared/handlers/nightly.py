@@ -122,9 +122,9 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     """
     settings = services.settings
     if settings.azureml_configured:
-        from shared.adapters.azureml import submit_automl, workspace_client
+        from shared.adapters.azureml import submit_automl
 
-        job = submit_automl(workspace_client(settings))
+        job = submit_automl(services.azureml_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
     raw = load_telemetry_history(services.blobs)
     if raw.empty:
