@@ -46,6 +46,8 @@ pytestmark = pytest.mark.slow
 AS_OF = "2016-06-30"
 EPOCHS = 3
 TRAINING_ROWS = 1_000
+# How much lower than the better baseline's the default-trained LSTM's NRMSE must be (measured: see the test).
+LSTM_NRMSE_GAIN = 0.05
 
 
 @functools.cache
@@ -201,6 +203,15 @@ def test_the_cli_trains_an_lstm_end_to_end_into_a_model_dir_a_report_and_an_mlfl
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {TRAINING_CURVES_PNG, "report.md", "fairness.json", "predicted_vs_true.png", "reliability.png"} <= artifacts
     assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+
+
+def test_the_lstm_with_its_default_training_beats_both_baselines_on_nrmse_by_a_margin(cli_trained) -> None:
+    """Its default training (the CLI's) was 8.7-14.1 % below the better baseline over five fleets (seeds 1-5) and
+    9.9-11.8 % over four torch seeds on this one: 5 % leaves room for that noise. Three epochs on 1,000 rows
+    (the in-process fixture above) give no margin at all; nor does a forecast 15 % high."""
+    metrics = json.loads((cli_trained[0] / "metadata.json").read_text())["backtest"]["metrics"]
+    better_baseline = min(metrics["seasonal_naive"]["nrmse"], metrics["recent_mean"]["nrmse"])
+    assert metrics["model"]["nrmse"] <= (1 - LSTM_NRMSE_GAIN) * better_baseline
 
 
 def test_the_lstm_s_loss_per_epoch_is_logged_as_stepped_mlflow_metrics(cli_trained) -> None:
