@@ -25,7 +25,7 @@ from _models import fleet
 from mlflow.models import infer_signature
 
 from shared.core.preparation import prepare_telemetry
-from shared.core.telemetry import DAILY_CYCLES, DATE, TRIP_MINUTES
+from shared.core.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, TRIP_MINUTES
 from shared.models._mlflow import FUTURE_COLUMNS, wrap_mlflow_model
 
 TRAINED_UNTIL = "2016-04-30"  # the stand-in "trained" up to here; _models.fleet() runs to 2016-06-30
@@ -41,6 +41,17 @@ class StandInForecaster(mlflow.pyfunc.PythonModel):
             raise ValueError("the target column is not an input")
         weekend = pd.to_datetime(model_input[DATE]).dt.day_of_week.to_numpy() >= 5
         return expected_forecast(model_input[TRIP_MINUTES].to_numpy(np.float64), weekend, self.cycles_per_minute)
+
+
+class OracleForecaster(mlflow.pyfunc.PythonModel):
+    """Knows the future: each row's actual Daily_Cycles_Used (0 for a day the battery did not report)."""
+
+    def __init__(self, truth: dict[str, float]) -> None:
+        self.truth = truth
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        keys = model_input[BATTERY_ID].astype(str) + "|" + pd.to_datetime(model_input[DATE]).dt.strftime("%Y-%m-%d")
+        return keys.map(self.truth).fillna(0.0).to_numpy(np.float64)
 
 
 def expected_forecast(trip_minutes: np.ndarray, weekend: np.ndarray, cycles_per_minute: float) -> np.ndarray:
@@ -66,6 +77,16 @@ def save_stand_in(folder: Path, columns: list[str] = FUTURE_COLUMNS) -> float:
     mlflow.pyfunc.save_model(str(folder), python_model=StandInForecaster(rate),
                              signature=infer_signature(example, np.zeros(len(example))))
     return rate
+
+
+def save_oracle(folder: Path) -> None:
+    """Save the oracle, with the future frame's columns as its signature."""
+    clean = clean_telemetry()
+    truth = dict(zip(clean[BATTERY_ID].astype(str) + "|" + clean[DATE].dt.strftime("%Y-%m-%d"), clean[DAILY_CYCLES],
+                     strict=True))  # fmt: skip
+    example = clean[[c for c in FUTURE_COLUMNS if c in clean.columns]].head(5)
+    mlflow.pyfunc.save_model(str(folder), python_model=OracleForecaster(truth),
+                             signature=infer_signature(example, np.zeros(len(example))))
 
 
 @functools.cache

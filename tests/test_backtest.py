@@ -19,6 +19,10 @@ from shared.models.backtest import (
 )
 
 SEED_EXIT_NRMSE = 0.1355
+# How much lower than the better baseline's the model's NRMSE and Brier must be (measured margins: see the test).
+NRMSE_GAIN = 0.15
+BRIER_GAIN = 0.30
+CALIBRATION_SIGMAS = 3.0
 
 pytestmark = pytest.mark.slow
 
@@ -28,23 +32,45 @@ def backtest() -> dict:
     return model().metadata["backtest"]
 
 
-def test_model_beats_both_baselines_on_nrmse_and_brier(backtest):
-    """NRMSE by a clear margin; Brier less so: near the boundary it is mostly decided by day-to-day noise."""
+def test_model_beats_the_better_baseline_by_a_margin_on_nrmse_and_brier(backtest):
+    """Margins below what 20 simulated fleets and 8 training seeds gave, above what a flat weekday rhythm or a
+    forecast 15 % high (NRMSE), or probabilities × 0.6 or a twelfth of the training rows (Brier) give (README,
+    "The backtest")."""
     metrics = backtest["metrics"]
     assert metrics["model"]["nrmse"] <= SEED_EXIT_NRMSE
-    for baseline in ("seasonal_naive", "recent_mean"):
-        assert metrics["model"]["nrmse"] < 0.9 * metrics[baseline]["nrmse"], baseline
-        assert metrics["model"]["brier"] < metrics[baseline]["brier"], baseline
+    assert metrics["model"]["nrmse"] <= (1 - NRMSE_GAIN) * better_baseline(metrics, "nrmse")
+    assert metrics["model"]["brier"] <= (1 - BRIER_GAIN) * better_baseline(metrics, "brier")
     assert backtest["counts"]["positive"] >= 30  # enough failures for the probability metrics to mean something
 
 
-def test_well_populated_reliability_bins_are_calibrated(backtest):
-    populated = [row for row in backtest["reliability"]["model"] if row["count"] >= 30]
-    assert len(populated) >= 2  # the near-certain bins at both ends
-    for row in populated:
-        p = row["mean_predicted"]
-        tolerance = 3 * np.sqrt(max(p * (1 - p), 0.01) / row["count"]) + 0.02
-        assert row["observed_rate"] == pytest.approx(p, abs=tolerance), row
+def better_baseline(metrics: dict, name: str) -> float:
+    return min(metrics[baseline][name] for baseline in ("seasonal_naive", "recent_mean"))
+
+
+def calibration_misfits(reliability: list[dict]) -> list[str]:
+    """The groups of the reliability table — the bottom bin, the middle bins pooled, the top bin — whose observed
+    failures are more than CALIBRATION_SIGMAS binomial standard deviations from the number the probabilities
+    expect. The middle bins hold a few forecasts each, too few to judge one by one; pooled they hold ~20-40.
+    The variance uses each bin's mean probability, which overstates it a little (never understates)."""
+    groups = {"0.0-0.1": reliability[:1], "0.1-0.9 pooled": reliability[1:-1], "0.9-1.0": reliability[-1:]}
+    misfits = []
+    for name, rows in groups.items():
+        filled = [row for row in rows if row["count"]]
+        expected = sum(row["count"] * row["mean_predicted"] for row in filled)
+        observed = sum(row["count"] * row["observed_rate"] for row in filled)
+        spread = np.sqrt(sum(row["count"] * row["mean_predicted"] * (1 - row["mean_predicted"]) for row in filled))
+        if abs(observed - expected) > CALIBRATION_SIGMAS * spread:
+            misfits.append(f"{name}: {observed:.0f} failures, {expected:.1f} expected (sd {spread:.1f})")
+    return misfits
+
+
+def test_the_probabilities_are_calibrated_in_the_end_bins_and_the_pooled_middle_bins(backtest):
+    """The model was within 2.7 sd in every group over 20 fleets and 8 training seeds (README); the seasonal-naive
+    baseline's top bin is not, on this fleet."""
+    reliability = backtest["reliability"]
+    assert sum(row["count"] for row in reliability["model"][1:-1]) >= 10
+    assert calibration_misfits(reliability["model"]) == []
+    assert calibration_misfits(reliability["seasonal_naive"]) != []  # the bound has teeth
 
 
 def test_every_metric_is_reported_for_model_and_baselines(backtest):

@@ -40,13 +40,15 @@ from shared.models._lstm import (
     save_training_curves,
     train_lstm,
 )
-from shared.models.champion import DEFAULT_RULE, model_metrics
+from shared.models.champion import model_metrics
 from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 AS_OF = "2016-06-30"
 EPOCHS = 3
 TRAINING_ROWS = 1_000
+# How much lower than the better baseline's the default-trained LSTM's NRMSE must be (measured: see the test).
+LSTM_NRMSE_GAIN = 0.05
 
 
 @functools.cache
@@ -150,20 +152,32 @@ def test_a_real_azmlinfsrv_serves_the_lstm_with_the_same_numbers_as_in_process(i
         assert got["failure_probability_30d"] == pytest.approx(want["failure_probability_30d"], abs=1e-9)
 
 
-def test_the_champion_rule_picks_the_better_of_lightgbm_and_lstm_and_the_champion_serves(
+def with_backtest(source: Path, target: Path, version: str, *, nrmse: float, brier: float) -> Path:
+    """A copy of a model directory under its own version whose backtest says `nrmse` and `brier`."""
+    shutil.copytree(source, target)
+    metadata = json.loads((target / "metadata.json").read_text())
+    metadata["version"] = version
+    metadata["backtest"]["metrics"]["model"].update(nrmse=nrmse, brier=brier)
+    (target / "metadata.json").write_text(json.dumps(metadata))
+    return target
+
+
+def test_the_champion_rule_ranks_lightgbm_and_lstm_by_their_backtests_and_an_lstm_champion_serves(
     storage_connection: str, items: list[dict], tmp_path: Path
 ) -> None:
-    lstm_dir, lightgbm_dir = trained()[1], model_dir()
-    metrics = {path: model_metrics(json.loads((path / "metadata.json").read_text()), str(path))
-               for path in (lstm_dir, lightgbm_dir)}  # fmt: skip
-    lstm_wins, _ = DEFAULT_RULE.decide(metrics[lstm_dir], metrics[lightgbm_dir])
-    winner = lstm_dir if lstm_wins else lightgbm_dir
+    """Backtests set by hand make the answer plain: against a LightGBM champion (NRMSE 0.050, Brier 0.0020) an
+    LSTM with a better NRMSE but a Brier 50 % higher loses; one with the same NRMSE and half the Brier wins."""
+    lightgbm = with_backtest(model_dir(), tmp_path / "lightgbm", "lightgbm-champion", nrmse=0.050, brier=0.0020)
+    worse = with_backtest(trained()[1], tmp_path / "worse", "lstm-worse-brier", nrmse=0.040, brier=0.0030)
+    better = with_backtest(trained()[1], tmp_path / "better", "lstm-half-the-brier", nrmse=0.050, brier=0.0010)
     registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}")
-    registry.promote_if_better(lightgbm_dir)
-    decision = registry.promote_if_better(lstm_dir)
-    assert decision.promoted == lstm_wins
-    assert registry.champion_version() == json.loads((winner / "metadata.json").read_text())["version"]
-    champion = load_model(registry.download_champion(tmp_path))
+    assert registry.promote_if_better(lightgbm).promoted  # the first model
+    assert not registry.promote_if_better(worse).promoted
+    assert registry.champion_version() == "lightgbm-champion"
+    assert registry.promote_if_better(better).promoted
+    assert registry.champion_version() == "lstm-half-the-brier"
+    champion = load_model(registry.download_champion(tmp_path / "champion"))
+    assert isinstance(champion, LstmForecaster) and champion.version == "lstm-half-the-brier"
     assert all(p["error"] is None for p in score_request(champion, items[:2])["predictions"])
 
 
@@ -190,6 +204,15 @@ def test_the_cli_trains_an_lstm_end_to_end_into_a_model_dir_a_report_and_an_mlfl
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {TRAINING_CURVES_PNG, "report.md", "fairness.json", "predicted_vs_true.png", "reliability.png"} <= artifacts
     assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+
+
+def test_the_lstm_with_its_default_training_beats_both_baselines_on_nrmse_by_a_margin(cli_trained) -> None:
+    """Its default training (the CLI's) was 8.7-14.1 % below the better baseline over five fleets (seeds 1-5) and
+    9.9-11.8 % over four torch seeds on this one: 5 % leaves room for that noise. A forecast 15 % high, or two
+    epochs instead of six, fails it (three epochs on 1,000 rows, the in-process fixture above, give no margin)."""
+    metrics = json.loads((cli_trained[0] / "metadata.json").read_text())["backtest"]["metrics"]
+    better_baseline = min(metrics["seasonal_naive"]["nrmse"], metrics["recent_mean"]["nrmse"])
+    assert metrics["model"]["nrmse"] <= (1 - LSTM_NRMSE_GAIN) * better_baseline
 
 
 def test_the_lstm_s_loss_per_epoch_is_logged_as_stepped_mlflow_metrics(cli_trained) -> None:
