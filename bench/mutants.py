@@ -108,7 +108,7 @@ MUTANTS: dict[str, Mutant] = {
 DEFAULT_TESTS = (
     "tests/test_risk.py", "tests/test_alerts.py", "tests/test_push_alert.py", "tests/test_scoring.py",
     "tests/test_forecasting.py", "tests/test_backtest.py", "tests/test_headunit.py", "tests/test_alert_store.py",
-    "tests/test_ingest.py", "tests/test_main_job.py",
+    "tests/test_forecast_bias.py", "tests/test_ingest.py", "tests/test_main_job.py",
 )  # fmt: skip
 END_TO_END = "tests/test_main_job.py"
 ENVIRONMENT_VARIABLE = "MUTANT"
