@@ -1,8 +1,10 @@
 """The Function App: a routing table. Each trigger parses its binding, calls `shared/`, binds outputs.
 
-Python v2 programming model. Settings are read once, on first use, by `shared.services` (so a bad
-setting fails the first invocation with a message that names it, and tests can set the environment
-before any function runs).
+Python v2 programming model. Only the streaming, delivery and HTTP handlers are imported here; each
+nightly timer imports its job when it runs, so a cold start (every Event Hub scale-out instance) does
+not pay for the training, tracking, plotting and compliance stacks. Settings are read once, on first
+use, by `shared.bootstrap` (so a bad setting fails the first invocation with a message that names it,
+and tests can set the environment before any function runs).
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import logging
 
 import azure.functions as func
 
-from shared import services
-from shared.compliance_job import nightly_compliance_score
-from shared.delivery import process_alert_message
-from shared.ingest import ingest_telemetry, rescore_parked
-from shared.jobs import nightly_batch_score, nightly_retrain
-from shared.ops import health_report, vehicle_alerts
-from shared.telemetry import InputError
+from shared import bootstrap
+from shared.adapters import observability
+from shared.core.telemetry import InputError
+from shared.handlers.alerts import process_alert_message
+from shared.handlers.ops import health_report, vehicle_alerts
+from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -30,26 +31,32 @@ log = logging.getLogger("function_app")
 @app.timer_trigger(arg_name="timer", schedule="%RETRAIN_SCHEDULE%", use_monitor=True)
 def nightly_retrain_timer(timer: func.TimerRequest) -> None:
     """Retrain on the archived telemetry; promote the new model only if its backtest beats the champion."""
-    outcome = nightly_retrain(services.current(), past_due=timer.past_due)
-    log.info("nightly_retrain: %s", json.dumps(outcome))
+    from shared.handlers.nightly import nightly_retrain  # the training stack, loaded when the timer runs
+
+    outcome = nightly_retrain(bootstrap.current(), past_due=timer.past_due)
+    observability.log_summary(log, "nightly_retrain", outcome)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%BATCH_SCORE_SCHEDULE%", use_monitor=True)
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
 def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score every battery in service with the champion; write the scores table; queue the alerts."""
-    result = nightly_batch_score(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("nightly_batch_score: %s", json.dumps(result.summary))
+    from shared.handlers.nightly import nightly_batch_score  # the model stack, loaded when the timer runs
+
+    result = nightly_batch_score(bootstrap.current())
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "nightly_batch_score", result.summary)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
 def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score the component catalogue; write the results; queue one alert per car with non-compliant parts."""
-    result = nightly_compliance_score(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("nightly_compliance_score: %s", json.dumps(result.summary))
+    from shared.handlers.compliance import nightly_compliance_score  # the compliance stack, when the timer runs
+
+    result = nightly_compliance_score(bootstrap.current())
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "nightly_compliance_score", result.summary)
 
 
 @app.event_hub_message_trigger(
@@ -67,13 +74,14 @@ def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]
     """
     retry = context.retry_context
     result = ingest_telemetry(
-        services.current(),
+        bootstrap.current(),
         bodies=[event.get_body() for event in events],
         metadata=[_event_metadata(event) for event in events],
         final_attempt=retry is None or retry.retry_count >= retry.max_retry_count,
     )
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("score_telemetry: %s", json.dumps(result.summary))
+    _queue(alerts, result.alerts)
+    observability.count_ingested(result.summary, [event.enqueued_time for event in events], bootstrap.current().clock())
+    observability.log_summary(log, "score_telemetry", result.summary)
 
 
 @app.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", use_monitor=False)
@@ -81,9 +89,9 @@ def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]
 def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Every 10 minutes, score the batches parked while the endpoint was down or refused them (fewest attempts
     first; one refused three times is dead-lettered); queue their alerts."""
-    result = rescore_parked(services.current())
-    alerts.set([json.dumps(alert) for alert in result.alerts])
-    log.info("rescore_parked_telemetry: %s", json.dumps(result.summary))
+    result = rescore_parked(bootstrap.current())
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "rescore_parked_telemetry", result.summary)
 
 
 @app.queue_trigger(arg_name="message", queue_name=ALERT_QUEUE, connection=STORAGE)
@@ -92,16 +100,17 @@ def push_alert(message: func.QueueMessage) -> None:
 
     Transient gateway failures raise, so the queue retries; after maxDequeueCount (host.json) the host
     moves the message to maintenance-alerts-poison. Permanent rejections are recorded, not retried. Without
-    a signing key the alert is kept on the queue (shared/delivery.py).
+    a signing key the alert is kept on the queue (shared/handlers/alerts.py).
     """
-    outcome = process_alert_message(services.current(), message.get_body(), message.dequeue_count)
-    log.info("push_alert: %s", json.dumps(outcome))
+    outcome = process_alert_message(bootstrap.current(), message.get_body(), message.dequeue_count)
+    observability.count_alert_outcome(outcome["state"])
+    observability.log_summary(log, "push_alert", outcome)
 
 
 @app.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Storage and scoring-endpoint reachability, for probes and operators."""
-    report = health_report(services.current())
+    report = health_report(bootstrap.current())
     return _json(report, 200 if report["healthy"] else 503)
 
 
@@ -109,7 +118,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def list_vehicle_alerts(req: func.HttpRequest) -> func.HttpResponse:
     """The alerts a car was sent and their delivery state, for service staff; 400 for an impossible id."""
     try:
-        return _json(vehicle_alerts(services.current(), req.route_params["car_id"]), 200)
+        return _json(vehicle_alerts(bootstrap.current(), req.route_params["car_id"]), 200)
     except InputError as error:
         return _json({"error": str(error)}, 400)
 
@@ -121,6 +130,11 @@ def _event_metadata(event: func.EventHubEvent) -> dict:
         "offset": event.offset,
         "enqueued_time": event.enqueued_time.isoformat() if event.enqueued_time else None,
     }
+
+
+def _queue(alerts: func.Out[list[str]], queued: list[dict]) -> None:
+    alerts.set([json.dumps(alert) for alert in queued])
+    observability.count_queued(len(queued))
 
 
 def _json(body: dict | list, status: int) -> func.HttpResponse:

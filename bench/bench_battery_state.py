@@ -23,10 +23,10 @@ from azure.data.tables import TableServiceClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.azurite import running_azurite
-from shared.battery_state import StateCache, update_states
-from shared.ingest import STATE_WINDOW_DAYS
-from shared.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, LIFETIME_CYCLES
+from shared.adapters.battery_state import StateCache, update_states
+from shared.core.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, LIFETIME_CYCLES
+from shared.devtools.azurite import running_azurite
+from shared.handlers.telemetry import STATE_WINDOW_DAYS
 
 BATCH_SIZES = (100, 500)
 FIRST_DAY = pd.Timestamp("2016-01-01")

@@ -6,7 +6,7 @@ recall of non-compliant notes over the held-out folds (mean and worst fold). A n
 sends to review counts as wrong. Candidates:
 
   chosen         the reader (years, typo-tolerant condition/material words, the regulation) and the
-                 classifier must agree; otherwise review (`shared.compliance.score_components`)
+                 classifier must agree; otherwise review (`shared.compliance.classifier.score_components`)
   classifier     the same classifier alone, on the reader's normalised text (years as tokens)
   raw-text LR    the same logistic regression on the raw words (no reader): the plain text classifier
   raw-text NB    multinomial naive Bayes on word + char n-gram counts of the raw words
@@ -39,7 +39,7 @@ from sklearn.naive_bayes import MultinomialNB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.compliance import (
+from shared.compliance.classifier import (
     LABEL,
     NEEDS_REVIEW,
     NON_COMPLIANT,
@@ -51,8 +51,8 @@ from shared.compliance import (
     read_notes,
     score_components,
 )
-from shared.compliance_lexicon import LEXICON_FILE, Lexicon, default_lexicon, lexicon_data
-from shared.simulation import simulate_components, simulate_vocabulary_notes
+from shared.compliance.lexicon import LEXICON_FILE, Lexicon, default_lexicon, lexicon_data
+from shared.devtools.fleet_simulator import simulate_components, simulate_vocabulary_notes
 
 VOCABULARIES = Path(__file__).resolve().parent.parent / "tests"
 

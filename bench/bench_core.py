@@ -28,11 +28,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.forecasting import load_model, train_model
-from shared.preparation import prepare_telemetry
-from shared.scoring import score_fleet, score_windows
-from shared.simulation import simulate_fleet
-from shared.windows import DEFAULT_WINDOW_DAYS, build_windows
+from shared.core.preparation import prepare_telemetry
+from shared.core.windows import DEFAULT_WINDOW_DAYS, build_windows
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.models._lightgbm import train_model
+from shared.models.loader import load_model
+from shared.models.scoring import score_fleet, score_windows
 
 START, END = "2014-06-01", "2017-05-31"
 

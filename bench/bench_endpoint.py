@@ -34,13 +34,14 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.battery_state import histories_for_request
-from shared.endpoint import score_body
-from shared.forecasting import load_model, train_model
-from shared.inference_server import running_endpoint
-from shared.preparation import prepare_telemetry
-from shared.simulation import simulate_fleet
-from shared.telemetry import BATTERY_ID, DATE
+from shared.core.battery_window import histories_for_request
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import BATTERY_ID, DATE
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.devtools.inference_server import running_endpoint
+from shared.endpoint.server import score_body
+from shared.models._lightgbm import train_model
+from shared.models.loader import load_model
 
 HISTORY_DAYS = 240
 SIZES = (1, 100, 1_000)

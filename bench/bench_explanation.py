@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _forecast_fleet import clean, model
 
-from shared.explanation import battery_reasons, contributions, leaf_contributions
-from shared.scoring import batteries_in_service, score_windows
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.models.explanation import battery_reasons, contributions, leaf_contributions
+from shared.models.scoring import batteries_in_service, score_windows
 
 
 def timed(label: str, action):

@@ -3,7 +3,7 @@
 For each seed, simulates a fleet and trains two models on it the way `train` does: the default model
 (all car attributes) and one that cannot see the region (Region blanked in the car table it trains on).
 Both are judged on their own backtest against the REAL regions. The simulator's cold region wears its
-batteries much faster from the first hard frost (15 November, shared/simulation.py), a step the last
+batteries much faster from the first hard frost (15 November, shared/devtools/fleet_simulator.py), a step the last
 weeks of history do not show, so only a model that knows the region can see it coming; a backtest
 whose evaluation origins cover the weeks before the frost should show the region-blind model warning
 Nordic owners late (a Region recall gap over the limit) and the default model not.
@@ -25,10 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.fairness import fairness_report
-from shared.forecasting import train_model
-from shared.preparation import prepare_telemetry
-from shared.simulation import simulate_fleet
+from shared.core.preparation import prepare_telemetry
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.models._lightgbm import train_model
+from shared.models.fairness import fairness_report
 
 FAIRNESS_START, FAIRNESS_END = "2015-08-01", "2016-12-31"
 

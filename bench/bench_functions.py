@@ -44,22 +44,22 @@ from azure.storage.queue import TextBase64EncodePolicy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import function_app
-from shared import services
-from shared.alerts import alerts_from_scores
-from shared.azurite import free_port, running_azurite
-from shared.battery_state import TABLE as STATE_TABLE
-from shared.battery_state import update_states
-from shared.forecasting import train_model
-from shared.functions_host import FunctionsHost
-from shared.headunit import HeadUnitSimulator
-from shared.host_config import load_host_config
-from shared.inference_server import running_endpoint
-from shared.ingest import STATE_WINDOW_DAYS
-from shared.main_job import acceptable_records, app_environment, app_settings, day_events
-from shared.preparation import prepare_telemetry
-from shared.simulation import simulate_fleet
-from shared.storage import queue_service
-from shared.telemetry import DATE
+from shared import bootstrap
+from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.battery_state import update_states
+from shared.adapters.storage import queue_service
+from shared.config.host import load_host_config
+from shared.core.alerts import alerts_from_scores
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import DATE
+from shared.devtools.azurite import free_port, running_azurite
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.devtools.functions_host import FunctionsHost
+from shared.devtools.headunit_simulator import HeadUnitSimulator
+from shared.devtools.inference_server import running_endpoint
+from shared.devtools.main_job import acceptable_records, app_environment, app_settings, day_events
+from shared.handlers.telemetry import STATE_WINDOW_DAYS
+from shared.models._lightgbm import train_model
 
 BATCH_SIZES = (100, 500)
 TARGET_EVENTS_PER_S = 1_000
@@ -189,7 +189,7 @@ def main() -> int:
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         stack.enter_context(app_environment(app_settings(azurite, gateway.url, endpoint.scoring_uri,
                                                          gateway.signing_key, work_dir)))  # fmt: skip
-        app = services.current()
+        app = bootstrap.current()
 
         print(f"filling {history['Battery_ID'].nunique():,} battery windows with {STATE_WINDOW_DAYS} days…",
               flush=True)  # fmt: skip

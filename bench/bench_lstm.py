@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import lstm
-from shared.preparation import prepare_telemetry
-from shared.simulation import simulate_fleet
+from shared.core.preparation import prepare_telemetry
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.models import _lstm as lstm
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Benchmark: data preparation (`shared.preparation.prepare_telemetry`) at the sizes it is used at.
+"""Benchmark: data preparation (`shared.core.preparation.prepare_telemetry`) at the sizes it is used at.
 
 Scenarios, each on simulated telemetry:
   fleet     2,000 cars × 3 years of dirty telemetry (12-hour rows until 2015; ~2.9M rows): the nightly
@@ -24,8 +24,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.preparation import prepare_telemetry
-from shared.simulation import simulate_fleet
+from shared.core.preparation import prepare_telemetry
+from shared.devtools.fleet_simulator import simulate_fleet
 
 SCENARIOS = {
     "fleet": lambda: simulate_fleet(2_000, "2014-01-01", "2016-12-31", seed=7).telemetry,

@@ -91,17 +91,17 @@ def _never_marked_delivered(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 MUTANTS: dict[str, Mutant] = {
-    "probability-x0.6": Mutant("shared.risk", "failure_risk", _probability_times(0.6),
+    "probability-x0.6": Mutant("shared.core.risk", "failure_risk", _probability_times(0.6),
                                "failure probabilities multiplied by 0.6 (the risk computation)"),
-    "risk-forecast+15%": Mutant("shared.risk", "failure_risk", _risk_on_forecast_times(1.15),
+    "risk-forecast+15%": Mutant("shared.core.risk", "failure_risk", _risk_on_forecast_times(1.15),
                                 "risk computed on a forecast biased 15 % high"),
-    "cooldown-disabled": Mutant("shared.alerts", "should_deliver", _cooldown_disabled,
+    "cooldown-disabled": Mutant("shared.core.alerts", "should_deliver", _cooldown_disabled,
                                 "the alert policy's cooldown never holds an alert back"),
-    "threshold-ignored": Mutant("shared.alerts", "alerts_from_scores", _threshold_ignored,
+    "threshold-ignored": Mutant("shared.core.alerts", "alerts_from_scores", _threshold_ignored,
                                 "the probability threshold ignored: every scored battery alerted"),
-    "never-marked-delivered": Mutant("shared.alert_store", "record_delivered", _never_marked_delivered,
+    "never-marked-delivered": Mutant("shared.adapters.alert_store", "record_delivered", _never_marked_delivered,
                                      "delivery never records an alert as delivered"),
-    "forecast-15%": Mutant("shared.forecasting", "BatteryForecaster.forecast", _forecast_times(0.85),
+    "forecast-15%": Mutant("shared.models._lightgbm", "BatteryForecaster.forecast", _forecast_times(0.85),
                            "the forecaster's daily cycles biased 15 % low"),
 }  # fmt: skip
 

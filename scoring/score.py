@@ -2,7 +2,7 @@
 
 Served by azmlinfsrv (`python -m shared serve` locally; Azure ML's inference server in the cloud, on a
 managed online endpoint or, with the v1 SDK, ACI). The request and response are DESIGN.md's "Scoring
-endpoint" contract; all the work is `shared.endpoint.score_body`, the batch path's own code.
+endpoint" contract; all the work is `shared.endpoint.server.score_body`, the batch path's own code.
 
 run() takes the raw HTTP request (@rawhttp) rather than letting the server parse the body: the server's
 json.loads took 2 of the 2.6 seconds of a 1,000-battery request (39 MB), and score_body decodes it in a
@@ -11,7 +11,7 @@ error for a body that is not the contract's shape. Reading the body itself, it a
 Content-Length over MAX_BODY_BYTES is refused before a byte is read, no more than the limit + 1 bytes
 are read, and a client that stops sending mid-body gets 408 after BODY_IDLE_TIMEOUT_S (the single
 local worker is not held). The whole of run() is bounded by azmlinfsrv's SCORING_TIMEOUT_MS and the
-worker by gunicorn's --timeout (WORKER_TIMEOUT): see shared.endpoint.SERVER_ENVIRONMENT.
+worker by gunicorn's --timeout (WORKER_TIMEOUT): see shared.endpoint.server.SERVER_ENVIRONMENT.
 
 azmlinfsrv loads this file by path and puts only AML_APP_ROOT on sys.path, so the directory holding
 `shared` (this file's parent's parent: the repo root locally, the uploaded code folder in Azure ML) is
@@ -33,7 +33,8 @@ import msgspec
 from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 
-from shared.endpoint import (
+from shared.endpoint.schema import SWAGGER_FILE, swagger_document
+from shared.endpoint.server import (
     BODY_IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
     RequestError,
@@ -42,9 +43,8 @@ from shared.endpoint import (
     find_model_dir,
     score_body,
 )
-from shared.endpoint_schema import SWAGGER_FILE, swagger_document
-from shared.explanation import prepare_reasons
-from shared.forecasting import load_model
+from shared.models.explanation import prepare_reasons
+from shared.models.loader import load_model
 
 logger = logging.getLogger("azmlinfsrv.score")
 model = None

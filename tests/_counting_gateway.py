@@ -1,7 +1,7 @@
 """An independent head-unit gateway for the fault-injection suite: it counts every POST of an alert_id,
 whatever it answers, so a second delivery cannot hide behind a status code.
 
-Independent of shared/headunit.py on purpose: it checks the Standard Webhooks signature with its own few
+Independent of shared/adapters/headunit.py on purpose: it checks the Standard Webhooks signature with its own few
 lines written from the specification, keys alerts on `webhook-id`, and keeps what each car has itself, so
 a bug in the sender or in the project's simulator cannot make a duplicate or a loss invisible here.
 

@@ -17,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from azure.functions.queue import QueueMessage
 
 import function_app
-from shared import services
-from shared.functions_host import FunctionsHost
-from shared.storage import app_storage_connection
+from shared import bootstrap
+from shared.adapters.storage import app_storage_connection
+from shared.devtools.functions_host import FunctionsHost
 
 
 def main() -> None:
     now = datetime.fromisoformat(os.environ["CRASH_WORKER_NOW"])
-    services.current().clock = lambda: now
+    bootstrap.current().clock = lambda: now
     host = FunctionsHost(function_app.app, app_storage_connection("queue"))
     push_alert = host.functions["push_alert"].user_function
     push_alert(QueueMessage(id="crash-test", body=sys.stdin.buffer.read(), dequeue_count=1))

@@ -12,9 +12,9 @@ import functools
 
 import pandas as pd
 
-from shared.forecasting import BatteryForecaster, train_model
-from shared.preparation import prepare_telemetry
-from shared.simulation import Fleet, simulate_fleet
+from shared.core.preparation import prepare_telemetry
+from shared.devtools.fleet_simulator import Fleet, simulate_fleet
+from shared.models._lightgbm import BatteryForecaster, train_model
 
 CARS = 500
 START, END = "2015-06-01", "2017-05-31"

@@ -16,9 +16,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from shared.telemetry import BATTERY_ID, CAR_ID, DATE, MEASURE_COLUMNS
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, MEASURE_COLUMNS
 
-# What an id must not contain (shared.telemetry.id_problem), each put inside other text.
+# What an id must not contain (shared.core.telemetry.id_problem), each put inside other text.
 FORBIDDEN_IN_IDS = [*"/\\#?", *map(chr, range(0x20)), "\x7f", "\x85", "\x9f", "\ud800", "\udbff", "\udc00", "\udfff"]
 
 

@@ -24,9 +24,9 @@ import pandas as pd
 from _models import fleet
 from mlflow.models import infer_signature
 
-from shared.mlflow_forecaster import FUTURE_COLUMNS, wrap_mlflow_model
-from shared.preparation import prepare_telemetry
-from shared.telemetry import DAILY_CYCLES, DATE, TRIP_MINUTES
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import DAILY_CYCLES, DATE, TRIP_MINUTES
+from shared.models._mlflow import FUTURE_COLUMNS, wrap_mlflow_model
 
 TRAINED_UNTIL = "2016-04-30"  # the stand-in "trained" up to here; _models.fleet() runs to 2016-06-30
 WEEKEND_FACTOR = 1.1

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.battery_state import histories_for_request
-from shared.forecasting import BatteryForecaster, load_model, train_model
-from shared.preparation import prepare_telemetry
-from shared.simulation import Fleet, simulate_fleet
-from shared.telemetry import BATTERY_ID, DATE, RATED_CYCLES, implausible_values
+from shared.core.battery_window import histories_for_request
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import BATTERY_ID, DATE, RATED_CYCLES, implausible_values
+from shared.devtools.fleet_simulator import Fleet, simulate_fleet
+from shared.models._lightgbm import BatteryForecaster, train_model
+from shared.models.loader import load_model
 
 CARS = 40
 START, END = "2015-01-01", "2016-06-30"

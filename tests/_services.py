@@ -1,7 +1,7 @@
 """The real Function App on real local services, as the integration tests of the functions drive it.
 
 `AppHarness` sets the app settings in the environment the way the Functions host would, lets
-`shared.services.current()` build the app's services from them, and runs `function_app.app` through
+`shared.bootstrap.current()` build the app's services from them, and runs `function_app.app` through
 `FunctionsHost` on the session's Azurite. Two things are adjusted on the services the app built, both
 of which would otherwise make tests slow or wall-clock dependent: the clock (a `SimClock` the test sets,
 so cooldowns and the nightly "yesterday" mean the same on every run) and the scoring client's sleep
@@ -29,19 +29,19 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from shared import services
-from shared.alert_store import ALERTS_TABLE
-from shared.alerts import BATTERY_END_OF_LIFE, alert_id
-from shared.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
-from shared.battery_state import TABLE as STATE_TABLE
-from shared.functions_host import FunctionsHost
-from shared.headunit import HeadUnitSimulator
-from shared.ingest import PARKED_CONTAINER
-from shared.jobs import SCORES_CONTAINER
-from shared.scoring_client import ScoringClient
-from shared.services import Services
-from shared.storage import blob_service, queue_service, table_service
-from shared.telemetry import COLUMNS
+from shared import bootstrap
+from shared.adapters.alert_store import ALERTS_TABLE
+from shared.adapters.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
+from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.scoring_client import ScoringClient
+from shared.adapters.storage import blob_service, queue_service, table_service
+from shared.bootstrap import Services
+from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
+from shared.core.telemetry import COLUMNS
+from shared.devtools.functions_host import FunctionsHost
+from shared.devtools.headunit_simulator import HeadUnitSimulator
+from shared.handlers.nightly import SCORES_CONTAINER
+from shared.handlers.telemetry import PARKED_CONTAINER
 
 SIGNING_KEY = "test-signing-key"
 ALERT_QUEUE = "maintenance-alerts"
@@ -81,8 +81,8 @@ class AppHarness:
                 self.monkeypatch.delenv(name, raising=False)
             else:
                 self.monkeypatch.setenv(name, value)
-        services.current.cache_clear()
-        built = services.current()
+        bootstrap.current.cache_clear()
+        built = bootstrap.current()
         built.clock = self.clock
         options = {"retry": built.scoring.retry, "sleep": self.scoring_waits.append}
         built.scoring = ScoringClient.from_settings(built.settings, **options)
@@ -90,7 +90,7 @@ class AppHarness:
 
     @property
     def services(self) -> Services:
-        return services.current()
+        return bootstrap.current()
 
     def send_alerts(self, alerts: list[dict | str]) -> None:
         """Put messages on the alert queue as the app's queue output binding writes them (base64 text)."""
@@ -131,7 +131,7 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
         try:
             yield harness
         finally:
-            services.current.cache_clear()
+            bootstrap.current.cache_clear()
 
 
 def wipe_storage(connection: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from _fault_report import FaultOutcome, write_report
 
-from shared.azurite import AzuriteEndpoints, running_azurite
+from shared.adapters.storage import AzuriteEndpoints
+from shared.devtools.azurite import running_azurite
 
 _FAULT_OUTCOMES: list[FaultOutcome] = []
 
@@ -28,8 +29,8 @@ def alert_table(storage_connection: str):
     """A fresh, empty alerts table on the session's Azurite, so tests never see each other's alerts."""
     import uuid
 
-    from shared.alert_store import alerts_table
-    from shared.storage import table_service
+    from shared.adapters.alert_store import alerts_table
+    from shared.adapters.storage import table_service
 
     service = table_service(storage_connection)
     table = alerts_table(service, name=f"alerts{uuid.uuid4().hex[:12]}")
@@ -44,7 +45,7 @@ def make_alert():
 
     import pandas as pd
 
-    from shared.alerts import alerts_from_scores
+    from shared.core.alerts import alerts_from_scores
 
     def make(car_id: str = "CAR-00017", day: str = "2017-03-19", days_left: float = 12.5) -> dict:
         scores = pd.DataFrame({
@@ -65,7 +66,7 @@ def scoring_endpoint():
     started once per session (training the model and starting the server take seconds)."""
     from _models import model_dir
 
-    from shared.inference_server import running_endpoint
+    from shared.devtools.inference_server import running_endpoint
 
     with running_endpoint(model_dir()) as endpoint:
         yield endpoint

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import alert_store
-from shared.alert_store import (
+from shared.adapters import alert_store
+from shared.adapters.alert_store import (
     DELIVERED,
     DELIVERING,
     FAILED,
@@ -27,8 +27,8 @@ from shared.alert_store import (
     record_queued,
     record_suppressed,
 )
-from shared.alerts import FIRST
-from shared.telemetry import InputError
+from shared.core.alerts import FIRST
+from shared.core.telemetry import InputError
 
 NOW = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
 
@@ -120,7 +120,7 @@ class WritesWaitForEveryone:
         self._table = table
         self._everyone = threading.Barrier(contenders, timeout=30)
         self._wrote = threading.local()
-        self._client = _Gated(table._client, {"send_request"}, self._first_write)  # shared.table_transaction
+        self._client = _Gated(table._client, {"send_request"}, self._first_write)  # shared.adapters.tables
 
     def _first_write(self) -> None:
         if not getattr(self._wrote, "done", False):

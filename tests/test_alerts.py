@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from shared.alerts import (
+from shared.core.alerts import (
     ALERT_KEYS,
     BATTERY_END_OF_LIFE,
     COOLDOWN,
@@ -25,7 +25,7 @@ from shared.alerts import (
     should_deliver,
     validate_alert,
 )
-from shared.telemetry import InputError
+from shared.core.telemetry import InputError
 
 CREATED = datetime(2017, 3, 20, 3, 0, tzinfo=UTC)
 URL = "https://service.example.com/book"

@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.archive import (
+from shared.adapters.archive import (
     TELEMETRY_CONTAINER,
     archive_telemetry,
     dead_letter,
     list_dead_letters,
     load_telemetry_history,
 )
-from shared.events import parse_events
-from shared.telemetry import BATTERY_ID, COLUMNS, DATE, InputError
+from shared.core.events import parse_events
+from shared.core.telemetry import BATTERY_ID, COLUMNS, DATE, InputError
 
 NOW = datetime(2017, 3, 20, 3, 0, 5, tzinfo=UTC)
 

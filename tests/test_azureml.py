@@ -29,10 +29,10 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from requests.adapters import BaseAdapter
 
-from shared import azureml
+from shared.adapters import azureml
 from shared.cli import build_parser, main
-from shared.settings import SettingsError, load_settings
-from shared.telemetry import COLUMNS, InputError
+from shared.config.settings import SettingsError, load_settings
+from shared.core.telemetry import COLUMNS, InputError
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 WORKSPACE_PATH = (

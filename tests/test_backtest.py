@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from _forecast_fleet import clean, model
 
-from shared.backtest import (
+from shared.core.telemetry import InputError
+from shared.core.windows import BatteryWindows, build_history
+from shared.models.backtest import (
     average_precision,
     backtest_markdown,
     forecast_metrics,
@@ -15,8 +17,6 @@ from shared.backtest import (
     run_backtest,
     seasonal_naive_forecast,
 )
-from shared.telemetry import InputError
-from shared.windows import BatteryWindows, build_history
 
 SEED_EXIT_NRMSE = 0.1355
 

@@ -11,17 +11,16 @@ import pandas as pd
 import pytest
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared import battery_state
-from shared.battery_state import (
+from shared.adapters import battery_state
+from shared.adapters.battery_state import (
     StateCache,
     StateConflictError,
-    histories_for_request,
-    merge_windows,
     read_windows,
     state_keys,
     update_states,
 )
-from shared.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, RATED_CYCLES
+from shared.core.battery_window import histories_for_request, merge_windows
+from shared.core.telemetry import AGE_DAYS, BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, RATED_CYCLES
 
 W = 30
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from shared.cli import COMMANDS, build_parser, main
-from shared.telemetry import COLUMNS
+from shared.core.telemetry import COLUMNS
 
 HEADER = ",".join(COLUMNS)
 GOOD = "2017-03-19,17,CAR-00017,1538,5,61.2,0.15,196.4,200"

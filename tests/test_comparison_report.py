@@ -13,8 +13,8 @@ import pytest
 from _models import model_dir
 
 from shared.cli import main
-from shared.model_comparison import BEST_MARK, best_candidate, comparison_html, load_candidates
-from shared.telemetry import InputError
+from shared.core.telemetry import InputError
+from shared.models.comparison import BEST_MARK, best_candidate, comparison_html, load_candidates
 
 pytestmark = pytest.mark.slow  # trains the shared small model once
 

@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import GroupKFold
 
-from shared.alerts import build_alerts, validate_alert
+from shared.adapters.tracking import TRAINING_RESULTS_PNG
 from shared.cli import main
-from shared.compliance import (
+from shared.compliance.classifier import (
     COMPONENT_COMPLIANCE,
     COMPONENT_ID,
     CONDITIONS,
@@ -37,9 +37,9 @@ from shared.compliance import (
     violates_regulation,
     year_value,
 )
-from shared.simulation import COMPONENT_TEMPLATES, UNDECIDABLE_NOTES, simulate_components
-from shared.telemetry import CAR_ID, InputError
-from shared.tracking import TRAINING_RESULTS_PNG
+from shared.core.alerts import build_alerts, validate_alert
+from shared.core.telemetry import CAR_ID, InputError
+from shared.devtools.fleet_simulator import COMPONENT_TEMPLATES, UNDECIDABLE_NOTES, simulate_components
 
 N_CARS = 600
 

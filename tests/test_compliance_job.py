@@ -13,15 +13,15 @@ import pytest
 from _services import app_harness
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.alerts import validate_alert
-from shared.azurite import free_port
+from shared.adapters.storage import download_bytes, ensure_container, upload_bytes
 from shared.cli import main
-from shared.compliance import COMPONENT_COMPLIANCE, TrainingParams, train_classifier
-from shared.compliance_job import MODELS_CONTAINER, RESULTS_CONTAINER, publish_model
-from shared.settings import SettingsError, load_settings
-from shared.simulation import simulate_components
-from shared.storage import download_bytes, ensure_container, upload_bytes
-from shared.telemetry import InputError
+from shared.compliance.classifier import COMPONENT_COMPLIANCE, TrainingParams, train_classifier
+from shared.config.settings import SettingsError, load_settings
+from shared.core.alerts import validate_alert
+from shared.core.telemetry import InputError
+from shared.devtools.azurite import free_port
+from shared.devtools.fleet_simulator import simulate_components
+from shared.handlers.compliance import MODELS_CONTAINER, RESULTS_CONTAINER, publish_model
 
 DAY = "2016-03-11"  # the harness clock's day (NIGHT)
 CATALOGUE = pd.DataFrame(
@@ -106,7 +106,7 @@ def test_the_timer_alerts_each_affected_car_once_and_keeps_needs_review_parts_ou
 
 
 def test_the_summary_counts_what_was_scored_flagged_and_sent_to_review(app, model_dir):
-    from shared.compliance_job import nightly_compliance_score
+    from shared.handlers.compliance import nightly_compliance_score
 
     publish_model(app.services.blobs, model_dir)
     upload_catalogue(app)
@@ -121,7 +121,7 @@ def test_the_summary_counts_what_was_scored_flagged_and_sent_to_review(app, mode
 
 
 def test_without_a_model_or_a_catalogue_the_timer_queues_nothing_and_says_why(app, model_dir):
-    from shared.compliance_job import nightly_compliance_score
+    from shared.handlers.compliance import nightly_compliance_score
 
     assert "no compliance model published" in nightly_compliance_score(app.services).summary["reason"]
     publish_model(app.services.blobs, model_dir)
@@ -131,7 +131,7 @@ def test_without_a_model_or_a_catalogue_the_timer_queues_nothing_and_says_why(ap
 
 
 def test_a_malformed_catalogue_fails_the_run_naming_the_blob_column_and_line(app, model_dir):
-    from shared.compliance_job import nightly_compliance_score
+    from shared.handlers.compliance import nightly_compliance_score
 
     publish_model(app.services.blobs, model_dir)
     upload_catalogue(app, "Component_ID,Car_ID,text\nP-1,CAR-A,Plastic part made 2001\nP-1,CAR-B,Steel\n")
@@ -144,7 +144,7 @@ def test_a_malformed_catalogue_fails_the_run_naming_the_blob_column_and_line(app
 
 
 def test_the_catalogue_can_come_from_a_database(app, model_dir, tmp_path):
-    from shared.compliance_job import nightly_compliance_score
+    from shared.handlers.compliance import nightly_compliance_score
 
     database = tmp_path / "catalogue.db"
     with contextlib.closing(sqlite3.connect(database)) as connection:

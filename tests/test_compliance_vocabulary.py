@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.compliance import (
+from shared.compliance.classifier import (
     COMPONENT_ID,
     CONDITIONS,
     MATERIAL_SPELLINGS,
@@ -29,15 +29,15 @@ from shared.compliance import (
     score_components,
     train_classifier,
 )
-from shared.compliance_lexicon import Lexicon, lexicon_data, seeds_in
-from shared.simulation import (
+from shared.compliance.lexicon import Lexicon, lexicon_data, seeds_in
+from shared.core.telemetry import CAR_ID
+from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
     MADE_WORDS,
     PART_NAMES,
     simulate_components,
     simulate_vocabulary_notes,
 )
-from shared.telemetry import CAR_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = json.loads((ROOT / "tools" / "compliance_lexicon_seeds.json").read_text())
@@ -189,7 +189,7 @@ def test_holding_a_seed_out_removes_only_what_it_alone_gave():
 
 
 def test_the_lexicon_is_loaded_on_first_use_not_on_import():
-    code = ("import sys, shared.compliance_job, shared.compliance_lexicon as lexicon; "
+    code = ("import sys, shared.handlers.compliance, shared.compliance.lexicon as lexicon; "
             "print(lexicon.lexicon_data.cache_info().currsize, 'nltk' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "False"]

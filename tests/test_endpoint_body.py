@@ -1,4 +1,4 @@
-"""The endpoint from the raw body (shared.endpoint.score_body), as scoring/score.py calls it.
+"""The endpoint from the raw body (shared.endpoint.server.score_body), as scoring/score.py calls it.
 
 A body of exactly the contract's shape is decoded straight into typed structs (the fast path); any
 other JSON body goes item by item through `score_request`. Both must answer the same: these tests
@@ -13,8 +13,8 @@ import json
 import pytest
 from _models import END, endpoint_items, trained_model
 
-import shared.endpoint as endpoint
-from shared.endpoint import RequestError, RequestTooLarge, score_body, score_request
+import shared.endpoint.server as endpoint
+from shared.endpoint.server import RequestError, RequestTooLarge, score_body, score_request
 
 AS_OF = END
 

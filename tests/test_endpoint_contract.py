@@ -1,4 +1,4 @@
-"""The endpoint's request → response (shared.endpoint.score_request), in process, with a real trained model.
+"""The endpoint's request → response (shared.endpoint.server.score_request), in process, with a real trained model.
 
 The same function runs inside azmlinfsrv (tests/test_score_script.py checks it over HTTP); here the
 per-item errors and the shape checks are exercised in detail without a server.
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from _models import END, batch_rows, comparable_batteries, endpoint_items, fleet, request_items, trained_model
 
-import shared.endpoint as endpoint
-from shared.endpoint import RequestError, RequestTooLarge, find_model_dir, score_request
-from shared.forecasting import METADATA_FILE
-from shared.preparation import prepare_telemetry
-from shared.scoring import score_fleet
+import shared.endpoint.server as endpoint
+from shared.core.preparation import prepare_telemetry
+from shared.endpoint.server import RequestError, RequestTooLarge, find_model_dir, score_request
+from shared.models._lightgbm import METADATA_FILE
+from shared.models.scoring import score_fleet
 
 AS_OF = END
 

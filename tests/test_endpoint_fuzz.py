@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection, positive_data_acceptance
 
-from shared.endpoint import MAX_BODY_BYTES
-from shared.inference_server import LocalEndpoint, running_endpoint
+from shared.devtools.inference_server import LocalEndpoint, running_endpoint
+from shared.endpoint.server import MAX_BODY_BYTES
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 PATH = "scoring endpoint"

@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 
-from shared.cli import main
-from shared.eventhub_sender import (
+from shared.adapters.eventhubs import (
     event_bodies_by_car,
     pack_batches,
     producer_client,
     records_of_day,
 )
-from shared.events import parse_events
-from shared.settings import SettingsError
-from shared.telemetry import CAR_ID, COLUMNS, DATE
+from shared.cli import main
+from shared.config.settings import SettingsError
+from shared.core.events import parse_events
+from shared.core.telemetry import CAR_ID, COLUMNS, DATE
 
 FAKE_CONNECTION = "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=not-a-key"
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from shared.events import DeadLetter, parse_events
-from shared.telemetry import COLUMNS, DAILY_CYCLES
+from shared.core.events import DeadLetter, parse_events
+from shared.core.telemetry import COLUMNS, DAILY_CYCLES
 
 RECORD = {
     "Date": "2017-03-19", "Battery_ID": "17", "Car_ID": "CAR-00017", "Battery_Age_Days": 1538,
@@ -223,7 +223,7 @@ def test_ids_at_the_limits_are_accepted():
 
 
 def test_a_check_that_fails_for_one_event_dead_letters_only_that_event(monkeypatch):
-    import shared.events as events
+    import shared.core.events as events
 
     real = events.coerce_telemetry
 

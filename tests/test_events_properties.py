@@ -19,8 +19,8 @@ from _hostile import any_bodies, hostile_bodies
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.events import MAX_FUTURE_DAYS, parse_events
-from shared.telemetry import BATTERY_ID, CAR_ID, COLUMNS, DATE, PLAUSIBLE_RANGES, id_problem
+from shared.core.events import MAX_FUTURE_DAYS, parse_events
+from shared.core.telemetry import BATTERY_ID, CAR_ID, COLUMNS, DATE, PLAUSIBLE_RANGES, id_problem
 
 ARRIVED = datetime(2017, 3, 20, 1, 30, tzinfo=UTC)
 RECORD = {
@@ -37,11 +37,11 @@ def nothing_unforeseen():
     logged: list[logging.LogRecord] = []
     handler = logging.Handler(logging.ERROR)
     handler.emit = logged.append
-    logging.getLogger("shared.events").addHandler(handler)
+    logging.getLogger("shared.core.events").addHandler(handler)
     try:
         yield
     finally:
-        logging.getLogger("shared.events").removeHandler(handler)
+        logging.getLogger("shared.core.events").removeHandler(handler)
     assert [record.getMessage() for record in logged] == []
 
 

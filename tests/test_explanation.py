@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from _forecast_fleet import clean, fleet, model
 
-from shared.alerts import alerts_from_scores
 from shared.cli import main
-from shared.explanation import (
+from shared.core.alerts import alerts_from_scores
+from shared.core.windows import BatteryWindows, build_windows
+from shared.models.explanation import (
     FEATURE_REASONS,
     battery_reasons,
     contributions,
@@ -20,8 +21,7 @@ from shared.explanation import (
     feature_importance,
     leaf_contributions,
 )
-from shared.scoring import batteries_in_service, score_windows
-from shared.windows import BatteryWindows, build_windows
+from shared.models.scoring import batteries_in_service, score_windows
 
 pytestmark = pytest.mark.slow
 

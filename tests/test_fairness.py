@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.fairness import DEFAULT_LIMITS, MIN_GROUP_POSITIVES, car_groups, fairness_markdown, fairness_report
-from shared.forecasting import train_model
-from shared.preparation import prepare_telemetry
-from shared.report import training_report
-from shared.simulation import COLD_REGION, simulate_fleet
-from shared.telemetry import InputError
+from shared.core.preparation import prepare_telemetry
+from shared.core.telemetry import InputError
+from shared.devtools.fleet_simulator import COLD_REGION, simulate_fleet
+from shared.models._lightgbm import train_model
+from shared.models.fairness import DEFAULT_LIMITS, MIN_GROUP_POSITIVES, car_groups, fairness_markdown, fairness_report
+from shared.models.report import training_report
 
 REGIONS = ("Atlantic", "Nordic", "Desert")
 

@@ -28,10 +28,10 @@ from _counting_gateway import CountingGateway, Plan
 from _services import SIGNING_KEY
 from azure.functions.queue import QueueMessage
 
-from shared import alert_store
-from shared.functions_host import QUEUE_LEASE_SECONDS, QueueDrain
-from shared.headunit import TransientDeliveryError
-from shared.storage import queue_service
+from shared.adapters import alert_store
+from shared.adapters.headunit import TransientDeliveryError
+from shared.adapters.storage import queue_service
+from shared.devtools.functions_host import QUEUE_LEASE_SECONDS, QueueDrain
 
 pytestmark = [pytest.mark.faults]
 

@@ -36,12 +36,12 @@ from _services import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from shared.alerts import BATTERY_END_OF_LIFE, alert_id
-from shared.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
-from shared.battery_state import TABLE as STATE_TABLE
-from shared.battery_state import read_windows
-from shared.ingest import MAX_PARKED_REFUSALS, PARKED_CONTAINER, PARKED_DEADLETTER_PREFIX
-from shared.storage import download_json, list_blob_names
+from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
+from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.battery_state import read_windows
+from shared.adapters.storage import download_json, list_blob_names
+from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
+from shared.handlers.telemetry import MAX_PARKED_REFUSALS, PARKED_CONTAINER, PARKED_DEADLETTER_PREFIX
 
 pytestmark = pytest.mark.faults
 

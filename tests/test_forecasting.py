@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from _forecast_fleet import clean, fleet, model
 
-from shared.forecasting import load_model, weekday_shape
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.models._lightgbm import weekday_shape
+from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 

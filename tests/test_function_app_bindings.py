@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from shared.functions_host import FunctionsHost, function_spec, indexed_functions
+from shared.devtools.functions_host import FunctionsHost, function_spec, indexed_functions
 
 try:
     import function_app

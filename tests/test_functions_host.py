@@ -19,10 +19,10 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 
-from shared.functions_host import FunctionsHost, RetryPolicy, function_spec, indexed_functions
-from shared.host_config import HostConfig, load_host_config, parse_timespan
-from shared.settings import SettingsError
-from shared.storage import queue_service
+from shared.adapters.storage import queue_service
+from shared.config.host import HostConfig, load_host_config, parse_timespan
+from shared.config.settings import SettingsError
+from shared.devtools.functions_host import FunctionsHost, RetryPolicy, function_spec, indexed_functions
 
 CONFIG = HostConfig(max_dequeue_count=3, visibility_timeout=timedelta(seconds=30), max_event_batch_size=2)
 

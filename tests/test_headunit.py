@@ -19,15 +19,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from shared import alert_store
-from shared.alerts import COOLDOWN, COOLDOWN_ELAPSED, DUPLICATE, ESCALATED, FIRST
-from shared.azurite import PROJECT_ROOT, free_port
-from shared.headunit import (
+from shared.adapters import alert_store
+from shared.adapters.headunit import (
     DEFAULT_POLICY,
-    MAX_BODY_BYTES,
     WEBHOOK_TOLERANCE_S,
     DeliveryPolicy,
-    HeadUnitSimulator,
     TransientDeliveryError,
     alerts_url,
     canonical_json,
@@ -39,9 +35,12 @@ from shared.headunit import (
     verify_webhook,
     webhook_signature,
 )
-from shared.host_config import load_host_config
-from shared.settings import SettingsError
-from shared.telemetry import InputError
+from shared.config.host import load_host_config
+from shared.config.settings import SettingsError
+from shared.core.alerts import COOLDOWN, COOLDOWN_ELAPSED, DUPLICATE, ESCALATED, FIRST
+from shared.core.telemetry import InputError
+from shared.devtools.azurite import PROJECT_ROOT, free_port
+from shared.devtools.headunit_simulator import MAX_BODY_BYTES, HeadUnitSimulator
 
 KEY = "test-signing-key"
 NOW = datetime(2017, 3, 20, 3, 5, tzinfo=UTC)

@@ -158,7 +158,7 @@ def settings_the_code_reads() -> set[str]:
 def function_bindings() -> dict[str, list[dict]]:
     """Each function's bindings as the host indexes them."""
     import function_app
-    from shared.functions_host import indexed_functions
+    from shared.devtools.functions_host import indexed_functions
 
     return {function.get_function_name(): json.loads(function.get_function_json())["bindings"]
             for function in indexed_functions(function_app.app)}  # fmt: skip
@@ -183,7 +183,7 @@ def binding_settings() -> dict[str, set[str]]:
 def storage_names_in_code() -> dict[str, set[str]]:
     """Containers, tables and queues the code names: module constants (*_CONTAINER, *TABLE, *_QUEUE) and
     the defaults of parameters called container/table/queue, plus the component catalogue's container."""
-    from shared.settings import Settings
+    from shared.config.settings import Settings
 
     found: dict[str, set[str]] = {"CONTAINER": set(), "TABLE": set(), "QUEUE": set()}
     for path in deployed_modules():
@@ -356,7 +356,7 @@ def test_no_secret_or_key_in_app_settings_or_templates() -> None:
 
 
 def test_azure_ml_module_matches_the_code_and_scales_to_zero() -> None:
-    from shared import azureml
+    from shared.adapters import azureml
 
     compute = resource("modules/azureml.bicep", "compute")["properties"]["properties"]
     assert compute["scaleSettings"]["minNodeCount"] == 0
@@ -451,9 +451,9 @@ def deployed_environment() -> dict[str, str]:
 def test_the_templates_settings_build_the_apps_services_keyless(tmp_path: Path) -> None:
     """build_services on the template's settings: identity-based storage on the account's endpoints as the
     user-assigned identity, and a scoring client that presents an Entra ID token. Nothing is sent."""
-    from shared.eventhub_sender import producer_client
-    from shared.services import build_services
-    from shared.storage import IdentityConnection, app_storage_connection
+    from shared.adapters.eventhubs import producer_client
+    from shared.adapters.storage import IdentityConnection, app_storage_connection
+    from shared.bootstrap import build_services
 
     environment = {**deployed_environment(), "BATTERY_WORK_DIR": str(tmp_path)}
     services = build_services(environment)
@@ -501,7 +501,7 @@ def test_readme_names_every_instrument_the_alert_rules_need() -> None:
 
 
 def test_host_json_fits_flex_consumption_and_batches_events() -> None:
-    from shared.host_config import parse_timespan
+    from shared.config.host import parse_timespan
 
     host = json.loads((ROOT / "host.json").read_text())
     timeout = parse_timespan(host["functionTimeout"], "functionTimeout")

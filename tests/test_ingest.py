@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from _services import AT_RISK, DAYS, TELEMETRY, backlogs, batteries, day_events, expected_id, record, stub_endpoint
 
-from shared.alerts import CRITICAL, HIGH
-from shared.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
-from shared.azurite import free_port
-from shared.battery_state import TABLE as STATE_TABLE
-from shared.battery_state import read_windows
-from shared.ingest import PARKED_CONTAINER, STATE_WINDOW_DAYS
-from shared.storage import download_json, list_blob_names
+from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
+from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.battery_state import read_windows
+from shared.adapters.storage import download_json, list_blob_names
+from shared.core.alerts import CRITICAL, HIGH
+from shared.devtools.azurite import free_port
+from shared.handlers.telemetry import PARKED_CONTAINER, STATE_WINDOW_DAYS
 
 
 def streamed_alerts(harness) -> dict[str, dict]:

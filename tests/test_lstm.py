@@ -23,11 +23,15 @@ pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install 
 
 from _models import comparable_batteries, fleet, model_dir, request_items
 
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import blob_service
 from shared.cli import main
-from shared.endpoint import score_request
-from shared.forecasting import load_model
-from shared.inference_server import PROJECT_ROOT, running_endpoint
-from shared.lstm import (
+from shared.core.preparation import prepare_telemetry
+from shared.core.risk import HORIZON_DAYS
+from shared.core.windows import build_windows
+from shared.devtools.inference_server import PROJECT_ROOT, running_endpoint
+from shared.endpoint.server import score_request
+from shared.models._lstm import (
     INPUT_DAYS,
     MODEL_KIND,
     TRAINING_CURVES_PNG,
@@ -36,11 +40,8 @@ from shared.lstm import (
     save_training_curves,
     train_lstm,
 )
-from shared.model_registry import DEFAULT_RULE, ModelRegistry, model_metrics
-from shared.preparation import prepare_telemetry
-from shared.risk import HORIZON_DAYS
-from shared.storage import blob_service
-from shared.windows import build_windows
+from shared.models.champion import DEFAULT_RULE, model_metrics
+from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 AS_OF = "2016-06-30"
@@ -167,7 +168,7 @@ def test_the_champion_rule_picks_the_better_of_lightgbm_and_lstm_and_the_champio
 
 
 def test_loading_a_lightgbm_model_never_imports_torch() -> None:
-    script = ("import sys; from shared.forecasting import load_model; "
+    script = ("import sys; from shared.models.loader import load_model; "
               f"load_model({str(model_dir())!r}); assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)  # fmt: skip

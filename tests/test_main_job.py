@@ -21,9 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.azurite import PROJECT_ROOT
-from shared.headunit import Attempt
-from shared.main_job import (
+from shared.config.settings import SettingsError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
+from shared.devtools.azurite import PROJECT_ROOT
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.devtools.headunit_simulator import Attempt
+from shared.devtools.main_job import (
     acceptable_records,
     alert_check,
     bad_events,
@@ -34,9 +37,6 @@ from shared.main_job import (
     run_main_job,
     with_bad_events,
 )
-from shared.settings import SettingsError
-from shared.simulation import simulate_fleet
-from shared.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 
 CARS, START, END, SEED, REPLAY_DAYS = 60, "2015-05-01", "2016-06-30", 4, 4
 LAST_ARCHIVED = date.fromisoformat(END) - timedelta(days=REPLAY_DAYS)
@@ -192,6 +192,27 @@ def test_every_event_is_processed_and_the_bad_ones_are_dead_lettered_with_reason
     assert events["records_accepted"] == len(rows) - bad_records
     assert all(event["dead_lettered"] and event["reason"] for event in events["injected"]), events["injected"]
     assert events["parked_for_rescoring"] == 0
+
+
+@pytest.mark.slow
+def test_the_apps_counters_agree_with_what_the_stores_the_host_and_the_head_units_saw(main_job):
+    """The OpenTelemetry counters (observability, read in memory) against the figures taken elsewhere: dead
+    letters listed in Blob, messages the host saw queued, alerts the simulator received."""
+    summary = main_job.summary
+    counters, events, alerts, scoring = summary["counters"], summary["events"], summary["alerts"], summary["scoring"]
+    assert counters["battery.events.processed"] == events["delivered"]
+    assert counters["battery.events.dead_lettered"] == events["dead_lettered"]
+    assert counters["battery.events.parked"] == events["parked_for_rescoring"] == 0
+    scored = scoring["batch_scored"] + scoring["streaming_scored"] - events["scoring_errors"]
+    assert counters["battery.batteries.scored"] == scored
+    assert counters["battery.alerts.queued"] == alerts["queued"]
+    assert counters["battery.alerts.delivered"] == alerts["received_by_head_units"] > 0
+    assert counters["battery.alerts.suppressed"] == alerts["suppressed_by_cooldown"]
+    assert (counters["battery.alerts.rejected"], counters["battery.alerts.poisoned"]) == (0, 0)
+    [lag] = counters["battery.events.lag_seconds"]
+    assert lag["count"] == events["delivered"]
+    assert {point["attributes"]["outcome"] for point in counters["battery.endpoint.latency"]} == {"ok"}
+    assert "## Counters" in main_job.summary_md and "`battery.alerts.delivered`" in main_job.summary_md
 
 
 @pytest.mark.slow

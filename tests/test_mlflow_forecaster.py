@@ -22,26 +22,10 @@ from _mlflow_model import (
 )
 from _models import batch_rows, comparable_batteries, fleet, request_items
 
-from shared.backtest import backtest_markdown, recent_mean_forecast
-from shared.explanation import battery_reasons
-from shared.forecasting import load_model
-from shared.inference_server import LocalEndpoint, running_endpoint
-from shared.mlflow_forecaster import (
-    FUTURE_COLUMNS,
-    MODEL_KIND,
-    WINDOW_DAYS,
-    MlflowForecaster,
-    forecast_days,
-    future_frame,
-    load_mlflow_forecaster,
-    wrap_mlflow_model,
-)
-from shared.model_registry import DEFAULT_RULE
-from shared.preparation import prepare_telemetry
-from shared.risk import HORIZON_DAYS
-from shared.scoring import score_fleet
-from shared.scoring_client import ScoringClient
-from shared.telemetry import (
+from shared.adapters.scoring_client import ScoringClient
+from shared.core.preparation import prepare_telemetry
+from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -52,7 +36,23 @@ from shared.telemetry import (
     TRIPS,
     InputError,
 )
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.devtools.inference_server import LocalEndpoint, running_endpoint
+from shared.models._mlflow import (
+    FUTURE_COLUMNS,
+    MODEL_KIND,
+    WINDOW_DAYS,
+    MlflowForecaster,
+    forecast_days,
+    future_frame,
+    load_mlflow_forecaster,
+    wrap_mlflow_model,
+)
+from shared.models.backtest import backtest_markdown, recent_mean_forecast
+from shared.models.champion import DEFAULT_RULE
+from shared.models.explanation import battery_reasons
+from shared.models.loader import load_model
+from shared.models.scoring import score_fleet
 
 AS_OF = "2016-06-30"
 

@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.registry import DECISIONS_BLOB, ChampionConflictError, ModelRegistry, RegistryError
+from shared.adapters.storage import blob_service
 from shared.cli import main
-from shared.model_registry import (
-    DECISIONS_BLOB,
-    ChampionConflictError,
-    ChampionRule,
-    ModelRegistry,
-    RegistryError,
-)
-from shared.storage import blob_service
-from shared.telemetry import InputError
+from shared.core.telemetry import InputError
+from shared.models.champion import ChampionRule
 
 
 def metrics(brier: float, nrmse: float) -> dict:

@@ -12,9 +12,10 @@ import logging
 import pytest
 from _models import model_dir
 
-from shared.azurite import ACCOUNT_KEY, AzuriteEndpoints, free_port
-from shared.model_registry import ModelRegistry
-from shared.ops import endpoint_root
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import ACCOUNT_KEY, AzuriteEndpoints
+from shared.devtools.azurite import free_port
+from shared.handlers.ops import endpoint_root
 
 
 def get(harness, function: str, **route_params: str) -> tuple[int, object]:

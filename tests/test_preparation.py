@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import shared.preparation as preparation
-from shared.preparation import CLEAN_COLUMNS, IMPUTED, prepare_telemetry
-from shared.simulation import simulate_fleet
-from shared.telemetry import (
+import shared.core.preparation as preparation
+from shared.core.preparation import CLEAN_COLUMNS, IMPUTED, prepare_telemetry
+from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
     CAR_ID,
@@ -27,6 +26,7 @@ from shared.telemetry import (
     TRIPS,
     InputError,
 )
+from shared.devtools.fleet_simulator import simulate_fleet
 
 CYCLES_PER_MINUTE = 0.0025
 MINUTES_PER_TRIP = 12.0

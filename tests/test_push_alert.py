@@ -15,12 +15,12 @@ from _models import model_dir
 from _services import AT_RISK, NIGHT, POISON_QUEUE, SIGNING_KEY, TELEMETRY, backlogs, expected_id
 from azure.functions.queue import QueueMessage
 
-from shared import alert_store
-from shared.alerts import COOLDOWN, COOLDOWN_ELAPSED, CRITICAL, ESCALATED, FIRST, HIGH
-from shared.archive import DEADLETTER_CONTAINER
-from shared.azurite import free_port
-from shared.model_registry import ModelRegistry
-from shared.storage import download_json, list_blob_names, queue_service
+from shared.adapters import alert_store
+from shared.adapters.archive import DEADLETTER_CONTAINER
+from shared.adapters.registry import ModelRegistry
+from shared.adapters.storage import download_json, list_blob_names, queue_service
+from shared.core.alerts import COOLDOWN, COOLDOWN_ELAPSED, CRITICAL, ESCALATED, FIRST, HIGH
+from shared.devtools.azurite import free_port
 
 MAX_DEQUEUE_COUNT = 5  # host.json
 
@@ -205,3 +205,15 @@ def queue_length(harness, name: str = "maintenance-alerts") -> int:
     """Messages on a queue, the invisible ones included."""
     queue = queue_service(harness.connection).get_queue_client(name)
     return queue.get_queue_properties().approximate_message_count
+
+
+def test_a_malformed_signing_key_fails_naming_it_and_is_not_kept_as_an_unset_one(harness, make_alert):
+    alert = make_alert()
+    harness.configure(HEAD_UNIT_SIGNING_KEY="whsec_not-base64!")
+    harness.send_alerts([alert])
+
+    drain = harness.host.drain_queue("push_alert")
+
+    assert drain.failures and all("starts with whsec_ but the rest is not base64" in f for f in drain.failures)
+    assert stored(harness, alert)["state"] != "queued"  # not held as if the key were unset
+    assert harness.simulator.attempts == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.risk import (
+from shared.core.risk import (
     MAX_DAYS_TO_RATED_LIFE,
     QUANTILE_LEVELS,
     RiskCalibration,

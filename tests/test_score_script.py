@@ -19,13 +19,13 @@ import pytest
 import requests
 from _models import batch_rows, comparable_batteries, fleet, model_dir, request_items
 
-from shared.azurite import free_port
-from shared.endpoint_schema import swagger_document
-from shared.forecasting import load_model
-from shared.inference_server import PROJECT_ROOT, LocalEndpoint, running_endpoint
-from shared.preparation import prepare_telemetry
-from shared.scoring import score_fleet
-from shared.scoring_client import ScoringClient, ScoringRejected
+from shared.adapters.scoring_client import ScoringClient, ScoringRejected
+from shared.core.preparation import prepare_telemetry
+from shared.devtools.azurite import free_port
+from shared.devtools.inference_server import PROJECT_ROOT, LocalEndpoint, running_endpoint
+from shared.endpoint.schema import swagger_document
+from shared.models.loader import load_model
+from shared.models.scoring import score_fleet
 
 AS_OF = "2016-06-30"
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from _forecast_fleet import clean, fleet, model
 
-from shared.scoring import batteries_in_service, score_fleet, score_windows
-from shared.windows import build_windows
+from shared.core.windows import build_windows
+from shared.models.scoring import batteries_in_service, score_fleet, score_windows
 
 pytestmark = pytest.mark.slow
 

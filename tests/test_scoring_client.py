@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.scoring_client import (
+from shared.adapters.scoring_client import (
     AZURE_ML_SCOPE,
     ERROR_EXCERPT_CHARS,
     RetryPolicy,
@@ -27,7 +27,7 @@ from shared.scoring_client import (
     excerpt,
     is_retryable,
 )
-from shared.settings import load_settings
+from shared.config.settings import load_settings
 
 
 @dataclass

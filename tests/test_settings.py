@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.settings import SettingsError, load_settings
+from shared.config.settings import SettingsError, load_settings
 
 
 def test_local_defaults_point_at_local_services():
@@ -63,7 +63,7 @@ def test_scoring_auth_and_key_must_agree(environ, message):
 
 
 def test_the_telemetry_date_window_reaches_back_1000_days_unless_set():
-    from shared.events import DEFAULT_MAX_AGE_DAYS
+    from shared.core.events import DEFAULT_MAX_AGE_DAYS
 
     assert load_settings({}).telemetry_max_age_days == DEFAULT_MAX_AGE_DAYS == 1000
     assert load_settings({"TELEMETRY_MAX_AGE_DAYS": " 90 "}).telemetry_max_age_days == 90

@@ -6,21 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.compliance import COMPONENT_COLUMNS, TEMPLATE, read_components_csv
-from shared.simulation import (
-    BATTERY_COLUMNS,
-    CLIMATES,
-    COLD_REGION,
-    CYCLES_PER_MINUTE,
-    HOT_REGION,
-    REFERENCE_BATTERY_MODEL,
-    REFERENCE_ENGINE,
-    REFERENCE_REGION,
-    climate_factor,
-    simulate_fleet,
-    write_fleet,
-)
-from shared.telemetry import (
+from shared.compliance.classifier import COMPONENT_COLUMNS, TEMPLATE, read_components_csv
+from shared.core.telemetry import (
     BATTERY_ID,
     CAR_COLUMNS,
     CAR_ID,
@@ -36,6 +23,19 @@ from shared.telemetry import (
     implausible_values,
     read_cars_csv,
     read_telemetry_csv,
+)
+from shared.devtools.fleet_simulator import (
+    BATTERY_COLUMNS,
+    CLIMATES,
+    COLD_REGION,
+    CYCLES_PER_MINUTE,
+    HOT_REGION,
+    REFERENCE_BATTERY_MODEL,
+    REFERENCE_ENGINE,
+    REFERENCE_REGION,
+    climate_factor,
+    simulate_fleet,
+    write_fleet,
 )
 
 START, END = pd.Timestamp("2014-10-01"), pd.Timestamp("2015-12-31")

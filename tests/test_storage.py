@@ -8,8 +8,7 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.identity import DefaultAzureCredential
 
-from shared.settings import AZURITE_CONNECTION, SettingsError
-from shared.storage import (
+from shared.adapters.storage import (
     IdentityConnection,
     app_storage_connection,
     blob_service,
@@ -26,6 +25,7 @@ from shared.storage import (
     upload_file,
     upload_json,
 )
+from shared.config.settings import AZURITE_CONNECTION, SettingsError
 
 SETTING = "AzureWebJobsStorage"
 

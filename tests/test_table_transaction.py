@@ -8,7 +8,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared.table_transaction import EntityWrite, TransactionFailed, submit_writes
+from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from shared.telemetry import (
+from shared.core.telemetry import (
     COLUMNS,
     MAX_ID_LENGTH,
     InputError,

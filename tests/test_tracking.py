@@ -16,13 +16,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from requests.adapters import BaseAdapter
 
-from shared.settings import load_settings
-from shared.tracking import (
+from shared.adapters.tracking import (
     TRAINING_RESULTS_PNG,
     azureml_tracking_uri,
     start_training_run,
     tracking_uri,
 )
+from shared.config.settings import load_settings
 
 WORKSPACE = {"AZUREML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
              "AZUREML_RESOURCE_GROUP": "rg-battery", "AZUREML_WORKSPACE": "ws-battery"}  # fmt: skip

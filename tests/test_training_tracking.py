@@ -10,10 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from shared.adapters.training_tracking import EXPERIMENT, TRACKED_METRICS, backtest_metrics
 from shared.cli import main
-from shared.forecasting import load_model
-from shared.simulation import simulate_fleet
-from shared.training_tracking import EXPERIMENT, TRACKED_METRICS, backtest_metrics
+from shared.devtools.fleet_simulator import simulate_fleet
+from shared.models.loader import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_the_logged_mlflow_model_scores_telemetry(trained, tmp_path):
     run_id = load_model(root / "model").metadata["mlflow_run_id"]
     local = client.download_artifacts(run_id, "mlflow_model", str(tmp_path))
     scorer = mlflow.pyfunc.load_model(local)
-    from shared.telemetry import read_telemetry_csv
+    from shared.core.telemetry import read_telemetry_csv
 
     telemetry = read_telemetry_csv(root / "telemetry.csv")
     scores = scorer.predict(telemetry[telemetry["Battery_ID"].isin(telemetry["Battery_ID"].unique()[:3])])

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.telemetry import COLUMNS, InputError
-from shared.windows import build_history, build_windows
+from shared.core.telemetry import COLUMNS, InputError
+from shared.core.windows import build_history, build_windows
 
 
 def daily_rows(battery: str, car: str, start: str, cycles: list[float], lifetime_start: float = 100.0,

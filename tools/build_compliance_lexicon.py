@@ -1,4 +1,4 @@
-"""Build shared/compliance_lexicon.json, the compliance reader's words for conditions and materials, from
+"""Build shared/compliance/lexicon.json, the compliance reader's words for conditions and materials, from
 WordNet 3.0 and the seeds in tools/compliance_lexicon_seeds.json. A local tool: the Function App reads only
 the JSON it writes (a few hundred KB, no WordNet and no NLTK at run time).
 
@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.compliance import (  # noqa: E402
+from shared.compliance.classifier import (  # noqa: E402
     CONDITION_SPELLINGS,
     MATERIAL_SPELLINGS,
     NON_COMPLIANT_CONDITIONS,
@@ -48,7 +48,7 @@ from shared.compliance import (  # noqa: E402
 )
 
 SEEDS = ROOT / "tools" / "compliance_lexicon_seeds.json"
-OUT = ROOT / "shared" / "compliance_lexicon.json"
+OUT = ROOT / "shared" / "compliance" / "lexicon.json"
 FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SUBSTANCE_LEXFILE = 27
 UNCLEAR_ABOVE = 1  # hypernym levels above a regulated material's seed that are "unclear" (metal, resin, alloy)

@@ -8,12 +8,12 @@ param location string
 param tags object
 param applicationInsightsId string
 param keyVaultId string
-@description('auto-ml-compute, as shared/azureml.py names it.')
+@description('auto-ml-compute, as shared/adapters/azureml.py names it.')
 param computeName string
 param computeSize string
 @minValue(1)
 param computeMaxNodes int = 1
-@description('battery-cycles, as shared/azureml.py names it.')
+@description('battery-cycles, as shared/adapters/azureml.py names it.')
 param endpointName string
 @allowed(['aad_token', 'key'])
 param endpointAuthMode string

@@ -1,0 +1,295 @@
+"""Model registry: every trained forecaster version in Blob storage, and which one is champion.
+
+Layout of the container (`models`, on Azurite locally):
+
+    <version>/metadata.json, <version>/<model files...>   one folder per published version
+    champion.json                                          the pointer: version, promoted_at, rule, metrics,
+                                                           mlflow_run_id (the training's MLflow run, or null)
+    decisions.jsonl                                        append-only log of every promotion decision
+
+A version is immutable once published (its metadata.json is written last and only if absent), so a
+version name is a cache key: `download` keeps a local copy per version and repeats for free.
+A candidate becomes champion only if its backtest beats the champion's under `ChampionRule`; the
+pointer is moved with an ETag condition, so two promotions racing each other cannot silently overwrite
+one another: the loser re-decides against the new champion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient
+
+from shared.adapters.storage import (
+    download_bytes,
+    download_file,
+    download_json,
+    ensure_container,
+    list_blob_names,
+    upload_file,
+    upload_json,
+)
+from shared.core.telemetry import InputError
+from shared.models.champion import DEFAULT_RULE, ChampionRule, PromotionDecision, model_metrics
+
+METADATA = "metadata.json"
+CHAMPION_BLOB = "champion.json"
+DECISIONS_BLOB = "decisions.jsonl"
+# A version names a blob folder and a local cache folder: no slashes, no dot-only names.
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+# How often a promotion re-decides when another promotion moved the pointer first.
+PROMOTION_ATTEMPTS = 3
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (unknown version, version already published, ...)."""
+
+
+class ChampionConflictError(RegistryError):
+    """The champion pointer changed between reading it and moving it: another promotion won the race."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion pointer as read: its record (champion.json) and the ETag that guards moving it."""
+
+    version: str
+    record: dict
+    etag: str
+
+
+class ModelRegistry:
+    """Published model versions and the champion pointer, in one Blob container."""
+
+    def __init__(
+        self, blob_service: BlobServiceClient, container: str = "models", rule: ChampionRule = DEFAULT_RULE
+    ) -> None:
+        self.container_name = container
+        self._service = blob_service
+        self._blobs = blob_service.get_container_client(container)
+        self.rule = rule
+
+    # --- versions -----------------------------------------------------------------------------------
+
+    def publish(self, model_dir: str | Path) -> str:
+        """Upload a model directory as `<version>/...` and return the version (from its metadata.json).
+
+        The model files go first and metadata.json last, written only if absent: a version is visible
+        (in `versions()`, to `download`) only when complete, and a published version is never replaced.
+        """
+        model_dir = Path(model_dir)
+        version = read_model_metadata(model_dir)["version"]
+        container = ensure_container(self._service, self.container_name)
+        metadata_blob = f"{version}/{METADATA}"
+        if container.get_blob_client(metadata_blob).exists():
+            raise RegistryError(f"model version {version!r} is already published; versions are immutable")
+        for path in sorted(model_dir.rglob("*")):
+            relative = path.relative_to(model_dir).as_posix()
+            if path.is_file() and relative != METADATA:
+                upload_file(container, f"{version}/{relative}", path)
+        try:
+            upload_file(container, metadata_blob, model_dir / METADATA, overwrite=False)
+        except ResourceExistsError:
+            raise RegistryError(f"model version {version!r} was published by another run meanwhile") from None
+        return version
+
+    def versions(self) -> list[str]:
+        """Every completely published version, in name order."""
+        suffix = f"/{METADATA}"
+        return sorted(
+            name.removesuffix(suffix)
+            for name in list_blob_names(self._blobs)
+            if name.endswith(suffix) and name.count("/") == 1
+        )
+
+    def metadata(self, version: str) -> dict:
+        """The stored metadata.json of a published version (with its "promotion" record once decided)."""
+        metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA}")
+        if metadata is None:
+            raise self._not_published(version)
+        return metadata
+
+    def download(self, version: str, dest_dir: str | Path) -> Path:
+        """The version's files in `dest_dir/<version>/`, downloaded only if that folder is not there yet.
+
+        Files land in a staging folder that is renamed into place when complete, so a folder named after
+        a version is always a whole copy, even with several workers sharing one cache directory.
+        """
+        target = Path(dest_dir) / _checked_version(version)
+        if target.is_dir():
+            return target
+        names = list_blob_names(self._blobs, prefix=f"{version}/")
+        if f"{version}/{METADATA}" not in names:
+            raise self._not_published(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+        try:
+            for name in names:
+                path = staging / name.removeprefix(f"{version}/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                download_file(self._blobs, name, path)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not target.is_dir():  # not another worker finishing first: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    # --- champion -----------------------------------------------------------------------------------
+
+    def champion(self) -> Champion | None:
+        """The champion pointer with its ETag, or None when no model has been promoted yet."""
+        blob = self._blobs.get_blob_client(CHAMPION_BLOB)
+        try:
+            download = blob.download_blob()
+        except ResourceNotFoundError:
+            return None
+        record = json.loads(download.readall())
+        return Champion(version=record["version"], record=record, etag=download.properties.etag)
+
+    def champion_version(self) -> str | None:
+        """The champion's version, or None when there is none."""
+        champion = self.champion()
+        return None if champion is None else champion.version
+
+    def champion_metadata(self) -> dict | None:
+        """The champion's stored metadata.json, or None when there is no champion."""
+        champion = self.champion()
+        return None if champion is None else self.metadata(champion.version)
+
+    def download_champion(self, dest_dir: str | Path) -> Path | None:
+        """The champion's files in `dest_dir/<version>/` (cached per version), or None without a champion."""
+        champion = self.champion()
+        return None if champion is None else self.download(champion.version, dest_dir)
+
+    def move_champion(self, record: dict, expected: Champion | None) -> None:
+        """Point champion.json at `record["version"]`, only if the pointer is still `expected`.
+
+        `expected=None` means "there is no champion yet" (If-None-Match: *); otherwise the write carries
+        If-Match with the ETag read. Either way a pointer moved by someone else in between raises
+        `ChampionConflictError` instead of being overwritten.
+        """
+        data = json.dumps(record, indent=2).encode()
+        blob = self._blobs.get_blob_client(CHAMPION_BLOB)
+        try:
+            if expected is None:
+                blob.upload_blob(data, overwrite=False)
+            else:
+                condition = MatchConditions.IfNotModified
+                blob.upload_blob(data, overwrite=True, etag=expected.etag, match_condition=condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            was = "no champion" if expected is None else f"champion {expected.version!r}"
+            raise ChampionConflictError(
+                f"cannot make {record['version']!r} champion: the pointer changed since it was read ({was}); "
+                "another promotion moved it"
+            ) from None
+
+    def promote_if_better(self, model_dir: str | Path) -> PromotionDecision:
+        """Publish the model, decide against the current champion, and move the pointer if it wins.
+
+        The decision (rule, reason, both metric sets, time) is written into the stored and the local
+        metadata.json under "promotion" and appended to decisions.jsonl, promoted or not. If another
+        promotion moves the pointer between our read and our write, the ETag check fails and we decide
+        again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
+        promoted, with that reason.
+        """
+        model_dir = Path(model_dir)
+        metadata = read_model_metadata(model_dir)
+        candidate = model_metrics(metadata, str(model_dir / METADATA))
+        version = self.publish(model_dir)
+        for _ in range(PROMOTION_ATTEMPTS):
+            champion = self.champion()
+            champion_metrics = None if champion is None else champion.record["metrics"]
+            promoted, reason = self.rule.decide(candidate, champion_metrics)
+            promotion = {
+                "decided_at": _utc_now(),
+                "promoted": promoted,
+                "reason": reason,
+                "rule": self.rule.describe(),
+                "previous_champion": None if champion is None else champion.version,
+                "candidate_metrics": candidate,
+                "champion_metrics": champion_metrics,
+            }
+            # Stored before the pointer moves, so any copy of the new champion carries its decision.
+            upload_json(self._blobs, f"{version}/{METADATA}", {**metadata, "promotion": promotion})
+            if not promoted:
+                break
+            pointer = {"version": version, "promoted_at": promotion["decided_at"], "rule": promotion["rule"],
+                       "reason": reason, "previous_champion": promotion["previous_champion"],
+                       "metrics": candidate, "mlflow_run_id": metadata.get("mlflow_run_id")}  # fmt: skip
+            try:
+                self.move_champion(pointer, champion)
+                break
+            except ChampionConflictError:
+                continue
+        else:
+            reason = f"not promoted: other promotions moved the champion pointer {PROMOTION_ATTEMPTS} times"
+            promotion = {**promotion, "promoted": False, "reason": reason}
+            upload_json(self._blobs, f"{version}/{METADATA}", {**metadata, "promotion": promotion})
+        (model_dir / METADATA).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
+        self._append_decision({"version": version, **promotion})
+        return PromotionDecision(version, promotion["promoted"], promotion["reason"],
+                                 promotion["previous_champion"], promotion["rule"])  # fmt: skip
+
+    def decisions(self) -> list[dict]:
+        """Every promotion decision ever made, oldest first (the decisions.jsonl log)."""
+        log = download_bytes(self._blobs, DECISIONS_BLOB) or b""
+        return [json.loads(line) for line in log.decode().splitlines() if line]
+
+    def _not_published(self, version: str) -> RegistryError:
+        return RegistryError(f"model version {version!r} is not in container {self.container_name!r}")
+
+    def _append_decision(self, entry: dict) -> None:
+        """Append one JSON line; an append blob takes concurrent appends without losing any."""
+        blob = self._blobs.get_blob_client(DECISIONS_BLOB)
+        line = (json.dumps(entry) + "\n").encode()
+        try:
+            blob.append_block(line)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):  # another promotion created it first
+                blob.create_append_blob(match_condition=MatchConditions.IfMissing)
+            blob.append_block(line)
+
+
+# --- model directories --------------------------------------------------------------------------------
+
+
+def read_model_metadata(model_dir: Path) -> dict:
+    """A model directory's metadata.json, checked for a usable "version"; `InputError` names the problem."""
+    path = Path(model_dir) / METADATA
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; a model directory needs metadata.json")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise InputError(f"{path}: must hold a JSON object")
+    version = metadata.get("version")
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise InputError(
+            f"{path}: \"version\" must be a string of letters, digits and . _ : + - (starting with a letter "
+            f"or digit, at most 128), got {version!r}"
+        )
+    return metadata
+
+
+def _checked_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise InputError(f"not a model version: {version!r}")
+    return version
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

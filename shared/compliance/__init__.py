@@ -1,0 +1,1 @@
+"""The second product: the component-compliance classifier and its lexicon."""

@@ -1,0 +1,161 @@
+"""Settings: every app setting the backend reads, validated in one place.
+
+Each setting has a safe local default where one exists (Azurite, the local endpoint, the head-unit
+simulator). A bad value raises `SettingsError` naming the setting, at start-up rather than at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+AZURITE_CONNECTION = "UseDevelopmentStorage=true"
+# How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
+SCORING_AUTH_MODES = ("key", "aad_token", "none")
+
+
+class SettingsError(ValueError):
+    """An app setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app settings of DESIGN.md ("Configuration"), typed.
+
+    Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
+    `shared.adapters.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
+    """
+
+    eventhub_connection: str | None = None
+    scoring_uri: str = "http://127.0.0.1:5001/score"
+    scoring_key: str | None = None
+    scoring_auth: str = "none"  # SCORING_AUTH: "key" (SCORING_KEY), "aad_token" (the app identity's token), "none"
+    head_unit_gateway_url: str = "http://127.0.0.1:7072"
+    head_unit_signing_key: str | None = None
+    service_booking_url: str = "https://service.treyresearch.example/book"
+    alert_probability_threshold: float = 0.8
+    alert_cooldown_days: int = 7
+    # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
+    telemetry_max_age_days: int = 1000
+    retrain_schedule: str = "0 0 2 * * *"
+    batch_score_schedule: str = "0 0 3 * * *"
+    compliance_schedule: str = "0 30 3 * * *"
+    # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
+    # may hold a password: never logged) read with the query.
+    component_catalog_blob: str = "components/catalog.csv"
+    component_catalog_dsn: str | None = None
+    component_catalog_query: str = "SELECT Component_ID, Car_ID, text FROM components"
+    azureml_subscription_id: str | None = None
+    azureml_resource_group: str | None = None
+    azureml_workspace: str | None = None
+
+    @property
+    def azureml_configured(self) -> bool:
+        """True when all three workspace settings are present (retraining then runs in Azure ML)."""
+        return all((self.azureml_subscription_id, self.azureml_resource_group, self.azureml_workspace))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings from the environment (or the mapping given, for tests)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+
+    def text(name: str, default: str | None) -> str | None:
+        value = env.get(name, "").strip()
+        return value or default
+
+    threshold = _number(env, "ALERT_PROBABILITY_THRESHOLD", defaults.alert_probability_threshold, float)
+    if not 0.0 < threshold <= 1.0:
+        raise SettingsError(f"ALERT_PROBABILITY_THRESHOLD must be in (0, 1], got {threshold!r}")
+    cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
+    if cooldown < 0:
+        raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
+    if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
+        raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
+        value = env.get(name)
+        if value and len(value.split()) != 6:
+            raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
+    catalog_blob = text("COMPONENT_CATALOG_BLOB", defaults.component_catalog_blob)
+    container, _, blob = catalog_blob.partition("/")
+    if len(container) < 3 or not blob:
+        raise SettingsError(f"COMPONENT_CATALOG_BLOB must be <container>/<blob>, got {catalog_blob!r}")
+    scoring_uri = text("SCORING_URI", defaults.scoring_uri)
+    gateway = text("HEAD_UNIT_GATEWAY_URL", defaults.head_unit_gateway_url)
+    booking = text("SERVICE_BOOKING_URL", defaults.service_booking_url)
+    urls = {"SCORING_URI": scoring_uri, "HEAD_UNIT_GATEWAY_URL": gateway, "SERVICE_BOOKING_URL": booking}
+    for name, url in urls.items():
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+    scoring_key = text("SCORING_KEY", None)
+    scoring_auth = text("SCORING_AUTH", "key" if scoring_key else "none")
+    if scoring_auth not in SCORING_AUTH_MODES:
+        raise SettingsError(f"SCORING_AUTH must be one of {', '.join(SCORING_AUTH_MODES)}, got {scoring_auth!r}")
+    if (scoring_auth == "key") != bool(scoring_key):
+        raise SettingsError("SCORING_KEY is set only with SCORING_AUTH=key (and needed then): "
+                            f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
+    _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
+    return Settings(
+        eventhub_connection=text("EventHubConnection", None),
+        scoring_uri=scoring_uri,
+        scoring_key=scoring_key,
+        scoring_auth=scoring_auth,
+        head_unit_gateway_url=gateway.rstrip("/"),
+        head_unit_signing_key=text("HEAD_UNIT_SIGNING_KEY", None),
+        service_booking_url=booking,
+        alert_probability_threshold=threshold,
+        alert_cooldown_days=cooldown,
+        telemetry_max_age_days=max_age,
+        retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
+        batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
+        compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
+        component_catalog_blob=catalog_blob,
+        component_catalog_dsn=text("COMPONENT_CATALOG_DSN", None),
+        component_catalog_query=text("COMPONENT_CATALOG_QUERY", defaults.component_catalog_query),
+        azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
+        azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
+        azureml_workspace=text("AZUREML_WORKSPACE", None),
+    )
+
+
+def _check_key_is_not_sent_in_clear(scoring_uri: str, scoring_key: str | None, env: Mapping[str, str]) -> None:
+    """SCORING_KEY travels in every request's Authorization header: over plain http only to this machine
+    (a loopback host), or where SCORING_ALLOW_INSECURE_HTTP=true says the network is trusted."""
+    allow = env.get("SCORING_ALLOW_INSECURE_HTTP", "").strip().lower()
+    if allow not in ("", "true", "false"):
+        raise SettingsError(f"SCORING_ALLOW_INSECURE_HTTP must be true or false, got {allow!r}")
+    if not scoring_key or not scoring_uri.lower().startswith("http://") or allow == "true":
+        return
+    host = urllib.parse.urlsplit(scoring_uri).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SettingsError(f"SCORING_URI must be https:// when SCORING_KEY is set (the key would cross the network "
+                            f"in clear), got {scoring_uri!r}; plain http is for a loopback host, or set "
+                            "SCORING_ALLOW_INSECURE_HTTP=true")  # fmt: skip
+
+
+def configuration_problems(settings: Settings) -> list[str]:
+    """What a valid configuration still cannot do, one sentence per setting, naming it. The start-up check
+    logs these and GET /api/health fails on them; the app runs, so nothing queued is lost meanwhile."""
+    problems = []
+    if not settings.head_unit_signing_key:
+        problems.append("HEAD_UNIT_SIGNING_KEY is not set (or blank): alerts cannot be signed, so push_alert "
+                        "keeps them queued until it is")  # fmt: skip
+    return problems
+
+
+def _number(env: Mapping[str, str], name: str, default, kind):
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None

@@ -1,0 +1,1 @@
+"""The service layer: one conductor per Function App trigger."""

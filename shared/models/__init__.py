@@ -1,0 +1,1 @@
+"""The battery-failure forecasters, their loader, backtest, explanation, fairness and reports."""

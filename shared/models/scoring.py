@@ -1,0 +1,97 @@
+"""Scoring: the one code path from battery windows to failure probabilities and forecasts.
+
+The CLI `score`, the nightly batch and the online endpoint all end in `score_windows`, so the same model
+files give the same probability for the same history whichever way it arrives. `score_fleet` is the batch
+view: which batteries are in service on a day, their windows as of that day, and the alert flag.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
+from shared.core.windows import BatteryWindows, build_windows
+from shared.models._lightgbm import BatteryForecaster
+from shared.models.explanation import REASONS, battery_reasons
+
+# A battery silent for longer than this before the as-of day is no longer counted as in service.
+IN_SERVICE_DAYS = 14
+SCORE_COLUMNS = [BATTERY_ID, CAR_ID, "failure_probability_30d", "days_to_rated_life", LIFETIME_CYCLES,
+                 RATED_CYCLES]
+
+
+def score_windows(
+    model: BatteryForecaster, windows: BatteryWindows, *, explain_from: float | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per battery: SCORE_COLUMNS + As_Of + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
+
+    `reasons` (plain words, a list of strings) are given to batteries with a failure probability of at
+    least `explain_from`, the ones that may alert; the others, and all when it is None, get an empty
+    list. Why not everyone: nobody reads them, and the texts are the costly part of reasons now
+    (bench/bench_explanation.py).
+    """
+    if model.calibration is None:
+        raise ValueError("the model has no risk calibration; train it with train_model")
+    forecast = model.forecast(windows)
+    risk = failure_risk(windows.lifetime_cycles, windows.rated_cycles, forecast, model.calibration,
+                        daily_std=recent_variability(windows.daily_cycles),
+                        known_days=recent_known_days(windows.daily_cycles))
+    scores = pd.DataFrame({
+        BATTERY_ID: windows.battery_id,
+        CAR_ID: windows.car_id,
+        "failure_probability_30d": risk["failure_probability_30d"].to_numpy(),
+        "days_to_rated_life": risk["days_to_rated_life"].to_numpy(),
+        LIFETIME_CYCLES: windows.lifetime_cycles,
+        RATED_CYCLES: windows.rated_cycles,
+        "As_Of": pd.to_datetime(windows.as_of),
+    })
+    reasons = pd.Series([[] for _ in range(len(windows))], dtype=object)
+    if explain_from is not None:
+        explained = np.flatnonzero(scores["failure_probability_30d"].to_numpy() >= explain_from)
+        reasons[explained] = pd.Series(battery_reasons(model, windows.take(explained), forecast[explained]),
+                                       index=explained, dtype=object)  # fmt: skip
+    scores[REASONS] = reasons
+    return scores, forecast
+
+
+def batteries_in_service(clean: pd.DataFrame, as_of: date) -> pd.DataFrame:
+    """The clean rows up to as_of of batteries that are in a car on as_of.
+
+    In service = reported within the IN_SERVICE_DAYS days up to as_of (inclusive) and the newest battery
+    of its car (installed last; an older battery that still reported after its replacement was fitted,
+    e.g. a late backlog, is not in the car any more).
+    """
+    day = pd.Timestamp(as_of)
+    seen = clean[clean[DATE] <= day]
+    span = seen.groupby(BATTERY_ID, sort=False).agg(first=(DATE, "min"), last=(DATE, "max"), car=(CAR_ID, "last"))
+    newest_of_car = span.sort_values(["first", "last"]).groupby("car", sort=False).tail(1).index
+    recent = span.index[span["last"] > day - pd.Timedelta(days=IN_SERVICE_DAYS)]
+    keep = newest_of_car.intersection(recent)
+    return seen[seen[BATTERY_ID].isin(keep)]
+
+
+def score_fleet(
+    model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score every battery in service on as_of from data up to as_of only.
+
+    Returns SCORES (SCORE_COLUMNS + alert = probability >= threshold + reasons, given to the alerted
+    batteries), one row per battery, and FORECAST
+    (Battery_ID, Date, Daily_Cycles_Used) for each of the 30 days after as_of.
+    """
+    in_service = batteries_in_service(clean, as_of)
+    windows = build_windows(in_service, as_of=as_of, window_days=model.window_days)
+    scores, forecast = score_windows(model, windows, explain_from=threshold)
+    scores = scores[SCORE_COLUMNS].assign(alert=scores["failure_probability_30d"] >= threshold,
+                                          reasons=scores[REASONS])
+    days = pd.Timestamp(as_of) + pd.to_timedelta(np.arange(1, HORIZON_DAYS + 1), unit="D")
+    forecast_frame = pd.DataFrame({
+        BATTERY_ID: np.repeat(windows.battery_id, HORIZON_DAYS),
+        DATE: np.tile(days.to_numpy(), len(windows)),
+        DAILY_CYCLES: forecast.ravel(),
+    })
+    return scores, forecast_frame
