@@ -14,8 +14,10 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 RUN_DIR ?= data/run
 # `make run CARS=60 START=2015-01-01 END=2016-06-30 SEED=3 REPLAY_DAYS=4`: a smaller main job. Unset
 # variables keep the demo command's defaults (300 cars, 2014-01-01..2016-12-31, seed 7, 14 days replayed).
+# CHECK=1 makes it fail when the summary's check against the simulator's truth fails (as .ci/run does).
 DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(END),--end $(END)) \
-            $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS))
+            $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS)) \
+            $(if $(CHECK),--check)
 
 .PHONY: run test lint infra-scan bench clean install
 

@@ -251,16 +251,25 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--replay-days", type=int, default=14,
                         help="last days of the period streamed through score_telemetry (default 14)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when the check against the simulator's truth fails: recall or share of "
+                        "right alerts below the bounds summary.md states, no battery due, an alert received or "
+                        "sent twice, or one received within the cooldown")
     return parser
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from shared.devtools.main_job import run_main_job
+    from shared.devtools.main_job import check_failures, run_main_job
 
     summary_path = run_main_job(args.out, cars=args.cars, start=args.start, end=args.end, seed=args.seed,
                                 replay_days=args.replay_days, progress=progress)
     print(summary_path.read_text())
-    return 0
+    if not args.check:
+        return 0
+    problems = check_failures(json.loads((summary_path.parent / "summary.json").read_text())["check"])
+    for problem in problems:
+        print(f"check failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 # --- registry -----------------------------------------------------------------------------------------
