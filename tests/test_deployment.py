@@ -121,8 +121,9 @@ def test_the_matcher_reads_gitignore_rules() -> None:
 def test_the_package_holds_the_app_and_nothing_local() -> None:
     files = deployed_files()
     assert {"function_app.py", "host.json", "requirements.txt", "shared/bootstrap.py",
-            "shared/compliance/lexicon.json"} <= set(files)  # fmt: skip
+            "shared/compliance/lexicon.json", "scoring/requirements.txt"} <= set(files)  # fmt: skip
     assert [name for name in files if name.startswith(NEVER_DEPLOYED)] == []
+    assert "scoring/score.py" not in files
     assert [name for name in files if name.endswith(".md") or name == "local.settings.json"] == []
     rules = funcignore_rules(FUNCIGNORE.read_text())
     assert [path for path in LOCAL_STATE if not ignored(path, rules)] == []
