@@ -18,7 +18,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import venv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath

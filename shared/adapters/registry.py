@@ -11,8 +11,9 @@ A version is immutable once published (its metadata.json is written last and onl
 version name is a cache key: `download` keeps a local copy per version and repeats for free.
 A candidate becomes champion only if the serving environment can load its kind (every package its
 kind declares in `shared.models.loader.KINDS` is in requirements.txt or scoring/requirements.txt) and
-its backtest beats the champion's under `ChampionRule`; the pointer is moved with an ETag condition, so two promotions racing each other cannot silently overwrite
-one another: the loser re-decides against the new champion.
+its backtest beats the champion's under `ChampionRule`; the pointer is moved with an ETag condition,
+so two promotions racing each other cannot silently overwrite one another: the loser re-decides
+against the new champion.
 """
 
 from __future__ import annotations
