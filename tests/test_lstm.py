@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install 
 
 from _models import comparable_batteries, fleet, model_dir, request_items
 
-from shared.adapters.registry import ModelRegistry
+from shared.adapters.registry import SERVING_REQUIREMENTS, ModelRegistry
 from shared.adapters.storage import blob_service
 from shared.cli import main
 from shared.core.preparation import prepare_telemetry
@@ -158,7 +158,10 @@ def test_the_champion_rule_picks_the_better_of_lightgbm_and_lstm_and_the_champio
                for path in (lstm_dir, lightgbm_dir)}  # fmt: skip
     lstm_wins, _ = DEFAULT_RULE.decide(metrics[lstm_dir], metrics[lightgbm_dir])
     winner = lstm_dir if lstm_wins else lightgbm_dir
-    registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}")
+    # Served here by the development venv, which installs torch (requirements-lstm.txt): the registry is told so.
+    serving = (*SERVING_REQUIREMENTS, PROJECT_ROOT / "requirements-lstm.txt")
+    registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}",
+                             serving_requirements=serving)  # fmt: skip
     registry.promote_if_better(lightgbm_dir)
     decision = registry.promote_if_better(lstm_dir)
     assert decision.promoted == lstm_wins
