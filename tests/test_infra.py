@@ -23,7 +23,7 @@ pytestmark = pytest.mark.infra
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-NOT_DEPLOYED = {"tests", "bench", "infra", ".venv", ".checkov-venv", "node_modules", "data", ".git"}
+NOT_DEPLOYED = {"tests", "bench", "infra", ".venv", ".venv-deploy", ".checkov-venv", "node_modules", "data", ".git"}
 
 # Built-in role definitions the templates assign, as Microsoft's built-in roles reference lists them.
 BUILT_IN_ROLES = {

@@ -11,9 +11,11 @@ Layout of the container (`models`, on Azurite locally):
 A version is immutable once published (its metadata.json is written last and only if absent, and nothing
 under `<version>/` is written again: the decision about it has a blob of its own), so a version name is a
 cache key: `download` keeps a local copy per version and repeats for free, byte-equal to what was published.
-A candidate becomes champion only if its backtest beats the champion's under `ChampionRule`; the
-pointer is moved with an ETag condition, so two promotions racing each other cannot silently overwrite
-one another: the loser re-decides against the new champion.
+A candidate becomes champion only if the serving environment can load its kind (every package its
+kind declares in `shared.models.loader.KINDS` is in requirements.txt or scoring/requirements.txt) and
+its backtest beats the champion's under `ChampionRule`; the pointer is moved with an ETag condition,
+so two promotions racing each other cannot silently overwrite one another: the loser re-decides
+against the new champion.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
+from packaging.requirements import InvalidRequirement, Requirement
 
 from shared.adapters.storage import (
     download_bytes,
@@ -49,6 +52,10 @@ DECISIONS_BLOB = "decisions.jsonl"
 PROMOTIONS_PREFIX = "_promotions/"  # not a version folder: a version starts with a letter or digit
 # A version names a blob folder and a local cache folder: no slashes, no dot-only names.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where a champion is loaded: the Function App (nightly batch score) and the scoring endpoint. Read from the
+# files, not from the running interpreter, whose venv (the tests', a developer's) may hold more.
+SERVING_REQUIREMENTS = (PROJECT_ROOT / "requirements.txt", PROJECT_ROOT / "scoring" / "requirements.txt")
 # How often a promotion re-decides when another promotion moved the pointer first.
 PROMOTION_ATTEMPTS = 3
 
@@ -74,12 +81,17 @@ class ModelRegistry:
     """Published model versions and the champion pointer, in one Blob container."""
 
     def __init__(
-        self, blob_service: BlobServiceClient, container: str = "models", rule: ChampionRule = DEFAULT_RULE
+        self,
+        blob_service: BlobServiceClient,
+        container: str = "models",
+        rule: ChampionRule = DEFAULT_RULE,
+        serving_requirements: tuple[Path, ...] = SERVING_REQUIREMENTS,
     ) -> None:
         self.container_name = container
         self._service = blob_service
         self._blobs = blob_service.get_container_client(container)
         self.rule = rule
+        self.serving_requirements = serving_requirements
 
     # --- versions -----------------------------------------------------------------------------------
 
@@ -207,16 +219,26 @@ class ModelRegistry:
         local metadata.json under "promotion" and appended to decisions.jsonl, promoted or not. If another
         promotion moves the pointer between our read and our write, the ETag check fails and we decide
         again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
-        promoted, with that reason.
+        promoted, with that reason. A model whose kind needs a package the serving environment lacks is
+        published but never promoted, whatever its backtest: the reason names the packages.
         """
+        from shared.models.loader import kind_of, missing_packages  # lightgbm: only when a model is promoted
+
         model_dir = Path(model_dir)
         metadata = read_model_metadata(model_dir)
         candidate = model_metrics(metadata, str(model_dir / METADATA))
+        missing = missing_packages(metadata, requirement_names(self.serving_requirements))
         version = self.publish(model_dir)
         for _ in range(PROMOTION_ATTEMPTS):
             champion = self.champion()
             champion_metrics = None if champion is None else champion.record["metrics"]
-            promoted, reason = self.rule.decide(candidate, champion_metrics)
+            if missing:
+                promoted, reason = False, (
+                    f"model kind {kind_of(metadata)!r} needs {', '.join(missing)}, which the serving environment "
+                    f"({', '.join(_shown(path) for path in self.serving_requirements)}) does not install"
+                )
+            else:
+                promoted, reason = self.rule.decide(candidate, champion_metrics)
             promotion = {
                 "decided_at": _utc_now(),
                 "promoted": promoted,
@@ -292,6 +314,25 @@ def read_model_metadata(model_dir: Path) -> dict:
 
 def _promotion_blob(version: str) -> str:
     return f"{PROMOTIONS_PREFIX}{version}.json"
+
+
+def requirement_names(paths: tuple[Path, ...]) -> set[str]:
+    """The distribution names the requirement files install (their own lines; options such as -r skipped)."""
+    names = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            try:
+                names.add(Requirement(line).name)
+            except InvalidRequirement:
+                raise InputError(f"{path}: cannot read requirement {line!r}") from None
+    return names
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(PROJECT_ROOT).as_posix() if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def _checked_version(version: str) -> str:

@@ -83,7 +83,7 @@ def track_training(
 
     with start_training_run(experiment, training_params(model.metadata),
                             tags={"model_version": model.version, "model_kind": str(model.metadata.get("model_kind"))},
-                            uri=tracking_uri(environ, PROJECT_ROOT)) as run:  # fmt: skip
+                            uri=tracking_uri(environ)) as run:  # fmt: skip
         model.metadata["mlflow_run_id"] = run.run_id
         model.save(model_dir)
         run.log_metrics(backtest_metrics(model.metadata.get("backtest", {})))

@@ -452,12 +452,12 @@ def run_compliance(args: argparse.Namespace) -> int:
     from shared.compliance import classifier as compliance
 
     if args.action == "train":
-        from shared.adapters.tracking import PROJECT_ROOT, tracking_uri
+        from shared.adapters.tracking import tracking_uri
 
         given = {name: getattr(args, name) for name in ("learning_rate", "alpha", "epochs", "seed")}
         params = compliance.TrainingParams(**{name: value for name, value in given.items() if value is not None})
         model = compliance.train_from_csv(args.data, args.model_dir, params=params, progress=progress,
-                                          tracking_uri=tracking_uri(os.environ, PROJECT_ROOT))  # fmt: skip
+                                          tracking_uri=tracking_uri(os.environ))  # fmt: skip
         print(json.dumps({"version": model.version, "model_dir": str(args.model_dir),
                           "mlflow_run_id": model.metadata["mlflow_run_id"], "held_out": model.metadata["metrics"]},
                          indent=2))  # fmt: skip
