@@ -37,11 +37,10 @@ from shared.adapters.storage import (
     upload_bytes,
     upload_creating_container,
 )
+from shared.config.names import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
 from shared.core.events import DeadLetter
 from shared.core.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
 
-TELEMETRY_CONTAINER = "telemetry"
-DEADLETTER_CONTAINER = "deadletter"
 DEADLETTER_PREFIX = "telemetry/"
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/")
 _DOWNLOAD_THREADS = 8  # the nightly read is many small blobs: overlap their round trips

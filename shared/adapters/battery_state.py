@@ -58,6 +58,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableErrorCode
 
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
+from shared.config.names import BATTERY_STATE_TABLE as TABLE
 from shared.core.battery_window import HISTORY_COLUMNS, merge_windows, window_bounds
 from shared.core.telemetry import (
     BATTERY_ID,
@@ -68,7 +69,6 @@ from shared.core.telemetry import (
     InputError,
 )
 
-TABLE = "batterystate"
 SHARDS = 4  # see "Layout" above; changing it moves every battery's entity (their windows start again)
 MAX_WINDOW_DAYS = 1000
 MAX_ATTEMPTS = 5

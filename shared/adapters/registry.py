@@ -38,6 +38,7 @@ from shared.adapters.storage import (
     upload_file,
     upload_json,
 )
+from shared.config.names import MODELS_CONTAINER
 from shared.core.telemetry import InputError
 from shared.models.champion import DEFAULT_RULE, ChampionRule, PromotionDecision, model_metrics
 
@@ -71,7 +72,7 @@ class ModelRegistry:
     """Published model versions and the champion pointer, in one Blob container."""
 
     def __init__(
-        self, blob_service: BlobServiceClient, container: str = "models", rule: ChampionRule = DEFAULT_RULE
+        self, blob_service: BlobServiceClient, container: str = MODELS_CONTAINER, rule: ChampionRule = DEFAULT_RULE
     ) -> None:
         self.container_name = container
         self._service = blob_service

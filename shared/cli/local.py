@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from shared.cli.common import progress
+from shared.config.names import TELEMETRY_EVENT_HUB
 from shared.config.settings import SettingsError
 from shared.core.telemetry import InputError
 
@@ -121,7 +122,7 @@ def add_send_telemetry(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "else EventHubConnection__fullyQualifiedNamespace with DefaultAzureCredential.",
     )
     parser.add_argument("--connection", help="Event Hubs connection string (default: EventHubConnection)")
-    parser.add_argument("--eventhub", default="car-telemetry", help="Event Hub name (default car-telemetry)")
+    parser.add_argument("--eventhub", default=TELEMETRY_EVENT_HUB, help="Event Hub name (default car-telemetry)")
     parser.add_argument("--data", type=Path, required=True, help="telemetry CSV")
     parser.add_argument("--day", required=True, help="the day to send, YYYY-MM-DD")
     return parser

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.config.names import MODELS_CONTAINER
+
 if TYPE_CHECKING:
     from shared.adapters.registry import ModelRegistry
 
@@ -83,7 +85,7 @@ def add_registry(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--connection", help="storage connection string (default: AzureWebJobsStorage or its "
                         "identity-based settings, else local Azurite)")  # fmt: skip
-    common.add_argument("--container", default="models", help="registry container (default: models)")
+    common.add_argument("--container", default=MODELS_CONTAINER, help="registry container (default: models)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, (help_text, add_flags, run) in REGISTRY_ACTIONS.items():
         action_parser = actions.add_parser(action, parents=[common], help=help_text, description=help_text)

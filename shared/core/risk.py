@@ -27,7 +27,7 @@ import pandas as pd
 
 HORIZON_DAYS = 30
 # The failure probability from which a battery is alerted, unless told otherwise: what backtests and batch
-# scoring judge alerts at (the app's ALERT_PROBABILITY_THRESHOLD setting defaults to the same).
+# scoring judge alerts at, and the default of the app's ALERT_PROBABILITY_THRESHOLD setting.
 ALERT_THRESHOLD = 0.8
 # Empirical quantile levels kept for the error distribution (0.5 % steps; tails interpolate linearly).
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)

@@ -56,6 +56,7 @@ from shared.adapters import observability
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
+from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import Settings
 from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
 from shared.core.risk import HORIZON_DAYS
@@ -98,7 +99,6 @@ RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
 CLEARED_SETTINGS = (
     "SCORING_KEY", "SCORING_AUTH", "AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE",
 )  # fmt: skip
-STORAGE_SETTING = "AzureWebJobsStorage"
 
 
 # --- simulated time, settings, the functions' own summaries ---------------------------------------------
@@ -131,7 +131,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
     """
     defaults = Settings()
     return {
-        STORAGE_SETTING: azurite.connection_string,
+        STORAGE_CONNECTION_SETTING: azurite.connection_string,
         "SCORING_URI": scoring_uri,
         "HEAD_UNIT_GATEWAY_URL": gateway_url,
         "HEAD_UNIT_SIGNING_KEY": signing_key,
@@ -154,7 +154,7 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
     block. The app's cached services are dropped on entry and exit, so they are built from these settings
     and nothing built from them outlives the block.
     """
-    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_SETTING}__"))}
+    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_CONNECTION_SETTING}__"))}
     saved = {name: os.environ.get(name) for name in names}
     for name in names - set(values):
         os.environ.pop(name, None)
