@@ -16,7 +16,12 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.adapters import observability
-from shared.config.names import ALERT_QUEUE, EVENTHUB_CONNECTION_SETTING, STORAGE_CONNECTION_SETTING, TELEMETRY_EVENT_HUB
+from shared.config.names import (
+    ALERT_QUEUE,
+    EVENTHUB_CONNECTION_SETTING,
+    STORAGE_CONNECTION_SETTING,
+    TELEMETRY_EVENT_HUB,
+)
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import process_alert_message
 from shared.handlers.ops import health_report, vehicle_alerts

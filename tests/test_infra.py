@@ -325,8 +325,9 @@ def test_storage_names_are_literals_only_in_config_names() -> None:
                  for path in deployed_modules() if path != ROOT / "shared" / "config" / "names.py"}  # fmt: skip
     assert {path: found for path, found in elsewhere.items() if found} == {}
     variables = {name: body["value"] for name, body in template("main.bicep")["variables"].items()}
-    assert (names.ALERT_QUEUE, names.ALERT_POISON_QUEUE) == (variables["alertQueue"], f"{variables['alertQueue']}-poison")
-    assert names.TELEMETRY_EVENT_HUB == variables["eventHubName"]
+    queue = variables["alertQueue"]
+    assert (queue, f"{queue}-poison") == (names.ALERT_QUEUE, names.ALERT_POISON_QUEUE)
+    assert variables["eventHubName"] == names.TELEMETRY_EVENT_HUB
 
 
 def test_event_hub_consumer_group_and_optional_capture() -> None:

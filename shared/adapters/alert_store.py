@@ -37,7 +37,6 @@ from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 from shared.config.names import ALERTS_TABLE
 from shared.core.alerts import check_id, iso_utc
 
-
 QUEUED = "queued"
 DELIVERING = "delivering"
 DELIVERED = "delivered"

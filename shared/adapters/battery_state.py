@@ -58,7 +58,6 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableErrorCode
 
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
-from shared.config.names import BATTERY_STATE_TABLE as TABLE
 from shared.core.battery_window import HISTORY_COLUMNS, merge_windows, window_bounds
 from shared.core.telemetry import (
     BATTERY_ID,

@@ -45,9 +45,9 @@ from shared.adapters.archive import archive_telemetry, dead_letter
 from shared.adapters.battery_state import update_states
 from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.adapters.storage import download_bytes, ensure_container, upload_json
+from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.config.names import DEADLETTER_CONTAINER, PARKED_CONTAINER
-from shared.bootstrap import Services
 from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
 from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
