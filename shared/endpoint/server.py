@@ -63,7 +63,8 @@ from shared.core.telemetry import (
     implausible_values,
 )
 from shared.core.windows import build_windows
-from shared.models._lightgbm import METADATA_FILE, BatteryForecaster
+from shared.models._lightgbm import METADATA_FILE
+from shared.models.base import Forecaster
 from shared.models.explanation import REASONS
 from shared.models.scoring import score_windows
 
@@ -125,7 +126,7 @@ class RequestTimeout(RequestError):
     status = 408
 
 
-def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
+def score_body(model: Forecaster, body: bytes) -> dict[str, Any]:
     """The response body for a raw request body (the bytes POSTed to /score).
 
     A JSON syntax error, or a body that is not an object with `data`, is a `RequestError`, worded as
@@ -144,7 +145,7 @@ def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
     return _respond(model, [_check_values(*_struct_fields(item)) for item in request.data], _struct_columns)
 
 
-def score_request(model: BatteryForecaster, data: Any) -> dict[str, Any]:
+def score_request(model: Forecaster, data: Any) -> dict[str, Any]:
     """The response body for the request's parsed `data` (the list of battery items), in the items' order."""
     if not isinstance(data, list):
         raise RequestError(f"'data' must be a JSON array of battery items, got {_kind(data)}")
@@ -171,7 +172,7 @@ def find_model_dir(root: str | Path) -> Path:
 _Columns = Callable[[list, "_Batch"], dict[str, Any]]  # the history rows as one numpy column per field
 
 
-def _respond(model: BatteryForecaster, items: list[_Item], columns: _Columns) -> dict[str, Any]:
+def _respond(model: Forecaster, items: list[_Item], columns: _Columns) -> dict[str, Any]:
     """Score checked items: their rows laid out by `columns`, typed, prepared, scored."""
     batch = _flatten(items, columns)
     typed = _typed_rows(batch)
@@ -587,7 +588,7 @@ def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
         batch.flag_rows([int(rows[start])], [f"no {MEASURE_COLUMNS[lacks]} value in the whole history"])
 
 
-def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
+def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
     """Score the usable rows with the batch path's code; map each item index to its battery's numbers."""
     if typed.empty:
         return {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from shared.core.risk import (
 )
 from shared.core.telemetry import InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory
+from shared.models.base import Forecaster
 
 EVALUATION_DAYS = 90
 CALIBRATION_SPAN_DAYS = 56
@@ -48,10 +48,6 @@ RELIABILITY_BINS = 10
 MIN_TRAINING_DAYS = 60
 METHODS = ("model", "seasonal_naive", "recent_mean")
 METHOD_TITLES = {"model": "LightGBM model", "seasonal_naive": "Seasonal naive", "recent_mean": "Recent mean"}
-
-
-class Forecaster(Protocol):
-    def forecast(self, windows: BatteryWindows) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

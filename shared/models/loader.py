@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 from shared.models import _lstm, _mlflow
-from shared.models._lightgbm import METADATA_FILE, BatteryForecaster, load_lightgbm
-from shared.models._lstm import LstmForecaster
-from shared.models._mlflow import MlflowForecaster
+from shared.models._lightgbm import METADATA_FILE, load_lightgbm
+from shared.models.base import Forecaster
 
 
-def load_model(model_dir: str | Path) -> BatteryForecaster | LstmForecaster | MlflowForecaster:
+def load_model(model_dir: str | Path) -> Forecaster:
     """Load a model directory written by `BatteryForecaster.save` (a few tens of milliseconds), by
     `LstmForecaster.save` (metadata model_kind "lstm"; only that kind imports torch), or by
     `MlflowForecaster.save` (model_kind "mlflow-pyfunc", e.g. a wrapped AutoML model; only it imports mlflow)."""

@@ -15,7 +15,7 @@ import pandas as pd
 from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
 from shared.core.windows import BatteryWindows, build_windows
-from shared.models._lightgbm import BatteryForecaster
+from shared.models.base import Forecaster
 from shared.models.explanation import REASONS, battery_reasons
 
 # A battery silent for longer than this before the as-of day is no longer counted as in service.
@@ -25,7 +25,7 @@ SCORE_COLUMNS = [BATTERY_ID, CAR_ID, "failure_probability_30d", "days_to_rated_l
 
 
 def score_windows(
-    model: BatteryForecaster, windows: BatteryWindows, *, explain_from: float | None = None
+    model: Forecaster, windows: BatteryWindows, *, explain_from: float | None = None
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per battery: SCORE_COLUMNS + As_Of + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
 
@@ -75,7 +75,7 @@ def batteries_in_service(clean: pd.DataFrame, as_of: date) -> pd.DataFrame:
 
 
 def score_fleet(
-    model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
+    model: Forecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every battery in service on as_of from data up to as_of only.
 
