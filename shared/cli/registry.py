@@ -51,6 +51,12 @@ def download(registry: ModelRegistry, args: argparse.Namespace) -> int:
     return 0
 
 
+def decisions(registry: ModelRegistry, args: argparse.Namespace) -> int:
+    for decision in registry.decisions():
+        print(json.dumps(decision))
+    return 0
+
+
 def no_flags(parser: argparse.ArgumentParser) -> None:
     """The action needs only --connection and --container."""
 
@@ -70,6 +76,8 @@ REGISTRY_ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]
                 model_dir_flag, promote),
     "champion": ("print the champion pointer (exit 1 when there is no champion)", no_flags, champion),
     "list": ("list the published versions, marking the champion", no_flags, list_versions),
+    "decisions": ("print every promotion decision, oldest first, one JSON object a line (the audit log)",
+                  no_flags, decisions),
     "download": ("download a version (default: the champion) into MODEL_DIR/<version>/, cached per version",
                  download_flags, download),
 }  # fmt: skip
