@@ -168,7 +168,7 @@ def battery_days(
 
 
 def record(row: pd.Series) -> dict[str, Any]:
-    """One telemetry record as a car sends it (DESIGN.md "Telemetry event")."""
+    """One telemetry record as a car sends it (docs/contracts.md "Telemetry event")."""
     return {
         "Date": row["Date"].strftime("%Y-%m-%d"), "Battery_ID": row["Battery_ID"], "Car_ID": row["Car_ID"],
         "Battery_Age_Days": int(row["Battery_Age_Days"]), "Number_Of_Trips": int(row["Number_Of_Trips"]),

@@ -4,7 +4,7 @@ Every good record the Event Hub function accepts is appended to the archive, the
 retraining and batch scoring read back; every event it cannot use is kept in the dead-letter store with
 its reason. Between them, nothing a car sent is lost.
 
-Layout (DESIGN.md):
+Layout (docs/architecture.md, "Data flow"):
 
 - `telemetry/date=YYYY-MM-DD/<name>.csv` — container "telemetry", one CSV per batch and record day, in
   the telemetry columns. Partitioned by the record's own day, so `since` reads only the days it needs

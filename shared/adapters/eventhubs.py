@@ -1,6 +1,6 @@
 """Car simulator to a real Event Hub: one day of telemetry sent the way the cars send it.
 
-Each record becomes one event body (DESIGN.md "Telemetry event": a JSON object, Date as YYYY-MM-DD)
+Each record becomes one event body (docs/contracts.md "Telemetry event": a JSON object, Date as YYYY-MM-DD)
 with partition key = Car_ID, so a car's days stay in order on one partition. Batches are built with
 the SDK's `EventDataBatch`, which knows the hub's real size limit: a record that does not fit starts a
 new batch, and a record too large for any batch is reported, never silently skipped.

@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The app settings of DESIGN.md ("Configuration"), typed.
+    """The app settings of docs/contracts.md ("Configuration"), typed.
 
     Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
     `shared.adapters.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.

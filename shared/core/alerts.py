@@ -1,6 +1,6 @@
 """Alerts: which scores become a service alert for a head unit, what it says, and whether to send it now.
 
-Pure functions, no I/O. The alert JSON is the fixed contract of DESIGN.md ("Alert to a head unit");
+Pure functions, no I/O. The alert JSON is the fixed contract of docs/contracts.md ("Alert to a head unit");
 `build_alerts` owns that envelope for every alert type, and `alerts_from_scores` fills it for the one
 type that exists today, a battery nearing the end of its rated life.
 

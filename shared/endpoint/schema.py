@@ -2,7 +2,7 @@
 
 azmlinfsrv would otherwise serve its generic template, with schemas inferred from one example (which
 declared `error` an object and marked nothing required). This document states the request and every
-answer the endpoint gives: 200 with the contract's predictions (DESIGN.md "Scoring endpoint", fixed);
+answer the endpoint gives: 200 with the contract's predictions (docs/contracts.md "Scoring endpoint", fixed);
 400, 408, 413 and 415 with our `{"error": "..."}` (scoring/score.py); 431 and 500 with azmlinfsrv's
 own `{"message": "..."}` (an over-long request-id header; an unexpected failure or the scoring timeout).
 Fields may be added to the contract, so objects do not forbid additional properties.
@@ -137,7 +137,7 @@ def swagger_document() -> dict[str, Any]:
         "swagger": "2.0",
         "info": {"title": "Battery failure risk", "version": "1.0",
                  "description": "Forecasts each battery's daily cycles for 30 days and the probability that it "
-                                "reaches its rated life within them (DESIGN.md, Scoring endpoint)."},
+                                "reaches its rated life within them (docs/contracts.md, Scoring endpoint)."},
         "consumes": ["application/json"],
         "produces": ["application/json"],
         "securityDefinitions": {

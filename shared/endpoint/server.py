@@ -1,4 +1,4 @@
-"""Scoring endpoint: a request of DESIGN.md "Scoring endpoint" (fixed) in, its response out.
+"""Scoring endpoint: a request of docs/contracts.md "Scoring endpoint" (fixed) in, its response out.
 
 `score_body` is everything `scoring/score.py` does between azmlinfsrv and the model, kept here as a
 pure function so it is tested without a server; `score_request` is the same on an already parsed body.
