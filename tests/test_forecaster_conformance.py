@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from _models import END, fleet, model_dir
 
-from shared.core.alerts import SCORE_COLUMNS
+from shared.core.alerts import REASONS, SCORE_COLUMNS
 from shared.core.preparation import prepare_telemetry
 from shared.core.risk import HORIZON_DAYS, RiskCalibration
 from shared.core.windows import BatteryWindows, build_windows
 from shared.models.base import Forecaster
-from shared.models.explanation import REASONS
 from shared.models.loader import load_model
 from shared.models.scoring import score_windows
 

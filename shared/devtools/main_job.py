@@ -212,7 +212,7 @@ def day_events(rows: pd.DataFrame) -> tuple[list[bytes], list[str]]:
     """A day's telemetry rows as the cars send them: one Event Hub body per car (its record as a JSON
     object, or an array when it sent more than one, e.g. a duplicate) and the car as partition key.
 
-    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (the telemetry event of docs/contracts.md).
+    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (docs/contracts.md, "Telemetry event").
     """
     records = rows[COLUMNS].assign(**{
         DATE: rows[DATE].dt.strftime("%Y-%m-%d"),

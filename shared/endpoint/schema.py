@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.core.alerts import REASONS
 from shared.core.risk import HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE
 from shared.core.telemetry import (
     AGE_DAYS,
@@ -38,7 +39,6 @@ from shared.endpoint.server import (
     MAX_BODY_BYTES,
     MAX_HISTORY_ROWS_PER_REQUEST,
 )
-from shared.models.explanation import REASONS
 
 # The file azmlinfsrv serves GET /swagger.json from when its app root holds it (scoring/score.py writes it).
 SWAGGER_FILE = "swagger2.json"

@@ -43,6 +43,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from shared.core.alerts import REASONS
 from shared.core.preparation import prepare_telemetry
 from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import (
@@ -65,7 +66,6 @@ from shared.core.telemetry import (
 from shared.core.windows import build_windows
 from shared.models._lightgbm import METADATA_FILE
 from shared.models.base import Forecaster
-from shared.models.explanation import REASONS
 from shared.models.scoring import score_windows
 
 HISTORY = "history"

@@ -29,6 +29,7 @@ import pandas as pd
 from shared.core.risk import (
     ALERT_THRESHOLD,
     HORIZON_DAYS,
+    PROBABILITY,
     RiskCalibration,
     calibrate,
     failure_risk,
@@ -150,7 +151,7 @@ def score_outcomes(
         calibration = calibration_from_outcomes(held_out, method)
         probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
                                    daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
-            "failure_probability_30d"].to_numpy()
+            PROBABILITY].to_numpy()
         probabilities[method] = probability
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),

@@ -35,7 +35,6 @@ from shared.models._lightgbm import BatteryForecaster
 from shared.models.backtest import recent_mean_forecast
 from shared.models.base import Forecaster
 
-REASONS = "reasons"
 # Feature reasons per battery (after the rated-life and forecast facts), and the smallest contribution
 # (as a share of the recent level) worth telling anyone about.
 TOP_FEATURES = 2
