@@ -32,10 +32,10 @@ import function_app
 from shared import bootstrap
 from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost

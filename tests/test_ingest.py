@@ -15,9 +15,9 @@ import pytest
 from _services import AT_RISK, DAYS, TELEMETRY, backlogs, batteries, day_events, expected_id, record, stub_endpoint
 
 from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import read_windows
 from shared.adapters.storage import download_json, list_blob_names
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import CRITICAL, HIGH
 from shared.devtools.azurite import free_port
 from shared.handlers.telemetry import PARKED_CONTAINER, STATE_WINDOW_DAYS

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.core.alerts import REASONS
-from shared.core.risk import HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -94,8 +94,8 @@ DEFINITIONS: dict[str, Any] = {
         {
             BATTERY_ID: _nullable({"type": "string"}),
             CAR_ID: _nullable({"type": "string"}),
-            "failure_probability_30d": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "days_to_rated_life": _nullable({"type": "number", "minimum": 0, "maximum": MAX_DAYS_TO_RATED_LIFE}),
+            PROBABILITY: _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            DAYS_TO_RATED_LIFE: _nullable({"type": "number", "minimum": 0, "maximum": MAX_DAYS_TO_RATED_LIFE}),
             "forecast_daily_cycles": _nullable({"type": "array", "minItems": HORIZON_DAYS, "maxItems": HORIZON_DAYS,
                                                 "items": {"type": "number"}}),
             "error": _nullable({"type": "string", "description": "why this item was not scored; null if it was"}),

@@ -45,7 +45,7 @@ import pandas as pd
 
 from shared.core.alerts import REASONS
 from shared.core.preparation import prepare_telemetry
-from shared.core.risk import HORIZON_DAYS
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, PROBABILITY
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -101,7 +101,7 @@ EXAMPLE_ITEM = {
 EXAMPLE_RESPONSE = {
     "model_version": "20170320T030000Z-1a2b3c4d",
     "predictions": [
-        {BATTERY_ID: "17", CAR_ID: "CAR-00017", "failure_probability_30d": 0.93, "days_to_rated_life": 12.5,
+        {BATTERY_ID: "17", CAR_ID: "CAR-00017", PROBABILITY: 0.93, DAYS_TO_RATED_LIFE: 12.5,
          "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None,
          REASONS: ["battery has used 98% of its rated cycles (196 of 200)"]},
     ],
@@ -596,8 +596,8 @@ def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, t
     windows = build_windows(clean, as_of=None, window_days=model.window_days)
     scores, forecast = score_windows(model, windows, explain_from=EXPLAIN_FROM_PROBABILITY)
     item_of = {battery: i for i, battery in enumerate(batch.battery_ids) if batch.errors[i] is None}
-    probability = scores["failure_probability_30d"].to_numpy(np.float64)
-    days = scores["days_to_rated_life"].to_numpy(np.float64)
+    probability = scores[PROBABILITY].to_numpy(np.float64)
+    days = scores[DAYS_TO_RATED_LIFE].to_numpy(np.float64)
     reasons = scores[REASONS].to_numpy(dtype=object)
     return {
         item: (float(probability[row]), float(days[row]), forecast[row].tolist(), list(reasons[row]))
@@ -635,8 +635,8 @@ def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list
         predictions.append({
             BATTERY_ID: battery,
             CAR_ID: car,
-            "failure_probability_30d": numbers[0] if numbers else None,
-            "days_to_rated_life": numbers[1] if numbers else None,
+            PROBABILITY: numbers[0] if numbers else None,
+            DAYS_TO_RATED_LIFE: numbers[1] if numbers else None,
             "forecast_daily_cycles": numbers[2] if numbers else None,
             "error": error,
             REASONS: numbers[3] if numbers else None,
