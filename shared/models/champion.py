@@ -1,7 +1,8 @@
 """The champion rule: when a newly trained model replaces the serving one, decided from backtest metrics.
 
 Pure (metadata dicts in, a decision and its reason out), so the registry (shared/adapters/registry.py),
-the comparison report and the tests apply the same rule without storage.
+the comparison report and the tests apply the same rule without storage. `read_model_metadata` is the one
+reader of a model directory's metadata.json both of them start from.
 """
 
 from __future__ import annotations
