@@ -319,3 +319,13 @@ def test_cli_promote_list_champion_download(registry, storage_connection, tmp_pa
     assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "v1")
     assert main(["registry", "download", *where, "--model-dir", str(tmp_path / "c"), "--version", "v9"]) == 1
     assert "'v9' is not in container" in capsys.readouterr().err
+
+
+def test_cli_decisions_prints_every_promotion_decision_oldest_first(registry, storage_connection, tmp_path, capsys):
+    where = ["--connection", storage_connection, "--container", registry.container_name]
+    assert main(["registry", "promote", *where, "--model-dir", str(model_dir(tmp_path, "v1", brier=0.10))]) == 0
+    assert main(["registry", "promote", *where, "--model-dir", str(model_dir(tmp_path, "v2", brier=0.20))]) == 0
+    capsys.readouterr()
+    assert main(["registry", "decisions", *where]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(entry["version"], entry["promoted"]) for entry in logged] == [("v1", True), ("v2", False)]

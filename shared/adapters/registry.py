@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,15 +42,22 @@ from shared.adapters.storage import (
     upload_file,
     upload_json,
 )
+from shared.config.names import MODELS_CONTAINER
 from shared.core.telemetry import InputError
-from shared.models.champion import DEFAULT_RULE, ChampionRule, PromotionDecision, model_metrics
+from shared.models.champion import (
+    DEFAULT_RULE,
+    METADATA_FILE,
+    VERSION_PATTERN,
+    ChampionRule,
+    PromotionDecision,
+    model_metrics,
+    read_model_metadata,
+)
 
-METADATA = "metadata.json"
 CHAMPION_BLOB = "champion.json"
 DECISIONS_BLOB = "decisions.jsonl"
 PROMOTIONS_PREFIX = "_promotions/"  # not a version folder: a version starts with a letter or digit
 # A version names a blob folder and a local cache folder: no slashes, no dot-only names.
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where a champion is loaded: the Function App (nightly batch score) and the scoring endpoint. Read from the
 # files, not from the running interpreter, whose venv (the tests', a developer's) may hold more.
@@ -83,7 +89,7 @@ class ModelRegistry:
     def __init__(
         self,
         blob_service: BlobServiceClient,
-        container: str = "models",
+        container: str = MODELS_CONTAINER,
         rule: ChampionRule = DEFAULT_RULE,
         serving_requirements: tuple[Path, ...] = SERVING_REQUIREMENTS,
     ) -> None:
@@ -104,22 +110,22 @@ class ModelRegistry:
         model_dir = Path(model_dir)
         version = read_model_metadata(model_dir)["version"]
         container = ensure_container(self._service, self.container_name)
-        metadata_blob = f"{version}/{METADATA}"
+        metadata_blob = f"{version}/{METADATA_FILE}"
         if container.get_blob_client(metadata_blob).exists():
             raise RegistryError(f"model version {version!r} is already published; versions are immutable")
         for path in sorted(model_dir.rglob("*")):
             relative = path.relative_to(model_dir).as_posix()
-            if path.is_file() and relative != METADATA:
+            if path.is_file() and relative != METADATA_FILE:
                 upload_file(container, f"{version}/{relative}", path)
         try:
-            upload_file(container, metadata_blob, model_dir / METADATA, overwrite=False)
+            upload_file(container, metadata_blob, model_dir / METADATA_FILE, overwrite=False)
         except ResourceExistsError:
             raise RegistryError(f"model version {version!r} was published by another run meanwhile") from None
         return version
 
     def versions(self) -> list[str]:
         """Every completely published version, in name order."""
-        suffix = f"/{METADATA}"
+        suffix = f"/{METADATA_FILE}"
         return sorted(
             name.removesuffix(suffix)
             for name in list_blob_names(self._blobs)
@@ -128,7 +134,7 @@ class ModelRegistry:
 
     def metadata(self, version: str) -> dict:
         """The stored metadata.json of a published version, with its "promotion" record once decided."""
-        metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA}")
+        metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA_FILE}")
         if metadata is None:
             raise self._not_published(version)
         promotion = download_json(self._blobs, _promotion_blob(version))
@@ -144,7 +150,7 @@ class ModelRegistry:
         if target.is_dir():
             return target
         names = list_blob_names(self._blobs, prefix=f"{version}/")
-        if f"{version}/{METADATA}" not in names:
+        if f"{version}/{METADATA_FILE}" not in names:
             raise self._not_published(version)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
@@ -226,7 +232,7 @@ class ModelRegistry:
 
         model_dir = Path(model_dir)
         metadata = read_model_metadata(model_dir)
-        candidate = model_metrics(metadata, str(model_dir / METADATA))
+        candidate = model_metrics(metadata, str(model_dir / METADATA_FILE))
         missing = missing_packages(metadata, requirement_names(self.serving_requirements))
         version = self.publish(model_dir)
         for _ in range(PROMOTION_ATTEMPTS):
@@ -264,7 +270,7 @@ class ModelRegistry:
             reason = f"not promoted: other promotions moved the champion pointer {PROMOTION_ATTEMPTS} times"
             promotion = {**promotion, "promoted": False, "reason": reason}
             upload_json(self._blobs, _promotion_blob(version), promotion)
-        (model_dir / METADATA).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
+        (model_dir / METADATA_FILE).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
         self._append_decision({"version": version, **promotion})
         return PromotionDecision(version, promotion["promoted"], promotion["reason"],
                                  promotion["previous_champion"], promotion["rule"])  # fmt: skip
@@ -287,29 +293,6 @@ class ModelRegistry:
             with contextlib.suppress(ResourceExistsError):  # another promotion created it first
                 blob.create_append_blob(match_condition=MatchConditions.IfMissing)
             blob.append_block(line)
-
-
-# --- model directories --------------------------------------------------------------------------------
-
-
-def read_model_metadata(model_dir: Path) -> dict:
-    """A model directory's metadata.json, checked for a usable "version"; `InputError` names the problem."""
-    path = Path(model_dir) / METADATA
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; a model directory needs metadata.json")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise InputError(f"{path}: must hold a JSON object")
-    version = metadata.get("version")
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        raise InputError(
-            f"{path}: \"version\" must be a string of letters, digits and . _ : + - (starting with a letter "
-            f"or digit, at most 128), got {version!r}"
-        )
-    return metadata
 
 
 def _promotion_blob(version: str) -> str:
@@ -336,7 +319,7 @@ def _shown(path: Path) -> str:
 
 
 def _checked_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise InputError(f"not a model version: {version!r}")
     return version
 

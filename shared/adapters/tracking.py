@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from shared.config.settings import Settings, load_settings
+from shared.models.report import training_curves_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_STORE_DIR = "battery-mlflow"  # under tempfile.gettempdir(), unless the caller names a directory
@@ -135,24 +136,6 @@ def start_training_run(
         client.set_terminated(training.run_id, "FAILED")
         raise
     client.set_terminated(training.run_id, "FINISHED")
-
-
-def training_curves_figure(curves: pd.DataFrame, title: str | None = None) -> Figure:
-    """Training vs validation curves, one panel per quantity (see `TrainingRun.log_training_curves`)."""
-    quantities = list(dict.fromkeys(column.split("_", 1)[1] for column in curves.columns))
-    figure = Figure(figsize=(5 * len(quantities), 3.8), layout="constrained")
-    for axes, quantity in zip(figure.subplots(1, len(quantities), squeeze=False)[0], quantities, strict=True):
-        for column in curves.columns:
-            split, measured = column.split("_", 1)
-            if measured == quantity:
-                axes.plot(curves.index, curves[column], marker=".", label=split)
-        step = curves.index.name or "step"
-        axes.set(xlabel=step, ylabel=quantity, title=f"{quantity} by {step}")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    if title:
-        figure.suptitle(title)
-    return figure
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:

@@ -12,6 +12,9 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.config.names import EVENTHUB_CONNECTION_SETTING
+from shared.core.risk import ALERT_THRESHOLD
+
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
 SCORING_AUTH_MODES = ("key", "aad_token", "none")
@@ -23,7 +26,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The app settings of DESIGN.md ("Configuration"), typed.
+    """The app settings of docs/contracts.md ("Configuration"), typed.
 
     Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
     `shared.adapters.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
@@ -36,7 +39,7 @@ class Settings:
     head_unit_gateway_url: str = "http://127.0.0.1:7072"
     head_unit_signing_key: str | None = None
     service_booking_url: str = "https://service.treyresearch.example/book"
-    alert_probability_threshold: float = 0.8
+    alert_probability_threshold: float = ALERT_THRESHOLD
     alert_cooldown_days: int = 7
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
@@ -100,7 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                             f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
     _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
     return Settings(
-        eventhub_connection=text("EventHubConnection", None),
+        eventhub_connection=text(EVENTHUB_CONNECTION_SETTING, None),
         scoring_uri=scoring_uri,
         scoring_key=scoring_key,
         scoring_auth=scoring_auth,

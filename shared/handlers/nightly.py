@@ -19,6 +19,7 @@ from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
 from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
+from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
@@ -27,8 +28,6 @@ from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
 from shared.models.scoring import score_fleet
-
-SCORES_CONTAINER = "scores"
 
 Progress = Callable[[str], None]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ import pandas as pd
 from shared.core.risk import (
     ALERT_THRESHOLD,
     HORIZON_DAYS,
+    PROBABILITY,
     RiskCalibration,
     calibrate,
     failure_risk,
@@ -38,6 +38,7 @@ from shared.core.risk import (
 )
 from shared.core.telemetry import InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory
+from shared.models.base import Forecaster
 
 EVALUATION_DAYS = 90
 CALIBRATION_SPAN_DAYS = 56
@@ -48,10 +49,6 @@ RELIABILITY_BINS = 10
 MIN_TRAINING_DAYS = 60
 METHODS = ("model", "seasonal_naive", "recent_mean")
 METHOD_TITLES = {"model": "LightGBM model", "seasonal_naive": "Seasonal naive", "recent_mean": "Recent mean"}
-
-
-class Forecaster(Protocol):
-    def forecast(self, windows: BatteryWindows) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def score_outcomes(
         calibration = calibration_from_outcomes(held_out, method)
         probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
                                    daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
-            "failure_probability_30d"].to_numpy()
+            PROBABILITY].to_numpy()
         probabilities[method] = probability
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),

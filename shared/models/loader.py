@@ -16,11 +16,8 @@ from typing import NamedTuple
 from packaging.utils import canonicalize_name
 
 from shared.models import _lightgbm, _lstm, _mlflow
-from shared.models._lightgbm import METADATA_FILE, BatteryForecaster
-from shared.models._lstm import LstmForecaster
-from shared.models._mlflow import MlflowForecaster
-
-Forecaster = BatteryForecaster | LstmForecaster | MlflowForecaster
+from shared.models._lightgbm import METADATA_FILE
+from shared.models.base import Forecaster
 
 
 class Kind(NamedTuple):
