@@ -46,6 +46,7 @@ RECENT_MEAN_DAYS = 28
 RELIABILITY_BINS = 10
 # Training needs at least this many target days before the first calibration origin.
 MIN_TRAINING_DAYS = 60
+MIN_HISTORY_DAYS = EVALUATION_DAYS + HORIZON_DAYS + CALIBRATION_SPAN_DAYS + MIN_TRAINING_DAYS + 1
 METHODS = ("model", "seasonal_naive", "recent_mean")
 METHOD_TITLES = {"model": "LightGBM model", "seasonal_naive": "Seasonal naive", "recent_mean": "Recent mean"}
 
@@ -103,9 +104,8 @@ def run_backtest(
     calibration_origins = np.arange(cutoff - HORIZON_DAYS - CALIBRATION_SPAN_DAYS, cutoff - HORIZON_DAYS + 1,
                                     ORIGIN_STRIDE)
     evaluation_origins = np.arange(cutoff, last_day - HORIZON_DAYS + 1, ORIGIN_STRIDE)
-    needed = EVALUATION_DAYS + HORIZON_DAYS + CALIBRATION_SPAN_DAYS + MIN_TRAINING_DAYS + 1
     if calibration_origins[0] < MIN_TRAINING_DAYS:
-        raise InputError(f"the backtest needs at least {needed} days of history, got {history.n_days}")
+        raise InputError(f"the backtest needs at least {MIN_HISTORY_DAYS} days of history, got {history.n_days}")
 
     say(f"backtest: fitting on targets up to {_date(history, calibration_origins[0])}")
     model = fit(history, int(calibration_origins[0]))
