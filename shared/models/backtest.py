@@ -93,10 +93,13 @@ def run_backtest(
     progress: Callable[[str], None] | None = None,
     window_days: int = DEFAULT_WINDOW_DAYS,
     model_title: str = METHOD_TITLES["model"],
+    evaluation_history: FleetHistory | None = None,
 ) -> BacktestResult:
     """Fit with `fit(history, last_target_day)`, calibrate, evaluate model and baselines (module docstring).
 
     `model_title` names the model under test in the summary and its Markdown ("LSTM model", ...).
+    `evaluation_history` (same calendar as `history`) evaluates on other batteries than those fitted and
+    calibrated on: bench/bench_training_sample.py scores a model trained on a sample on the whole fleet.
     """
     say = progress or (lambda message: None)
     last_day = history.n_days - 1
@@ -114,7 +117,8 @@ def run_backtest(
     say(f"backtest: calibrating on {len(calibration_origins)} origins, "
         f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}")
     held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
-    evaluated = origin_outcomes(history, evaluation_origins, forecasters, window_days)
+    evaluated_history = history if evaluation_history is None else evaluation_history
+    evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days)
 
     metrics, reliability, probabilities = score_outcomes(held_out, evaluated, threshold)
     summary = {
@@ -131,8 +135,8 @@ def run_backtest(
     }
     pooled = concatenate_outcomes(held_out, evaluated)
     evaluation = pd.DataFrame({
-        "Battery_ID": history.battery_id[evaluated.battery].astype(str),
-        "Car_ID": history.car_id[evaluated.battery].astype(str),
+        "Battery_ID": evaluated_history.battery_id[evaluated.battery].astype(str),
+        "Car_ID": evaluated_history.car_id[evaluated.battery].astype(str),
         "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
         "label": evaluated.label,
         "scored": evaluated.scored,
