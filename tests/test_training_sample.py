@@ -138,7 +138,7 @@ def test_the_settings_bound_the_retraining_and_refuse_what_cannot_train():
 
 # --- through the real function_app on Azurite --------------------------------------------------------
 
-HISTORY_DAYS, MAX_BATTERIES = 300, 25
+HISTORY_DAYS, MAX_BATTERIES = 300, 40
 FIRST_DAY = "2015-01-01"  # 435 days before LAST_DAY: the oldest 135 are outside the period
 
 
@@ -156,9 +156,9 @@ def test_nightly_retrain_reads_only_the_trailing_period_and_trains_on_the_sample
         downloaded = []
 
         def count_downloads(response) -> None:
-            request = response.http_request
-            if request.method == "GET" and "comp=list" not in request.url:
-                downloaded.append(unquote(request.url.split(f"/{TELEMETRY_CONTAINER}/", 1)[1]))
+            request, marker = response.http_request, f"/{TELEMETRY_CONTAINER}/"
+            if request.method == "GET" and marker in request.url and "comp=list" not in request.url:
+                downloaded.append(unquote(request.url.split(marker, 1)[1].split("?", 1)[0]))
 
         services.blobs = BlobServiceClient.from_connection_string(storage_connection,
                                                                   raw_response_hook=count_downloads)  # fmt: skip
@@ -174,7 +174,7 @@ def test_nightly_retrain_reads_only_the_trailing_period_and_trains_on_the_sample
     metadata = ModelRegistry(services.blobs).champion_metadata()
     in_period = small_fleet.loc[small_fleet[DATE] >= pd.Timestamp(since), BATTERY_ID].nunique()
     expected = sample_batteries(small_fleet[small_fleet[DATE] >= pd.Timestamp(since)], MAX_BATTERIES)
-    assert expected.near_eol > 0  # the fleet has batteries near end of life, and they are all kept
+    assert 0 < expected.near_eol < MAX_BATTERIES < in_period  # some near end of life, all kept; the rest sampled
     assert metadata["training_data"] == {
         "period": {"history_days": HISTORY_DAYS, "since": since.isoformat(), "first_record": since.isoformat(),
                    "last_record": LAST_DAY},
