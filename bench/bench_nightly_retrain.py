@@ -59,7 +59,7 @@ def archive_fleet(connection: str, cars: int, years: int) -> dict:
     telemetry = simulate_fleet(cars, first, LAST_DAY, seed=11).telemetry
     telemetry = telemetry[acceptable_records(telemetry)]
     blobs = blob_service(connection)
-    car_number = telemetry[CAR_ID].str.extract(r"(\d+)$")[0].astype(int)
+    car_number = pd.factorize(telemetry[CAR_ID], sort=True)[0]
     began, names = time.perf_counter(), 0
     for batch, rows in telemetry.groupby(car_number // CARS_PER_BLOB):
         names += len(archive_telemetry(blobs, rows, datetime.now(UTC), batch_id=f"cars-{batch}"))
