@@ -49,10 +49,10 @@ def fleet_rows(lifetimes: dict[str, float], daily: float = 0.1, days: int = 3) -
 
 def mixed_fleet() -> tuple[pd.DataFrame, set[str], dict[int, set[str]]]:
     """30 near end of life (within days of rated life), and 400 / 200 / 100 / 300 batteries in the four
-    remaining-share strata (S0: 30 cycles left, 300 days); returns the rows, the near-EOL ids and the
+    remaining-share strata 1-4 (S1: 30 cycles left, 300 days); returns the rows, the near-EOL ids and the
     others by stratum."""
     near = {f"N{k:03d}": RATED - 0.5 * k for k in range(30)}  # 0 to 14.5 cycles left: ≤ 145 days at 0.1 a day
-    strata = {0: (400, 0.15), 1: (200, 0.4), 2: (100, 0.6), 3: (300, 0.9)}  # (count, remaining share)
+    strata = {1: (400, 0.15), 2: (200, 0.4), 3: (100, 0.6), 4: (300, 0.9)}  # (count, remaining share)
     others = {s: {f"S{s}-{k:03d}": RATED * (1 - share) for k in range(count)} for s, (count, share) in strata.items()}
     lifetimes = {**near, **{b: v for group in others.values() for b, v in group.items()}}
     return fleet_rows(lifetimes), set(near), {s: set(group) for s, group in others.items()}
@@ -66,9 +66,11 @@ def test_the_profile_puts_each_battery_in_its_stratum():
         assert set(stratum.index[stratum == value]) == batteries
 
 
-def test_a_battery_past_rated_life_or_far_from_it_at_heavy_use_is_near_end_of_life():
-    raw = fleet_rows({"past": RATED + 3}).pipe(lambda f: pd.concat([f, fleet_rows({"heavy": 100}, daily=1.0)]))
-    assert (battery_profile(raw)["stratum"] == NEAR_EOL_STRATUM).all()  # 100 cycles at 1 a day: 100 days left
+def test_near_end_of_life_counts_in_days_of_the_batterys_own_use_on_either_side_of_rated_life():
+    raw = pd.concat([fleet_rows({"just-past": RATED + 3, "long-past": RATED + 50}),  # 30 and 500 days past
+                     fleet_rows({"heavy": 100}, daily=1.0)])  # 100 cycles left at 1 a day: 100 days  # fmt: skip
+    assert battery_profile(raw)["stratum"].to_dict() == {"heavy": NEAR_EOL_STRATUM, "just-past": NEAR_EOL_STRATUM,
+                                                         "long-past": 0}  # fmt: skip
 
 
 @pytest.mark.parametrize("cap", [100, 250, 531, 999])
@@ -113,7 +115,7 @@ def test_a_battery_stays_in_the_sample_when_a_battery_of_another_stratum_joins_t
     """The hash decides within a stratum: a newcomer elsewhere moves no one (up to the rounding of quotas)."""
     raw, _, _ = mixed_fleet()
     before = set(sample_batteries(raw, 531).battery_ids)
-    grown = pd.concat([raw, fleet_rows({"NEW": RATED * 0.1})], ignore_index=True)
+    grown = pd.concat([raw, fleet_rows({"NEW": RATED * 0.9})], ignore_index=True)
     after = set(sample_batteries(grown, 532).battery_ids)
     assert len(before - after) <= 1
 

@@ -5,11 +5,13 @@ thousands of times; bench/bench_training_sample.py measures the cost) and costs 
 the fleet. The sample is drawn per battery, never per row, so every kept battery keeps its whole history
 and its windows stay whole:
 
-- near end of life: batteries whose remaining rated cycles last at most `NEAR_EOL_DAYS` at their own
-  usage (or are already past rated life) are all kept. They are the rare positive labels that calibrate
-  the failure risk and score the backtest's Brier and AP; a uniform sample would thin them the most.
-- the rest: split into strata by the share of rated life remaining, and the same proportion of every
-  stratum kept, so the sample covers new and half-worn batteries as the fleet does.
+- near end of life: batteries within `NEAR_EOL_DAYS` of their own usage of rated life, before or after
+  it, are all kept. They are the positive labels that calibrate the failure risk and score the
+  backtest's Brier and AP; a uniform sample would thin them the most. A battery long past rated life is
+  not among them (the backtest counts it apart, it is never a label) but in a stratum of its own.
+- the rest: split into strata by the share of rated life remaining (past it, then quarters), and the
+  same proportion of every stratum kept, so the sample covers worn, half-worn and new batteries as the
+  fleet does.
 
 Within a stratum the batteries kept are those with the smallest keyed hash of their Battery_ID: the same
 fleet gives the same sample on every run and machine, whatever the row order, and a battery's place in
@@ -30,10 +32,12 @@ from shared.core.telemetry import BATTERY_ID, DATE
 from shared.models.backtest import CALIBRATION_SPAN_DAYS, EVALUATION_DAYS
 
 # A battery that reaches rated life within the backtest's held-out days (calibration span, evaluation
-# period and one horizon after them) can be a positive label there.
+# period and one horizon after them) can be a positive label there; one that reached it as long before
+# the end of its records could be one at the first held-out origins.
 NEAR_EOL_DAYS = CALIBRATION_SPAN_DAYS + EVALUATION_DAYS + HORIZON_DAYS
-# Strata of the other batteries: share of rated cycles remaining, in [0, .25), [.25, .5), [.5, .75), [.75, ∞).
-REMAINING_SHARE_BANDS = (0.25, 0.5, 0.75)
+# Strata of the other batteries: share of rated cycles remaining, in (-∞, 0) (past rated life), [0, .25),
+# [.25, .5), [.5, .75), [.75, ∞).
+REMAINING_SHARE_BANDS = (0.0, 0.25, 0.5, 0.75)
 SAMPLE_SEED = 0
 NEAR_EOL_STRATUM = -1
 
@@ -74,10 +78,11 @@ def battery_profile(raw: pd.DataFrame) -> pd.DataFrame:
                             "daily": by_battery[DAILY].median()})  # fmt: skip
     remaining = (profile["rated"] - profile["lifetime"]).to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        days_left = np.where(remaining <= 0, 0.0, remaining / profile["daily"].to_numpy(float))
+        days_from_rated_life = np.abs(remaining / profile["daily"].to_numpy(float))  # NaN or inf: not in use
         share = remaining / profile["rated"].to_numpy(float)
     stratum = np.searchsorted(REMAINING_SHARE_BANDS, np.nan_to_num(share, nan=1.0), side="right")
-    profile["stratum"] = np.where(days_left <= NEAR_EOL_DAYS, NEAR_EOL_STRATUM, stratum)
+    near = (days_from_rated_life <= NEAR_EOL_DAYS) | (remaining == 0)
+    profile["stratum"] = np.where(near, NEAR_EOL_STRATUM, stratum)
     return profile[["stratum"]]
 
 
