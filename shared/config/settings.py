@@ -18,6 +18,9 @@ from shared.core.risk import ALERT_THRESHOLD
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
 SCORING_AUTH_MODES = ("key", "aad_token", "none")
+# The backtest's least history (shared/models/backtest.py: evaluation 90 + horizon 30 + calibration span
+# 56 + least training 60 + 1 days); settings must not import the model stack, so it is spelled out here.
+MIN_RETRAIN_HISTORY_DAYS = 237
 
 
 class SettingsError(ValueError):
@@ -44,6 +47,11 @@ class Settings:
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
+    # nightly_retrain trains on the last RETRAIN_HISTORY_DAYS days of the archive and, past
+    # RETRAIN_MAX_BATTERIES batteries, on a sample of them (shared/models/training_sample.py; README
+    # "Retraining in bounded memory" says why these defaults).
+    retrain_history_days: int = 486
+    retrain_max_batteries: int = 1000
     batch_score_schedule: str = "0 0 3 * * *"
     compliance_schedule: str = "0 30 3 * * *"
     # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
@@ -79,6 +87,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
+    history_days = _number(env, "RETRAIN_HISTORY_DAYS", defaults.retrain_history_days, int)
+    if history_days < MIN_RETRAIN_HISTORY_DAYS:
+        raise SettingsError(f"RETRAIN_HISTORY_DAYS must be {MIN_RETRAIN_HISTORY_DAYS} or more (the backtest's "
+                            f"least history), got {history_days!r}")  # fmt: skip
+    max_batteries = _number(env, "RETRAIN_MAX_BATTERIES", defaults.retrain_max_batteries, int)
+    if max_batteries < 1:
+        raise SettingsError(f"RETRAIN_MAX_BATTERIES must be 1 or more, got {max_batteries!r}")
     for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
@@ -114,6 +129,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_cooldown_days=cooldown,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
+        retrain_history_days=history_days,
+        retrain_max_batteries=max_batteries,
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
         component_catalog_blob=catalog_blob,
