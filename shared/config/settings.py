@@ -43,6 +43,12 @@ class Settings:
     retrain_schedule: str = "0 0 2 * * *"
     batch_score_schedule: str = "0 0 3 * * *"
     compliance_schedule: str = "0 30 3 * * *"
+    # The telemetry archive's compaction (shared/adapters/compaction.py), before the nightly jobs read it.
+    compaction_schedule: str = "0 0 1 * * *"
+    # Skip (log and count) an unreadable or schema-mismatched archived file instead of failing the nightly job.
+    archive_skip_unreadable: bool = False
+    # Batteries prepared and scored at once by the nightly batch score: its memory is this × the model's window.
+    batch_score_chunk_batteries: int = 5000
     # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
     # may hold a password: never logged) read with the query.
     component_catalog_blob: str = "components/catalog.csv"
@@ -76,7 +82,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
-    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
+    chunk = _number(env, "BATCH_SCORE_CHUNK_BATTERIES", defaults.batch_score_chunk_batteries, int)
+    if chunk < 1:
+        raise SettingsError(f"BATCH_SCORE_CHUNK_BATTERIES must be 1 or more, got {chunk!r}")
+    skip_unreadable = env.get("ARCHIVE_SKIP_UNREADABLE", "").strip().lower()
+    if skip_unreadable not in ("", "true", "false"):
+        raise SettingsError(f"ARCHIVE_SKIP_UNREADABLE must be true or false, got {skip_unreadable!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE", "COMPACTION_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
             raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
@@ -113,6 +125,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
+        compaction_schedule=text("COMPACTION_SCHEDULE", defaults.compaction_schedule),
+        archive_skip_unreadable=skip_unreadable == "true",
+        batch_score_chunk_batteries=chunk,
         component_catalog_blob=catalog_blob,
         component_catalog_dsn=text("COMPONENT_CATALOG_DSN", None),
         component_catalog_query=text("COMPONENT_CATALOG_QUERY", defaults.component_catalog_query),
