@@ -76,7 +76,8 @@ log = logging.getLogger(__name__)
 
 
 def archive_telemetry(
-    blob_service: BlobServiceClient, good: pd.DataFrame, now: datetime, batch_id: str | None = None
+    blob_service: BlobServiceClient, good: pd.DataFrame, now: datetime, batch_id: str | None = None,
+    container: str = TELEMETRY_CONTAINER,
 ) -> list[str]:
     """Append a batch's good records to the archive; return the blob names written (none for no records).
 
@@ -89,7 +90,7 @@ def archive_telemetry(
     written = []
     for day, records in stamped.groupby(stamped[DATE].dt.strftime("%Y-%m-%d"), sort=True):
         blob = f"date={day}/{name}.parquet"
-        upload_creating_container(blob_service, TELEMETRY_CONTAINER, blob, to_parquet(records))
+        upload_creating_container(blob_service, container, blob, to_parquet(records))
         written.append(blob)
     return written
 
