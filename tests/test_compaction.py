@@ -185,7 +185,8 @@ def test_a_day_holding_csv_of_before_parquet_and_parquet_reads_both_and_compacts
 
 @pytest.mark.parametrize(("blob", "content", "reason"), [
     ("date=2031-01-08/broken.parquet", b"PAR1 not really", "not a readable Parquet file"),
-    ("date=2031-01-08/typed.parquet", "ids", r"schema mismatch: column Daily_Cycles_Used is (large_)?string, expected double"),
+    ("date=2031-01-08/typed.parquet", "ids",
+     r"schema mismatch: column Daily_Cycles_Used is (large_)?string, expected double"),
     ("date=2031-01-08/legacy.csv", b"Date,Battery_ID\n2031-01-08,A\n", "missing column"),
 ])  # fmt: skip
 def test_an_unreadable_file_is_named_and_skipped_only_when_the_operator_says_so(archive, blob, content, reason):
