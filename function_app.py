@@ -32,6 +32,14 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("function_app")
 
 
+@app.timer_trigger(arg_name="timer", schedule="%COMPACTION_SCHEDULE%", use_monitor=True)
+def compact_telemetry_archive(timer: func.TimerRequest) -> None:
+    """Merge each finished day's small archive files into one, so the nightly jobs read a file a day."""
+    from shared.handlers.nightly import compact_telemetry  # the nightly stack, loaded when the timer runs
+
+    observability.log_summary(log, "compact_telemetry_archive", compact_telemetry(bootstrap.current()))
+
+
 @app.timer_trigger(arg_name="timer", schedule="%RETRAIN_SCHEDULE%", use_monitor=True)
 def nightly_retrain_timer(timer: func.TimerRequest) -> None:
     """Retrain on the archived telemetry; promote the new model only if its backtest beats the champion."""

@@ -54,6 +54,12 @@ class Settings:
     retrain_max_batteries: int = 1000
     batch_score_schedule: str = "0 0 3 * * *"
     compliance_schedule: str = "0 30 3 * * *"
+    # The telemetry archive's compaction (shared/adapters/compaction.py), before the nightly jobs read it.
+    compaction_schedule: str = "0 0 1 * * *"
+    # Skip (log and count) an unreadable or schema-mismatched archived file instead of failing the nightly job.
+    archive_skip_unreadable: bool = False
+    # Batteries prepared and scored at once by the nightly batch score: its memory is this × the model's window.
+    batch_score_chunk_batteries: int = 5000
     # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
     # may hold a password: never logged) read with the query.
     component_catalog_blob: str = "components/catalog.csv"
@@ -94,7 +100,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     max_batteries = _number(env, "RETRAIN_MAX_BATTERIES", defaults.retrain_max_batteries, int)
     if max_batteries < 1:
         raise SettingsError(f"RETRAIN_MAX_BATTERIES must be 1 or more, got {max_batteries!r}")
-    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
+    chunk = _number(env, "BATCH_SCORE_CHUNK_BATTERIES", defaults.batch_score_chunk_batteries, int)
+    if chunk < 1:
+        raise SettingsError(f"BATCH_SCORE_CHUNK_BATTERIES must be 1 or more, got {chunk!r}")
+    skip_unreadable = env.get("ARCHIVE_SKIP_UNREADABLE", "").strip().lower()
+    if skip_unreadable not in ("", "true", "false"):
+        raise SettingsError(f"ARCHIVE_SKIP_UNREADABLE must be true or false, got {skip_unreadable!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE", "COMPACTION_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
             raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
@@ -133,6 +145,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retrain_max_batteries=max_batteries,
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
+        compaction_schedule=text("COMPACTION_SCHEDULE", defaults.compaction_schedule),
+        archive_skip_unreadable=skip_unreadable == "true",
+        batch_score_chunk_batteries=chunk,
         component_catalog_blob=catalog_blob,
         component_catalog_dsn=text("COMPONENT_CATALOG_DSN", None),
         component_catalog_query=text("COMPONENT_CATALOG_QUERY", defaults.component_catalog_query),

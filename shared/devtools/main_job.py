@@ -144,6 +144,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
         "RETRAIN_SCHEDULE": defaults.retrain_schedule,
         "BATCH_SCORE_SCHEDULE": defaults.batch_score_schedule,
         "COMPLIANCE_SCHEDULE": defaults.compliance_schedule,
+        "COMPACTION_SCHEDULE": defaults.compaction_schedule,
         "ALERT_PROBABILITY_THRESHOLD": os.environ.get("ALERT_PROBABILITY_THRESHOLD")
         or str(defaults.alert_probability_threshold),
         "ALERT_COOLDOWN_DAYS": os.environ.get("ALERT_COOLDOWN_DAYS") or str(defaults.alert_cooldown_days),

@@ -7,14 +7,15 @@ the Function App's timers call these, so a job behaves the same from a laptop an
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from shared.adapters import observability
-from shared.adapters.archive import load_telemetry_history
+from shared.adapters.archive import load_telemetry_history, read_archive
+from shared.adapters.compaction import compact_archive
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
 from shared.adapters.training_tracking import track_training
@@ -23,11 +24,11 @@ from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
-from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
-from shared.models.scoring import score_fleet
+from shared.models.scoring import IN_SERVICE_DAYS, score_fleet
 from shared.models.training_sample import period_record, sample_batteries, select_sample, trailing_period_start
 
 Progress = Callable[[str], None]
@@ -161,28 +162,57 @@ def nightly_batch_score(services: Services) -> AlertBatch:
 
     Yesterday, because the night's run sees the last complete day: the same day the streaming path
     scored when that day's record arrived, so both paths name the same alert and it is delivered once.
+    Bounded memory: only the days the model's window and the in-service rule look at are read
+    (`scoring_days`), and batteries are prepared and scored BATCH_SCORE_CHUNK_BATTERIES at a time, so
+    peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
+    `scores/date=<as_of>/<model version>.parquet`.
     """
+    settings = services.settings
     now = services.clock()
     as_of = now.date() - timedelta(days=1)
     model = champion_model(services)
     if model is None:
         return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
-    raw = load_telemetry_history(services.blobs)
-    raw = raw[raw[DATE] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
-    if raw.empty:
-        return AlertBatch([], {"scored": 0, "reason": f"no telemetry on or before {as_of}"})
-    clean, _ = prepare_telemetry(raw)
-    threshold = services.settings.alert_probability_threshold
-    scores, _ = score_fleet(model, clean, as_of, threshold=threshold)
+    first = as_of - timedelta(days=scoring_days(model.window_days) - 1)
+    archived = read_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
+    files = {"files_read": len(archived.files_read), "skipped_files": archived.skipped}
+    if archived.frame.empty:
+        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
+    threshold = settings.alert_probability_threshold
+    scores = pd.concat([score_fleet(model, prepare_telemetry(chunk)[0], as_of, threshold=threshold)[0]
+                        for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries)],
+                       ignore_index=True)  # fmt: skip
     observability.count_scored(len(scores))
     container = ensure_container(services.blobs, SCORES_CONTAINER)
-    name = f"date={as_of.isoformat()}/scores-{model.version}.csv"
-    upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())
+    name = f"date={as_of.isoformat()}/{model.version}.parquet"
+    upload_bytes(container, name, scores.to_parquet(index=False))
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
-                                services.settings.service_booking_url, model_version=model.version)  # fmt: skip
+                                settings.service_booking_url, model_version=model.version)  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
-               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}"}
+               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
+               "days_read": f"{first}..{as_of}", **files}  # fmt: skip
     return AlertBatch(alerts, summary)
+
+
+def scoring_days(window_days: int) -> int:
+    """Days of archive the batch score reads up to its as-of day: the model's window, and at least the
+    in-service rule's (a battery silent for IN_SERVICE_DAYS is out of service)."""
+    return max(window_days, IN_SERVICE_DAYS)
+
+
+def car_chunks(raw: pd.DataFrame, batteries: int) -> Iterator[pd.DataFrame]:
+    """The rows in chunks of about `batteries` cars, every car's batteries in one chunk (the in-service
+    rule keeps only the newest battery of a car, so it must see them together)."""
+    codes, _ = pd.factorize(raw[CAR_ID], sort=True)
+    for _, chunk in raw.groupby(codes // batteries, sort=True):
+        yield chunk
+
+
+def compact_telemetry(services: Services) -> dict:
+    """Compact the archive's finished days (before today on the app's clock) into one file each."""
+    summary = compact_archive(services.blobs, services.clock().date(),
+                              skip_unreadable=services.settings.archive_skip_unreadable)  # fmt: skip
+    return summary.to_dict()
 
 
 def champion_model(services: Services) -> BatteryForecaster | None:
