@@ -84,12 +84,30 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
 
 def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path: Path, *,
                    forecast_path: Path | None = None, threshold: float | None = None,
-                   progress: Progress = _quiet) -> pd.DataFrame:
-    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only."""
+                   progress: Progress = _quiet, engine: str = "pandas", master: str | None = None) -> pd.DataFrame:
+    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only.
+
+    engine "spark" runs the Spark job (shared/spark/job.py) on `master` instead, with the same output.
+    """
     day = parse_day(str(as_of))
     threshold = load_settings().alert_probability_threshold if threshold is None else threshold
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    if engine == "spark":
+        from shared.spark.engine import score_csv_on_spark
+
+        progress(f"scoring {data_path} with Spark ({master or 'local[*]'})")
+        scores, forecast = score_csv_on_spark(data_path, model_dir, day, threshold, master)
+    else:
+        scores, forecast = _score_csv_in_process(data_path, model_dir, day, threshold, progress)
+    _write_csv(scores, out_path)
+    if forecast_path is not None:
+        _write_csv(forecast, forecast_path)
+    return scores
+
+
+def _score_csv_in_process(data_path: Path, model_dir: Path, day: date, threshold: float,
+                          progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     progress(f"reading {data_path}")
     raw = read_telemetry_csv(data_path)
     raw = raw[raw[DATE] < pd.Timestamp(day) + pd.Timedelta(days=1)]
@@ -99,11 +117,7 @@ def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path
     progress(f"preparing {len(raw):,} rows up to {day}")
     clean, _ = prepare_telemetry(raw)
     progress("scoring the batteries in service")
-    scores, forecast = score_fleet(model, clean, day, threshold=threshold)
-    _write_csv(scores, out_path)
-    if forecast_path is not None:
-        _write_csv(forecast, forecast_path)
-    return scores
+    return score_fleet(model, clean, day, threshold=threshold)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
