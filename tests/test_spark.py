@@ -53,9 +53,13 @@ def telemetry_csv(tmp_path_factory) -> Path:
 def archive(tmp_path_factory) -> Path:
     """The fleet's telemetry in the archive's layout: one Parquet file per record day under date=YYYY-MM-DD/."""
     root = tmp_path_factory.mktemp("archive") / "telemetry"
-    telemetry = fleet().telemetry
+    telemetry = fleet().telemetry.assign(Archived_At=pd.Timestamp("2016-07-01 03:00"))
     days = telemetry.assign(date=telemetry[DATE].dt.strftime("%Y-%m-%d"))
     days.to_parquet(root, partition_cols=["date"], index=False)
+    # An older copy of one day's records, with other values: the archive's readers keep the latest written.
+    stale = telemetry[telemetry[DATE] == pd.Timestamp("2016-06-15")]
+    stale = stale.assign(Daily_Trip_Duration=stale["Daily_Trip_Duration"] * 3, Archived_At=pd.Timestamp("2016-06-16"))
+    stale.to_parquet(root / "date=2016-06-15" / "older-batch.parquet", index=False)
     return root
 
 
@@ -102,7 +106,7 @@ def test_only_the_partitions_of_the_days_asked_for_are_read(spark, archive):
     days = pd.to_datetime(telemetry.select(DATE).distinct().toPandas()[DATE])
     assert (days.min(), days.max()) == (pd.Timestamp(since), pd.Timestamp(until))
     listed = telemetry.inputFiles()
-    assert len(listed) == 10 and all("date=2016-06-" in path for path in listed)
+    assert len(listed) == 11 and all("date=2016-06-" in path for path in listed)  # 10 days, one with 2 files
 
 
 def test_spark_training_set_equals_the_in_process_one(spark, telemetry_csv):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared.config.settings import SettingsError
 from shared.core.telemetry import InputError
+from shared.spark import cli as spark_cli
 
 Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 
@@ -695,6 +696,7 @@ COMMANDS: dict[str, Command] = {
     "azureml": (add_azureml, run_azureml),
     "send-telemetry": (add_send_telemetry, run_send_telemetry),
     "compliance": (add_compliance, run_compliance),
+    "spark": (spark_cli.add_spark, spark_cli.run_spark),
 }
 
 

@@ -12,6 +12,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.config.spark import SparkSettings, load_spark_settings
+
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
 SCORING_AUTH_MODES = ("key", "aad_token", "none")
@@ -51,6 +53,7 @@ class Settings:
     azureml_subscription_id: str | None = None
     azureml_resource_group: str | None = None
     azureml_workspace: str | None = None
+    spark: SparkSettings | None = None  # SPARK_TARGET and its settings (shared/config/spark.py)
 
     @property
     def azureml_configured(self) -> bool:
@@ -119,6 +122,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
         azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
         azureml_workspace=text("AZUREML_WORKSPACE", None),
+        spark=load_spark_settings(env),
     )
 
 

@@ -164,6 +164,8 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     Yesterday, because the night's run sees the last complete day: the same day the streaming path
     scored when that day's record arrived, so both paths name the same alert and it is delivered once.
     """
+    if services.settings.spark is not None:
+        return submit_spark_batch_score(services)
     now = services.clock()
     as_of = now.date() - timedelta(days=1)
     model = champion_model(services)
@@ -185,6 +187,31 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}"}
     return AlertBatch(alerts, summary)
+
+
+def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
+    """With SPARK_TARGET set: submit the night's score as a Spark job (shared/spark/submit.py) instead.
+
+    The job writes scores/date=<as_of>/spark-<model>/ in the storage account; it runs for minutes after
+    this timer returns, so the night's alerts come from the streaming path, not from this batch.
+    `clients` go to `submit_score` (tests pass recording ones).
+    """
+    from shared.core.windows import DEFAULT_WINDOW_DAYS
+    from shared.models.scoring import IN_SERVICE_DAYS
+    from shared.spark.submit import score_arguments, submit_score
+
+    spark = services.settings.spark
+    as_of = services.clock().date() - timedelta(days=1)
+    metadata = ModelRegistry(services.blobs).champion_metadata()
+    if metadata is None:
+        return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
+    history_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS)) + IN_SERVICE_DAYS
+    arguments = score_arguments(spark, as_of, metadata["version"], services.settings.alert_probability_threshold,
+                                history_days)  # fmt: skip
+    run = submit_score(spark, arguments, services.work_dir, **clients)
+    scores_uri = arguments[arguments.index("--scores-out") + 1]
+    return AlertBatch([], {"as_of": as_of.isoformat(), "scored": 0, "submitted": run,
+                           "model_version": metadata["version"], "scores_uri": scores_uri})  # fmt: skip
 
 
 def champion_model(services: Services) -> BatteryForecaster | None:

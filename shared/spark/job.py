@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a file: import `shared` from the folder 
 
 import pandas as pd
 from pyspark import SparkContext, SparkFiles
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shared.core.preparation import prepare_telemetry
@@ -60,6 +60,9 @@ PACKAGE = Path(__file__).resolve().parents[1]
 FORMATS = ("csv", "parquet")
 # The archive's partition column (telemetry/date=YYYY-MM-DD/...): it names the record day, as Date does.
 PARTITION = "date"
+# When the archive wrote a row (shared/adapters/archive.py): of two copies of a Battery_ID + Date, the
+# later one is the record, as the archive's own readers decide.
+ARCHIVED_AT = "Archived_At"
 GROUP = "_car_group"
 FORECAST = "forecast_daily_cycles"
 SCORED_COLUMNS = [*SCORE_COLUMNS, "alert", "reasons", FORECAST]
@@ -101,6 +104,8 @@ def spark_session(master: str | None = None, app_name: str = "battery-nightly") 
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.caseSensitive", "true")
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    # The archive's Parquet timestamps are nanoseconds (pandas' own), which Spark reads only as numbers.
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     ship_code(spark.sparkContext)
     return spark
 
@@ -120,9 +125,9 @@ def read_telemetry(
     """The telemetry columns of every `fmt` file at `uri` (a file, a folder, or the archive's root).
 
     Under the archive's `date=YYYY-MM-DD/` partitions only the days in [since, until] are listed and
-    read. CSV columns stay text, so the executors type them with `coerce_telemetry` exactly as
-    `read_telemetry_csv` does; Parquet columns are cast to the same shape (text ids and dates, float
-    measures).
+    read; of several copies of a record (Archived_At) the latest written is kept. CSV columns stay
+    text, so the executors type them with `coerce_telemetry` exactly as `read_telemetry_csv` does;
+    Parquet columns are cast to the same shape (text ids and dates, float measures).
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -136,6 +141,12 @@ def read_telemetry(
             frame = frame.where(F.col(PARTITION) <= F.lit(until))
         if since is not None:
             frame = frame.where(F.col(PARTITION) >= F.lit(since))
+    for name in (DATE, ARCHIVED_AT):
+        if name in frame.columns and frame.schema[name].dataType.typeName() == "long":  # nanoseconds
+            frame = frame.withColumn(name, F.timestamp_micros(F.floor(F.col(name) / 1000)))
+    if ARCHIVED_AT in frame.columns:
+        latest_first = Window.partitionBy(BATTERY_ID, DATE).orderBy(F.col(ARCHIVED_AT).desc())
+        frame = frame.withColumn("_copy", F.row_number().over(latest_first)).where(F.col("_copy") == 1)
     measures = [F.col(c) if fmt == "csv" else F.col(c).cast("double") for c in MEASURE_COLUMNS]
     return frame.select(*[F.col(c).cast("string") for c in (DATE, BATTERY_ID, CAR_ID)], *measures)
 
