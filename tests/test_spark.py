@@ -53,7 +53,7 @@ def telemetry_csv(tmp_path_factory) -> Path:
 def archive(tmp_path_factory) -> Path:
     """The fleet's telemetry in the archive's layout: one Parquet file per record day under date=YYYY-MM-DD/."""
     root = tmp_path_factory.mktemp("archive") / "telemetry"
-    telemetry = fleet().telemetry.assign(Archived_At=pd.Timestamp("2016-07-01 03:00"))
+    telemetry = archived_records().assign(Archived_At=pd.Timestamp("2016-07-01 03:00"))
     days = telemetry.assign(date=telemetry[DATE].dt.strftime("%Y-%m-%d"))
     days.to_parquet(root, partition_cols=["date"], index=False)
     # An older copy of one day's records, with other values: the archive's readers keep the latest written.
@@ -61,6 +61,18 @@ def archive(tmp_path_factory) -> Path:
     stale = stale.assign(Daily_Trip_Duration=stale["Daily_Trip_Duration"] * 3, Archived_At=pd.Timestamp("2016-06-16"))
     stale.to_parquet(root / "date=2016-06-15" / "older-batch.parquet", index=False)
     return root
+
+
+def archived_records() -> pd.DataFrame:
+    """The fleet's records as the archive's readers return them: one per Battery_ID + Date."""
+    return fleet().telemetry.drop_duplicates([BATTERY_ID, DATE], keep="last", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def in_process_archive() -> tuple[pd.DataFrame, pd.DataFrame]:
+    raw = archived_records()
+    clean, _ = prepare_telemetry(raw[raw[DATE] < pd.Timestamp(AS_OF) + pd.Timedelta(days=1)])
+    return score_fleet(load_model(model_dir()), clean, AS_OF, threshold=0.8)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +106,10 @@ def test_cli_spark_engine_writes_exactly_the_pandas_engines_files(spark, telemet
     assert len(scores) == len(in_process[0]) and scores["alert"].any()  # a fleet with alerts, not an empty file
 
 
-def test_spark_scores_of_the_parquet_archive_equal_the_in_process_scores(spark, archive, in_process):
+def test_spark_scores_of_the_parquet_archive_equal_the_in_process_scores(spark, archive, in_process_archive):
     telemetry = job.read_telemetry(spark, str(archive), "parquet", until=AS_OF)
     scored = job.score_telemetry(spark, telemetry, str(model_dir()), AS_OF, 0.8, groups=5).toPandas()
-    assert_same_scores(*in_process_frames(scored, AS_OF), in_process)
+    assert_same_scores(*in_process_frames(scored, AS_OF), in_process_archive)
 
 
 def test_only_the_partitions_of_the_days_asked_for_are_read(spark, archive):
@@ -133,7 +145,7 @@ def test_bad_telemetry_is_an_input_error_naming_the_file_and_the_value(spark, te
     assert type(raised.value).__name__ == "InputError"
 
 
-def test_the_job_file_runs_as_a_cluster_runs_it_and_writes_parquet(spark, archive, in_process, tmp_path):
+def test_the_job_file_runs_as_a_cluster_runs_it_and_writes_parquet(spark, archive, in_process_archive, tmp_path):
     """`python shared/spark/job.py ...` from another folder, as spark_python_task and Azure ML run it."""
     scores_out, forecast_out = tmp_path / "scores", tmp_path / "forecast"
     command = [sys.executable, str(PROJECT_ROOT / "shared" / "spark" / "job.py"), "--master", "local[2]", "score",
@@ -146,5 +158,5 @@ def test_the_job_file_runs_as_a_cluster_runs_it_and_writes_parquet(spark, archiv
     forecast = pd.read_parquet(forecast_out).sort_values([BATTERY_ID, DATE], ignore_index=True)
     forecast[DATE] = pd.to_datetime(forecast[DATE]).astype("datetime64[ns]")
     scores["reasons"] = scores["reasons"].map(list)
-    want_scores, want_forecast = in_process
+    want_scores, want_forecast = in_process_archive
     assert_same_scores(scores, forecast, (want_scores, want_forecast.astype({DATE: "datetime64[ns]"})))

@@ -194,7 +194,7 @@ def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
 
     The job writes scores/date=<as_of>/spark-<model>/ in the storage account; it runs for minutes after
     this timer returns, so the night's alerts come from the streaming path, not from this batch.
-    `clients` go to `submit_score` (tests pass recording ones).
+    Databricks is called on the app's outbound session (services.gateway); `clients` go to `submit_score`.
     """
     from shared.core.windows import DEFAULT_WINDOW_DAYS
     from shared.models.scoring import IN_SERVICE_DAYS
@@ -208,7 +208,7 @@ def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
     history_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS)) + IN_SERVICE_DAYS
     arguments = score_arguments(spark, as_of, metadata["version"], services.settings.alert_probability_threshold,
                                 history_days)  # fmt: skip
-    run = submit_score(spark, arguments, services.work_dir, **clients)
+    run = submit_score(spark, arguments, services.work_dir, **{"session": services.gateway, **clients})
     scores_uri = arguments[arguments.index("--scores-out") + 1]
     return AlertBatch([], {"as_of": as_of.isoformat(), "scored": 0, "submitted": run,
                            "model_version": metadata["version"], "scores_uri": scores_uri})  # fmt: skip

@@ -146,7 +146,7 @@ def azureml_spark_job(settings: SparkSettings, arguments: list[str], code_folder
         driver_cores=4, driver_memory="28g", executor_cores=4, executor_memory="28g",
         executor_instances=settings.executor_instances,
         resources={"instance_type": settings.instance_type, "runtime_version": settings.runtime_version},
-        environment=Environment(name="battery-spark", conda_file=SPARK_CONDA,
+        environment=Environment(conda_file=SPARK_CONDA,  # anonymous: versioned by its content
                                 image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"),
         identity=ManagedIdentityConfiguration(),
     )  # fmt: skip
