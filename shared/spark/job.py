@@ -84,13 +84,17 @@ GROUPS_PER_CORE = 4
 # --- the session and the inputs -----------------------------------------------------------------------
 
 
-def spark_session(master: str | None = None, app_name: str = "battery-nightly") -> SparkSession:
+def spark_session(master: str | None = None, app_name: str = "battery-nightly",
+                  config: dict[str, str] | None = None) -> SparkSession:  # fmt: skip
     """The job's session: the cluster's own when `master` is None (spark-submit, Databricks, Azure ML).
 
     A local master (tests, the CLI, the benchmark) stays on this machine: driver on loopback, no UI, the
-    Python workers on this interpreter, few shuffle partitions.
+    Python workers on this interpreter, few shuffle partitions. `config` is set before the session starts
+    (e.g. spark.driver.memory, which a running JVM cannot change).
     """
     builder = SparkSession.builder.appName(app_name)
+    for key, value in (config or {}).items():
+        builder = builder.config(key, value)
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
