@@ -281,4 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run from the importable module, not from __main__: the executors unpickle the group functions by
+    # their module's name, and their own __main__ is pyspark's worker daemon.
+    from shared.spark.job import main as job_main
+
+    sys.exit(job_main())
