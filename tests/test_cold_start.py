@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "shared"
-HEAVY = ("mlflow", "matplotlib", "sklearn", "scipy", "torch", "azure.ai.ml")
+HEAVY = ("mlflow", "matplotlib", "sklearn", "scipy", "torch", "azure.ai.ml", "pyspark")
 
 
 def module_name(path: Path) -> str:
@@ -58,7 +58,8 @@ ALLOWED_IMPORTS = {
     "adapters": {"adapters", "models", "endpoint", "config", "core"},
     "bootstrap": {"adapters", "config"},
     "handlers": {"handlers", "bootstrap", "adapters", "compliance", "models", "config", "core"},
-    "cli": {"cli", "config", "core"},
+    "spark": {"spark", "models", "config", "core"},
+    "cli": {"cli", "spark", "config", "core"},
     "function_app": {"handlers", "bootstrap", "adapters", "config", "core"},
 }
 

@@ -16,6 +16,7 @@ from shared.cli import azureml, compliance, data, local, registry
 from shared.cli.common import Command
 from shared.config.settings import SettingsError
 from shared.core.telemetry import InputError
+from shared.spark import cli as spark_cli
 
 COMMANDS: dict[str, Command] = {
     "simulate": (data.add_simulate, data.run_simulate),
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "azureml": (azureml.add_azureml, azureml.run_azureml),
     "send-telemetry": (local.add_send_telemetry, local.run_send_telemetry),
     "compliance": (compliance.add_compliance, compliance.run_compliance),
+    "spark": (spark_cli.add_spark, spark_cli.run_spark),
 }
 
 

@@ -194,6 +194,9 @@ def add_score(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     parser.add_argument("--forecast-out", type=Path, help="also write the 30-day forecast per battery")
     parser.add_argument("--threshold", type=float, help="alert threshold (default ALERT_PROBABILITY_THRESHOLD)")
+    parser.add_argument("--engine", choices=("pandas", "spark"), default="pandas",
+                        help="in process (default), or the Spark job (shared/spark/job.py); same output")
+    parser.add_argument("--master", help="Spark master URL for --engine spark (default local[*])")
     return parser
 
 
@@ -203,6 +206,7 @@ def run_score(args: argparse.Namespace) -> int:
     scores = score_from_csv(
         args.data, args.model_dir, args.as_of, args.out,
         forecast_path=args.forecast_out, threshold=args.threshold, progress=progress,
+        engine=args.engine, master=args.master,
     )  # fmt: skip
     print(f"scored {len(scores):,} batteries in service; {int(scores['alert'].sum()):,} over the threshold")
     print(f"scores: {args.out}")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shared.config.names import EVENTHUB_CONNECTION_SETTING
+from shared.config.spark import SparkSettings, load_spark_settings
 from shared.core.risk import ALERT_THRESHOLD
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
@@ -68,6 +69,7 @@ class Settings:
     azureml_subscription_id: str | None = None
     azureml_resource_group: str | None = None
     azureml_workspace: str | None = None
+    spark: SparkSettings | None = None  # SPARK_TARGET and its settings (shared/config/spark.py)
 
     @property
     def azureml_configured(self) -> bool:
@@ -154,6 +156,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
         azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
         azureml_workspace=text("AZUREML_WORKSPACE", None),
+        spark=load_spark_settings(env),
     )
 
 

@@ -85,12 +85,30 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
 
 def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path: Path, *,
                    forecast_path: Path | None = None, threshold: float | None = None,
-                   progress: Progress = _quiet) -> pd.DataFrame:
-    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only."""
+                   progress: Progress = _quiet, engine: str = "pandas", master: str | None = None) -> pd.DataFrame:
+    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only.
+
+    engine "spark" runs the Spark job (shared/spark/job.py) on `master` instead, with the same output.
+    """
     day = parse_day(str(as_of))
     threshold = load_settings().alert_probability_threshold if threshold is None else threshold
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    if engine == "spark":
+        from shared.spark.engine import score_csv_on_spark
+
+        progress(f"scoring {data_path} with Spark ({master or 'local[*]'})")
+        scores, forecast = score_csv_on_spark(data_path, model_dir, day, threshold, master)
+    else:
+        scores, forecast = _score_csv_in_process(data_path, model_dir, day, threshold, progress)
+    _write_csv(scores, out_path)
+    if forecast_path is not None:
+        _write_csv(forecast, forecast_path)
+    return scores
+
+
+def _score_csv_in_process(data_path: Path, model_dir: Path, day: date, threshold: float,
+                          progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     progress(f"reading {data_path}")
     raw = read_telemetry_csv(data_path)
     raw = raw[raw[DATE] < pd.Timestamp(day) + pd.Timedelta(days=1)]
@@ -100,11 +118,7 @@ def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path
     progress(f"preparing {len(raw):,} rows up to {day}")
     clean, _ = prepare_telemetry(raw)
     progress("scoring the batteries in service")
-    scores, forecast = score_fleet(model, clean, day, threshold=threshold)
-    _write_csv(scores, out_path)
-    if forecast_path is not None:
-        _write_csv(forecast, forecast_path)
-    return scores
+    return score_fleet(model, clean, day, threshold=threshold)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -167,6 +181,8 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
     `scores/date=<as_of>/<model version>.parquet`.
     """
+    if services.settings.spark is not None:
+        return submit_spark_batch_score(services)
     settings = services.settings
     now = services.clock()
     as_of = now.date() - timedelta(days=1)
@@ -213,6 +229,31 @@ def compact_telemetry(services: Services) -> dict:
     summary = compact_archive(services.blobs, services.clock().date(),
                               skip_unreadable=services.settings.archive_skip_unreadable)  # fmt: skip
     return summary.to_dict()
+
+
+def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
+    """With SPARK_TARGET set: submit the night's score as a Spark job (shared/spark/submit.py) instead.
+
+    The job writes scores/date=<as_of>/spark-<model>/ in the storage account; it runs for minutes after
+    this timer returns, so the night's alerts come from the streaming path, not from this batch.
+    Databricks is called on the app's outbound session (services.gateway); `clients` go to `submit_score`.
+    """
+    from shared.core.windows import DEFAULT_WINDOW_DAYS
+    from shared.models.scoring import IN_SERVICE_DAYS
+    from shared.spark.submit import score_arguments, submit_score
+
+    spark = services.settings.spark
+    as_of = services.clock().date() - timedelta(days=1)
+    metadata = ModelRegistry(services.blobs).champion_metadata()
+    if metadata is None:
+        return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
+    history_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS)) + IN_SERVICE_DAYS
+    arguments = score_arguments(spark, as_of, metadata["version"], services.settings.alert_probability_threshold,
+                                history_days)  # fmt: skip
+    run = submit_score(spark, arguments, services.work_dir, **{"session": services.gateway, **clients})
+    scores_uri = arguments[arguments.index("--scores-out") + 1]
+    return AlertBatch([], {"as_of": as_of.isoformat(), "scored": 0, "submitted": run,
+                           "model_version": metadata["version"], "scores_uri": scores_uri})  # fmt: skip
 
 
 def champion_model(services: Services) -> BatteryForecaster | None:

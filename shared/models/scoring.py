@@ -96,10 +96,15 @@ def score_fleet(
     windows = build_windows(in_service, as_of=as_of, window_days=model.window_days)
     scores, forecast = score_windows(model, windows, explain_from=threshold)
     scores = scores[BATCH_SCORE_COLUMNS].assign(alert=scores[PROBABILITY] >= threshold, reasons=scores[REASONS])
+    return scores, forecast_frame(windows.battery_id, as_of, forecast)
+
+
+def forecast_frame(battery_id: np.ndarray, as_of: date, forecast: np.ndarray) -> pd.DataFrame:
+    """The (n, 30) forecast of batteries scored as of a day as FORECAST rows (Battery_ID, Date,
+    Daily_Cycles_Used), battery by battery: the batch file, whichever engine scored it."""
     days = pd.Timestamp(as_of) + pd.to_timedelta(np.arange(1, HORIZON_DAYS + 1), unit="D")
-    forecast_frame = pd.DataFrame({
-        BATTERY_ID: np.repeat(windows.battery_id, HORIZON_DAYS),
-        DATE: np.tile(days.to_numpy(), len(windows)),
-        DAILY_CYCLES: forecast.ravel(),
+    return pd.DataFrame({
+        BATTERY_ID: np.repeat(battery_id, HORIZON_DAYS),
+        DATE: np.tile(days.to_numpy(), len(battery_id)),
+        DAILY_CYCLES: np.asarray(forecast, dtype=np.float64).reshape(-1, HORIZON_DAYS).ravel(),
     })
-    return scores, forecast_frame
