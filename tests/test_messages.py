@@ -14,7 +14,7 @@ from shared.adapters.car_profiles import CarProfile, read_locales, read_profiles
 from shared.adapters.storage import table_service
 from shared.core.alerts import ALERT_KEYS, alerts_from_scores, validate_alert
 from shared.core.messages import CATALOGUE_DIR, car_locales, catalogue, locales, placeholders, resolve_locale
-from shared.core.telemetry import InputError
+from shared.core.telemetry import InputError, read_cars_csv
 
 CREATED = datetime(2017, 3, 20, 3, tzinfo=UTC)
 URL = "https://service.example.com/book"
@@ -150,3 +150,13 @@ def test_a_channel_that_is_not_one_is_refused_naming_the_car_before_anything_is_
     with pytest.raises(InputError, match=f"{bad} \\('sms'\\)"):
         write_profiles(tables, cars)
     assert read_profiles(tables, [good]) == {good: CarProfile()}
+
+
+def test_the_car_table_keeps_its_optional_locale_and_channel_columns(tmp_path):
+    path = tmp_path / "cars.csv"
+    path.write_text("Car_ID,Make,Model_Year,Engine_Type,Region,Purchase_Date,locale,channel\n"
+                    "CAR-1,Arcadia,2013,BEV,Nordic,2013-05-01,pl,iothub\n"
+                    "CAR-2,Arcadia,2014,BEV,Continental,2014-05-01,,\n")  # fmt: skip
+    cars = read_cars_csv(path)
+    assert car_locales(cars).to_dict() == {"CAR-1": "pl", "CAR-2": "de"}
+    assert cars["channel"].tolist()[0] == "iothub"
