@@ -85,8 +85,9 @@ def placeholders(template: str) -> set[tuple[str, str]]:
     return {(name, spec or "") for _, name, spec, _ in string.Formatter().parse(template) if name is not None}
 
 
+@functools.cache
 def locales() -> tuple[str, ...]:
-    """The languages there is a catalogue for, sorted."""
+    """The languages there is a catalogue for, sorted (read once per process: the files ship with the app)."""
     return tuple(sorted(path.stem for path in CATALOGUE_DIR.glob("*.json") if _CATALOGUE_NAME.fullmatch(path.stem)))
 
 
