@@ -23,7 +23,7 @@ from shared.config.names import (
     TELEMETRY_EVENT_HUB,
 )
 from shared.core.telemetry import InputError
-from shared.handlers.alerts import process_alert_message
+from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
 from shared.handlers.ops import health_report, vehicle_alerts
 from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
@@ -117,6 +117,13 @@ def push_alert(message: func.QueueMessage) -> None:
     outcome = process_alert_message(bootstrap.current(), message.get_body(), message.dequeue_count)
     observability.count_alert_outcome(outcome["state"])
     observability.log_summary(log, "push_alert", outcome)
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 * * * * *", use_monitor=False)
+def iothub_feedback_timer(timer: func.TimerRequest) -> None:
+    """Every minute, record IoT Hub's delivery feedback (delivered, expired, rejected) on the alerts it carried;
+    nothing to do without IOTHUB_CONNECTION."""
+    observability.log_summary(log, "iothub_feedback_timer", drain_iothub_feedback(bootstrap.current()))
 
 
 @app.route(route="health", methods=["GET"])

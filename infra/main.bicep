@@ -102,6 +102,7 @@ var appContainers = [
 var appTables = [
   'alerts'
   'batterystate'
+  'cars'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

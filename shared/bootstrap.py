@@ -26,6 +26,7 @@ from azure.storage.queue import QueueServiceClient
 from shared.adapters import observability
 from shared.adapters.battery_state import StateCache
 from shared.adapters.headunit import DEFAULT_POLICY, DeliveryPolicy
+from shared.adapters.iothub import registry_manager
 from shared.adapters.scoring_client import ScoringClient, TokenCredential
 from shared.adapters.storage import app_storage_connection, blob_service, queue_service, table_service
 from shared.config.settings import Settings, configuration_problems, load_settings
@@ -63,6 +64,8 @@ class Services:
     state_cache: StateCache = field(default_factory=StateCache)
     # Builds the Azure ML client the nightly retrain submits to (tests hand in one on a recording transport).
     azureml_client: Callable[[Settings], Any] = azureml_workspace
+    # Builds the IoT Hub service client from IOTHUB_CONNECTION (tests hand in the SDK's on a recording connection).
+    iothub_client: Callable[[str], Any] = registry_manager
 
 
 def build_services(environ: Mapping[str, str] | None = None, *,

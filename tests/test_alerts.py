@@ -57,7 +57,7 @@ def test_alert_matches_the_contract_exactly():
         "title": "Battery service recommended",
         "message": "Your battery is expected to reach the end of its rated life in about 12 days.",
         "action": {"type": "schedule_service", "url": URL}, "reasons": [],
-        "model_version": "v7", "created_at": "2017-03-20T03:00:00Z",
+        "model_version": "v7", "created_at": "2017-03-20T03:00:00Z", "locale": "en",
     }  # fmt: skip
     assert isinstance(alert["alert_id"], str) and len(alert["alert_id"]) == 32
     assert alert["reasons"] and all(isinstance(r, str) for r in alert["reasons"])
@@ -136,7 +136,8 @@ def test_reasons_from_the_scorer_are_kept_and_missing_ones_are_the_numbers():
     given, default = alerts_from_scores(frame, 0.8, CREATED, URL)
     assert given["reasons"] == ["usage doubled this month"]
     assert default["reasons"] == ["93% chance of reaching the rated 200 cycles within 30 days",
-                                  "196.4 of 200 rated cycles used"]  # fmt: skip
+                                  "196.4 of 200 rated cycles used",
+                                  "rated life expected to be reached around 31 March 2017"]  # fmt: skip
 
 
 def test_model_version_argument_is_used_when_the_frame_has_none():

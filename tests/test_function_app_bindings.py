@@ -44,7 +44,8 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "compact_telemetry_archive", "health", "list_vehicle_alerts", "nightly_batch_score_timer",
+        "compact_telemetry_archive", "health", "iothub_feedback_timer", "list_vehicle_alerts",
+        "nightly_batch_score_timer",
         "nightly_compliance_score_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
     ]  # fmt: skip
@@ -106,6 +107,7 @@ def test_the_local_host_can_run_every_function(storage_connection: str):
         "score_telemetry": "event hub car-telemetry",
         "rescore_parked_telemetry": "0 */10 * * * *",
         "push_alert": "queue maintenance-alerts",
+        "iothub_feedback_timer": "0 * * * * *",
         "health": "GET /api/health",
         "list_vehicle_alerts": "GET /api/vehicles/{car_id}/alerts",
     }

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.config.settings import SettingsError, load_settings
+from shared.config.settings import SettingsError, configuration_problems, load_settings
 
 
 def test_local_defaults_point_at_local_services():
@@ -106,3 +106,21 @@ def test_plain_http_is_accepted_for_loopback_without_a_key_or_by_explicit_opt_in
 def test_the_opt_in_must_be_true_or_false():
     with pytest.raises(SettingsError, match="SCORING_ALLOW_INSECURE_HTTP must be true or false"):
         load_settings({"SCORING_ALLOW_INSECURE_HTTP": "yes please"})
+
+
+def test_alert_channel_and_expiry_are_read_and_checked_naming_the_setting():
+    environ = {"ALERT_CHANNEL": " IoTHub ", "ALERT_EXPIRY_HOURS": "6", "IOTHUB_CONNECTION": "HostName=h"}
+    settings = load_settings(environ)
+    read = (settings.alert_channel, settings.alert_expiry_hours, settings.iothub_connection)
+    assert read == ("iothub", 6.0, "HostName=h")
+    assert (load_settings({}).alert_channel, load_settings({}).alert_expiry_hours) == ("http", 24.0)
+    bad = [({"ALERT_CHANNEL": "sms"}, "ALERT_CHANNEL"), ({"ALERT_EXPIRY_HOURS": "49"}, "ALERT_EXPIRY_HOURS"),
+           ({"ALERT_EXPIRY_HOURS": "0"}, "ALERT_EXPIRY_HOURS")]  # fmt: skip
+    for environ, named in bad:
+        with pytest.raises(SettingsError, match=named):
+            load_settings(environ)
+
+
+def test_the_iothub_channel_without_a_connection_is_a_configuration_problem():
+    assert any("IOTHUB_CONNECTION" in p for p in configuration_problems(load_settings({"ALERT_CHANNEL": "iothub"})))
+    assert not any("IOTHUB" in p for p in configuration_problems(load_settings({"HEAD_UNIT_SIGNING_KEY": "k"})))

@@ -35,7 +35,7 @@ from azure.data.tables import TableClient, TableErrorCode, TableServiceClient, U
 
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 from shared.config.names import ALERTS_TABLE
-from shared.core.alerts import check_id, iso_utc
+from shared.core.alerts import check_id, iso_utc, parse_iso_utc
 
 QUEUED = "queued"
 DELIVERING = "delivering"
@@ -44,7 +44,8 @@ SUPPRESSED = "suppressed"
 REJECTED = "rejected"
 FAILED = "failed"
 UNKNOWN = "unknown"
-FINAL_STATES = frozenset({DELIVERED, REJECTED})
+EXPIRED = "expired"  # not delivered in time (ALERT_EXPIRY_HOURS); never delivered late
+FINAL_STATES = frozenset({DELIVERED, REJECTED, EXPIRED})
 OUTCOME_STATES = frozenset({DELIVERED, REJECTED, FAILED, UNKNOWN})
 # Not a row's state: what a claim reports when another alert of the same type holds the car's cooldown.
 CAR_BUSY = "car_busy"
@@ -333,6 +334,58 @@ def record_latest_delivered(table: TableClient, alert: Mapping[str, Any], delive
         update = (keys if later else entity) | (_NO_HOLD if ours else {})
         try:
             table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
+                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            return
+        except ResourceModifiedError:
+            continue
+
+
+def record_channel_feedback(table: TableClient, car_id: str, alert_id: str, state: str, reason: str,
+                            at: datetime, now: datetime) -> bool:  # fmt: skip
+    """Record what a delivery channel reported later about an alert it took (IoT Hub's delivery feedback):
+    DELIVERED (the car has it; an attempt recorded UNKNOWN becomes delivered and the car's latest row names
+    it), or EXPIRED / REJECTED (the car never got it: the alert row says so with `reason`, and the latest
+    row stops naming it, so the cooldown does not hold back the next alert for one the car never saw).
+    False when there is no such alert. The same report twice changes nothing more.
+    """
+    if state not in (DELIVERED, EXPIRED, REJECTED):
+        raise ValueError(f"channel feedback must be delivered, expired or rejected, got {state!r}")
+    keys = {"PartitionKey": _key(car_id, "car_id"), "RowKey": _key(alert_id, "alert_id")}
+    while True:
+        try:
+            row = table.get_entity(keys["PartitionKey"], keys["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        update = keys | {"State": state, "Reason": reason, "UpdatedAt": iso_utc(now), "ChannelReportedAt": iso_utc(at)}
+        if state == DELIVERED:
+            update["DeliveredAt"] = row.get("DeliveredAt") or iso_utc(at)
+        try:
+            table.update_entity(update, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
+                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            break
+        except ResourceModifiedError:
+            continue
+    alert = json.loads(row["Alert"])
+    if state == DELIVERED:
+        record_latest_delivered(table, alert, parse_iso_utc(update["DeliveredAt"]))
+    else:
+        _forget_latest(table, alert)
+    return True
+
+
+def _forget_latest(table: TableClient, alert: Mapping[str, Any]) -> None:
+    """Make the car's latest row of the alert's type stop naming `alert` (if it does), keeping any hold."""
+    keys = {"PartitionKey": alert["car_id"], "RowKey": _latest_key(alert["type"])}
+    while True:
+        try:
+            current = table.get_entity(keys["PartitionKey"], keys["RowKey"])
+        except ResourceNotFoundError:
+            return
+        if current.get("AlertId") != alert["alert_id"]:
+            return
+        cleared = keys | {"AlertId": "", "BatteryId": "", "Severity": "", "CreatedAt": "", "DeliveredAt": ""}
+        try:
+            table.update_entity(cleared, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
                                 match_condition=MatchConditions.IfNotModified)  # fmt: skip
             return
         except ResourceModifiedError:

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -266,6 +266,7 @@ def push_alert(
     now: datetime,
     timeout: float | tuple[float, float] = DEFAULT_POLICY.timeout(1),
     lease: timedelta = DEFAULT_POLICY.lease,
+    send: Callable[[Mapping[str, Any]], DeliveryResult] | None = None,
 ) -> PushOutcome:
     """Handle one alert from the queue: cooldown, claim, deliver, record. The queue trigger's body.
 
@@ -276,6 +277,9 @@ def push_alert(
     alert's type, so this copy comes back after that one has finished and the cooldown is decided on its
     outcome. Anything else failing after the claim (the worker after the request went out) records
     UNKNOWN and raises. Everything else ends in a recorded state and a return.
+
+    `send` is the channel (e.g. `shared.adapters.iothub.IoTHubChannel.deliver`), classifying as
+    `deliver_alert` does; None is the gateway's HTTPS (`deliver_alert` with the arguments above).
     """
     validate_alert(alert)
     canonical_json(alert)  # refused now, before a claim, if it can never be sent
@@ -305,7 +309,7 @@ def push_alert(
         raise TransientDeliveryError(f"alert {alert_id} for car {car_id} is being delivered by another invocation; "
                                      "retry to see its outcome")  # fmt: skip
     try:
-        result = deliver_alert(alert, gateway_url, signing_key, session, timeout)
+        result = send(alert) if send else deliver_alert(alert, gateway_url, signing_key, session, timeout)
     except TransientDeliveryError as error:
         state = alert_store.UNKNOWN if error.maybe_received else alert_store.FAILED
         alert_store.record_outcome(table, claim, state, now, error=str(error))

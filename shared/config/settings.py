@@ -22,6 +22,9 @@ SCORING_AUTH_MODES = ("key", "aad_token", "none")
 # The backtest's least history (shared/models/backtest.py: evaluation 90 + horizon 30 + calibration span
 # 56 + least training 60 + 1 days); settings must not import the model stack, so it is spelled out here.
 MIN_RETRAIN_HISTORY_DAYS = 237
+# How an alert reaches a head unit: the gateway's HTTPS webhook, or an IoT Hub cloud-to-device message.
+HTTP_CHANNEL, IOTHUB_CHANNEL = "http", "iothub"
+ALERT_CHANNELS = (HTTP_CHANNEL, IOTHUB_CHANNEL)
 
 
 class SettingsError(ValueError):
@@ -45,6 +48,14 @@ class Settings:
     service_booking_url: str = "https://service.treyresearch.example/book"
     alert_probability_threshold: float = ALERT_THRESHOLD
     alert_cooldown_days: int = 7
+    # ALERT_CHANNEL: the channel of a car whose car profile names none (shared/adapters/car_profiles.py).
+    alert_channel: str = HTTP_CHANNEL
+    # ALERT_EXPIRY_HOURS: how long an alert may wait for delivery before it is expired rather than delivered
+    # late (the IoT Hub message's expiry time; the alert lifecycle's expiry).
+    alert_expiry_hours: float = 24.0
+    # IOTHUB_CONNECTION: the IoT Hub's service connection string (HostName=…;SharedAccessKeyName=…;
+    # SharedAccessKey=…; a secret, never logged), for the iothub channel.
+    iothub_connection: str | None = None
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
@@ -92,6 +103,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    channel = text("ALERT_CHANNEL", defaults.alert_channel).lower()
+    if channel not in ALERT_CHANNELS:
+        raise SettingsError(f"ALERT_CHANNEL must be one of {', '.join(ALERT_CHANNELS)}, got {channel!r}")
+    expiry = _number(env, "ALERT_EXPIRY_HOURS", defaults.alert_expiry_hours, float)
+    if not 0 < expiry <= 48:  # IoT Hub keeps a cloud-to-device message 48 hours at most
+        raise SettingsError(f"ALERT_EXPIRY_HOURS must be more than 0 and at most 48, got {expiry!r}")
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
@@ -141,6 +158,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         service_booking_url=booking,
         alert_probability_threshold=threshold,
         alert_cooldown_days=cooldown,
+        alert_channel=channel,
+        alert_expiry_hours=expiry,
+        iothub_connection=text("IOTHUB_CONNECTION", None),
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         retrain_history_days=history_days,
@@ -186,6 +206,9 @@ def configuration_problems(settings: Settings) -> list[str]:
     if not settings.head_unit_signing_key:
         problems.append("HEAD_UNIT_SIGNING_KEY is not set (or blank): alerts cannot be signed, so push_alert "
                         "keeps them queued until it is")  # fmt: skip
+    if settings.alert_channel == IOTHUB_CHANNEL and not settings.iothub_connection:
+        problems.append("ALERT_CHANNEL is iothub but IOTHUB_CONNECTION is not set: alerts for cars without a "
+                        "channel of their own cannot be sent, so push_alert retries them")  # fmt: skip
     return problems
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.core.messages import FALLBACK_LOCALE, LOCALE, catalogue, locales, resolve_locale
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
 
@@ -34,18 +35,19 @@ REASONS = "reasons"
 MODEL_VERSION = "model_version"
 SCORE_COLUMNS = [BATTERY_ID, CAR_ID, PROBABILITY, DAYS_TO_RATED_LIFE, LIFETIME_CYCLES, RATED_CYCLES, AS_OF]
 
-# The alert JSON's keys, in the contract's order.
-ALERT_KEYS = (
+# The alert JSON's keys, in the contract's order, and the added ones (docs/contracts.md, "Additions"), which
+# a message queued before they existed may lack.
+REQUIRED_ALERT_KEYS = (
     "alert_id", "car_id", "battery_id", "type", "severity", "failure_probability_30d", "days_to_rated_life",
     "title", "message", "action", "reasons", "model_version", "created_at",
 )  # fmt: skip
+ALERT_KEYS = (*REQUIRED_ALERT_KEYS, LOCALE)
 
 HIGH = "high"
 CRITICAL = "critical"
 SEVERITY_RANK = {HIGH: 1, CRITICAL: 2}
 CRITICAL_WITHIN_DAYS = 7
 
-BATTERY_TITLE = "Battery service recommended"
 SCHEDULE_SERVICE = "schedule_service"
 
 # Why `should_deliver` decided as it did; stable codes for records and run summaries.
@@ -128,8 +130,12 @@ def alerts_from_scores(
     created_at: datetime,
     action_url: str,
     model_version: str | None = None,
+    car_locales: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One `battery_end_of_life` alert per scored battery with failure probability ≥ threshold.
+
+    Title, message and reasons are in the car's language (`car_locales`: Car_ID → locale, e.g.
+    `shared.core.messages.car_locales(cars)`; a car not in it, or no mapping, gets English).
 
     `scores` has the columns of SCORE_COLUMNS, optionally `reasons` (a list of strings per row; empty or
     missing → the numbers behind the alert, in words) and `model_version` (else the argument is used).
@@ -156,19 +162,23 @@ def alerts_from_scores(
     lifetime = _numbers(over, LIFETIME_CYCLES)
     rated = _numbers(over, RATED_CYCLES)
     past_rated_life = lifetime >= rated
+    car_ids = _ids(over, CAR_ID)
+    locale = car_ids.map(lambda car: resolve_locale((car_locales or {}).get(car, FALLBACK_LOCALE)))
+    day = _days(over)
 
     content = pd.DataFrame(
         {
-            "car_id": _ids(over, CAR_ID),
+            "car_id": car_ids,
             "battery_id": _ids(over, BATTERY_ID),
-            "day": _days(over),
+            "day": day,
             "severity": np.where(past_rated_life | (days <= CRITICAL_WITHIN_DAYS), CRITICAL, HIGH),
             PROBABILITY: probability,
             DAYS_TO_RATED_LIFE: days,
-            "title": BATTERY_TITLE,
-            "message": _battery_messages(days, past_rated_life),
-            REASONS: _battery_reasons(over, probability, lifetime, rated),
+            "title": [catalogue(code).render(f"{BATTERY_END_OF_LIFE}.title") for code in locale],
+            "message": _battery_messages(days, past_rated_life, locale),
+            REASONS: _battery_reasons(over, probability, lifetime, rated, days, past_rated_life, day, locale),
             MODEL_VERSION: over[MODEL_VERSION].astype(object) if MODEL_VERSION in over else model_version,
+            LOCALE: locale,
         },
         index=over.index,
     )
@@ -179,7 +189,8 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
     """The contract's alert envelope, one per row of `content`, for any alert type.
 
     `content` has the columns car_id, battery_id, day (YYYY-MM-DD the alert is about), severity,
-    failure_probability_30d, days_to_rated_life (NaN → null), title, message, reasons, model_version.
+    failure_probability_30d, days_to_rated_life (NaN → null), title, message, reasons, model_version, and
+    optionally locale (the language title, message and reasons are in; English when absent).
     Each alert gets its own `action` and `reasons` objects, so changing one never changes another.
     """
     if not _ALERT_TYPE_PATTERN.fullmatch(alert_type):
@@ -190,6 +201,7 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
         content["car_id"], content["battery_id"], content["day"], content["severity"],
         content[PROBABILITY].astype("float64").tolist(), days_to_life.tolist(),
         content["title"], content["message"], content[REASONS], content[MODEL_VERSION],
+        content[LOCALE] if LOCALE in content else [FALLBACK_LOCALE] * len(content),
         strict=True,
     )  # fmt: skip
     return [
@@ -207,14 +219,15 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
             "reasons": list(reasons),
             "model_version": str(version),
             "created_at": created,
+            LOCALE: locale,
         }
-        for car, battery, day, severity, probability, days, title, message, reasons, version in columns
+        for car, battery, day, severity, probability, days, title, message, reasons, version, locale in columns
     ]
 
 
 def validate_alert(alert: Mapping[str, Any]) -> None:
     """Raise `InputError` naming what is wrong with an alert read back from a queue message."""
-    problems = [f"missing {key}" for key in ALERT_KEYS if key not in alert]
+    problems = [f"missing {key}" for key in REQUIRED_ALERT_KEYS if key not in alert]
     for key in ("alert_id", "car_id"):  # Table keys and a URL path segment
         if key in alert:
             try:
@@ -229,6 +242,8 @@ def validate_alert(alert: Mapping[str, Any]) -> None:
         problems.append(f"type must be lower_snake_case, got {alert['type']!r}")
     if "severity" in alert and alert["severity"] not in SEVERITY_RANK:
         problems.append(f"severity must be one of {sorted(SEVERITY_RANK)}, got {alert['severity']!r}")
+    if LOCALE in alert and alert[LOCALE] not in locales():
+        problems.append(f"locale must be one of {', '.join(locales())}, got {alert[LOCALE]!r}")
     if "created_at" in alert:
         try:
             parse_iso_utc(alert["created_at"])
@@ -259,38 +274,44 @@ def should_deliver(
     return False, COOLDOWN
 
 
-def _battery_messages(days: pd.Series, past_rated_life: pd.Series) -> np.ndarray:
+def _battery_messages(days: pd.Series, past_rated_life: pd.Series, locale: pd.Series) -> list[str]:
     """Plain words for the owner: what will happen, and roughly when (whole days, never "about 0 days")."""
     whole_days = np.floor(days.fillna(0.0)).astype("int64")
-    return np.select(
+    case = np.select(
         [past_rated_life, days.isna(), whole_days < 1, whole_days == 1],
-        [
-            "Your battery has reached the end of its rated life.",
-            "Your battery is likely to reach the end of its rated life within the next 30 days.",
-            "Your battery is expected to reach the end of its rated life within a day.",
-            "Your battery is expected to reach the end of its rated life in about 1 day.",
-        ],
-        default=("Your battery is expected to reach the end of its rated life in about "
-                 + whole_days.astype(str) + " days.").to_numpy(object),
-    )  # fmt: skip
+        ["reached", "within_30_days", "within_a_day", "one_day"],
+        default="days",
+    )
+    return [catalogue(code).render(f"{BATTERY_END_OF_LIFE}.message.{which}", days=int(n))
+            for code, which, n in zip(locale, case, whole_days, strict=True)]  # fmt: skip
 
 
 def _battery_reasons(
-    over: pd.DataFrame, probability: pd.Series, lifetime: pd.Series, rated: pd.Series
+    over: pd.DataFrame, probability: pd.Series, lifetime: pd.Series, rated: pd.Series, days: pd.Series,
+    past_rated_life: pd.Series, day: pd.Series, locale: pd.Series,
 ) -> list[list[str]]:
-    """The scorer's reasons where it gave some, else the two numbers that triggered the alert."""
-    chance = (probability * 100).round().astype("int64").astype(str)
-    rated_text = rated.round().astype("int64").astype(str)
-    defaults = zip(
-        chance + "% chance of reaching the rated " + rated_text + " cycles within 30 days",
-        lifetime.round(1).astype(str) + " of " + rated_text + " rated cycles used",
-        strict=True,
-    )
+    """The scorer's reasons where it gave some and the car reads English (the model words them in English
+    only), else the numbers that triggered the alert, and the day rated life is expected, in the car's
+    language."""
     given = over[REASONS] if REASONS in over else pd.Series(None, index=over.index, dtype=object)
-    return [
-        list(reasons) if isinstance(reasons, list | tuple | np.ndarray) and len(reasons) else list(default)
-        for reasons, default in zip(given, defaults, strict=True)
-    ]
+    chance = (probability * 100).round().astype("int64")
+    whole_rated = rated.round().astype("int64")
+    whole_days = np.floor(days.fillna(0.0)).astype("int64")
+    dated = days.notna() & ~past_rated_life & (whole_days >= 1)
+    expected_on = pd.to_datetime(day) + pd.to_timedelta(whole_days, unit="D")
+    rows = zip(given, locale, chance, whole_rated, lifetime.round(1), dated, expected_on, strict=True)
+    reasons = []
+    for scorer, code, percent, cycles, used, has_date, on in rows:
+        if code == FALLBACK_LOCALE and isinstance(scorer, list | tuple | np.ndarray) and len(scorer):
+            reasons.append(list(scorer))
+            continue
+        words = catalogue(code)
+        facts = [words.render(f"{BATTERY_END_OF_LIFE}.reason.chance", chance=int(percent), rated=int(cycles)),
+                 words.render(f"{BATTERY_END_OF_LIFE}.reason.used", used=float(used), rated=int(cycles))]  # fmt: skip
+        if has_date:
+            facts.append(words.render(f"{BATTERY_END_OF_LIFE}.reason.date", date=on))
+        reasons.append(facts)
+    return reasons
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:

@@ -31,6 +31,9 @@ COLUMNS = [*KEY_COLUMNS, *MEASURE_COLUMNS]
 INTEGER_COLUMNS = [AGE_DAYS, TRIPS, RATED_CYCLES]
 
 CAR_COLUMNS = ["Car_ID", "Make", "Model_Year", "Engine_Type", "Region", "Purchase_Date"]
+# Optional car table columns, kept when present: the language of the car's alerts and the channel they take
+# (shared/core/messages.py, shared/adapters/car_profiles.py).
+OPTIONAL_CAR_COLUMNS = ["locale", "channel"]
 
 # What a real car can physically report for one day. Values outside are glitches: preparation repairs
 # them (and counts them), the streaming path dead-letters the event that carries them.
@@ -221,7 +224,7 @@ def read_cars_csv(path: str | Path) -> pd.DataFrame:
     missing = [c for c in CAR_COLUMNS if c not in raw.columns]
     if missing:
         raise InputError(f"{path}: missing column(s): {', '.join(missing)}")
-    cars = raw[CAR_COLUMNS].copy()
+    cars = raw[CAR_COLUMNS + [c for c in OPTIONAL_CAR_COLUMNS if c in raw.columns]].copy()
     cars["Car_ID"] = cars["Car_ID"].astype("string").str.strip().astype(object)
     year = pd.to_numeric(cars["Model_Year"], errors="coerce")
     bad = year.isna() & cars["Model_Year"].notna()

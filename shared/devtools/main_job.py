@@ -54,6 +54,7 @@ import function_app
 from shared import bootstrap
 from shared.adapters import observability
 from shared.adapters.archive import archive_telemetry, list_dead_letters
+from shared.adapters.car_profiles import write_profiles
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.names import STORAGE_CONNECTION_SETTING
@@ -353,6 +354,7 @@ def run_main_job(
         clock = SimulatedClock(at_hour(last_archived, REPORT_HOUR))
         app.clock = clock  # the one override: the app's services keep the simulated time
         record.cooldown_days = app.settings.alert_cooldown_days
+        write_profiles(app.tables, fleet.cars)  # the cars' languages (by Region) and channels, as the app reads them
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
             "scoring_endpoint": scoring_uri, "head_unit_gateway": gateway.url,

@@ -16,6 +16,10 @@ for a message that can never be valid: retrying it only delays its record by fiv
 - everything else (delivered, rejected by the gateway, held back by the cooldown, already delivered by
   the other path) is recorded by `headunit.push_alert` and returned.
 
+The channel is the car's (its car profile's `Channel`) or else ALERT_CHANNEL: the gateway's HTTPS, or an
+IoT Hub cloud-to-device message (shared/adapters/iothub.py), whose later delivery feedback
+`drain_iothub_feedback` records.
+
 Each delivery number gets its timeouts from the services' `DeliveryPolicy` (longer on retries).
 """
 
@@ -25,18 +29,21 @@ import base64
 import functools
 import hashlib
 import json
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
 from shared.adapters import alert_store, observability
-from shared.adapters.headunit import SigningKeyUnset, TransientDeliveryError, push_alert
+from shared.adapters.car_profiles import read_profiles
+from shared.adapters.headunit import DeliveryResult, SigningKeyUnset, TransientDeliveryError, push_alert
+from shared.adapters.iothub import IoTHubChannel, drain_feedback, open_feedback_receiver
 from shared.adapters.storage import ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
 from shared.config.names import ALERT_POISON_QUEUE, ALERT_QUEUE, DEADLETTER_CONTAINER
-from shared.config.settings import SettingsError
+from shared.config.settings import IOTHUB_CHANNEL, SettingsError
 from shared.core.telemetry import InputError
 
 MALFORMED = "malformed"
@@ -62,7 +69,7 @@ def process_alert_message(
         outcome = push_alert(
             alert, table=table, session=services.gateway, gateway_url=settings.head_unit_gateway_url,
             signing_key=settings.head_unit_signing_key, cooldown_days=settings.alert_cooldown_days, now=now,
-            timeout=policy.timeout(dequeue_count), lease=policy.lease,
+            timeout=policy.timeout(dequeue_count), lease=policy.lease, send=_channel(services, alert),
         )  # fmt: skip
     except SigningKeyUnset:  # push_alert refused it after checking the alert, before any claim
         return _keep_until_configured(services, table, body, alert, dequeue_count, limit, now)
@@ -76,6 +83,45 @@ def process_alert_message(
             observability.count_poisoned()
         raise
     return {"alert_id": outcome.alert_id, "car_id": outcome.car_id, "state": outcome.state, "reason": outcome.reason}
+
+
+def _channel(services: Services, alert: dict[str, Any]) -> Callable[[Mapping[str, Any]], DeliveryResult] | None:
+    """The car's channel's `send` for `push_alert` (None: the gateway's HTTPS, push_alert's own)."""
+    car_id = alert.get("car_id")
+    profile = read_profiles(services.tables, [car_id])[car_id] if isinstance(car_id, str) else None
+    channel = (profile.channel if profile else None) or services.settings.alert_channel
+    if channel != IOTHUB_CHANNEL:
+        return None
+    settings = services.settings
+    if not settings.iothub_connection:
+        return _iothub_unconfigured
+    client = _iothub_client(services.iothub_client, settings.iothub_connection)
+    return IoTHubChannel(client, settings.head_unit_signing_key or "", timedelta(hours=settings.alert_expiry_hours),
+                         services.clock).deliver  # fmt: skip
+
+
+def _iothub_unconfigured(alert: Mapping[str, Any]) -> DeliveryResult:
+    raise TransientDeliveryError(f"alert {alert['alert_id']} for car {alert['car_id']}: the car's channel is iothub "
+                                 "but IOTHUB_CONNECTION is not set")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _iothub_client(factory: Callable[[str], Any], connection: str) -> Any:
+    """One IoT Hub client (one AMQP connection) per process and connection string, not one per message."""
+    return factory(connection)
+
+
+def drain_iothub_feedback(services: Services) -> dict[str, int]:
+    """Record the IoT Hub's waiting delivery feedback on the alerts (delivered, expired, rejected); the counts.
+    Nothing to do without IOTHUB_CONNECTION."""
+    connection = services.settings.iothub_connection
+    if not connection:
+        return {}
+    receiver = open_feedback_receiver(connection)
+    try:
+        return drain_feedback(receiver, _alerts_table(services.tables), services.clock())
+    finally:
+        receiver.close()
 
 
 def _keep_until_configured(services: Services, table: TableClient, body: str | bytes, alert: dict[str, Any],

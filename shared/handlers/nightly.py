@@ -15,6 +15,7 @@ import pandas as pd
 
 from shared.adapters import observability
 from shared.adapters.archive import load_telemetry_history, read_archive
+from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
@@ -22,7 +23,7 @@ from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
 from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
-from shared.core.alerts import AlertBatch, alerts_from_scores
+from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.models._lightgbm import BatteryForecaster, train_model
@@ -202,8 +203,10 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     container = ensure_container(services.blobs, SCORES_CONTAINER)
     name = f"date={as_of.isoformat()}/{model.version}.parquet"
     upload_bytes(container, name, scores.to_parquet(index=False))
+    alerted_cars = scores.loc[scores[PROBABILITY] >= threshold, CAR_ID].astype(str)
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
-                                settings.service_booking_url, model_version=model.version)  # fmt: skip
+                                settings.service_booking_url, model_version=model.version,
+                                car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
                "days_read": f"{first}..{as_of}", **files}  # fmt: skip

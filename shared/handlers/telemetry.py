@@ -43,12 +43,13 @@ from azure.storage.blob import ContainerClient
 from shared.adapters import observability
 from shared.adapters.archive import archive_telemetry, dead_letter
 from shared.adapters.battery_state import update_states
+from shared.adapters.car_profiles import read_locales
 from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.adapters.storage import download_bytes, ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.config.names import DEADLETTER_CONTAINER, PARKED_CONTAINER
-from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
+from shared.core.alerts import AS_OF, MODEL_VERSION, PROBABILITY, REASONS, AlertBatch, alerts_from_scores
 from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
@@ -288,8 +289,11 @@ def alerts_from_scored(
         record_scoring_errors(services, batch, [items[i] for i in np.flatnonzero(failed)],
                               scores.loc[failed, "error"].astype(str).tolist(), now)  # fmt: skip
     settings = services.settings
-    alerts = alerts_from_scores(scores[~failed], settings.alert_probability_threshold, now,
-                                settings.service_booking_url)  # fmt: skip
+    scored = scores[~failed]
+    alerted = pd.to_numeric(scored[PROBABILITY], errors="coerce") >= settings.alert_probability_threshold
+    locales = read_locales(services.tables, scored.loc[alerted, CAR_ID].astype(str))
+    alerts = alerts_from_scores(scored, settings.alert_probability_threshold, now, settings.service_booking_url,
+                                car_locales=locales)  # fmt: skip
     return alerts, int(failed.sum())
 
 

@@ -1,0 +1,201 @@
+"""The IoT Hub channel up to the wire: the SDK's own client builds the AMQP message, a recording connection
+stands where its uamqp SendClient would connect (nothing leaves the machine), and IoT Hub's feedback is a
+recorded batch in the documented format, received as uamqp messages. The alert store is Azurite's, and the
+queue trigger runs through the local host. No IoT Hub is reached (README, "IoT Hub channel")."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import uamqp
+from azure.iot.hub import IoTHubRegistryManager
+from uamqp.constants import MessageState
+
+from shared.adapters import alert_store
+from shared.adapters.car_profiles import write_profiles
+from shared.adapters.headunit import TransientDeliveryError, canonical_json, verify
+from shared.adapters.iothub import FEEDBACK_CONTENT_TYPE, IoTHubChannel, apply_feedback, drain_feedback, parse_feedback
+from shared.core.alerts import parse_iso_utc
+from shared.core.telemetry import InputError
+
+CONNECTION = ("HostName=trey-hub.azure-devices.net;SharedAccessKeyName=service;SharedAccessKey="
+              + base64.b64encode(b"not-a-real-key-of-32-bytes-long!").decode())  # fmt: skip
+KEY = "test-signing-key"
+NOW = datetime(2017, 3, 20, 3, 5, tzinfo=UTC)  # five minutes after the test alerts were created
+
+
+class RecordingConnection:
+    """Where the SDK's uamqp.SendClient sits: keeps each uamqp.Message the SDK built and its AMQP encoding,
+    and answers every send with `outcome`, as uamqp reports it."""
+
+    def __init__(self, outcome: MessageState = MessageState.SendComplete) -> None:
+        self.outcome = outcome
+        self.wire: list[bytes] = []
+
+    def queue_message(self, message: uamqp.Message) -> None:
+        self.wire.append(message.encode_message())
+
+    def send_all_messages(self, close_on_done: bool = True) -> list[MessageState]:
+        return [self.outcome]
+
+    def close(self) -> None:
+        """Nothing was opened."""
+
+    def sent(self) -> list[uamqp.Message]:
+        """The messages as IoT Hub would decode them off the wire."""
+        return [uamqp.Message.decode_from_bytes(data) for data in self.wire]
+
+
+def sdk_client(connection: RecordingConnection) -> IoTHubRegistryManager:
+    """The SDK's real registry manager, its AMQP connection swapped for the recording one."""
+    manager = IoTHubRegistryManager.from_connection_string(CONNECTION)
+    manager.amqp_svc_client.amqp_client = connection
+    return manager
+
+
+def channel(connection: RecordingConnection, hours: float = 24) -> IoTHubChannel:
+    return IoTHubChannel(sdk_client(connection), KEY, timedelta(hours=hours), lambda: NOW)
+
+
+def test_an_alert_goes_out_as_a_c2d_message_with_its_id_expiry_ack_and_type(make_alert):
+    wire = RecordingConnection()
+    alert = make_alert()
+    result = channel(wire).deliver(alert)
+    assert result.delivered and result.status_code == 202
+    [message] = wire.sent()
+    properties, application = message.properties, message.application_properties
+    assert properties.to == b"/devices/CAR-00017/messages/devicebound"
+    assert properties.message_id == alert["alert_id"].encode()
+    expires = parse_iso_utc(alert["created_at"]) + timedelta(hours=24)
+    assert properties.absolute_expiry_time == int(expires.timestamp() * 1000)
+    assert (properties.content_type, properties.content_encoding) == (b"application/json", b"utf-8")
+    assert application[b"iothub-ack"] == b"full"
+    assert application[b"alert-type"] == b"battery_end_of_life"
+    assert (application[b"severity"], application[b"locale"]) == (b"high", b"en")
+    body = b"".join(message.get_data())
+    assert body == canonical_json(alert) and json.loads(body) == alert
+    assert verify(body, application[b"x-signature"].decode(), KEY)  # the head unit checks it as the gateway does
+
+
+def test_a_failed_send_is_transient_and_may_have_reached_iot_hub(make_alert):
+    with pytest.raises(TransientDeliveryError, match="IoT Hub send failed") as raised:
+        channel(RecordingConnection(MessageState.SendFailed)).deliver(make_alert())
+    assert raised.value.maybe_received
+    assert "SharedAccessKey" not in str(raised.value)
+
+
+def test_an_expired_alert_or_a_car_iot_hub_cannot_name_is_rejected_without_sending(make_alert):
+    wire = RecordingConnection()
+    late = channel(wire, hours=0.05).deliver(make_alert())  # created 03:00, expired 03:03, now 03:05
+    assert not late.delivered and "expired at 2017-03-20T03:03:00Z" in late.error
+    unnamed = channel(wire).deliver(make_alert(car_id="CAR 17/ü"))
+    assert not unnamed.delivered and "not an IoT Hub device id" in unnamed.error
+    assert wire.wire == []
+
+
+def feedback(*records: tuple[str, str, str]) -> bytes:
+    """A feedback message body as IoT Hub documents it: (originalMessageId, deviceId, statusCode) records."""
+    return json.dumps([
+        {"originalMessageId": message_id, "description": "" if status == "Success" else f"{status} by hub",
+         "deviceGenerationId": "636324498924387283", "deviceId": device, "enqueuedTimeUtc": "2017-03-20T04:10:00.000Z",
+         "statusCode": status} for message_id, device, status in records
+    ]).encode()  # fmt: skip
+
+
+class RecordingReceiver:
+    """Where a uamqp.ReceiveClient of the feedback endpoint sits: hands out the batches given, as received
+    uamqp messages (decoded off the wire), then none; records how each was settled."""
+
+    def __init__(self, *bodies: bytes) -> None:
+        self.batches = [[self._received(body) for body in bodies]]
+        self.settled: list[str] = []
+
+    def _received(self, body: bytes) -> uamqp.Message:
+        sent = uamqp.Message(body, properties=uamqp.message.MessageProperties(content_type=FEEDBACK_CONTENT_TYPE))
+        decoded = uamqp.Message.decode_from_bytes(sent.encode_message())
+        return uamqp.Message(message=decoded.get_message(), settler=lambda response: self.settled.append(
+            type(response).__name__))  # fmt: skip
+
+    def receive_message_batch(self, max_batch_size: int | None = None, timeout: int = 0) -> list[uamqp.Message]:
+        return self.batches.pop(0) if self.batches else []
+
+
+def test_feedback_records_parse_and_bad_ones_are_named():
+    [record] = parse_feedback(feedback(("a1", "CAR-1", "Expired")))
+    assert (record.alert_id, record.car_id, record.status) == ("a1", "CAR-1", "Expired")
+    assert record.enqueued_at == datetime(2017, 3, 20, 4, 10, tzinfo=UTC)
+    with pytest.raises(InputError, match="record 0: statusCode must be one of"):
+        parse_feedback(feedback(("a1", "CAR-1", "Lost")))
+    with pytest.raises(InputError, match="record 1: missing originalMessageId"):
+        parse_feedback(json.dumps([*json.loads(feedback(("a1", "CAR-1", "Success"))), {"deviceId": "CAR-1",
+                       "statusCode": "Success", "enqueuedTimeUtc": "2017-03-20T04:10:00Z"}]))  # fmt: skip
+    with pytest.raises(InputError, match="not an array"):
+        parse_feedback(b'{"statusCode": "Success"}')
+
+
+def test_push_alert_sends_over_iot_hub_for_a_car_that_asks_and_http_for_the_others(harness, make_alert):
+    iothub_car, http_car = make_alert(car_id="CAR-IOT"), make_alert(car_id="CAR-WEB")
+    services = harness.configure(IOTHUB_CONNECTION=CONNECTION)
+    write_profiles(services.tables, pd.DataFrame({"Car_ID": ["CAR-IOT", "CAR-WEB"], "Region": ["Nordic", "Nordic"],
+                                                  "channel": ["iothub", None]}))  # fmt: skip
+    wire = RecordingConnection()
+    services.iothub_client = lambda connection: sdk_client(wire)
+    harness.send_alerts([iothub_car, http_car])
+    assert harness.host.drain_queue("push_alert").succeeded == 2
+    assert [m.properties.message_id for m in wire.sent()] == [iothub_car["alert_id"].encode()]
+    assert list(harness.simulator.received_by_car()) == ["CAR-WEB"]
+    table = alert_store.alerts_table(services.tables)
+    assert alert_store.get_alert(table, "CAR-IOT", iothub_car["alert_id"])["state"] == alert_store.DELIVERED
+
+
+def test_alert_channel_iothub_sends_every_car_over_iot_hub_and_without_a_connection_retries(harness, make_alert):
+    services = harness.configure(ALERT_CHANNEL="iothub", IOTHUB_CONNECTION=None)
+    harness.send_alerts([make_alert(car_id="CAR-NOCONN")])
+    drain = harness.host.drain_queue("push_alert")
+    assert drain.succeeded == 0 and "IOTHUB_CONNECTION is not set" in " ".join(drain.failures)
+    assert harness.simulator.received_by_car() == {}
+    services = harness.configure(ALERT_CHANNEL="iothub", IOTHUB_CONNECTION=CONNECTION)
+    wire = RecordingConnection()
+    services.iothub_client = lambda connection: sdk_client(wire)
+    harness.send_alerts([make_alert(car_id="CAR-ANY")])
+    harness.host.drain_queue("push_alert")
+    assert [m.properties.to for m in wire.sent()] == [b"/devices/CAR-ANY/messages/devicebound"]
+
+
+def test_feedback_marks_alerts_delivered_expired_or_rejected_and_frees_the_cooldown(harness, make_alert):
+    services = harness.configure(ALERT_CHANNEL="iothub", IOTHUB_CONNECTION=CONNECTION)
+    services.iothub_client = lambda connection: sdk_client(RecordingConnection())
+    taken, lapsed, refused = (make_alert(car_id=car) for car in ("CAR-A", "CAR-B", "CAR-C"))
+    harness.send_alerts([taken, lapsed, refused])
+    assert harness.host.drain_queue("push_alert").succeeded == 3
+    table = alert_store.alerts_table(services.tables)
+    receiver = RecordingReceiver(
+        feedback((taken["alert_id"], "CAR-A", "Success"), (lapsed["alert_id"], "CAR-B", "Expired"),
+                 (refused["alert_id"], "CAR-C", "Rejected"), ("0f" * 16, "CAR-A", "Success")),
+        b"not feedback",
+    )  # fmt: skip
+    counts = drain_feedback(receiver, table, harness.clock())
+    assert counts == {"delivered": 1, "expired": 1, "rejected": 1, "unknown_alert": 1, "malformed": 1}
+    assert receiver.settled == ["MessageAccepted", "MessageRejected"]
+    state = {a["car_id"]: alert_store.get_alert(table, a["car_id"], a["alert_id"]) for a in (taken, lapsed, refused)}
+    assert {car: record["state"] for car, record in state.items()} == {"CAR-A": "delivered", "CAR-B": "expired",
+                                                                      "CAR-C": "rejected"}  # fmt: skip
+    assert state["CAR-B"]["reason"] == "IoT Hub feedback Expired: Expired by hub"
+    # The same batch again (a redelivery after a crash before it was settled) changes nothing.
+    assert apply_feedback(table, parse_feedback(feedback((lapsed["alert_id"], "CAR-B", "Expired"))), NOW)
+    assert alert_store.get_alert(table, "CAR-B", lapsed["alert_id"])["state"] == "expired"
+    # A car that never got its alert is not held back by the cooldown; one that did is.
+    again = [make_alert(car_id="CAR-A", day="2017-03-20"), make_alert(car_id="CAR-B", day="2017-03-20")]
+    harness.send_alerts(again)
+    harness.host.drain_queue("push_alert")
+    outcomes = {a["car_id"]: alert_store.get_alert(table, a["car_id"], a["alert_id"])["state"] for a in again}
+    assert outcomes == {"CAR-A": alert_store.SUPPRESSED, "CAR-B": alert_store.DELIVERED}
+
+
+def test_the_feedback_timer_runs_through_the_host_and_does_nothing_without_a_connection(harness):
+    harness.configure(IOTHUB_CONNECTION=None)
+    assert harness.host.fire_timer("iothub_feedback_timer").succeeded
