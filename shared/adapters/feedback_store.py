@@ -51,6 +51,10 @@ class AlertClosed(RuntimeError):
         self.state = state
 
 
+class FeedbackContention(RuntimeError):
+    """Other writers kept changing the alert's rows: nothing was recorded; the head unit should retry."""
+
+
 @dataclass(frozen=True)
 class FeedbackOutcome:
     """What `record_feedback` did: ACCEPTED (recorded) or UNCHANGED (the same action was recorded before)."""
@@ -99,7 +103,7 @@ def record_feedback(
                 continue  # another answer (or a delivery record) for this car wrote first: decide again
             raise
         return FeedbackOutcome(alert_id, car_id, feedback.action, ACCEPTED, row["State"])
-    raise RuntimeError(f"alert {alert_id} of car {car_id}: its rows kept changing while feedback was recorded")
+    raise FeedbackContention(f"alert {alert_id} of car {car_id}: its rows kept changing while feedback was recorded")
 
 
 def read_battery_feedback(table: TableClient, car_id: str, alert_type: str, battery_id: str) -> BatteryFeedback | None:

@@ -38,6 +38,8 @@ class Settings:
     service_booking_url: str = "https://service.treyresearch.example/book"
     alert_probability_threshold: float = 0.8
     alert_cooldown_days: int = 7
+    # After a booked service's appointment, how long its battery's alerts stay quiet (shared/core/feedback.py).
+    feedback_booking_grace_days: int = 14
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
@@ -73,6 +75,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    grace = _number(env, "FEEDBACK_BOOKING_GRACE_DAYS", defaults.feedback_booking_grace_days, int)
+    if not 0 <= grace <= 365:
+        raise SettingsError(f"FEEDBACK_BOOKING_GRACE_DAYS must be 0 to 365, got {grace!r}")
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
@@ -109,6 +114,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         service_booking_url=booking,
         alert_probability_threshold=threshold,
         alert_cooldown_days=cooldown,
+        feedback_booking_grace_days=grace,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
