@@ -129,7 +129,10 @@ def record_replacements(table: TableClient, batteries_in_cars: Mapping[str, str]
     """
     if not batteries_in_cars:
         return 0
-    rows = table.query_entities("Kind eq @kind and ReplacedAt eq ''", parameters={"kind": _FEEDBACK_ROW})
+    try:
+        rows = list(table.query_entities("Kind eq @kind and ReplacedAt eq ''", parameters={"kind": _FEEDBACK_ROW}))
+    except ResourceNotFoundError:  # no alerts table yet: no alert, so no label
+        return 0
     labelled = 0
     for row in rows:
         current = batteries_in_cars.get(row["PartitionKey"])

@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
+
 from shared.core.alerts import CRITICAL, SEVERITY_RANK, iso_utc, parse_iso_utc
-from shared.core.telemetry import InputError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 
 SEEN = "seen"
 DISMISSED = "dismissed"
@@ -157,6 +159,13 @@ def feedback_hold(
     if dismissed is not None and SEVERITY_RANK[alert["severity"]] <= SEVERITY_RANK[dismissed]:
         return Hold(DISMISSED, f"a {dismissed} alert was dismissed; only a more severe one passes")
     return None
+
+
+def batteries_in_cars(telemetry: pd.DataFrame) -> dict[str, str]:
+    """Car_ID → the Battery_ID of the car's newest record in `telemetry` (the battery in it now, as far as
+    these records tell), for the replacement labels. Vectorised: one sort, however many cars."""
+    newest = telemetry.sort_values(DATE, kind="stable").drop_duplicates(CAR_ID, keep="last")
+    return dict(zip(newest[CAR_ID].astype(str), newest[BATTERY_ID].astype(str), strict=True))
 
 
 def _time(document: Mapping[str, Any], name: str, required: bool) -> datetime | None:

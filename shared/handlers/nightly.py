@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.adapters import observability
+from shared.adapters import feedback_store, observability
+from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import load_telemetry_history
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
@@ -21,6 +22,7 @@ from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
 from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
+from shared.core.feedback import batteries_in_cars
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.models._lightgbm import BatteryForecaster, train_model
@@ -168,8 +170,11 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 services.settings.service_booking_url, model_version=model.version)  # fmt: skip
+    replaced = feedback_store.record_replacements(services.tables.get_table_client(ALERTS_TABLE),
+                                                  batteries_in_cars(clean), now)  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
-               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}"}
+               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
+               "replacements_labelled": replaced}  # fmt: skip
     return AlertBatch(alerts, summary)
 
 
