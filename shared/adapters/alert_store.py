@@ -455,7 +455,8 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
 def _lifecycle(row: Mapping[str, Any]) -> list[dict[str, str]]:
     """The steps an alert row records, each with its time, oldest first. The row's current state closes the
     list at its last update when no step records its own time (suppressed, rejected, failed, ...)."""
-    steps = [{"step": step, "at": row[name]} for step, name in LIFECYCLE_TIMES.items() if row.get(name)]
+    times = dict(row) | {"QueuedAt": row.get("QueuedAt") or row["CreatedAt"]}  # produced = put on the queue
+    steps = [{"step": step, "at": times[name]} for step, name in LIFECYCLE_TIMES.items() if times.get(name)]
     if row["State"] not in {step["step"] for step in steps} and row.get("UpdatedAt"):
         steps.append({"step": row["State"], "at": row["UpdatedAt"]})
     return sorted(steps, key=lambda step: step["at"])
