@@ -233,6 +233,7 @@ var alertSettings = {
   SERVICE_BOOKING_URL: serviceBookingUrl
   ALERT_PROBABILITY_THRESHOLD: '0.8'
   ALERT_COOLDOWN_DAYS: '7'
+  FEEDBACK_BOOKING_GRACE_DAYS: '14'
 }
 var jobSettings = {
   RETRAIN_SCHEDULE: '0 0 2 * * *'
