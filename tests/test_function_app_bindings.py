@@ -44,8 +44,8 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "health", "list_vehicle_alerts", "nightly_batch_score_timer", "nightly_compliance_score_timer",
-        "nightly_retrain_timer", "push_alert",
+        "alert_feedback", "health", "list_vehicle_alerts", "nightly_batch_score_timer",
+        "nightly_compliance_score_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
     ]  # fmt: skip
 
@@ -84,12 +84,14 @@ def test_push_alert_is_triggered_by_the_alert_queue():
 
 
 @pytest.mark.parametrize(
-    ("name", "route"), [("health", "health"), ("list_vehicle_alerts", "vehicles/{car_id}/alerts")]
-)
-def test_http_routes_need_a_function_key(name: str, route: str):
+    ("name", "route", "method"),
+    [("health", "health", "GET"), ("list_vehicle_alerts", "vehicles/{car_id}/alerts", "GET"),
+     ("alert_feedback", "vehicles/{car_id}/alerts/{alert_id}/feedback", "POST")],
+)  # fmt: skip
+def test_http_routes_need_a_function_key(name: str, route: str, method: str):
     http = trigger(name)
     assert http["type"] == "httpTrigger"
-    assert (http["route"], http["methods"], http["authLevel"].lower()) == (route, ["GET"], "function")
+    assert (http["route"], http["methods"], http["authLevel"].lower()) == (route, [method], "function")
     assert {"type": "http", "direction": "OUT", "name": "$return"} in bindings(name)
 
 
@@ -106,5 +108,6 @@ def test_the_local_host_can_run_every_function(storage_connection: str):
         "push_alert": "queue maintenance-alerts",
         "health": "GET /api/health",
         "list_vehicle_alerts": "GET /api/vehicles/{car_id}/alerts",
+        "alert_feedback": "POST /api/vehicles/{car_id}/alerts/{alert_id}/feedback",
     }
     assert host.functions["score_telemetry"].takes_context
