@@ -17,8 +17,8 @@ The story it plays, with R = `end` − `replay_days`, the last day already in th
 5. replay days R+1..end through `score_telemetry`, one event per car and day as the cars send them at the
    end of their day, plus a few deliberately bad events on the first day to show dead-lettering; each day
    is followed by draining the alert queue;
-   After every drain, the head units answer the alerts they received (by a hash of the car: seen, service
-   booked, dismissed, or no answer) through `alert_feedback`, signed as a head unit signs; the summary
+   After every drain, the head units answer the alerts they received (in turn: seen, service booked,
+   dismissed, no answer) through `alert_feedback`, signed as a head unit signs; the summary
    counts the later alerts those answers held back, and the outcome labels (booked, replaced since);
 6. write summary.md (a person's report), summary.json (the same figures, for scripts and tests) and
    model_report.md.
@@ -43,7 +43,6 @@ import logging
 import os
 import secrets
 import time
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -101,8 +100,8 @@ RETRAIN, BATCH_SCORE, SCORE_TELEMETRY, PUSH_ALERT = (
 )  # fmt: skip
 RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
 FEEDBACK = "alert_feedback"
-# What the head units answer, by a hash of the car: a quarter each sees, books a service, dismisses, or
-# does not answer; a booked appointment is BOOKING_LEAD later.
+# What the head units answer, in turn as their alerts arrive (by car within a drain): a quarter each sees,
+# books a service, dismisses, or does not answer; a booked appointment is BOOKING_LEAD later.
 FEEDBACK_ROTATION = (SEEN, SERVICE_BOOKED, DISMISSED, None)
 BOOKING_LEAD = timedelta(days=3)
 
@@ -428,10 +427,10 @@ def answer_new_alerts(host: FunctionsHost, gateway: HeadUnitSimulator, now: date
     """Let the head units answer the alerts they received since the last call (`answered` lists the earlier
     ones), through the app's feedback function, signed; one row per alert: car, alert, action, the reply."""
     done = {row["alert_id"] for row in answered}
-    rows = []
+    rows: list[dict] = []
     for car_id, alerts in sorted(gateway.received_by_car().items()):
-        action = FEEDBACK_ROTATION[zlib.crc32(car_id.encode("utf-8")) % len(FEEDBACK_ROTATION)]
         for alert in (alert for alert in alerts if alert["alert_id"] not in done):
+            action = FEEDBACK_ROTATION[(len(answered) + len(rows)) % len(FEEDBACK_ROTATION)]
             row = {"car_id": car_id, "alert_id": alert["alert_id"], "action": action, "status": None}
             if action is not None:
                 booking = {"booking_ref": f"WS-{alert['alert_id'][:8]}", "service_at": now + BOOKING_LEAD}
