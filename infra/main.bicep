@@ -102,6 +102,7 @@ var appContainers = [
 var appTables = [
   'alerts'
   'batterystate'
+  'alertlabels'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

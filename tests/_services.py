@@ -33,6 +33,7 @@ from shared import bootstrap
 from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
 from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.feedback_store import OPEN_LABELS_TABLE
 from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
@@ -141,7 +142,7 @@ def wipe_storage(connection: str) -> None:
     for container in (TELEMETRY_CONTAINER, DEADLETTER_CONTAINER, PARKED_CONTAINER, SCORES_CONTAINER, "models"):
         with contextlib.suppress(ResourceNotFoundError):
             blobs.delete_container(container)
-    for table in (ALERTS_TABLE, STATE_TABLE):
+    for table in (ALERTS_TABLE, STATE_TABLE, OPEN_LABELS_TABLE):
         tables.delete_table(table)  # no error when missing
     for queue in (ALERT_QUEUE, POISON_QUEUE):
         with contextlib.suppress(ResourceNotFoundError):

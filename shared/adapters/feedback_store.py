@@ -8,6 +8,8 @@ Two places, both in the car's partition (so one entity-group transaction writes 
   `push_alert` for every later alert of that battery, whichever path (nightly batch or streaming) made
   it. It is also the outcome label: ReplacedBy/ReplacedAt are set when telemetry shows a new Battery_ID on
   the car (`record_replacements`), so alert → booked → replaced can be counted against what owners did.
+  The labels still open are listed in one partition of their own table ("alertlabels", `open_labels`), so
+  finding them costs what the open labels cost, not a scan of every car's alert history.
 
 Both writes are guarded by the ETags they were decided on; a concurrent answer for the same car makes
 the transaction fail, and it is decided again on what is there now.
@@ -22,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters import alert_store
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
@@ -36,6 +38,8 @@ ANSWERABLE_STATES = frozenset({alert_store.DELIVERED, alert_store.UNKNOWN})
 ACCEPTED = "accepted"
 UNCHANGED = "unchanged"
 _FEEDBACK_ROW = "feedback"
+OPEN_LABELS_TABLE = "alertlabels"
+_OPEN = "open"  # the open labels' PartitionKey
 _ROUNDS = 5  # decisions again after a concurrent write to the same rows
 
 
@@ -66,10 +70,17 @@ class FeedbackOutcome:
     state: str
 
 
+def open_labels(service: TableServiceClient) -> TableClient:
+    """The table listing the outcome labels not closed yet, created if it does not exist."""
+    return service.create_table_if_not_exists(OPEN_LABELS_TABLE)
+
+
 def record_feedback(
-    table: TableClient, car_id: str, alert_id: str, feedback: Feedback, now: datetime
+    table: TableClient, labels: TableClient, car_id: str, alert_id: str, feedback: Feedback, now: datetime
 ) -> FeedbackOutcome:
-    """Record `feedback` on the car's alert and on its battery's feedback row, in one transaction.
+    """Record `feedback` on the car's alert and on its battery's feedback row, in one transaction; then list
+    the battery's label as open in `labels` (an upsert, repeated by every answer until it is replaced, so a
+    crash between the two writes is mended by the next answer).
 
     Raises `AlertNotFound` when the car has no such alert, `AlertClosed` when the alert is in a state the
     car cannot answer about. Idempotent: the same action again returns UNCHANGED and writes nothing.
@@ -102,6 +113,10 @@ def record_feedback(
             if error.code in alert_store.CHANGED_SINCE:
                 continue  # another answer (or a delivery record) for this car wrote first: decide again
             raise
+        if updated.replaced_by is None:
+            labels.upsert_entity({"PartitionKey": _OPEN, "RowKey": _open_key(car_id, battery_entity["RowKey"]),
+                                  "CarId": car_id, "LabelRow": battery_entity["RowKey"],
+                                  "BatteryId": updated.battery_id})  # fmt: skip
         return FeedbackOutcome(alert_id, car_id, feedback.action, ACCEPTED, row["State"])
     raise FeedbackContention(f"alert {alert_id} of car {car_id}: its rows kept changing while feedback was recorded")
 
@@ -120,33 +135,33 @@ def car_outcomes(table: TableClient, car_id: str) -> dict[str, dict[str, str | N
     return {row["BatteryId"]: _outcome(row) for row in rows}
 
 
-def record_replacements(table: TableClient, batteries_in_cars: Mapping[str, str], now: datetime) -> int:
-    """Label every battery with feedback whose car now carries another battery (`batteries_in_cars`:
-    Car_ID → the Battery_ID telemetry shows in it) as replaced by it; how many were labelled.
+def record_replacements(service: TableServiceClient, batteries_in_cars: Mapping[str, str], now: datetime) -> int:
+    """Label every battery with an open label whose car now carries another battery (`batteries_in_cars`:
+    Car_ID → the Battery_ID telemetry shows in it) as replaced by it, and close the label; how many.
 
-    One query over the labels still open (not replaced), so the cost follows the batteries owners answered
-    about, not the fleet or its history. A label written meanwhile by another run is left to it.
+    One partition query over the open labels, so the cost follows the batteries owners answered about
+    and not yet replaced, not the fleet or its history. A label another run closed meanwhile is left as is.
     """
     if not batteries_in_cars:
         return 0
+    table, labels = service.get_table_client(alert_store.ALERTS_TABLE), service.get_table_client(OPEN_LABELS_TABLE)
     try:
-        rows = list(table.query_entities("Kind eq @kind and ReplacedAt eq ''", parameters={"kind": _FEEDBACK_ROW}))
-    except ResourceNotFoundError:  # no alerts table yet: no alert, so no label
+        rows = list(labels.query_entities("PartitionKey eq @open", parameters={"open": _OPEN}))
+    except ResourceNotFoundError:  # no answer was ever recorded
         return 0
     labelled = 0
     for row in rows:
-        current = batteries_in_cars.get(row["PartitionKey"])
+        current = batteries_in_cars.get(row["CarId"])
         if current is None or current == row["BatteryId"]:
             continue
-        label = {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "ReplacedBy": current,
+        label = {"PartitionKey": row["CarId"], "RowKey": row["LabelRow"], "ReplacedBy": current,
                  "ReplacedAt": iso_utc(now)}  # fmt: skip
         try:
-            submit_writes(table, [EntityWrite(label, row.metadata["etag"], merge=True)])
-        except TransactionFailed as error:
-            if error.code not in alert_store.CHANGED_SINCE:
-                raise
-            continue
-        labelled += 1
+            table.update_entity(label, mode=UpdateMode.MERGE)
+            labelled += 1
+        except ResourceNotFoundError:
+            pass  # the label row is gone (its car's history deleted): only the listing is left to close
+        labels.delete_entity(_OPEN, row["RowKey"])
     return labelled
 
 
@@ -169,6 +184,11 @@ def _read_battery_row(table: TableClient, car_id: str, alert_type: str, battery_
         return table.get_entity(check_id(car_id, "car_id"), _battery_key(alert_type, battery_id))
     except ResourceNotFoundError:
         return None
+
+
+def _open_key(car_id: str, label_row: str) -> str:
+    """An open label's RowKey: car and label row hashed together (a Car_ID may hold any key character)."""
+    return hashlib.sha256(f"{car_id}\n{label_row}".encode()).hexdigest()[:32]
 
 
 def _battery_key(alert_type: str, battery_id: str) -> str:

@@ -63,8 +63,8 @@ def receive_feedback(
     except InputError as error:
         return 400, {"error": str(error)}
     try:
-        table = alert_store.alerts_table(services.tables)
-        outcome = feedback_store.record_feedback(table, car_id, alert_id, feedback, now)
+        table, labels = alert_store.alerts_table(services.tables), feedback_store.open_labels(services.tables)
+        outcome = feedback_store.record_feedback(table, labels, car_id, alert_id, feedback, now)
     except feedback_store.AlertNotFound as error:
         return 404, {"error": str(error)}
     except feedback_store.AlertClosed as error:

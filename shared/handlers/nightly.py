@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 from shared.adapters import feedback_store, observability
-from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import load_telemetry_history
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
@@ -170,8 +169,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 services.settings.service_booking_url, model_version=model.version)  # fmt: skip
-    replaced = feedback_store.record_replacements(services.tables.get_table_client(ALERTS_TABLE),
-                                                  batteries_in_cars(clean), now)  # fmt: skip
+    replaced = feedback_store.record_replacements(services.tables, batteries_in_cars(clean), now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
                "replacements_labelled": replaced}  # fmt: skip

@@ -41,7 +41,6 @@ import pandas as pd
 from azure.storage.blob import ContainerClient
 
 from shared.adapters import feedback_store, observability
-from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
 from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import update_states
@@ -87,8 +86,8 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
     summary: dict[str, Any] = {"batch_id": batch, "events": len(bodies), "records": len(good),
                                "dead_lettered": len(bad)}  # fmt: skip
     if not good.empty:  # a new Battery_ID on a car closes its old battery's outcome label
-        summary["replacements_labelled"] = feedback_store.record_replacements(
-            services.tables.get_table_client(ALERTS_TABLE), batteries_in_cars(good), now)
+        summary["replacements_labelled"] = feedback_store.record_replacements(services.tables, batteries_in_cars(good),
+                                                                              now)  # fmt: skip
     if good.empty:
         return AlertBatch([], summary | {"batteries": 0, "alerts": 0})
     chunks = merge_and_score(services, good)
