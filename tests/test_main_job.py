@@ -169,7 +169,7 @@ def test_head_units_answer_and_their_answers_hold_back_later_alerts(main_job):
     assert feedback["refused"] == 0
     assert alerts["held_back_by_feedback"]["service_booked"] > 0, alerts
     assert feedback["outcome_labels"]["booked"] == feedback["answers"]["service_booked"]
-    assert "held back: the owner's earlier service booked" in main_job.summary_md
+    assert "held back by the owner's answer: service booked" in main_job.summary_md
 
 
 @pytest.mark.slow

@@ -634,7 +634,7 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
                           f"{alerts['queued_streaming']} streaming)"),
         ("… delivered", alerts["delivered"]),
         ("… suppressed by cooldown", alerts["suppressed_by_cooldown"]),
-        *((f"… held back: the owner's earlier {action.replace('_', ' ')}", count)
+        *((f"… held back by the owner's answer: {action.replace('_', ' ')}", count)
           for action, count in alerts["held_back_by_feedback"].items()),
         ("… already delivered (same alert again)", alerts["already_delivered"]),
         ("… rejected by the gateway", alerts["rejected"]),
