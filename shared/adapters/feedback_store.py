@@ -85,7 +85,8 @@ def record_feedback(
     Raises `AlertNotFound` when the car has no such alert, `AlertClosed` when the alert is in a state the
     car cannot answer about. Idempotent: the same action again returns UNCHANGED and writes nothing.
     """
-    check_id(car_id, "car_id"), check_id(alert_id, "alert_id")
+    check_id(car_id, "car_id")
+    check_id(alert_id, "alert_id")
     for _ in range(_ROUNDS):
         row = alert_store.read_alert_row(table, car_id, alert_id)
         if row is None:

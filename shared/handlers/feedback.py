@@ -56,7 +56,8 @@ def receive_feedback(
     if problem is not None:
         return 401, {"error": problem}
     try:
-        check_id(car_id, "car_id"), check_id(alert_id, "alert_id")
+        check_id(car_id, "car_id")
+        check_id(alert_id, "alert_id")
         feedback = parse_feedback(body)
         if feedback.at > now + timedelta(seconds=WEBHOOK_TOLERANCE_S):
             raise InputError(f"at is {iso_utc(feedback.at)}, in the future (now {iso_utc(now)})")
