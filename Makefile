@@ -14,10 +14,12 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 RUN_DIR ?= data/run
 # `make run CARS=60 START=2015-01-01 END=2016-06-30 SEED=3 REPLAY_DAYS=4`: a smaller main job. Unset
 # variables keep the demo command's defaults (300 cars, 2014-01-01..2016-12-31, seed 7, 14 days replayed).
+# CHECK=1 makes it fail when the summary's check against the simulator's truth fails (as .ci/run does).
 DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(END),--end $(END)) \
-            $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS))
+            $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS)) \
+            $(if $(CHECK),--check)
 
-.PHONY: run test lint infra-scan bench clean install
+.PHONY: run test test-unit test-integration test-e2e lint infra-scan bench clean install
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -49,6 +51,10 @@ infra-scan: $(CHECKOV_STAMP)
 
 test: install lint infra-scan
 	$(PY) -m pytest
+
+# One group alone (tests/conftest.py assigns each test to one): pure code / real local services / the main job.
+test-unit test-integration test-e2e: test-%: install
+	$(PY) -m pytest -m $*
 
 # Each benchmark prints its figures; they take minutes (core: 2,000 cars x 3 years, 100,000 batteries).
 bench: install

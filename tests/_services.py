@@ -32,11 +32,11 @@ import function_app
 from shared import bootstrap
 from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
-from shared.adapters.battery_state import TABLE as STATE_TABLE
-from shared.adapters.feedback_store import OPEN_LABELS_TABLE
 from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
+from shared.config.names import OPEN_LABELS_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -169,7 +169,7 @@ def battery_days(
 
 
 def record(row: pd.Series) -> dict[str, Any]:
-    """One telemetry record as a car sends it (DESIGN.md "Telemetry event")."""
+    """One telemetry record as a car sends it (docs/contracts.md "Telemetry event")."""
     return {
         "Date": row["Date"].strftime("%Y-%m-%d"), "Battery_ID": row["Battery_ID"], "Car_ID": row["Car_ID"],
         "Battery_Age_Days": int(row["Battery_Age_Days"]), "Number_Of_Trips": int(row["Number_Of_Trips"]),

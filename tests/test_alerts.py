@@ -74,6 +74,14 @@ def test_only_rows_at_or_over_the_threshold_become_alerts_and_unscored_rows_do_n
     assert alerts_from_scores(frame.iloc[:0], 0.8, CREATED, URL) == []
 
 
+@pytest.mark.parametrize(("threshold", "alerted"), [(0.5, "DEFGHI"), (0.8, "FGHI"), (0.95, "HI")])
+def test_a_battery_below_the_threshold_is_never_alerted_even_with_some_risk(threshold, alerted):
+    probabilities = [0.0, 0.3, 0.49, 0.5, 0.79, 0.8, 0.94, 0.95, 1.0]
+    cars = [chr(ord("A") + n) for n in range(len(probabilities))]
+    frame = scores(Car_ID=cars, Battery_ID=list(range(len(cars))), failure_probability_30d=probabilities)
+    assert "".join(alert["car_id"] for alert in alerts_from_scores(frame, threshold, CREATED, URL)) == alerted
+
+
 @pytest.mark.parametrize(
     ("days", "lifetime", "severity"),
     [(7.0, 150.0, "critical"), (7.04, 150.0, "critical"), (7.1, 150.0, "high"), (25.0, 200.0, "critical"),

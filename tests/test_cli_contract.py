@@ -17,7 +17,7 @@ CONTRACT = {
     "score": ["--as-of", "--data", "--forecast-out", "--model-dir", "--out", "--threshold"],
     "explain": ["--as-of", "--battery", "--data", "--model-dir"],
     "report": ["--model-dir", "--out"],
-    "demo": ["--cars", "--end", "--out", "--replay-days", "--seed", "--start"],
+    "demo": ["--cars", "--check", "--end", "--out", "--replay-days", "--seed", "--start"],
     "registry publish": ["--connection", "--container", "--model-dir"],
     "registry promote": ["--connection", "--container", "--model-dir"],
     "registry champion": ["--connection", "--container"],

@@ -25,11 +25,14 @@ from shared.config.settings import SettingsError
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 from shared.devtools.azurite import PROJECT_ROOT
 from shared.devtools.fleet_simulator import simulate_fleet
+from shared.devtools.headunit_simulator import Attempt
 from shared.devtools.main_job import (
     acceptable_records,
     alert_check,
     bad_events,
+    check_failures,
     day_events,
+    delivery_check,
     received_table,
     run_main_job,
     with_bad_events,
@@ -109,6 +112,57 @@ def test_a_battery_the_simulator_set_to_fail_gets_an_alert_on_its_head_unit(main
     assert due_keys, "the test fleet should have batteries reaching rated life in the 30 days after R"
     assert due_keys & set(received), f"no head unit got an alert for any of {sorted(due_keys)}; got {received}"
     assert "got an alert (recall" in main_job.summary_md
+
+
+# What the test run achieves (4 of 4 due batteries alerted, 5 of 5 alerts right), less one battery or alert.
+MIN_RECALL, MIN_RIGHT_SHARE = 0.75, 0.8
+
+
+@pytest.mark.slow
+def test_the_alerts_find_the_due_batteries_and_are_right_by_the_simulators_truth(main_job, fleet):
+    batteries = fleet.batteries
+    r = pd.Timestamp(LAST_ARCHIVED)
+    reached = batteries["Rated_Life_Reached"]
+    in_service = (batteries["Installed"] <= r) & (batteries["Replaced"].isna() | (batteries["Replaced"] > r))
+    due = batteries[in_service & (reached > r) & (reached <= r + pd.Timedelta(days=30))]
+    past = batteries[in_service & (reached <= r)]
+    alerted = {(alert["car_id"], alert["battery_id"]) for alert in main_job.summary["head_units"]}
+    due_alerted = sum(key in alerted for key in zip(due[CAR_ID], due["Reported_ID"], strict=True))
+    assert len(due) >= 3, "the test fleet should have a few batteries due within 30 days after R"
+    assert due_alerted / len(due) >= MIN_RECALL, (due_alerted, len(due), main_job.summary["check"]["missed"])
+    check = main_job.summary["check"]
+    assert (check["due_within_30_days"], check["due_alerted"]) == (len(due), due_alerted)
+    right = [alert["right_to_alert"] for alert in main_job.summary["head_units"]]
+    assert right and sum(right) / len(right) >= MIN_RIGHT_SHARE, main_job.summary["head_units"]
+    # Not every battery alerted: no more batteries than the due and past ones, and one to spare.
+    assert len(alerted) <= len(due) + len(past) + 1, sorted(alerted)
+
+
+@pytest.mark.slow
+def test_the_days_to_rated_life_a_car_is_told_agree_with_the_simulators_truth(main_job):
+    # From the day the car received the alert to the day the simulator's battery reaches rated life, against
+    # what the alert says: the test run is off by -0.1 day on average (worst single alert 1.4 days).
+    told, truth = [], []
+    for alert in main_job.summary["head_units"]:
+        if alert["rated_life_reached"] is not None and alert["days_to_rated_life"] is not None:
+            told.append(alert["days_to_rated_life"])
+            received = date.fromisoformat(alert["created_at"][:10])
+            truth.append((date.fromisoformat(alert["rated_life_reached"]) - received).days)
+    assert len(told) >= 3
+    errors = [said - real for said, real in zip(told, truth, strict=True)]
+    assert abs(sum(errors) / len(errors)) <= 1.0, list(zip(told, truth, strict=True))
+
+
+@pytest.mark.slow
+def test_every_alert_delivered_is_received_once_and_none_within_the_cooldown(main_job):
+    check, alerts = main_job.summary["check"], main_job.summary["alerts"]
+    received = [alert["alert_id"] for alert in main_job.summary["head_units"]]
+    assert len(received) == len(set(received)) == alerts["delivered"] > 0
+    for key in ("delivered_not_received", "received_not_delivered", "received_twice", "sent_again",
+                "cooldown_breaches"):  # fmt: skip
+        assert check[key] == [], (key, check[key])
+    assert alerts["suppressed_by_cooldown"] > 0, "the replayed days should re-alert a due battery within the cooldown"
+    assert "`--check` (recall ≥ 0.75, right ≥ 0.8, each alert once, cooldown kept): passes." in main_job.summary_md
 
 
 @pytest.mark.slow
@@ -280,6 +334,41 @@ def test_the_check_maps_an_alert_to_the_real_battery_even_after_a_silent_replace
     nothing = alert_check(batteries, received_table({}, batteries), date(2016, 6, 26))
     assert nothing["recall"] == 0.0 and nothing["missed"] == [{"car_id": "C2", "battery_id": "2",
                                                                "rated_life_reached": "2016-07-10"}]
+
+
+def test_the_delivery_check_finds_alerts_sent_twice_lost_or_within_the_cooldown():
+    def alert(alert_id: str, car: str, severity: str, created_at: str) -> dict:
+        return {"alert_id": alert_id, "car_id": car, "battery_id": "1", "severity": severity, "created_at": created_at}
+
+    received = pd.DataFrame([
+        alert("a", "C1", "high", "2016-06-01T03:00:00Z"),
+        alert("b", "C1", "critical", "2016-06-02T23:00:00Z"),  # escalated: allowed within the cooldown
+        alert("c", "C1", "critical", "2016-06-05T23:00:00Z"),  # 3 days after b, not worse: a breach
+        alert("d", "C2", "high", "2016-06-01T03:00:00Z"),
+        alert("e", "C2", "high", "2016-06-08T03:00:00Z"),  # 7 days after d: the cooldown is over
+    ])  # fmt: skip
+    outcomes = [{"alert_id": name, "state": "delivered"} for name in "abcdf"]
+    outcomes.append({"alert_id": "g", "state": "suppressed"})
+    attempts = [Attempt("C1", "a", 201), Attempt("C1", "a", 200), Attempt("C2", "d", 503), Attempt("C2", "d", 201)]
+    check = delivery_check(outcomes, received, attempts, cooldown_days=7)
+    assert check["cooldown_breaches"] == [{"car_id": "C1", "alert_id": "c"}]
+    assert (check["delivered_not_received"], check["received_not_delivered"]) == (["f"], ["e"])
+    assert (check["sent_again"], check["received_twice"]) == (["a"], [])
+    twice = delivery_check(outcomes, pd.concat([received, received.head(1)]), [], cooldown_days=0)
+    assert (twice["received_twice"], twice["cooldown_breaches"]) == (["a"], [])
+
+
+def test_check_failures_name_what_fails_and_a_run_with_nothing_due_fails():
+    passing = {"recall": 0.75, "due_alerted": 3, "due_within_30_days": 4, "alerts_received": 5, "alerts_right": 4,
+               "received_twice": [], "sent_again": [], "delivered_not_received": [], "received_not_delivered": [],
+               "cooldown_breaches": []}  # fmt: skip
+    assert check_failures(passing) == []
+    assert check_failures(passing | {"recall": 0.5, "due_alerted": 2}) == ["recall 2/4 is below 0.75"]
+    assert check_failures(passing | {"alerts_right": 3}) == ["3 of 5 alerts right, below 0.8"]
+    assert check_failures(passing | {"recall": None}) == ["no battery was due to reach rated life within 30 days: "
+                                                          "nothing to check"]  # fmt: skip
+    assert check_failures(passing | {"received_twice": ["a"], "cooldown_breaches": [{}]}) == [
+        "1 alert(s) received twice", "1 alert(s) received within the cooldown"]
 
 
 # --- the README's main-job command from a clean clone -----------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from shared.core.risk import (
     MAX_DAYS_TO_RATED_LIFE,
+    QUANTILE_LEVELS,
     RiskCalibration,
     calibrate,
     days_to_rated_life,
@@ -95,6 +96,28 @@ def test_days_to_rated_life_interpolates_within_and_extrapolates_beyond_the_hori
     np.testing.assert_allclose(days[:2], [4.5, 40.0])  # 15 cycles in 30 days, 5 more at 0.5 a day
     assert days[2] == MAX_DAYS_TO_RATED_LIFE  # never used: capped, not infinite (JSON has no infinity)
     np.testing.assert_allclose(days[3], 29.5)
+
+
+def uniform_calibration() -> RiskCalibration:
+    """Standardised errors spread evenly over [-3, 3]: P(z >= t) = (3 - t) / 6, readable by hand."""
+    return RiskCalibration(z_quantiles=-3.0 + 6.0 * QUANTILE_LEVELS, n_errors=201)
+
+
+@pytest.mark.parametrize(("t", "probability"), [(-1.5, 0.75), (0.0, 0.5), (1.5, 0.25), (2.4, 0.1)])
+def test_the_probability_is_the_calibrations_tail_beyond_the_remaining_cycles(t, probability):
+    # One cycle a day forecast: 30 cycles in 30 days, error scale 0.1 x 30 = 3 cycles (steady use, no noise).
+    # The battery has 30 + 3t cycles left, so it reaches rated life when the error z is at least t.
+    remaining = 30.0 + 3.0 * t
+    risk = failure_risk(np.array([500.0 - remaining]), np.array([500.0]), flat(1.0), uniform_calibration(),
+                        daily_std=np.zeros(1))  # fmt: skip
+    assert risk["failure_probability_30d"].item() == pytest.approx(probability, abs=1e-6)
+
+
+@pytest.mark.parametrize(("remaining", "days"), [(10.0, 20.0), (30.0, 60.0), (0.25, 0.5)])
+def test_failure_risk_tells_the_day_the_forecast_uses_up_the_remaining_cycles(remaining, days):
+    # Half a cycle a day forecast: 10 cycles last 20 days; 30 last 60 (beyond the horizon, at the same rate).
+    risk = failure_risk(np.array([200.0 - remaining]), np.array([200.0]), flat(0.5), uniform_calibration())
+    assert risk["days_to_rated_life"].item() == pytest.approx(days)
 
 
 def test_calibration_survives_a_dict_round_trip():

@@ -4,7 +4,7 @@ Every good record the Event Hub function accepts is appended to the archive, the
 retraining and batch scoring read back; every event it cannot use is kept in the dead-letter store with
 its reason. Between them, nothing a car sent is lost.
 
-Layout (DESIGN.md):
+Layout (docs/architecture.md, "Data flow"):
 
 - `telemetry/date=YYYY-MM-DD/<name>.csv` — container "telemetry", one CSV per batch and record day, in
   the telemetry columns. Partitioned by the record's own day, so `since` reads only the days it needs
@@ -37,11 +37,10 @@ from shared.adapters.storage import (
     upload_bytes,
     upload_creating_container,
 )
+from shared.config.names import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
 from shared.core.events import DeadLetter
 from shared.core.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
 
-TELEMETRY_CONTAINER = "telemetry"
-DEADLETTER_CONTAINER = "deadletter"
 DEADLETTER_PREFIX = "telemetry/"
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/")
 _DOWNLOAD_THREADS = 8  # the nightly read is many small blobs: overlap their round trips

@@ -28,6 +28,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters import alert_store
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
+from shared.config.names import ALERTS_TABLE, OPEN_LABELS_TABLE
 from shared.core.alerts import check_id, iso_utc, parse_iso_utc
 from shared.core.feedback import BatteryFeedback, Feedback, alert_changes, with_feedback
 
@@ -38,7 +39,6 @@ ANSWERABLE_STATES = frozenset({alert_store.DELIVERED, alert_store.UNKNOWN})
 ACCEPTED = "accepted"
 UNCHANGED = "unchanged"
 _FEEDBACK_ROW = "feedback"
-OPEN_LABELS_TABLE = "alertlabels"
 _OPEN = "open"  # the open labels' PartitionKey
 _ROUNDS = 5  # decisions again after a concurrent write to the same rows
 
@@ -145,7 +145,7 @@ def record_replacements(service: TableServiceClient, batteries_in_cars: Mapping[
     """
     if not batteries_in_cars:
         return 0
-    table, labels = service.get_table_client(alert_store.ALERTS_TABLE), service.get_table_client(OPEN_LABELS_TABLE)
+    table, labels = service.get_table_client(ALERTS_TABLE), service.get_table_client(OPEN_LABELS_TABLE)
     try:
         rows = list(labels.query_entities("PartitionKey eq @open", parameters={"open": _OPEN}))
     except ResourceNotFoundError:  # no answer was ever recorded

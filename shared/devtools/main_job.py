@@ -61,8 +61,9 @@ from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.feedback_store import outcome_counts
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
+from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import Settings
-from shared.core.alerts import COOLDOWN
+from shared.core.alerts import COOLDOWN, SEVERITY_RANK
 from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
 from shared.core.feedback import DISMISSED, SEEN, SERVICE_BOOKED, SNOOZED
 from shared.core.risk import HORIZON_DAYS
@@ -81,7 +82,7 @@ from shared.core.telemetry import (
 from shared.devtools.azurite import free_port, running_azurite
 from shared.devtools.fleet_simulator import TWELVE_HOUR_UNTIL, Fleet, simulate_fleet, write_fleet
 from shared.devtools.functions_host import EventDelivery, FunctionsHost, Invocation, QueueDrain
-from shared.devtools.headunit_simulator import HeadUnitSimulator
+from shared.devtools.headunit_simulator import Attempt, HeadUnitSimulator
 from shared.devtools.inference_server import running_endpoint
 from shared.handlers.nightly import Progress
 from shared.handlers.telemetry import PARKED_CONTAINER, PARKED_PREFIX
@@ -93,6 +94,9 @@ RETRAIN_HOUR, BATCH_SCORE_HOUR = 2, 3  # the app's default schedules (02:00 and 
 REPORT_HOUR = 23  # a car sends its day's record at the end of the day
 MLFLOW_STORE = "mlflow/mlflow.db"  # under the run's work directory
 SHOWN_ALERTS = 200  # rows of the head-unit table in summary.md (summary.json has them all)
+# What `demo --check` demands of a run's check against the simulator's truth (the default run reaches 14/14
+# and 46/47; a small run's few due batteries leave room for one miss or one wrong alert in four or five).
+MIN_RECALL, MIN_PRECISION = 0.75, 0.8
 
 # The functions the job drives (names in function_app.app) and the names their log summaries carry.
 RETRAIN, BATCH_SCORE, SCORE_TELEMETRY, PUSH_ALERT = (
@@ -110,7 +114,6 @@ BOOKING_LEAD = timedelta(days=3)
 CLEARED_SETTINGS = (
     "SCORING_KEY", "SCORING_AUTH", "AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE",
 )  # fmt: skip
-STORAGE_SETTING = "AzureWebJobsStorage"
 
 
 # --- simulated time, settings, the functions' own summaries ---------------------------------------------
@@ -143,7 +146,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
     """
     defaults = Settings()
     return {
-        STORAGE_SETTING: azurite.connection_string,
+        STORAGE_CONNECTION_SETTING: azurite.connection_string,
         "SCORING_URI": scoring_uri,
         "HEAD_UNIT_GATEWAY_URL": gateway_url,
         "HEAD_UNIT_SIGNING_KEY": signing_key,
@@ -166,7 +169,7 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
     block. The app's cached services are dropped on entry and exit, so they are built from these settings
     and nothing built from them outlives the block.
     """
-    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_SETTING}__"))}
+    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_CONNECTION_SETTING}__"))}
     saved = {name: os.environ.get(name) for name in names}
     for name in names - set(values):
         os.environ.pop(name, None)
@@ -224,7 +227,7 @@ def day_events(rows: pd.DataFrame) -> tuple[list[bytes], list[str]]:
     """A day's telemetry rows as the cars send them: one Event Hub body per car (its record as a JSON
     object, or an array when it sent more than one, e.g. a duplicate) and the car as partition key.
 
-    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (DESIGN.md's event).
+    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (docs/contracts.md, "Telemetry event").
     """
     records = rows[COLUMNS].assign(**{
         DATE: rows[DATE].dt.strftime("%Y-%m-%d"),
@@ -299,6 +302,8 @@ class RunRecord:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     parked: int = 0
     received: dict[str, list[dict]] = field(default_factory=dict)
+    gateway_attempts: list[Attempt] = field(default_factory=list)
+    cooldown_days: int = 0  # the app's ALERT_COOLDOWN_DAYS during the run
     champion: dict | None = None
     local_services: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -359,6 +364,7 @@ def run_main_job(
         app = bootstrap.current()
         clock = SimulatedClock(at_hour(last_archived, REPORT_HOUR))
         app.clock = clock  # the one override: the app's services keep the simulated time
+        record.cooldown_days = app.settings.alert_cooldown_days
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
             "scoring_endpoint": scoring_uri, "head_unit_gateway": gateway.url,
@@ -409,6 +415,7 @@ def run_main_job(
         record.dead_letters = list_dead_letters(app.blobs)
         record.parked = len(list_blob_names(app.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX))
         record.received = gateway.received_by_car()
+        record.gateway_attempts = gateway.attempts
         record.counters = observability.readings(metrics)
         record.outcome_labels = outcome_counts(app.tables.get_table_client(ALERTS_TABLE))
 
@@ -549,7 +556,8 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
             "unanswered": sum(row["action"] is None for row in record.feedback),
             "outcome_labels": record.outcome_labels,
         },
-        "check": alert_check(fleet.batteries, received, record.last_archived),
+        "check": alert_check(fleet.batteries, received, record.last_archived)
+        | delivery_check(log.of(PUSH_ALERT), received, record.gateway_attempts, record.cooldown_days),
         "head_units": received.to_dict(orient="records"),
         "counters": record.counters,
         "local_services": record.local_services,
@@ -610,6 +618,59 @@ def alert_check(batteries: pd.DataFrame, received: pd.DataFrame, last_archived: 
     }
 
 
+def delivery_check(outcomes: list[dict], received: pd.DataFrame, attempts: list[Attempt],
+                   cooldown_days: int) -> dict[str, Any]:  # fmt: skip
+    """Whether what push_alert says it delivered is what the head units got, each alert once, within the policy.
+
+    `outcomes` are push_alert's logged outcomes, `received` is `received_table`, `attempts` the gateway's
+    answered POSTs. An alert POSTed again after it was received (answered "duplicate") was sent twice even
+    though the simulator shows it once. A cooldown breach is a car receiving an alert of the same type
+    less than `cooldown_days` after its previous one without a rise in severity (the simulated clock does
+    not move between queueing and delivery, so `created_at` is the delivery time).
+    """
+    delivered = {outcome["alert_id"] for outcome in outcomes if outcome.get("state") == "delivered"}
+    got = Counter(received["alert_id"])
+    posted = Counter(attempt.idempotency_key for attempt in attempts if attempt.status in (200, 201))
+    breaches = []
+    for car, alerts in received.groupby("car_id", sort=True):
+        times = pd.to_datetime(alerts["created_at"], utc=True)
+        ranks = alerts["severity"].map(SEVERITY_RANK)
+        order = times.argsort(kind="stable")
+        times, ranks = times.iloc[order], ranks.iloc[order]
+        soon = (times.diff() < pd.Timedelta(days=cooldown_days)) & (ranks.diff() <= 0)
+        breaches += [{"car_id": car, "alert_id": alert} for alert in alerts["alert_id"].iloc[order][soon]]
+    return {
+        "delivered_not_received": sorted(delivered - set(got)),
+        "received_not_delivered": sorted(set(got) - delivered),
+        "received_twice": sorted(alert for alert, count in got.items() if count > 1),
+        "sent_again": sorted(alert for alert, count in posted.items() if count > 1),
+        "cooldown_breaches": breaches,
+    }
+
+
+def check_failures(check: Mapping[str, Any], min_recall: float = MIN_RECALL,
+                   min_precision: float = MIN_PRECISION) -> list[str]:  # fmt: skip
+    """What makes a run's check against the truth fail (`demo --check`): empty when it passes.
+
+    A run with no battery due has no recall to judge, which fails too: such a run proves nothing.
+    """
+    problems = []
+    if check["recall"] is None:
+        problems.append("no battery was due to reach rated life within 30 days: nothing to check")
+    elif check["recall"] < min_recall:
+        problems.append(f"recall {check['due_alerted']}/{check['due_within_30_days']} is below {min_recall}")
+    received, right = check["alerts_received"], check["alerts_right"]
+    if received and right / received < min_precision:
+        problems.append(f"{right} of {received} alerts right, below {min_precision}")
+    for key, what in (("received_twice", "received twice"), ("sent_again", "sent again after it was received"),
+                      ("delivered_not_received", "delivered but not received"),
+                      ("received_not_delivered", "received but not logged as delivered"),
+                      ("cooldown_breaches", "received within the cooldown")):  # fmt: skip
+        if check[key]:
+            problems.append(f"{len(check[key])} alert(s) {what}")
+    return problems
+
+
 def render_summary(summary: dict[str, Any], model_report: str) -> str:
     """summary.md: what ran, the figures, the check against the truth, what each head unit received."""
     run, events, alerts, check = summary["run"], summary["events"], summary["alerts"], summary["check"]
@@ -650,7 +711,9 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
          f"({labels.get('booked_replaced', 0)} of them booked)"),
     ]  # fmt: skip
     recall = "n/a" if check["recall"] is None else f"{check['recall']:.0%}"
-    consistent = alerts["delivered"] == alerts["received_by_head_units"] and alerts["unique_per_car"]
+    consistent = alerts["delivered"] == alerts["received_by_head_units"] and alerts["unique_per_car"] and not any(
+        check[key] for key in ("delivered_not_received", "received_not_delivered", "received_twice", "sent_again"))
+    problems = check_failures(check)
     lines = [
         f"# Main job: {run['cars']} cars, {run['start']} to {run['end']} (seed {run['seed']})",
         "",
@@ -673,8 +736,11 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
         "reaches rated life within 30 days of the alert, or already had.",
         f"- {check['past_alerted']} of {check['past_rated_life']} batteries already past rated life and still "
         "in service got an alert.",
-        f"- Delivered by push_alert = received by head units, each car's alerts unique: "
+        f"- Delivered by push_alert = received by head units, each alert once: "
         f"{'yes' if consistent else 'NO'}.",
+        f"- Alerts received within the cooldown without escalating: {len(check['cooldown_breaches'])}.",
+        f"- `--check` (recall ≥ {MIN_RECALL}, right ≥ {MIN_PRECISION}, each alert once, cooldown kept): "
+        + ("passes." if not problems else f"**fails**: {'; '.join(problems)}."),
     ]
     if check["missed"]:
         shown = ", ".join(f"{m['car_id']}/{m['battery_id']} ({m['rated_life_reached']})" for m in check["missed"][:10])

@@ -19,6 +19,7 @@ from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
 from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
+from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.feedback import batteries_in_cars
@@ -28,8 +29,7 @@ from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
 from shared.models.scoring import score_fleet
-
-SCORES_CONTAINER = "scores"
+from shared.models.training_sample import period_record, sample_batteries, select_sample, trailing_period_start
 
 Progress = Callable[[str], None]
 
@@ -116,7 +116,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
-    """Retrain on the archived telemetry; promote only if the backtest beats the champion; return the outcome.
+    """Retrain on the archive's trailing period; promote only if the backtest beats the champion; return the outcome.
+
+    Bounded by the settings, not by how long the archive is or how big the fleet grows: only the last
+    RETRAIN_HISTORY_DAYS days are read, and past RETRAIN_MAX_BATTERIES batteries a stratified sample of
+    them is trained on (shared/models/training_sample.py). The model's metadata records both.
 
     With an Azure ML workspace configured, the AutoML job of the lab is submitted instead (it runs for up
     to an hour in the workspace; registration and deployment follow from the CLI or a pipeline).
@@ -127,11 +131,18 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
 
         job = submit_automl(services.azureml_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
-    raw = load_telemetry_history(services.blobs)
+    last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
+    since = trailing_period_start(last_day, settings.retrain_history_days)
+    raw = load_telemetry_history(services.blobs, since=since.date())
     if raw.empty:
-        return {"trained": None, "reason": "no archived telemetry yet", "past_due": past_due}
+        return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
+    sample = sample_batteries(raw, settings.retrain_max_batteries)
+    training_data = {"period": period_record(raw, since, settings.retrain_history_days), "sample": sample.record()}
+    raw = select_sample(raw, sample)
     clean, quality = prepare_telemetry(raw)
+    del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
+    model.metadata["training_data"] = training_data
     model_dir = services.work_dir / "candidates" / model.version
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)
@@ -141,6 +152,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
         "promoted": decision.promoted,
         "reason": decision.reason,
         "champion_before": decision.previous_champion,
+        "training_data": training_data,
         "past_due": past_due,
     }
 
