@@ -24,6 +24,7 @@ from shared.config.names import (
 )
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
+from shared.handlers.feedback import receive_feedback
 from shared.handlers.ops import health_report, vehicle_alerts
 from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
@@ -140,6 +141,14 @@ def list_vehicle_alerts(req: func.HttpRequest) -> func.HttpResponse:
         return _json(vehicle_alerts(bootstrap.current(), req.route_params["car_id"]), 200)
     except InputError as error:
         return _json({"error": str(error)}, 400)
+
+
+@app.route(route="vehicles/{car_id}/alerts/{alert_id}/feedback", methods=["POST"])
+def alert_feedback(req: func.HttpRequest) -> func.HttpResponse:
+    """A head unit's signed answer to an alert (seen, dismissed, snoozed, service booked), recorded with it."""
+    status, body = receive_feedback(bootstrap.current(), req.route_params["car_id"], req.route_params["alert_id"],
+                                    req.headers, req.get_body())  # fmt: skip
+    return _json(body, status)
 
 
 def _event_metadata(event: func.EventHubEvent) -> dict:

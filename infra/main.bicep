@@ -103,6 +103,7 @@ var appTables = [
   'alerts'
   'batterystate'
   'cars'
+  'alertlabels'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -234,6 +235,7 @@ var alertSettings = {
   SERVICE_BOOKING_URL: serviceBookingUrl
   ALERT_PROBABILITY_THRESHOLD: '0.8'
   ALERT_COOLDOWN_DAYS: '7'
+  FEEDBACK_BOOKING_GRACE_DAYS: '14'
 }
 var jobSettings = {
   RETRAIN_SCHEDULE: '0 0 2 * * *'

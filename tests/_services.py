@@ -36,6 +36,7 @@ from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
+from shared.config.names import OPEN_LABELS_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -142,7 +143,7 @@ def wipe_storage(connection: str) -> None:
     for container in (TELEMETRY_CONTAINER, DEADLETTER_CONTAINER, PARKED_CONTAINER, SCORES_CONTAINER, "models"):
         with contextlib.suppress(ResourceNotFoundError):
             blobs.delete_container(container)
-    for table in (ALERTS_TABLE, STATE_TABLE):
+    for table in (ALERTS_TABLE, STATE_TABLE, OPEN_LABELS_TABLE):
         tables.delete_table(table)  # no error when missing
     for queue in (ALERT_QUEUE, POISON_QUEUE):
         with contextlib.suppress(ResourceNotFoundError):

@@ -44,7 +44,7 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "compact_telemetry_archive", "health", "iothub_feedback_timer", "list_vehicle_alerts",
+        "alert_feedback", "compact_telemetry_archive", "health", "iothub_feedback_timer", "list_vehicle_alerts",
         "nightly_batch_score_timer",
         "nightly_compliance_score_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
@@ -86,12 +86,14 @@ def test_push_alert_is_triggered_by_the_alert_queue():
 
 
 @pytest.mark.parametrize(
-    ("name", "route"), [("health", "health"), ("list_vehicle_alerts", "vehicles/{car_id}/alerts")]
-)
-def test_http_routes_need_a_function_key(name: str, route: str):
+    ("name", "route", "method"),
+    [("health", "health", "GET"), ("list_vehicle_alerts", "vehicles/{car_id}/alerts", "GET"),
+     ("alert_feedback", "vehicles/{car_id}/alerts/{alert_id}/feedback", "POST")],
+)  # fmt: skip
+def test_http_routes_need_a_function_key(name: str, route: str, method: str):
     http = trigger(name)
     assert http["type"] == "httpTrigger"
-    assert (http["route"], http["methods"], http["authLevel"].lower()) == (route, ["GET"], "function")
+    assert (http["route"], http["methods"], http["authLevel"].lower()) == (route, [method], "function")
     assert {"type": "http", "direction": "OUT", "name": "$return"} in bindings(name)
 
 
@@ -110,5 +112,6 @@ def test_the_local_host_can_run_every_function(storage_connection: str):
         "iothub_feedback_timer": "0 * * * * *",
         "health": "GET /api/health",
         "list_vehicle_alerts": "GET /api/vehicles/{car_id}/alerts",
+        "alert_feedback": "POST /api/vehicles/{car_id}/alerts/{alert_id}/feedback",
     }
     assert host.functions["score_telemetry"].takes_context

@@ -172,7 +172,7 @@ def test_every_queued_alert_is_accounted_for_and_each_car_gets_an_alert_once(mai
     assert alerts["delivered"] == alerts["received_by_head_units"] == len(main_job.summary["head_units"])
     handled = sum(alerts[key] for key in ("delivered", "suppressed_by_cooldown", "already_delivered", "rejected",
                                           "malformed", "poisoned"))  # fmt: skip
-    assert handled == alerts["queued"], alerts
+    assert handled + sum(alerts["held_back_by_feedback"].values()) == alerts["queued"], alerts
     per_car = Counter((alert["car_id"], alert["alert_id"]) for alert in main_job.summary["head_units"])
     assert max(per_car.values()) == 1
     assert alerts["queued_batch"] > 0, "the nightly batch path should queue alerts too"
@@ -207,12 +207,23 @@ def test_the_apps_counters_agree_with_what_the_stores_the_host_and_the_head_unit
     assert counters["battery.batteries.scored"] == scored
     assert counters["battery.alerts.queued"] == alerts["queued"]
     assert counters["battery.alerts.delivered"] == alerts["received_by_head_units"] > 0
-    assert counters["battery.alerts.suppressed"] == alerts["suppressed_by_cooldown"]
+    assert counters["battery.alerts.suppressed"] == alerts["suppressed_by_cooldown"] + sum(
+        alerts["held_back_by_feedback"].values())
     assert (counters["battery.alerts.rejected"], counters["battery.alerts.poisoned"]) == (0, 0)
     [lag] = counters["battery.events.lag_seconds"]
     assert lag["count"] == events["delivered"]
     assert {point["attributes"]["outcome"] for point in counters["battery.endpoint.latency"]} == {"ok"}
     assert "## Counters" in main_job.summary_md and "`battery.alerts.delivered`" in main_job.summary_md
+
+
+@pytest.mark.slow
+def test_head_units_answer_and_their_answers_hold_back_later_alerts(main_job):
+    feedback, alerts = main_job.summary["feedback"], main_job.summary["alerts"]
+    assert all(count > 0 for count in feedback["answers"].values()), feedback  # seen, dismissed, booked
+    assert feedback["refused"] == 0
+    assert alerts["held_back_by_feedback"]["service_booked"] > 0, alerts
+    assert feedback["outcome_labels"]["booked"] == feedback["answers"]["service_booked"]
+    assert "held back by the owner's answer: service booked" in main_job.summary_md
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableErrorCode, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, TableEntity, TableErrorCode, TableServiceClient, UpdateMode
 
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 from shared.config.names import ALERTS_TABLE
@@ -54,7 +54,7 @@ DEFAULT_LEASE = timedelta(seconds=60)
 
 # What a transaction fails with when a row is not the version its writer saw: changed (412), created (409)
 # or deleted (404) since.
-_CHANGED_SINCE = {
+CHANGED_SINCE = {
     code.value
     for code in (
         TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
@@ -65,6 +65,16 @@ _CHANGED_SINCE = {
 _ALERT_ROW = "alert"
 _LATEST_ROW = "latest"
 _NO_HOLD = {"HeldBy": "", "HeldUntil": ""}
+# The alert row's properties the feedback store (shared/adapters/feedback_store.py) sets, by record field.
+_FEEDBACK_FIELDS = {
+    "seen_at": "SeenAt", "dismissed_at": "DismissedAt", "snoozed_at": "SnoozedAt", "snoozed_until": "SnoozedUntil",
+    "booked_at": "BookedAt", "booking_ref": "BookingRef", "service_at": "ServiceAt",
+}  # fmt: skip
+# A lifecycle step and the alert row property that holds its time.
+LIFECYCLE_TIMES = {
+    QUEUED: "QueuedAt", DELIVERED: "DeliveredAt", "seen": "SeenAt", "dismissed": "DismissedAt",
+    "snoozed": "SnoozedAt", "booked": "BookedAt",
+}  # fmt: skip
 
 
 class ClaimLostError(RuntimeError):
@@ -177,7 +187,7 @@ def claim_delivery(
     try:
         alert_etag, latest_etag = submit_writes(table, [claim_alert, hold_cooldown])
     except TransactionFailed as error:
-        if error.code not in _CHANGED_SINCE or error.index is None:
+        if error.code not in CHANGED_SINCE or error.index is None:
             raise
         if error.index == 0:  # another caller claimed this alert between our read and our write
             return Claim(car_id, row, claimed=False, state=DELIVERING, attempts=attempts + 1)
@@ -239,7 +249,7 @@ def _record_ending(
 def _raise_unless_changed_since(error: TransactionFailed, claim: Claim, state: str, allowed_index: int | None) -> None:
     """Re-raise a failed transaction, as `ClaimLostError` when the alert row (index 0) changed; return only
     when the row at `allowed_index` is what changed."""
-    if error.code not in _CHANGED_SINCE or error.index is None:
+    if error.code not in CHANGED_SINCE or error.index is None:
         raise error
     if error.index != allowed_index:
         raise _claim_lost(claim, state) from None
@@ -419,9 +429,21 @@ def get_alert(table: TableClient, car_id: str, alert_id: str) -> dict[str, Any] 
         return None
 
 
+def read_alert_row(table: TableClient, car_id: str, alert_id: str) -> TableEntity | None:
+    """An alert's row as stored (with its ETag), or None when the car has no alert of that id. A car's other
+    rows (its latest rows, the feedback store's) are not alerts, whatever id names them."""
+    try:
+        row = table.get_entity(_key(car_id, "car_id"), _key(alert_id, "alert_id"))
+    except ResourceNotFoundError:
+        return None
+    return row if row.get("Kind") == _ALERT_ROW else None
+
+
 def list_alerts(table: TableClient, car_id: str) -> list[dict[str, Any]]:
     """A car's alert records, newest first: the alert's own fields plus state, reason, attempts,
-    last_error, queued_at, updated_at, delivered_at (None where not applicable). JSON-ready."""
+    last_error, queued_at, updated_at, delivered_at (None where not applicable), the head unit's answers
+    (seen_at, dismissed_at, snoozed_at, snoozed_until, booked_at, booking_ref, service_at) and `lifecycle`,
+    the steps it went through with their times, in time order. JSON-ready."""
     query = "PartitionKey eq @car and Kind eq @kind"
     rows = table.query_entities(query, parameters={"car": _key(car_id, "car_id"), "kind": _ALERT_ROW})
     records = [_record(row) for row in rows]
@@ -478,7 +500,18 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
         "state": row["State"], "reason": optional("Reason"), "attempts": int(row.get("Attempts", 0)),
         "last_error": optional("LastError"), "queued_at": optional("QueuedAt"),
         "updated_at": optional("UpdatedAt"), "delivered_at": optional("DeliveredAt"),
+        **{field: optional(name) for field, name in _FEEDBACK_FIELDS.items()}, "lifecycle": _lifecycle(row),
     }  # fmt: skip
+
+
+def _lifecycle(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The steps an alert row records, each with its time, oldest first. The row's current state closes the
+    list at its last update when no step records its own time (suppressed, rejected, failed, ...)."""
+    times = dict(row) | {"QueuedAt": row.get("QueuedAt") or row["CreatedAt"]}  # produced = put on the queue
+    steps = [{"step": step, "at": times[name]} for step, name in LIFECYCLE_TIMES.items() if times.get(name)]
+    if row["State"] not in {step["step"] for step in steps} and row.get("UpdatedAt"):
+        steps.append({"step": row["State"], "at": row["UpdatedAt"]})
+    return sorted(steps, key=lambda step: step["at"])
 
 
 def _latest_key(alert_type: str) -> str:

@@ -56,6 +56,8 @@ class Settings:
     # IOTHUB_CONNECTION: the IoT Hub's service connection string (HostName=…;SharedAccessKeyName=…;
     # SharedAccessKey=…; a secret, never logged), for the iothub channel.
     iothub_connection: str | None = None
+    # After a booked service's appointment, how long its battery's alerts stay quiet (shared/core/feedback.py).
+    feedback_booking_grace_days: int = 14
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
@@ -109,6 +111,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     expiry = _number(env, "ALERT_EXPIRY_HOURS", defaults.alert_expiry_hours, float)
     if not 0 < expiry <= 48:  # IoT Hub keeps a cloud-to-device message 48 hours at most
         raise SettingsError(f"ALERT_EXPIRY_HOURS must be more than 0 and at most 48, got {expiry!r}")
+    grace = _number(env, "FEEDBACK_BOOKING_GRACE_DAYS", defaults.feedback_booking_grace_days, int)
+    if not 0 <= grace <= 365:
+        raise SettingsError(f"FEEDBACK_BOOKING_GRACE_DAYS must be 0 to 365, got {grace!r}")
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
@@ -161,6 +166,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_channel=channel,
         alert_expiry_hours=expiry,
         iothub_connection=text("IOTHUB_CONNECTION", None),
+        feedback_booking_grace_days=grace,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         retrain_history_days=history_days,

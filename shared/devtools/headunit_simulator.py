@@ -1,22 +1,27 @@
 """A simulator of the head-unit gateway's far end, for tests, the local main job and `headunit-sim`.
 
 It stands in for the gateway and its cars: it verifies both signatures the production client
-(shared/adapters/headunit.py) sends, de-duplicates by Idempotency-Key and records alerts per car. A
+(shared/adapters/headunit.py) sends, de-duplicates by Idempotency-Key and records alerts per car. Its cars
+can answer (`feedback_request`, `send_feedback`): seen, dismissed, snoozed, service booked, signed the same way. A
 repeated Idempotency-Key gets 200 {"status": "duplicate"}: the alert *was* delivered (so the sender must
 not record a rejection, which a 409 would mean under the contract), and it is not recorded a second time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
+
+import requests
 
 from shared.adapters.headunit import (
     IDEMPOTENCY_HEADER,
@@ -25,10 +30,13 @@ from shared.adapters.headunit import (
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
     WEBHOOK_TOLERANCE_S,
+    canonical_json,
+    signed_headers,
     verify,
     verify_webhook,
 )
 from shared.config.settings import SettingsError
+from shared.core.alerts import iso_utc
 
 MAX_BODY_BYTES = 64 * 1024
 # An oversize body up to this size is read and dropped before the 413; a larger one closes the connection.
@@ -142,6 +150,29 @@ class HeadUnitSimulator:
         """Every alert POST answered, including failures, duplicates and bad signatures."""
         with self._lock:
             return list(self._attempts)
+
+    def feedback_request(self, alert_id: str, action: str, at: datetime, *, timestamp: int | None = None,
+                         snooze_until: datetime | None = None, booking_ref: str | None = None,
+                         service_at: datetime | None = None) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+        """The body and headers of a head unit's answer to `alert_id` (docs/contracts.md, "Head-unit
+        feedback"), signed as the app signs alerts; `timestamp` (Unix seconds) defaults to the simulator's
+        clock. `webhook-id` is a hash of the body, so the same answer sent again is recognisably a repeat."""
+        fields = {"action": action, "at": iso_utc(at), "snooze_until": snooze_until and iso_utc(snooze_until),
+                  "booking_ref": booking_ref, "service_at": service_at and iso_utc(service_at)}  # fmt: skip
+        body = canonical_json({name: value for name, value in fields.items() if value is not None})
+        stamp = int(self.clock()) if timestamp is None else timestamp
+        webhook_id = "fb_" + hashlib.sha256(body).hexdigest()[:24]
+        headers = signed_headers(webhook_id, body, self.signing_key, stamp)
+        del headers[IDEMPOTENCY_HEADER]  # the alert's header; the answer is identified by webhook-id
+        return body, headers
+
+    def send_feedback(self, app_url: str, car_id: str, alert_id: str, action: str, at: datetime,
+                      **fields: Any) -> requests.Response:  # fmt: skip
+        """POST an answer to the app at `app_url` (e.g. https://<app>.azurewebsites.net/api, with its function
+        key in the query if it has one): `feedback_request`'s body and headers."""
+        body, headers = self.feedback_request(alert_id, action, at, **fields)
+        url = f"{app_url.rstrip('/')}/vehicles/{quote(car_id, safe='')}/alerts/{quote(alert_id, safe='')}/feedback"
+        return requests.post(url, data=body, headers=headers, timeout=30)
 
     def _take_planned_failure(self, car_id: str) -> tuple[bool, int | None]:
         """Whether to stall this request, and the failure status to answer with (None: handle it)."""

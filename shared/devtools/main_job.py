@@ -17,6 +17,9 @@ The story it plays, with R = `end` − `replay_days`, the last day already in th
 5. replay days R+1..end through `score_telemetry`, one event per car and day as the cars send them at the
    end of their day, plus a few deliberately bad events on the first day to show dead-lettering; each day
    is followed by draining the alert queue;
+   After every drain, the head units answer the alerts they received (in turn: seen, service booked,
+   dismissed, no answer) through `alert_feedback`, signed as a head unit signs; the summary
+   counts the later alerts those answers held back, and the outcome labels (booked, replaced since);
 6. write summary.md (a person's report), summary.json (the same figures, for scripts and tests) and
    model_report.md.
 
@@ -53,14 +56,17 @@ import pandas as pd
 import function_app
 from shared import bootstrap
 from shared.adapters import observability
+from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.car_profiles import write_profiles
+from shared.adapters.feedback_store import outcome_counts
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import Settings
-from shared.core.alerts import SEVERITY_RANK
+from shared.core.alerts import COOLDOWN, SEVERITY_RANK
 from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
+from shared.core.feedback import DISMISSED, SEEN, SERVICE_BOOKED, SNOOZED
 from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import (
     BATTERY_ID,
@@ -98,6 +104,11 @@ RETRAIN, BATCH_SCORE, SCORE_TELEMETRY, PUSH_ALERT = (
     "nightly_retrain_timer", "nightly_batch_score_timer", "score_telemetry", "push_alert",
 )  # fmt: skip
 RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
+FEEDBACK = "alert_feedback"
+# What the head units answer, in turn as their alerts arrive (by car within a drain): a quarter each sees,
+# books a service, dismisses, or does not answer; a booked appointment is BOOKING_LEAD later.
+FEEDBACK_ROTATION = (SEEN, SERVICE_BOOKED, DISMISSED, None)
+BOOKING_LEAD = timedelta(days=3)
 
 # Settings that would send the app somewhere other than the local services (Azure ML training, a keyed
 # endpoint): removed from the environment for the run, with every identity-based storage setting.
@@ -299,6 +310,8 @@ class RunRecord:
     local_services: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)  # the app's OpenTelemetry instruments (observability)
+    feedback: list[dict] = field(default_factory=list)  # the head units' answers, with the app's reply
+    outcome_labels: dict[str, int] = field(default_factory=dict)  # feedback_store.outcome_counts at the end
 
 
 def run_main_job(
@@ -383,6 +396,7 @@ def run_main_job(
             clock.set(night, BATCH_SCORE_HOUR)
             record.batch_score = _succeeded(host.fire_timer(BATCH_SCORE))
             record.drains.append(host.drain_queue(PUSH_ALERT))
+            record.feedback += answer_new_alerts(host, gateway, clock.now, record.feedback)
 
         with step("replay", f"replaying {replay_days} days through score_telemetry, then push_alert each day"):
             for day in (night + timedelta(days=offset) for offset in range(replay_days)):
@@ -396,6 +410,7 @@ def run_main_job(
                 clock.set(day, REPORT_HOUR)
                 record.deliveries.append(host.deliver_events(SCORE_TELEMETRY, bodies, keys, enqueued_time=clock.now))
                 record.drains.append(host.drain_queue(PUSH_ALERT))
+                record.feedback += answer_new_alerts(host, gateway, clock.now, record.feedback)
                 record.replayed.append(day)
                 delivered = _delivered_so_far(record.function_log)
                 say(f"  {day}: {len(bodies)} events; {delivered} alerts delivered so far")
@@ -405,6 +420,7 @@ def run_main_job(
         record.received = gateway.received_by_car()
         record.gateway_attempts = gateway.attempts
         record.counters = observability.readings(metrics)
+        record.outcome_labels = outcome_counts(app.tables.get_table_client(ALERTS_TABLE))
 
     summary = summarise(record, cars=cars, start=start, end=end, seed=seed)
     model_report = training_report(record.champion)
@@ -414,6 +430,27 @@ def run_main_job(
     summary_path = out_dir / "summary.md"
     summary_path.write_text(render_summary(summary, model_report))
     return summary_path
+
+
+def answer_new_alerts(host: FunctionsHost, gateway: HeadUnitSimulator, now: datetime,
+                      answered: list[dict]) -> list[dict]:  # fmt: skip
+    """Let the head units answer the alerts they received since the last call (`answered` lists the earlier
+    ones), through the app's feedback function, signed; one row per alert: car, alert, action, the reply."""
+    done = {row["alert_id"] for row in answered}
+    rows: list[dict] = []
+    for car_id, alerts in sorted(gateway.received_by_car().items()):
+        for alert in (alert for alert in alerts if alert["alert_id"] not in done):
+            action = FEEDBACK_ROTATION[(len(answered) + len(rows)) % len(FEEDBACK_ROTATION)]
+            row = {"car_id": car_id, "alert_id": alert["alert_id"], "action": action, "status": None}
+            if action is not None:
+                booking = {"booking_ref": f"WS-{alert['alert_id'][:8]}", "service_at": now + BOOKING_LEAD}
+                body, headers = gateway.feedback_request(alert["alert_id"], action, now, timestamp=int(now.timestamp()),
+                                                         **(booking if action == SERVICE_BOOKED else {}))  # fmt: skip
+                response = host.call_http(FEEDBACK, "POST", headers=headers, body=body,
+                                          route_params={"car_id": car_id, "alert_id": alert["alert_id"]})  # fmt: skip
+                row["status"] = response.status_code
+            rows.append(row)
+    return rows
 
 
 def _check_arguments(cars: int, start: str, end: str, replay_days: int) -> date:
@@ -469,6 +506,8 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
     ]  # fmt: skip
     injected_dead = sum(event["dead_lettered"] for event in injected)
     outcomes = Counter(outcome.get("state") for outcome in log.of(PUSH_ALERT))
+    held_back = Counter(outcome.get("reason") for outcome in log.of(PUSH_ALERT) if outcome.get("state") == "suppressed")
+    answers = Counter(row["action"] for row in record.feedback if row["action"] is not None)
     batch_summary = (log.of(BATCH_SCORE_LOG) or [{}])[-1]
     received = received_table(record.received, fleet.batteries)
     queued_batch = record.batch_score.enqueued.get(function_app.ALERT_QUEUE, 0)
@@ -503,7 +542,9 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
             "queued_streaming": queued_streaming,
             "outcomes": dict(outcomes),
             "delivered": outcomes.get("delivered", 0),
-            "suppressed_by_cooldown": outcomes.get("suppressed", 0),
+            "suppressed_by_cooldown": held_back.get(COOLDOWN, 0),
+            "held_back_by_feedback": {action: held_back.get(action, 0) for action in (DISMISSED, SNOOZED,
+                                                                                       SERVICE_BOOKED)},
             "already_delivered": outcomes.get("duplicate", 0),
             "rejected": outcomes.get("rejected", 0),
             "malformed": outcomes.get("malformed", 0),
@@ -511,6 +552,12 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
             "poisoned": sum(drain.poisoned for drain in record.drains),
             "received_by_head_units": len(received),
             "unique_per_car": unique,
+        },
+        "feedback": {
+            "answers": {action: answers.get(action, 0) for action in (SEEN, DISMISSED, SERVICE_BOOKED)},
+            "refused": sum(row["status"] not in (None, 200) for row in record.feedback),
+            "unanswered": sum(row["action"] is None for row in record.feedback),
+            "outcome_labels": record.outcome_labels,
         },
         "check": alert_check(fleet.batteries, received, record.last_archived)
         | delivery_check(log.of(PUSH_ALERT), received, record.gateway_attempts, record.cooldown_days),
@@ -631,6 +678,8 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
     """summary.md: what ran, the figures, the check against the truth, what each head unit received."""
     run, events, alerts, check = summary["run"], summary["events"], summary["alerts"], summary["check"]
     scoring, retrain = summary["scoring"], summary["retrain"]
+    feedback = summary["feedback"]
+    labels = feedback["outcome_labels"]
     first, last = run["replayed_days"][0], run["replayed_days"][-1]
     figures = [
         ("events delivered to score_telemetry", events["delivered"]),
@@ -649,12 +698,20 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
                           f"{alerts['queued_streaming']} streaming)"),
         ("… delivered", alerts["delivered"]),
         ("… suppressed by cooldown", alerts["suppressed_by_cooldown"]),
+        *((f"… held back by the owner's answer: {action.replace('_', ' ')}", count)
+          for action, count in alerts["held_back_by_feedback"].items()),
         ("… already delivered (same alert again)", alerts["already_delivered"]),
         ("… rejected by the gateway", alerts["rejected"]),
         ("… malformed", alerts["malformed"]),
         ("failed delivery attempts (retried by the queue)", alerts["failed_attempts"]),
         ("poisoned (maintenance-alerts-poison)", alerts["poisoned"]),
         ("alerts received by head units", alerts["received_by_head_units"]),
+        ("head units' answers (seen, dismissed, service booked)",
+         ", ".join(str(count) for count in feedback["answers"].values())),
+        ("… refused by the feedback endpoint", feedback["refused"]),
+        ("batteries answered about: booked, replaced since (outcome labels)",
+         f"{labels.get('answered', 0)}: {labels.get('booked', 0)} booked, {labels.get('replaced', 0)} replaced "
+         f"({labels.get('booked_replaced', 0)} of them booked)"),
     ]  # fmt: skip
     recall = "n/a" if check["recall"] is None else f"{check['recall']:.0%}"
     consistent = alerts["delivered"] == alerts["received_by_head_units"] and alerts["unique_per_car"] and not any(

@@ -35,7 +35,7 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared.adapters import alert_store, observability
+from shared.adapters import alert_store, feedback_store, observability
 from shared.adapters.car_profiles import read_profiles
 from shared.adapters.headunit import DeliveryResult, SigningKeyUnset, TransientDeliveryError, push_alert
 from shared.adapters.iothub import IoTHubChannel, drain_feedback, open_feedback_receiver
@@ -44,6 +44,8 @@ from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
 from shared.config.names import ALERT_POISON_QUEUE, ALERT_QUEUE, DEADLETTER_CONTAINER
 from shared.config.settings import IOTHUB_CHANNEL, SettingsError
+from shared.core.alerts import DUPLICATE, validate_alert
+from shared.core.feedback import feedback_hold
 from shared.core.telemetry import InputError
 
 MALFORMED = "malformed"
@@ -66,6 +68,9 @@ def process_alert_message(
     try:
         alert = _parse_alert(body)
         table = _alerts_table(services.tables)
+        held = _held_by_feedback(table, alert, now, timedelta(days=settings.feedback_booking_grace_days))
+        if held is not None:
+            return held
         outcome = push_alert(
             alert, table=table, session=services.gateway, gateway_url=settings.head_unit_gateway_url,
             signing_key=settings.head_unit_signing_key, cooldown_days=settings.alert_cooldown_days, now=now,
@@ -122,6 +127,20 @@ def drain_iothub_feedback(services: Services) -> dict[str, int]:
         return drain_feedback(receiver, _alerts_table(services.tables), services.clock())
     finally:
         receiver.close()
+
+
+def _held_by_feedback(table: TableClient, alert: dict[str, Any], now: datetime,
+                      booking_grace: timedelta) -> dict[str, Any] | None:  # fmt: skip
+    """The outcome of an alert the owner's feedback on its battery holds back (recorded suppressed, with why),
+    or None to deliver as usual. Here, before delivery, so it applies to every path that queues alerts."""
+    validate_alert(alert)
+    battery = feedback_store.read_battery_feedback(table, alert["car_id"], alert["type"], alert["battery_id"])
+    hold = feedback_hold(alert, battery, now, booking_grace)
+    if hold is None:
+        return None
+    recorded = alert_store.record_suppressed(table, alert, f"{hold.code}: {hold.detail}", now)
+    state = alert_store.SUPPRESSED if recorded else DUPLICATE  # not recorded: delivered already (the other path)
+    return {"alert_id": alert["alert_id"], "car_id": alert["car_id"], "state": state, "reason": hold.code}
 
 
 def _keep_until_configured(services: Services, table: TableClient, body: str | bytes, alert: dict[str, Any],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.adapters import observability
+from shared.adapters import feedback_store, observability
 from shared.adapters.archive import load_telemetry_history, read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
@@ -24,6 +24,7 @@ from shared.bootstrap import Services
 from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
+from shared.core.feedback import batteries_in_cars
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.models._lightgbm import BatteryForecaster, train_model
@@ -207,9 +208,10 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 settings.service_booking_url, model_version=model.version,
                                 car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
+    replaced = feedback_store.record_replacements(services.tables, batteries_in_cars(archived.frame), now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
-               "days_read": f"{first}..{as_of}", **files}  # fmt: skip
+               "days_read": f"{first}..{as_of}", "replacements_labelled": replaced, **files}  # fmt: skip
     return AlertBatch(alerts, summary)
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from shared.adapters import alert_store
+from shared.adapters import alert_store, feedback_store
 from shared.adapters.registry import ModelRegistry
 from shared.bootstrap import Services
 from shared.config.settings import configuration_problems
@@ -51,11 +51,22 @@ def health_report(services: Services, timeout_s: float = CHECK_TIMEOUT_S) -> dic
 
 
 def vehicle_alerts(services: Services, car_id: str) -> list[dict[str, Any]]:
-    """A car's alerts and their delivery state, newest first (empty for a car that never had one).
+    """A car's alerts, newest first (empty for a car that never had one): delivery state, the head unit's
+    answers, the lifecycle with times (`alert_store.list_alerts`), and the outcome label of the alert's
+    battery: `outcome` is replaced (telemetry showed another battery in the car since), booked (the owner
+    booked a service for it), or alerted; `battery_outcome` the label's details (None: no feedback on it).
 
     Raises `InputError` naming the problem for an id no car can have (`check_id`), before any storage call.
     """
-    return alert_store.list_alerts(alert_store.alerts_table(services.tables), check_id(car_id, "car_id"))
+    table = alert_store.alerts_table(services.tables)
+    alerts = alert_store.list_alerts(table, check_id(car_id, "car_id"))
+    outcomes = feedback_store.car_outcomes(table, car_id) if alerts else {}
+    for alert in alerts:
+        label = outcomes.get(alert["battery_id"])
+        alert["battery_outcome"] = label
+        alert["outcome"] = ("replaced" if label and label["replaced_at"] else
+                            "booked" if label and label["booked_at"] else "alerted")  # fmt: skip
+    return alerts
 
 
 def endpoint_root(scoring_uri: str) -> str:

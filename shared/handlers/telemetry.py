@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from azure.storage.blob import ContainerClient
 
-from shared.adapters import observability
+from shared.adapters import feedback_store, observability
 from shared.adapters.archive import archive_telemetry, dead_letter
 from shared.adapters.battery_state import update_states
 from shared.adapters.car_profiles import read_locales
@@ -52,6 +52,7 @@ from shared.config.names import DEADLETTER_CONTAINER, PARKED_CONTAINER
 from shared.core.alerts import AS_OF, MODEL_VERSION, PROBABILITY, REASONS, AlertBatch, alerts_from_scores
 from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
+from shared.core.feedback import batteries_in_cars
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
 # Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
@@ -85,6 +86,9 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
     archive_telemetry(services.blobs, good, now, batch)
     summary: dict[str, Any] = {"batch_id": batch, "events": len(bodies), "records": len(good),
                                "dead_lettered": len(bad)}  # fmt: skip
+    if not good.empty:  # a new Battery_ID on a car closes its old battery's outcome label
+        summary["replacements_labelled"] = feedback_store.record_replacements(services.tables, batteries_in_cars(good),
+                                                                              now)  # fmt: skip
     if good.empty:
         return AlertBatch([], summary | {"batteries": 0, "alerts": 0})
     chunks = merge_and_score(services, good)
