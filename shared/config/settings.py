@@ -12,6 +12,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.core.lifecycle import QuietHours
+
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
 SCORING_AUTH_MODES = ("key", "aad_token", "none")
@@ -38,6 +40,11 @@ class Settings:
     service_booking_url: str = "https://service.treyresearch.example/book"
     alert_probability_threshold: float = 0.8
     alert_cooldown_days: int = 7
+    # ALERT_EXPIRY_HOURS: how long an alert may wait for delivery before it is expired rather than delivered
+    # late (the IoT Hub message's expiry time; the alert lifecycle's expiry).
+    alert_expiry_hours: float = 24.0
+    # QUIET_HOURS: "HH:MM-HH:MM" in each car's local time, when non-critical alerts are held (empty: none).
+    quiet_hours: str = ""
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
@@ -73,6 +80,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cooldown = _number(env, "ALERT_COOLDOWN_DAYS", defaults.alert_cooldown_days, int)
     if cooldown < 0:
         raise SettingsError(f"ALERT_COOLDOWN_DAYS must be 0 or more, got {cooldown!r}")
+    expiry = _number(env, "ALERT_EXPIRY_HOURS", defaults.alert_expiry_hours, float)
+    if not 0 < expiry <= 48:  # IoT Hub keeps a cloud-to-device message 48 hours at most
+        raise SettingsError(f"ALERT_EXPIRY_HOURS must be more than 0 and at most 48, got {expiry!r}")
+    quiet_hours = text("QUIET_HOURS", defaults.quiet_hours) or ""
+    if quiet_hours:
+        try:
+            QuietHours.parse(quiet_hours)
+        except ValueError as error:
+            raise SettingsError(f"QUIET_HOURS {error}") from None
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
@@ -109,6 +125,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         service_booking_url=booking,
         alert_probability_threshold=threshold,
         alert_cooldown_days=cooldown,
+        alert_expiry_hours=expiry,
+        quiet_hours=quiet_hours,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
