@@ -178,9 +178,6 @@ def retraction_reason(alert: Mapping[str, Any], installed: InstalledBattery | No
     return None
 
 
-def quiet_release(alert: Mapping[str, Any], quiet: QuietHours | None, zone: str, now: datetime) -> datetime | None:
-    """When a held alert may go (the end of the car's quiet hours), or None to send it now: no quiet hours,
-    outside them, or a critical alert (never held)."""
-    if quiet is None or alert["severity"] == CRITICAL:
-        return None
-    return quiet.release(now, zone)
+def may_be_held(alert: Mapping[str, Any]) -> bool:
+    """Whether quiet hours may hold `alert`: any but a critical one (an owner must hear that at once)."""
+    return alert["severity"] != CRITICAL

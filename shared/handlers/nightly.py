@@ -23,6 +23,7 @@ from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.handlers.lifecycle import note_batteries
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
@@ -159,6 +160,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     raw = raw[raw[DATE] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
     if raw.empty:
         return AlertBatch([], {"scored": 0, "reason": f"no telemetry on or before {as_of}"})
+    changed = note_batteries(services, raw, now)  # as the cars sent them: preparation renames a reset battery
     clean, _ = prepare_telemetry(raw)
     threshold = services.settings.alert_probability_threshold
     scores, _ = score_fleet(model, clean, as_of, threshold=threshold)
@@ -169,7 +171,8 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 services.settings.service_booking_url, model_version=model.version)  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
-               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}"}
+               "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
+               "batteries_changed": changed}  # fmt: skip
     return AlertBatch(alerts, summary)
 
 
