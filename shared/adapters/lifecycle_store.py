@@ -84,7 +84,7 @@ def read_installed(table: TableClient, car_id: str) -> InstalledBattery | None:
     except ResourceNotFoundError:
         return None
     return InstalledBattery(row["BatteryId"], float(row["AgeDays"]), float(row["Lifetime"]), row["Day"],
-                            row.get("Since", ""))  # fmt: skip
+                            row.get("Since", ""), row.get("Change", ""))  # fmt: skip
 
 
 def record_batteries(table: TableClient, seen: Mapping[str, InstalledBattery], now: datetime) -> list[BatteryChange]:
@@ -97,13 +97,17 @@ def record_batteries(table: TableClient, seen: Mapping[str, InstalledBattery], n
         if known is not None and battery.day < known.day:
             continue
         change = battery_change(car, known, battery)
-        since = iso_utc(now) if change else (known.since if known and known.battery_id == battery.battery_id else "")
-        if known == InstalledBattery(battery.battery_id, battery.age_days, battery.lifetime, battery.day, since):
+        if change:
+            since, why = iso_utc(now), change.reason
+        else:  # the same battery as before (or the first seen): its last change stands
+            since, why = (known.since, known.change) if known else ("", "")
+        noted = InstalledBattery(battery.battery_id, battery.age_days, battery.lifetime, battery.day, since, why)
+        if known == noted:
             continue
         table.upsert_entity({"PartitionKey": check_id(car, "car_id"), "RowKey": _INSTALLED_ROW, "Kind": "installed",
                              "BatteryId": battery.battery_id, "AgeDays": battery.age_days,
-                             "Lifetime": battery.lifetime, "Day": battery.day,
-                             "Since": since}, mode=UpdateMode.REPLACE)  # fmt: skip
+                             "Lifetime": battery.lifetime, "Day": battery.day, "Since": since,
+                             "Change": why}, mode=UpdateMode.REPLACE)  # fmt: skip
         if change:
             retract_alerts(table, change, now)
             changes.append(change)

@@ -119,13 +119,15 @@ def supersession_reason(alert: Mapping[str, Any], newest: Mapping[str, str] | No
 @dataclass(frozen=True)
 class InstalledBattery:
     """What telemetry last showed in a car: the battery, its age and lifetime counter on `day` (YYYY-MM-DD),
-    and `since` (iso_utc), when the app saw it replaced or reset ("" when it was simply the first seen)."""
+    and `since` (iso_utc), when the app saw it replaced or reset, and why (`change`; both "" when it was
+    simply the first seen)."""
 
     battery_id: str
     age_days: float
     lifetime: float
     day: str
     since: str = ""
+    change: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,9 @@ def retraction_reason(alert: Mapping[str, Any], installed: InstalledBattery | No
     if installed is None:
         return None
     if alert["battery_id"] != installed.battery_id:
-        return f"battery {alert['battery_id']} is no longer in the car (now {installed.battery_id})"
+        return installed.change or f"battery {alert['battery_id']} is no longer in the car (now {installed.battery_id})"
     if installed.since and alert["created_at"] < installed.since:
-        return f"battery {alert['battery_id']} was reset at {installed.since}, after this alert was made"
+        return installed.change
     return None
 
 
