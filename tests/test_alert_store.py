@@ -43,6 +43,7 @@ def test_a_queued_alert_round_trips_with_its_state(alert_table, make_alert):
     assert record | dict.fromkeys(alert) == dict.fromkeys(alert) | {
         "state": QUEUED, "reason": None, "attempts": 0, "last_error": None,
         "queued_at": "2017-03-20T03:00:00Z", "updated_at": "2017-03-20T03:00:00Z", "delivered_at": None,
+        "release_at": None,
     }  # fmt: skip
     assert get_alert(alert_table, alert["car_id"], "0" * 32) is None
 
