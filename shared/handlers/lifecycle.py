@@ -20,7 +20,7 @@ from azure.data.tables import TableClient
 
 from shared.adapters import alert_store, lifecycle_store
 from shared.bootstrap import Services
-from shared.core.alerts import validate_alert
+from shared.core.alerts import iso_utc, validate_alert
 from shared.core.lifecycle import (
     EXPIRED,
     HELD,
@@ -85,6 +85,6 @@ def stop_or_hold(services: Services, table: TableClient, alert: Mapping[str, Any
     release = QuietHours.parse(settings.quiet_hours).release(now, zone)
     if release is None:
         return None
-    reason = f"quiet hours {settings.quiet_hours} in {zone}: held until {release.isoformat()}"
+    reason = f"quiet hours {settings.quiet_hours} in {zone}: held until {iso_utc(release)}"
     return Stopped(HELD, reason, release) if alert_store.record_lifecycle(table, alert, HELD, reason, now,
                                                                            release_at=release) else None  # fmt: skip
