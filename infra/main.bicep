@@ -102,6 +102,7 @@ var appContainers = [
 var appTables = [
   'alerts'
   'batterystate'
+  'cars'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -233,6 +234,8 @@ var alertSettings = {
   SERVICE_BOOKING_URL: serviceBookingUrl
   ALERT_PROBABILITY_THRESHOLD: '0.8'
   ALERT_COOLDOWN_DAYS: '7'
+  ALERT_EXPIRY_HOURS: '24'
+  QUIET_HOURS: '22:00-07:00'
 }
 var jobSettings = {
   RETRAIN_SCHEDULE: '0 0 2 * * *'
