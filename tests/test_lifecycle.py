@@ -25,7 +25,7 @@ from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import queue_service
 from shared.config.settings import SettingsError, load_settings
 from shared.core.alerts import iso_utc
-from shared.core.lifecycle import QuietHours
+from shared.core.lifecycle import InstalledBattery, QuietHours, battery_change
 from shared.core.telemetry import InputError
 
 
@@ -227,3 +227,16 @@ def test_a_time_zone_that_is_not_one_is_refused_naming_the_car(harness):
     with pytest.raises(InputError, match=r"CAR-X.*Europe/Berlln"):
         write_time_zones(harness.services.tables, pd.DataFrame({"Car_ID": ["CAR-X"], "Region": ["Nordic"],
                                                                 "time_zone": ["Europe/Berlln"]}))  # fmt: skip
+
+
+@pytest.mark.parametrize(("known_counter", "seen", "kind"), [
+    (190.0, InstalledBattery("B-2", 0.0, 0.1, "2016-03-11"), "replaced"),
+    (190.0, InstalledBattery("B-1", 0.0, 0.1, "2016-03-11"), "counter_reset"),  # counter and age back near 0
+    (190.0, InstalledBattery("B-1", 431.0, 0.0, "2016-03-11"), None),  # a counter reading of 0 alone: a glitch
+    (2.5e5, InstalledBattery("B-1", 431.0, 190.1, "2016-03-11"), None),  # the reading after a spike
+    (190.0, InstalledBattery("B-2", 0.0, 0.1, "2016-03-09"), None),  # an older record (out of order)
+])  # fmt: skip
+def test_a_battery_change_is_a_new_id_or_a_counter_reset_with_the_age(known_counter, seen, kind):
+    known = InstalledBattery("B-1", 430.0, known_counter, "2016-03-10")
+    change = battery_change("CAR-1", known, seen)
+    assert (change.kind if change else None) == kind
