@@ -109,6 +109,7 @@ def test_a_battery_replaced_in_telemetry_retracts_its_queued_alert_and_resolves_
 
 
 def test_the_nightly_batch_sees_a_replacement_too(harness):
+    harness.clock.now = datetime(2016, 3, 11, 12, tzinfo=UTC)  # the alert made at noon: unexpired at 03:00 tomorrow
     history = batteries(TELEMETRY, 1, DAYS)
     harness.host.deliver_events("score_telemetry", backlogs(history[history["Car_ID"] == "CAR-PAST"]))
     [queued] = queued_for(harness, "CAR-PAST")
