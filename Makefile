@@ -19,7 +19,7 @@ DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(
             $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS)) \
             $(if $(CHECK),--check)
 
-.PHONY: run test lint infra-scan bench clean install
+.PHONY: run test test-unit test-integration test-e2e lint infra-scan bench clean install
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -51,6 +51,10 @@ infra-scan: $(CHECKOV_STAMP)
 
 test: install lint infra-scan
 	$(PY) -m pytest
+
+# One group alone (tests/conftest.py assigns each test to one): pure code / real local services / the main job.
+test-unit test-integration test-e2e: test-%: install
+	$(PY) -m pytest -m $*
 
 # Each benchmark prints its figures; they take minutes (core: 2,000 cars x 3 years, 100,000 batteries).
 bench: install

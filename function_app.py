@@ -16,6 +16,12 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.adapters import observability
+from shared.config.names import (
+    ALERT_QUEUE,
+    EVENTHUB_CONNECTION_SETTING,
+    STORAGE_CONNECTION_SETTING,
+    TELEMETRY_EVENT_HUB,
+)
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import process_alert_message
 from shared.handlers.lifecycle import note_queued
@@ -24,9 +30,15 @@ from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-ALERT_QUEUE = "maintenance-alerts"
-STORAGE = "AzureWebJobsStorage"
 log = logging.getLogger("function_app")
+
+
+@app.timer_trigger(arg_name="timer", schedule="%COMPACTION_SCHEDULE%", use_monitor=True)
+def compact_telemetry_archive(timer: func.TimerRequest) -> None:
+    """Merge each finished day's small archive files into one, so the nightly jobs read a file a day."""
+    from shared.handlers.nightly import compact_telemetry  # the nightly stack, loaded when the timer runs
+
+    observability.log_summary(log, "compact_telemetry_archive", compact_telemetry(bootstrap.current()))
 
 
 @app.timer_trigger(arg_name="timer", schedule="%RETRAIN_SCHEDULE%", use_monitor=True)
@@ -39,7 +51,7 @@ def nightly_retrain_timer(timer: func.TimerRequest) -> None:
 
 
 @app.timer_trigger(arg_name="timer", schedule="%BATCH_SCORE_SCHEDULE%", use_monitor=True)
-@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score every battery in service with the champion; write the scores table; queue the alerts."""
     from shared.handlers.nightly import nightly_batch_score  # the model stack, loaded when the timer runs
@@ -50,7 +62,7 @@ def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[st
 
 
 @app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)
-@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Score the component catalogue; write the results; queue one alert per car with non-compliant parts."""
     from shared.handlers.compliance import nightly_compliance_score  # the compliance stack, when the timer runs
@@ -61,12 +73,12 @@ def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[li
 
 
 @app.event_hub_message_trigger(
-    arg_name="events", event_hub_name="car-telemetry", connection="EventHubConnection", cardinality="many",
+    arg_name="events", event_hub_name=TELEMETRY_EVENT_HUB, connection=EVENTHUB_CONNECTION_SETTING, cardinality="many",
     consumer_group="%EVENTHUB_CONSUMER_GROUP%",
 )
 @app.retry(strategy="exponential_backoff", max_retry_count="4", minimum_interval="00:00:05",
            maximum_interval="00:02:00")  # fmt: skip
-@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]], context: func.Context) -> None:
     """Validate, archive and score a batch of car telemetry; queue alerts. Bad events are dead-lettered.
 
@@ -86,7 +98,7 @@ def score_telemetry(events: list[func.EventHubEvent], alerts: func.Out[list[str]
 
 
 @app.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", use_monitor=False)
-@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
     """Every 10 minutes, score the batches parked while the endpoint was down or refused them (fewest attempts
     first; one refused three times is dead-lettered); queue their alerts."""
@@ -95,7 +107,7 @@ def rescore_parked_telemetry(timer: func.TimerRequest, alerts: func.Out[list[str
     observability.log_summary(log, "rescore_parked_telemetry", result.summary)
 
 
-@app.queue_trigger(arg_name="message", queue_name=ALERT_QUEUE, connection=STORAGE)
+@app.queue_trigger(arg_name="message", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def push_alert(message: func.QueueMessage) -> None:
     """Deliver one alert to the car's head unit, unless cooldown or idempotency says it was already sent.
 

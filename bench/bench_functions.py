@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import function_app
 from shared import bootstrap
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import update_states
 from shared.adapters.storage import queue_service
 from shared.config.host import load_host_config
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import alerts_from_scores
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import DATE

@@ -241,6 +241,9 @@ var jobSettings = {
   RETRAIN_SCHEDULE: '0 0 2 * * *'
   BATCH_SCORE_SCHEDULE: '0 0 3 * * *'
   COMPLIANCE_SCHEDULE: '0 30 3 * * *'
+  COMPACTION_SCHEDULE: '0 0 1 * * *'
+  ARCHIVE_SKIP_UNREADABLE: 'false'
+  BATCH_SCORE_CHUNK_BATTERIES: '5000'
   COMPONENT_CATALOG_BLOB: 'components/catalog.csv'
   // The deployed package is read-only; training runs are tracked on the instance's /tmp (lost on recycle).
   MLFLOW_TRACKING_URI: 'sqlite:////tmp/mlflow.db'

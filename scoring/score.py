@@ -1,7 +1,7 @@
 """Azure ML entry script of the scoring endpoint: `init()` loads the model once, `run()` scores a request.
 
 Served by azmlinfsrv (`python -m shared serve` locally; Azure ML's inference server in the cloud, on a
-managed online endpoint or, with the v1 SDK, ACI). The request and response are DESIGN.md's "Scoring
+managed online endpoint or, with the v1 SDK, ACI). The request and response are docs/contracts.md's "Scoring
 endpoint" contract; all the work is `shared.endpoint.server.score_body`, the batch path's own code.
 
 run() takes the raw HTTP request (@rawhttp) rather than letting the server parse the body: the server's

@@ -32,10 +32,10 @@ import function_app
 from shared import bootstrap
 from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -126,7 +126,8 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
             AzureWebJobsStorage=connection, SCORING_URI=scoring_uri, SCORING_KEY=None,
             HEAD_UNIT_GATEWAY_URL=simulator.url, HEAD_UNIT_SIGNING_KEY=SIGNING_KEY,
             ALERT_PROBABILITY_THRESHOLD="0.8", ALERT_COOLDOWN_DAYS="7",
-            RETRAIN_SCHEDULE="0 0 2 * * *", BATCH_SCORE_SCHEDULE="0 0 3 * * *", BATTERY_WORK_DIR=str(work_dir),
+            RETRAIN_SCHEDULE="0 0 2 * * *", BATCH_SCORE_SCHEDULE="0 0 3 * * *", COMPACTION_SCHEDULE="0 0 1 * * *",
+            BATTERY_WORK_DIR=str(work_dir),
         )  # fmt: skip
         try:
             yield harness
@@ -168,7 +169,7 @@ def battery_days(
 
 
 def record(row: pd.Series) -> dict[str, Any]:
-    """One telemetry record as a car sends it (DESIGN.md "Telemetry event")."""
+    """One telemetry record as a car sends it (docs/contracts.md "Telemetry event")."""
     return {
         "Date": row["Date"].strftime("%Y-%m-%d"), "Battery_ID": row["Battery_ID"], "Car_ID": row["Car_ID"],
         "Battery_Age_Days": int(row["Battery_Age_Days"]), "Number_Of_Trips": int(row["Number_Of_Trips"]),

@@ -64,7 +64,7 @@ def test_archived_records_read_back_identical_and_typed(blobs, battery):
     history = mine(load_telemetry_history(blobs), [battery])
 
     assert [name.split("/")[0] for name in written] == ["date=2017-03-18", "date=2017-03-19"]
-    assert all(name.endswith(".csv") for name in written)
+    assert all(name.endswith(".parquet") for name in written)
     pd.testing.assert_frame_equal(history, good)  # floats, ids and dates survive exactly
 
 
@@ -78,16 +78,16 @@ def test_a_batch_with_a_backlog_lands_in_each_record_day_and_since_reads_only_fr
     assert (load_telemetry_history(blobs, since="2031-01-02")[DATE] >= "2031-01-02").all()
 
 
-def test_a_retried_batch_with_the_same_batch_id_overwrites_instead_of_duplicating(blobs, battery):
+def test_a_retried_batch_overwrites_its_blob_and_a_redelivered_one_is_read_once(blobs, battery):
     good = good_records(record("2017-03-19", battery))
 
     first = archive_telemetry(blobs, good, NOW, batch_id="p3-s1200")
     again = archive_telemetry(blobs, good, NOW, batch_id="p3-s1200")
     other = archive_telemetry(blobs, good, NOW)
 
-    assert first == again == ["date=2017-03-19/p3-s1200.csv"]
-    assert other != first
-    assert len(mine(load_telemetry_history(blobs), [battery])) == 2, "the retry did not add a copy"
+    assert first == again == ["date=2017-03-19/p3-s1200.parquet"]
+    assert other != first, "a redelivery under a new id is a second blob"
+    assert len(mine(load_telemetry_history(blobs), [battery])) == 1, "readers deduplicate the second copy"
 
 
 def test_an_unsafe_batch_id_is_refused(blobs, battery):

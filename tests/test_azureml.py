@@ -141,6 +141,17 @@ def test_staged_code_imports_shared_from_itself_without_the_function_app_package
     assert function_app_only.isdisjoint(loaded["modules"])
 
 
+def test_staged_code_holds_only_the_shared_modules_the_endpoint_imports(tmp_path: Path) -> None:
+    folder = azureml.stage_scoring_code(tmp_path / "code")
+    staged = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+    assert {"scoring/score.py", "shared/__init__.py", "shared/endpoint/server.py", "shared/models/loader.py",
+            "shared/models/_lstm.py", "shared/models/_mlflow.py"} <= staged  # fmt: skip
+    left_out = ("shared/devtools/", "shared/cli/", "shared/handlers/", "shared/compliance/", "shared/bootstrap.py")
+    assert [name for name in staged if name.startswith(left_out)] == []
+    expected = {path.relative_to(azureml.PROJECT_ROOT).as_posix() for path in azureml.endpoint_modules()}
+    assert staged == expected | {"scoring/score.py"}
+
+
 def test_dry_run_yaml_is_plain_yaml() -> None:
     documents = list(yaml.safe_load_all(azureml.to_yaml(azureml.compute_target(), azureml.online_endpoint())))
     assert [d["name"] for d in documents] == ["auto-ml-compute", "battery-cycles"]

@@ -14,7 +14,7 @@ CONTRACT = {
     "simulate": ["--cars", "--end", "--out", "--seed", "--start"],
     "prepare": ["--data", "--out"],
     "train": ["--cars", "--data", "--model", "--model-dir"],
-    "score": ["--as-of", "--data", "--forecast-out", "--model-dir", "--out", "--threshold"],
+    "score": ["--as-of", "--data", "--engine", "--forecast-out", "--master", "--model-dir", "--out", "--threshold"],
     "explain": ["--as-of", "--battery", "--data", "--model-dir"],
     "report": ["--model-dir", "--out"],
     "demo": ["--cars", "--check", "--end", "--out", "--replay-days", "--seed", "--start"],
@@ -35,6 +35,7 @@ CONTRACT = {
     "compliance score": ["--data", "--model-dir", "--out"],
     "compliance alerts": ["--alerts-out", "--data", "--model-dir", "--out"],
     "compliance publish": ["--connection", "--model-dir"],
+    "spark submit": ["--as-of", "--dry-run", "--model-version", "--threshold", "--work-dir"],
 }
 
 

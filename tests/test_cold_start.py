@@ -2,8 +2,9 @@
 
 Every Event Hub scale-out instance pays `import function_app` on cold start, so the training, tracking,
 plotting and compliance stacks must load only when a timer runs its job. devtools/ is local only (it is
-not deployed), so nothing the app imports may import it; and a module-level import circle in shared/
-means a module half-initialised on first import, so there must be none.
+not deployed), so nothing the app imports may import it; a module-level import circle in shared/
+means a module half-initialised on first import, so there must be none; and each layer imports at module
+level only the layers docs/architecture.md ("Layers") allows it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "shared"
-HEAVY = ("mlflow", "matplotlib", "sklearn", "scipy", "torch", "azure.ai.ml")
+HEAVY = ("mlflow", "matplotlib", "sklearn", "scipy", "torch", "azure.ai.ml", "pyspark")
 
 
 def module_name(path: Path) -> str:
@@ -43,6 +44,39 @@ def imported_modules(path: Path, *, module_level_only: bool) -> set[str]:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return {name for name in found if name in MODULES}
+
+
+# Layer -> the layers its modules may import at module level (docs/architecture.md, "Layers"). A command
+# or a timer may import more inside its function body; devtools/ may import anything but is imported by
+# nobody outside devtools/ and cli/ (test_nothing_outside_devtools_and_cli_imports_devtools).
+ALLOWED_IMPORTS = {
+    "core": {"core"},
+    "config": {"config", "core"},
+    "models": {"models", "core"},
+    "compliance": {"compliance", "core"},
+    "endpoint": {"endpoint", "models", "core"},
+    "adapters": {"adapters", "models", "endpoint", "config", "core"},
+    "bootstrap": {"adapters", "config"},
+    "handlers": {"handlers", "bootstrap", "adapters", "compliance", "models", "config", "core"},
+    "spark": {"spark", "models", "config", "core"},
+    "cli": {"cli", "spark", "config", "core"},
+    "function_app": {"handlers", "bootstrap", "adapters", "config", "core"},
+}
+
+
+def layer(module: str) -> str:
+    """shared.core.risk -> core, shared.bootstrap -> bootstrap, function_app -> function_app."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "shared" and len(parts) > 1 else parts[0]
+
+
+def test_every_layer_imports_only_the_layers_below_it() -> None:
+    files = {**MODULES, "function_app": ROOT / "function_app.py"}
+    crossings = {name: sorted(target for target in imported_modules(path, module_level_only=True)
+                              if target != "shared" and layer(target) not in ALLOWED_IMPORTS[layer(name)])
+                 for name, path in files.items() if layer(name) in ALLOWED_IMPORTS}  # fmt: skip
+    assert {name: targets for name, targets in crossings.items() if targets} == {}
+    assert set(ALLOWED_IMPORTS) == {layer(name) for name in files} - {"devtools", "shared", "__main__"}
 
 
 def test_importing_function_app_loads_no_training_tracking_plotting_or_azure_ml_stack() -> None:

@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import read_windows
 from shared.adapters.storage import download_json, list_blob_names
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.handlers.telemetry import MAX_PARKED_REFUSALS, PARKED_CONTAINER, PARKED_DEADLETTER_PREFIX
 

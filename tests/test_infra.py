@@ -23,7 +23,7 @@ pytestmark = pytest.mark.infra
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-NOT_DEPLOYED = {"tests", "bench", "infra", ".venv", ".checkov-venv", "node_modules", "data", ".git"}
+NOT_DEPLOYED = {"tests", "bench", "infra", ".venv", ".venv-deploy", ".checkov-venv", "node_modules", "data", ".git"}
 
 # Built-in role definitions the templates assign, as Microsoft's built-in roles reference lists them.
 BUILT_IN_ROLES = {
@@ -180,26 +180,35 @@ def binding_settings() -> dict[str, set[str]]:
     return {"connections": connections, "referenced": referenced, "queues": queues, "event_hubs": event_hubs}
 
 
+def storage_literals(path: Path) -> dict[str, set[str]]:
+    """Containers, tables and queues one module names as literals: module constants (*_CONTAINER, *TABLE,
+    *_QUEUE) and the defaults of parameters called container/table/queue."""
+    found: dict[str, set[str]] = {"CONTAINER": set(), "TABLE": set(), "QUEUE": set()}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                kind = next((k for k in found if isinstance(target, ast.Name) and target.id.endswith(k)), None)
+                if kind and isinstance(node.value.value, str):
+                    found[kind].add(node.value.value)
+        if isinstance(node, ast.arguments):
+            positional = node.posonlyargs + node.args
+            pairs = [*zip(positional[len(positional) - len(node.defaults):], node.defaults, strict=True),
+                     *zip(node.kwonlyargs, node.kw_defaults, strict=True)]  # fmt: skip
+            for argument, default in pairs:
+                if isinstance(default, ast.Constant) and argument.arg.upper() in found:
+                    found[argument.arg.upper()].add(default.value)
+    return found
+
+
 def storage_names_in_code() -> dict[str, set[str]]:
-    """Containers, tables and queues the code names: module constants (*_CONTAINER, *TABLE, *_QUEUE) and
-    the defaults of parameters called container/table/queue, plus the component catalogue's container."""
+    """Containers, tables and queues the code names (storage_literals of every deployed module), plus the
+    component catalogue's container."""
     from shared.config.settings import Settings
 
     found: dict[str, set[str]] = {"CONTAINER": set(), "TABLE": set(), "QUEUE": set()}
     for path in deployed_modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                for target in node.targets:
-                    kind = next((k for k in found if isinstance(target, ast.Name) and target.id.endswith(k)), None)
-                    if kind and isinstance(node.value.value, str):
-                        found[kind].add(node.value.value)
-            if isinstance(node, ast.arguments):
-                positional = node.posonlyargs + node.args
-                pairs = [*zip(positional[len(positional) - len(node.defaults):], node.defaults, strict=True),
-                         *zip(node.kwonlyargs, node.kw_defaults, strict=True)]  # fmt: skip
-                for argument, default in pairs:
-                    if isinstance(default, ast.Constant) and argument.arg.upper() in found:
-                        found[argument.arg.upper()].add(default.value)
+        for kind, names in storage_literals(path).items():
+            found[kind] |= names
     found["CONTAINER"].add(Settings().component_catalog_blob.split("/", 1)[0])
     return found
 
@@ -306,6 +315,19 @@ def test_template_creates_the_containers_queues_and_tables_the_code_names() -> N
     assert params["tables"] == "appTables" and params["queues"] == ["alertQueue", "${alertQueue}-poison"]
     assert params["containers"]["function"]["parameters"] == {"arg_1": "appContainers",
                                                              "arg_2": ["deploymentContainer", "captureContainer"]}
+
+
+def test_storage_names_are_literals_only_in_config_names() -> None:
+    """Each container, table and queue name is defined once, in shared/config/names.py; the rest import it."""
+    from shared.config import names
+
+    elsewhere = {str(path.relative_to(ROOT)): {kind: found for kind, found in storage_literals(path).items() if found}
+                 for path in deployed_modules() if path != ROOT / "shared" / "config" / "names.py"}  # fmt: skip
+    assert {path: found for path, found in elsewhere.items() if found} == {}
+    variables = {name: body["value"] for name, body in template("main.bicep")["variables"].items()}
+    queue = variables["alertQueue"]
+    assert (queue, f"{queue}-poison") == (names.ALERT_QUEUE, names.ALERT_POISON_QUEUE)
+    assert variables["eventHubName"] == names.TELEMETRY_EVENT_HUB
 
 
 def test_event_hub_consumer_group_and_optional_capture() -> None:

@@ -30,11 +30,11 @@ from _services import (
 
 import function_app
 from shared.adapters.archive import DEADLETTER_CONTAINER, list_dead_letters, load_telemetry_history
-from shared.adapters.battery_state import TABLE as STATE_TABLE
 from shared.adapters.battery_state import read_windows
 from shared.adapters.observability import summary_of
 from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import download_json, list_blob_names
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import CRITICAL, HIGH
 from shared.devtools.azurite import free_port
 from shared.devtools.functions_host import FunctionsHost

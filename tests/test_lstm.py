@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the LSTM is an optional extra: pip install 
 
 from _models import comparable_batteries, fleet, model_dir, request_items
 
-from shared.adapters.registry import ModelRegistry
+from shared.adapters.registry import SERVING_REQUIREMENTS, ModelRegistry
 from shared.adapters.storage import blob_service
 from shared.cli import main
 from shared.core.preparation import prepare_telemetry
@@ -170,7 +170,10 @@ def test_the_champion_rule_ranks_lightgbm_and_lstm_by_their_backtests_and_an_lst
     lightgbm = with_backtest(model_dir(), tmp_path / "lightgbm", "lightgbm-champion", nrmse=0.050, brier=0.0020)
     worse = with_backtest(trained()[1], tmp_path / "worse", "lstm-worse-brier", nrmse=0.040, brier=0.0030)
     better = with_backtest(trained()[1], tmp_path / "better", "lstm-half-the-brier", nrmse=0.050, brier=0.0010)
-    registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}")
+    # Served here by the development venv, which installs torch (requirements-lstm.txt): the registry is told so.
+    serving = (*SERVING_REQUIREMENTS, PROJECT_ROOT / "requirements-lstm.txt")
+    registry = ModelRegistry(blob_service(storage_connection), container=f"models-{uuid.uuid4().hex[:10]}",
+                             serving_requirements=serving)  # fmt: skip
     assert registry.promote_if_better(lightgbm).promoted  # the first model
     assert not registry.promote_if_better(worse).promoted
     assert registry.champion_version() == "lightgbm-champion"

@@ -30,13 +30,14 @@ def metrics(brier: float, nrmse: float) -> dict:
             "recall_at_threshold": 0.6, "precision_at_threshold": 0.8}  # fmt: skip
 
 
-def model_dir(root: Path, version: str, brier: float = 0.10, nrmse: float = 0.30) -> Path:
-    """A hand-made model directory: metadata.json with backtest metrics, plus opaque model files."""
+def model_dir(root: Path, version: str, brier: float = 0.10, nrmse: float = 0.30, **kind: str) -> Path:
+    """A hand-made model directory: metadata.json with backtest metrics (and `model_kind=` if given), plus
+    opaque model files."""
     path = root / version
     (path / "booster").mkdir(parents=True)
     baseline = metrics(brier * 2, nrmse * 2)
     metadata = {"version": version, "backtest": {"metrics": {
-        "model": metrics(brier, nrmse), "seasonal_naive": baseline, "recent_mean": baseline}}}  # fmt: skip
+        "model": metrics(brier, nrmse), "seasonal_naive": baseline, "recent_mean": baseline}}, **kind}  # fmt: skip
     (path / "metadata.json").write_text(json.dumps(metadata))
     (path / "model.txt").write_bytes(f"weights of {version}".encode() + bytes(range(256)))
     (path / "booster" / "part-0.bin").write_bytes(b"\x00" * 1000 + version.encode())
@@ -170,6 +171,25 @@ def test_a_worse_model_does_not_move_the_pointer_and_a_better_one_does(registry,
     assert DECISIONS_BLOB not in registry.versions()
 
 
+def test_a_better_model_of_a_kind_the_serving_environment_cannot_load_is_refused(registry, tmp_path):
+    """An LSTM needs torch, which neither requirements.txt nor scoring/requirements.txt installs (this test's
+    venv has it: the registry reads the files, not the interpreter)."""
+    registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10, nrmse=0.30))
+    decision = registry.promote_if_better(model_dir(tmp_path, "lstm-v2", brier=0.05, nrmse=0.20, model_kind="lstm"))
+    assert not decision.promoted and registry.champion_version() == "v1"
+    assert decision.reason == ("model kind 'lstm' needs torch, which the serving environment "
+                               "(requirements.txt, scoring/requirements.txt) does not install")  # fmt: skip
+    assert registry.metadata("lstm-v2")["promotion"]["reason"] == decision.reason
+    assert registry.decisions()[-1] | {"decided_at": None} == registry.metadata("lstm-v2")["promotion"] | {
+        "version": "lstm-v2", "decided_at": None}  # fmt: skip
+
+    with_torch = tmp_path / "requirements-lstm-serving.txt"
+    with_torch.write_text("torch==2.5.1  # an endpoint image that serves LSTMs\n")
+    serving_lstm = ModelRegistry(registry._service, registry.container_name,
+                                 serving_requirements=(*registry.serving_requirements, with_torch))  # fmt: skip
+    assert serving_lstm.promote_if_better(model_dir(tmp_path, "lstm-v3", 0.05, 0.20, model_kind="lstm")).promoted
+
+
 def test_better_primary_with_much_worse_secondary_is_refused(registry, tmp_path):
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10, nrmse=0.30))
     decision = registry.promote_if_better(model_dir(tmp_path, "v2", brier=0.05, nrmse=0.40))
@@ -299,3 +319,13 @@ def test_cli_promote_list_champion_download(registry, storage_connection, tmp_pa
     assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "v1")
     assert main(["registry", "download", *where, "--model-dir", str(tmp_path / "c"), "--version", "v9"]) == 1
     assert "'v9' is not in container" in capsys.readouterr().err
+
+
+def test_cli_decisions_prints_every_promotion_decision_oldest_first(registry, storage_connection, tmp_path, capsys):
+    where = ["--connection", storage_connection, "--container", registry.container_name]
+    assert main(["registry", "promote", *where, "--model-dir", str(model_dir(tmp_path, "v1", brier=0.10))]) == 0
+    assert main(["registry", "promote", *where, "--model-dir", str(model_dir(tmp_path, "v2", brier=0.20))]) == 0
+    capsys.readouterr()
+    assert main(["registry", "decisions", *where]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(entry["version"], entry["promoted"]) for entry in logged] == [("v1", True), ("v2", False)]

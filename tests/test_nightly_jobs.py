@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ from shared.adapters.observability import summary_of
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import download_bytes, list_blob_names
 from shared.handlers.nightly import SCORES_CONTAINER
-from shared.models.scoring import SCORE_COLUMNS
+from shared.models.scoring import BATCH_SCORE_COLUMNS
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 WORKSPACE_PATH = (
@@ -78,8 +79,9 @@ def test_an_empty_archive_trains_nothing_and_says_so(harness, caplog):
         run = harness.host.fire_timer("nightly_retrain_timer", past_due=True)
 
     assert run.succeeded, run.error
-    assert logged_outcome(caplog, "nightly_retrain") == {
-        "trained": None, "reason": "no archived telemetry yet", "past_due": True}  # fmt: skip
+    outcome = logged_outcome(caplog, "nightly_retrain")
+    assert {key: outcome[key] for key in ("trained", "past_due")} == {"trained": None, "past_due": True}
+    assert re.fullmatch(r"no archived telemetry since \d{4}-\d{2}-\d{2}", outcome["reason"])
     registry = ModelRegistry(harness.services.blobs)
     assert (registry.versions(), registry.champion()) == ([], None)
 
@@ -124,10 +126,10 @@ def test_the_batch_score_writes_yesterdays_scores_under_the_champions_version(ha
     assert run.succeeded, run.error
     assert run.enqueued == {"maintenance-alerts": 2}
     container = harness.services.blobs.get_container_client(SCORES_CONTAINER)
-    name = f"date={LAST_DAY}/scores-{champion}.csv"
+    name = f"date={LAST_DAY}/{champion}.parquet"
     assert list_blob_names(container) == [name]
-    scores = pd.read_csv(io.BytesIO(download_bytes(container, name)), dtype={"Battery_ID": str})
-    assert list(scores.columns) == [*SCORE_COLUMNS, "alert", "reasons"]
+    scores = pd.read_parquet(io.BytesIO(download_bytes(container, name)))
+    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons"]
     assert sorted(scores["Battery_ID"]) == ["B-PAST", "B-SAFE", "B-SOON"]  # one row per battery in service
     by_battery = scores.set_index("Battery_ID")
     assert by_battery["alert"].to_dict() == {"B-PAST": True, "B-SAFE": False, "B-SOON": True}

@@ -24,6 +24,12 @@ def test_values_are_typed_and_trimmed():
     assert settings.azureml_configured
 
 
+def test_the_archive_is_strict_and_scored_in_chunks_of_5000_unless_set():
+    assert (load_settings({}).archive_skip_unreadable, load_settings({}).batch_score_chunk_batteries) == (False, 5000)
+    chosen = load_settings({"ARCHIVE_SKIP_UNREADABLE": " TRUE ", "BATCH_SCORE_CHUNK_BATTERIES": "200"})
+    assert (chosen.archive_skip_unreadable, chosen.batch_score_chunk_batteries) == (True, 200)
+
+
 @pytest.mark.parametrize(
     "name, value",
     [
@@ -36,6 +42,9 @@ def test_values_are_typed_and_trimmed():
         ("TELEMETRY_MAX_AGE_DAYS", "0"),
         ("TELEMETRY_MAX_AGE_DAYS", "7321"),
         ("TELEMETRY_MAX_AGE_DAYS", "a year"),
+        ("COMPACTION_SCHEDULE", "0 1 * * *"),
+        ("ARCHIVE_SKIP_UNREADABLE", "yes"),
+        ("BATCH_SCORE_CHUNK_BATTERIES", "0"),
     ],
 )
 def test_bad_values_name_the_setting(name, value):

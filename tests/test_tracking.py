@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -55,11 +56,19 @@ def test_a_configured_workspace_is_asked_for_its_uri(tmp_path):
     assert asked == ["ws-battery"]
 
 
-def test_without_either_runs_go_to_sqlite_in_the_projects_data_folder(tmp_path):
+def test_without_either_runs_go_to_sqlite_in_the_given_folder(tmp_path):
     partial = {"AZUREML_SUBSCRIPTION_ID": WORKSPACE["AZUREML_SUBSCRIPTION_ID"]}  # not a whole workspace
-    uri = tracking_uri(partial, tmp_path, workspace_uri=refuse_workspace)
-    assert uri == f"sqlite:///{(tmp_path / 'data' / 'mlflow' / 'mlflow.db').as_posix()}"
-    assert (tmp_path / "data" / "mlflow").is_dir()
+    uri = tracking_uri(partial, tmp_path / "store", workspace_uri=refuse_workspace)
+    assert uri == f"sqlite:///{(tmp_path / 'store' / 'mlflow.db').as_posix()}"
+    assert (tmp_path / "store").is_dir()
+
+
+def test_the_default_store_is_in_the_temporary_directory_not_the_project(tmp_path, monkeypatch):
+    """Azure runs the app from a read-only package: the default must be writable wherever the app runs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what tempfile.gettempdir() answers
+    uri = tracking_uri({}, workspace_uri=refuse_workspace)
+    assert uri == f"sqlite:///{(tmp_path / 'battery-mlflow' / 'mlflow.db').as_posix()}"
+    assert (tmp_path / "battery-mlflow").is_dir()
 
 
 class WorkspaceArm(BaseAdapter):

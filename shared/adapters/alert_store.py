@@ -36,10 +36,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableErrorCode, TableServiceClient, UpdateMode
 
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
+from shared.config.names import ALERTS_TABLE
 from shared.core.alerts import check_id, iso_utc
 from shared.core.lifecycle import ENDED, RESOLVED
-
-ALERTS_TABLE = "alerts"
 
 QUEUED = "queued"
 DELIVERING = "delivering"

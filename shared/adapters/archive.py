@@ -4,31 +4,42 @@ Every good record the Event Hub function accepts is appended to the archive, the
 retraining and batch scoring read back; every event it cannot use is kept in the dead-letter store with
 its reason. Between them, nothing a car sent is lost.
 
-Layout (DESIGN.md):
+Layout (README, "Telemetry archive"):
 
-- `telemetry/date=YYYY-MM-DD/<name>.csv` — container "telemetry", one CSV per batch and record day, in
-  the telemetry columns. Partitioned by the record's own day, so `since` reads only the days it needs
-  and a car's late backlog lands with its days.
+- `telemetry/date=YYYY-MM-DD/<name>.parquet` — container "telemetry", one Parquet file per batch and
+  record day: the telemetry columns plus `Archived_At` (when the batch was written). Partitioned by the
+  record's own day, so a range of days lists and reads only those days, and a car's late backlog lands
+  with its days. `compacted.parquet` is a day's small files merged by `shared.adapters.compaction`.
+  Days archived before Parquet hold `<name>.csv` files in the same columns (no `Archived_At`: the blob's
+  last-modified time stands in); both are read, alone or mixed in one day.
 - `deadletter/telemetry/date=YYYY-MM-DD/<name>.json` — container "deadletter", one JSON document per
   batch (`{"written_at", "count", "dead_letters": [...]}`), partitioned by the day it arrived (a bad
   event may have no usable date).
 
 `<name>` is the batch id when the caller gives one (e.g. the Event Hub partition and first sequence
 number): a batch the Functions retry policy runs again then overwrites its own blobs instead of
-archiving its records twice. Without one, a timestamp and a random suffix.
+archiving its records twice. Without one, a timestamp and a random suffix. Readers deduplicate on
+Battery_ID + Date, the latest written copy winning (`shared.core.deduplication`), so a record archived
+twice (a redelivery under a new id, a compaction interrupted before it removed its sources) is read once.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 
 import pandas as pd
-from azure.storage.blob import BlobServiceClient
+import pyarrow as pa
+import pyarrow.parquet as pq
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobProperties, BlobServiceClient, ContainerClient
 
 from shared.adapters.storage import (
     download_bytes,
@@ -37,61 +48,166 @@ from shared.adapters.storage import (
     upload_bytes,
     upload_creating_container,
 )
+from shared.config.names import DEADLETTER_CONTAINER, TELEMETRY_CONTAINER
+from shared.core.deduplication import ARCHIVED_AT, DEDUP_KEY, latest_written
 from shared.core.events import DeadLetter
-from shared.core.telemetry import COLUMNS, DATE, InputError, coerce_telemetry, describe_problems
+from shared.core.telemetry import (
+    BATTERY_ID,
+    CAR_ID,
+    COLUMNS,
+    DATE,
+    MEASURE_COLUMNS,
+    InputError,
+    coerce_telemetry,
+    describe_problems,
+)
 
-TELEMETRY_CONTAINER = "telemetry"
-DEADLETTER_CONTAINER = "deadletter"
 DEADLETTER_PREFIX = "telemetry/"
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/")
 _DOWNLOAD_THREADS = 8  # the nightly read is many small blobs: overlap their round trips
+# The archive's Parquet schema: the telemetry columns as `coerce_telemetry` types them, plus ARCHIVED_AT.
+SCHEMA = pa.schema(
+    [(DATE, pa.timestamp("ns")), (BATTERY_ID, pa.string()), (CAR_ID, pa.string())]
+    + [(column, pa.float64()) for column in MEASURE_COLUMNS]
+    + [(ARCHIVED_AT, pa.timestamp("ns"))]
+)
+log = logging.getLogger(__name__)
 
 
 def archive_telemetry(
-    blob_service: BlobServiceClient, good: pd.DataFrame, now: datetime, batch_id: str | None = None
+    blob_service: BlobServiceClient, good: pd.DataFrame, now: datetime, batch_id: str | None = None,
+    container: str = TELEMETRY_CONTAINER,
 ) -> list[str]:
     """Append a batch's good records to the archive; return the blob names written (none for no records).
 
-    One blob per record day in the batch. Dates are written as YYYY-MM-DD, or with the time when a
-    record has one (12-hour rows of old cars).
+    One Parquet blob per record day in the batch, each stamped with `now` as its ARCHIVED_AT.
     """
     if good.empty:
         return []
     name = _blob_name(now, batch_id)
+    stamped = good[COLUMNS].assign(**{ARCHIVED_AT: _naive_utc(now)})
     written = []
-    for day, records in good[COLUMNS].groupby(good[DATE].dt.strftime("%Y-%m-%d"), sort=True):
-        blob = f"date={day}/{name}.csv"
-        upload_creating_container(blob_service, TELEMETRY_CONTAINER, blob, records.to_csv(index=False).encode())
+    for day, records in stamped.groupby(stamped[DATE].dt.strftime("%Y-%m-%d"), sort=True):
+        blob = f"date={day}/{name}.parquet"
+        upload_creating_container(blob_service, container, blob, to_parquet(records))
         written.append(blob)
     return written
 
 
-def load_telemetry_history(blob_service: BlobServiceClient, since: date | str | None = None) -> pd.DataFrame:
-    """Every archived record (from day `since` on, if given), typed per `shared.core.telemetry`, in day order.
+def to_parquet(records: pd.DataFrame) -> bytes:
+    """Records in the archive's columns (ARCHIVED_AT included) as one Parquet file in SCHEMA."""
+    table = pa.Table.from_pandas(records[SCHEMA.names], schema=SCHEMA, preserve_index=False)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
-    Raw as archived: redelivered days appear more than once, and preparation deduplicates them as it
-    does any telemetry. Raises `InputError` naming the blob if an archived file is unreadable.
+
+@dataclass
+class ArchiveRead:
+    """What a read of the archive returned, and which files it read and skipped (ARCHIVE_SKIP_UNREADABLE)."""
+
+    frame: pd.DataFrame
+    files_read: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<blob>: <reason>", each also logged as a warning
+
+
+def read_archive(
+    blob_service: BlobServiceClient,
+    first: date | str | None = None,
+    last: date | str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    skip_unreadable: bool = False,
+    container: str = TELEMETRY_CONTAINER,
+    keep_archived_at: bool = False,
+) -> ArchiveRead:
+    """The archived records of days `first`..`last` (inclusive; open-ended where None), deduplicated.
+
+    With both ends given only those days' partitions are listed (one prefix per day) and read; `columns`
+    (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key. An unreadable or
+    schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
+    ARCHIVE_SKIP_UNREADABLE): then it is logged, listed in `skipped` and left out. Rows come in day order.
     """
-    container = blob_service.get_container_client(TELEMETRY_CONTAINER)
-    first = None if since is None else pd.Timestamp(since).strftime("%Y-%m-%d")
-    names = [n for n in list_blob_names(container, "date=") if first is None or _day_of(n) >= first]
+    client = blob_service.get_container_client(container)
+    wanted = _wanted_columns(columns, keep_archived_at)
+    days = _list_days(client, first, last)
+    result = ArchiveRead(_empty(wanted[1]))
     with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
-        contents = list(pool.map(lambda name: download_bytes(container, name), names))
-    frames = [_read_archived(name, data) for name, data in zip(names, contents, strict=True) if data]
-    if not frames:
-        typed, _ = coerce_telemetry(pd.DataFrame(columns=COLUMNS, dtype=object))
-        return typed
-    raw = pd.concat(frames, ignore_index=True)
-    typed, problems = coerce_telemetry(raw.drop(columns="blob"))
+        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable), days.values()))
+    frames = []
+    for day_read in per_day:
+        frames.append(day_read.frame)
+        result.files_read += day_read.files_read
+        result.skipped += day_read.skipped
+    frames = [frame for frame in frames if not frame.empty]
+    if frames:
+        result.frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    result.frame = result.frame.sort_values(DATE, kind="stable", ignore_index=True)
+    return result
+
+
+def load_telemetry_history(
+    blob_service: BlobServiceClient,
+    since: date | str | None = None,
+    until: date | str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    skip_unreadable: bool = False,
+) -> pd.DataFrame:
+    """Every archived record of days `since`..`until` (each end open when None), typed per
+    `shared.core.telemetry`, deduplicated, in day order (`read_archive` for the files read and skipped).
+    Raises `InputError` naming the blob if an archived file is unreadable (unless `skip_unreadable`)."""
+    return read_archive(blob_service, since, until, columns=columns, skip_unreadable=skip_unreadable).frame
+
+
+def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str]) -> pd.DataFrame:
+    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT.
+
+    Raises `InputError` naming the blob when it cannot be read or does not have the archive's columns.
+    """
+    where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
+    if name.endswith(".csv"):
+        frame = _read_csv(where, data).assign(**{ARCHIVED_AT: _naive_utc(last_modified)})
+        return frame[list(columns)]
+    try:
+        schema = pq.read_schema(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as error:
+        raise InputError(f"{where}: not a readable Parquet file ({error})") from None
+    decoded = [c for c in columns if c != ARCHIVED_AT or ARCHIVED_AT in schema.names]
+    problems = [_schema_problem(schema, c) for c in decoded]
+    problems = [p for p in problems if p]
     if problems:
-        blob = raw.at[problems[0].row, "blob"]
-        in_blob = [p for p in problems if raw.at[p.row, "blob"] == blob]
-        first_row = int(raw.index[raw["blob"] == blob][0])
-        details = describe_problems(in_blob, line_offset=2 - first_row)  # line 1 of a blob is its header
-        raise InputError(f"archived telemetry {TELEMETRY_CONTAINER}/{blob}: {details}")
-    if first is not None:
-        typed = typed[typed[DATE] >= pd.Timestamp(first)]
-    return typed.sort_values(DATE, kind="stable", ignore_index=True)
+        raise InputError(f"{where}: schema mismatch: {'; '.join(problems)}")
+    try:
+        table = pq.read_table(io.BytesIO(data), columns=decoded)
+        table = table.cast(pa.schema([SCHEMA.field(c) for c in decoded]))
+    except (pa.ArrowException, OSError) as error:
+        raise InputError(f"{where}: not a readable Parquet file ({error})") from None
+    frame = table.to_pandas()
+    for column in (BATTERY_ID, CAR_ID):
+        if column in frame:
+            frame[column] = frame[column].astype(object)
+    if ARCHIVED_AT not in frame:
+        frame[ARCHIVED_AT] = _naive_utc(last_modified)
+    return frame[list(columns)]
+
+
+def archive_days(first: date, last: date) -> list[str]:
+    """The partition prefixes (`date=YYYY-MM-DD/`) of days `first`..`last`, oldest first."""
+    return [f"date={first + timedelta(days=n):%Y-%m-%d}/" for n in range((last - first).days + 1)]
+
+
+def list_archive(client: ContainerClient, prefixes: Iterable[str]) -> list[BlobProperties]:
+    """The blobs under each prefix, in name order (empty when the container does not exist)."""
+    with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+        listed = pool.map(lambda prefix: _list_blobs(client, prefix), prefixes)
+        return sorted((blob for blobs in listed for blob in blobs), key=lambda blob: blob.name)
+
+
+def partition_day(blob_name: str) -> str:
+    """The YYYY-MM-DD of an archive blob's partition, "" for a blob outside the layout."""
+    match = _PARTITION.match(blob_name)
+    return match.group(1) if match else ""
 
 
 def dead_letter(
@@ -123,6 +239,9 @@ def list_dead_letters(blob_service: BlobServiceClient, day: date | str | None = 
     return letters
 
 
+# --- internals ----------------------------------------------------------------------------------------
+
+
 def _blob_name(now: datetime, batch_id: str | None) -> str:
     if batch_id is not None:
         if not re.fullmatch(r"[A-Za-z0-9._=-]{1,200}", batch_id):
@@ -131,14 +250,88 @@ def _blob_name(now: datetime, batch_id: str | None) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
 
-def _day_of(blob_name: str) -> str:
-    match = _PARTITION.match(blob_name)
-    return match.group(1) if match else ""
+def _naive_utc(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
 
 
-def _read_archived(name: str, data: bytes) -> pd.DataFrame:
-    """One archived CSV as raw text columns, tagged with its blob name for error messages."""
-    where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
+def _wanted_columns(columns: Sequence[str] | None, keep_archived_at: bool) -> tuple[list[str], list[str]]:
+    """(columns to decode, ARCHIVED_AT always among them for deduplication; columns to return)."""
+    asked = set(COLUMNS if columns is None else columns)
+    unknown = asked - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"columns must be among the telemetry columns, got {sorted(unknown)}")
+    output = [c for c in COLUMNS if c in asked or c in DEDUP_KEY]
+    return [*output, ARCHIVED_AT], [*output, ARCHIVED_AT] if keep_archived_at else output
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    typed, _ = coerce_telemetry(pd.DataFrame(columns=COLUMNS, dtype=object))
+    return typed.assign(**{ARCHIVED_AT: pd.Series(dtype="datetime64[ns]")})[columns]
+
+
+def _list_blobs(client: ContainerClient, prefix: str) -> list[BlobProperties]:
+    try:
+        return list(client.list_blobs(name_starts_with=prefix))
+    except ResourceNotFoundError:
+        return []
+
+
+def _list_days(client: ContainerClient, first: date | str | None, last: date | str | None) -> dict[str, list]:
+    """Blobs by partition day, oldest day first: only the days' own prefixes when both ends are known."""
+    start = None if first is None else pd.Timestamp(first).date()
+    end = None if last is None else pd.Timestamp(last).date()
+    blobs = list_archive(client, archive_days(start, end) if start and end else ["date="])
+    days: dict[str, list] = {}
+    for blob in blobs:
+        day = partition_day(blob.name)
+        if day and (start is None or day >= f"{start}") and (end is None or day <= f"{end}"):
+            days.setdefault(day, []).append(blob)
+    return dict(sorted(days.items()))
+
+
+def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], list[str]], skip: bool,
+              relisted: bool = False) -> ArchiveRead:  # fmt: skip
+    """One day's files, deduplicated. A file gone since the listing (a compaction removed it after writing
+    its compacted file) makes the day be listed and read again, once, so its rows are not missed."""
+    decoded, output = columns
+    read = ArchiveRead(_empty(output))
+    frames = []
+    for blob in blobs:
+        data = download_bytes(client, blob.name)
+        if data is None and not relisted:
+            return _read_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), columns, skip, True)
+        if data is None:
+            continue
+        try:
+            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded))
+        except InputError as error:
+            if not skip:
+                raise
+            log.warning("ARCHIVE_SKIP_UNREADABLE: skipped %s", error)
+            read.skipped.append(str(error))
+            continue
+        read.files_read.append(blob.name)
+    if frames:
+        read.frame = latest_written(pd.concat(frames, ignore_index=True))[output]
+    return read
+
+
+def _schema_problem(schema: pa.Schema, column: str) -> str | None:
+    if column not in schema.names:
+        return f"no column {column}"
+    found, expected = schema.field(column).type, SCHEMA.field(column).type
+    compatible = (
+        found == expected
+        or (pa.types.is_timestamp(found) and pa.types.is_timestamp(expected))
+        or (pa.types.is_string(expected) and (pa.types.is_large_string(found) or pa.types.is_string(found)))
+        or (pa.types.is_floating(expected) and (pa.types.is_integer(found) or pa.types.is_floating(found)))
+    )
+    return None if compatible else f"column {column} is {found}, expected {expected}"
+
+
+def _read_csv(where: str, data: bytes) -> pd.DataFrame:
+    """One archived CSV (the days before Parquet), typed by `coerce_telemetry`; a bad value is named with its line."""
     try:
         raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
@@ -146,4 +339,7 @@ def _read_archived(name: str, data: bytes) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         raise InputError(f"{where}: missing column(s): {', '.join(missing)}")
-    return raw[COLUMNS].assign(blob=name)
+    typed, problems = coerce_telemetry(raw[COLUMNS])
+    if problems:
+        raise InputError(f"{where}: {describe_problems(problems, line_offset=2)}")  # line 1 is the header
+    return typed

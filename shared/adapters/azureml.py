@@ -16,6 +16,7 @@ VM sizes, where ACI gave a single HTTP container with an optional key.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from collections.abc import Mapping
@@ -398,19 +399,52 @@ def _overlap(first: SpecifierSet, second: SpecifierSet) -> bool:
 
 
 def stage_scoring_code(folder: Path) -> Path:
-    """Copy what the endpoint runs — scoring/score.py and the `shared` package — into a fresh folder.
+    """Copy what the endpoint runs — scoring/score.py and the `shared` modules it imports — into a fresh folder.
 
     Azure ML uploads the code folder and runs `scoring/score.py` from it; score.py puts the folder (its
     parent's parent) on sys.path, so `import shared` works there as it does from the repo root. Staging
-    keeps tests, node_modules and .venv out of the upload.
+    keeps tests, node_modules, .venv and every part of `shared` the endpoint never imports (devtools/, the
+    CLI, the handlers, compliance, ...) out of the upload.
     """
     if folder.exists():
         shutil.rmtree(folder)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(PROJECT_ROOT / "shared", folder / "shared", ignore=ignore)
+    for module in endpoint_modules():
+        target = folder / module.relative_to(PROJECT_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module, target)
     (folder / "scoring").mkdir(parents=True)
     shutil.copy2(SCORING_DIR / "score.py", folder / "scoring" / "score.py")
     return folder
+
+
+def endpoint_modules(entry: Path = SCORING_DIR / "score.py") -> list[Path]:
+    """The `shared` files `entry` imports, directly or through each other, with their packages' __init__.py.
+
+    Every import statement counts, also those inside functions (loading an LSTM or an MLflow model imports
+    its kind's module only then), so the staged code holds all the endpoint can run.
+    """
+    found: set[Path] = set()
+    pending = [entry]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "shared":
+                    continue
+                packages = [PROJECT_ROOT.joinpath(*parts[:depth], "__init__.py") for depth in range(1, len(parts) + 1)]
+                module = PROJECT_ROOT.joinpath(*parts).with_suffix(".py")
+                for path in [*packages, module]:
+                    if path.is_file() and path not in found:
+                        found.add(path)
+                        pending.append(path)
+    return sorted(found)
 
 
 def online_endpoint(auth_mode: str = "aad_token") -> ManagedOnlineEndpoint:

@@ -1,7 +1,7 @@
 """Battery state: each battery's rolling window of recent daily records, kept in Table "batterystate".
 
 The Event Hub function sees a car's newest day or two; the scoring endpoint needs the battery's last W
-days (`history` in DESIGN.md "Scoring endpoint"). This module keeps those W days per battery between
+days (`history` in docs/contracts.md "Scoring endpoint"). This module keeps those W days per battery between
 batches, so the function never rereads the archive.
 
 The window is keyed by day: a repeated day replaces the stored one (an identical repeat writes
@@ -68,7 +68,6 @@ from shared.core.telemetry import (
     InputError,
 )
 
-TABLE = "batterystate"
 SHARDS = 4  # see "Layout" above; changing it moves every battery's entity (their windows start again)
 MAX_WINDOW_DAYS = 1000
 MAX_ATTEMPTS = 5

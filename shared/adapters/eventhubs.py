@@ -1,6 +1,6 @@
 """Car simulator to a real Event Hub: one day of telemetry sent the way the cars send it.
 
-Each record becomes one event body (DESIGN.md "Telemetry event": a JSON object, Date as YYYY-MM-DD)
+Each record becomes one event body (docs/contracts.md "Telemetry event": a JSON object, Date as YYYY-MM-DD)
 with partition key = Car_ID, so a car's days stay in order on one partition. Batches are built with
 the SDK's `EventDataBatch`, which knows the hub's real size limit: a record that does not fit starts a
 new batch, and a record too large for any batch is reported, never silently skipped.
@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 
+from shared.config.names import EVENTHUB_CONNECTION_SETTING, TELEMETRY_EVENT_HUB
 from shared.config.settings import SettingsError
 from shared.core.telemetry import CAR_ID, COLUMNS, DATE, INTEGER_COLUMNS
 
-EVENTHUB_NAME = "car-telemetry"
-CONNECTION_SETTING = "EventHubConnection"
-NAMESPACE_SETTING = f"{CONNECTION_SETTING}__fullyQualifiedNamespace"
+NAMESPACE_SETTING = f"{EVENTHUB_CONNECTION_SETTING}__fullyQualifiedNamespace"
 _PROGRESS_EVERY = 100  # batches between progress lines
 
 
@@ -132,20 +131,20 @@ def send_telemetry(
 
 
 def producer_client(
-    connection: str | None, eventhub: str = EVENTHUB_NAME, environ: Mapping[str, str] | None = None
+    connection: str | None, eventhub: str = TELEMETRY_EVENT_HUB, environ: Mapping[str, str] | None = None
 ) -> EventHubProducerClient:
     """A producer from a connection string (given, or the EventHubConnection setting), or else from
     `EventHubConnection__fullyQualifiedNamespace` with DefaultAzureCredential (managed identity in Azure,
     the developer's login elsewhere). Building it opens no connection.
     """
     env = os.environ if environ is None else environ
-    connection = (connection or env.get(CONNECTION_SETTING, "")).strip()
+    connection = (connection or env.get(EVENTHUB_CONNECTION_SETTING, "")).strip()
     if connection:
         try:
             return EventHubProducerClient.from_connection_string(connection, eventhub_name=eventhub)
         except ValueError:  # never echo the string: it holds the access key
             raise SettingsError(
-                f"{CONNECTION_SETTING} (or --connection) is not an Event Hubs connection string "
+                f"{EVENTHUB_CONNECTION_SETTING} (or --connection) is not an Event Hubs connection string "
                 "(expected Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...)"
             ) from None
     namespace = env.get(NAMESPACE_SETTING, "").strip()
@@ -156,7 +155,7 @@ def producer_client(
             fully_qualified_namespace=namespace, eventhub_name=eventhub, credential=DefaultAzureCredential()
         )
     raise SettingsError(
-        f"no Event Hubs connection: pass --connection, or set {CONNECTION_SETTING} (a connection string) "
+        f"no Event Hubs connection: pass --connection, or set {EVENTHUB_CONNECTION_SETTING} (a connection string) "
         f"or {NAMESPACE_SETTING} (identity-based)"
     )
 

@@ -1,6 +1,6 @@
 """Head units: pushing an alert to a car through the gateway (the production client).
 
-The wire contract is DESIGN.md ("Alert to a head unit", and its "Additions"): POST
+The wire contract is docs/contracts.md ("Alert to a head unit", with its additions): POST
 {gateway}/vehicles/{Car_ID}/alerts with `Idempotency-Key: <alert_id>`, `X-Signature: sha256=<hex
 HMAC-SHA256 of the body>`, and beside them the Standard Webhooks headers `webhook-id` (= alert_id),
 `webhook-timestamp` (Unix seconds of this attempt) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of

@@ -25,6 +25,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters import alert_store
+from shared.config.names import CARS_TABLE
 from shared.core.alerts import check_id, iso_utc
 from shared.core.lifecycle import (
     DEFAULT_TIME_ZONE,
@@ -37,7 +38,6 @@ from shared.core.lifecycle import (
 )
 from shared.core.telemetry import CAR_ID, InputError
 
-CARS_TABLE = "cars"
 TIME_ZONE = "time_zone"  # the car table's optional column
 _PROFILE_ROW = "profile"
 _INSTALLED_ROW = "installed-battery"

@@ -11,16 +11,17 @@ Layout of the container (`models`, on Azurite locally):
 A version is immutable once published (its metadata.json is written last and only if absent, and nothing
 under `<version>/` is written again: the decision about it has a blob of its own), so a version name is a
 cache key: `download` keeps a local copy per version and repeats for free, byte-equal to what was published.
-A candidate becomes champion only if its backtest beats the champion's under `ChampionRule`; the
-pointer is moved with an ETag condition, so two promotions racing each other cannot silently overwrite
-one another: the loser re-decides against the new champion.
+A candidate becomes champion only if the serving environment can load its kind (every package its
+kind declares in `shared.models.loader.KINDS` is in requirements.txt or scoring/requirements.txt) and
+its backtest beats the champion's under `ChampionRule`; the pointer is moved with an ETag condition,
+so two promotions racing each other cannot silently overwrite one another: the loser re-decides
+against the new champion.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
+from packaging.requirements import InvalidRequirement, Requirement
 
 from shared.adapters.storage import (
     download_bytes,
@@ -40,15 +42,26 @@ from shared.adapters.storage import (
     upload_file,
     upload_json,
 )
+from shared.config.names import MODELS_CONTAINER
 from shared.core.telemetry import InputError
-from shared.models.champion import DEFAULT_RULE, ChampionRule, PromotionDecision, model_metrics
+from shared.models.champion import (
+    DEFAULT_RULE,
+    METADATA_FILE,
+    VERSION_PATTERN,
+    ChampionRule,
+    PromotionDecision,
+    model_metrics,
+    read_model_metadata,
+)
 
-METADATA = "metadata.json"
 CHAMPION_BLOB = "champion.json"
 DECISIONS_BLOB = "decisions.jsonl"
 PROMOTIONS_PREFIX = "_promotions/"  # not a version folder: a version starts with a letter or digit
 # A version names a blob folder and a local cache folder: no slashes, no dot-only names.
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where a champion is loaded: the Function App (nightly batch score) and the scoring endpoint. Read from the
+# files, not from the running interpreter, whose venv (the tests', a developer's) may hold more.
+SERVING_REQUIREMENTS = (PROJECT_ROOT / "requirements.txt", PROJECT_ROOT / "scoring" / "requirements.txt")
 # How often a promotion re-decides when another promotion moved the pointer first.
 PROMOTION_ATTEMPTS = 3
 
@@ -74,12 +87,17 @@ class ModelRegistry:
     """Published model versions and the champion pointer, in one Blob container."""
 
     def __init__(
-        self, blob_service: BlobServiceClient, container: str = "models", rule: ChampionRule = DEFAULT_RULE
+        self,
+        blob_service: BlobServiceClient,
+        container: str = MODELS_CONTAINER,
+        rule: ChampionRule = DEFAULT_RULE,
+        serving_requirements: tuple[Path, ...] = SERVING_REQUIREMENTS,
     ) -> None:
         self.container_name = container
         self._service = blob_service
         self._blobs = blob_service.get_container_client(container)
         self.rule = rule
+        self.serving_requirements = serving_requirements
 
     # --- versions -----------------------------------------------------------------------------------
 
@@ -92,22 +110,22 @@ class ModelRegistry:
         model_dir = Path(model_dir)
         version = read_model_metadata(model_dir)["version"]
         container = ensure_container(self._service, self.container_name)
-        metadata_blob = f"{version}/{METADATA}"
+        metadata_blob = f"{version}/{METADATA_FILE}"
         if container.get_blob_client(metadata_blob).exists():
             raise RegistryError(f"model version {version!r} is already published; versions are immutable")
         for path in sorted(model_dir.rglob("*")):
             relative = path.relative_to(model_dir).as_posix()
-            if path.is_file() and relative != METADATA:
+            if path.is_file() and relative != METADATA_FILE:
                 upload_file(container, f"{version}/{relative}", path)
         try:
-            upload_file(container, metadata_blob, model_dir / METADATA, overwrite=False)
+            upload_file(container, metadata_blob, model_dir / METADATA_FILE, overwrite=False)
         except ResourceExistsError:
             raise RegistryError(f"model version {version!r} was published by another run meanwhile") from None
         return version
 
     def versions(self) -> list[str]:
         """Every completely published version, in name order."""
-        suffix = f"/{METADATA}"
+        suffix = f"/{METADATA_FILE}"
         return sorted(
             name.removesuffix(suffix)
             for name in list_blob_names(self._blobs)
@@ -116,7 +134,7 @@ class ModelRegistry:
 
     def metadata(self, version: str) -> dict:
         """The stored metadata.json of a published version, with its "promotion" record once decided."""
-        metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA}")
+        metadata = download_json(self._blobs, f"{_checked_version(version)}/{METADATA_FILE}")
         if metadata is None:
             raise self._not_published(version)
         promotion = download_json(self._blobs, _promotion_blob(version))
@@ -132,7 +150,7 @@ class ModelRegistry:
         if target.is_dir():
             return target
         names = list_blob_names(self._blobs, prefix=f"{version}/")
-        if f"{version}/{METADATA}" not in names:
+        if f"{version}/{METADATA_FILE}" not in names:
             raise self._not_published(version)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
@@ -207,16 +225,26 @@ class ModelRegistry:
         local metadata.json under "promotion" and appended to decisions.jsonl, promoted or not. If another
         promotion moves the pointer between our read and our write, the ETag check fails and we decide
         again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
-        promoted, with that reason.
+        promoted, with that reason. A model whose kind needs a package the serving environment lacks is
+        published but never promoted, whatever its backtest: the reason names the packages.
         """
+        from shared.models.loader import kind_of, missing_packages  # lightgbm: only when a model is promoted
+
         model_dir = Path(model_dir)
         metadata = read_model_metadata(model_dir)
-        candidate = model_metrics(metadata, str(model_dir / METADATA))
+        candidate = model_metrics(metadata, str(model_dir / METADATA_FILE))
+        missing = missing_packages(metadata, requirement_names(self.serving_requirements))
         version = self.publish(model_dir)
         for _ in range(PROMOTION_ATTEMPTS):
             champion = self.champion()
             champion_metrics = None if champion is None else champion.record["metrics"]
-            promoted, reason = self.rule.decide(candidate, champion_metrics)
+            if missing:
+                promoted, reason = False, (
+                    f"model kind {kind_of(metadata)!r} needs {', '.join(missing)}, which the serving environment "
+                    f"({', '.join(_shown(path) for path in self.serving_requirements)}) does not install"
+                )
+            else:
+                promoted, reason = self.rule.decide(candidate, champion_metrics)
             promotion = {
                 "decided_at": _utc_now(),
                 "promoted": promoted,
@@ -242,7 +270,7 @@ class ModelRegistry:
             reason = f"not promoted: other promotions moved the champion pointer {PROMOTION_ATTEMPTS} times"
             promotion = {**promotion, "promoted": False, "reason": reason}
             upload_json(self._blobs, _promotion_blob(version), promotion)
-        (model_dir / METADATA).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
+        (model_dir / METADATA_FILE).write_text(json.dumps({**metadata, "promotion": promotion}, indent=2))
         self._append_decision({"version": version, **promotion})
         return PromotionDecision(version, promotion["promoted"], promotion["reason"],
                                  promotion["previous_champion"], promotion["rule"])  # fmt: skip
@@ -267,35 +295,31 @@ class ModelRegistry:
             blob.append_block(line)
 
 
-# --- model directories --------------------------------------------------------------------------------
-
-
-def read_model_metadata(model_dir: Path) -> dict:
-    """A model directory's metadata.json, checked for a usable "version"; `InputError` names the problem."""
-    path = Path(model_dir) / METADATA
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; a model directory needs metadata.json")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise InputError(f"{path}: must hold a JSON object")
-    version = metadata.get("version")
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        raise InputError(
-            f"{path}: \"version\" must be a string of letters, digits and . _ : + - (starting with a letter "
-            f"or digit, at most 128), got {version!r}"
-        )
-    return metadata
-
-
 def _promotion_blob(version: str) -> str:
     return f"{PROMOTIONS_PREFIX}{version}.json"
 
 
+def requirement_names(paths: tuple[Path, ...]) -> set[str]:
+    """The distribution names the requirement files install (their own lines; options such as -r skipped)."""
+    names = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            try:
+                names.add(Requirement(line).name)
+            except InvalidRequirement:
+                raise InputError(f"{path}: cannot read requirement {line!r}") from None
+    return names
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(PROJECT_ROOT).as_posix() if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def _checked_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise InputError(f"not a model version: {version!r}")
     return version
 

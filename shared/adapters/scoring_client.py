@@ -1,4 +1,4 @@
-"""Scoring client: how the Function App asks the model endpoint (DESIGN.md "Scoring endpoint") for risks.
+"""Scoring client: how the Function App asks the model endpoint (docs/contracts.md "Scoring endpoint") for risks.
 
 One `score` call scores any number of batteries: it splits them into requests of `chunk_size` items
 (the endpoint refuses oversize requests), sends the endpoint key or an Azure AD token, and retries what

@@ -32,11 +32,11 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueServiceClient
 
+from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import AZURITE_CONNECTION, SettingsError
 
 Service = Literal["blob", "queue", "table"]
 SERVICES: tuple[Service, ...] = ("blob", "queue", "table")
-APP_STORAGE_SETTING = "AzureWebJobsStorage"
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (documented publicly by Microsoft; it only opens local emulators).
@@ -134,7 +134,7 @@ def app_storage_connection(service: Service, environ: Mapping[str, str] | None =
     Unlike `Settings.storage_connection`, this also sees identity-based settings, so a deployment with
     `AzureWebJobsStorage__blobServiceUri` and no connection string reaches Azure, not the local default.
     """
-    return resolve_connection(APP_STORAGE_SETTING, service, environ, default=AZURITE_CONNECTION)
+    return resolve_connection(STORAGE_CONNECTION_SETTING, service, environ, default=AZURITE_CONNECTION)
 
 
 def blob_service(connection: StorageConnection) -> BlobServiceClient:

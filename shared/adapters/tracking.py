@@ -5,9 +5,11 @@ Where runs go (`tracking_uri`), first match wins:
 2. the Azure ML workspace's MLflow tracking URI when AZUREML_SUBSCRIPTION_ID, AZUREML_RESOURCE_GROUP and
    AZUREML_WORKSPACE are set (asked of the workspace through azure-ai-ml; logging to it also needs the
    `azureml-mlflow` plugin installed, which registers the azureml:// scheme);
-3. a SQLite store in the project's data folder, data/mlflow/mlflow.db, with artifacts in
-   data/mlflow/artifacts; browse it from the project root with
-   `mlflow ui --backend-store-uri sqlite:///data/mlflow/mlflow.db` (the UI is in the full `mlflow` package).
+3. a SQLite store in the machine's temporary directory, <tempdir>/battery-mlflow/mlflow.db (/tmp on
+   Linux), with artifacts beside it in battery-mlflow/artifacts: writable wherever the app runs, also when
+   Azure runs it from a read-only package; browse it with
+   `mlflow ui --backend-store-uri sqlite:////tmp/battery-mlflow/mlflow.db` (the UI is in the full `mlflow`
+   package).
 
 The run API talks to an `MlflowClient` bound to one explicit URI, never to MLflow's process-wide active
 run, so two trainings in one process (tests, a Function App host) cannot log into each other's runs.
@@ -16,6 +18,7 @@ Only this module imports mlflow; the Function App needs just the client (`mlflow
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,20 +33,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from shared.config.settings import Settings, load_settings
+from shared.models.report import training_curves_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_STORE = Path("data/mlflow/mlflow.db")  # under the project root
-LOCAL_ARTIFACTS = Path("data/mlflow/artifacts")
+LOCAL_STORE_DIR = "battery-mlflow"  # under tempfile.gettempdir(), unless the caller names a directory
+LOCAL_STORE = "mlflow.db"
+LOCAL_ARTIFACTS = "artifacts"  # beside the store
 TRAINING_RESULTS_PNG = "training_results.png"
 MODEL_ARTIFACT_PATH = "model"
 
 
 def tracking_uri(
     environ: Mapping[str, str],
-    project_root: str | Path,
+    store_dir: str | Path | None = None,
     workspace_uri: Callable[[Settings], str] | None = None,
 ) -> str:
-    """Where training runs are tracked (see the module docstring for the order).
+    """Where training runs are tracked (see the module docstring for the order); the local SQLite store
+    goes in `store_dir` (default: <tempdir>/battery-mlflow, created if missing).
 
     `workspace_uri` asks the workspace for its MLflow URI (default: `azureml_tracking_uri`, over the
     network); it is called only when a workspace is configured and MLFLOW_TRACKING_URI is not set.
@@ -54,7 +60,7 @@ def tracking_uri(
     settings = load_settings(environ)
     if settings.azureml_configured:
         return (workspace_uri or azureml_tracking_uri)(settings)
-    store = Path(project_root).resolve() / LOCAL_STORE
+    store = Path(store_dir or Path(tempfile.gettempdir()) / LOCAL_STORE_DIR).resolve() / LOCAL_STORE
     store.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store.as_posix()}"
 
@@ -132,24 +138,6 @@ def start_training_run(
     client.set_terminated(training.run_id, "FINISHED")
 
 
-def training_curves_figure(curves: pd.DataFrame, title: str | None = None) -> Figure:
-    """Training vs validation curves, one panel per quantity (see `TrainingRun.log_training_curves`)."""
-    quantities = list(dict.fromkeys(column.split("_", 1)[1] for column in curves.columns))
-    figure = Figure(figsize=(5 * len(quantities), 3.8), layout="constrained")
-    for axes, quantity in zip(figure.subplots(1, len(quantities), squeeze=False)[0], quantities, strict=True):
-        for column in curves.columns:
-            split, measured = column.split("_", 1)
-            if measured == quantity:
-                axes.plot(curves.index, curves[column], marker=".", label=split)
-        step = curves.index.name or "step"
-        axes.set(xlabel=step, ylabel=quantity, title=f"{quantity} by {step}")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    if title:
-        figure.suptitle(title)
-    return figure
-
-
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The experiment's id, creating it (with artifacts beside a local SQLite store) if it is new."""
     existing = client.get_experiment_by_name(name)
@@ -158,7 +146,7 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     artifacts = None
     if uri.startswith("sqlite:///"):
         store = Path(uri.removeprefix("sqlite:///"))
-        artifacts = (store.resolve().parent / LOCAL_ARTIFACTS.name / name).as_uri()
+        artifacts = (store.resolve().parent / LOCAL_ARTIFACTS / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=artifacts)
     except MlflowException:  # another process created it in the meantime

@@ -30,9 +30,9 @@ from matplotlib.figure import Figure
 from mlflow.pyfunc import PythonModel, save_model
 
 from shared.adapters.tracking import PROJECT_ROOT, TrainingRun, start_training_run, tracking_uri
-from shared.models._lightgbm import BatteryForecaster
 from shared.models._lstm import training_curves
 from shared.models.backtest import METHODS
+from shared.models.base import Forecaster
 from shared.models.explanation import feature_importance
 from shared.models.fairness import fairness_report
 from shared.models.loader import load_model
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def track_training(
-    model: BatteryForecaster,
+    model: Forecaster,
     model_dir: str | Path,
     *,
     cars: pd.DataFrame | None = None,
@@ -83,7 +83,7 @@ def track_training(
 
     with start_training_run(experiment, training_params(model.metadata),
                             tags={"model_version": model.version, "model_kind": str(model.metadata.get("model_kind"))},
-                            uri=tracking_uri(environ, PROJECT_ROOT)) as run:  # fmt: skip
+                            uri=tracking_uri(environ)) as run:  # fmt: skip
         model.metadata["mlflow_run_id"] = run.run_id
         model.save(model_dir)
         run.log_metrics(backtest_metrics(model.metadata.get("backtest", {})))
@@ -177,7 +177,7 @@ def reliability_figure(reliability: list[dict]) -> Figure:
     return figure
 
 
-def _log_figures(run: TrainingRun, model: BatteryForecaster) -> None:
+def _log_figures(run: TrainingRun, model: Forecaster) -> None:
     reliability = model.metadata.get("backtest", {}).get("reliability", {}).get("model")
     if reliability:
         run.log_figure(reliability_figure(reliability), RELIABILITY_PNG)

@@ -12,11 +12,17 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.config.names import EVENTHUB_CONNECTION_SETTING
+from shared.config.spark import SparkSettings, load_spark_settings
 from shared.core.lifecycle import QuietHours
+from shared.core.risk import ALERT_THRESHOLD
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # How the app authenticates to the scoring endpoint (Azure ML's auth_mode names, plus none for a local one).
 SCORING_AUTH_MODES = ("key", "aad_token", "none")
+# The backtest's least history (shared/models/backtest.py: evaluation 90 + horizon 30 + calibration span
+# 56 + least training 60 + 1 days); settings must not import the model stack, so it is spelled out here.
+MIN_RETRAIN_HISTORY_DAYS = 237
 
 
 class SettingsError(ValueError):
@@ -25,7 +31,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The app settings of DESIGN.md ("Configuration"), typed.
+    """The app settings of docs/contracts.md ("Configuration"), typed.
 
     Storage connections (`AzureWebJobsStorage`, connection string or identity-based) are resolved by
     `shared.adapters.storage.app_storage_connection`, which knows the `__serviceUri` forms the host accepts.
@@ -38,7 +44,7 @@ class Settings:
     head_unit_gateway_url: str = "http://127.0.0.1:7072"
     head_unit_signing_key: str | None = None
     service_booking_url: str = "https://service.treyresearch.example/book"
-    alert_probability_threshold: float = 0.8
+    alert_probability_threshold: float = ALERT_THRESHOLD
     alert_cooldown_days: int = 7
     # ALERT_EXPIRY_HOURS: how long an alert may wait for delivery before it is expired rather than delivered
     # late (the IoT Hub message's expiry time; the alert lifecycle's expiry).
@@ -48,8 +54,19 @@ class Settings:
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
+    # nightly_retrain trains on the last RETRAIN_HISTORY_DAYS days of the archive and, past
+    # RETRAIN_MAX_BATTERIES batteries, on a sample of them (shared/models/training_sample.py; README
+    # "Retraining in bounded memory" says why these defaults).
+    retrain_history_days: int = 486
+    retrain_max_batteries: int = 1000
     batch_score_schedule: str = "0 0 3 * * *"
     compliance_schedule: str = "0 30 3 * * *"
+    # The telemetry archive's compaction (shared/adapters/compaction.py), before the nightly jobs read it.
+    compaction_schedule: str = "0 0 1 * * *"
+    # Skip (log and count) an unreadable or schema-mismatched archived file instead of failing the nightly job.
+    archive_skip_unreadable: bool = False
+    # Batteries prepared and scored at once by the nightly batch score: its memory is this × the model's window.
+    batch_score_chunk_batteries: int = 5000
     # The component catalogue: "<container>/<blob>" in the app's storage, or a database (SQLAlchemy URL,
     # may hold a password: never logged) read with the query.
     component_catalog_blob: str = "components/catalog.csv"
@@ -58,6 +75,7 @@ class Settings:
     azureml_subscription_id: str | None = None
     azureml_resource_group: str | None = None
     azureml_workspace: str | None = None
+    spark: SparkSettings | None = None  # SPARK_TARGET and its settings (shared/config/spark.py)
 
     @property
     def azureml_configured(self) -> bool:
@@ -92,7 +110,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
-    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE"):
+    history_days = _number(env, "RETRAIN_HISTORY_DAYS", defaults.retrain_history_days, int)
+    if history_days < MIN_RETRAIN_HISTORY_DAYS:
+        raise SettingsError(f"RETRAIN_HISTORY_DAYS must be {MIN_RETRAIN_HISTORY_DAYS} or more (the backtest's "
+                            f"least history), got {history_days!r}")  # fmt: skip
+    max_batteries = _number(env, "RETRAIN_MAX_BATTERIES", defaults.retrain_max_batteries, int)
+    if max_batteries < 1:
+        raise SettingsError(f"RETRAIN_MAX_BATTERIES must be 1 or more, got {max_batteries!r}")
+    chunk = _number(env, "BATCH_SCORE_CHUNK_BATTERIES", defaults.batch_score_chunk_batteries, int)
+    if chunk < 1:
+        raise SettingsError(f"BATCH_SCORE_CHUNK_BATTERIES must be 1 or more, got {chunk!r}")
+    skip_unreadable = env.get("ARCHIVE_SKIP_UNREADABLE", "").strip().lower()
+    if skip_unreadable not in ("", "true", "false"):
+        raise SettingsError(f"ARCHIVE_SKIP_UNREADABLE must be true or false, got {skip_unreadable!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE", "COMPACTION_SCHEDULE"):
         value = env.get(name)
         if value and len(value.split()) != 6:
             raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
@@ -116,7 +147,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                             f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
     _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
     return Settings(
-        eventhub_connection=text("EventHubConnection", None),
+        eventhub_connection=text(EVENTHUB_CONNECTION_SETTING, None),
         scoring_uri=scoring_uri,
         scoring_key=scoring_key,
         scoring_auth=scoring_auth,
@@ -129,14 +160,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         quiet_hours=quiet_hours,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
+        retrain_history_days=history_days,
+        retrain_max_batteries=max_batteries,
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
+        compaction_schedule=text("COMPACTION_SCHEDULE", defaults.compaction_schedule),
+        archive_skip_unreadable=skip_unreadable == "true",
+        batch_score_chunk_batteries=chunk,
         component_catalog_blob=catalog_blob,
         component_catalog_dsn=text("COMPONENT_CATALOG_DSN", None),
         component_catalog_query=text("COMPONENT_CATALOG_QUERY", defaults.component_catalog_query),
         azureml_subscription_id=text("AZUREML_SUBSCRIPTION_ID", None),
         azureml_resource_group=text("AZUREML_RESOURCE_GROUP", None),
         azureml_workspace=text("AZUREML_WORKSPACE", None),
+        spark=load_spark_settings(env),
     )
 
 

@@ -1,6 +1,6 @@
 """Alerts: which scores become a service alert for a head unit, what it says, and whether to send it now.
 
-Pure functions, no I/O. The alert JSON is the fixed contract of DESIGN.md ("Alert to a head unit");
+Pure functions, no I/O. The alert JSON is the fixed contract of docs/contracts.md ("Alert to a head unit");
 `build_alerts` owns that envelope for every alert type, and `alerts_from_scores` fills it for the one
 type that exists today, a battery nearing the end of its rated life.
 
@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
 
 BATTERY_END_OF_LIFE = "battery_end_of_life"
 
 # Columns of a scores frame (the batch scores table, or the endpoint's predictions with the battery's
 # latest record joined on).
-PROBABILITY = "failure_probability_30d"
-DAYS_TO_RATED_LIFE = "days_to_rated_life"
 AS_OF = "As_Of"
 REASONS = "reasons"
 MODEL_VERSION = "model_version"

@@ -27,7 +27,7 @@ from shared.core.telemetry import (
     TRIPS,
 )
 
-# The per-day fields of a scoring request's `history` (DESIGN.md), after Date.
+# The per-day fields of a scoring request's `history` (docs/contracts.md, "Scoring endpoint"), after Date.
 HISTORY_COLUMNS = [AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CYCLES]
 _INTEGER_HISTORY = {AGE_DAYS, TRIPS}
 
@@ -61,7 +61,7 @@ def merge_windows(stored: pd.DataFrame, incoming: pd.DataFrame, window_days: int
 
 
 def histories_for_request(windows: pd.DataFrame) -> list[dict]:
-    """The items of a scoring request (DESIGN.md "Scoring endpoint") for windows sorted by battery and day.
+    """The items of a scoring request (docs/contracts.md "Scoring endpoint") for windows sorted by battery and day.
 
     One item per battery, in the frame's order. Car_ID and Battery_Rated_Cycles are the newest day's; the
     integer columns are JSON integers and an unknown value is null, so the body is strict JSON.

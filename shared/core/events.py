@@ -1,6 +1,6 @@
 """Telemetry events: Event Hub message bodies turned into typed records, and the ones that cannot be used.
 
-A body is one JSON object with the telemetry columns (DESIGN.md "Telemetry event"), or a JSON array of
+A body is one JSON object with the telemetry columns (docs/contracts.md "Telemetry event"), or a JSON array of
 them (a car that was offline sends its backlog). The streaming path must never let one bad event stop
 a batch, nor lose it: every body or record that cannot be used becomes a `DeadLetter` that says why and
 keeps the original bytes and the event's metadata, while the good records of the same batch go on.

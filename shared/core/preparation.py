@@ -242,6 +242,16 @@ def _group_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts[group], _group_ends(starts, len(codes))[group]
 
 
+def _running_sum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at each group (the elements that share `first`, their group's first index).
+
+    Summed group by group rather than as one fleet-long sum less an offset: a battery's sums then do not
+    depend, to the last bit, on the batteries before it, so a battery prepared alone or in any group of
+    cars (the Spark job, shared/spark/job.py) gets exactly the values it gets in the whole fleet.
+    """
+    return pd.Series(values).groupby(first, sort=False).cumsum().to_numpy()
+
+
 def _previous_valid(valid: np.ndarray, first: np.ndarray, inclusive: bool = False) -> np.ndarray:
     """Index of the nearest valid element before each element (or at it, if inclusive) in its group."""
     latest = np.maximum.accumulate(np.where(valid, np.arange(len(valid)), _NO_ROW))
@@ -676,7 +686,7 @@ def _cycles_from_counter_rise(
     than MAX_DAILY_CYCLES a day, comes from a glitch nobody could pin down: it is not used (NaN).
     """
     unknown = np.isnan(cycles)
-    known_so_far = np.cumsum(np.where(unknown, 0.0, cycles))
+    known_so_far = _running_sum(np.where(unknown, 0.0, cycles), first)
     unknown_so_far = np.cumsum(unknown)
     has_reading = ~np.isnan(counter)
     a = _previous_valid(has_reading, first)
@@ -725,8 +735,7 @@ def _recompute_lifetime_counter(grid: _Days, counts: dict[str, int]) -> None:
     reading, cycles = grid.values[LIFETIME_CYCLES], grid.values[DAILY_CYCLES]
     first, _ = grid.bounds()
     known_cycles = np.where(np.isnan(cycles), 0.0, cycles)  # a life left unusable must not spill into the next
-    running = np.cumsum(known_cycles)
-    running = running - running[first] + known_cycles[first]
+    running = _running_sum(known_cycles, first)
     has_reading = ~np.isnan(reading)
     start = np.maximum(grid.per_segment(reading[has_reading] - running[has_reading], has_reading), 0)
     recomputed = start + running

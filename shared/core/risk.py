@@ -26,8 +26,11 @@ import numpy as np
 import pandas as pd
 
 HORIZON_DAYS = 30
+# The columns failure_risk returns (and every scores table, the endpoint's predictions and the alerts carry).
+PROBABILITY = "failure_probability_30d"
+DAYS_TO_RATED_LIFE = "days_to_rated_life"
 # The failure probability from which a battery is alerted, unless told otherwise: what backtests and batch
-# scoring judge alerts at (the app's ALERT_PROBABILITY_THRESHOLD setting defaults to the same).
+# scoring judge alerts at, and the default of the app's ALERT_PROBABILITY_THRESHOLD setting.
 ALERT_THRESHOLD = 0.8
 # Empirical quantile levels kept for the error distribution (0.5 % steps; tails interpolate linearly).
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
@@ -126,7 +129,7 @@ def failure_risk(
     below = np.interp(threshold, calibration.z_quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     probability = np.where(remaining <= 0, 1.0, 1.0 - below)
     return pd.DataFrame(
-        {"failure_probability_30d": probability, "days_to_rated_life": days_to_rated_life(remaining, forecast)}
+        {PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)}
     )
 
 

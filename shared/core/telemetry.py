@@ -1,6 +1,6 @@
 """Telemetry: the daily battery record every car reports, its schema, and how raw input becomes typed.
 
-The columns are fixed by DESIGN.md ("Data"). Everything that reads telemetry — the CSV loader behind the
+The columns are fixed by docs/contracts.md ("Data"). Everything that reads telemetry — the CSV loader behind the
 CLI, the Event Hub function, the scoring endpoint — goes through `coerce_telemetry`, so a value that is
 unparsable in one path is unparsable in all of them, with the same words.
 """

@@ -19,6 +19,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -188,6 +189,47 @@ def build_history(clean: pd.DataFrame) -> FleetHistory:
         lifetime_cycles=arrays[LIFETIME_CYCLES],
         age_days=arrays[AGE_DAYS],
     )
+
+
+# One training origin a week per battery: neighbouring origins are near duplicates (see _lightgbm.py).
+TRAINING_ORIGIN_EVERY_DAYS = 7
+TRAINING_ARRAYS = ["daily_cycles", "trip_minutes", "trips"]
+TARGET = "target_daily_cycles"
+
+
+def training_samples(
+    clean: pd.DataFrame, every_days: int = TRAINING_ORIGIN_EVERY_DAYS, window_days: int = DEFAULT_WINDOW_DAYS
+) -> pd.DataFrame:
+    """The windowed training set of a clean daily frame: one row per (battery, origin day), sorted so.
+
+    Origins are the days, one in `every_days` of the calendar (day number since 1970 divisible by it),
+    on which a battery reported and reported on each of the HORIZON_DAYS days after. A row holds the
+    window as of the origin (As_Of, lifetime, age, rated cycles and the `window_days`-long arrays of
+    TRAINING_ARRAYS) and the HORIZON_DAYS actual daily cycles after it (TARGET). Every choice is made
+    per battery on absolute days, so the set of a fleet is the union of the sets of any split of it by
+    car: a Spark job can build it group by group (shared/spark/job.py).
+    """
+    if every_days < 1:
+        raise ValueError(f"every_days must be at least 1, got {every_days}")
+    history = build_history(clean)
+    reported = history.reported()
+    span = HORIZON_DAYS + 1
+    running = np.pad(np.cumsum(reported, axis=1, dtype=np.int32), ((0, 0), (1, 0)))
+    complete = running[:, span:] - running[:, :-span] == span  # column d: days d..d+30 all reported
+    calendar = _day_number(pd.Timestamp(history.first_day)) + np.arange(complete.shape[1])
+    battery, origin = np.nonzero(complete & (calendar % every_days == 0))
+    windows = history.windows_at(origin, battery, window_days)
+    target = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, span)]
+    return pd.DataFrame({
+        BATTERY_ID: windows.battery_id,
+        CAR_ID: windows.car_id,
+        "As_Of": pd.to_datetime(windows.as_of),
+        RATED_CYCLES: windows.rated_cycles,
+        LIFETIME_CYCLES: windows.lifetime_cycles,
+        AGE_DAYS: windows.age_days,
+        **{name: list(getattr(windows, name)) for name in TRAINING_ARRAYS},
+        TARGET: list(target),
+    })
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str]) -> None:

@@ -52,8 +52,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, QueueServiceClient
 from azure.storage.queue import QueueMessage as StoredMessage
 
-from shared.adapters.storage import APP_STORAGE_SETTING, StorageConnection, queue_service, resolve_connection
+from shared.adapters.storage import StorageConnection, queue_service, resolve_connection
 from shared.config.host import HostConfig, load_host_config, parse_timespan
+from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import SettingsError
 from shared.devtools.azurite import PROJECT_ROOT
 
@@ -223,7 +224,9 @@ class FunctionsHost:
         self.functions = {spec.name: spec for spec in map(function_spec, indexed_functions(app))}
         self.config = config or load_host_config()
         self._environ = os.environ if environ is None else environ
-        self._queue_services: dict[str, QueueServiceClient] = {APP_STORAGE_SETTING: queue_service(storage_connection)}
+        self._queue_services: dict[str, QueueServiceClient] = {
+            STORAGE_CONNECTION_SETTING: queue_service(storage_connection)
+        }
         self._created_queues: set[tuple[str, str]] = set()
         self._next_sequence_number = 0
         self._next_offset = 0
@@ -429,7 +432,7 @@ class FunctionsHost:
 
     def _queue(self, connection: str | None, name: str, create: bool) -> QueueClient:
         """The queue `name` on the storage account the binding's connection setting names."""
-        setting = connection or APP_STORAGE_SETTING
+        setting = connection or STORAGE_CONNECTION_SETTING
         if setting not in self._queue_services:
             self._queue_services[setting] = queue_service(resolve_connection(setting, "queue", self._environ))
         queue = self._queue_services[setting].get_queue_client(name)

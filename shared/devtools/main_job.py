@@ -56,6 +56,7 @@ from shared.adapters import observability
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
+from shared.config.names import STORAGE_CONNECTION_SETTING
 from shared.config.settings import Settings
 from shared.core.alerts import SEVERITY_RANK
 from shared.core.events import DEFAULT_MAX_BODY_BYTES, DeadLetter
@@ -102,7 +103,6 @@ RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
 CLEARED_SETTINGS = (
     "SCORING_KEY", "SCORING_AUTH", "AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE",
 )  # fmt: skip
-STORAGE_SETTING = "AzureWebJobsStorage"
 
 
 # --- simulated time, settings, the functions' own summaries ---------------------------------------------
@@ -135,7 +135,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
     """
     defaults = Settings()
     return {
-        STORAGE_SETTING: azurite.connection_string,
+        STORAGE_CONNECTION_SETTING: azurite.connection_string,
         "SCORING_URI": scoring_uri,
         "HEAD_UNIT_GATEWAY_URL": gateway_url,
         "HEAD_UNIT_SIGNING_KEY": signing_key,
@@ -144,6 +144,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
         "RETRAIN_SCHEDULE": defaults.retrain_schedule,
         "BATCH_SCORE_SCHEDULE": defaults.batch_score_schedule,
         "COMPLIANCE_SCHEDULE": defaults.compliance_schedule,
+        "COMPACTION_SCHEDULE": defaults.compaction_schedule,
         "ALERT_PROBABILITY_THRESHOLD": os.environ.get("ALERT_PROBABILITY_THRESHOLD")
         or str(defaults.alert_probability_threshold),
         "ALERT_COOLDOWN_DAYS": os.environ.get("ALERT_COOLDOWN_DAYS") or str(defaults.alert_cooldown_days),
@@ -158,7 +159,7 @@ def app_environment(values: Mapping[str, str], cleared: Iterable[str] = CLEARED_
     block. The app's cached services are dropped on entry and exit, so they are built from these settings
     and nothing built from them outlives the block.
     """
-    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_SETTING}__"))}
+    names = {*values, *cleared, *(name for name in os.environ if name.startswith(f"{STORAGE_CONNECTION_SETTING}__"))}
     saved = {name: os.environ.get(name) for name in names}
     for name in names - set(values):
         os.environ.pop(name, None)
@@ -216,7 +217,7 @@ def day_events(rows: pd.DataFrame) -> tuple[list[bytes], list[str]]:
     """A day's telemetry rows as the cars send them: one Event Hub body per car (its record as a JSON
     object, or an array when it sent more than one, e.g. a duplicate) and the car as partition key.
 
-    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (DESIGN.md's event).
+    Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (docs/contracts.md, "Telemetry event").
     """
     records = rows[COLUMNS].assign(**{
         DATE: rows[DATE].dt.strftime("%Y-%m-%d"),

@@ -2,7 +2,7 @@
 
 azmlinfsrv would otherwise serve its generic template, with schemas inferred from one example (which
 declared `error` an object and marked nothing required). This document states the request and every
-answer the endpoint gives: 200 with the contract's predictions (DESIGN.md "Scoring endpoint", fixed);
+answer the endpoint gives: 200 with the contract's predictions (docs/contracts.md "Scoring endpoint", fixed);
 400, 408, 413 and 415 with our `{"error": "..."}` (scoring/score.py); 431 and 500 with azmlinfsrv's
 own `{"message": "..."}` (an over-long request-id header; an unexpected failure or the scoring timeout).
 Fields may be added to the contract, so objects do not forbid additional properties.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.core.risk import HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE
+from shared.core.alerts import REASONS
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -38,7 +39,6 @@ from shared.endpoint.server import (
     MAX_BODY_BYTES,
     MAX_HISTORY_ROWS_PER_REQUEST,
 )
-from shared.models.explanation import REASONS
 
 # The file azmlinfsrv serves GET /swagger.json from when its app root holds it (scoring/score.py writes it).
 SWAGGER_FILE = "swagger2.json"
@@ -94,8 +94,8 @@ DEFINITIONS: dict[str, Any] = {
         {
             BATTERY_ID: _nullable({"type": "string"}),
             CAR_ID: _nullable({"type": "string"}),
-            "failure_probability_30d": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "days_to_rated_life": _nullable({"type": "number", "minimum": 0, "maximum": MAX_DAYS_TO_RATED_LIFE}),
+            PROBABILITY: _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            DAYS_TO_RATED_LIFE: _nullable({"type": "number", "minimum": 0, "maximum": MAX_DAYS_TO_RATED_LIFE}),
             "forecast_daily_cycles": _nullable({"type": "array", "minItems": HORIZON_DAYS, "maxItems": HORIZON_DAYS,
                                                 "items": {"type": "number"}}),
             "error": _nullable({"type": "string", "description": "why this item was not scored; null if it was"}),
@@ -137,7 +137,7 @@ def swagger_document() -> dict[str, Any]:
         "swagger": "2.0",
         "info": {"title": "Battery failure risk", "version": "1.0",
                  "description": "Forecasts each battery's daily cycles for 30 days and the probability that it "
-                                "reaches its rated life within them (DESIGN.md, Scoring endpoint)."},
+                                "reaches its rated life within them (docs/contracts.md, Scoring endpoint)."},
         "consumes": ["application/json"],
         "produces": ["application/json"],
         "securityDefinitions": {

@@ -1,4 +1,4 @@
-"""Scoring endpoint: a request of DESIGN.md "Scoring endpoint" (fixed) in, its response out.
+"""Scoring endpoint: a request of docs/contracts.md "Scoring endpoint" (fixed) in, its response out.
 
 `score_body` is everything `scoring/score.py` does between azmlinfsrv and the model, kept here as a
 pure function so it is tested without a server; `score_request` is the same on an already parsed body.
@@ -43,8 +43,9 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from shared.core.alerts import REASONS
 from shared.core.preparation import prepare_telemetry
-from shared.core.risk import HORIZON_DAYS
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, PROBABILITY
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -63,8 +64,8 @@ from shared.core.telemetry import (
     implausible_values,
 )
 from shared.core.windows import build_windows
-from shared.models._lightgbm import METADATA_FILE, BatteryForecaster
-from shared.models.explanation import REASONS
+from shared.models._lightgbm import METADATA_FILE
+from shared.models.base import Forecaster
 from shared.models.scoring import score_windows
 
 HISTORY = "history"
@@ -100,7 +101,7 @@ EXAMPLE_ITEM = {
 EXAMPLE_RESPONSE = {
     "model_version": "20170320T030000Z-1a2b3c4d",
     "predictions": [
-        {BATTERY_ID: "17", CAR_ID: "CAR-00017", "failure_probability_30d": 0.93, "days_to_rated_life": 12.5,
+        {BATTERY_ID: "17", CAR_ID: "CAR-00017", PROBABILITY: 0.93, DAYS_TO_RATED_LIFE: 12.5,
          "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None,
          REASONS: ["battery has used 98% of its rated cycles (196 of 200)"]},
     ],
@@ -125,7 +126,7 @@ class RequestTimeout(RequestError):
     status = 408
 
 
-def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
+def score_body(model: Forecaster, body: bytes) -> dict[str, Any]:
     """The response body for a raw request body (the bytes POSTed to /score).
 
     A JSON syntax error, or a body that is not an object with `data`, is a `RequestError`, worded as
@@ -144,7 +145,7 @@ def score_body(model: BatteryForecaster, body: bytes) -> dict[str, Any]:
     return _respond(model, [_check_values(*_struct_fields(item)) for item in request.data], _struct_columns)
 
 
-def score_request(model: BatteryForecaster, data: Any) -> dict[str, Any]:
+def score_request(model: Forecaster, data: Any) -> dict[str, Any]:
     """The response body for the request's parsed `data` (the list of battery items), in the items' order."""
     if not isinstance(data, list):
         raise RequestError(f"'data' must be a JSON array of battery items, got {_kind(data)}")
@@ -171,7 +172,7 @@ def find_model_dir(root: str | Path) -> Path:
 _Columns = Callable[[list, "_Batch"], dict[str, Any]]  # the history rows as one numpy column per field
 
 
-def _respond(model: BatteryForecaster, items: list[_Item], columns: _Columns) -> dict[str, Any]:
+def _respond(model: Forecaster, items: list[_Item], columns: _Columns) -> dict[str, Any]:
     """Score checked items: their rows laid out by `columns`, typed, prepared, scored."""
     batch = _flatten(items, columns)
     typed = _typed_rows(batch)
@@ -587,7 +588,7 @@ def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
         batch.flag_rows([int(rows[start])], [f"no {MEASURE_COLUMNS[lacks]} value in the whole history"])
 
 
-def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
+def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
     """Score the usable rows with the batch path's code; map each item index to its battery's numbers."""
     if typed.empty:
         return {}
@@ -595,8 +596,8 @@ def _score(model: BatteryForecaster, typed: pd.DataFrame, batch: _Batch) -> dict
     windows = build_windows(clean, as_of=None, window_days=model.window_days)
     scores, forecast = score_windows(model, windows, explain_from=EXPLAIN_FROM_PROBABILITY)
     item_of = {battery: i for i, battery in enumerate(batch.battery_ids) if batch.errors[i] is None}
-    probability = scores["failure_probability_30d"].to_numpy(np.float64)
-    days = scores["days_to_rated_life"].to_numpy(np.float64)
+    probability = scores[PROBABILITY].to_numpy(np.float64)
+    days = scores[DAYS_TO_RATED_LIFE].to_numpy(np.float64)
     reasons = scores[REASONS].to_numpy(dtype=object)
     return {
         item: (float(probability[row]), float(days[row]), forecast[row].tolist(), list(reasons[row]))
@@ -634,8 +635,8 @@ def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list
         predictions.append({
             BATTERY_ID: battery,
             CAR_ID: car,
-            "failure_probability_30d": numbers[0] if numbers else None,
-            "days_to_rated_life": numbers[1] if numbers else None,
+            PROBABILITY: numbers[0] if numbers else None,
+            DAYS_TO_RATED_LIFE: numbers[1] if numbers else None,
             "forecast_daily_cycles": numbers[2] if numbers else None,
             "error": error,
             REASONS: numbers[3] if numbers else None,

@@ -34,17 +34,16 @@ from typing import Any
 from azure.data.tables import TableClient, TableServiceClient
 
 from shared.adapters import alert_store, observability
-from shared.adapters.archive import DEADLETTER_CONTAINER
 from shared.adapters.headunit import SigningKeyUnset, TransientDeliveryError, push_alert
 from shared.adapters.storage import ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
+from shared.config.names import ALERT_POISON_QUEUE, ALERT_QUEUE, DEADLETTER_CONTAINER
 from shared.config.settings import SettingsError
 from shared.core.lifecycle import HELD, MAX_VISIBILITY
 from shared.core.telemetry import InputError
 from shared.handlers.lifecycle import stop_or_hold
 
-ALERT_QUEUE = "maintenance-alerts"
 MALFORMED = "malformed"
 
 
@@ -82,7 +81,7 @@ def process_alert_message(
         return {"alert_id": None, "car_id": None, "state": MALFORMED, "reason": str(error)}
     except TransientDeliveryError as error:
         if dequeue_count >= limit:
-            reason = f"gave up after {dequeue_count} deliveries, moved to {ALERT_QUEUE}-poison: {error}"
+            reason = f"gave up after {dequeue_count} deliveries, moved to {ALERT_POISON_QUEUE}: {error}"
             alert_store.record_given_up(table, alert, reason, now)
             observability.count_poisoned()
         raise

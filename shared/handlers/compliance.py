@@ -53,12 +53,12 @@ from shared.compliance.classifier import (
     read_components_csv,
     score_components,
 )
+from shared.config.names import COMPLIANCE_MODELS_CONTAINER as MODELS_CONTAINER
+from shared.config.names import COMPLIANCE_RESULTS_CONTAINER as RESULTS_CONTAINER
 from shared.core.alerts import AlertBatch, build_alerts, iso_utc
 from shared.core.telemetry import CAR_ID, InputError
 
-MODELS_CONTAINER = "compliance-models"
 CHAMPION_BLOB = "champion.json"
-RESULTS_CONTAINER = "compliance"
 MODEL_FILES = (MODEL_FILE, WEIGHTS_FILE)
 _VERSION = re.compile(r"cmp-[0-9a-f]{12}")  # ComplianceModel.version
 

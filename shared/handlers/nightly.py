@@ -7,29 +7,30 @@ the Function App's timers call these, so a job behaves the same from a laptop an
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from shared.adapters import observability
-from shared.adapters.archive import load_telemetry_history
+from shared.adapters.archive import load_telemetry_history, read_archive
+from shared.adapters.compaction import compact_archive
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import ensure_container, upload_bytes
 from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
+from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import AlertBatch, alerts_from_scores
 from shared.core.preparation import prepare_telemetry
-from shared.core.telemetry import DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.handlers.lifecycle import note_batteries
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
-from shared.models.scoring import score_fleet
-
-SCORES_CONTAINER = "scores"
+from shared.models.scoring import IN_SERVICE_DAYS, score_fleet
+from shared.models.training_sample import period_record, sample_batteries, select_sample, trailing_period_start
 
 Progress = Callable[[str], None]
 
@@ -85,12 +86,30 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
 
 def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path: Path, *,
                    forecast_path: Path | None = None, threshold: float | None = None,
-                   progress: Progress = _quiet) -> pd.DataFrame:
-    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only."""
+                   progress: Progress = _quiet, engine: str = "pandas", master: str | None = None) -> pd.DataFrame:
+    """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only.
+
+    engine "spark" runs the Spark job (shared/spark/job.py) on `master` instead, with the same output.
+    """
     day = parse_day(str(as_of))
     threshold = load_settings().alert_probability_threshold if threshold is None else threshold
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    if engine == "spark":
+        from shared.spark.engine import score_csv_on_spark
+
+        progress(f"scoring {data_path} with Spark ({master or 'local[*]'})")
+        scores, forecast = score_csv_on_spark(data_path, model_dir, day, threshold, master)
+    else:
+        scores, forecast = _score_csv_in_process(data_path, model_dir, day, threshold, progress)
+    _write_csv(scores, out_path)
+    if forecast_path is not None:
+        _write_csv(forecast, forecast_path)
+    return scores
+
+
+def _score_csv_in_process(data_path: Path, model_dir: Path, day: date, threshold: float,
+                          progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     progress(f"reading {data_path}")
     raw = read_telemetry_csv(data_path)
     raw = raw[raw[DATE] < pd.Timestamp(day) + pd.Timedelta(days=1)]
@@ -100,11 +119,7 @@ def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path
     progress(f"preparing {len(raw):,} rows up to {day}")
     clean, _ = prepare_telemetry(raw)
     progress("scoring the batteries in service")
-    scores, forecast = score_fleet(model, clean, day, threshold=threshold)
-    _write_csv(scores, out_path)
-    if forecast_path is not None:
-        _write_csv(forecast, forecast_path)
-    return scores
+    return score_fleet(model, clean, day, threshold=threshold)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -116,7 +131,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
-    """Retrain on the archived telemetry; promote only if the backtest beats the champion; return the outcome.
+    """Retrain on the archive's trailing period; promote only if the backtest beats the champion; return the outcome.
+
+    Bounded by the settings, not by how long the archive is or how big the fleet grows: only the last
+    RETRAIN_HISTORY_DAYS days are read, and past RETRAIN_MAX_BATTERIES batteries a stratified sample of
+    them is trained on (shared/models/training_sample.py). The model's metadata records both.
 
     With an Azure ML workspace configured, the AutoML job of the lab is submitted instead (it runs for up
     to an hour in the workspace; registration and deployment follow from the CLI or a pipeline).
@@ -127,11 +146,18 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
 
         job = submit_automl(services.azureml_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
-    raw = load_telemetry_history(services.blobs)
+    last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
+    since = trailing_period_start(last_day, settings.retrain_history_days)
+    raw = load_telemetry_history(services.blobs, since=since.date())
     if raw.empty:
-        return {"trained": None, "reason": "no archived telemetry yet", "past_due": past_due}
+        return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
+    sample = sample_batteries(raw, settings.retrain_max_batteries)
+    training_data = {"period": period_record(raw, since, settings.retrain_history_days), "sample": sample.record()}
+    raw = select_sample(raw, sample)
     clean, quality = prepare_telemetry(raw)
+    del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
+    model.metadata["training_data"] = training_data
     model_dir = services.work_dir / "candidates" / model.version
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)
@@ -141,6 +167,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
         "promoted": decision.promoted,
         "reason": decision.reason,
         "champion_before": decision.previous_champion,
+        "training_data": training_data,
         "past_due": past_due,
     }
 
@@ -150,30 +177,85 @@ def nightly_batch_score(services: Services) -> AlertBatch:
 
     Yesterday, because the night's run sees the last complete day: the same day the streaming path
     scored when that day's record arrived, so both paths name the same alert and it is delivered once.
+    Bounded memory: only the days the model's window and the in-service rule look at are read
+    (`scoring_days`), and batteries are prepared and scored BATCH_SCORE_CHUNK_BATTERIES at a time, so
+    peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
+    `scores/date=<as_of>/<model version>.parquet`.
     """
+    if services.settings.spark is not None:
+        return submit_spark_batch_score(services)
+    settings = services.settings
     now = services.clock()
     as_of = now.date() - timedelta(days=1)
     model = champion_model(services)
     if model is None:
         return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
-    raw = load_telemetry_history(services.blobs)
-    raw = raw[raw[DATE] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
-    if raw.empty:
-        return AlertBatch([], {"scored": 0, "reason": f"no telemetry on or before {as_of}"})
-    changed = note_batteries(services, raw, now)  # as the cars sent them: preparation renames a reset battery
-    clean, _ = prepare_telemetry(raw)
-    threshold = services.settings.alert_probability_threshold
-    scores, _ = score_fleet(model, clean, as_of, threshold=threshold)
+    first = as_of - timedelta(days=scoring_days(model.window_days) - 1)
+    archived = read_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
+    files = {"files_read": len(archived.files_read), "skipped_files": archived.skipped}
+    if archived.frame.empty:
+        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
+    changed = note_batteries(services, archived.frame, now)  # as sent: preparation renames a reset battery
+    threshold = settings.alert_probability_threshold
+    scores = pd.concat([score_fleet(model, prepare_telemetry(chunk)[0], as_of, threshold=threshold)[0]
+                        for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries)],
+                       ignore_index=True)  # fmt: skip
     observability.count_scored(len(scores))
     container = ensure_container(services.blobs, SCORES_CONTAINER)
-    name = f"date={as_of.isoformat()}/scores-{model.version}.csv"
-    upload_bytes(container, name, scores.to_csv(index=False, date_format="%Y-%m-%d").encode())
+    name = f"date={as_of.isoformat()}/{model.version}.parquet"
+    upload_bytes(container, name, scores.to_parquet(index=False))
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
-                                services.settings.service_booking_url, model_version=model.version)  # fmt: skip
+                                settings.service_booking_url, model_version=model.version)  # fmt: skip
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
-               "batteries_changed": changed}  # fmt: skip
+               "days_read": f"{first}..{as_of}", "batteries_changed": changed, **files}  # fmt: skip
     return AlertBatch(alerts, summary)
+
+
+def scoring_days(window_days: int) -> int:
+    """Days of archive the batch score reads up to its as-of day: the model's window, and at least the
+    in-service rule's (a battery silent for IN_SERVICE_DAYS is out of service)."""
+    return max(window_days, IN_SERVICE_DAYS)
+
+
+def car_chunks(raw: pd.DataFrame, batteries: int) -> Iterator[pd.DataFrame]:
+    """The rows in chunks of about `batteries` cars, every car's batteries in one chunk (the in-service
+    rule keeps only the newest battery of a car, so it must see them together)."""
+    codes, _ = pd.factorize(raw[CAR_ID], sort=True)
+    for _, chunk in raw.groupby(codes // batteries, sort=True):
+        yield chunk
+
+
+def compact_telemetry(services: Services) -> dict:
+    """Compact the archive's finished days (before today on the app's clock) into one file each."""
+    summary = compact_archive(services.blobs, services.clock().date(),
+                              skip_unreadable=services.settings.archive_skip_unreadable)  # fmt: skip
+    return summary.to_dict()
+
+
+def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
+    """With SPARK_TARGET set: submit the night's score as a Spark job (shared/spark/submit.py) instead.
+
+    The job writes scores/date=<as_of>/spark-<model>/ in the storage account; it runs for minutes after
+    this timer returns, so the night's alerts come from the streaming path, not from this batch.
+    Databricks is called on the app's outbound session (services.gateway); `clients` go to `submit_score`.
+    """
+    from shared.core.windows import DEFAULT_WINDOW_DAYS
+    from shared.models.scoring import IN_SERVICE_DAYS
+    from shared.spark.submit import score_arguments, submit_score
+
+    spark = services.settings.spark
+    as_of = services.clock().date() - timedelta(days=1)
+    metadata = ModelRegistry(services.blobs).champion_metadata()
+    if metadata is None:
+        return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
+    history_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS)) + IN_SERVICE_DAYS
+    arguments = score_arguments(spark, as_of, metadata["version"], services.settings.alert_probability_threshold,
+                                history_days)  # fmt: skip
+    run = submit_score(spark, arguments, services.work_dir, **{"session": services.gateway, **clients})
+    scores_uri = arguments[arguments.index("--scores-out") + 1]
+    return AlertBatch([], {"as_of": as_of.isoformat(), "scored": 0, "submitted": run,
+                           "model_version": metadata["version"], "scores_uri": scores_uri})  # fmt: skip
 
 
 def champion_model(services: Services) -> BatteryForecaster | None:

@@ -42,12 +42,13 @@ import pandas as pd
 from azure.storage.blob import ContainerClient
 
 from shared.adapters import observability
-from shared.adapters.archive import DEADLETTER_CONTAINER, archive_telemetry, dead_letter
-from shared.adapters.battery_state import TABLE as STATE_TABLE
+from shared.adapters.archive import archive_telemetry, dead_letter
 from shared.adapters.battery_state import update_states
 from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.adapters.storage import download_bytes, ensure_container, upload_json
 from shared.bootstrap import Services
+from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
+from shared.config.names import DEADLETTER_CONTAINER, PARKED_CONTAINER
 from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch, alerts_from_scores
 from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
@@ -59,7 +60,6 @@ from shared.handlers.lifecycle import note_batteries
 # well from its first night, without the streaming state having to be rebuilt.
 STATE_WINDOW_DAYS = 120
 
-PARKED_CONTAINER = "parked"
 PARKED_PREFIX = "telemetry/"
 PARKED_DEADLETTER_PREFIX = "parked/"  # in the dead-letter container: parked requests refused for good
 # Refusals after which a parked request is dead-lettered: a 4xx repeated three times, 10 minutes apart,

@@ -41,10 +41,10 @@ from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
 from shared.models.backtest import BacktestResult, run_backtest
+from shared.models.champion import METADATA_FILE
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
 MODEL_FILE = "model.txt"
-METADATA_FILE = "metadata.json"
 CARS_FILE = "cars.csv"
 CAR_CATEGORIES = ["Region", "Make", "Engine_Type"]
 CAR_NUMBERS = ["Model_Year"]

@@ -253,7 +253,7 @@ def fit_lstm(
 
 
 def training_curves(metadata: dict) -> pd.DataFrame:
-    """The final fit's per-epoch train/validation loss, as `tracking.training_curves_figure` plots it."""
+    """The final fit's per-epoch train/validation loss, as `report.training_curves_figure` plots it."""
     curves = pd.DataFrame(metadata["training_curves"], dtype=np.float64)
     curves.index = pd.RangeIndex(1, len(curves) + 1, name="epoch")
     return curves
@@ -261,7 +261,7 @@ def training_curves(metadata: dict) -> pd.DataFrame:
 
 def save_training_curves(model: LstmForecaster, model_dir: str | Path) -> Path:
     """training_results.png (train vs validation loss by epoch) in the model directory."""
-    from shared.adapters.tracking import training_curves_figure
+    from shared.models.report import training_curves_figure
 
     path = Path(model_dir) / TRAINING_CURVES_PNG
     figure = training_curves_figure(training_curves(model.metadata), title=f"LSTM {model.version}")

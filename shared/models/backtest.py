@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ import pandas as pd
 from shared.core.risk import (
     ALERT_THRESHOLD,
     HORIZON_DAYS,
+    PROBABILITY,
     RiskCalibration,
     calibrate,
     failure_risk,
@@ -38,6 +38,7 @@ from shared.core.risk import (
 )
 from shared.core.telemetry import InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory
+from shared.models.base import Forecaster
 
 EVALUATION_DAYS = 90
 CALIBRATION_SPAN_DAYS = 56
@@ -46,12 +47,9 @@ RECENT_MEAN_DAYS = 28
 RELIABILITY_BINS = 10
 # Training needs at least this many target days before the first calibration origin.
 MIN_TRAINING_DAYS = 60
+MIN_HISTORY_DAYS = EVALUATION_DAYS + HORIZON_DAYS + CALIBRATION_SPAN_DAYS + MIN_TRAINING_DAYS + 1
 METHODS = ("model", "seasonal_naive", "recent_mean")
 METHOD_TITLES = {"model": "LightGBM model", "seasonal_naive": "Seasonal naive", "recent_mean": "Recent mean"}
-
-
-class Forecaster(Protocol):
-    def forecast(self, windows: BatteryWindows) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -92,10 +90,13 @@ def run_backtest(
     progress: Callable[[str], None] | None = None,
     window_days: int = DEFAULT_WINDOW_DAYS,
     model_title: str = METHOD_TITLES["model"],
+    evaluation_history: FleetHistory | None = None,
 ) -> BacktestResult:
     """Fit with `fit(history, last_target_day)`, calibrate, evaluate model and baselines (module docstring).
 
     `model_title` names the model under test in the summary and its Markdown ("LSTM model", ...).
+    `evaluation_history` (same calendar as `history`) evaluates on other batteries than those fitted and
+    calibrated on: bench/bench_training_sample.py scores a model trained on a sample on the whole fleet.
     """
     say = progress or (lambda message: None)
     last_day = history.n_days - 1
@@ -103,9 +104,8 @@ def run_backtest(
     calibration_origins = np.arange(cutoff - HORIZON_DAYS - CALIBRATION_SPAN_DAYS, cutoff - HORIZON_DAYS + 1,
                                     ORIGIN_STRIDE)
     evaluation_origins = np.arange(cutoff, last_day - HORIZON_DAYS + 1, ORIGIN_STRIDE)
-    needed = EVALUATION_DAYS + HORIZON_DAYS + CALIBRATION_SPAN_DAYS + MIN_TRAINING_DAYS + 1
     if calibration_origins[0] < MIN_TRAINING_DAYS:
-        raise InputError(f"the backtest needs at least {needed} days of history, got {history.n_days}")
+        raise InputError(f"the backtest needs at least {MIN_HISTORY_DAYS} days of history, got {history.n_days}")
 
     say(f"backtest: fitting on targets up to {_date(history, calibration_origins[0])}")
     model = fit(history, int(calibration_origins[0]))
@@ -114,7 +114,8 @@ def run_backtest(
     say(f"backtest: calibrating on {len(calibration_origins)} origins, "
         f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}")
     held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
-    evaluated = origin_outcomes(history, evaluation_origins, forecasters, window_days)
+    evaluated_history = history if evaluation_history is None else evaluation_history
+    evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days)
 
     metrics, reliability, probabilities = score_outcomes(held_out, evaluated, threshold)
     summary = {
@@ -131,8 +132,8 @@ def run_backtest(
     }
     pooled = concatenate_outcomes(held_out, evaluated)
     evaluation = pd.DataFrame({
-        "Battery_ID": history.battery_id[evaluated.battery].astype(str),
-        "Car_ID": history.car_id[evaluated.battery].astype(str),
+        "Battery_ID": evaluated_history.battery_id[evaluated.battery].astype(str),
+        "Car_ID": evaluated_history.car_id[evaluated.battery].astype(str),
         "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
         "label": evaluated.label,
         "scored": evaluated.scored,
@@ -154,7 +155,7 @@ def score_outcomes(
         calibration = calibration_from_outcomes(held_out, method)
         probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
                                    daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
-            "failure_probability_30d"].to_numpy()
+            PROBABILITY].to_numpy()
         probabilities[method] = probability
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),

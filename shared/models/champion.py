@@ -1,16 +1,24 @@
 """The champion rule: when a newly trained model replaces the serving one, decided from backtest metrics.
 
 Pure (metadata dicts in, a decision and its reason out), so the registry (shared/adapters/registry.py),
-the comparison report and the tests apply the same rule without storage.
+the comparison report and the tests apply the same rule without storage. `read_model_metadata` is the one
+reader of a model directory's metadata.json both of them start from.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.core.telemetry import InputError
+
+METADATA_FILE = "metadata.json"  # every model directory's description: version, kind, metrics, ...
+# A model version: it names blobs and folders, so letters, digits and . _ : + - only, at most 128.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 
 LOWER_IS_BETTER = frozenset({"nrmse", "mae", "brier"})
 HIGHER_IS_BETTER = frozenset({"average_precision", "recall_at_threshold", "precision_at_threshold"})
@@ -109,3 +117,23 @@ def _better_word(metric: str) -> str:
 
 def _worse_word(metric: str) -> str:
     return "higher" if metric in LOWER_IS_BETTER else "lower"
+
+
+def read_model_metadata(model_dir: Path) -> dict:
+    """A model directory's metadata.json, checked for a usable "version"; `InputError` names the problem."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; a model directory needs metadata.json")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise InputError(f"{path}: must hold a JSON object")
+    version = metadata.get("version")
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise InputError(
+            f"{path}: \"version\" must be a string of letters, digits and . _ : + - (starting with a letter "
+            f"or digit, at most 128), got {version!r}"
+        )
+    return metadata

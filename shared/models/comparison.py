@@ -21,10 +21,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from shared.adapters.registry import read_model_metadata
 from shared.core.telemetry import InputError
 from shared.models.backtest import METHOD_TITLES
-from shared.models.champion import DEFAULT_RULE, ChampionRule, model_metrics
+from shared.models.champion import DEFAULT_RULE, ChampionRule, model_metrics, read_model_metadata
 
 METRICS = ["nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold", "alerts"]
 BASELINES = ("seasonal_naive", "recent_mean")

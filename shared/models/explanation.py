@@ -33,8 +33,8 @@ import pandas as pd
 from shared.core.windows import BatteryWindows
 from shared.models._lightgbm import BatteryForecaster
 from shared.models.backtest import recent_mean_forecast
+from shared.models.base import Forecaster
 
-REASONS = "reasons"
 # Feature reasons per battery (after the rated-life and forecast facts), and the smallest contribution
 # (as a share of the recent level) worth telling anyone about.
 TOP_FEATURES = 2
@@ -96,7 +96,7 @@ def leaf_contributions(booster: lgb.Booster) -> np.ndarray:
     return _LEAF_CONTRIBUTIONS[booster]
 
 
-def prepare_reasons(model: BatteryForecaster) -> None:
+def prepare_reasons(model: Forecaster) -> None:
     """Build what a model's reasons need ahead of time (the endpoint's init(), so no request pays for it)."""
     if getattr(model, "booster", None) is not None:  # a model kind without trees has nothing to prepare
         leaf_contributions(model.booster)
@@ -107,7 +107,7 @@ def _node_value(node: dict) -> float:
     return node["internal_value"] if "split_feature" in node else node["leaf_value"]
 
 
-def battery_reasons(model: BatteryForecaster, windows: BatteryWindows, forecast: np.ndarray) -> list[list[str]]:
+def battery_reasons(model: Forecaster, windows: BatteryWindows, forecast: np.ndarray) -> list[list[str]]:
     """Short plain reasons per battery (window order) for its forecast and failure probability.
 
     `forecast` is the model's (n, 30) forecast for these windows (score_windows has it already).

@@ -6,10 +6,15 @@ scientist can judge a model without opening metadata.json.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from shared.models.backtest import backtest_markdown
 from shared.models.fairness import fairness_markdown
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def training_report(metadata: dict[str, Any], quality: Any | None = None) -> str:
@@ -58,3 +63,25 @@ def _quality_table(counts: dict[str, Any]) -> str:
         return "Not recorded."
     rows = [f"| {name} | {value:,} |" for name, value in flat.items() if isinstance(value, int | float)]
     return "\n".join(["| problem | count |", "| --- | ---: |", *rows])
+
+
+def training_curves_figure(curves: pd.DataFrame, title: str | None = None) -> Figure:
+    """Training vs validation curves, one panel per quantity (see `TrainingRun.log_training_curves`).
+
+    matplotlib is imported here, so reading a report costs no plotting stack."""
+    from matplotlib.figure import Figure
+
+    quantities = list(dict.fromkeys(column.split("_", 1)[1] for column in curves.columns))
+    figure = Figure(figsize=(5 * len(quantities), 3.8), layout="constrained")
+    for axes, quantity in zip(figure.subplots(1, len(quantities), squeeze=False)[0], quantities, strict=True):
+        for column in curves.columns:
+            split, measured = column.split("_", 1)
+            if measured == quantity:
+                axes.plot(curves.index, curves[column], marker=".", label=split)
+        step = curves.index.name or "step"
+        axes.set(xlabel=step, ylabel=quantity, title=f"{quantity} by {step}")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    if title:
+        figure.suptitle(title)
+    return figure

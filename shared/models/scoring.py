@@ -12,22 +12,31 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, failure_risk, recent_known_days, recent_variability
+from shared.core.alerts import AS_OF, REASONS, SCORE_COLUMNS
+from shared.core.risk import (
+    ALERT_THRESHOLD,
+    DAYS_TO_RATED_LIFE,
+    HORIZON_DAYS,
+    PROBABILITY,
+    failure_risk,
+    recent_known_days,
+    recent_variability,
+)
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES, RATED_CYCLES
 from shared.core.windows import BatteryWindows, build_windows
-from shared.models._lightgbm import BatteryForecaster
-from shared.models.explanation import REASONS, battery_reasons
+from shared.models.base import Forecaster
+from shared.models.explanation import battery_reasons
 
 # A battery silent for longer than this before the as-of day is no longer counted as in service.
 IN_SERVICE_DAYS = 14
-SCORE_COLUMNS = [BATTERY_ID, CAR_ID, "failure_probability_30d", "days_to_rated_life", LIFETIME_CYCLES,
-                 RATED_CYCLES]
+# The batch scores table: the scores frame's columns but the as-of day (one day for the whole table).
+BATCH_SCORE_COLUMNS = [column for column in SCORE_COLUMNS if column != AS_OF]
 
 
 def score_windows(
-    model: BatteryForecaster, windows: BatteryWindows, *, explain_from: float | None = None
+    model: Forecaster, windows: BatteryWindows, *, explain_from: float | None = None
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per battery: SCORE_COLUMNS + As_Of + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
+    """Per battery: core.alerts.SCORE_COLUMNS + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
 
     `reasons` (plain words, a list of strings) are given to batteries with a failure probability of at
     least `explain_from`, the ones that may alert; the others, and all when it is None, get an empty
@@ -43,15 +52,15 @@ def score_windows(
     scores = pd.DataFrame({
         BATTERY_ID: windows.battery_id,
         CAR_ID: windows.car_id,
-        "failure_probability_30d": risk["failure_probability_30d"].to_numpy(),
-        "days_to_rated_life": risk["days_to_rated_life"].to_numpy(),
+        PROBABILITY: risk[PROBABILITY].to_numpy(),
+        DAYS_TO_RATED_LIFE: risk[DAYS_TO_RATED_LIFE].to_numpy(),
         LIFETIME_CYCLES: windows.lifetime_cycles,
         RATED_CYCLES: windows.rated_cycles,
-        "As_Of": pd.to_datetime(windows.as_of),
+        AS_OF: pd.to_datetime(windows.as_of),
     })
     reasons = pd.Series([[] for _ in range(len(windows))], dtype=object)
     if explain_from is not None:
-        explained = np.flatnonzero(scores["failure_probability_30d"].to_numpy() >= explain_from)
+        explained = np.flatnonzero(scores[PROBABILITY].to_numpy() >= explain_from)
         reasons[explained] = pd.Series(battery_reasons(model, windows.take(explained), forecast[explained]),
                                        index=explained, dtype=object)  # fmt: skip
     scores[REASONS] = reasons
@@ -75,23 +84,27 @@ def batteries_in_service(clean: pd.DataFrame, as_of: date) -> pd.DataFrame:
 
 
 def score_fleet(
-    model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
+    model: Forecaster, clean: pd.DataFrame, as_of: date, threshold: float = ALERT_THRESHOLD
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every battery in service on as_of from data up to as_of only.
 
-    Returns SCORES (SCORE_COLUMNS + alert = probability >= threshold + reasons, given to the alerted
+    Returns SCORES (BATCH_SCORE_COLUMNS + alert = probability >= threshold + reasons, given to the alerted
     batteries), one row per battery, and FORECAST
     (Battery_ID, Date, Daily_Cycles_Used) for each of the 30 days after as_of.
     """
     in_service = batteries_in_service(clean, as_of)
     windows = build_windows(in_service, as_of=as_of, window_days=model.window_days)
     scores, forecast = score_windows(model, windows, explain_from=threshold)
-    scores = scores[SCORE_COLUMNS].assign(alert=scores["failure_probability_30d"] >= threshold,
-                                          reasons=scores[REASONS])
+    scores = scores[BATCH_SCORE_COLUMNS].assign(alert=scores[PROBABILITY] >= threshold, reasons=scores[REASONS])
+    return scores, forecast_frame(windows.battery_id, as_of, forecast)
+
+
+def forecast_frame(battery_id: np.ndarray, as_of: date, forecast: np.ndarray) -> pd.DataFrame:
+    """The (n, 30) forecast of batteries scored as of a day as FORECAST rows (Battery_ID, Date,
+    Daily_Cycles_Used), battery by battery: the batch file, whichever engine scored it."""
     days = pd.Timestamp(as_of) + pd.to_timedelta(np.arange(1, HORIZON_DAYS + 1), unit="D")
-    forecast_frame = pd.DataFrame({
-        BATTERY_ID: np.repeat(windows.battery_id, HORIZON_DAYS),
-        DATE: np.tile(days.to_numpy(), len(windows)),
-        DAILY_CYCLES: forecast.ravel(),
+    return pd.DataFrame({
+        BATTERY_ID: np.repeat(battery_id, HORIZON_DAYS),
+        DATE: np.tile(days.to_numpy(), len(battery_id)),
+        DAILY_CYCLES: np.asarray(forecast, dtype=np.float64).reshape(-1, HORIZON_DAYS).ravel(),
     })
-    return scores, forecast_frame
