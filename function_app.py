@@ -25,6 +25,7 @@ from shared.config.names import (
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
 from shared.handlers.feedback import receive_feedback
+from shared.handlers.lifecycle import note_queued
 from shared.handlers.ops import health_report, vehicle_alerts
 from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
@@ -161,6 +162,7 @@ def _event_metadata(event: func.EventHubEvent) -> dict:
 
 
 def _queue(alerts: func.Out[list[str]], queued: list[dict]) -> None:
+    note_queued(bootstrap.current(), queued)  # the newest alert of each battery: an older one is superseded
     alerts.set([json.dumps(alert) for alert in queued])
     observability.count_queued(len(queued))
 

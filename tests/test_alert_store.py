@@ -44,7 +44,8 @@ def test_a_queued_alert_round_trips_with_its_state(alert_table, make_alert):
         "state": QUEUED, "reason": None, "attempts": 0, "last_error": None,
         "queued_at": "2017-03-20T03:00:00Z", "updated_at": "2017-03-20T03:00:00Z", "delivered_at": None,
         "seen_at": None, "dismissed_at": None, "snoozed_at": None, "snoozed_until": None, "booked_at": None,
-        "booking_ref": None, "service_at": None, "lifecycle": [{"step": QUEUED, "at": "2017-03-20T03:00:00Z"}],
+        "booking_ref": None, "service_at": None, "release_at": None,
+        "lifecycle": [{"step": QUEUED, "at": "2017-03-20T03:00:00Z"}],
     }  # fmt: skip
     assert get_alert(alert_table, alert["car_id"], "0" * 32) is None
 

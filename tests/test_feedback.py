@@ -257,8 +257,9 @@ def test_the_staff_view_shows_the_lifecycle_and_the_battery_replaced_after_a_boo
     assert [(step["step"], step["at"]) for step in record["lifecycle"]] == [
         ("queued", iso_utc(NIGHT)), ("delivered", iso_utc(NIGHT)), ("seen", iso_utc(NIGHT)),
         ("booked", iso_utc(NIGHT + timedelta(minutes=5))),
+        ("resolved", iso_utc(NIGHT + timedelta(days=3, minutes=5))),  # the battery it was about was replaced
     ]  # fmt: skip
-    assert (record["state"], record["booking_ref"], record["outcome"]) == ("delivered", "WS-9", "replaced")
+    assert (record["state"], record["booking_ref"], record["outcome"]) == ("resolved", "WS-9", "replaced")
     assert record["battery_outcome"]["replaced_by"] == "B-NEW"
     assert outcome_counts(alert_store.alerts_table(app.services.tables)) == {
         "answered": 1, "booked": 1, "replaced": 1, "booked_replaced": 1}  # fmt: skip

@@ -3,7 +3,9 @@
 One partition per car (PartitionKey = Car_ID), so a car's history is one cheap partition query:
 - an *alert row* per alert (RowKey = alert_id): the alert JSON and its state, one of
   queued → delivering → delivered | rejected | failed | unknown (failed and unknown → delivering again
-  on retry), or suppressed. `unknown` means the gateway may have the alert: the request went out and no
+  on retry), or suppressed; and the lifecycle's (shared/core/lifecycle.py): held (quiet hours, with
+  ReleaseAt), expired, superseded, retracted, and delivered → resolved (the battery was replaced).
+  `unknown` means the gateway may have the alert: the request went out and no
   answer came back (a timeout, a reset connection, the worker failing after sending);
 - a *latest row* per alert type (RowKey = "latest-<type>"): the last alert of that type the car got,
   read by the cooldown check without scanning the car's history, and the car's *cooldown hold*: which
@@ -36,6 +38,7 @@ from azure.data.tables import TableClient, TableEntity, TableErrorCode, TableSer
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 from shared.config.names import ALERTS_TABLE
 from shared.core.alerts import check_id, iso_utc, parse_iso_utc
+from shared.core.lifecycle import ENDED, EXPIRED, RESOLVED
 
 QUEUED = "queued"
 DELIVERING = "delivering"
@@ -44,8 +47,9 @@ SUPPRESSED = "suppressed"
 REJECTED = "rejected"
 FAILED = "failed"
 UNKNOWN = "unknown"
-EXPIRED = "expired"  # not delivered in time (ALERT_EXPIRY_HOURS); never delivered late
-FINAL_STATES = frozenset({DELIVERED, REJECTED, EXPIRED})
+# Final: never claimed again. The lifecycle's ends (expired, superseded, retracted, resolved) are final too,
+# so an alert retracted while its message waits is never delivered, whoever dequeues it.
+FINAL_STATES = frozenset({DELIVERED, REJECTED}) | ENDED
 OUTCOME_STATES = frozenset({DELIVERED, REJECTED, FAILED, UNKNOWN})
 # Not a row's state: what a claim reports when another alert of the same type holds the car's cooldown.
 CAR_BUSY = "car_busy"
@@ -279,8 +283,36 @@ def record_held(table: TableClient, alert: Mapping[str, Any], reason: str, now: 
     return _record_not_sent(table, alert, reason, now, lambda current: current["State"] if current else QUEUED)
 
 
+def record_lifecycle(table: TableClient, alert: Mapping[str, Any], state: str, reason: str, now: datetime,
+                     release_at: datetime | None = None) -> bool:  # fmt: skip
+    """Record a lifecycle decision on an alert that is not being sent: HELD until `release_at`, or one of
+    the ends (expired, superseded, retracted). False when the row is final or in flight (left as it is)."""
+    extra = {"ReleaseAt": iso_utc(release_at) if release_at else ""}
+    return _record_not_sent(table, alert, reason, now, lambda current: state, extra)
+
+
+def resolve_delivered(table: TableClient, car_id: str, alert_id: str, reason: str, now: datetime) -> bool:
+    """Mark a delivered alert RESOLVED (its battery was replaced), with why; False if it is not delivered
+    (any more) or changed meanwhile."""
+    try:
+        current = table.get_entity(_key(car_id, "car_id"), _key(alert_id, "alert_id"))
+    except ResourceNotFoundError:
+        return False
+    if current["State"] != DELIVERED:
+        return False
+    update = {"PartitionKey": current["PartitionKey"], "RowKey": current["RowKey"], "State": RESOLVED,
+              "Reason": reason, "UpdatedAt": iso_utc(now), "ResolvedAt": iso_utc(now)}  # fmt: skip
+    try:
+        table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
+                            match_condition=MatchConditions.IfNotModified)  # fmt: skip
+    except ResourceModifiedError:
+        return False
+    return True
+
+
 def _record_not_sent(table: TableClient, alert: Mapping[str, Any], reason: str, now: datetime,
-                     state_of: Callable[[Mapping[str, Any] | None], str]) -> bool:  # fmt: skip
+                     state_of: Callable[[Mapping[str, Any] | None], str],
+                     extra: Mapping[str, Any] | None = None) -> bool:  # fmt: skip
     """Write `reason` and the state `state_of(current row or None)` onto an alert that is not being sent.
 
     A row already delivered or rejected, or being delivered under a live lease by another invocation, is
@@ -292,7 +324,7 @@ def _record_not_sent(table: TableClient, alert: Mapping[str, Any], reason: str, 
     except ResourceNotFoundError:
         current = None
     if current is None:
-        entity = _alert_entity(alert, state_of(None), now) | {"Reason": reason}
+        entity = _alert_entity(alert, state_of(None), now) | {"Reason": reason, **(extra or {})}
         try:
             table.create_entity(entity)
             return True
@@ -301,7 +333,7 @@ def _record_not_sent(table: TableClient, alert: Mapping[str, Any], reason: str, 
     lease_live = current["State"] == DELIVERING and current.get("ClaimedUntil", "") > iso_utc(now)
     if current["State"] in FINAL_STATES or lease_live:
         return False
-    update = _alert_entity(alert, state_of(current), now) | {"Reason": reason, "ClaimedUntil": ""}
+    update = _alert_entity(alert, state_of(current), now) | {"Reason": reason, "ClaimedUntil": "", **(extra or {})}
     try:
         table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
@@ -441,7 +473,7 @@ def read_alert_row(table: TableClient, car_id: str, alert_id: str) -> TableEntit
 
 def list_alerts(table: TableClient, car_id: str) -> list[dict[str, Any]]:
     """A car's alert records, newest first: the alert's own fields plus state, reason, attempts,
-    last_error, queued_at, updated_at, delivered_at (None where not applicable), the head unit's answers
+    last_error, queued_at, updated_at, delivered_at, release_at (None where not applicable), the head unit's answers
     (seen_at, dismissed_at, snoozed_at, snoozed_until, booked_at, booking_ref, service_at) and `lifecycle`,
     the steps it went through with their times, in time order. JSON-ready."""
     query = "PartitionKey eq @car and Kind eq @kind"
@@ -500,7 +532,8 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
         "state": row["State"], "reason": optional("Reason"), "attempts": int(row.get("Attempts", 0)),
         "last_error": optional("LastError"), "queued_at": optional("QueuedAt"),
         "updated_at": optional("UpdatedAt"), "delivered_at": optional("DeliveredAt"),
-        **{field: optional(name) for field, name in _FEEDBACK_FIELDS.items()}, "lifecycle": _lifecycle(row),
+        **{field: optional(name) for field, name in _FEEDBACK_FIELDS.items()},
+        "release_at": optional("ReleaseAt"), "lifecycle": _lifecycle(row),
     }  # fmt: skip
 
 

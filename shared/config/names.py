@@ -25,7 +25,7 @@ COMPLIANCE_RESULTS_CONTAINER = "compliance"  # the nightly compliance results
 # Table Storage
 ALERTS_TABLE = "alerts"  # one row per alert: claim, delivery state, cooldown
 BATTERY_STATE_TABLE = "batterystate"  # each battery's rolling window of recent daily records
-CARS_TABLE = "cars"  # each car's profile: language and delivery channel
+CARS_TABLE = "cars"  # one profile row per car: language, delivery channel and time zone
 OPEN_LABELS_TABLE = "alertlabels"  # the outcome labels not closed yet (shared/adapters/feedback_store.py)
 
 # Event Hubs: the cars' telemetry

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from shared.config.names import EVENTHUB_CONNECTION_SETTING
 from shared.config.spark import SparkSettings, load_spark_settings
+from shared.core.lifecycle import QuietHours
 from shared.core.risk import ALERT_THRESHOLD
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
@@ -58,6 +59,8 @@ class Settings:
     iothub_connection: str | None = None
     # After a booked service's appointment, how long its battery's alerts stay quiet (shared/core/feedback.py).
     feedback_booking_grace_days: int = 14
+    # QUIET_HOURS: "HH:MM-HH:MM" in each car's local time, when non-critical alerts are held (empty: none).
+    quiet_hours: str = ""
     # The oldest telemetry record accepted, in days before its event arrived (shared/core/events.py, "date window").
     telemetry_max_age_days: int = 1000
     retrain_schedule: str = "0 0 2 * * *"
@@ -114,6 +117,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     grace = _number(env, "FEEDBACK_BOOKING_GRACE_DAYS", defaults.feedback_booking_grace_days, int)
     if not 0 <= grace <= 365:
         raise SettingsError(f"FEEDBACK_BOOKING_GRACE_DAYS must be 0 to 365, got {grace!r}")
+    quiet_hours = text("QUIET_HOURS", defaults.quiet_hours) or ""
+    if quiet_hours:
+        try:
+            QuietHours.parse(quiet_hours)
+        except ValueError as error:
+            raise SettingsError(f"QUIET_HOURS {error}") from None
     max_age = _number(env, "TELEMETRY_MAX_AGE_DAYS", defaults.telemetry_max_age_days, int)
     if not 1 <= max_age <= 7320:  # 20 years: no battery in service is older (shared/core/telemetry.py PLAUSIBLE_RANGES)
         raise SettingsError(f"TELEMETRY_MAX_AGE_DAYS must be 1 to 7320 (20 years), got {max_age!r}")
@@ -167,6 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_expiry_hours=expiry,
         iothub_connection=text("IOTHUB_CONNECTION", None),
         feedback_booking_grace_days=grace,
+        quiet_hours=quiet_hours,
         telemetry_max_age_days=max_age,
         retrain_schedule=text("RETRAIN_SCHEDULE", defaults.retrain_schedule),
         retrain_history_days=history_days,

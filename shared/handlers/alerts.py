@@ -13,6 +13,9 @@ for a message that can never be valid: retrying it only delays its record by fiv
   its record says why, the delivery raises so the queue retries, and on the last delivery, instead of
   letting the host poison it, a fresh copy goes back on the queue, hidden for `held_retry_delay`, so it
   waits there (a message a few minutes at a time, never expiring) until the key is set;
+- an alert the lifecycle stops (retracted, superseded, expired: shared/handlers/lifecycle.py) is
+  recorded so and consumed; one held for its car's quiet hours goes back on the queue as a fresh copy,
+  hidden until they end (at most the queue's 7 days), and is recorded `held` with that time;
 - everything else (delivered, rejected by the gateway, held back by the cooldown, already delivered by
   the other path) is recorded by `headunit.push_alert` and returned.
 
@@ -46,10 +49,11 @@ from shared.config.names import ALERT_POISON_QUEUE, ALERT_QUEUE, DEADLETTER_CONT
 from shared.config.settings import IOTHUB_CHANNEL, SettingsError
 from shared.core.alerts import DUPLICATE, validate_alert
 from shared.core.feedback import feedback_hold
+from shared.core.lifecycle import HELD, MAX_VISIBILITY
 from shared.core.telemetry import InputError
+from shared.handlers.lifecycle import stop_or_hold
 
 MALFORMED = "malformed"
-HELD = "held"
 
 
 def process_alert_message(
@@ -68,6 +72,12 @@ def process_alert_message(
     try:
         alert = _parse_alert(body)
         table = _alerts_table(services.tables)
+        stopped = stop_or_hold(services, table, alert, now)
+        if stopped is not None:
+            if stopped.state == HELD:
+                _requeue(services, body, min(stopped.release_at - now, MAX_VISIBILITY))
+            return {"alert_id": alert["alert_id"], "car_id": alert["car_id"], "state": stopped.state,
+                    "reason": stopped.reason}  # fmt: skip
         held = _held_by_feedback(table, alert, now, timedelta(days=settings.feedback_booking_grace_days))
         if held is not None:
             return held
@@ -152,12 +162,17 @@ def _keep_until_configured(services: Services, table: TableClient, body: str | b
     alert_store.record_held(table, alert, reason, now)
     if dequeue_count < limit:
         raise SettingsError(reason)
+    _requeue(services, body, services.delivery.held_retry_delay)
+    return {"alert_id": alert["alert_id"], "car_id": alert["car_id"], "state": HELD, "reason": reason}
+
+
+def _requeue(services: Services, body: str | bytes, hidden_for: timedelta) -> None:
+    """Put a fresh copy of a message back on the alert queue (its dequeue count starts again), invisible
+    for `hidden_for` and never expiring, in the encoding the host's queue trigger reads."""
     data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     content = base64.b64encode(data).decode("ascii") if _host_config().message_encoding == "base64" else data.decode()
     queue = services.queues.get_queue_client(ALERT_QUEUE)
-    queue.send_message(content, visibility_timeout=int(services.delivery.held_retry_delay.total_seconds()),
-                       time_to_live=-1)  # fmt: skip
-    return {"alert_id": alert["alert_id"], "car_id": alert["car_id"], "state": HELD, "reason": reason}
+    queue.send_message(content, visibility_timeout=max(0, int(hidden_for.total_seconds())), time_to_live=-1)
 
 
 def record_malformed(services: Services, body: str | bytes, reason: str, dequeue_count: int, now: datetime) -> str:

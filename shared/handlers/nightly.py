@@ -27,6 +27,7 @@ from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
 from shared.core.feedback import batteries_in_cars
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.handlers.lifecycle import note_batteries
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
@@ -196,6 +197,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     files = {"files_read": len(archived.files_read), "skipped_files": archived.skipped}
     if archived.frame.empty:
         return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
+    changed = note_batteries(services, archived.frame, now)  # as sent: preparation renames a reset battery
     threshold = settings.alert_probability_threshold
     scores = pd.concat([score_fleet(model, prepare_telemetry(chunk)[0], as_of, threshold=threshold)[0]
                         for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries)],
@@ -211,7 +213,8 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     replaced = feedback_store.record_replacements(services.tables, batteries_in_cars(archived.frame), now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
-               "days_read": f"{first}..{as_of}", "replacements_labelled": replaced, **files}  # fmt: skip
+               "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
+               "batteries_changed": changed, **files}  # fmt: skip
     return AlertBatch(alerts, summary)
 
 

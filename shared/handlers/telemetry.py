@@ -1,6 +1,7 @@
 """Ingest: what the `score_telemetry` Event Hub trigger does with one batch of car telemetry.
 
-validate → dead-letter the bad events → archive the good records → update each battery's rolling window
+validate → dead-letter the bad events → archive the good records → note each car's battery (a replacement
+or counter reset retracts the old battery's alerts: shared/handlers/lifecycle.py) → update each battery's rolling window
 → ONE scoring call for the batch → alerts for the queue. Nothing a car sent is dropped: a bad event is
 dead-lettered with its reason, an item the endpoint cannot score is recorded with the endpoint's reason,
 and a batch the endpoint cannot score is parked for `rescore_parked`.
@@ -54,6 +55,7 @@ from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
 from shared.core.feedback import batteries_in_cars
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
+from shared.handlers.lifecycle import note_batteries
 
 # Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
 # (91 today, in its metadata); the rest is headroom so a retrained model with a longer window scores
@@ -85,7 +87,8 @@ def ingest_telemetry(services: Services, bodies: list[bytes], metadata: list[dic
     dead_letter(services.blobs, bad, now, batch)
     archive_telemetry(services.blobs, good, now, batch)
     summary: dict[str, Any] = {"batch_id": batch, "events": len(bodies), "records": len(good),
-                               "dead_lettered": len(bad)}  # fmt: skip
+                               "dead_lettered": len(bad),
+                               "batteries_changed": note_batteries(services, good, now)}  # fmt: skip
     if not good.empty:  # a new Battery_ID on a car closes its old battery's outcome label
         summary["replacements_labelled"] = feedback_store.record_replacements(services.tables, batteries_in_cars(good),
                                                                               now)  # fmt: skip
