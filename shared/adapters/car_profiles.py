@@ -51,7 +51,7 @@ def write_profiles(tables: TableServiceClient, cars: pd.DataFrame) -> int:
     for position, (car, locale) in enumerate(locales.items()):
         channel = "" if channels is None or pd.isna(channels.iloc[position]) else str(channels.iloc[position])
         entity = {"PartitionKey": check_id(car, CAR_ID), "RowKey": _PROFILE_ROW, "Locale": locale, "Channel": channel}
-        table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        table.upsert_entity(entity, mode=UpdateMode.MERGE)  # merge: the lifecycle's TimeZone stays
     return len(locales)
 
 

@@ -60,6 +60,7 @@ from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.car_profiles import write_profiles
 from shared.adapters.feedback_store import outcome_counts
+from shared.adapters.lifecycle_store import write_time_zones
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.names import STORAGE_CONNECTION_SETTING
@@ -368,6 +369,7 @@ def run_main_job(
         app.clock = clock  # the one override: the app's services keep the simulated time
         record.cooldown_days = app.settings.alert_cooldown_days
         write_profiles(app.tables, fleet.cars)  # the cars' languages (by Region) and channels, as the app reads them
+        write_time_zones(app.tables, fleet.cars)  # and their time zones, for quiet hours
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
             "scoring_endpoint": scoring_uri, "head_unit_gateway": gateway.url,
