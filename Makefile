@@ -19,7 +19,7 @@ DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(
             $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS)) \
             $(if $(CHECK),--check)
 
-.PHONY: run test test-unit test-integration test-e2e lint infra-scan bench clean install
+.PHONY: run test test-unit test-integration test-e2e lint format infra-scan bench clean install
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -42,8 +42,13 @@ $(NPM_STAMP): package.json
 run: install
 	$(PY) -m shared demo --out $(RUN_DIR) $(DEMO_ARGS)
 
+# ruff check and ruff format --check: the layout is ruff format's (`make format` applies it).
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
 
 # checkov on infra/ (Bicep): zero failed checks, every template parsed, each skip justified in place.
 infra-scan: $(CHECKOV_STAMP)

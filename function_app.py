@@ -74,7 +74,10 @@ def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[li
 
 
 @app.event_hub_message_trigger(
-    arg_name="events", event_hub_name=TELEMETRY_EVENT_HUB, connection=EVENTHUB_CONNECTION_SETTING, cardinality="many",
+    arg_name="events",
+    event_hub_name=TELEMETRY_EVENT_HUB,
+    connection=EVENTHUB_CONNECTION_SETTING,
+    cardinality="many",
     consumer_group="%EVENTHUB_CONSUMER_GROUP%",
 )
 @app.retry(strategy="exponential_backoff", max_retry_count="4", minimum_interval="00:00:05",

@@ -116,8 +116,10 @@ def _vocabulary(model) -> None:
     loaded = time.perf_counter() - start
     print(f"\nlexicon {LEXICON_FILE.name}: {LEXICON_FILE.stat().st_size / 1024:.0f} KB, {len(lexicon.conditions)} "
           f"condition and {len(lexicon.materials)} material phrases, loaded in {loaded * 1000:.0f} ms\n")  # fmt: skip
-    print("| vocabulary | reader | accuracy | recall non-compliant | review rate | accuracy of decided | "
-          "undecidable decided |")
+    print(
+        "| vocabulary | reader | accuracy | recall non-compliant | review rate | accuracy of decided | "
+        "undecidable decided |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
     for which in ("dev", "test"):

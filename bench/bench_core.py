@@ -81,8 +81,10 @@ def main() -> None:
 
     metrics = model.metadata["backtest"]["metrics"]
     for method, values in metrics.items():
-        print(f"  backtest {method:<15} nrmse {values['nrmse']:.4f}  brier {values['brier']:.5f}  "
-              f"average precision {values['average_precision']:.4f}")
+        print(
+            f"  backtest {method:<15} nrmse {values['nrmse']:.4f}  brier {values['brier']:.5f}  "
+            f"average precision {values['average_precision']:.4f}"
+        )
 
     wide = wide_fleet(clean, args.batteries)
     as_of = wide["Date"].max().date()
@@ -95,8 +97,10 @@ def main() -> None:
         scores, _ = score_fleet(model, wide, as_of)
     total = figures["  build_windows"] + figures["  score_windows"]
     end_to_end = figures["  score_fleet end to end (selection included)"]
-    print(f"batch scoring throughput: {len(windows) / total:,.0f} batteries/s (build_windows + score_windows, "
-          f"{total:.1f} s for {len(windows):,}); score_fleet: {len(scores) / end_to_end:,.0f} batteries/s")
+    print(
+        f"batch scoring throughput: {len(windows) / total:,.0f} batteries/s (build_windows + score_windows, "
+        f"{total:.1f} s for {len(windows):,}); score_fleet: {len(scores) / end_to_end:,.0f} batteries/s"
+    )
 
 
 if __name__ == "__main__":

@@ -48,20 +48,25 @@ def main() -> None:
     timed("booster.predict", lambda: forecaster.booster.predict(features, num_threads=1))
     timed("leaf table (once per model)", lambda: leaf_contributions(forecaster.booster))
     path = timed("path contributions", lambda: contributions(forecaster, windows)).drop(columns="bias").to_numpy()
-    shap = timed("TreeSHAP (pred_contrib)", lambda: forecaster.booster.predict(features, pred_contrib=True,
-                                                                                num_threads=1))[:, :-1]
+    shap = timed(
+        "TreeSHAP (pred_contrib)", lambda: forecaster.booster.predict(features, pred_contrib=True, num_threads=1)
+    )[:, :-1]
     agree = (np.argsort(-path, axis=1)[:, :2] == shap.argmax(axis=1)[:, None]).any(axis=1).mean()
     correlation = np.mean([np.corrcoef(p, s)[0, 1] for p, s in zip(path, shap, strict=True)])
-    print(f"TreeSHAP's strongest feature among the path's two strongest: {agree:.0%} of batteries; "
-          f"mean per-battery correlation {correlation:.2f}")
+    print(
+        f"TreeSHAP's strongest feature among the path's two strongest: {agree:.0%} of batteries; "
+        f"mean per-battery correlation {correlation:.2f}"
+    )
     forecast = forecaster.forecast(windows)
     timed("battery_reasons", lambda: battery_reasons(forecaster, windows, forecast))
     timed("score_windows, no reasons", lambda: score_windows(forecaster, windows))
     scores, _ = score_windows(forecaster, windows)
     for threshold in (0.8, 0.5):
         share = (scores["failure_probability_30d"] >= threshold).mean()
-        timed(f"score_windows, p>={threshold} ({share:.1%})", lambda t=threshold: score_windows(forecaster, windows,
-                                                                                    explain_from=t))
+        timed(
+            f"score_windows, p>={threshold} ({share:.1%})",
+            lambda t=threshold: score_windows(forecaster, windows, explain_from=t),
+        )
 
 
 if __name__ == "__main__":

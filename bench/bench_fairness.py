@@ -61,8 +61,10 @@ def main() -> None:
                 "cpu s": time.process_time() - started,
             })  # fmt: skip
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
-    print(f"\n{args.cars} cars, {args.start} to {args.end}; Region recall gap of each model "
-          "(90% bootstrap interval over cars; exceeded = the whole interval above the 0.05 limit):")
+    print(
+        f"\n{args.cars} cars, {args.start} to {args.end}; Region recall gap of each model "
+        "(90% bootstrap interval over cars; exceeded = the whole interval above the 0.05 limit):"
+    )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

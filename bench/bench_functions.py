@@ -147,8 +147,9 @@ def measure_alerts(host: FunctionsHost, connection: str, count: int) -> dict:
     if host.config.message_encoding != "base64":
         raise RuntimeError("host.json messageEncoding is not base64: adapt the queue client here")
     host.drain_queue("push_alert")  # the alerts score_telemetry queued: delivered first, not measured
-    queue = queue_service(connection).get_queue_client(function_app.ALERT_QUEUE,
-                                                        message_encode_policy=TextBase64EncodePolicy())
+    queue = queue_service(connection).get_queue_client(
+        function_app.ALERT_QUEUE, message_encode_policy=TextBase64EncodePolicy()
+    )
     with contextlib.suppress(ResourceExistsError):
         queue.create_queue()
     for alert in alerts:
@@ -207,11 +208,11 @@ def main() -> int:
 
         if args.profile:
             bodies, keys, arrived = profiled
-            profile("one batch of 500 events through score_telemetry",
-                    lambda: hosts[500].deliver_events("score_telemetry", bodies[:500], keys[:500],
-                                                      enqueued_time=arrived))
-            profile("push_alert draining the alerts that batch queued",
-                    lambda: hosts[500].drain_queue("push_alert"))
+            profile(
+                "one batch of 500 events through score_telemetry",
+                lambda: hosts[500].deliver_events("score_telemetry", bodies[:500], keys[:500], enqueued_time=arrived),
+            )
+            profile("push_alert draining the alerts that batch queued", lambda: hosts[500].drain_queue("push_alert"))
 
     print(f"\nscore_telemetry: {args.cars:,} cars, one event per car and day, windows of {STATE_WINDOW_DAYS} days")
     print("| batch size | events | seconds | events/s | seconds per batch | CPU s per batch: app / endpoint / "
@@ -222,9 +223,11 @@ def main() -> int:
         print(f"| {size} | {result['events']:,} | {result['seconds']} | {result['events_per_s']:,} | "
               f"{result['batch_s_mean']} | {cpu} | {result['alerts_queued']} |")  # fmt: skip
     cpu = " / ".join(f"{ms}" for ms in alert_result["cpu_ms_per_alert"].values())
-    print(f"\npush_alert: {alert_result['alerts']:,} alerts in {alert_result['seconds']} s = "
-          f"{alert_result['alerts_per_s']} alerts/s ({alert_result['failed_attempts']} failed attempts); "
-          f"CPU ms per alert, app / endpoint / Azurite: {cpu}")
+    print(
+        f"\npush_alert: {alert_result['alerts']:,} alerts in {alert_result['seconds']} s = "
+        f"{alert_result['alerts_per_s']} alerts/s ({alert_result['failed_attempts']} failed attempts); "
+        f"CPU ms per alert, app / endpoint / Azurite: {cpu}"
+    )
     print(f"load average during the run: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     best = max(result["events_per_s"] for result in results.values())
     verdict = "meets" if best >= TARGET_EVENTS_PER_S else "is BELOW"

@@ -33,9 +33,11 @@ def main() -> None:
     model = lstm.train_lstm(clean, quality=quality.to_dict())
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     params, metrics = model.metadata["lstm_params"], model.metadata["backtest"]["metrics"]
-    print(f"train_lstm on {args.cars} cars, {args.threads} torch thread(s): {cpu:.1f} s CPU, {wall:.1f} s wall; "
-          f"final fit {params['epochs_run']} of {params['epochs']} epochs (best {params['best_epoch']}), "
-          f"{model.metadata['training_rows']} training rows")
+    print(
+        f"train_lstm on {args.cars} cars, {args.threads} torch thread(s): {cpu:.1f} s CPU, {wall:.1f} s wall; "
+        f"final fit {params['epochs_run']} of {params['epochs']} epochs (best {params['best_epoch']}), "
+        f"{model.metadata['training_rows']} training rows"
+    )
     for method, values in metrics.items():
         print(f"  {method:15s} NRMSE {values['nrmse']:.4f}  Brier {values['brier']:.2e}")
 

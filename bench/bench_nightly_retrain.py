@@ -89,17 +89,23 @@ def main() -> None:
     args = parser.parse_args()
     with running_azurite() as azurite, tempfile.TemporaryDirectory() as scratch:
         archived = archive_fleet(azurite.connection_string, args.cars, args.years)
-        print(f"{args.cars:,} cars x {args.years} years: {archived['blobs']:,} blobs, {archived['rows']:,} rows "
-              f"from {archived['first_day']} (archived in {archived['archive_s']:.0f} s)", flush=True)
+        print(
+            f"{args.cars:,} cars x {args.years} years: {archived['blobs']:,} blobs, {archived['rows']:,} rows "
+            f"from {archived['first_day']} (archived in {archived['archive_s']:.0f} s)",
+            flush=True,
+        )
         for number, code in enumerate(args.code):
             work_dir = Path(scratch) / f"run-{number}"
             work_dir.mkdir()
             result = run_retrain(code.resolve(), azurite.connection_string, work_dir)
             outcome = result["outcome"]
-            print(f"  {code}: wall {result['wall_s']:.1f} s, CPU {result['cpu_s']:.1f} s, "
-                  f"peak RSS {result['peak_rss_mb']:,.0f} MB, load average {result['load'][0]:.1f} -> "
-                  f"{result['load'][3]:.1f}; trained {outcome.get('trained')} on "
-                  f"{json.dumps(outcome.get('training_data', 'the whole archive'))}", flush=True)
+            print(
+                f"  {code}: wall {result['wall_s']:.1f} s, CPU {result['cpu_s']:.1f} s, "
+                f"peak RSS {result['peak_rss_mb']:,.0f} MB, load average {result['load'][0]:.1f} -> "
+                f"{result['load'][3]:.1f}; trained {outcome.get('trained')} on "
+                f"{json.dumps(outcome.get('training_data', 'the whole archive'))}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,11 @@ def main() -> None:
     args = parser.parse_args()
 
     start = trailing_period_start(np.datetime64(LAST_DAY), args.history_days)
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
-          f"{args.cars:,} cars, {start:%Y-%m-%d} to {LAST_DAY} ({args.history_days} days)", flush=True)
+    print(
+        f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+        f"{args.cars:,} cars, {start:%Y-%m-%d} to {LAST_DAY} ({args.history_days} days)",
+        flush=True,
+    )
     raw = simulate_fleet(args.cars, start.date(), LAST_DAY, seed=args.fleet_seed).telemetry
     clean, _ = prepare_telemetry(raw)
     history = build_history(clean)
@@ -81,8 +84,12 @@ def main() -> None:
             ids = None if size is None else sample_batteries(raw, size, seed=seed).battery_ids
             row = measure(history, ids, seed)
             results.setdefault(label, []).append(row)
-            print(f"  {label:>5} seed {seed}: " + " ".join(f"{m} {row[m]:.4f}" for m in METRICS)
-                  + f" ({row['batteries']} lives, {time.perf_counter() - began:.0f} s)", flush=True)
+            print(
+                f"  {label:>5} seed {seed}: "
+                + " ".join(f"{m} {row[m]:.4f}" for m in METRICS)
+                + f" ({row['batteries']} lives, {time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
 
     print("\n| sample | " + " | ".join(f"{m} (mean ± sd)" for m in METRICS) + " |")
     print("| --- |" + " ---: |" * len(METRICS))

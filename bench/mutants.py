@@ -145,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
             report = Path(scratch) / f"{name or 'none'}.xml"
-            environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(root / "bench" / "mutant_site"), str(root), os.environ.get("PYTHONPATH")]))}
+            environment = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(root / "bench" / "mutant_site"), str(root), os.environ.get("PYTHONPATH")])
+                ),
+            }
             environment.pop(ENVIRONMENT_VARIABLE, None)
             if name:
                 environment[ENVIRONMENT_VARIABLE] = name
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, failed_count, run, end_to_end, seconds in rows:
         what = MUTANTS[name].what if name in MUTANTS else "the product as it is"
         print(f"| {name} | {what} | {failed_count} of {run} | {'yes' if end_to_end else 'no'} | {seconds} |")
-    weak = [row[0] for row in rows[1 - args.no_baseline:] if row[1] < 5 or not row[3]]
+    weak = [row[0] for row in rows[1 - args.no_baseline :] if row[1] < 5 or not row[3]]
     baseline_failed = not args.no_baseline and rows[0][1] > 0
     return 1 if weak or baseline_failed else 0
 

@@ -13,8 +13,18 @@ INFRA = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    command = [sys.executable, "-m", "checkov.main", "--directory", str(INFRA), "--framework", "bicep",
-               "--skip-download", "--output", "json"]
+    command = [
+        sys.executable,
+        "-m",
+        "checkov.main",
+        "--directory",
+        str(INFRA),
+        "--framework",
+        "bicep",
+        "--skip-download",
+        "--output",
+        "json",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         report = json.loads(completed.stdout)
@@ -33,8 +43,9 @@ def main() -> int:
         print(f"skipped {check['check_id']} {check['resource']}: {check['check_result'].get('suppress_comment')}")
     for error in unparsed:
         print(f"NOT PARSED {error}")
-    print(f"checkov on infra/: {passed} passed, {len(failed)} failed, {len(skipped)} skipped, "
-          f"{len(unparsed)} not parsed")
+    print(
+        f"checkov on infra/: {passed} passed, {len(failed)} failed, {len(skipped)} skipped, {len(unparsed)} not parsed"
+    )
     return 1 if failed or unparsed else 0
 
 

@@ -68,8 +68,7 @@ class Services:
     iothub_client: Callable[[str], Any] = registry_manager
 
 
-def build_services(environ: Mapping[str, str] | None = None, *,
-                   clock: Callable[[], datetime] = utc_now) -> Services:
+def build_services(environ: Mapping[str, str] | None = None, *, clock: Callable[[], datetime] = utc_now) -> Services:
     """The services the app settings in `environ` (default: the process environment) describe."""
     env = os.environ if environ is None else environ
     settings = load_settings(env)

@@ -74,8 +74,9 @@ def save_stand_in(folder: Path, columns: list[str] = FUTURE_COLUMNS) -> float:
     example = seen[[c for c in columns if c in seen.columns]].head(5)
     for missing in (c for c in columns if c not in seen.columns):
         example[missing] = 1.0
-    mlflow.pyfunc.save_model(str(folder), python_model=StandInForecaster(rate),
-                             signature=infer_signature(example, np.zeros(len(example))))
+    mlflow.pyfunc.save_model(
+        str(folder), python_model=StandInForecaster(rate), signature=infer_signature(example, np.zeros(len(example)))
+    )
     return rate
 
 
@@ -85,8 +86,9 @@ def save_oracle(folder: Path) -> None:
     truth = dict(zip(clean[BATTERY_ID].astype(str) + "|" + clean[DATE].dt.strftime("%Y-%m-%d"), clean[DAILY_CYCLES],
                      strict=True))  # fmt: skip
     example = clean[[c for c in FUTURE_COLUMNS if c in clean.columns]].head(5)
-    mlflow.pyfunc.save_model(str(folder), python_model=OracleForecaster(truth),
-                             signature=infer_signature(example, np.zeros(len(example))))
+    mlflow.pyfunc.save_model(
+        str(folder), python_model=OracleForecaster(truth), signature=infer_signature(example, np.zeros(len(example)))
+    )
 
 
 @functools.cache
@@ -95,6 +97,7 @@ def wrapped_model_dir() -> Path:
     work = Path(tempfile.mkdtemp(prefix="mlflow-model-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     save_stand_in(work / "downloaded")
-    wrap_mlflow_model(work / "downloaded", clean_telemetry(), TRAINED_UNTIL, work / "model",
-                      source={"automl_parent_job": "stand-in"})
+    wrap_mlflow_model(
+        work / "downloaded", clean_telemetry(), TRAINED_UNTIL, work / "model", source={"automl_parent_job": "stand-in"}
+    )
     return work / "model"

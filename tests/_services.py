@@ -293,4 +293,3 @@ def _json_or_text(content: str) -> Any:
         return json.loads(content)
     except ValueError:
         return content
-

@@ -100,8 +100,7 @@ def test_severity_is_critical_within_seven_days_or_past_rated_life(days, lifetim
         (0.4, 150.0, "Your battery is expected to reach the end of its rated life within a day."),
         (0.0, 150.0, "Your battery is expected to reach the end of its rated life within a day."),
         (0.0, 200.0, "Your battery has reached the end of its rated life."),
-        (float("nan"), 150.0,
-         "Your battery is likely to reach the end of its rated life within the next 30 days."),
+        (float("nan"), 150.0, "Your battery is likely to reach the end of its rated life within the next 30 days."),
     ],
 )
 def test_message_says_what_and_when_in_plain_words(days, lifetime, message):

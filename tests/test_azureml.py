@@ -87,7 +87,8 @@ def test_mltable_folder_holds_the_csv_and_how_to_read_it(tmp_path: Path) -> None
     assert mltable["paths"] == [{"file": "./daily-battery-time-series.csv"}]
     assert mltable["transformations"][0]["read_delimited"]["header"] == "all_files_same_headers"
     assert (folder / "daily-battery-time-series.csv").read_text().splitlines() == [
-        ",".join(COLUMNS), "2017-03-19,17,CAR-00017,1538,5,61.2,0.15,196.4,200"
+        ",".join(COLUMNS),
+        "2017-03-19,17,CAR-00017,1538,5,61.2,0.15,196.4,200",
     ]
     data = azureml.telemetry_data_asset(folder)._to_dict()
     assert (data["name"], data["type"], data.get("version")) == ("daily-battery-time-series", "mltable", None)
@@ -193,8 +194,11 @@ class RecordingArm(BaseAdapter):
                 return answer
         if method == "PUT":
             resource = {**body, "id": WORKSPACE_PATH + path, "name": path.rsplit("/", 1)[-1]}
-            resource["properties"] = {**resource.get("properties", {}), **self.extra_properties,
-                                      "provisioningState": "Succeeded"}
+            resource["properties"] = {
+                **resource.get("properties", {}),
+                **self.extra_properties,
+                "provisioningState": "Succeeded",
+            }
             return 201, resource
         return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
 
@@ -235,8 +239,11 @@ def test_workspace_client_needs_all_three_settings() -> None:
 
 
 def test_submit_automl_creates_the_missing_compute_then_the_job_on_the_latest_data() -> None:
-    data_version = {"id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4", "name": "4",
-                    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"}}
+    data_version = {
+        "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
+        "name": "4",
+        "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
+    }
     client, arm = recording_client({
         ("GET", "/data/daily-battery-time-series"): (200, {"properties": {"latestVersion": "4"}}),
         ("GET", "/data/daily-battery-time-series/versions/4"): (200, data_version),
@@ -318,8 +325,11 @@ def test_cli_dry_runs_print_yaml_and_need_no_workspace(tmp_path: Path, capsys, m
         monkeypatch.delenv(name, raising=False)
     assert main(["azureml", "submit-automl", "--dry-run"]) == 0
     compute, job = yaml.safe_load_all(capsys.readouterr().out)
-    assert (compute["size"], job["experiment_name"], job["limits"]["exit_score"]) == ("STANDARD_DS3_v2",
-                                                                                      "Battery-Cycles-Forecast", 0.1355)
+    assert (compute["size"], job["experiment_name"], job["limits"]["exit_score"]) == (
+        "STANDARD_DS3_v2",
+        "Battery-Cycles-Forecast",
+        0.1355,
+    )
     assert main(["azureml", "deploy", "--dry-run", "--model", "battery-cycles-forecaster:3",
                  "--work-dir", str(tmp_path / "code")]) == 0  # fmt: skip
     endpoint, deployment = yaml.safe_load_all(capsys.readouterr().out)
@@ -420,8 +430,11 @@ def test_the_forecast_series_id_is_a_list_of_column_names_after_the_round_trip()
 def test_a_loaded_job_sends_the_same_request() -> None:
     """Through MLClient and the recording transport: the job loaded from the dry-run YAML and the job the
     CLI submits send one body (but for the random display name each submission gets)."""
-    data_version = {"id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/7", "name": "7",
-                    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"}}
+    data_version = {
+        "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/7",
+        "name": "7",
+        "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
+    }
     bodies = []
     for job in (azureml.automl_job("7"), load_entity(yaml.safe_load(azureml.to_yaml(azureml.automl_job("7"))))):
         client, arm = recording_client({("GET", "/data/daily-battery-time-series/versions/7"): (200, data_version)})

@@ -30,8 +30,10 @@ def test_every_command_explains_itself(command, capsys):
             "column Daily_Trip_Duration: not a number on line 3",
         ),
         *[
-            (f"{HEADER}\n{GOOD}\n{GOOD.replace('2017-03-19', day)}\n",
-             f"column Date: outside the dates this system holds (1677-09-22 to 2262-04-11) on line 3 ('{day}')")
+            (
+                f"{HEADER}\n{GOOD}\n{GOOD.replace('2017-03-19', day)}\n",
+                f"column Date: outside the dates this system holds (1677-09-22 to 2262-04-11) on line 3 ('{day}')",
+            )
             for day in ("9999-12-31", "0001-01-01", "3000-01-01")
         ],
     ],
@@ -43,8 +45,17 @@ def test_bad_csv_stops_with_exit_code_2_naming_file_and_column(tmp_path, capsys,
     model_dir = tmp_path / "model"
     args = {
         "train": ["train", "--data", str(data), "--model-dir", str(model_dir)],
-        "score": ["score", "--data", str(data), "--model-dir", str(model_dir), "--as-of", "2017-03-19",
-                  "--out", str(tmp_path / "scores.csv")],
+        "score": [
+            "score",
+            "--data",
+            str(data),
+            "--model-dir",
+            str(model_dir),
+            "--as-of",
+            "2017-03-19",
+            "--out",
+            str(tmp_path / "scores.csv"),
+        ],
         "prepare": ["prepare", "--data", str(data), "--out", str(tmp_path / "clean.csv")],
     }[command]
     assert main(args) == 2
@@ -56,8 +67,19 @@ def test_bad_csv_stops_with_exit_code_2_naming_file_and_column(tmp_path, capsys,
 def test_score_rejects_a_malformed_day(tmp_path, capsys):
     data = tmp_path / "telemetry.csv"
     data.write_text(f"{HEADER}\n{GOOD}\n")
-    code = main(["score", "--data", str(data), "--model-dir", str(tmp_path), "--as-of", "19/03/2017",
-                 "--out", str(tmp_path / "s.csv")])
+    code = main(
+        [
+            "score",
+            "--data",
+            str(data),
+            "--model-dir",
+            str(tmp_path),
+            "--as-of",
+            "19/03/2017",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     assert code == 2
     assert "--as-of must be a day as YYYY-MM-DD, got '19/03/2017'" in capsys.readouterr().err
 

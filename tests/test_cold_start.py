@@ -109,7 +109,7 @@ def test_shared_has_no_import_cycle_at_module_level() -> None:
         stack.append(name)
         for target in sorted(graph[name]):
             if state.get(target) == "open":
-                cycles.append([*stack[stack.index(target):], target])
+                cycles.append([*stack[stack.index(target) :], target])
             elif target not in state:
                 visit(target)
         stack.pop()

@@ -52,9 +52,13 @@ def test_the_page_marks_the_candidate_the_champion_rule_picks_and_embeds_pngs(tm
 
 
 def test_the_fairness_table_and_data_quality_are_rendered_when_recorded(tmp_path: Path) -> None:
-    fairness = {"limit": {"recall_gap": 0.05},
-                "by_group": [{"attribute": "Region", "group": "North", "recall": 0.61, "selection_rate": 0.2},
-                             {"attribute": "Region", "group": "South", "recall": 0.83, "selection_rate": 0.3}]}
+    fairness = {
+        "limit": {"recall_gap": 0.05},
+        "by_group": [
+            {"attribute": "Region", "group": "North", "recall": 0.61, "selection_rate": 0.2},
+            {"attribute": "Region", "group": "South", "recall": 0.83, "selection_rate": 0.3},
+        ],
+    }
     page = comparison_html(load_candidates([model_dir(), second_model(tmp_path, 1.1, fairness)]))
     assert "<td class='text'>North</td>" in page and "<td>0.61</td>" in page
     assert "No fairness assessment recorded" in page  # the first model has none

@@ -277,7 +277,8 @@ def test_train_then_score_from_the_command_line(components, tmp_path, monkeypatc
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {TRAINING_RESULTS_PNG, "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(run_id, "model")} == {
-        "model/compliance_model.json", "model/compliance_weights.npz"
+        "model/compliance_model.json",
+        "model/compliance_weights.npz",
     }
 
     catalogue = tmp_path / "catalogue.csv"

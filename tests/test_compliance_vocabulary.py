@@ -121,8 +121,11 @@ def test_on_held_out_vocabulary_more_notes_are_decided_and_none_is_guessed(model
     assert after["undecidable_decided"] <= 0.06
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.4 targets not met: WordNet does not know idioms ('seen better "
-                   "days'), trade names and abbreviations (PEEK, Delrin), nor many inflected forms; see README")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17.4 targets not met: WordNet does not know idioms ('seen better "
+    "days'), trade names and abbreviations (PEEK, Delrin), nor many inflected forms; see README",
+)
 def test_issue_17_targets_on_held_out_vocabulary(held_out_test):
     metrics, _ = held_out_test
     assert metrics["accuracy"] >= TARGETS["accuracy"]

@@ -70,8 +70,10 @@ BAD_EVENTS = {  # kind: (body, words the reason must contain)
     "future date": (body(record(Date="2017-03-23")), "Date: future date 2017-03-23 (the event arrived on 2017-03-21"),
     "far future date": (body(record(Date="3000-01-01")), "Date: future date 3000-01-01"),
     "last day of 9999": (body(record(Date="9999-12-31")), "Date: future date 9999-12-31"),
-    "too old": (body(record(Date="2014-06-24")), "Date: too old 2014-06-24 (the event arrived on 2017-03-21; "
-                "records before 2014-06-25 are refused)"),
+    "too old": (
+        body(record(Date="2014-06-24")),
+        "Date: too old 2014-06-24 (the event arrived on 2017-03-21; records before 2014-06-25 are refused)",
+    ),
     "first day of 0001": (body(record(Date="0001-01-01")), "Date: too old 0001-01-01"),
 }
 
@@ -174,7 +176,6 @@ def test_a_dead_letter_round_trips_through_json():
     _, dead = parse_events([b"\x80"], [{"enqueued_time": "2017-03-20T01:02:03+00:00"}])
 
     assert DeadLetter.from_dict(json.loads(json.dumps(dead[0].to_dict()))) == dead[0]
-
 
 
 def test_the_date_window_is_relative_to_each_events_enqueued_time():

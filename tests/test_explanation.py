@@ -83,8 +83,10 @@ def test_the_forecast_reason_compares_with_the_recent_pace(windows):
     recent = np.nanmean(one.daily_cycles[0, -28:])
     forecast = np.full((1, 30), recent * 1.2)
     [reasons] = battery_reasons(model(), one, forecast)
-    assert reasons[1] == f"expected to use {recent * 36:.1f} cycles in the next 30 days (20% above its pace over the " \
-                         "last 28 days)"
+    assert (
+        reasons[1] == f"expected to use {recent * 36:.1f} cycles in the next 30 days (20% above its pace over the "
+        "last 28 days)"
+    )
 
 
 def test_a_surge_in_driving_is_named_among_the_reasons(windows):
@@ -97,8 +99,9 @@ def test_a_surge_in_driving_is_named_among_the_reasons(windows):
     _, calm_forecast = score_windows(model(), calm)
     scores, surge_forecast = score_windows(model(), surge, explain_from=0.0)
     assert (surge_forecast.sum(axis=1) > calm_forecast.sum(axis=1)).mean() > 0.9
-    named = [any(text.startswith(("driving time up", "battery use up")) for text in reasons)
-             for reasons in scores["reasons"]]
+    named = [
+        any(text.startswith(("driving time up", "battery use up")) for text in reasons) for reasons in scores["reasons"]
+    ]
     assert np.mean(named) > 0.8, scores["reasons"].tolist()
 
 
@@ -107,11 +110,17 @@ def test_feature_reasons_read_right_for_constructed_values():
                              "Region": [2.0, np.nan]})  # fmt: skip
     metadata = {"car_categories": {"Region": ["Atlantic", "Continental", "Nordic"]}}
     assert FEATURE_REASONS["minutes_7_ratio"](features, metadata).tolist() == [
-        "driving time up 35% over the last 7 days", "driving time down 20% over the last 7 days"]
+        "driving time up 35% over the last 7 days",
+        "driving time down 20% over the last 7 days",
+    ]
     assert FEATURE_REASONS["Region"](features, metadata).tolist() == [
-        "Nordic region climate (winter usage)", "unknown region climate (summer usage)"]
-    assert FEATURE_REASONS["month"](features, metadata).tolist() == ["seasonal usage for January",
-                                                                     "seasonal usage for July"]
+        "Nordic region climate (winter usage)",
+        "unknown region climate (summer usage)",
+    ]
+    assert FEATURE_REASONS["month"](features, metadata).tolist() == [
+        "seasonal usage for January",
+        "seasonal usage for July",
+    ]
 
 
 def test_reasons_reach_the_alert_of_the_batch_path(windows):

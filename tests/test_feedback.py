@@ -94,8 +94,9 @@ def test_after_a_dismissal_and_a_booking_neither_path_delivers_the_next_alerts(a
     assert (drain.succeeded, drain.failed_attempts) == (4, 0)
     for car in AT_RISK:
         assert app.simulator.received(car) == [first[car]]  # nothing new reached either head unit
-    next_soon, next_past = (stored(app, {"car_id": car, "alert_id": expected_id(car)}) for car in ("CAR-SOON",
-                                                                                                   "CAR-PAST"))
+    next_soon, next_past = (
+        stored(app, {"car_id": car, "alert_id": expected_id(car)}) for car in ("CAR-SOON", "CAR-PAST")
+    )
     assert (next_soon["state"], next_soon["severity"]) == ("suppressed", HIGH)
     assert next_soon["reason"].startswith("dismissed: a high alert was dismissed")
     assert next_past["state"] == "suppressed"

@@ -39,8 +39,20 @@ def test_save_and_load_round_trip_gives_identical_forecasts_and_metadata(tmp_pat
     np.testing.assert_array_equal(loaded.calibration.z_quantiles, trained.calibration.z_quantiles)
     assert loaded.version == trained.version
     metadata = json.loads((tmp_path / "metadata.json").read_text())
-    for key in ("version", "trained_at", "data_range", "n_batteries", "features", "window_days", "horizon_days",
-                "library_versions", "backtest", "data_quality", "model_kind", "calibration"):
+    for key in (
+        "version",
+        "trained_at",
+        "data_range",
+        "n_batteries",
+        "features",
+        "window_days",
+        "horizon_days",
+        "library_versions",
+        "backtest",
+        "data_quality",
+        "model_kind",
+        "calibration",
+    ):
         assert key in metadata, key
     assert metadata["horizon_days"] == 30
     assert metadata["data_quality"] == {"source": "test fleet"}

@@ -216,8 +216,8 @@ def storage_names_in_code() -> dict[str, set[str]]:
 def documented_manual_settings() -> set[str]:
     """The settings README's "Deploying to Azure" lists as not set by the template."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Deploying to Azure"):]
-    section = section[section.index("App settings the template does not set"):]
+    section = readme[readme.index("### Deploying to Azure") :]
+    section = section[section.index("App settings the template does not set") :]
     table = section[: section.index("\n\n", section.index("| --- |"))]
     return {name for row in table.splitlines()[2:] for name in re.findall(r"`([A-Za-z0-9_]+)`", row.split("|")[1])}
 
@@ -273,23 +273,34 @@ def test_function_app_runs_python_3_11_on_flex_consumption_as_the_user_assigned_
     assert properties["httpsOnly"] is True and properties["keyVaultReferenceIdentity"] == "identityId"
     config = properties["functionAppConfig"]
     assert config["runtime"] == {"name": "python", "version": "3.11"}
-    assert config["scaleAndConcurrency"] == {"instanceMemoryMB": "instanceMemoryMB",
-                                             "maximumInstanceCount": "maximumInstanceCount"}
+    assert config["scaleAndConcurrency"] == {
+        "instanceMemoryMB": "instanceMemoryMB",
+        "maximumInstanceCount": "maximumInstanceCount",
+    }
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["authentication"] == {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"}
     parameters = template("main.bicep")["parameters"]
     assert {"instanceMemoryMB", "maximumInstanceCount", "eventHubPartitionCount"} <= set(parameters)
-    assert {d["type"]: d["argument"] for d in parameters["instanceMemoryMB"]["decorators"]}["allowed"] == [512, 2048,
-                                                                                                          4096]
+    assert {d["type"]: d["argument"] for d in parameters["instanceMemoryMB"]["decorators"]}["allowed"] == [
+        512,
+        2048,
+        4096,
+    ]
     assert module_body("functionApp")["params"]["deploymentContainer"] == "deploymentContainer"
 
 
 def test_flex_consumption_settings_it_rejects_are_not_set() -> None:
     """Flex Consumption takes the runtime from functionAppConfig and deploys from blob storage: the settings
     of the older plans (worker runtime, content share, run-from-package) are not allowed."""
-    retired = {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
-               "WEBSITE_CONTENTSHARE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "SCM_DO_BUILD_DURING_DEPLOYMENT"}
+    retired = {
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "WEBSITE_CONTENTSHARE",
+        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+        "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    }
     assert retired.isdisjoint(app_settings())
 
 
@@ -313,8 +324,10 @@ def test_template_creates_the_containers_queues_and_tables_the_code_names() -> N
     assert queues == {"maintenance-alerts", "maintenance-alerts-poison"}
     params = module_body("storage")["params"]
     assert params["tables"] == "appTables" and params["queues"] == ["alertQueue", "${alertQueue}-poison"]
-    assert params["containers"]["function"]["parameters"] == {"arg_1": "appContainers",
-                                                             "arg_2": ["deploymentContainer", "captureContainer"]}
+    assert params["containers"]["function"]["parameters"] == {
+        "arg_1": "appContainers",
+        "arg_2": ["deploymentContainer", "captureContainer"],
+    }
 
 
 def test_storage_names_are_literals_only_in_config_names() -> None:
@@ -353,8 +366,9 @@ def test_key_vault_is_rbac_and_the_signing_key_is_a_key_vault_reference() -> Non
     assert resource("modules/keyvault.bicep", "signingKey")["name"] == "head-unit-signing-key"
     signing = app_settings()["HEAD_UNIT_SIGNING_KEY"]
     assert signing == "@Microsoft.KeyVault(SecretUri=${keyVault.outputs.signingKeySecretUri})"
-    assert {d["type"] for d in template("modules/keyvault.bicep")["parameters"]["headUnitSigningKey"]["decorators"]} \
-        >= {"secure"}
+    assert {
+        d["type"] for d in template("modules/keyvault.bicep")["parameters"]["headUnitSigningKey"]["decorators"]
+    } >= {"secure"}
 
 
 def test_application_insights_is_wired_to_log_analytics_and_the_app() -> None:
@@ -362,8 +376,10 @@ def test_application_insights_is_wired_to_log_analytics_and_the_app() -> None:
     assert accessed(insights["WorkspaceResourceId"]) == "workspace.id"
     settings = app_settings()
     assert accessed(settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == "monitoring.outputs.connectionString"
-    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == \
-        "ClientId=${identitySettings.clientId};Authorization=AAD"
+    assert (
+        settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        == "ClientId=${identitySettings.clientId};Authorization=AAD"
+    )
 
 
 def test_no_secret_or_key_in_app_settings_or_templates() -> None:
@@ -407,7 +423,8 @@ def test_the_app_identity_holds_exactly_the_roles_it_needs() -> None:
     for name in ("storage", "eventHubs", "keyVault", "azureMl"):
         assert accessed(module_body(name)["params"]["appPrincipalId"]) == "identity.outputs.principalId"
     assert [accessed(p) for p in module_body("monitoring")["params"]["publisherPrincipalIds"]] == [
-        "identity.outputs.principalId"]
+        "identity.outputs.principalId"
+    ]
     assert module_body("eventHubs")["params"]["senderPrincipalId"] == "principalId"
 
 
@@ -437,8 +454,16 @@ def test_every_setting_the_template_sets_is_read_by_someone() -> None:
 def test_the_code_scan_finds_the_settings_it_should() -> None:
     """The scan is the test's eyes: it must see settings.py's, services.py's and the bindings' names."""
     found = settings_the_code_reads()
-    assert {"SCORING_URI", "HEAD_UNIT_SIGNING_KEY", "RETRAIN_SCHEDULE", "BATTERY_WORK_DIR", "MLFLOW_TRACKING_URI",
-            "AZUREML_WORKSPACE", "EVENTHUB_CONSUMER_GROUP", "SCORING_AUTH"} <= found
+    assert {
+        "SCORING_URI",
+        "HEAD_UNIT_SIGNING_KEY",
+        "RETRAIN_SCHEDULE",
+        "BATTERY_WORK_DIR",
+        "MLFLOW_TRACKING_URI",
+        "AZUREML_WORKSPACE",
+        "EVENTHUB_CONSUMER_GROUP",
+        "SCORING_AUTH",
+    } <= found
     assert binding_settings()["connections"] == {"AzureWebJobsStorage", "EventHubConnection"}
 
 

@@ -76,8 +76,7 @@ def test_of_two_alerts_queued_for_one_battery_only_the_newer_is_delivered(harnes
 
 
 @pytest.mark.parametrize("new_battery", ["B-NEW", "B-SOON"], ids=["replaced", "counter-reset"])
-def test_a_battery_replaced_in_telemetry_retracts_its_queued_alert_and_resolves_its_delivered_one(harness,
-                                                                                                   new_battery):
+def test_a_battery_replaced_in_telemetry_retracts_its_queued_alert_and_resolves_its_delivered_one(harness, new_battery):
     """CAR-PAST's alert is delivered before the change, CAR-SOON's still queued: after telemetry shows a new
     battery in both cars (or, with "counter-reset", B-SOON's age and counter back near 0 under its id),
     the delivered one is resolved and the queued one retracted when dequeued, never sent."""
@@ -150,8 +149,9 @@ def quiet_harness(harness):
     (EVENING, "CAR-BER", "CAR-NYC", datetime(2017, 3, 20, 6, tzinfo=UTC)),
     (MORNING, "CAR-NYC", "CAR-BER", datetime(2017, 3, 20, 11, tzinfo=UTC)),
 ], ids=["berlin-night", "new-york-night"])  # fmt: skip
-def test_quiet_hours_hold_a_non_critical_alert_in_the_cars_local_night_until_they_end(harness, make_alert, moment,
-                                                                                       quiet_car, awake_car, release):
+def test_quiet_hours_hold_a_non_critical_alert_in_the_cars_local_night_until_they_end(
+    harness, make_alert, moment, quiet_car, awake_car, release
+):
     quiet_harness(harness)
     harness.clock.now = moment
     held, sent = (dict(make_alert(car_id=car), created_at=iso_utc(moment)) for car in (quiet_car, awake_car))

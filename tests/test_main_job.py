@@ -208,7 +208,8 @@ def test_the_apps_counters_agree_with_what_the_stores_the_host_and_the_head_unit
     assert counters["battery.alerts.queued"] == alerts["queued"]
     assert counters["battery.alerts.delivered"] == alerts["received_by_head_units"] > 0
     assert counters["battery.alerts.suppressed"] == alerts["suppressed_by_cooldown"] + sum(
-        alerts["held_back_by_feedback"].values())
+        alerts["held_back_by_feedback"].values()
+    )
     assert (counters["battery.alerts.rejected"], counters["battery.alerts.poisoned"]) == (0, 0)
     [lag] = counters["battery.events.lag_seconds"]
     assert lag["count"] == events["delivered"]
@@ -332,8 +333,9 @@ def test_the_check_maps_an_alert_to_the_real_battery_even_after_a_silent_replace
     assert (check["due_within_30_days"], check["due_alerted"], check["recall"]) == (1, 1, 1.0)
     assert (check["past_rated_life"], check["past_alerted"], check["alerts_right"]) == (1, 0, 1)
     nothing = alert_check(batteries, received_table({}, batteries), date(2016, 6, 26))
-    assert nothing["recall"] == 0.0 and nothing["missed"] == [{"car_id": "C2", "battery_id": "2",
-                                                               "rated_life_reached": "2016-07-10"}]
+    assert nothing["recall"] == 0.0 and nothing["missed"] == [
+        {"car_id": "C2", "battery_id": "2", "rated_life_reached": "2016-07-10"}
+    ]
 
 
 def test_the_delivery_check_finds_alerts_sent_twice_lost_or_within_the_cooldown():
@@ -368,7 +370,9 @@ def test_check_failures_name_what_fails_and_a_run_with_nothing_due_fails():
     assert check_failures(passing | {"recall": None}) == ["no battery was due to reach rated life within 30 days: "
                                                           "nothing to check"]  # fmt: skip
     assert check_failures(passing | {"received_twice": ["a"], "cooldown_breaches": [{}]}) == [
-        "1 alert(s) received twice", "1 alert(s) received within the cooldown"]
+        "1 alert(s) received twice",
+        "1 alert(s) received within the cooldown",
+    ]
 
 
 # --- the README's main-job command from a clean clone -----------------------------------------------------

@@ -231,9 +231,7 @@ def on_pointer_reads(storage_connection: str, react) -> ModelRegistry:
     return BlobServiceClient.from_connection_string(storage_connection, raw_response_hook=hook)
 
 
-def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(
-    registry, storage_connection, tmp_path
-):
+def test_two_promotions_racing_end_with_the_better_one_and_the_loser_re_decides(registry, storage_connection, tmp_path):
     """Both racers read the pointer (v1) before either writes: a read-then-write without the ETag check
     would let both promote against v1 and the later write win, whichever model it is."""
     registry.promote_if_better(model_dir(tmp_path, "v1", brier=0.10))

@@ -87,8 +87,11 @@ def test_an_empty_archive_trains_nothing_and_says_so(harness, caplog):
 
 
 def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, caplog):
-    data_version = {"id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4", "name": "4",
-                    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"}}
+    data_version = {
+        "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
+        "name": "4",
+        "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
+    }
     arm = RecordingTransport(WORKSPACE_PATH, {
         ("GET", "/"): (200, {"id": WORKSPACE_PATH, "name": "ws-battery", "location": "westeurope", "properties": {}}),
         ("GET", "/data/daily-battery-time-series"): (200, {"properties": {"latestVersion": "4"}}),

@@ -62,7 +62,8 @@ def test_probabilities_match_observed_frequencies_when_errors_are_like_the_calib
     calibration = calibrate(actual_sums(), forecast, daily_std)
     remaining = predicted * RNG.uniform(0.7, 1.4, n)
     probability = failure_risk(200 - remaining, np.full(n, 200), forecast, calibration, daily_std)[
-        "failure_probability_30d"].to_numpy()
+        "failure_probability_30d"
+    ].to_numpy()
     happened = actual_sums() >= remaining
 
     for low in np.arange(0.0, 1.0, 0.1):

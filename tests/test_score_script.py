@@ -135,8 +135,9 @@ def test_an_oversize_request_gets_a_413_the_client_does_not_retry(server: LocalE
 
 def test_a_model_directory_that_does_not_load_fails_the_start_with_the_servers_words(tmp_path: Path) -> None:
     (tmp_path / "metadata.json").write_text("{}")  # looks like a model directory, has no model in it
-    with pytest.raises(RuntimeError, match=r"(?s)azmlinfsrv did not become healthy.*server log"), running_endpoint(
-        tmp_path, timeout=120
+    with (
+        pytest.raises(RuntimeError, match=r"(?s)azmlinfsrv did not become healthy.*server log"),
+        running_endpoint(tmp_path, timeout=120),
     ):
         pass
 

@@ -25,8 +25,16 @@ def scored() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_scores_and_forecast_have_the_contract_columns(scored):
     scores, forecast = scored
-    assert list(scores.columns) == ["Battery_ID", "Car_ID", "failure_probability_30d", "days_to_rated_life",
-                                    "Lifetime_Cycles_Used", "Battery_Rated_Cycles", "alert", "reasons"]
+    assert list(scores.columns) == [
+        "Battery_ID",
+        "Car_ID",
+        "failure_probability_30d",
+        "days_to_rated_life",
+        "Lifetime_Cycles_Used",
+        "Battery_Rated_Cycles",
+        "alert",
+        "reasons",
+    ]
     assert scores["Battery_ID"].is_unique and scores["Car_ID"].is_unique  # one battery in service per car
     assert scores["failure_probability_30d"].between(0, 1).all()
     assert (scores["alert"] == (scores["failure_probability_30d"] >= 0.8)).all()

@@ -280,8 +280,10 @@ def test_a_response_with_the_wrong_number_of_predictions_is_refused(server: Scri
         client(server).score(items(2))
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(408, True), (429, True), (500, True), (504, True),
-                                                   (400, False), (401, False), (404, False), (413, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(408, True), (429, True), (500, True), (504, True), (400, False), (401, False), (404, False), (413, False)],
+)
 def test_which_statuses_are_transient(status: int, retryable: bool) -> None:
     assert is_retryable(status) is retryable
 
@@ -290,5 +292,7 @@ def test_client_from_settings_uses_scoring_uri_and_key() -> None:
     settings = load_settings({"SCORING_URI": "http://127.0.0.1:5999/score", "SCORING_KEY": "k"})
     scorer = ScoringClient.from_settings(settings, chunk_size=10)
     assert (scorer.scoring_uri, scorer.chunk_size, scorer._headers()) == (
-        "http://127.0.0.1:5999/score", 10, {"Authorization": "Bearer k"}
+        "http://127.0.0.1:5999/score",
+        10,
+        {"Authorization": "Bearer k"},
     )

@@ -62,8 +62,14 @@ def test_the_logged_names_are_the_models_metrics_plain_and_each_baselines_prefix
         "seasonal_naive": {"nrmse": 0.07, "brier": 0.003},
         "recent_mean": {"recall_at_threshold": 0.5},
     }}  # fmt: skip
-    assert backtest_metrics(summary) == {"nrmse": 0.05, "mae": 0.1, "brier": 0.002, "seasonal_naive_nrmse": 0.07,
-                                         "seasonal_naive_brier": 0.003, "recent_mean_recall_at_threshold": 0.5}
+    assert backtest_metrics(summary) == {
+        "nrmse": 0.05,
+        "mae": 0.1,
+        "brier": 0.002,
+        "seasonal_naive_nrmse": 0.07,
+        "seasonal_naive_brier": 0.003,
+        "recent_mean_recall_at_threshold": 0.5,
+    }
     assert backtest_metrics({}) == {}
 
 

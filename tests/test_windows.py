@@ -12,8 +12,15 @@ from shared.core.telemetry import COLUMNS, InputError
 from shared.core.windows import build_history, build_windows
 
 
-def daily_rows(battery: str, car: str, start: str, cycles: list[float], lifetime_start: float = 100.0,
-               rated: int = 200, age_start: int = 500) -> pd.DataFrame:
+def daily_rows(
+    battery: str,
+    car: str,
+    start: str,
+    cycles: list[float],
+    lifetime_start: float = 100.0,
+    rated: int = 200,
+    age_start: int = 500,
+) -> pd.DataFrame:
     """A clean daily frame for one battery: day i uses cycles[i], minutes = cycles / 0.0025, 5 trips."""
     cycles = np.asarray(cycles, dtype=np.float64)
     return pd.DataFrame({

@@ -201,9 +201,7 @@ def claim_delivery(
                  latest_row=hold["RowKey"])  # fmt: skip
 
 
-def record_outcome(
-    table: TableClient, claim: Claim, state: str, now: datetime, error: str | None = None
-) -> None:
+def record_outcome(table: TableClient, claim: Claim, state: str, now: datetime, error: str | None = None) -> None:
     """Record how a claimed delivery ended, on the alert row, and release the car's cooldown hold: REJECTED
     (permanent), FAILED (the gateway refused or was not reached; retried), UNKNOWN (the gateway may have
     it; retried), or DELIVERED (the alert row only: `record_delivered` also moves the latest row).

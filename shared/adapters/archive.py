@@ -75,7 +75,10 @@ log = logging.getLogger(__name__)
 
 
 def archive_telemetry(
-    blob_service: BlobServiceClient, good: pd.DataFrame, now: datetime, batch_id: str | None = None,
+    blob_service: BlobServiceClient,
+    good: pd.DataFrame,
+    now: datetime,
+    batch_id: str | None = None,
     container: str = TELEMETRY_CONTAINER,
 ) -> list[str]:
     """Append a batch's good records to the archive; return the blob names written (none for no records).

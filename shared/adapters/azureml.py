@@ -231,7 +231,8 @@ def model_asset(model_dir: Path, version_tag: str | None = None) -> Model:
         name=MODEL_NAME,
         path=str(model_dir),
         type=AssetTypes.CUSTOM_MODEL,
-        description="AutoML (MLflow) forecaster with calibrated 30-day failure risk." if wrapped
+        description="AutoML (MLflow) forecaster with calibrated 30-day failure risk."
+        if wrapped
         else "Global LightGBM battery-cycle forecaster with calibrated 30-day failure risk.",
         tags={"model_version": version_tag} if version_tag else {},
     )
@@ -271,8 +272,10 @@ def download_best_model(ml_client: MLClient, parent_job: str, folder: Path) -> P
     ml_client.jobs.download(name=parent_job, download_path=str(folder), output_name=AUTOML_BEST_MODEL_OUTPUT)
     found = sorted(path.parent for path in Path(folder).rglob("MLmodel"))
     if len(found) != 1:
-        raise InputError(f"the download of {parent_job}'s {AUTOML_BEST_MODEL_OUTPUT} holds {len(found)} MLflow "
-                         f"models under {folder}; expected one")
+        raise InputError(
+            f"the download of {parent_job}'s {AUTOML_BEST_MODEL_OUTPUT} holds {len(found)} MLflow "
+            f"models under {folder}; expected one"
+        )
     return found[0]
 
 
@@ -303,8 +306,10 @@ def scoring_environment(model_dir: Path | None = None) -> Environment:
     """
     if model_dir is not None and model_kind(model_dir) == MLFLOW_KIND:
         model_conda = yaml.safe_load((Path(model_dir) / MLFLOW_DIR / "conda.yaml").read_text())
-        requirements = [*scoring_requirements(), *scoring_requirements(PROJECT_ROOT / "requirements.txt",
-                                                                       only=[MLFLOW_PACKAGE])]
+        requirements = [
+            *scoring_requirements(),
+            *scoring_requirements(PROJECT_ROOT / "requirements.txt", only=[MLFLOW_PACKAGE]),
+        ]
         conda = mlflow_model_conda(model_conda, requirements)
         return Environment(name="battery-scoring-mlflow", image=BASE_IMAGE, conda_file=conda)
     conda = {
@@ -352,8 +357,10 @@ def mlflow_model_conda(model_conda: dict, requirements: list[str]) -> dict:
         if not _overlap(spec, ours[name].specifier):
             conflicts.append(f"{name}: the model needs {spec}, the scoring code {ours[name].specifier}")
     if conflicts:
-        raise EnvironmentConflict("the MLflow model's environment (its conda.yaml) and the scoring code's "
-                                  "requirements conflict: " + "; ".join(conflicts))
+        raise EnvironmentConflict(
+            "the MLflow model's environment (its conda.yaml) and the scoring code's "
+            "requirements conflict: " + "; ".join(conflicts)
+        )
     combined = [f"{r.name}{r.specifier & merged[n]}" if merged.get(n) else str(r) for n, r in ours.items()]
     return {
         "name": "battery-scoring-mlflow",
@@ -485,8 +492,7 @@ def online_deployment(
     )
 
 
-def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment,
-           auth_mode: str = "aad_token") -> Mapping[str, str]:
+def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment, auth_mode: str = "aad_token") -> Mapping[str, str]:
     """Create or update the endpoint and the deployment, send it all traffic; return where to call it.
 
     With key auth the key is not returned or printed: `key_hint` says how to fetch it, so it never lands in logs.
@@ -498,8 +504,11 @@ def deploy(ml_client: MLClient, deployment: ManagedOnlineDeployment,
     endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
     if auth_mode == "key":
         return {"scoring_uri": endpoint.scoring_uri, "auth_mode": auth_mode, "key_hint": key_hint(ml_client)}
-    return {"scoring_uri": endpoint.scoring_uri, "auth_mode": auth_mode,
-            "auth_hint": "SCORING_AUTH=aad_token; the caller's identity needs AzureML Data Scientist on the workspace"}
+    return {
+        "scoring_uri": endpoint.scoring_uri,
+        "auth_mode": auth_mode,
+        "auth_hint": "SCORING_AUTH=aad_token; the caller's identity needs AzureML Data Scientist on the workspace",
+    }
 
 
 def key_hint(ml_client: MLClient) -> str:

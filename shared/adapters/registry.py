@@ -239,9 +239,12 @@ class ModelRegistry:
             champion = self.champion()
             champion_metrics = None if champion is None else champion.record["metrics"]
             if missing:
-                promoted, reason = False, (
-                    f"model kind {kind_of(metadata)!r} needs {', '.join(missing)}, which the serving environment "
-                    f"({', '.join(_shown(path) for path in self.serving_requirements)}) does not install"
+                promoted, reason = (
+                    False,
+                    (
+                        f"model kind {kind_of(metadata)!r} needs {', '.join(missing)}, which the serving environment "
+                        f"({', '.join(_shown(path) for path in self.serving_requirements)}) does not install"
+                    ),
                 )
             else:
                 promoted, reason = self.rule.decide(candidate, champion_metrics)

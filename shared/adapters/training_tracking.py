@@ -143,8 +143,9 @@ def predicted_vs_true_figure(forecast: np.ndarray, actual: np.ndarray) -> Figure
     return figure
 
 
-def forecast_vs_actual_figure(evaluation: pd.DataFrame, forecast: np.ndarray, actual: np.ndarray,
-                              examples: int = FORECAST_EXAMPLES) -> Figure:
+def forecast_vs_actual_figure(
+    evaluation: pd.DataFrame, forecast: np.ndarray, actual: np.ndarray, examples: int = FORECAST_EXAMPLES
+) -> Figure:
     """30-day forecast against the actual days for the highest-risk fully reported forecasts of the backtest."""
     complete = ~np.isnan(actual).any(axis=1)
     rows = np.flatnonzero(complete)[np.argsort(-evaluation["probability"].to_numpy()[complete], kind="stable")]

@@ -69,10 +69,12 @@ def wrap_automl_flags(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--mlflow-model", type=Path, help="a downloaded MLflow model folder (with MLmodel)")
     source.add_argument("--automl-job", help="AutoML parent job: download its best_model output")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="telemetry CSV (raw or clean) reaching 30+ days past --trained-until")
-    parser.add_argument("--trained-until", required=True,
-                        help="last Date of the data the AutoML job trained on (YYYY-MM-DD)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="telemetry CSV (raw or clean) reaching 30+ days past --trained-until"
+    )
+    parser.add_argument(
+        "--trained-until", required=True, help="last Date of the data the AutoML job trained on (YYYY-MM-DD)"
+    )
     parser.add_argument("--out", type=Path, default=Path("data/automl-model"),
                         help="model directory to write (default data/automl-model)")  # fmt: skip
 
@@ -86,13 +88,13 @@ def wrap_automl(args: argparse.Namespace) -> int:
 
     trained_until = str(parse_day(args.trained_until, "--trained-until"))
     source = {"mlflow_model": str(args.mlflow_model)} if args.mlflow_model else {"automl_job": args.automl_job}
-    mlflow_model = args.mlflow_model or azureml.download_best_model(workspace(), args.automl_job,
-                                                                   args.out.with_name(args.out.name + "-download"))
+    mlflow_model = args.mlflow_model or azureml.download_best_model(
+        workspace(), args.automl_job, args.out.with_name(args.out.name + "-download")
+    )
     progress(f"preparing {args.data}")
     clean, quality = prepare_telemetry(read_telemetry_csv(args.data))
     progress(f"calibrating {mlflow_model} on the telemetry after {trained_until}")
-    model = wrap_mlflow_model(mlflow_model, clean, trained_until, args.out, quality=quality.to_dict(),
-                              source=source)
+    model = wrap_mlflow_model(mlflow_model, clean, trained_until, args.out, quality=quality.to_dict(), source=source)
     print(json.dumps({"version": model.version, "model_dir": str(args.out),
                       "calibration_errors": model.calibration.n_errors,
                       "metrics": model.metadata["backtest"]["metrics"]}, indent=2))  # fmt: skip
@@ -117,8 +119,9 @@ def register_model(args: argparse.Namespace) -> int:
     if args.model_dir is not None:
         entity = azureml.model_asset(args.model_dir)
     elif args.dry_run:
-        entity = azureml.automl_model_asset(args.child_job or "<best trial of " + args.automl_job + ">",
-                                            args.automl_job)
+        entity = azureml.automl_model_asset(
+            args.child_job or "<best trial of " + args.automl_job + ">", args.automl_job
+        )
     else:
         child = args.child_job or azureml.best_child_job(ml_client, args.automl_job)
         entity = azureml.automl_model_asset(child, args.automl_job)
@@ -132,13 +135,19 @@ def register_model(args: argparse.Namespace) -> int:
 
 def deploy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered model as NAME:VERSION")
-    parser.add_argument("--model-dir", type=Path,
-                        help="the local directory that was registered; for a wrapped AutoML model "
-                        "its MLflow conda.yaml joins the environment")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="the local directory that was registered; for a wrapped AutoML model "
+        "its MLflow conda.yaml joins the environment",
+    )
     parser.add_argument("--deployment", default="blue", help="deployment name (default blue)")
-    parser.add_argument("--auth-mode", choices=("aad_token", "key"), default="aad_token",
-                        help="endpoint auth: Entra ID tokens (default; set SCORING_AUTH=aad_token) "
-                        "or a key (SCORING_KEY)")
+    parser.add_argument(
+        "--auth-mode",
+        choices=("aad_token", "key"),
+        default="aad_token",
+        help="endpoint auth: Entra ID tokens (default; set SCORING_AUTH=aad_token) or a key (SCORING_KEY)",
+    )
     parser.add_argument("--instance-type", default="Standard_DS3_v2")
     parser.add_argument("--work-dir", type=Path, default=Path("data/azureml/code"),
                         help="where to stage scoring/ and shared/ (default data/azureml/code)")  # fmt: skip
@@ -152,8 +161,9 @@ def deploy(args: argparse.Namespace) -> int:
         raise InputError(f"--model must be NAME:VERSION, got {args.model!r}")
     environment = azureml.scoring_environment(args.model_dir)
     folder = azureml.stage_scoring_code(args.work_dir)
-    deployment = azureml.online_deployment(f"azureml:{name}:{version}", folder, args.deployment,
-                                           args.instance_type, environment=environment)
+    deployment = azureml.online_deployment(
+        f"azureml:{name}:{version}", folder, args.deployment, args.instance_type, environment=environment
+    )
     if args.dry_run:
         print(azureml.to_yaml(azureml.online_endpoint(args.auth_mode), deployment))
         return 0

@@ -19,9 +19,12 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "probability, needs_review, reason for each component.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    train = actions.add_parser("train", help="train the classifier (tracked in MLflow)",
-                               description="Hold out a quarter of the phrasings (the template column) to "
-                               "evaluate, then train on every labelled note and write the model directory.")
+    train = actions.add_parser(
+        "train",
+        help="train the classifier (tracked in MLflow)",
+        description="Hold out a quarter of the phrasings (the template column) to "
+        "evaluate, then train on every labelled note and write the model directory.",
+    )
     train.add_argument("--data", type=Path, required=True, help="components CSV with a label column")
     train.set_defaults(run_action=run_train)
     train.add_argument("--model-dir", type=Path, required=True, help="directory to write the model to")
@@ -29,27 +32,37 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, help="L2 regularisation strength (default 1e-5)")
     train.add_argument("--epochs", type=int, help="passes over the training notes (default 30)")
     train.add_argument("--seed", type=int, help="seed of the held-out split and of SGD (default 0)")
-    score = actions.add_parser("score", help="score components with a trained classifier",
-                               description="Score a components CSV (Component_ID, Car_ID, text).")
+    score = actions.add_parser(
+        "score",
+        help="score components with a trained classifier",
+        description="Score a components CSV (Component_ID, Car_ID, text).",
+    )
     score.add_argument("--data", type=Path, required=True, help="components CSV")
     score.set_defaults(run_action=run_score)
     score.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
     score.add_argument("--out", type=Path, required=True, help="results CSV to write")
-    alerts = actions.add_parser("alerts", help="what the nightly compliance timer does, on local files",
-                                description="Score a components CSV, write the results and one "
-                                "component_compliance alert per car with non-compliant parts (JSON lines).")
+    alerts = actions.add_parser(
+        "alerts",
+        help="what the nightly compliance timer does, on local files",
+        description="Score a components CSV, write the results and one "
+        "component_compliance alert per car with non-compliant parts (JSON lines).",
+    )
     alerts.add_argument("--data", type=Path, required=True, help="components CSV (Component_ID, Car_ID, text)")
     alerts.set_defaults(run_action=run_alerts)
     alerts.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
     alerts.add_argument("--out", type=Path, required=True, help="results CSV to write")
     alerts.add_argument("--alerts-out", type=Path, help="alerts to write, one JSON object a line")
-    publish = actions.add_parser("publish", help="upload a trained classifier for the nightly timer to use",
-                                 description="Upload the model directory to Blob container compliance-models "
-                                 "and point champion.json at it (the timer uses the last published model).")
+    publish = actions.add_parser(
+        "publish",
+        help="upload a trained classifier for the nightly timer to use",
+        description="Upload the model directory to Blob container compliance-models "
+        "and point champion.json at it (the timer uses the last published model).",
+    )
     publish.set_defaults(run_action=run_publish)
     publish.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
-    publish.add_argument("--connection", help="storage connection string (default: AzureWebJobsStorage or its "
-                         "__serviceUri form)")
+    publish.add_argument(
+        "--connection", help="storage connection string (default: AzureWebJobsStorage or its __serviceUri form)"
+    )
     return parser
 
 

@@ -41,8 +41,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def add_prepare(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "prepare",
@@ -70,8 +68,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "train",
@@ -83,23 +79,26 @@ def add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="telemetry CSV (raw or clean)")
     parser.add_argument("--cars", type=Path, help="car metadata CSV (adds Make/Region/... features)")
     parser.add_argument("--model-dir", type=Path, required=True, help="directory to write the model to")
-    parser.add_argument("--model", choices=["lightgbm", "lstm"], default="lightgbm",
-                        help="model kind: the global LightGBM forecaster (default) or the PyTorch LSTM contender "
-                        "(needs requirements-lstm.txt)")
+    parser.add_argument(
+        "--model",
+        choices=["lightgbm", "lstm"],
+        default="lightgbm",
+        help="model kind: the global LightGBM forecaster (default) or the PyTorch LSTM contender "
+        "(needs requirements-lstm.txt)",
+    )
     return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
     from shared.handlers.nightly import train_from_csv
 
-    model, report_path = train_from_csv(args.data, args.model_dir, cars_path=args.cars, progress=progress,
-                                        model_kind=args.model)
+    model, report_path = train_from_csv(
+        args.data, args.model_dir, cars_path=args.cars, progress=progress, model_kind=args.model
+    )
     backtest = model.metadata["backtest"]["metrics"]
     print(json.dumps({"version": model.version, "model_dir": str(args.model_dir), "backtest": backtest}, indent=2))
     print(f"report: {report_path}")
     return 0
-
-
 
 
 def add_report(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -120,8 +119,6 @@ def run_report(args: argparse.Namespace) -> int:
 
     print(f"report: {write_comparison_report(args.model_dir, args.out)}")
     return 0
-
-
 
 
 def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -163,22 +160,23 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.as_of:
         raw = raw[raw[DATE] < pd.Timestamp(parse_day(args.as_of)) + pd.Timedelta(days=1)]
     if raw.empty:
-        raise InputError(f"{args.data}: no rows of battery {args.battery}"
-                         + (f" on or before {args.as_of}" if args.as_of else ""))
+        raise InputError(
+            f"{args.data}: no rows of battery {args.battery}" + (f" on or before {args.as_of}" if args.as_of else "")
+        )
     clean, _ = prepare_telemetry(raw)
     windows = build_windows(clean, as_of=None, window_days=model.window_days)
     windows = windows.take(np.flatnonzero(windows.as_of == windows.as_of.max())[-1:])  # the battery's newest life
     scores, forecast = score_windows(model, windows, explain_from=0.0)
     row = scores.iloc[0]
-    print(f"battery {row[BATTERY_ID]} (car {row[CAR_ID]}) as of {row['As_Of']:%Y-%m-%d}: "
-          f"P(rated life within 30 days) = {row['failure_probability_30d']:.3f}")
+    print(
+        f"battery {row[BATTERY_ID]} (car {row[CAR_ID]}) as of {row['As_Of']:%Y-%m-%d}: "
+        f"P(rated life within 30 days) = {row['failure_probability_30d']:.3f}"
+    )
     for reason in row["reasons"]:
         print(f"  - {reason}")
     print("feature contributions to the forecast (ratio to the last-28-day level):")
     print(explain_battery(model, windows, forecast).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
-
-
 
 
 def add_score(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -194,8 +192,12 @@ def add_score(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     parser.add_argument("--forecast-out", type=Path, help="also write the 30-day forecast per battery")
     parser.add_argument("--threshold", type=float, help="alert threshold (default ALERT_PROBABILITY_THRESHOLD)")
-    parser.add_argument("--engine", choices=("pandas", "spark"), default="pandas",
-                        help="in process (default), or the Spark job (shared/spark/job.py); same output")
+    parser.add_argument(
+        "--engine",
+        choices=("pandas", "spark"),
+        default="pandas",
+        help="in process (default), or the Spark job (shared/spark/job.py); same output",
+    )
     parser.add_argument("--master", help="Spark master URL for --engine spark (default local[*])")
     return parser
 
@@ -213,5 +215,3 @@ def run_score(args: argparse.Namespace) -> int:
     if args.forecast_out:
         print(f"forecast: {args.forecast_out}")
     return 0
-
-

@@ -32,20 +32,34 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--start", default="2014-01-01")
     parser.add_argument("--end", default="2016-12-31")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--replay-days", type=int, default=14,
-                        help="last days of the period streamed through score_telemetry (default 14)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when the check against the simulator's truth fails: recall or share of "
-                        "right alerts below the bounds summary.md states, no battery due, an alert received or "
-                        "sent twice, or one received within the cooldown")
+    parser.add_argument(
+        "--replay-days",
+        type=int,
+        default=14,
+        help="last days of the period streamed through score_telemetry (default 14)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the check against the simulator's truth fails: recall or share of "
+        "right alerts below the bounds summary.md states, no battery due, an alert received or "
+        "sent twice, or one received within the cooldown",
+    )
     return parser
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from shared.devtools.main_job import check_failures, run_main_job
 
-    summary_path = run_main_job(args.out, cars=args.cars, start=args.start, end=args.end, seed=args.seed,
-                                replay_days=args.replay_days, progress=progress)
+    summary_path = run_main_job(
+        args.out,
+        cars=args.cars,
+        start=args.start,
+        end=args.end,
+        seed=args.seed,
+        replay_days=args.replay_days,
+        progress=progress,
+    )
     print(summary_path.read_text())
     if not args.check:
         return 0
@@ -53,8 +67,6 @@ def run_demo(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"check failed: {problem}", file=sys.stderr)
     return 1 if problems else 0
-
-
 
 
 def add_headunit_sim(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -67,8 +79,11 @@ def add_headunit_sim(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "Runs until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=7072, help="port on 127.0.0.1 (0: any free port)")
-    parser.add_argument("--signing-key-env", default="HEAD_UNIT_SIGNING_KEY",
-                        help="environment variable holding the signing key (default: HEAD_UNIT_SIGNING_KEY)")
+    parser.add_argument(
+        "--signing-key-env",
+        default="HEAD_UNIT_SIGNING_KEY",
+        help="environment variable holding the signing key (default: HEAD_UNIT_SIGNING_KEY)",
+    )
     return parser
 
 
@@ -94,8 +109,6 @@ def run_headunit_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "serve",
@@ -118,8 +131,6 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     return serve(args.model_dir, args.port, args.workers)
-
-
 
 
 def add_send_telemetry(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -162,5 +173,3 @@ def run_send_telemetry(args: argparse.Namespace) -> int:
         print(f"not sent: event {record.position} of {record.car_id} is {record.size:,} bytes, "
               f"over the {record.limit:,}-byte batch limit", file=sys.stderr)  # fmt: skip
     return 1 if report.oversize else 0
-
-

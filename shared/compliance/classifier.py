@@ -220,9 +220,13 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     one = distinct[~several].set_index("level_0")
     year = one["year"].reindex(texts.index).astype("Int64")
     year_text = one["text"].reindex(texts.index)
-    years = year.astype("string").combine_first(
-        distinct[several].astype({"year": str}).groupby("level_0")["year"].agg(", ".join).astype("string")
-    ).reindex(texts.index)
+    years = (
+        year.astype("string")
+        .combine_first(
+            distinct[several].astype({"year": str}).groupby("level_0")["year"].agg(", ".join).astype("string")
+        )
+        .reindex(texts.index)
+    )
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
     words = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
@@ -241,17 +245,22 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
         read[f"{slot}_written"] = phrases[f"{slot}_written"].where(through | unclear)
         read[f"{slot}_via"] = phrases[f"{slot}_via"].where(through | unclear)
         read[f"{slot}_unclear"] = unclear.to_numpy()
-    return pd.DataFrame({
-        "normalized": corrected.astype(object),
-        "year": year,
-        "year_text": year_text.astype(object),
-        "years": years.astype(object),
-        "condition": read["condition"],
-        "material": read["material"],
-        "verdict": violates_regulation(year, read["condition"], read["material"]),
-        **{f"{slot}_{part}": read[f"{slot}_{part}"] for slot in ("condition", "material")
-           for part in ("written", "via", "unclear")},
-    }).set_axis(index)
+    return pd.DataFrame(
+        {
+            "normalized": corrected.astype(object),
+            "year": year,
+            "year_text": year_text.astype(object),
+            "years": years.astype(object),
+            "condition": read["condition"],
+            "material": read["material"],
+            "verdict": violates_regulation(year, read["condition"], read["material"]),
+            **{
+                f"{slot}_{part}": read[f"{slot}_{part}"]
+                for slot in ("condition", "material")
+                for part in ("written", "via", "unclear")
+            },
+        }
+    ).set_axis(index)
 
 
 def _year_token(match: re.Match) -> str:
@@ -574,36 +583,41 @@ def score_components(model: ComplianceModel, components: pd.DataFrame, lexicon: 
     )  # fmt: skip
     explained = verdict.notna().to_numpy() & (words != "").to_numpy()  # the words of a note that says nothing are noise
     reason = pd.Series(np.where(explained, reason + WORDS + words, reason), dtype=object)
-    return pd.DataFrame({
-        COMPONENT_ID: components[COMPONENT_ID].astype(object),
-        CAR_ID: components[CAR_ID].astype(object),
-        NON_COMPLIANT: verdict.where(agreed).astype("Int64"),
-        "probability": np.round(probability, 4),
-        NEEDS_REVIEW: (~agreed).astype("int64"),
-        REASON: reason,
-    })[RESULT_COLUMNS]
+    return pd.DataFrame(
+        {
+            COMPONENT_ID: components[COMPONENT_ID].astype(object),
+            CAR_ID: components[CAR_ID].astype(object),
+            NON_COMPLIANT: verdict.where(agreed).astype("Int64"),
+            "probability": np.round(probability, 4),
+            NEEDS_REVIEW: (~agreed).astype("int64"),
+            REASON: reason,
+        }
+    )[RESULT_COLUMNS]
 
 
 def _finding(notes: pd.DataFrame) -> pd.Series:
     """What the reader found, in words: the disqualifying facts, or every fact when all of them comply."""
     old = (notes["year"] < CUTOFF_YEAR).fillna(False).to_numpy()
-    facts = pd.DataFrame({
-        "year": "made " + notes["year"].astype("string")
-        + np.where(old, f" (before {CUTOFF_YEAR})", f" ({CUTOFF_YEAR} or later)"),
-        "condition": notes["condition"].astype("string") + " condition" + _read_as(notes, "condition"),
-        "material": notes["material"].replace({OTHER: "a material the regulation does not name"}).astype("string")
-        + _read_as(notes, "material"),
-    })
-    disqualifying = np.column_stack([
-        old, notes["condition"].isin(NON_COMPLIANT_CONDITIONS), notes["material"].isin(NON_COMPLIANT_MATERIALS)
-    ])
+    facts = pd.DataFrame(
+        {
+            "year": "made "
+            + notes["year"].astype("string")
+            + np.where(old, f" (before {CUTOFF_YEAR})", f" ({CUTOFF_YEAR} or later)"),
+            "condition": notes["condition"].astype("string") + " condition" + _read_as(notes, "condition"),
+            "material": notes["material"].replace({OTHER: "a material the regulation does not name"}).astype("string")
+            + _read_as(notes, "material"),
+        }
+    )
+    disqualifying = np.column_stack(
+        [old, notes["condition"].isin(NON_COMPLIANT_CONDITIONS), notes["material"].isin(NON_COMPLIANT_MATERIALS)]
+    )
     non_compliant = (notes["verdict"] == 1).fillna(False).to_numpy()
     shown = _joined(facts.where(disqualifying | ~non_compliant[:, None]))
     return pd.Series(np.where(non_compliant, "non-compliant: ", "compliant: "), index=notes.index) + shown
 
 
 def _read_as(notes: pd.DataFrame, slot: str) -> pd.Series:
-    """" (read 'shabby' as poor: WordNet: a kind of worn)" where the lexicon read the slot, else ""."""
+    """ " (read 'shabby' as poor: WordNet: a kind of worn)" where the lexicon read the slot, else ""."""
     meant = notes[slot].replace({OTHER: "not plastic or iron"}).astype("string")
     shown = " (read '" + notes[f"{slot}_written"].astype("string") + "' as " + meant + ": "
     return (shown + notes[f"{slot}_via"].astype("string") + ")").fillna("").astype(object)
@@ -622,10 +636,14 @@ def _undecided_reason(notes: pd.DataFrame, texts: pd.Series) -> pd.Series:
                + notes[f"{slot}_via"].astype("string") + ")").where(notes[f"{slot}_unclear"].astype(bool))
         for slot in ("condition", "material")
     }))  # fmt: skip
-    stated_and_doubts = _joined(pd.DataFrame({
-        "unstated": ("no " + unstated_names.astype("string") + " stated").where(unstated_names != ""),
-        "doubts": doubts.astype("string").where(doubts != ""),
-    }))
+    stated_and_doubts = _joined(
+        pd.DataFrame(
+            {
+                "unstated": ("no " + unstated_names.astype("string") + " stated").where(unstated_names != ""),
+                "doubts": doubts.astype("string").where(doubts != ""),
+            }
+        )
+    )
     empty = texts.astype("string").fillna("").str.strip() == ""
     reason = np.select(
         [empty.to_numpy(), unstated.all(axis=1).to_numpy() & notes["years"].isna().to_numpy(),
@@ -690,23 +708,25 @@ def compliance_alert_content(results: pd.DataFrame, day: date | str, model_versi
     by_car = flagged.groupby(CAR_ID, sort=True)
     parts = by_car["part"].agg(list)
     count = parts.map(len)
-    return pd.DataFrame({
-        "car_id": parts.index.astype(object),
-        "battery_id": by_car[COMPONENT_ID].agg(lambda ids: ",".join(map(str, ids))).to_numpy(),
-        "day": day if isinstance(day, str) else day.strftime("%Y-%m-%d"),
-        "severity": HIGH,
-        PROBABILITY: by_car["probability"].max().round(4).to_numpy(),
-        DAYS_TO_RATED_LIFE: np.nan,
-        "title": COMPLIANCE_TITLE,
-        "message": np.where(
-            count == 1,
-            "1 part of your car does not meet the component regulation. Please book a service to replace it.",
-            count.astype(str) + " parts of your car do not meet the component regulation. "
-            "Please book a service to replace them.",
-        ),
-        REASONS: parts.to_numpy(),
-        MODEL_VERSION: model_version,
-    })
+    return pd.DataFrame(
+        {
+            "car_id": parts.index.astype(object),
+            "battery_id": by_car[COMPONENT_ID].agg(lambda ids: ",".join(map(str, ids))).to_numpy(),
+            "day": day if isinstance(day, str) else day.strftime("%Y-%m-%d"),
+            "severity": HIGH,
+            PROBABILITY: by_car["probability"].max().round(4).to_numpy(),
+            DAYS_TO_RATED_LIFE: np.nan,
+            "title": COMPLIANCE_TITLE,
+            "message": np.where(
+                count == 1,
+                "1 part of your car does not meet the component regulation. Please book a service to replace it.",
+                count.astype(str) + " parts of your car do not meet the component regulation. "
+                "Please book a service to replace them.",
+            ),
+            REASONS: parts.to_numpy(),
+            MODEL_VERSION: model_version,
+        }
+    )
 
 
 # --- files and jobs -----------------------------------------------------------------------------------------
@@ -743,7 +763,11 @@ def _refuse(path: str | Path, column: str, bad: pd.Series, reason: str) -> None:
 
 
 def train_from_csv(
-    data_path: str | Path, model_dir: str | Path, *, tracking_uri: str, params: TrainingParams = TrainingParams(),
+    data_path: str | Path,
+    model_dir: str | Path,
+    *,
+    tracking_uri: str,
+    params: TrainingParams = TrainingParams(),
     progress: Progress = lambda message: None,
 ) -> ComplianceModel:
     """Train on a labelled components CSV, track the run in MLflow, write the model directory."""

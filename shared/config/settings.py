@@ -159,8 +159,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if scoring_auth not in SCORING_AUTH_MODES:
         raise SettingsError(f"SCORING_AUTH must be one of {', '.join(SCORING_AUTH_MODES)}, got {scoring_auth!r}")
     if (scoring_auth == "key") != bool(scoring_key):
-        raise SettingsError("SCORING_KEY is set only with SCORING_AUTH=key (and needed then): "
-                            f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}")
+        raise SettingsError(
+            "SCORING_KEY is set only with SCORING_AUTH=key (and needed then): "
+            f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}"
+        )
     _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
     return Settings(
         eventhub_connection=text(EVENTHUB_CONNECTION_SETTING, None),

@@ -287,8 +287,14 @@ def _battery_messages(days: pd.Series, past_rated_life: pd.Series, locale: pd.Se
 
 
 def _battery_reasons(
-    over: pd.DataFrame, probability: pd.Series, lifetime: pd.Series, rated: pd.Series, days: pd.Series,
-    past_rated_life: pd.Series, day: pd.Series, locale: pd.Series,
+    over: pd.DataFrame,
+    probability: pd.Series,
+    lifetime: pd.Series,
+    rated: pd.Series,
+    days: pd.Series,
+    past_rated_life: pd.Series,
+    day: pd.Series,
+    locale: pd.Series,
 ) -> list[list[str]]:
     """The scorer's reasons where it gave some and the car reads English (the model words them in English
     only), else the numbers that triggered the alert, and the day rated life is expected, in the car's

@@ -92,7 +92,7 @@ def window_bounds(frame: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
 
 
 def _day_strings(days: np.ndarray) -> list[str]:
-    """"YYYY-MM-DD" of each day. A batch's windows span a few months, so each calendar day is formatted
+    """ "YYYY-MM-DD" of each day. A batch's windows span a few months, so each calendar day is formatted
     once and looked up (a fifth of the time of formatting every row)."""
     numbers = days.astype(np.int64)
     if not len(numbers) or numbers.max() - numbers.min() >= len(numbers):  # sparse: format each row

@@ -74,7 +74,7 @@ class QuietHours:
 
     @classmethod
     def parse(cls, text: str) -> QuietHours:
-        """"22:00-07:00" → QuietHours(22:00, 07:00); `ValueError` saying what is wrong."""
+        """ "22:00-07:00" → QuietHours(22:00, 07:00); `ValueError` saying what is wrong."""
         parts = text.strip().split("-")
         try:
             start, end = (time.fromisoformat(part.strip()) for part in parts)
@@ -159,8 +159,13 @@ def battery_change(car_id: str, known: InstalledBattery | None, seen: InstalledB
     if known is None or seen.day < known.day:
         return None
     if seen.battery_id != known.battery_id:
-        return BatteryChange(car_id, known.battery_id, seen.battery_id, REPLACED,
-                             f"battery {known.battery_id} replaced by {seen.battery_id} (telemetry of {seen.day})")
+        return BatteryChange(
+            car_id,
+            known.battery_id,
+            seen.battery_id,
+            REPLACED,
+            f"battery {known.battery_id} replaced by {seen.battery_id} (telemetry of {seen.day})",
+        )
     if seen.lifetime < known.lifetime and seen.age_days < known.age_days - AGE_TOLERANCE_DAYS:
         return BatteryChange(car_id, known.battery_id, seen.battery_id, COUNTER_RESET,
                              f"battery {seen.battery_id}'s Lifetime_Cycles_Used reset from {known.lifetime:g} to "

@@ -54,8 +54,13 @@ class RiskCalibration:
     n_errors: int
 
     def to_dict(self) -> dict:
-        return {"quantile_levels": QUANTILE_LEVELS.tolist(), "z_quantiles": self.z_quantiles.tolist(),
-                "n_errors": self.n_errors, "relative_spread": RELATIVE_SPREAD, "scale_floor": SCALE_FLOOR}
+        return {
+            "quantile_levels": QUANTILE_LEVELS.tolist(),
+            "z_quantiles": self.z_quantiles.tolist(),
+            "n_errors": self.n_errors,
+            "relative_spread": RELATIVE_SPREAD,
+            "scale_floor": SCALE_FLOOR,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> RiskCalibration:
@@ -78,9 +83,7 @@ def recent_known_days(daily_cycles: np.ndarray) -> np.ndarray:
     return np.sum(~np.isnan(daily_cycles[:, -VARIABILITY_DAYS:]), axis=1)
 
 
-def error_scale(
-    predicted_sum: np.ndarray, daily_std: np.ndarray, known_days: np.ndarray | None = None
-) -> np.ndarray:
+def error_scale(predicted_sum: np.ndarray, daily_std: np.ndarray, known_days: np.ndarray | None = None) -> np.ndarray:
     """The per-battery scale that standardises the 30-day-sum error (see the module docstring)."""
     noise = HORIZON_DAYS * np.nan_to_num(daily_std) ** 2
     level = (RELATIVE_SPREAD * np.maximum(predicted_sum, 0.0)) ** 2
@@ -128,9 +131,7 @@ def failure_risk(
     threshold = (remaining - predicted) / error_scale(predicted, daily_std, known_days)
     below = np.interp(threshold, calibration.z_quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     probability = np.where(remaining <= 0, 1.0, 1.0 - below)
-    return pd.DataFrame(
-        {PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)}
-    )
+    return pd.DataFrame({PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)})
 
 
 def days_to_rated_life(remaining: np.ndarray, forecast: np.ndarray) -> np.ndarray:

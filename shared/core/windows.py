@@ -38,8 +38,7 @@ DEFAULT_WINDOW_DAYS = 91
 # Days used to estimate a battery's recent daily rate when its lifetime counter must be carried forward.
 RECENT_DAYS = 28
 
-WINDOW_COLUMNS = [DATE, BATTERY_ID, CAR_ID, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CYCLES,
-                  RATED_CYCLES]
+WINDOW_COLUMNS = [DATE, BATTERY_ID, CAR_ID, AGE_DAYS, TRIPS, TRIP_MINUTES, DAILY_CYCLES, LIFETIME_CYCLES, RATED_CYCLES]
 
 
 @dataclass(frozen=True)
@@ -220,16 +219,18 @@ def training_samples(
     battery, origin = np.nonzero(complete & (calendar % every_days == 0))
     windows = history.windows_at(origin, battery, window_days)
     target = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, span)]
-    return pd.DataFrame({
-        BATTERY_ID: windows.battery_id,
-        CAR_ID: windows.car_id,
-        "As_Of": pd.to_datetime(windows.as_of),
-        RATED_CYCLES: windows.rated_cycles,
-        LIFETIME_CYCLES: windows.lifetime_cycles,
-        AGE_DAYS: windows.age_days,
-        **{name: list(getattr(windows, name)) for name in TRAINING_ARRAYS},
-        TARGET: list(target),
-    })
+    return pd.DataFrame(
+        {
+            BATTERY_ID: windows.battery_id,
+            CAR_ID: windows.car_id,
+            "As_Of": pd.to_datetime(windows.as_of),
+            RATED_CYCLES: windows.rated_cycles,
+            LIFETIME_CYCLES: windows.lifetime_cycles,
+            AGE_DAYS: windows.age_days,
+            **{name: list(getattr(windows, name)) for name in TRAINING_ARRAYS},
+            TARGET: list(target),
+        }
+    )
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str]) -> None:

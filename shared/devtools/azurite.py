@@ -18,6 +18,8 @@ from pathlib import Path
 from shared.adapters.storage import AzuriteEndpoints
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

@@ -268,8 +268,15 @@ EXTRA_WORDS_RATE = 0.3
 COMPONENT_FRAME_COLUMNS = [*COMPONENT_COLUMNS, TEMPLATE, "Stated_Year", "Stated_Condition", "Stated_Material"]
 
 BATTERY_COLUMNS = [
-    BATTERY_ID, CAR_ID, "Battery_Model", RATED_CYCLES, "Installed", "Replaced", "Wear_Factor",
-    "Reported_ID", "Rated_Life_Reached",
+    BATTERY_ID,
+    CAR_ID,
+    "Battery_Model",
+    RATED_CYCLES,
+    "Installed",
+    "Replaced",
+    "Wear_Factor",
+    "Reported_ID",
+    "Rated_Life_Reached",
 ]
 
 
@@ -336,10 +343,12 @@ def write_fleet(fleet: Fleet, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"telemetry": out / "telemetry.csv", "cars": out / "cars.csv", "components": out / "components.csv"}
     fleet.components[[*COMPONENT_COLUMNS, TEMPLATE]].to_csv(paths["components"], index=False)
-    telemetry = fleet.telemetry.assign(**{
-        DATE: _date_text(fleet.telemetry[DATE].to_numpy(DATE_DTYPE)),
-        **{column: fleet.telemetry[column].astype("Int64") for column in INTEGER_COLUMNS},
-    })
+    telemetry = fleet.telemetry.assign(
+        **{
+            DATE: _date_text(fleet.telemetry[DATE].to_numpy(DATE_DTYPE)),
+            **{column: fleet.telemetry[column].astype("Int64") for column in INTEGER_COLUMNS},
+        }
+    )
     telemetry.to_csv(paths["telemetry"], index=False)
     fleet.cars.assign(Purchase_Date=fleet.cars["Purchase_Date"].dt.strftime("%Y-%m-%d")).to_csv(
         paths["cars"], index=False
@@ -375,19 +384,23 @@ def simulate_components(car_ids: np.ndarray, seed: int) -> pd.DataFrame:
         slot: pd.Series(template).map({t: "{" + slot + "}" in COMPONENT_TEMPLATES.get(t, "") for t in templates})
         for slot in ("year", "condition", "material")
     }
-    stated = pd.DataFrame({
-        "Stated_Year": pd.Series(year, dtype="Int64").where(states["year"]),
-        "Stated_Condition": pd.Series(condition, dtype=object).where(states["condition"]),
-        "Stated_Material": pd.Series(material, dtype=object).where(states["material"]),
-    })
-    return pd.DataFrame({
-        COMPONENT_ID: pd.Series([f"CMP-{k:06d}" for k in range(1, n + 1)], dtype=object),
-        CAR_ID: pd.Series(cars, dtype=object),
-        TEXT: pd.Series(text, dtype=object),
-        LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
-        TEMPLATE: pd.Series(template, dtype=object),
-        **stated,
-    })[COMPONENT_FRAME_COLUMNS]
+    stated = pd.DataFrame(
+        {
+            "Stated_Year": pd.Series(year, dtype="Int64").where(states["year"]),
+            "Stated_Condition": pd.Series(condition, dtype=object).where(states["condition"]),
+            "Stated_Material": pd.Series(material, dtype=object).where(states["material"]),
+        }
+    )
+    return pd.DataFrame(
+        {
+            COMPONENT_ID: pd.Series([f"CMP-{k:06d}" for k in range(1, n + 1)], dtype=object),
+            CAR_ID: pd.Series(cars, dtype=object),
+            TEXT: pd.Series(text, dtype=object),
+            LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
+            TEMPLATE: pd.Series(template, dtype=object),
+            **stated,
+        }
+    )[COMPONENT_FRAME_COLUMNS]
 
 
 UNCLEAR = "unclear"  # in a vocabulary: a person could not tell compliant from non-compliant by this phrase
@@ -411,14 +424,18 @@ def simulate_vocabulary_notes(vocabulary: dict, seed: int, notes_per_phrase: int
     rng = _random(seed, 3)
     conditions = [(phrase, grade) for grade, phrases in vocabulary["conditions"].items() for phrase in phrases]
     materials = [(phrase, meaning) for meaning, phrases in vocabulary["materials"].items() for phrase in phrases]
-    condition_at = np.concatenate([
-        np.repeat(np.arange(len(conditions)), notes_per_phrase),
-        rng.integers(len(conditions), size=len(materials) * notes_per_phrase),
-    ])
-    material_at = np.concatenate([
-        rng.integers(len(materials), size=len(conditions) * notes_per_phrase),
-        np.repeat(np.arange(len(materials)), notes_per_phrase),
-    ])
+    condition_at = np.concatenate(
+        [
+            np.repeat(np.arange(len(conditions)), notes_per_phrase),
+            rng.integers(len(conditions), size=len(materials) * notes_per_phrase),
+        ]
+    )
+    material_at = np.concatenate(
+        [
+            rng.integers(len(materials), size=len(conditions) * notes_per_phrase),
+            np.repeat(np.arange(len(materials)), notes_per_phrase),
+        ]
+    )
     n = condition_at.size
     year = np.where(rng.random(n) < OLD_YEAR_SHARE, rng.integers(COMPONENT_YEARS[0], CUTOFF_YEAR, n),
                     rng.integers(CUTOFF_YEAR, COMPONENT_YEARS[1] + 1, n))  # fmt: skip
@@ -432,21 +449,25 @@ def simulate_vocabulary_notes(vocabulary: dict, seed: int, notes_per_phrase: int
         text.append(_cased(rng, note))
     grade = pd.Series([conditions[i][1] for i in condition_at], dtype=object)
     meaning = pd.Series([materials[i][1] for i in material_at], dtype=object)
-    stated = pd.DataFrame({
-        "Stated_Year": pd.Series(year, dtype="Int64"),
-        "Stated_Condition": grade.where(grade != UNCLEAR),
-        "Stated_Material": meaning.where(meaning != UNCLEAR),
-    })
-    return pd.DataFrame({
-        COMPONENT_ID: pd.Series([f"VOC-{k:06d}" for k in range(1, n + 1)], dtype=object),
-        CAR_ID: pd.Series([f"CAR-V{k // 5:05d}" for k in range(n)], dtype=object),
-        TEXT: pd.Series(text, dtype=object),
-        LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
-        TEMPLATE: pd.Series([f"V{t + 1:02d}" for t in template], dtype=object),
-        **stated,
-        "condition_phrase": pd.Series([conditions[i][0] for i in condition_at], dtype=object),
-        "material_phrase": pd.Series([materials[i][0] for i in material_at], dtype=object),
-    })
+    stated = pd.DataFrame(
+        {
+            "Stated_Year": pd.Series(year, dtype="Int64"),
+            "Stated_Condition": grade.where(grade != UNCLEAR),
+            "Stated_Material": meaning.where(meaning != UNCLEAR),
+        }
+    )
+    return pd.DataFrame(
+        {
+            COMPONENT_ID: pd.Series([f"VOC-{k:06d}" for k in range(1, n + 1)], dtype=object),
+            CAR_ID: pd.Series([f"CAR-V{k // 5:05d}" for k in range(n)], dtype=object),
+            TEXT: pd.Series(text, dtype=object),
+            LABEL: violates_regulation(stated["Stated_Year"], stated["Stated_Condition"], stated["Stated_Material"]),
+            TEMPLATE: pd.Series([f"V{t + 1:02d}" for t in template], dtype=object),
+            **stated,
+            "condition_phrase": pd.Series([conditions[i][0] for i in condition_at], dtype=object),
+            "material_phrase": pd.Series([materials[i][0] for i in material_at], dtype=object),
+        }
+    )
 
 
 def ageing_factor(worn_fraction: np.ndarray) -> np.ndarray:
@@ -500,9 +521,7 @@ def _random(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=stream))
 
 
-def _simulate_block(
-    rng: np.random.Generator, first_car: int, n: int, days: pd.DatetimeIndex, n_period: int
-) -> _Block:
+def _simulate_block(rng: np.random.Generator, first_car: int, n: int, days: pd.DatetimeIndex, n_period: int) -> _Block:
     engine = rng.choice(len(ENGINE_TYPES), n, p=[e.share for e in ENGINE_TYPES])
     region = rng.choice(len(CLIMATES), n, p=[c.share for c in CLIMATES])
     minutes = _daily_minutes(rng, n, days)
@@ -539,7 +558,7 @@ def _daily_minutes(rng: np.random.Generator, n: int, days: pd.DatetimeIndex) -> 
     season = 1.0 + summer_lift[:, None] * (1.0 - _winter_weight(days))
     years = np.arange(len(days)) / 365.25
     trend = np.exp(drift[:, None] * years)
-    noise = rng.lognormal(-DAILY_NOISE**2 / 2, DAILY_NOISE, (n, len(days)))
+    noise = rng.lognormal(-(DAILY_NOISE**2) / 2, DAILY_NOISE, (n, len(days)))
     driving = rng.random((n, len(days))) >= idle_rate[:, None]
     minutes = base[:, None] * weekday * holiday * season * trend * noise * driving
     return np.round(np.minimum(minutes, MAX_MINUTES), 2)
@@ -594,10 +613,19 @@ def _battery_lives(
         lifetime[car] = np.where(own, counter, lifetime[car])
         age[car] = np.where(own, day - install[:, None], age[car])
         battery[car] = np.where(own, rows[:, None], battery[car])
-        records.append({
-            "car": car, "generation": np.full(car.size, generation), "install": install, "reach": reach,
-            "replaced": replaced, "model": model, "wear": wear, "silent": silent, "previous": previous,
-        })
+        records.append(
+            {
+                "car": car,
+                "generation": np.full(car.size, generation),
+                "install": install,
+                "reach": reach,
+                "replaced": replaced,
+                "model": model,
+                "wear": wear,
+                "silent": silent,
+                "previous": previous,
+            }
+        )
         generation += 1
 
         again = replaced < n_period
@@ -643,14 +671,16 @@ def _car_table(
 ) -> pd.DataFrame:
     n = len(engine)
     purchase = first_install - pd.to_timedelta(rng.integers(0, 3 * 365 + 1, n), unit="D")
-    return pd.DataFrame({
-        "Car_ID": pd.Series([f"CAR-{k:05d}" for k in range(first_car + 1, first_car + n + 1)], dtype=object),
-        "Make": pd.Series(np.array(MAKES)[rng.integers(0, len(MAKES), n)], dtype="str"),
-        "Model_Year": pd.Series(purchase.year - rng.integers(0, 2, n), dtype="Int64"),
-        "Engine_Type": pd.Series(np.array([e.name for e in ENGINE_TYPES])[engine], dtype="str"),
-        "Region": pd.Series(np.array([c.region for c in CLIMATES])[region], dtype="str"),
-        "Purchase_Date": pd.Series(purchase, dtype="datetime64[us]"),
-    })[CAR_COLUMNS]
+    return pd.DataFrame(
+        {
+            "Car_ID": pd.Series([f"CAR-{k:05d}" for k in range(first_car + 1, first_car + n + 1)], dtype=object),
+            "Make": pd.Series(np.array(MAKES)[rng.integers(0, len(MAKES), n)], dtype="str"),
+            "Model_Year": pd.Series(purchase.year - rng.integers(0, 2, n), dtype="Int64"),
+            "Engine_Type": pd.Series(np.array([e.name for e in ENGINE_TYPES])[engine], dtype="str"),
+            "Region": pd.Series(np.array([c.region for c in CLIMATES])[region], dtype="str"),
+            "Purchase_Date": pd.Series(purchase, dtype="datetime64[us]"),
+        }
+    )[CAR_COLUMNS]
 
 
 def _battery_table(
@@ -661,10 +691,12 @@ def _battery_table(
     row_offsets = np.cumsum([0] + [len(b.batteries["car"]) for b in blocks])[:-1]
     part = {key: np.concatenate([b.batteries[key] for b in blocks]) for key in blocks[0].batteries}
     car = np.concatenate([b.batteries["car"] + off for b, off in zip(blocks, car_offsets, strict=True)])
-    previous = np.concatenate([
-        np.where(b.batteries["previous"] >= 0, b.batteries["previous"] + off, -1)
-        for b, off in zip(blocks, row_offsets, strict=True)
-    ])
+    previous = np.concatenate(
+        [
+            np.where(b.batteries["previous"] >= 0, b.batteries["previous"] + off, -1)
+            for b, off in zip(blocks, row_offsets, strict=True)
+        ]
+    )
     order = np.lexsort((car, part["generation"]))
     ids = np.empty(len(car), dtype=object)
     ids[order] = [str(k) for k in range(1, len(car) + 1)]
@@ -675,17 +707,19 @@ def _battery_table(
 
     n_days = len(days)
     first_day = days[0].to_datetime64()
-    table = pd.DataFrame({
-        BATTERY_ID: pd.Series(ids, dtype=object),
-        CAR_ID: pd.Series(car_ids[car], dtype=object),
-        "Battery_Model": pd.Series(np.array([m.name for m in BATTERY_MODELS])[part["model"]], dtype="str"),
-        RATED_CYCLES: _rated(part["model"]).astype(np.int64),
-        "Installed": _day_dates(first_day, part["install"], True),
-        "Replaced": _day_dates(first_day, part["replaced"], part["replaced"] < n_days - FUTURE_DAYS),
-        "Wear_Factor": part["wear"],
-        "Reported_ID": pd.Series(reported, dtype=object),
-        "Rated_Life_Reached": _day_dates(first_day, part["reach"], part["reach"] < n_days),
-    })
+    table = pd.DataFrame(
+        {
+            BATTERY_ID: pd.Series(ids, dtype=object),
+            CAR_ID: pd.Series(car_ids[car], dtype=object),
+            "Battery_Model": pd.Series(np.array([m.name for m in BATTERY_MODELS])[part["model"]], dtype="str"),
+            RATED_CYCLES: _rated(part["model"]).astype(np.int64),
+            "Installed": _day_dates(first_day, part["install"], True),
+            "Replaced": _day_dates(first_day, part["replaced"], part["replaced"] < n_days - FUTURE_DAYS),
+            "Wear_Factor": part["wear"],
+            "Reported_ID": pd.Series(reported, dtype=object),
+            "Rated_Life_Reached": _day_dates(first_day, part["reach"], part["reach"] < n_days),
+        }
+    )
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
     cell_rows = np.concatenate([b.battery + off for b, off in zip(blocks, row_offsets, strict=True)])
@@ -709,17 +743,19 @@ def _truth(
         name: np.concatenate([getattr(b, name) for b in blocks])
         for name in ("age", "trips", "minutes", "cycles", "lifetime")
     }
-    return pd.DataFrame({
-        DATE: np.tile(period.to_numpy(DATE_DTYPE), len(car_ids)),
-        BATTERY_ID: pd.Series(batteries[BATTERY_ID].to_numpy(object)[cell_battery], dtype=object),
-        CAR_ID: pd.Series(np.repeat(car_ids, len(period)), dtype=object),
-        AGE_DAYS: cells["age"].astype(np.float64),
-        TRIPS: cells["trips"].astype(np.float64),
-        TRIP_MINUTES: cells["minutes"],
-        DAILY_CYCLES: cells["cycles"],
-        LIFETIME_CYCLES: cells["lifetime"],
-        RATED_CYCLES: batteries[RATED_CYCLES].to_numpy(np.float64)[cell_battery],
-    })[COLUMNS]
+    return pd.DataFrame(
+        {
+            DATE: np.tile(period.to_numpy(DATE_DTYPE), len(car_ids)),
+            BATTERY_ID: pd.Series(batteries[BATTERY_ID].to_numpy(object)[cell_battery], dtype=object),
+            CAR_ID: pd.Series(np.repeat(car_ids, len(period)), dtype=object),
+            AGE_DAYS: cells["age"].astype(np.float64),
+            TRIPS: cells["trips"].astype(np.float64),
+            TRIP_MINUTES: cells["minutes"],
+            DAILY_CYCLES: cells["cycles"],
+            LIFETIME_CYCLES: cells["lifetime"],
+            RATED_CYCLES: batteries[RATED_CYCLES].to_numpy(np.float64)[cell_battery],
+        }
+    )[COLUMNS]
 
 
 def _dirty_telemetry(
@@ -741,10 +777,12 @@ def _dirty_telemetry(
         rows[MEASURE_COLUMNS[column]][row] = np.nan
     rows = _plant_duplicates(rng, rows, exact, near)
 
-    telemetry = pd.DataFrame({
-        column: pd.Series(values, dtype=object) if column in (BATTERY_ID, CAR_ID) else values
-        for column, values in rows.items()
-    })[COLUMNS]
+    telemetry = pd.DataFrame(
+        {
+            column: pd.Series(values, dtype=object) if column in (BATTERY_ID, CAR_ID) else values
+            for column, values in rows.items()
+        }
+    )[COLUMNS]
     planted = {
         "twelve_hour_rows": twelve_hour_rows,
         "exact_duplicates": int(exact.size),
@@ -779,9 +817,7 @@ def _plant_glitches(rng: np.random.Generator, rows: dict[str, np.ndarray], at: n
     """Overwrite one value in each row of `at` with a reading no real car could produce."""
     kind = rng.integers(0, 5, at.size)
     kind[(kind == 2) & (rows[LIFETIME_CYCLES][at] < 5)] = 3  # a zero counter must be visibly wrong
-    negative_cycles, absurd_minutes, zero_counter, counter_spike, negative_trips = (
-        at[kind == k] for k in range(5)
-    )
+    negative_cycles, absurd_minutes, zero_counter, counter_spike, negative_trips = (at[kind == k] for k in range(5))
     rows[DAILY_CYCLES][negative_cycles] = -np.round(rng.uniform(0.01, 0.5, negative_cycles.size), 4)
     rows[TRIP_MINUTES][absurd_minutes] = rng.choice([9999.0, -1.0], absurd_minutes.size)
     rows[LIFETIME_CYCLES][zero_counter] = 0.0
@@ -801,8 +837,7 @@ def _plant_duplicates(
         near_copy[column][mine] = np.round(near_copy[column][mine] + steps[mine] * unit, 5)
     order = np.argsort(np.concatenate([np.arange(len(rows[DATE])), exact, near]), kind="stable")
     return {
-        column: np.concatenate([values, values[exact], near_copy[column]])[order]
-        for column, values in rows.items()
+        column: np.concatenate([values, values[exact], near_copy[column]])[order] for column, values in rows.items()
     }
 
 

@@ -232,10 +232,12 @@ def day_events(rows: pd.DataFrame) -> tuple[list[bytes], list[str]]:
 
     Dates as YYYY-MM-DD, integer columns as JSON integers, blank cells as null (docs/contracts.md, "Telemetry event").
     """
-    records = rows[COLUMNS].assign(**{
-        DATE: rows[DATE].dt.strftime("%Y-%m-%d"),
-        **{column: rows[column].astype("Int64") for column in INTEGER_COLUMNS},
-    })
+    records = rows[COLUMNS].assign(
+        **{
+            DATE: rows[DATE].dt.strftime("%Y-%m-%d"),
+            **{column: rows[column].astype("Int64") for column in INTEGER_COLUMNS},
+        }
+    )
     by_car: dict[str, list[dict]] = defaultdict(list)
     for record in json.loads(records.to_json(orient="records")):
         by_car[record[CAR_ID]].append(record)
@@ -470,12 +472,16 @@ def _check_arguments(cars: int, start: str, end: str, replay_days: int) -> date:
     last_archived = days["--end"] - timedelta(days=replay_days)
     history_days = (last_archived - days["--start"]).days + 1
     if history_days < MIN_HISTORY_DAYS:
-        raise InputError(f"--start {start} to --end {end} leaves {history_days} days before the {replay_days} "
-                         f"replayed days; training needs at least {MIN_HISTORY_DAYS}")
+        raise InputError(
+            f"--start {start} to --end {end} leaves {history_days} days before the {replay_days} "
+            f"replayed days; training needs at least {MIN_HISTORY_DAYS}"
+        )
     first_daily = pd.Timestamp(TWELVE_HOUR_UNTIL).date()
     if last_archived + timedelta(days=1) < first_daily:
-        raise InputError(f"the replayed days must start on or after {first_daily}: before that the simulated "
-                         "cars report every 12 hours, and an event carries one record per day")
+        raise InputError(
+            f"the replayed days must start on or after {first_daily}: before that the simulated "
+            "cars report every 12 hours, and an event carries one record per day"
+        )
     return last_archived
 
 
@@ -516,9 +522,16 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
     queued_streaming = sum(batch.enqueued.get(function_app.ALERT_QUEUE, 0) for batch in batches)
     unique = all(len({a["alert_id"] for a in alerts}) == len(alerts) for alerts in record.received.values())
     return {
-        "run": {"cars": cars, "start": start, "end": end, "seed": seed,
-                "telemetry_rows": len(fleet.telemetry), "batteries": len(fleet.batteries),
-                "last_archived_day": record.last_archived, "replayed_days": record.replayed},
+        "run": {
+            "cars": cars,
+            "start": start,
+            "end": end,
+            "seed": seed,
+            "telemetry_rows": len(fleet.telemetry),
+            "batteries": len(fleet.batteries),
+            "last_archived_day": record.last_archived,
+            "replayed_days": record.replayed,
+        },
         "archive": {"rows": record.archived_rows, "left_out_blank_or_impossible": record.left_out_of_archive},
         "retrain": (log.of(RETRAIN_LOG) or [{}])[-1],
         "model_version": (record.champion or {}).get("version"),
@@ -536,8 +549,11 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
             "scoring_errors": sum(s.get("scoring_errors", 0) for s in streaming),
             "parked_for_rescoring": record.parked,
         },
-        "scoring": {"batch_as_of": batch_summary.get("as_of"), "batch_scored": batch_summary.get("scored", 0),
-                    "streaming_scored": sum(s.get("batteries", 0) for s in streaming)},
+        "scoring": {
+            "batch_as_of": batch_summary.get("as_of"),
+            "batch_scored": batch_summary.get("scored", 0),
+            "streaming_scored": sum(s.get("batteries", 0) for s in streaming),
+        },
         "alerts": {
             "queued": queued_batch + queued_streaming,
             "queued_batch": queued_batch,
@@ -545,8 +561,9 @@ def summarise(record: RunRecord, *, cars: int, start: str, end: str, seed: int) 
             "outcomes": dict(outcomes),
             "delivered": outcomes.get("delivered", 0),
             "suppressed_by_cooldown": held_back.get(COOLDOWN, 0),
-            "held_back_by_feedback": {action: held_back.get(action, 0) for action in (DISMISSED, SNOOZED,
-                                                                                       SERVICE_BOOKED)},
+            "held_back_by_feedback": {
+                action: held_back.get(action, 0) for action in (DISMISSED, SNOOZED, SERVICE_BOOKED)
+            },
             "already_delivered": outcomes.get("duplicate", 0),
             "rejected": outcomes.get("rejected", 0),
             "malformed": outcomes.get("malformed", 0),
@@ -617,8 +634,9 @@ def alert_check(batteries: pd.DataFrame, received: pd.DataFrame, last_archived: 
         "alerts_right": int(received["right_to_alert"].sum()),
         "missed": [
             {"car_id": car, "battery_id": battery, "rated_life_reached": f"{day:%Y-%m-%d}"}
-            for car, battery, day in zip(missed[CAR_ID], missed["Reported_ID"], missed["Rated_Life_Reached"],
-                                         strict=True)
+            for car, battery, day in zip(
+                missed[CAR_ID], missed["Reported_ID"], missed["Rated_Life_Reached"], strict=True
+            )
         ],
     }
 
@@ -716,8 +734,13 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
          f"({labels.get('booked_replaced', 0)} of them booked)"),
     ]  # fmt: skip
     recall = "n/a" if check["recall"] is None else f"{check['recall']:.0%}"
-    consistent = alerts["delivered"] == alerts["received_by_head_units"] and alerts["unique_per_car"] and not any(
-        check[key] for key in ("delivered_not_received", "received_not_delivered", "received_twice", "sent_again"))
+    consistent = (
+        alerts["delivered"] == alerts["received_by_head_units"]
+        and alerts["unique_per_car"]
+        and not any(
+            check[key] for key in ("delivered_not_received", "received_not_delivered", "received_twice", "sent_again")
+        )
+    )
     problems = check_failures(check)
     lines = [
         f"# Main job: {run['cars']} cars, {run['start']} to {run['end']} (seed {run['seed']})",
@@ -741,8 +764,7 @@ def render_summary(summary: dict[str, Any], model_report: str) -> str:
         "reaches rated life within 30 days of the alert, or already had.",
         f"- {check['past_alerted']} of {check['past_rated_life']} batteries already past rated life and still "
         "in service got an alert.",
-        f"- Delivered by push_alert = received by head units, each alert once: "
-        f"{'yes' if consistent else 'NO'}.",
+        f"- Delivered by push_alert = received by head units, each alert once: {'yes' if consistent else 'NO'}.",
         f"- Alerts received within the cooldown without escalating: {len(check['cooldown_breaches'])}.",
         f"- `--check` (recall ≥ {MIN_RECALL}, right ≥ {MIN_PRECISION}, each alert once, cooldown kept): "
         + ("passes." if not problems else f"**fails**: {'; '.join(problems)}."),

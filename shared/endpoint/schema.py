@@ -77,8 +77,7 @@ DEFINITIONS: dict[str, Any] = {
             BATTERY_ID: {"type": "string", "minLength": 1, "description": "an integer is accepted too"},
             CAR_ID: {"type": "string", "minLength": 1},
             RATED_CYCLES: {"type": "number"},
-            HISTORY: {"type": "array", "minItems": 1, "items": _ref("HistoryRow"),
-                      "description": "oldest to newest"},
+            HISTORY: {"type": "array", "minItems": 1, "items": _ref("HistoryRow"), "description": "oldest to newest"},
         },
         "One battery to score. An item that does not fit gets its own error in the 200 answer.",
     ),
@@ -96,8 +95,9 @@ DEFINITIONS: dict[str, Any] = {
             CAR_ID: _nullable({"type": "string"}),
             PROBABILITY: _nullable({"type": "number", "minimum": 0, "maximum": 1}),
             DAYS_TO_RATED_LIFE: _nullable({"type": "number", "minimum": 0, "maximum": MAX_DAYS_TO_RATED_LIFE}),
-            "forecast_daily_cycles": _nullable({"type": "array", "minItems": HORIZON_DAYS, "maxItems": HORIZON_DAYS,
-                                                "items": {"type": "number"}}),
+            "forecast_daily_cycles": _nullable(
+                {"type": "array", "minItems": HORIZON_DAYS, "maxItems": HORIZON_DAYS, "items": {"type": "number"}}
+            ),
             "error": _nullable({"type": "string", "description": "why this item was not scored; null if it was"}),
             REASONS: _nullable({"type": "array", "items": {"type": "string"}}),
         },
@@ -135,32 +135,46 @@ def swagger_document() -> dict[str, Any]:
         score_responses |= {status: {"description": text, "schema": _ref(schema)} for status, text in statuses.items()}
     return {
         "swagger": "2.0",
-        "info": {"title": "Battery failure risk", "version": "1.0",
-                 "description": "Forecasts each battery's daily cycles for 30 days and the probability that it "
-                                "reaches its rated life within them (docs/contracts.md, Scoring endpoint)."},
+        "info": {
+            "title": "Battery failure risk",
+            "version": "1.0",
+            "description": "Forecasts each battery's daily cycles for 30 days and the probability that it "
+            "reaches its rated life within them (docs/contracts.md, Scoring endpoint).",
+        },
         "consumes": ["application/json"],
         "produces": ["application/json"],
         "securityDefinitions": {
-            "Bearer": {"type": "apiKey", "name": "Authorization", "in": "header",
-                       "description": "Bearer <key or Azure AD token>; the local endpoint takes none."},
+            "Bearer": {
+                "type": "apiKey",
+                "name": "Authorization",
+                "in": "header",
+                "description": "Bearer <key or Azure AD token>; the local endpoint takes none.",
+            },
         },
         "paths": {
-            "/": {"get": {
-                "operationId": "ServiceHealthCheck",
-                "produces": ["text/html"],
-                "responses": {"200": {"description": "'Healthy' once the model is loaded.",
-                                      "schema": {"type": "string"}}},
-            }},
-            "/swagger.json": {"get": {
-                "operationId": "GetSwaggerSpec",
-                "responses": {"200": {"description": "This document.", "schema": {"type": "object"}}},
-            }},
-            "/score": {"post": {
-                "operationId": "RunMLService",
-                "security": [{"Bearer": []}],
-                "parameters": [{"name": "body", "in": "body", "required": True, "schema": _ref("ServiceInput")}],
-                "responses": score_responses,
-            }},
+            "/": {
+                "get": {
+                    "operationId": "ServiceHealthCheck",
+                    "produces": ["text/html"],
+                    "responses": {
+                        "200": {"description": "'Healthy' once the model is loaded.", "schema": {"type": "string"}}
+                    },
+                }
+            },
+            "/swagger.json": {
+                "get": {
+                    "operationId": "GetSwaggerSpec",
+                    "responses": {"200": {"description": "This document.", "schema": {"type": "object"}}},
+                }
+            },
+            "/score": {
+                "post": {
+                    "operationId": "RunMLService",
+                    "security": [{"Bearer": []}],
+                    "parameters": [{"name": "body", "in": "body", "required": True, "schema": _ref("ServiceInput")}],
+                    "responses": score_responses,
+                }
+            },
         },
         "definitions": DEFINITIONS,
     }

@@ -568,8 +568,10 @@ def _check_spans(typed: pd.DataFrame, batch: _Batch) -> None:
         batch.errors[int(item[start])] = f"{HISTORY} spans {span:,} days; at most {MAX_HISTORY_SPAN_DAYS:,} are scored"
     total = int(spans[~too_long].sum())
     if total > MAX_HISTORY_ROWS_PER_REQUEST:
-        raise RequestTooLarge(f"the histories span {total:,} days in all; the limit is "
-                              f"{MAX_HISTORY_ROWS_PER_REQUEST:,}: send fewer batteries or fewer days per request")
+        raise RequestTooLarge(
+            f"the histories span {total:,} days in all; the limit is "
+            f"{MAX_HISTORY_ROWS_PER_REQUEST:,}: send fewer batteries or fewer days per request"
+        )
 
 
 def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:

@@ -52,8 +52,14 @@ def parse_day(text: str, name: str = "--as-of") -> date:
 MODEL_KINDS = ("lightgbm", "lstm")
 
 
-def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None = None,
-                   progress: Progress = _quiet, model_kind: str = "lightgbm"):
+def train_from_csv(
+    data_path: Path,
+    model_dir: Path,
+    *,
+    cars_path: Path | None = None,
+    progress: Progress = _quiet,
+    model_kind: str = "lightgbm",
+):
     """Read, prepare, backtest and train; write the model directory with metadata.json and report.md.
 
     model_kind "lstm" trains the PyTorch contender (shared/models/_lstm.py; needs requirements-lstm.txt) on the
@@ -86,9 +92,18 @@ def train_from_csv(data_path: Path, model_dir: Path, *, cars_path: Path | None =
     return model, report_path
 
 
-def score_from_csv(data_path: Path, model_dir: Path, as_of: str | date, out_path: Path, *,
-                   forecast_path: Path | None = None, threshold: float | None = None,
-                   progress: Progress = _quiet, engine: str = "pandas", master: str | None = None) -> pd.DataFrame:
+def score_from_csv(
+    data_path: Path,
+    model_dir: Path,
+    as_of: str | date,
+    out_path: Path,
+    *,
+    forecast_path: Path | None = None,
+    threshold: float | None = None,
+    progress: Progress = _quiet,
+    engine: str = "pandas",
+    master: str | None = None,
+) -> pd.DataFrame:
     """Batch-score every battery in service at `as_of` from a telemetry CSV, using data up to that day only.
 
     engine "spark" runs the Spark job (shared/spark/job.py) on `master` instead, with the same output.
@@ -273,5 +288,3 @@ def champion_model(services: Services) -> BatteryForecaster | None:
 @functools.lru_cache(maxsize=2)
 def _load_cached(model_dir: str) -> BatteryForecaster:
     return load_model(model_dir)
-
-

@@ -198,9 +198,14 @@ def train_model(
     return model
 
 
-
-def training_record(clean: pd.DataFrame, history: FleetHistory, backtest: dict, quality: dict | None,
-                    digest: str, libraries: dict[str, str]) -> dict:
+def training_record(
+    clean: pd.DataFrame,
+    history: FleetHistory,
+    backtest: dict,
+    quality: dict | None,
+    digest: str,
+    libraries: dict[str, str],
+) -> dict:
     """What every model kind records about its training: version, time, data, backtest, libraries.
 
     The version is the UTC time plus a short digest of the fitted parameters, so two trainings on the
@@ -215,9 +220,14 @@ def training_record(clean: pd.DataFrame, history: FleetHistory, backtest: dict, 
         "n_cars": int(pd.unique(history.car_id).size),
         "backtest": backtest,
         "data_quality": quality or {},
-        "library_versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "pandas": pd.__version__, **libraries},
+        "library_versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            **libraries,
+        },
     }
+
 
 def fit_forecaster(
     history: FleetHistory,
@@ -237,8 +247,12 @@ def fit_forecaster(
         raise InputError(f"not enough history to train: no battery has {HORIZON_DAYS + 1} reported days in a row")
     windows = hide_some_days(history.windows_at(origin, battery), rng)
     actual = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, HORIZON_DAYS + 1)]
-    model = BatteryForecaster(booster=None, level_prior=_level_prior(history, last_target_day),
-                              weekday_shrinkage=fit_weekday_shrinkage(windows.daily_cycles, actual), cars=cars)
+    model = BatteryForecaster(
+        booster=None,
+        level_prior=_level_prior(history, last_target_day),
+        weekday_shrinkage=fit_weekday_shrinkage(windows.daily_cycles, actual),
+        cars=cars,
+    )
     features, level, _ = model._features(windows)
     if cars is not None:  # teach the trees what an unknown car looks like: its attributes missing
         unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
@@ -311,9 +325,21 @@ def _shape(factor: np.ndarray, count: np.ndarray, shrinkage: float) -> np.ndarra
 
 
 ORIGIN_FEATURES = [
-    "level", "level_7_ratio", "level_91_ratio", "minutes_28", "minutes_7_ratio", "trips_28",
-    "cycles_per_minute", "std_28_ratio", "zero_share_28", "last_day_ratio", "known_days",
-    "days_since_report", "age_days", "lifetime_share", "rated_cycles",
+    "level",
+    "level_7_ratio",
+    "level_91_ratio",
+    "minutes_28",
+    "minutes_7_ratio",
+    "trips_28",
+    "cycles_per_minute",
+    "std_28_ratio",
+    "zero_share_28",
+    "last_day_ratio",
+    "known_days",
+    "days_since_report",
+    "age_days",
+    "lifetime_share",
+    "rated_cycles",
 ]
 CALENDAR_FEATURES = ["day_of_year_sin", "day_of_year_cos", "month", "weekday_mix"]
 
@@ -392,7 +418,7 @@ def sample_origins(
     # A day starts 31 reported days in a row when the running count of reported days rises by 31.
     running = np.cumsum(reported, axis=1, dtype=np.int32)
     span = HORIZON_DAYS + 1
-    ahead = running[:, span - 1 :] - np.pad(running[:, : -span], ((0, 0), (1, 0)))[:, : running.shape[1] - span + 1]
+    ahead = running[:, span - 1 :] - np.pad(running[:, :-span], ((0, 0), (1, 0)))[:, : running.shape[1] - span + 1]
     battery, origin = np.nonzero(ahead == span)
     if len(battery) > max_rows:
         keep = np.sort(rng.choice(len(battery), size=max_rows, replace=False))

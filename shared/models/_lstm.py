@@ -112,8 +112,13 @@ class LstmForecaster:
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         _torch().save(self.network.state_dict(), model_dir / WEIGHTS_FILE)
-        metadata = {**self.metadata, "model_kind": MODEL_KIND, "window_days": self.window_days,
-                    "level_prior": self.level_prior, "minutes_prior": self.minutes_prior}
+        metadata = {
+            **self.metadata,
+            "model_kind": MODEL_KIND,
+            "window_days": self.window_days,
+            "level_prior": self.level_prior,
+            "minutes_prior": self.minutes_prior,
+        }
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
         (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
@@ -157,7 +162,10 @@ def network_inputs(windows: BatteryWindows, level_prior: float, minutes_prior: f
         np.clip(np.nan_to_num(cycles / level[:, None]), 0, MAX_RATIO),
         np.clip(np.nan_to_num(minutes / minutes_level[:, None]), 0, MAX_RATIO),
         known.astype(np.float64),
-        np.sin(weekday_angle), np.cos(weekday_angle), np.sin(season_angle), np.cos(season_angle),
+        np.sin(weekday_angle),
+        np.cos(weekday_angle),
+        np.sin(season_angle),
+        np.cos(season_angle),
     ]
     return np.stack(channels, axis=2).astype(np.float32), level
 
@@ -184,8 +192,9 @@ def train_lstm(
         return fit_lstm(history, last_target_day, max_training_rows=max_training_rows, epochs=epochs, seed=seed,
                         progress=say)  # fmt: skip
 
-    backtest = run_backtest(history, fit, threshold=threshold, progress=say, window_days=INPUT_DAYS,
-                            model_title=MODEL_TITLE)
+    backtest = run_backtest(
+        history, fit, threshold=threshold, progress=say, window_days=INPUT_DAYS, model_title=MODEL_TITLE
+    )
     say("training the final LSTM on all data")
     model = fit(history, history.n_days - 1)
     model.calibration = backtest.final_calibration
@@ -244,9 +253,16 @@ def fit_lstm(
         validation_rows=int(validation.sum()),
         training_targets_until=str(history.first_day + last_target_day),
         network={"channels": len(CHANNELS), "hidden": HIDDEN_UNITS, "layers": LAYERS, "horizon": HORIZON_DAYS},
-        lstm_params={"epochs": epochs, "epochs_run": len(curves), "best_epoch": best_epoch,
-                     "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE, "patience": PATIENCE,
-                     "torch_threads": TORCH_THREADS, "seed": seed},
+        lstm_params={
+            "epochs": epochs,
+            "epochs_run": len(curves),
+            "best_epoch": best_epoch,
+            "batch_size": BATCH_SIZE,
+            "learning_rate": LEARNING_RATE,
+            "patience": PATIENCE,
+            "torch_threads": TORCH_THREADS,
+            "seed": seed,
+        },
         training_curves={column: curves[column].tolist() for column in curves.columns},
     )
     return model

@@ -112,8 +112,11 @@ class MlflowForecaster:
         days = forecast_days(output, len(windows))
         missing = np.isnan(days).any(axis=1)
         if missing.any():
-            logger.warning("the MLflow model gave no forecast for %d of %d batteries; using their recent mean",
-                           int(missing.sum()), len(windows))
+            logger.warning(
+                "the MLflow model gave no forecast for %d of %d batteries; using their recent mean",
+                int(missing.sum()),
+                len(windows),
+            )
             days[missing] = recent_mean_forecast(windows.take(np.flatnonzero(missing)))
         return np.maximum(days, 0.0)
 
@@ -125,8 +128,13 @@ class MlflowForecaster:
         if self.source.resolve() != target.resolve():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(self.source, target)
-        metadata = {**self.metadata, "model_kind": MODEL_KIND, "mlflow_model": MLFLOW_DIR,
-                    "window_days": self.window_days, "input_types": self.input_types}
+        metadata = {
+            **self.metadata,
+            "model_kind": MODEL_KIND,
+            "mlflow_model": MLFLOW_DIR,
+            "window_days": self.window_days,
+            "input_types": self.input_types,
+        }
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
         (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
@@ -151,8 +159,10 @@ def load_mlflow_forecaster(model_dir: str | Path, metadata: dict | None = None) 
     if input_types is not None:
         unknown = [name for name in input_types if name not in FUTURE_COLUMNS]
         if unknown:
-            raise InputError(f"{folder}: the model's signature needs column(s) {', '.join(unknown)}, "
-                             f"which the future frame cannot build (it has {', '.join(FUTURE_COLUMNS)})")
+            raise InputError(
+                f"{folder}: the model's signature needs column(s) {', '.join(unknown)}, "
+                f"which the future frame cannot build (it has {', '.join(FUTURE_COLUMNS)})"
+            )
     calibration = (metadata or {}).get("calibration")
     return MlflowForecaster(
         pyfunc=pyfunc,
@@ -217,8 +227,10 @@ def forecast_days(output: Any, n: int) -> np.ndarray:
             raise ValueError(f"the MLflow model returned {output.shape[1]} columns ({names}); expected one per row")
     values = np.asarray(output, dtype=np.float64).reshape(-1)
     if len(values) != n * HORIZON_DAYS:
-        raise ValueError(f"the MLflow model returned {len(values)} values for {n * HORIZON_DAYS} rows "
-                         f"({n} batteries x {HORIZON_DAYS} days)")
+        raise ValueError(
+            f"the MLflow model returned {len(values)} values for {n * HORIZON_DAYS} rows "
+            f"({n} batteries x {HORIZON_DAYS} days)"
+        )
     return values.reshape(n, HORIZON_DAYS)
 
 
@@ -237,11 +249,16 @@ def calibrate_after_training(
     last = history.n_days - 1 - HORIZON_DAYS
     if first < 0 or first > last:
         data_end = history.first_day + history.n_days - 1
-        raise InputError(f"calibrating needs telemetry from {trained_until} (the end of the model's training data) "
-                         f"to at least {HORIZON_DAYS} days later; the telemetry runs {history.first_day} to {data_end}")
+        raise InputError(
+            f"calibrating needs telemetry from {trained_until} (the end of the model's training data) "
+            f"to at least {HORIZON_DAYS} days later; the telemetry runs {history.first_day} to {data_end}"
+        )
     origins = np.arange(first, last + 1, ORIGIN_STRIDE)
-    forecasters = {"model": model.forecast, "seasonal_naive": seasonal_naive_forecast,
-                   "recent_mean": recent_mean_forecast}
+    forecasters = {
+        "model": model.forecast,
+        "seasonal_naive": seasonal_naive_forecast,
+        "recent_mean": recent_mean_forecast,
+    }
     split = (len(origins) + 1) // 2
     held_out = origin_outcomes(history, origins[:split], forecasters, WINDOW_DAYS)
     summary: dict[str, Any] = {
@@ -285,8 +302,14 @@ def wrap_mlflow_model(
     history = build_history(clean)
     model.calibration, summary = calibrate_after_training(model, history, trained_until)
     model.metadata.update(
-        training_record(clean, history, summary, quality, f"mlflow-{_folder_digest(Path(mlflow_model))}",
-                        {"mlflow": mlflow.__version__}),
+        training_record(
+            clean,
+            history,
+            summary,
+            quality,
+            f"mlflow-{_folder_digest(Path(mlflow_model))}",
+            {"mlflow": mlflow.__version__},
+        ),
         horizon_days=HORIZON_DAYS,
         source=source or {},
     )

@@ -101,18 +101,24 @@ def run_backtest(
     say = progress or (lambda message: None)
     last_day = history.n_days - 1
     cutoff = last_day - EVALUATION_DAYS
-    calibration_origins = np.arange(cutoff - HORIZON_DAYS - CALIBRATION_SPAN_DAYS, cutoff - HORIZON_DAYS + 1,
-                                    ORIGIN_STRIDE)
+    calibration_origins = np.arange(
+        cutoff - HORIZON_DAYS - CALIBRATION_SPAN_DAYS, cutoff - HORIZON_DAYS + 1, ORIGIN_STRIDE
+    )
     evaluation_origins = np.arange(cutoff, last_day - HORIZON_DAYS + 1, ORIGIN_STRIDE)
     if calibration_origins[0] < MIN_TRAINING_DAYS:
         raise InputError(f"the backtest needs at least {MIN_HISTORY_DAYS} days of history, got {history.n_days}")
 
     say(f"backtest: fitting on targets up to {_date(history, calibration_origins[0])}")
     model = fit(history, int(calibration_origins[0]))
-    forecasters = {"model": model.forecast, "seasonal_naive": seasonal_naive_forecast,
-                   "recent_mean": recent_mean_forecast}
-    say(f"backtest: calibrating on {len(calibration_origins)} origins, "
-        f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}")
+    forecasters = {
+        "model": model.forecast,
+        "seasonal_naive": seasonal_naive_forecast,
+        "recent_mean": recent_mean_forecast,
+    }
+    say(
+        f"backtest: calibrating on {len(calibration_origins)} origins, "
+        f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}"
+    )
     held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
     evaluated_history = history if evaluation_history is None else evaluation_history
     evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days)
@@ -131,31 +137,41 @@ def run_backtest(
         "reliability": reliability,
     }
     pooled = concatenate_outcomes(held_out, evaluated)
-    evaluation = pd.DataFrame({
-        "Battery_ID": evaluated_history.battery_id[evaluated.battery].astype(str),
-        "Car_ID": evaluated_history.car_id[evaluated.battery].astype(str),
-        "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
-        "label": evaluated.label,
-        "scored": evaluated.scored,
-        "probability": probabilities["model"],
-        "alert": probabilities["model"] >= threshold,
-    })
-    return BacktestResult(summary=summary, final_calibration=calibration_from_outcomes(pooled, "model"),
-                          evaluation=evaluation, forecast=evaluated.forecast["model"], actual=evaluated.actual)
+    evaluation = pd.DataFrame(
+        {
+            "Battery_ID": evaluated_history.battery_id[evaluated.battery].astype(str),
+            "Car_ID": evaluated_history.car_id[evaluated.battery].astype(str),
+            "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
+            "label": evaluated.label,
+            "scored": evaluated.scored,
+            "probability": probabilities["model"],
+            "alert": probabilities["model"] >= threshold,
+        }
+    )
+    return BacktestResult(
+        summary=summary,
+        final_calibration=calibration_from_outcomes(pooled, "model"),
+        evaluation=evaluation,
+        forecast=evaluated.forecast["model"],
+        actual=evaluated.actual,
+    )
 
 
-def score_outcomes(
-    held_out: OriginOutcomes, evaluated: OriginOutcomes, threshold: float
-) -> tuple[dict, dict, dict]:
+def score_outcomes(held_out: OriginOutcomes, evaluated: OriginOutcomes, threshold: float) -> tuple[dict, dict, dict]:
     """Per method: metrics (forecast and probability), reliability table and probabilities on `evaluated`,
     each method's risk calibrated on `held_out` — the backtest's scoring, shared with model kinds that are
     calibrated on origins of their own (mlflow_forecaster)."""
     metrics, reliability, probabilities = {}, {}, {}
     for method in METHODS:
         calibration = calibration_from_outcomes(held_out, method)
-        probability = failure_risk(evaluated.lifetime, evaluated.rated, evaluated.forecast[method], calibration,
-                                   daily_std=evaluated.daily_std, known_days=evaluated.known_days)[
-            PROBABILITY].to_numpy()
+        probability = failure_risk(
+            evaluated.lifetime,
+            evaluated.rated,
+            evaluated.forecast[method],
+            calibration,
+            daily_std=evaluated.daily_std,
+            known_days=evaluated.known_days,
+        )[PROBABILITY].to_numpy()
         probabilities[method] = probability
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),
@@ -236,10 +252,17 @@ def backtest_markdown(summary: dict) -> str:
         "| --- | " + " | ".join("---:" for _ in METHODS) + " |",
     ]
     lines += [f"| {name} | " + " | ".join(_cell(metrics[m].get(name)) for m in METHODS) + " |" for name in names]
-    lines += ["", "Reliability of the model's failure_probability_30d:", "",
-              "| bin | count | mean predicted | observed rate |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
-              for row in summary["reliability"]["model"]]
+    lines += [
+        "",
+        "Reliability of the model's failure_probability_30d:",
+        "",
+        "| bin | count | mean predicted | observed rate |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
+        for row in summary["reliability"]["model"]
+    ]
     lines += ["", _verdict(metrics, titles["model"])]
     return "\n".join(lines) + "\n"
 
@@ -288,19 +311,21 @@ def origin_outcomes(
         future = slice(origin + 1, origin + 1 + HORIZON_DAYS)
         future_lifetime = history.lifetime_cycles[rows, future]
         reached = (future_lifetime >= windows.rated_cycles[:, None]).any(axis=1)  # NaN (unreported) compares False
-        parts.append(OriginOutcomes(
-            forecast={name: forecast(windows) for name, forecast in forecasters.items()},
-            actual=history.daily_cycles[rows, future],
-            lifetime=windows.lifetime_cycles,
-            rated=windows.rated_cycles,
-            daily_std=recent_variability(windows.daily_cycles),
-            known_days=recent_known_days(windows.daily_cycles),
-            label=reached,
-            labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
-            already_past=windows.lifetime_cycles >= windows.rated_cycles,
-            battery=rows,
-            origin=np.full(len(rows), origin),
-        ))
+        parts.append(
+            OriginOutcomes(
+                forecast={name: forecast(windows) for name, forecast in forecasters.items()},
+                actual=history.daily_cycles[rows, future],
+                lifetime=windows.lifetime_cycles,
+                rated=windows.rated_cycles,
+                daily_std=recent_variability(windows.daily_cycles),
+                known_days=recent_known_days(windows.daily_cycles),
+                label=reached,
+                labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
+                already_past=windows.lifetime_cycles >= windows.rated_cycles,
+                battery=rows,
+                origin=np.full(len(rows), origin),
+            )
+        )
     return concatenate_outcomes(*parts)
 
 
@@ -308,17 +333,33 @@ def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
     """The outcomes of several origin sets as one."""
     return OriginOutcomes(
         forecast={m: np.concatenate([p.forecast[m] for p in parts]) for m in parts[0].forecast},
-        **{name: np.concatenate([getattr(p, name) for p in parts])
-           for name in ("actual", "lifetime", "rated", "daily_std", "known_days", "label", "labelled",
-                        "already_past", "battery", "origin")},
+        **{
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in (
+                "actual",
+                "lifetime",
+                "rated",
+                "daily_std",
+                "known_days",
+                "label",
+                "labelled",
+                "already_past",
+                "battery",
+                "origin",
+            )
+        },
     )
 
 
 def calibration_from_outcomes(outcomes: OriginOutcomes, method: str) -> RiskCalibration:
     """Risk calibration from the origins whose 30 actual days are all known."""
     complete = ~np.isnan(outcomes.actual).any(axis=1)
-    return calibrate(outcomes.actual[complete].sum(axis=1), outcomes.forecast[method][complete],
-                     outcomes.daily_std[complete], outcomes.known_days[complete])
+    return calibrate(
+        outcomes.actual[complete].sum(axis=1),
+        outcomes.forecast[method][complete],
+        outcomes.daily_std[complete],
+        outcomes.known_days[complete],
+    )
 
 
 def _verdict(metrics: dict, title: str) -> str:
@@ -333,8 +374,13 @@ def _verdict(metrics: dict, title: str) -> str:
             continue
         change = (model[name] / best - 1) * 100 if best > 0 else 0.0
         direction = "lower" if change < 0 else "higher"
-        lines.append((model[name] < best, f"{label} {_cell(model[name])} against {_cell(best)} for the better "
-                                          f"baseline ({abs(change):.0f}% {direction})"))
+        lines.append(
+            (
+                model[name] < best,
+                f"{label} {_cell(model[name])} against {_cell(best)} for the better "
+                f"baseline ({abs(change):.0f}% {direction})",
+            )
+        )
     wins = all(win for win, _ in lines)
     lead = f"The {title} is justified" if wins else f"Caution: the {title} does not beat both baselines"
     return (

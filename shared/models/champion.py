@@ -133,7 +133,7 @@ def read_model_metadata(model_dir: Path) -> dict:
     version = metadata.get("version")
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise InputError(
-            f"{path}: \"version\" must be a string of letters, digits and . _ : + - (starting with a letter "
+            f'{path}: "version" must be a string of letters, digits and . _ : + - (starting with a letter '
             f"or digit, at most 128), got {version!r}"
         )
     return metadata

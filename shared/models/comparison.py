@@ -133,8 +133,10 @@ def _metrics_table(candidates: Sequence[Candidate], best: Candidate) -> str:
 
 def _figures(candidates: Sequence[Candidate]) -> str:
     """Computed from metadata: metric bars and reliability diagram; then each directory's own PNGs."""
-    figures = [(_png(_metric_bars(candidates)), "Backtest metrics by candidate (lower nrmse/brier is better)"),
-               (_png(_reliability(candidates)), "Reliability of failure_probability_30d on the backtest")]
+    figures = [
+        (_png(_metric_bars(candidates)), "Backtest metrics by candidate (lower nrmse/brier is better)"),
+        (_png(_reliability(candidates)), "Reliability of failure_probability_30d on the backtest"),
+    ]
     for candidate in candidates:
         for path in sorted(candidate.model_dir.glob("*.png")):
             figures.append((path.read_bytes(), f"{candidate.name}: {path.name}"))
@@ -220,9 +222,7 @@ def _json_tables(value: Any) -> str:
 
 def _table(header: list[str], rows: list[tuple[str, list[Any]]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        f"<tr class='{css}'>" + "".join(_cell(value) for value in values) + "</tr>" for css, values in rows
-    )
+    body = "".join(f"<tr class='{css}'>" + "".join(_cell(value) for value in values) + "</tr>" for css, values in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

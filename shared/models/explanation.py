@@ -151,8 +151,15 @@ def explain_battery(model: BatteryForecaster, windows: BatteryWindows, forecast:
 
 def _rated_life_reason(windows: BatteryWindows) -> pd.Series:
     used = windows.lifetime_cycles / windows.rated_cycles
-    text = ("battery has used " + _whole(used * 100) + "% of its rated cycles ("
-            + _whole(windows.lifetime_cycles) + " of " + _whole(windows.rated_cycles) + ")")
+    text = (
+        "battery has used "
+        + _whole(used * 100)
+        + "% of its rated cycles ("
+        + _whole(windows.lifetime_cycles)
+        + " of "
+        + _whole(windows.rated_cycles)
+        + ")"
+    )
     return text.where(np.isfinite(used), None)
 
 
@@ -209,13 +216,15 @@ def _category_names(codes: pd.Series, metadata: dict, name: str) -> pd.Series:
 FEATURE_REASONS = {
     "level": lambda f, m: "heavy recent use: " + _decimal(f["level"], 2) + " cycles a day over the last 28 days",
     "level_7_ratio": lambda f, m: _up_down(f["level_7_ratio"], "battery use", "over the last 7 days"),
-    "level_91_ratio": lambda f, m: "use over the last 91 days " + _change_words(f["level_91_ratio"] - 1)
-                                   + " the last 28 days",
+    "level_91_ratio": lambda f, m: (
+        "use over the last 91 days " + _change_words(f["level_91_ratio"] - 1) + " the last 28 days"
+    ),
     "minutes_28": lambda f, m: "long drives: " + _whole(f["minutes_28"]) + " minutes a day over the last 28 days",
     "minutes_7_ratio": lambda f, m: _up_down(f["minutes_7_ratio"], "driving time", "over the last 7 days"),
     "trips_28": lambda f, m: _decimal(f["trips_28"], 1) + " trips a day over the last 28 days",
-    "cycles_per_minute": lambda f, m: "high charge use per minute of driving ("
-                                      + _decimal(f["cycles_per_minute"] * 60, 2) + " cycles per hour)",
+    "cycles_per_minute": lambda f, m: (
+        "high charge use per minute of driving (" + _decimal(f["cycles_per_minute"] * 60, 2) + " cycles per hour)"
+    ),
     "std_28_ratio": lambda f, m: pd.Series("irregular daily use over the last 28 days", index=f.index, dtype=object),
     "last_day_ratio": lambda f, m: "last day's use " + _change_words(f["last_day_ratio"] - 1) + " the recent average",
     "known_days": lambda f, m: "short history: " + _whole(f["known_days"]) + " days reported",

@@ -110,8 +110,9 @@ def fairness_report(
     limits = dict(DEFAULT_LIMITS if limits is None else limits)
     unknown_metrics = sorted(set(limits) - set(METRICS))
     if unknown_metrics:
-        raise InputError(f"fairness limits: unknown metric(s) {', '.join(unknown_metrics)}; "
-                         f"known: {', '.join(METRICS)}")
+        raise InputError(
+            f"fairness limits: unknown metric(s) {', '.join(unknown_metrics)}; known: {', '.join(METRICS)}"
+        )
     scored = evaluation[evaluation["scored"].to_numpy(bool)]
     if scored.empty:
         raise InputError("fairness: the backtest scored no battery outcome, so there are no groups to compare")
@@ -119,8 +120,10 @@ def fairness_report(
     orphans = joined["Region"].isna()
     if orphans.any():
         cars_missing = joined.loc[orphans, CAR_ID]
-        raise InputError(f"fairness: {len(cars_missing)} backtest outcome(s) of {cars_missing.nunique()} car(s) "
-                         f"not in the car table, e.g. {cars_missing.iloc[0]}")
+        raise InputError(
+            f"fairness: {len(cars_missing)} backtest outcome(s) of {cars_missing.nunique()} car(s) "
+            f"not in the car table, e.g. {cars_missing.iloc[0]}"
+        )
     label, alert = joined["label"].to_numpy(bool), joined["alert"].to_numpy(bool)
     groups = _per_group(joined, label, alert)
     return FairnessReport(groups=groups, gaps=_gaps(groups, limits, _replicates(joined, label, alert)))
@@ -224,8 +227,19 @@ def _gaps(groups: pd.DataFrame, limits: Mapping[str, float], replicates: dict[st
                          "gap_high": float(gap_high), "lowest": low["group"], "lowest_value": float(low[metric]),
                          "highest": high["group"], "highest_value": float(high[metric]), "limit": limit,
                          "exceeded": bool(gap_low > limit) if not np.isnan(limit) else False})  # fmt: skip
-    columns = ["attribute", "metric", "gap", "gap_low", "gap_high", "lowest", "lowest_value", "highest",
-               "highest_value", "limit", "exceeded"]
+    columns = [
+        "attribute",
+        "metric",
+        "gap",
+        "gap_low",
+        "gap_high",
+        "lowest",
+        "lowest_value",
+        "highest",
+        "highest_value",
+        "limit",
+        "exceeded",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

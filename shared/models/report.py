@@ -46,8 +46,13 @@ def training_report(metadata: dict[str, Any], quality: Any | None = None) -> str
         lines.append("")
     promotion = metadata.get("promotion")
     if promotion:
-        lines += ["## Promotion", "", f"- promoted: {promotion.get('promoted')}; {promotion.get('reason', '')}",
-                  f"- rule: {promotion.get('rule', '')}", ""]
+        lines += [
+            "## Promotion",
+            "",
+            f"- promoted: {promotion.get('promoted')}; {promotion.get('reason', '')}",
+            f"- rule: {promotion.get('rule', '')}",
+            "",
+        ]
     lines += ["## Features", "", ", ".join(f"`{name}`" for name in metadata.get("features", [])), ""]
     return "\n".join(lines)
 

@@ -46,18 +46,25 @@ def score_windows(
     if model.calibration is None:
         raise ValueError("the model has no risk calibration; train it with train_model")
     forecast = model.forecast(windows)
-    risk = failure_risk(windows.lifetime_cycles, windows.rated_cycles, forecast, model.calibration,
-                        daily_std=recent_variability(windows.daily_cycles),
-                        known_days=recent_known_days(windows.daily_cycles))
-    scores = pd.DataFrame({
-        BATTERY_ID: windows.battery_id,
-        CAR_ID: windows.car_id,
-        PROBABILITY: risk[PROBABILITY].to_numpy(),
-        DAYS_TO_RATED_LIFE: risk[DAYS_TO_RATED_LIFE].to_numpy(),
-        LIFETIME_CYCLES: windows.lifetime_cycles,
-        RATED_CYCLES: windows.rated_cycles,
-        AS_OF: pd.to_datetime(windows.as_of),
-    })
+    risk = failure_risk(
+        windows.lifetime_cycles,
+        windows.rated_cycles,
+        forecast,
+        model.calibration,
+        daily_std=recent_variability(windows.daily_cycles),
+        known_days=recent_known_days(windows.daily_cycles),
+    )
+    scores = pd.DataFrame(
+        {
+            BATTERY_ID: windows.battery_id,
+            CAR_ID: windows.car_id,
+            PROBABILITY: risk[PROBABILITY].to_numpy(),
+            DAYS_TO_RATED_LIFE: risk[DAYS_TO_RATED_LIFE].to_numpy(),
+            LIFETIME_CYCLES: windows.lifetime_cycles,
+            RATED_CYCLES: windows.rated_cycles,
+            AS_OF: pd.to_datetime(windows.as_of),
+        }
+    )
     reasons = pd.Series([[] for _ in range(len(windows))], dtype=object)
     if explain_from is not None:
         explained = np.flatnonzero(scores[PROBABILITY].to_numpy() >= explain_from)
@@ -103,8 +110,10 @@ def forecast_frame(battery_id: np.ndarray, as_of: date, forecast: np.ndarray) ->
     """The (n, 30) forecast of batteries scored as of a day as FORECAST rows (Battery_ID, Date,
     Daily_Cycles_Used), battery by battery: the batch file, whichever engine scored it."""
     days = pd.Timestamp(as_of) + pd.to_timedelta(np.arange(1, HORIZON_DAYS + 1), unit="D")
-    return pd.DataFrame({
-        BATTERY_ID: np.repeat(battery_id, HORIZON_DAYS),
-        DATE: np.tile(days.to_numpy(), len(battery_id)),
-        DAILY_CYCLES: np.asarray(forecast, dtype=np.float64).reshape(-1, HORIZON_DAYS).ravel(),
-    })
+    return pd.DataFrame(
+        {
+            BATTERY_ID: np.repeat(battery_id, HORIZON_DAYS),
+            DATE: np.tile(days.to_numpy(), len(battery_id)),
+            DAILY_CYCLES: np.asarray(forecast, dtype=np.float64).reshape(-1, HORIZON_DAYS).ravel(),
+        }
+    )

@@ -38,7 +38,7 @@ def run_spark(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if settings.spark is None:
-        raise SettingsError("SPARK_TARGET is not set: set it to databricks or azureml (README, \"Spark\")")
+        raise SettingsError('SPARK_TARGET is not set: set it to databricks or azureml (README, "Spark")')
     threshold = settings.alert_probability_threshold if args.threshold is None else args.threshold
     arguments = score_arguments(settings.spark, parse_day(args.as_of), args.model_version, threshold)
     if not args.dry_run:
