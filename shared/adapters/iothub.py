@@ -23,7 +23,6 @@ re-delivers the batch rather than losing it (applying a record twice changes not
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from azure.data.tables import TableClient
 
 from shared.adapters import alert_store
 from shared.adapters.headunit import DeliveryResult, TransientDeliveryError, canonical_json, sign
+from shared.core import json_text
 from shared.core.alerts import iso_utc, parse_iso_utc
 from shared.core.telemetry import InputError
 
@@ -127,10 +127,7 @@ class FeedbackRecord:
 
 def parse_feedback(body: bytes | str) -> list[FeedbackRecord]:
     """The records of one feedback message body, or `InputError` naming the record and field at fault."""
-    try:
-        records = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"IoT Hub feedback is not JSON: {error}") from None
+    records = json_text.loads(body, "IoT Hub feedback")
     if not isinstance(records, list):
         raise InputError(f"IoT Hub feedback is a JSON {type(records).__name__}, not an array of records")
     parsed = []

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.core.json_text import STRICT_JSON, DuplicateKey
 from shared.core.telemetry import (
     BATTERY_ID,
     CAR_ID,
@@ -194,8 +195,8 @@ def _decode(body: bytes, max_body_bytes: int) -> tuple[Any, str | None]:
     except UnicodeDecodeError as error:
         return None, f"body is not UTF-8 text: {error.reason} at byte {error.start}"
     try:
-        value = _JSON.decode(text)
-    except _DuplicateKey as error:
+        value = STRICT_JSON.decode(text)
+    except DuplicateKey as error:
         return None, f"duplicate key {error.key!r} in a JSON object"
     except RecursionError:
         return None, "invalid JSON: nested deeper than the parser goes (an event is an object or an array of them)"
@@ -209,28 +210,6 @@ def _decode(body: bytes, max_body_bytes: int) -> tuple[Any, str | None]:
     if not isinstance(value, dict | list):
         return None, f"body is a JSON {_json_type(value)}, expected an object or an array of objects"
     return value, None
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict, refusing a key given twice (json keeps the last one without a word)."""
-    value = dict(pairs)
-    if len(value) < len(pairs):
-        seen: set[str] = set()
-        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
-    return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_JSON = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicates)  # built once
 
 
 def _check_guarded(

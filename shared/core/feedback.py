@@ -17,7 +17,6 @@ but the owner's answer was about the battery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from shared.core import json_text
 from shared.core.alerts import CRITICAL, SEVERITY_RANK, iso_utc, parse_iso_utc
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, InputError
 
@@ -77,10 +77,7 @@ class Hold:
 
 def parse_feedback(body: bytes) -> Feedback:
     """The feedback in a request body, or `InputError` naming the field that is wrong."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"body is not JSON: {error}") from None
+    document = json_text.loads(body, "body")
     if not isinstance(document, dict):
         raise InputError(f"body must be a JSON object, got a JSON {type(document).__name__}")
     unknown = sorted(set(document) - _FIELDS)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +46,7 @@ from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
 from shared.config.names import ALERT_POISON_QUEUE, ALERT_QUEUE, DEADLETTER_CONTAINER
 from shared.config.settings import IOTHUB_CHANNEL, SettingsError
+from shared.core import json_text
 from shared.core.alerts import DUPLICATE, validate_alert
 from shared.core.feedback import feedback_hold
 from shared.core.lifecycle import HELD, MAX_VISIBILITY
@@ -202,10 +202,7 @@ def _parse_alert(body: str | bytes) -> dict[str, Any]:
     looks at the signing key, so a message that can never be delivered is recorded as such even while the
     app is misconfigured.
     """
-    try:
-        alert = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"queue message is not JSON: {error}") from None
+    alert = json_text.loads(body, "queue message")
     if not isinstance(alert, dict):
         raise InputError(f"queue message is a JSON {type(alert).__name__}, not an alert object")
     return alert
