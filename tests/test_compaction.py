@@ -183,6 +183,20 @@ def test_a_day_holding_csv_of_before_parquet_and_parquet_reads_both_and_compacts
     assert by_key(archive.read())[[BATTERY_ID, DAILY_CYCLES]].values.tolist() == mixed
 
 
+def test_a_read_of_some_batteries_keeps_only_their_rows_from_csv_and_parquet_alike(archive):
+    old = records(["2031-01-08"], ["A", "B"], cycles=0.1)
+    csv = old.assign(Date=old[DATE].dt.strftime("%Y-%m-%d"))[COLUMNS].to_csv(index=False)
+    archive.blobs.create_container(archive.container)
+    archive.client.upload_blob("date=2031-01-08/20310108T030000-legacy.csv", csv)
+    archive.write(records(["2031-01-08", "2031-01-09"], ["B", "C", "D"], cycles=0.2), "p0-s1", hours=48)
+
+    frame = by_key(archive.read(batteries=["A", "C"]))
+
+    assert frame[[BATTERY_ID, DATE]].astype(str).values.tolist() == [["A", "2031-01-08"], ["C", "2031-01-08"],
+                                                                      ["C", "2031-01-09"]]  # fmt: skip
+    assert by_key(archive.read(batteries=["B"]))[DAILY_CYCLES].tolist() == [0.2, 0.2]  # still deduplicated
+
+
 @pytest.mark.parametrize(("blob", "content", "reason"), [
     ("date=2031-01-08/broken.parquet", b"PAR1 not really", "not a readable Parquet file"),
     ("date=2031-01-08/typed.parquet", "ids",

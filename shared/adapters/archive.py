@@ -30,13 +30,14 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient, ContainerClient
@@ -123,20 +124,23 @@ def read_archive(
     skip_unreadable: bool = False,
     container: str = TELEMETRY_CONTAINER,
     keep_archived_at: bool = False,
+    batteries: Collection[str] | None = None,
 ) -> ArchiveRead:
     """The archived records of days `first`..`last` (inclusive; open-ended where None), deduplicated.
 
     With both ends given only those days' partitions are listed (one prefix per day) and read; `columns`
-    (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key. An unreadable or
+    (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key, and `batteries`
+    the rows kept from each file as it is decoded (the retraining's sample of a large fleet). An unreadable or
     schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
     ARCHIVE_SKIP_UNREADABLE): then it is logged, listed in `skipped` and left out. Rows come in day order.
     """
     client = blob_service.get_container_client(container)
     wanted = _wanted_columns(columns, keep_archived_at)
+    kept = None if batteries is None else pa.array(sorted(map(str, batteries)), pa.string())
     days = _list_days(client, first, last)
     result = ArchiveRead(_empty(wanted[1]))
     with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
-        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable), days.values()))
+        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable, kept), days.values()))
     frames = []
     for day_read in per_day:
         frames.append(day_read.frame)
@@ -163,14 +167,18 @@ def load_telemetry_history(
     return read_archive(blob_service, since, until, columns=columns, skip_unreadable=skip_unreadable).frame
 
 
-def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str]) -> pd.DataFrame:
-    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT.
+def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str],
+                       batteries: pa.Array | None = None) -> pd.DataFrame:  # fmt: skip
+    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT;
+    only the rows of `batteries` (Battery_IDs) when given.
 
     Raises `InputError` naming the blob when it cannot be read or does not have the archive's columns.
     """
     where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
     if name.endswith(".csv"):
         frame = _read_csv(where, data).assign(**{ARCHIVED_AT: _naive_utc(last_modified)})
+        if batteries is not None:
+            frame = frame[frame[BATTERY_ID].isin(batteries.to_pylist())]
         return frame[list(columns)]
     try:
         schema = pq.read_schema(io.BytesIO(data))
@@ -184,6 +192,8 @@ def read_archived_file(name: str, data: bytes, last_modified: datetime, columns:
     try:
         table = pq.read_table(io.BytesIO(data), columns=decoded)
         table = table.cast(pa.schema([SCHEMA.field(c) for c in decoded]))
+        if batteries is not None:
+            table = table.filter(pc.is_in(table[BATTERY_ID], value_set=batteries))
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{where}: not a readable Parquet file ({error})") from None
     frame = table.to_pandas()
@@ -294,7 +304,7 @@ def _list_days(client: ContainerClient, first: date | str | None, last: date | s
 
 
 def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], list[str]], skip: bool,
-              relisted: bool = False) -> ArchiveRead:  # fmt: skip
+              batteries: pa.Array | None, relisted: bool = False) -> ArchiveRead:  # fmt: skip
     """One day's files, deduplicated. A file gone since the listing (a compaction removed it after writing
     its compacted file) makes the day be listed and read again, once, so its rows are not missed."""
     decoded, output = columns
@@ -303,11 +313,12 @@ def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], li
     for blob in blobs:
         data = download_bytes(client, blob.name)
         if data is None and not relisted:
-            return _read_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), columns, skip, True)
+            listed = _list_blobs(client, f"date={partition_day(blob.name)}/")
+            return _read_day(client, listed, columns, skip, batteries, relisted=True)
         if data is None:
             continue
         try:
-            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded))
+            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded, batteries))
         except InputError as error:
             if not skip:
                 raise

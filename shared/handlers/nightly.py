@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from shared.adapters import feedback_store, observability
-from shared.adapters.archive import load_telemetry_history, read_archive
+from shared.adapters.archive import read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
 from shared.adapters.registry import ModelRegistry
@@ -32,9 +32,11 @@ from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
 from shared.models.scoring import IN_SERVICE_DAYS, score_fleet
-from shared.models.training_sample import period_record, sample_batteries, select_sample, trailing_period_start
+from shared.models.training_sample import BatteryUsage, period_record, sample_batteries, trailing_period_start
 
 Progress = Callable[[str], None]
+# Days of the trailing period read at once for the sample's view: a month of the fleet's five columns.
+USAGE_READ_DAYS = 31
 
 
 def _quiet(message: str) -> None:
@@ -163,14 +165,16 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
 
         job = submit_automl(services.azureml_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
-    last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
-    since = trailing_period_start(last_day, settings.retrain_history_days)
-    raw = load_telemetry_history(services.blobs, since=since.date())
-    if raw.empty:
+    last_day = services.clock().date() - timedelta(days=1)
+    since = trailing_period_start(pd.Timestamp(last_day), settings.retrain_history_days)
+    usage = trailing_period_usage(services, since.date(), last_day)
+    if usage.empty:
         return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
-    sample = sample_batteries(raw, settings.retrain_max_batteries)
-    training_data = {"period": period_record(raw, since, settings.retrain_history_days), "sample": sample.record()}
-    raw = select_sample(raw, sample)
+    sample = sample_batteries(usage, settings.retrain_max_batteries)
+    training_data = {"period": period_record(usage, since, settings.retrain_history_days), "sample": sample.record()}
+    del usage
+    raw = read_archive(services.blobs, since.date(), last_day, skip_unreadable=settings.archive_skip_unreadable,
+                       batteries=sample.battery_ids if sample.sampled else None).frame  # fmt: skip
     clean, quality = prepare_telemetry(raw)
     del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
@@ -187,6 +191,17 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
         "training_data": training_data,
         "past_due": past_due,
     }
+
+
+def trailing_period_usage(services: Services, first: date, last: date) -> BatteryUsage:
+    """The sample's view of days `first`..`last`, read USAGE_READ_DAYS days and five columns at a time."""
+    usage = BatteryUsage()
+    for start in range(0, (last - first).days + 1, USAGE_READ_DAYS):
+        chunk_first = first + timedelta(days=start)
+        chunk_last = min(last, chunk_first + timedelta(days=USAGE_READ_DAYS - 1))
+        usage.add(read_archive(services.blobs, chunk_first, chunk_last, columns=BatteryUsage.columns,
+                               skip_unreadable=services.settings.archive_skip_unreadable).frame)  # fmt: skip
+    return usage
 
 
 def nightly_batch_score(services: Services) -> AlertBatch:
