@@ -176,8 +176,9 @@ def trailing_period_start(last_day: pd.Timestamp, history_days: int) -> pd.Times
 
 def period_record(usage: BatteryUsage, since: pd.Timestamp, history_days: int) -> dict:
     """The trailing period's entry in the training record: as configured, and the days the archive held."""
+    first, last = usage.first_record, usage.last_record
     return {"history_days": history_days, "since": f"{since:%Y-%m-%d}",
-            "first_record": f"{usage.first_record:%Y-%m-%d}", "last_record": f"{usage.last_record:%Y-%m-%d}"}  # fmt: skip
+            "first_record": f"{first:%Y-%m-%d}", "last_record": f"{last:%Y-%m-%d}"}  # fmt: skip
 
 
 def _allocate(stratum: np.ndarray, max_batteries: int) -> dict[int, int]:
