@@ -7,14 +7,14 @@ the Function App's timers call these, so a job behaves the same from a laptop an
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from shared.adapters import feedback_store, observability
-from shared.adapters.archive import read_archive
+from shared.adapters.archive import download_archive, read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
 from shared.adapters.registry import ModelRegistry
@@ -210,8 +210,9 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     Yesterday, because the night's run sees the last complete day: the same day the streaming path
     scored when that day's record arrived, so both paths name the same alert and it is delivered once.
     Bounded memory: only the days the model's window and the in-service rule look at are read
-    (`scoring_days`), and batteries are prepared and scored BATCH_SCORE_CHUNK_BATTERIES at a time, so
-    peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
+    (`scoring_days`), held compressed, and decoded, prepared and scored BATCH_SCORE_CHUNK_BATTERIES cars
+    at a time, so peak memory follows the chunk × window (and the window's compressed files), not the
+    years archived nor the whole fleet's decoded rows. The scores are one Parquet file,
     `scores/date=<as_of>/<model version>.parquet`.
     """
     if services.settings.spark is not None:
@@ -223,15 +224,17 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     if model is None:
         return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
     first = as_of - timedelta(days=scoring_days(model.window_days) - 1)
-    archived = read_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
-    files = {"files_read": len(archived.files_read), "skipped_files": archived.skipped}
-    if archived.frame.empty:
-        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
-    changed = note_batteries(services, archived.frame, now)  # as sent: preparation renames a reset battery
+    window = download_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
     threshold = settings.alert_probability_threshold
-    scores = pd.concat([score_fleet(model, prepare_telemetry(chunk)[0], as_of, threshold=threshold)[0]
-                        for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries)],
-                       ignore_index=True)  # fmt: skip
+    parts, in_cars, changed = [], {}, 0
+    for chunk in window.chunks_of_cars(settings.batch_score_chunk_batteries):
+        changed += note_batteries(services, chunk.frame, now)  # as sent: preparation renames a reset battery
+        in_cars.update(batteries_in_cars(chunk.frame))
+        parts.append(score_fleet(model, prepare_telemetry(chunk.frame)[0], as_of, threshold=threshold)[0])
+    files = {"files_read": len(window.names) - len(window.skipped), "skipped_files": list(window.skipped.values())}
+    if not parts:
+        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
+    scores = pd.concat(parts, ignore_index=True)
     observability.count_scored(len(scores))
     container = ensure_container(services.blobs, SCORES_CONTAINER)
     name = f"date={as_of.isoformat()}/{model.version}.parquet"
@@ -240,7 +243,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 settings.service_booking_url, model_version=model.version,
                                 car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
-    replaced = feedback_store.record_replacements(services.tables, batteries_in_cars(archived.frame), now)
+    replaced = feedback_store.record_replacements(services.tables, in_cars, now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
                "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
@@ -252,14 +255,6 @@ def scoring_days(window_days: int) -> int:
     """Days of archive the batch score reads up to its as-of day: the model's window, and at least the
     in-service rule's (a battery silent for IN_SERVICE_DAYS is out of service)."""
     return max(window_days, IN_SERVICE_DAYS)
-
-
-def car_chunks(raw: pd.DataFrame, batteries: int) -> Iterator[pd.DataFrame]:
-    """The rows in chunks of about `batteries` cars, every car's batteries in one chunk (the in-service
-    rule keeps only the newest battery of a car, so it must see them together)."""
-    codes, _ = pd.factorize(raw[CAR_ID], sort=True)
-    for _, chunk in raw.groupby(codes // batteries, sort=True):
-        yield chunk
 
 
 def compact_telemetry(services: Services) -> dict:
