@@ -20,6 +20,8 @@ Local only: the app never imports devtools; the backtest takes the result as an 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -27,13 +29,18 @@ from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
 from shared.devtools.fleet_simulator import (
     CLIMATES,
+    COLD_REGION,
     COST_NOISE,
     CYCLES_PER_MINUTE,
     DAILY_NOISE,
+    DEFAULT_OPTIONS,
+    HOT_REGION,
     MAX_MINUTES,
     Fleet,
+    SimulatorOptions,
     ageing_factor,
     climate_factor,
+    simulate_fleet,
 )
 from shared.models.backtest import TrueProbability, TruthSource
 
@@ -85,7 +92,7 @@ class _OriginState:
         process = fleet.process
         if process is None:
             raise InputError("the fleet carries no generative process (simulate it with simulate_fleet)")
-        n_cars, n_period = process.worn.shape
+        n_period = process.worn.shape[1]
         car = pd.Index(fleet.cars[CAR_ID].to_numpy(object)).get_indexer(car_id)
         day = (origin - process.first_day).astype(np.int64)
         outside = (car < 0) | (day < 0) | (day >= n_period)
@@ -126,3 +133,32 @@ def _counter_after(rng: np.random.Generator, state: _OriginState, rows: np.ndarr
     worn_before = state.worn[rows, None, None] + np.cumsum(unaged, axis=2) - unaged
     daily = np.round(unaged * ageing_factor(worn_before / state.rated[rows, None, None]), 4)
     return np.round(state.lifetime[rows, None] + daily.sum(axis=2), 4)
+
+
+@dataclass(frozen=True)
+class ComparisonFleet:
+    """A fleet the model is judged against the truth on: the test fleet's calendar, another seed or options."""
+
+    seed: int
+    options: SimulatorOptions = DEFAULT_OPTIONS
+    start: str = "2015-06-01"
+    end: str = "2017-05-31"
+
+
+# The fleets of the truth comparison (issue 17): the test fleet, other seeds, and fleets that differ from the
+# default where the forecast's uncertainty is hardest: heavier missing data, usage regime changes, a hot and a
+# cold climate, and short histories (half the cars start reporting at a random day).
+COMPARISON_FLEETS = {
+    "default (seed 11)": ComparisonFleet(11),
+    "seed 21": ComparisonFleet(21),
+    "seed 31": ComparisonFleet(31),
+    "missing ×4": ComparisonFleet(12, SimulatorOptions(missing_scale=4.0)),
+    "regime changes": ComparisonFleet(13, SimulatorOptions(regime_change_rate=1 / 120)),
+    "hot (Desert)": ComparisonFleet(14, SimulatorOptions(regions=(HOT_REGION,))),
+    "cold (Nordic)": ComparisonFleet(15, SimulatorOptions(regions=(COLD_REGION,))),
+    "short histories": ComparisonFleet(16, SimulatorOptions(late_start_share=0.5)),
+}
+
+
+def simulate_comparison_fleet(fleet: ComparisonFleet, n_cars: int) -> Fleet:
+    return simulate_fleet(n_cars, fleet.start, fleet.end, fleet.seed, fleet.options)
