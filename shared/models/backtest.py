@@ -35,8 +35,11 @@ import pandas as pd
 
 from shared.core.risk import (
     ALERT_THRESHOLD,
+    DAYS_P10,
+    DAYS_P90,
     DAYS_TO_RATED_LIFE,
     HORIZON_DAYS,
+    INTERVAL_LEVELS,
     PROBABILITY,
     RiskCalibration,
     calibrate,
@@ -176,6 +179,7 @@ def run_backtest(
             "alert": probability >= threshold,
         }
     )
+    summary["interval"] = interval_coverage(risks["model"], evaluated)
     near = evaluated.scored & _between(risks["model"][DAYS_TO_RATED_LIFE].to_numpy(), NEAR_DAYS)
     true = truth(evaluation) if truth is not None else None
     summary["reliability_near"] = reliability_table(
@@ -249,6 +253,28 @@ def truth_comparison(
         "draws": true.draws,
         "drawn": true.drawn,
         "batches": len(true.batch_probability),
+    }
+
+
+def interval_coverage(risk: pd.DataFrame, outcomes: OriginOutcomes) -> dict:
+    """How often the actual day of reaching rated life fell inside the model's p10-p90 interval.
+
+    Judged on the scored forecasts whose p90 lies within the days the data covers after the origin (at
+    least 30, up to the data's end): for those the outcome is known either way — reached inside, before
+    p10, or not by p90. Chosen by the forecast, never by the outcome, so the share is not biased."""
+    p10, p90 = risk[DAYS_P10].to_numpy(), risk[DAYS_P90].to_numpy()
+    judged = outcomes.scored & (p90 <= outcomes.days_observed)
+    reached = outcomes.days_reached[judged]
+    low, high = p10[judged], p90[judged]
+    below = reached < low  # NaN (not reached by the data's end) compares False
+    above = np.isnan(reached) | (reached > high)
+    n = int(judged.sum())
+    return {
+        "level": INTERVAL_LEVELS[DAYS_P90] - INTERVAL_LEVELS[DAYS_P10],
+        "judged": n,
+        "coverage": float(np.mean(~below & ~above)) if n else None,
+        "below_p10": float(np.mean(below)) if n else None,
+        "above_p90": float(np.mean(above)) if n else None,
     }
 
 
@@ -350,6 +376,14 @@ def backtest_markdown(summary: dict) -> str:
         f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
         for row in summary["reliability"]["model"]
     ]
+    interval = summary.get("interval")
+    if interval and interval["judged"]:
+        lines += [
+            "",
+            f"Interval of days to rated life (p10-p90, {interval['level']:.0%}): it held the actual day for "
+            f"{interval['coverage']:.1%} of the {interval['judged']:,} forecasts whose p90 the data covers "
+            f"({interval['below_p10']:.1%} came before p10, {interval['above_p90']:.1%} after p90).",
+        ]
     lines += _near_reliability_markdown(summary.get("reliability_near"))
     if summary.get("truth"):
         lines += _truth_markdown(summary["truth"], titles)
@@ -414,6 +448,8 @@ class OriginOutcomes:
     known_days: np.ndarray
     label: np.ndarray  # bool
     labelled: np.ndarray  # bool: the outcome is known
+    days_reached: np.ndarray  # actual (fractional) days from the origin to rated life; NaN = not by the data's end
+    days_observed: np.ndarray  # days the data covers after the origin
     already_past: np.ndarray  # bool
     battery: np.ndarray  # row in the history
     origin: np.ndarray  # day index in the history
@@ -446,6 +482,7 @@ def origin_outcomes(
         future = slice(origin + 1, origin + 1 + HORIZON_DAYS)
         future_lifetime = history.lifetime_cycles[rows, future]
         reached = (future_lifetime >= windows.rated_cycles[:, None]).any(axis=1)  # NaN (unreported) compares False
+        all_after = history.lifetime_cycles[rows, origin + 1 :]
         parts.append(
             OriginOutcomes(
                 forecast={name: forecast(windows) for name, forecast in forecasters.items()},
@@ -456,12 +493,32 @@ def origin_outcomes(
                 known_days=recent_known_days(windows.daily_cycles),
                 label=reached,
                 labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
+                days_reached=days_reached(windows.lifetime_cycles, windows.rated_cycles, all_after),
+                days_observed=np.full(len(rows), all_after.shape[1]),
                 already_past=windows.lifetime_cycles >= windows.rated_cycles,
                 battery=rows,
                 origin=np.full(len(rows), origin),
             )
         )
     return concatenate_outcomes(*parts)
+
+
+def days_reached(lifetime: np.ndarray, rated: np.ndarray, counter_after: np.ndarray) -> np.ndarray:
+    """The fractional day the counter reached rated life (`risk.days_to_rated_life`'s convention: the end of
+    day j is j, the origin 0), interpolated between the last reading below rated and the first at or above
+    it (unreported days, NaN, skipped); NaN where it did not by the last column."""
+    n, days = counter_after.shape
+    at_or_over = counter_after >= rated[:, None]
+    hit = at_or_over.any(axis=1)
+    first = np.argmax(at_or_over, axis=1)
+    known_before = ~np.isnan(counter_after) & (np.arange(days) < first[:, None])
+    previous = np.where(known_before.any(axis=1), days - 1 - np.argmax(known_before[:, ::-1], axis=1), -1)
+    rows = np.arange(n)
+    before = np.where(previous >= 0, counter_after[rows, np.maximum(previous, 0)], lifetime)
+    after = counter_after[rows, first]
+    share = np.clip((rated - before) / np.where(after > before, after - before, 1.0), 0.0, 1.0)
+    day = (previous + 1) + share * (first - previous)
+    return np.where(hit, day, np.nan)
 
 
 def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
@@ -478,6 +535,8 @@ def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
                 "known_days",
                 "label",
                 "labelled",
+                "days_reached",
+                "days_observed",
                 "already_past",
                 "battery",
                 "origin",
