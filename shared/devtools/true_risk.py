@@ -49,7 +49,7 @@ BATCHES = 8
 SCREEN_DRAWS = 256
 SCREEN_SIGMAS = 12.0
 # Rows × draws × days simulated per step: bounds the memory of one step to a few hundred MB.
-CELLS_PER_STEP = 6_000_000
+CELLS_PER_STEP = 2_000_000
 
 
 def fleet_truth(fleet: Fleet, draws: int = DRAWS, seed: int = 0) -> TruthSource:
