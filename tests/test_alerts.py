@@ -67,7 +67,7 @@ def test_alert_matches_the_contract_exactly():
     assert type(alert["failure_probability_30d"]) is float and type(alert["battery_id"]) is str
 
 
-INTERVAL = {"days_to_rated_life_p10": 9.43, "days_to_rated_life_p50": 12.4, "days_to_rated_life_p90": 15.2}
+INTERVAL = {"days_to_rated_life_p10": 9.63, "days_to_rated_life_p50": 12.4, "days_to_rated_life_p90": 15.2}
 
 
 def test_the_interval_is_added_to_the_payload_and_said_in_the_message_when_informative():
@@ -75,7 +75,7 @@ def test_the_interval_is_added_to_the_payload_and_said_in_the_message_when_infor
     days_to_rated_life is; the message gives the interval with its ends rounded outwards."""
     alert = one_alert(**INTERVAL)
     assert tuple(alert)[: len(ALERT_KEYS) - 3] == ALERT_KEYS[:-3]
-    assert [alert[key] for key in INTERVAL] == [9.4, 12.4, 15.2]
+    assert [alert[key] for key in INTERVAL] == [9.6, 12.4, 15.2]
     assert alert["message"] == (
         "Your battery is expected to reach the end of its rated life in about 12 days (between 9 and 16)."
     )

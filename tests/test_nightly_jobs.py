@@ -143,5 +143,7 @@ def test_the_batch_score_writes_yesterdays_scores_under_the_champions_version(ha
     interval = by_battery[INTERVAL_COLUMNS]
     assert (interval.diff(axis=1).iloc[:, 1:] >= 0).all(axis=None) and (interval >= 0).all(axis=None)
     assert interval.loc["B-PAST"].tolist() == [0.0, 0.0, 0.0]
+    p10, p50, p90 = interval.loc["B-SOON"]
+    assert p10 < p50 < p90  # a battery not yet at rated life: its day is uncertain
     soon = next(alert for alert in harness.queued() if alert["battery_id"] == "B-SOON")
     assert [soon[column] for column in INTERVAL_COLUMNS] == interval.loc["B-SOON"].round(1).tolist()
