@@ -9,9 +9,16 @@ import pytest
 from _forecast_fleet import TRUTH_DRAWS, fleet, model
 
 from shared.adapters.training_tracking import backtest_metrics
+from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.devtools.fleet_simulator import HOT_REGION, SimulatorOptions, simulate_fleet
-from shared.devtools.true_risk import true_failure_probability
+from shared.devtools.true_risk import (
+    COMPARISON_FLEETS,
+    fleet_truth,
+    simulate_comparison_fleet,
+    true_failure_probability,
+)
+from shared.models._lightgbm import train_model
 from shared.models.backtest import backtest_markdown
 
 pytestmark = pytest.mark.slow
@@ -117,3 +124,31 @@ def test_short_histories_start_reporting_late_on_a_share_of_the_cars():
     first = late.telemetry.groupby(CAR_ID)[DATE].min()
     share = (first > pd.Timestamp(SMALL[1]) + pd.Timedelta(days=30)).mean()
     assert 0.35 <= share <= 0.5
+
+
+# Issue 17's targets for the model against the truth.
+BRIER_TO_TRUTH_TARGET = 1.15
+AP_GAP_TARGET = 0.002
+# What the test fleet must keep (measured 1.15 and 0.0006; README, "Against the truth").
+BRIER_TO_TRUTH_GUARD = 1.2
+
+
+def test_on_the_test_fleet_the_model_stays_close_to_the_truth():
+    ratios = model().metadata["backtest"]["truth"]["ratios"]["model"]
+    assert ratios["brier_to_truth"] <= BRIER_TO_TRUTH_GUARD
+    assert ratios["average_precision_gap"] <= AP_GAP_TARGET
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17 point 2 not reached: on the seed-31 fleet the model's Brier score is 1.65x the truth's and "
+    "its average precision 0.0067 below; the excess is the forecast's level error on a few batteries, which no "
+    "error model tried moved by more than 0.05 (README, 'Against the truth')",
+)
+def test_on_another_seed_the_model_reaches_the_issues_targets_against_the_truth():
+    other = simulate_comparison_fleet(COMPARISON_FLEETS["seed 31"], 500)
+    clean, _ = prepare_telemetry(other.telemetry)
+    trained = train_model(clean, other.cars, max_training_rows=60_000, truth=fleet_truth(other, TRUTH_DRAWS))
+    ratios = trained.metadata["backtest"]["truth"]["ratios"]["model"]
+    assert ratios["brier_to_truth"] <= BRIER_TO_TRUTH_TARGET
+    assert ratios["average_precision_gap"] <= AP_GAP_TARGET
