@@ -58,12 +58,51 @@ def test_alert_matches_the_contract_exactly():
         "message": "Your battery is expected to reach the end of its rated life in about 12 days.",
         "action": {"type": "schedule_service", "url": URL}, "reasons": [],
         "model_version": "v7", "created_at": "2017-03-20T03:00:00Z", "locale": "en",
+        "days_to_rated_life_p10": None, "days_to_rated_life_p50": None, "days_to_rated_life_p90": None,
     }  # fmt: skip
     assert isinstance(alert["alert_id"], str) and len(alert["alert_id"]) == 32
     assert alert["reasons"] and all(isinstance(r, str) for r in alert["reasons"])
     # Native types only: the alert goes through json.dumps on the queue and to the gateway.
     assert json.loads(json.dumps(alert, allow_nan=False)) == alert
     assert type(alert["failure_probability_30d"]) is float and type(alert["battery_id"]) is str
+
+
+INTERVAL = {"days_to_rated_life_p10": 9.63, "days_to_rated_life_p50": 12.4, "days_to_rated_life_p90": 15.2}
+
+
+def test_the_interval_is_added_to_the_payload_and_said_in_the_message_when_informative():
+    """The added fields (issue 17) come after every contract field, rounded to a tenth of a day as
+    days_to_rated_life is; the message gives the interval with its ends rounded outwards."""
+    alert = one_alert(**INTERVAL)
+    assert tuple(alert)[: len(ALERT_KEYS) - 3] == ALERT_KEYS[:-3]
+    assert [alert[key] for key in INTERVAL] == [9.6, 12.4, 15.2]
+    assert alert["message"] == (
+        "Your battery is expected to reach the end of its rated life in about 12 days (between 9 and 16)."
+    )
+    assert json.loads(json.dumps(alert, allow_nan=False)) == alert
+    validate_alert(alert)
+
+
+@pytest.mark.parametrize(
+    ("p10", "p90", "why"),
+    [
+        (2.0, 30.0, "wider than the days it is about"),
+        (0.4, 14.0, "its early end is within a day"),
+        (12.1, 12.9, "no wider than the day itself"),
+        (float("nan"), float("nan"), "not given (a model from before the interval)"),
+    ],
+)
+def test_an_uninformative_interval_is_left_out_of_the_message(p10, p90, why):
+    alert = one_alert(days_to_rated_life_p10=p10, days_to_rated_life_p50=12.5, days_to_rated_life_p90=p90)
+    assert alert["message"] == "Your battery is expected to reach the end of its rated life in about 12 days.", why
+
+
+def test_a_negative_or_non_numeric_interval_in_a_queued_alert_is_refused():
+    alert = one_alert(**INTERVAL)
+    for bad in (-1.0, "9", True):
+        with pytest.raises(InputError, match="days_to_rated_life_p10 must be null or a number"):
+            validate_alert(alert | {"days_to_rated_life_p10": bad})
+    validate_alert({key: value for key, value in alert.items() if key not in INTERVAL})  # queued before it existed
 
 
 def test_only_rows_at_or_over_the_threshold_become_alerts_and_unscored_rows_do_not():

@@ -73,6 +73,20 @@ def test_the_probabilities_are_calibrated_in_the_end_bins_and_the_pooled_middle_
     assert calibration_misfits(reliability["seasonal_naive"]) != []  # the bound has teeth
 
 
+COVERAGE_TOLERANCE = 0.03
+
+
+def test_the_80_percent_interval_of_days_to_rated_life_holds_80_percent_of_outcomes(backtest):
+    """Judged where the data after the origin covers the interval's p90, so every outcome is known (issue 17);
+    each end misses about a tenth."""
+    interval = backtest["interval"]
+    assert interval["level"] == pytest.approx(0.8)
+    assert interval["judged"] >= 150
+    assert abs(interval["coverage"] - 0.8) <= COVERAGE_TOLERANCE
+    assert 0.05 <= interval["below_p10"] <= 0.15 and 0.05 <= interval["above_p90"] <= 0.15
+    assert f"for {interval['coverage']:.1%} of the {interval['judged']:,} forecasts" in backtest_markdown(backtest)
+
+
 def test_every_metric_is_reported_for_model_and_baselines(backtest):
     names = {"nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold"}
     for method in ("model", "seasonal_naive", "recent_mean"):

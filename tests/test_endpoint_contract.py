@@ -16,6 +16,7 @@ from _models import END, batch_rows, comparable_batteries, endpoint_items, fleet
 
 import shared.endpoint.server as endpoint
 from shared.core.preparation import prepare_telemetry
+from shared.core.risk import INTERVAL_COLUMNS
 from shared.endpoint.server import RequestError, RequestTooLarge, find_model_dir, score_request
 from shared.models._lightgbm import METADATA_FILE
 from shared.models.scoring import score_fleet
@@ -45,6 +46,8 @@ def test_every_item_gets_a_30_day_forecast_and_a_probability_in_order(model, ite
         assert prediction["error"] is None
         assert 0.0 <= prediction["failure_probability_30d"] <= 1.0
         assert prediction["days_to_rated_life"] >= 0.0
+        interval = [prediction[column] for column in INTERVAL_COLUMNS]  # added (issue 17): p10 <= p50 <= p90
+        assert all(isinstance(x, float) for x in interval) and 0.0 <= interval[0] <= interval[1] <= interval[2]
         assert len(prediction["forecast_daily_cycles"]) == 30
         assert all(isinstance(x, float) and math.isfinite(x) for x in prediction["forecast_daily_cycles"])
 
@@ -60,6 +63,8 @@ def test_probabilities_equal_the_batch_paths_for_the_same_data_and_model(model) 
     np.testing.assert_allclose([p["failure_probability_30d"] for p in online], expected["failure_probability_30d"],
                                rtol=0, atol=1e-12)  # fmt: skip
     np.testing.assert_allclose([p["days_to_rated_life"] for p in online], expected["days_to_rated_life"],
+                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose([[p[c] for c in INTERVAL_COLUMNS] for p in online], expected[INTERVAL_COLUMNS],
                                rtol=1e-12)  # fmt: skip
 
 
@@ -99,6 +104,7 @@ def test_a_malformed_item_gets_its_own_error_and_the_others_are_still_scored(mod
     assert error in bad["error"]
     assert bad["failure_probability_30d"] is None and bad["forecast_daily_cycles"] is None
     assert bad["days_to_rated_life"] is None
+    assert all(bad[column] is None for column in INTERVAL_COLUMNS)
     assert good == alone  # the bad item changes nothing for the others
 
 

@@ -19,7 +19,7 @@ from _models import END, fleet, model_dir
 
 from shared.core.alerts import REASONS, SCORE_COLUMNS
 from shared.core.preparation import prepare_telemetry
-from shared.core.risk import HORIZON_DAYS, RiskCalibration
+from shared.core.risk import HORIZON_DAYS, INTERVAL_COLUMNS, RiskCalibration
 from shared.core.windows import BatteryWindows, build_windows
 from shared.models.base import Forecaster
 from shared.models.loader import load_model
@@ -95,9 +95,11 @@ def test_each_kind_forecasts_horizon_days_of_non_negative_cycles_per_window(mode
 def test_each_kind_scores_into_the_score_columns_one_row_per_window(model: Forecaster) -> None:
     given = windows(model.window_days)
     scores, forecast = score_windows(model, given, explain_from=0.0)
-    assert list(scores.columns) == [*SCORE_COLUMNS, REASONS]
+    assert list(scores.columns) == [*SCORE_COLUMNS, *INTERVAL_COLUMNS, REASONS]
     assert len(scores) == len(given) and forecast.shape == (len(given), HORIZON_DAYS)
     assert scores["failure_probability_30d"].between(0, 1).all()
+    interval = scores[INTERVAL_COLUMNS].to_numpy()
+    assert (interval >= 0).all() and (np.diff(interval, axis=1) >= 0).all()  # p10 <= p50 <= p90
     assert all(isinstance(reasons, list) and reasons for reasons in scores[REASONS])
 
 

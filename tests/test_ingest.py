@@ -36,6 +36,7 @@ from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import download_json, list_blob_names
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.core.alerts import CRITICAL, HIGH
+from shared.core.risk import INTERVAL_COLUMNS
 from shared.devtools.azurite import free_port
 from shared.devtools.functions_host import FunctionsHost
 from shared.handlers.telemetry import PARKED_CONTAINER, STATE_WINDOW_DAYS
@@ -85,6 +86,9 @@ def test_bad_events_are_dead_lettered_with_reasons_and_the_good_ones_alert(harne
     assert alerts["CAR-PAST"]["severity"] == CRITICAL
     assert alerts["CAR-SOON"]["severity"] == HIGH
     assert alerts["CAR-SOON"]["failure_probability_30d"] >= 0.8
+    interval = [alerts["CAR-SOON"][column] for column in INTERVAL_COLUMNS]  # added (issue 17), via the endpoint
+    assert 0.0 < interval[0] < interval[1] < interval[2], interval
+    assert [alerts["CAR-PAST"][column] for column in INTERVAL_COLUMNS] == [0.0, 0.0, 0.0]
     assert alerts["CAR-SOON"]["model_version"] == json.loads(model_metadata_path().read_text())["version"]
 
 

@@ -4,6 +4,7 @@ conventions, an unknown language falls back to English, and the alert still meet
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, date, datetime
 
@@ -47,6 +48,17 @@ def test_every_catalogue_has_every_key_and_placeholder_of_the_english_one(locale
     assert other.decimal and other.group and other.decimal != other.group
     assert len(other.months) == (12 if "{month}" in other.date_pattern else 0)
     other.format_date(date(2017, 12, 31))  # every field of the pattern is one the renderer fills
+
+
+@pytest.mark.parametrize("locale", locales())
+def test_every_catalogue_says_the_interval_with_its_own_number_rules(locale):
+    """The interval sentence (issue 17) is the plain sentence with both ends of the interval added."""
+    alert = alert_in(locale, days_to_rated_life_p10=9.4, days_to_rated_life_p50=12.4, days_to_rated_life_p90=1015.2)
+    assert alert["message"] == alert_in(locale)["message"], "a 1,000-day-wide interval says nothing"
+    alert = alert_in(locale, days_to_rated_life_p10=9.4, days_to_rated_life_p50=12.4, days_to_rated_life_p90=15.2)
+    plain = alert_in(locale)["message"]
+    assert alert["message"] != plain and alert["message"][: len(plain) - 1] == plain[:-1]
+    assert re.fullmatch(r" \(\D+ 9 \D+ 16\)\.", alert["message"][len(plain) - 1 :]), alert["message"]
 
 
 def test_a_catalogue_file_missing_a_key_or_a_placeholder_would_be_caught():

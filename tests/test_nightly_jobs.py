@@ -23,6 +23,7 @@ from shared.adapters.azureml import workspace_client
 from shared.adapters.observability import summary_of
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import download_bytes, list_blob_names
+from shared.core.risk import INTERVAL_COLUMNS
 from shared.handlers.nightly import SCORES_CONTAINER
 from shared.models.scoring import BATCH_SCORE_COLUMNS
 
@@ -132,9 +133,17 @@ def test_the_batch_score_writes_yesterdays_scores_under_the_champions_version(ha
     name = f"date={LAST_DAY}/{champion}.parquet"
     assert list_blob_names(container) == [name]
     scores = pd.read_parquet(io.BytesIO(download_bytes(container, name)))
-    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons"]
+    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", *INTERVAL_COLUMNS]
     assert sorted(scores["Battery_ID"]) == ["B-PAST", "B-SAFE", "B-SOON"]  # one row per battery in service
     by_battery = scores.set_index("Battery_ID")
     assert by_battery["alert"].to_dict() == {"B-PAST": True, "B-SAFE": False, "B-SOON": True}
     assert by_battery.loc["B-PAST", "Lifetime_Cycles_Used"] == 201.0  # the last day's counter: as of yesterday
     assert {alert["model_version"] for alert in harness.queued()} == {champion}
+    # The added interval (issue 17): ordered, in the table and, rounded as days_to_rated_life is, in the alert.
+    interval = by_battery[INTERVAL_COLUMNS]
+    assert (interval.diff(axis=1).iloc[:, 1:] >= 0).all(axis=None) and (interval >= 0).all(axis=None)
+    assert interval.loc["B-PAST"].tolist() == [0.0, 0.0, 0.0]
+    p10, p50, p90 = interval.loc["B-SOON"]
+    assert p10 < p50 < p90  # a battery not yet at rated life: its day is uncertain
+    soon = next(alert for alert in harness.queued() if alert["battery_id"] == "B-SOON")
+    assert [soon[column] for column in INTERVAL_COLUMNS] == interval.loc["B-SOON"].round(1).tolist()

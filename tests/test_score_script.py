@@ -76,9 +76,12 @@ def test_contract_response_for_a_batch(server: LocalEndpoint, items: list[dict])
     assert body["model_version"] == load_model(model_dir()).version
     assert [p["Battery_ID"] for p in body["predictions"]] == [item["Battery_ID"] for item in items[:5]]
     for prediction in body["predictions"]:
-        assert set(prediction) == {"Battery_ID", "Car_ID", "failure_probability_30d", "days_to_rated_life",
-                                   "forecast_daily_cycles", "error", "reasons"}  # fmt: skip
+        assert list(prediction) == ["Battery_ID", "Car_ID", "failure_probability_30d", "days_to_rated_life",
+                                    "forecast_daily_cycles", "error", "reasons", "days_to_rated_life_p10",
+                                    "days_to_rated_life_p50", "days_to_rated_life_p90"]  # fmt: skip
         assert prediction["error"] is None and len(prediction["forecast_daily_cycles"]) == 30
+        assert 0 <= prediction["days_to_rated_life_p10"] <= prediction["days_to_rated_life_p50"]
+        assert prediction["days_to_rated_life_p50"] <= prediction["days_to_rated_life_p90"]
 
 
 def test_a_malformed_item_is_answered_in_its_place(server: LocalEndpoint, items: list[dict]) -> None:

@@ -34,7 +34,12 @@ def test_scores_and_forecast_have_the_contract_columns(scored):
         "Battery_Rated_Cycles",
         "alert",
         "reasons",
+        "days_to_rated_life_p10",  # added (issue 17), after every contract column
+        "days_to_rated_life_p50",
+        "days_to_rated_life_p90",
     ]
+    interval = scores[["days_to_rated_life_p10", "days_to_rated_life_p50", "days_to_rated_life_p90"]].to_numpy()
+    assert (interval >= 0).all() and (np.diff(interval, axis=1) >= 0).all()
     assert scores["Battery_ID"].is_unique and scores["Car_ID"].is_unique  # one battery in service per car
     assert scores["failure_probability_30d"].between(0, 1).all()
     assert (scores["alert"] == (scores["failure_probability_30d"] >= 0.8)).all()

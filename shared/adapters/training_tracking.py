@@ -40,6 +40,7 @@ from shared.models.report import training_report
 
 EXPERIMENT = "battery-forecaster"
 TRACKED_METRICS = ("nrmse", "mae", "brier", "average_precision", "recall_at_threshold", "precision_at_threshold")
+TRUTH_METRICS = ("brier", "average_precision", "recall_at_threshold", "precision_at_threshold")
 PREDICTED_VS_TRUE_PNG = "predicted_vs_true.png"
 FORECAST_VS_ACTUAL_PNG = "forecast_vs_actual.png"
 RELIABILITY_PNG = "reliability.png"
@@ -117,15 +118,33 @@ def training_params(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def backtest_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The model's backtest metrics by name, each baseline's as "<baseline>_<name>"; unmeasurable left out."""
+    """The model's backtest metrics by name, each baseline's as "<baseline>_<name>"; unmeasurable left out.
+
+    With a truth comparison (a simulated fleet): the truth's as "truth_<name>" (and "truth_<name>_se", its
+    Monte Carlo standard error), and every method's ratios to it ("brier_to_truth", ...) named the same way."""
     metrics = summary.get("metrics", {})
-    return {
+    tracked = {
         (name if method == "model" else f"{method}_{name}"): float(metrics[method][name])
         for method in METHODS
         if method in metrics
         for name in TRACKED_METRICS
         if metrics[method].get(name) is not None
     }
+    truth = summary.get("truth")
+    if truth:
+        tracked.update({f"truth_{name}": float(truth["metrics"][name]) for name in TRUTH_METRICS
+                        if truth["metrics"].get(name) is not None})  # fmt: skip
+        tracked.update({f"truth_{name}_se": float(error) for name, error in truth["standard_error"].items()
+                        if error is not None})  # fmt: skip
+        tracked.update(
+            {
+                (name if method == "model" else f"{method}_{name}"): float(ratio)
+                for method, ratios in truth["ratios"].items()
+                for name, ratio in ratios.items()
+                if ratio is not None
+            }
+        )
+    return tracked
 
 
 def predicted_vs_true_figure(forecast: np.ndarray, actual: np.ndarray) -> Figure:

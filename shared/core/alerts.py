@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.messages import FALLBACK_LOCALE, LOCALE, catalogue, locales, resolve_locale
-from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
+from shared.core.risk import DAYS_P10, DAYS_P90, DAYS_TO_RATED_LIFE, INTERVAL_COLUMNS, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
 
 BATTERY_END_OF_LIFE = "battery_end_of_life"
@@ -41,7 +41,10 @@ REQUIRED_ALERT_KEYS = (
     "alert_id", "car_id", "battery_id", "type", "severity", "failure_probability_30d", "days_to_rated_life",
     "title", "message", "action", "reasons", "model_version", "created_at",
 )  # fmt: skip
-ALERT_KEYS = (*REQUIRED_ALERT_KEYS, LOCALE)
+ALERT_KEYS = (*REQUIRED_ALERT_KEYS, LOCALE, *INTERVAL_COLUMNS)
+# The message gives the interval of days to rated life ("in about 12 days (between 9 and 16)") when it says
+# something: at least a day away, and no wider than this share of the days it is about.
+INTERVAL_MAX_WIDTH_SHARE = 1.0
 
 HIGH = "high"
 CRITICAL = "critical"
@@ -138,7 +141,8 @@ def alerts_from_scores(
     `shared.core.messages.car_locales(cars)`; a car not in it, or no mapping, gets English).
 
     `scores` has the columns of SCORE_COLUMNS, optionally `reasons` (a list of strings per row; empty or
-    missing → the numbers behind the alert, in words) and `model_version` (else the argument is used).
+    missing → the numbers behind the alert, in words), `model_version` (else the argument is used) and the
+    interval of days to rated life (risk.INTERVAL_COLUMNS; missing → null, and the message without it).
     Rows with no probability (the scorer could not score them) are not alerts; the scorer's caller
     records those. Severity, message and ids are computed on the values as the car will see them
     (probability to 4 places, days to 1), so what a head unit shows is consistent with itself.
@@ -159,6 +163,8 @@ def alerts_from_scores(
     probability = probability[over.index].round(4)
     days = _numbers(over, DAYS_TO_RATED_LIFE).round(1)
     days = days.where(np.isfinite(days))
+    interval = {column: (_numbers(over, column) if column in over else pd.Series(np.nan, index=over.index)).round(1)
+                for column in INTERVAL_COLUMNS}  # fmt: skip
     lifetime = _numbers(over, LIFETIME_CYCLES)
     rated = _numbers(over, RATED_CYCLES)
     past_rated_life = lifetime >= rated
@@ -175,10 +181,11 @@ def alerts_from_scores(
             PROBABILITY: probability,
             DAYS_TO_RATED_LIFE: days,
             "title": [catalogue(code).render(f"{BATTERY_END_OF_LIFE}.title") for code in locale],
-            "message": _battery_messages(days, past_rated_life, locale),
+            "message": _battery_messages(days, past_rated_life, locale, interval[DAYS_P10], interval[DAYS_P90]),
             REASONS: _battery_reasons(over, probability, lifetime, rated, days, past_rated_life, day, locale),
             MODEL_VERSION: over[MODEL_VERSION].astype(object) if MODEL_VERSION in over else model_version,
             LOCALE: locale,
+            **interval,
         },
         index=over.index,
     )
@@ -190,18 +197,20 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
 
     `content` has the columns car_id, battery_id, day (YYYY-MM-DD the alert is about), severity,
     failure_probability_30d, days_to_rated_life (NaN → null), title, message, reasons, model_version, and
-    optionally locale (the language title, message and reasons are in; English when absent).
+    optionally locale (the language title, message and reasons are in; English when absent) and the
+    interval of days to rated life (INTERVAL_COLUMNS; absent or NaN → null).
     Each alert gets its own `action` and `reasons` objects, so changing one never changes another.
     """
     if not _ALERT_TYPE_PATTERN.fullmatch(alert_type):
         raise ValueError(f"alert type must be lower_snake_case of 3-63 characters, got {alert_type!r}")
     created = iso_utc(created_at)
     days_to_life = content[DAYS_TO_RATED_LIFE].astype(object).where(content[DAYS_TO_RATED_LIFE].notna(), None)
+    intervals = zip(*[_nullable_numbers(content, column) for column in INTERVAL_COLUMNS], strict=True)
     columns = zip(
         content["car_id"], content["battery_id"], content["day"], content["severity"],
         content[PROBABILITY].astype("float64").tolist(), days_to_life.tolist(),
         content["title"], content["message"], content[REASONS], content[MODEL_VERSION],
-        content[LOCALE] if LOCALE in content else [FALLBACK_LOCALE] * len(content),
+        content[LOCALE] if LOCALE in content else [FALLBACK_LOCALE] * len(content), intervals,
         strict=True,
     )  # fmt: skip
     return [
@@ -220,9 +229,18 @@ def build_alerts(content: pd.DataFrame, alert_type: str, created_at: datetime, a
             "model_version": str(version),
             "created_at": created,
             LOCALE: locale,
+            **dict(zip(INTERVAL_COLUMNS, span, strict=True)),
         }
-        for car, battery, day, severity, probability, days, title, message, reasons, version, locale in columns
+        for car, battery, day, severity, probability, days, title, message, reasons, version, locale, span in columns
     ]
+
+
+def _nullable_numbers(content: pd.DataFrame, column: str) -> list[float | None]:
+    """A column as JSON numbers, NaN and an absent column as null."""
+    if column not in content:
+        return [None] * len(content)
+    values = content[column].astype("float64")
+    return [None if np.isnan(value) else value for value in values.tolist()]
 
 
 def validate_alert(alert: Mapping[str, Any]) -> None:
@@ -242,6 +260,10 @@ def validate_alert(alert: Mapping[str, Any]) -> None:
         problems.append(f"type must be lower_snake_case, got {alert['type']!r}")
     if "severity" in alert and alert["severity"] not in SEVERITY_RANK:
         problems.append(f"severity must be one of {sorted(SEVERITY_RANK)}, got {alert['severity']!r}")
+    for key in INTERVAL_COLUMNS:
+        value = alert.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0):
+            problems.append(f"{key} must be null or a number of days ≥ 0, got {value!r}")
     if LOCALE in alert and alert[LOCALE] not in locales():
         problems.append(f"locale must be one of {', '.join(locales())}, got {alert[LOCALE]!r}")
     if "created_at" in alert:
@@ -274,16 +296,24 @@ def should_deliver(
     return False, COOLDOWN
 
 
-def _battery_messages(days: pd.Series, past_rated_life: pd.Series, locale: pd.Series) -> list[str]:
-    """Plain words for the owner: what will happen, and roughly when (whole days, never "about 0 days")."""
+def _battery_messages(
+    days: pd.Series, past_rated_life: pd.Series, locale: pd.Series, p10: pd.Series, p90: pd.Series
+) -> list[str]:
+    """Plain words for the owner: what will happen, and roughly when (whole days, never "about 0 days"),
+    with the interval when it is informative (INTERVAL_MAX_WIDTH_SHARE): its ends rounded outwards."""
     whole_days = np.floor(days.fillna(0.0)).astype("int64")
+    low = np.floor(p10.fillna(-1.0)).astype("int64")
+    high = np.ceil(p90.fillna(-1.0)).astype("int64")
+    informative = (
+        (low >= 1) & (low < whole_days) & (whole_days < high) & (high - low <= INTERVAL_MAX_WIDTH_SHARE * whole_days)
+    )
     case = np.select(
-        [past_rated_life, days.isna(), whole_days < 1, whole_days == 1],
-        ["reached", "within_30_days", "within_a_day", "one_day"],
+        [past_rated_life, days.isna(), whole_days < 1, whole_days == 1, informative],
+        ["reached", "within_30_days", "within_a_day", "one_day", "days_between"],
         default="days",
     )
-    return [catalogue(code).render(f"{BATTERY_END_OF_LIFE}.message.{which}", days=int(n))
-            for code, which, n in zip(locale, case, whole_days, strict=True)]  # fmt: skip
+    return [catalogue(code).render(f"{BATTERY_END_OF_LIFE}.message.{which}", days=int(n), low=int(a), high=int(b))
+            for code, which, n, a, b in zip(locale, case, whole_days, low, high, strict=True)]  # fmt: skip
 
 
 def _battery_reasons(

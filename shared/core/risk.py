@@ -15,6 +15,12 @@ quantiles of z, collected on origins the model never trained on, carry whatever 
 Then P = P(z >= (remaining - predicted_sum) / scale). No normal assumption, no threshold in disguise:
 the numbers are as calibrated as the held-out errors are representative, which the backtest measures.
 
+The interval of days to rated life (issue 17) reads the same distribution at every horizon t <= 30: the
+battery has reached rated life by day t exactly when its use over t days reaches the remaining cycles, so
+the q-quantile of the day is where the forecast's cumulative use, moved to its own (1 - q) quantile
+(predicted_t + z_(1-q) * scale_t, with scale_t the same formula over t days), crosses the remaining cycles;
+past day 30 it extrapolates at that quantile's 30-day rate, as days_to_rated_life does.
+
 All functions are pure over numpy arrays; the batch path and the endpoint call the same ones.
 """
 
@@ -29,6 +35,10 @@ HORIZON_DAYS = 30
 # The columns failure_risk returns (and every scores table, the endpoint's predictions and the alerts carry).
 PROBABILITY = "failure_probability_30d"
 DAYS_TO_RATED_LIFE = "days_to_rated_life"
+# The added interval of days to rated life (issue 17): its 10th, 50th and 90th percentiles.
+INTERVAL_LEVELS = {"days_to_rated_life_p10": 0.1, "days_to_rated_life_p50": 0.5, "days_to_rated_life_p90": 0.9}
+DAYS_P10, DAYS_P50, DAYS_P90 = INTERVAL_LEVELS
+INTERVAL_COLUMNS = list(INTERVAL_LEVELS)
 # The failure probability from which a battery is alerted, unless told otherwise: what backtests and batch
 # scoring judge alerts at, and the default of the app's ALERT_PROBABILITY_THRESHOLD setting.
 ALERT_THRESHOLD = 0.8
@@ -83,14 +93,21 @@ def recent_known_days(daily_cycles: np.ndarray) -> np.ndarray:
     return np.sum(~np.isnan(daily_cycles[:, -VARIABILITY_DAYS:]), axis=1)
 
 
-def error_scale(predicted_sum: np.ndarray, daily_std: np.ndarray, known_days: np.ndarray | None = None) -> np.ndarray:
-    """The per-battery scale that standardises the 30-day-sum error (see the module docstring)."""
-    noise = HORIZON_DAYS * np.nan_to_num(daily_std) ** 2
+def error_scale(
+    predicted_sum: np.ndarray,
+    daily_std: np.ndarray,
+    known_days: np.ndarray | None = None,
+    days: np.ndarray | int = HORIZON_DAYS,
+) -> np.ndarray:
+    """The per-battery scale that standardises the error of the sum over `days` (30, or one per column of
+    `predicted_sum`; see the module docstring)."""
+    noise = days * np.nan_to_num(daily_std) ** 2
     level = (RELATIVE_SPREAD * np.maximum(predicted_sum, 0.0)) ** 2
     scale = np.maximum(np.sqrt(noise + level), SCALE_FLOOR)
     if known_days is None:
         return scale
-    return scale * np.sqrt(VARIABILITY_DAYS / np.clip(known_days, 1, VARIABILITY_DAYS))
+    widening = np.sqrt(VARIABILITY_DAYS / np.clip(known_days, 1, VARIABILITY_DAYS))
+    return scale * (widening if np.ndim(scale) == 1 else widening[:, None])
 
 
 def calibrate(
@@ -121,6 +138,7 @@ def failure_risk(
     lifetime, rated: (n,) cycles used so far and rated cycles; forecast: (n, 30) daily cycles;
     daily_std: (n,) recent day-to-day variability (`recent_variability`), None = unknown (treated as 0);
     known_days: (n,) known recent days (`recent_known_days`), None = a full history.
+    Also the interval of days to rated life (INTERVAL_COLUMNS; module docstring).
     A battery already at or past its rated cycles has probability 1 and 0 days left.
     """
     lifetime = np.asarray(lifetime, dtype=np.float64)
@@ -131,7 +149,14 @@ def failure_risk(
     threshold = (remaining - predicted) / error_scale(predicted, daily_std, known_days)
     below = np.interp(threshold, calibration.z_quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     probability = np.where(remaining <= 0, 1.0, 1.0 - below)
-    return pd.DataFrame({PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)})
+    risk = pd.DataFrame({PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)})
+    cumulative = np.cumsum(forecast, axis=1)
+    scale = error_scale(cumulative, daily_std[:, None], known_days, days=np.arange(1, forecast.shape[1] + 1))
+    for column, level in INTERVAL_LEVELS.items():
+        z = np.interp(1.0 - level, QUANTILE_LEVELS, calibration.z_quantiles)
+        quantile_use = np.maximum.accumulate(np.maximum(cumulative + z * scale, 0.0), axis=1)
+        risk[column] = days_to_rated_life(remaining, np.diff(quantile_use, axis=1, prepend=0.0))
+    return risk
 
 
 def days_to_rated_life(remaining: np.ndarray, forecast: np.ndarray) -> np.ndarray:

@@ -304,10 +304,44 @@ class Fleet:
     batteries: pd.DataFrame
     components: pd.DataFrame
     planted: dict[str, int]
+    process: FleetProcess | None = None
 
 
-def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -> Fleet:
-    """Simulate `n_cars` cars reporting daily from `start` to `end` inclusive; deterministic for a seed."""
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """How a fleet differs from the default one: the truth comparison's fleets (issue 17). The defaults draw
+    exactly the default fleet; option-only draws come from a stream of their own."""
+
+    missing_scale: float = 1.0  # × the chance that a run of missing days starts on a day
+    regions: tuple[str, ...] | None = None  # only these regions, in their CLIMATES shares (a hot or a cold fleet)
+    regime_change_rate: float = 0.0  # per car and day: the chance its usage level jumps (new job, move, ...)
+    regime_change_sigma: float = 0.35  # lognormal sigma of such a jump
+    late_start_share: float = 0.0  # of cars that start reporting on a random day of the period (short histories)
+
+
+DEFAULT_OPTIONS = SimulatorOptions()
+
+
+@dataclass(frozen=True)
+class FleetProcess:
+    """What generated the fleet's wear, so the true failure probability can be computed by Monte Carlo over
+    the simulator's own future noise (shared/devtools/true_risk.py). Rows are `Fleet.cars`' rows; columns are
+    days from `start` (the `*_all` arrays run 30 days past `end`)."""
+
+    first_day: np.datetime64
+    expected_minutes_all: np.ndarray  # driving minutes before the day's noise, idle draw and usage level
+    usage_level_all: np.ndarray  # the usage regime's multiplier in effect (1 without regime changes)
+    idle_rate: np.ndarray  # (cars,) chance of a day without driving
+    region: np.ndarray  # (cars,) index into CLIMATES
+    worn: np.ndarray  # the fitted battery's wear through the day before ageing (what drives ageing)
+    options: SimulatorOptions
+
+
+def simulate_fleet(
+    n_cars: int, start: str | date, end: str | date, seed: int, options: SimulatorOptions = DEFAULT_OPTIONS
+) -> Fleet:
+    """Simulate `n_cars` cars reporting daily from `start` to `end` inclusive; deterministic for a seed
+    (and options)."""
     first_day, last_day = _period(start, end)
     if isinstance(n_cars, bool) or not isinstance(n_cars, int | np.integer) or n_cars < 1:
         raise InputError(f"n_cars: expected a whole number ≥ 1, got {n_cars!r}")
@@ -316,7 +350,15 @@ def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -
     days = pd.date_range(first_day, last_day + pd.Timedelta(days=FUTURE_DAYS), freq="D", unit="us")
     n_period = len(days) - FUTURE_DAYS
     blocks = [
-        _simulate_block(_random(seed, 0, number), first, min(CARS_PER_BLOCK, n_cars - first), days, n_period)
+        _simulate_block(
+            _random(seed, 0, number),
+            _random(seed, 4, number),
+            first,
+            min(CARS_PER_BLOCK, n_cars - first),
+            days,
+            n_period,
+            options,
+        )
         for number, first in enumerate(range(0, n_cars, CARS_PER_BLOCK))
     ]
     cars = pd.concat([block.cars for block in blocks], ignore_index=True)
@@ -327,8 +369,17 @@ def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -
     telemetry, planted = _dirty_telemetry(_random(seed, 1), truth, missing, reported_ids)
     planted["silent_replacements"] = int((batteries["Reported_ID"] != batteries[BATTERY_ID]).sum())
     components = simulate_components(cars[CAR_ID].to_numpy(object), seed)
+    process = FleetProcess(
+        first_day=days[0].to_datetime64().astype("datetime64[D]"),
+        expected_minutes_all=np.concatenate([block.expected_minutes for block in blocks]),
+        usage_level_all=np.concatenate([block.usage_level for block in blocks]),
+        idle_rate=np.concatenate([block.idle_rate for block in blocks]),
+        region=np.concatenate([block.region for block in blocks]),
+        worn=np.concatenate([block.worn for block in blocks]),
+        options=options,
+    )
     return Fleet(telemetry=telemetry, cars=cars, truth=truth, batteries=batteries, components=components,
-                 planted=planted)  # fmt: skip
+                 planted=planted, process=process)  # fmt: skip
 
 
 def write_fleet(fleet: Fleet, out_dir: str | Path) -> dict[str, Path]:
@@ -497,6 +548,12 @@ class _Block:
     battery: np.ndarray  # row in `batteries` (below) of the battery fitted that day
     missing: np.ndarray  # the day is not reported
     batteries: dict[str, np.ndarray]  # car (row in the block), install/reach/replaced (day index), ...
+    # FleetProcess's arrays for the block's cars (2-D: car, day)
+    expected_minutes: np.ndarray
+    usage_level: np.ndarray
+    idle_rate: np.ndarray
+    region: np.ndarray
+    worn: np.ndarray
 
 
 def _period(start: str | date, end: str | date) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -521,31 +578,71 @@ def _random(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=stream))
 
 
-def _simulate_block(rng: np.random.Generator, first_car: int, n: int, days: pd.DatetimeIndex, n_period: int) -> _Block:
+def _simulate_block(
+    rng: np.random.Generator,
+    option_rng: np.random.Generator,
+    first_car: int,
+    n: int,
+    days: pd.DatetimeIndex,
+    n_period: int,
+    options: SimulatorOptions,
+) -> _Block:
     engine = rng.choice(len(ENGINE_TYPES), n, p=[e.share for e in ENGINE_TYPES])
-    region = rng.choice(len(CLIMATES), n, p=[c.share for c in CLIMATES])
-    minutes = _daily_minutes(rng, n, days)
+    region = rng.choice(len(CLIMATES), n, p=_region_shares(options.regions))
+    expected, idle_rate, noise, driving = _usage(rng, n, days)
+    level = _usage_level(option_rng, n, len(days), options)
+    minutes = np.round(np.minimum(expected * level * noise * driving, MAX_MINUTES), 2)
     trips = np.where(minutes > 0, np.maximum(rng.poisson(minutes / MINUTES_PER_TRIP), 1), 0)
     cost = _cost_per_minute(rng, region, days)
     engine_factor = np.array([e.cost_factor for e in ENGINE_TYPES])[engine]
-    cycles, lifetime, age, battery, batteries = _battery_lives(rng, minutes, cost, engine_factor, n_period)
+    cycles, lifetime, age, battery, worn, batteries = _battery_lives(rng, minutes, cost, engine_factor, n_period)
     first_install = days[0] + pd.to_timedelta(batteries["install"][:n], unit="D")  # generation 0 comes first
     period = np.s_[:, :n_period]
+    cars = _car_table(rng, first_car, engine, region, first_install)  # drawn before the missing days, as always
+    missing = _missing_days(rng, n, n_period, MISSING_RUN_START * options.missing_scale)
+    if options.late_start_share > 0:
+        late = option_rng.random(n) < options.late_start_share
+        first_report = np.where(late, option_rng.integers(0, n_period, n), 0)
+        missing |= np.arange(n_period) < first_report[:, None]
     return _Block(
-        cars=_car_table(rng, first_car, engine, region, first_install),
+        cars=cars,
         minutes=minutes[period].ravel(),
         trips=trips[period].ravel(),
         cycles=cycles[period].ravel(),
         lifetime=lifetime[period].ravel(),
         age=age[period].ravel(),
         battery=battery[period].ravel(),
-        missing=_missing_days(rng, n, n_period).ravel(),
+        missing=missing.ravel(),
         batteries=batteries,
+        expected_minutes=expected,
+        usage_level=level,
+        idle_rate=idle_rate,
+        region=region,
+        worn=worn[period],
     )
 
 
-def _daily_minutes(rng: np.random.Generator, n: int, days: pd.DatetimeIndex) -> np.ndarray:
-    """Driving minutes per (car, day): the car's habits × season × drift × noise, some days idle."""
+def _region_shares(regions: tuple[str, ...] | None) -> np.ndarray:
+    """Each climate's share of cars: CLIMATES' shares, or those of `regions` only, renormalised."""
+    names = [c.region for c in CLIMATES]
+    unknown = sorted(set(regions or ()) - set(names))
+    if unknown:
+        raise InputError(f"regions: unknown {', '.join(unknown)}; known: {', '.join(names)}")
+    shares = np.array([c.share if regions is None or c.region in regions else 0.0 for c in CLIMATES])
+    return shares / shares.sum()
+
+
+def _usage_level(rng: np.random.Generator, n: int, n_days: int, options: SimulatorOptions) -> np.ndarray:
+    """Per (car, day) the usage regime's multiplier: 1, or the product of the lognormal jumps so far."""
+    if options.regime_change_rate <= 0:
+        return np.ones((n, n_days))
+    jumps = rng.random((n, n_days)) < options.regime_change_rate
+    return np.cumprod(np.where(jumps, rng.lognormal(0.0, options.regime_change_sigma, (n, n_days)), 1.0), axis=1)
+
+
+def _usage(rng: np.random.Generator, n: int, days: pd.DatetimeIndex) -> tuple[np.ndarray, ...]:
+    """Driving minutes per (car, day) before the cap: the car's habits × season × drift (the expected
+    minutes), × the day's noise × whether it drives at all (some days idle); and each car's idle rate."""
     profile = rng.choice(len(USAGE_PROFILES), n, p=[p.share for p in USAGE_PROFILES])
     base = MEDIAN_MINUTES * rng.lognormal(0.0, MINUTES_SPREAD, n)
     summer_lift = rng.normal(*SUMMER_LIFT, n)
@@ -560,8 +657,7 @@ def _daily_minutes(rng: np.random.Generator, n: int, days: pd.DatetimeIndex) -> 
     trend = np.exp(drift[:, None] * years)
     noise = rng.lognormal(-(DAILY_NOISE**2) / 2, DAILY_NOISE, (n, len(days)))
     driving = rng.random((n, len(days))) >= idle_rate[:, None]
-    minutes = base[:, None] * weekday * holiday * season * trend * noise * driving
-    return np.round(np.minimum(minutes, MAX_MINUTES), 2)
+    return base[:, None] * weekday * holiday * season * trend, idle_rate, noise, driving
 
 
 def _cost_per_minute(rng: np.random.Generator, region: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
@@ -573,10 +669,11 @@ def _cost_per_minute(rng: np.random.Generator, region: np.ndarray, days: pd.Date
 
 def _battery_lives(
     rng: np.random.Generator, minutes: np.ndarray, cost: np.ndarray, engine_factor: np.ndarray, n_period: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Run each car's batteries one generation at a time: wear, reach rated life, get replaced.
 
-    Returns per (car, day) the cycles, counter, age and battery row, and the battery records. Cars
+    Returns per (car, day) the cycles, counter, age, battery row and unaged wear through the day (what
+    drives ageing), and the battery records. Cars
     whose battery is replaced before the end of the period go round again with a new battery.
     """
     n, n_days = minutes.shape
@@ -585,6 +682,7 @@ def _battery_lives(
     lifetime = np.zeros((n, n_days))
     age = np.zeros((n, n_days))
     battery = np.zeros((n, n_days), dtype=np.int64)
+    worn = np.zeros((n, n_days))
     records: list[dict[str, np.ndarray]] = []
 
     car = np.arange(n)
@@ -602,7 +700,8 @@ def _battery_lives(
         rated = _rated(model)[:, None]
         fitted = day >= install[:, None]
         unaged = np.where(fitted, minutes[car] * cost[car] * wear[:, None], 0.0)
-        worn_before = initial[:, None] + np.cumsum(unaged, axis=1) - unaged
+        worn_through = initial[:, None] + np.cumsum(unaged, axis=1)
+        worn_before = worn_through - unaged
         daily = np.round(unaged * ageing_factor(worn_before / rated), 4)
         counter = np.round(initial[:, None] + np.cumsum(daily, axis=1), 4)
         at_rated = fitted & (counter >= rated)
@@ -613,6 +712,7 @@ def _battery_lives(
         lifetime[car] = np.where(own, counter, lifetime[car])
         age[car] = np.where(own, day - install[:, None], age[car])
         battery[car] = np.where(own, rows[:, None], battery[car])
+        worn[car] = np.where(own, worn_through, worn[car])
         records.append(
             {
                 "car": car,
@@ -635,7 +735,7 @@ def _battery_lives(
         initial = np.zeros(car.size)
         wear = _wear_factor(rng, model, engine_factor[car])
     batteries = {key: np.concatenate([r[key] for r in records]) for key in records[0]}
-    return cycles, lifetime, age, battery, batteries
+    return cycles, lifetime, age, battery, worn, batteries
 
 
 def _draw_models(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -651,9 +751,9 @@ def _wear_factor(rng: np.random.Generator, model: np.ndarray, engine_factor: np.
     return np.round(model_factor * engine_factor * rng.lognormal(0.0, UNIT_SPREAD, model.size), 4)
 
 
-def _missing_days(rng: np.random.Generator, n: int, n_days: int) -> np.ndarray:
-    """Days a car did not report: runs of one day, or of 2..10 days, starting at random."""
-    starts = rng.random((n, n_days)) < MISSING_RUN_START
+def _missing_days(rng: np.random.Generator, n: int, n_days: int, run_start: float) -> np.ndarray:
+    """Days a car did not report: runs of one day, or of 2..10 days, each day starting one at `run_start`."""
+    starts = rng.random((n, n_days)) < run_start
     longer = rng.integers(2, LONGEST_MISSING_RUN + 1, (n, n_days), dtype=np.int8)
     length = np.where(rng.random((n, n_days)) < SINGLE_MISSING_DAY, 1, longer)
     missing = np.zeros((n, n_days), dtype=bool)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.core.alerts import REASONS
-from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, MAX_DAYS_TO_RATED_LIFE, PROBABILITY
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, INTERVAL_LEVELS, MAX_DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -100,6 +100,17 @@ DEFINITIONS: dict[str, Any] = {
             ),
             "error": _nullable({"type": "string", "description": "why this item was not scored; null if it was"}),
             REASONS: _nullable({"type": "array", "items": {"type": "string"}}),
+            **{
+                column: _nullable(
+                    {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": MAX_DAYS_TO_RATED_LIFE,
+                        "description": f"added (issue 17): the {level:.0%} quantile of the days to rated life",
+                    }
+                )
+                for column, level in INTERVAL_LEVELS.items()
+            },
         },
         "One battery's answer, in the request's order: the numbers and a null error, or an error and null numbers.",
     ),

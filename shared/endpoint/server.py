@@ -45,7 +45,15 @@ import pandas as pd
 
 from shared.core.alerts import REASONS
 from shared.core.preparation import prepare_telemetry
-from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, PROBABILITY
+from shared.core.risk import (
+    DAYS_P10,
+    DAYS_P50,
+    DAYS_P90,
+    DAYS_TO_RATED_LIFE,
+    HORIZON_DAYS,
+    INTERVAL_COLUMNS,
+    PROBABILITY,
+)
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -103,7 +111,8 @@ EXAMPLE_RESPONSE = {
     "predictions": [
         {BATTERY_ID: "17", CAR_ID: "CAR-00017", PROBABILITY: 0.93, DAYS_TO_RATED_LIFE: 12.5,
          "forecast_daily_cycles": [0.15] * HORIZON_DAYS, "error": None,
-         REASONS: ["battery has used 98% of its rated cycles (196 of 200)"]},
+         REASONS: ["battery has used 98% of its rated cycles (196 of 200)"],
+         DAYS_P10: 9.4, DAYS_P50: 12.4, DAYS_P90: 15.8},
     ],
 }  # fmt: skip
 
@@ -590,7 +599,7 @@ def _flag_items_without_values(typed: pd.DataFrame, batch: _Batch) -> None:
         batch.flag_rows([int(rows[start])], [f"no {MEASURE_COLUMNS[lacks]} value in the whole history"])
 
 
-def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list]]:
+def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, tuple[float, float, list, list, list]]:
     """Score the usable rows with the batch path's code; map each item index to its battery's numbers."""
     if typed.empty:
         return {}
@@ -601,8 +610,15 @@ def _score(model: Forecaster, typed: pd.DataFrame, batch: _Batch) -> dict[int, t
     probability = scores[PROBABILITY].to_numpy(np.float64)
     days = scores[DAYS_TO_RATED_LIFE].to_numpy(np.float64)
     reasons = scores[REASONS].to_numpy(dtype=object)
+    interval = scores[INTERVAL_COLUMNS].to_numpy(np.float64)
     return {
-        item: (float(probability[row]), float(days[row]), forecast[row].tolist(), list(reasons[row]))
+        item: (
+            float(probability[row]),
+            float(days[row]),
+            forecast[row].tolist(),
+            list(reasons[row]),
+            interval[row].tolist(),
+        )
         for item, row in _newest_lives(scores[BATTERY_ID].to_numpy(dtype=object), item_of).items()
     }
 
@@ -628,7 +644,7 @@ def _newest_lives(window_ids: np.ndarray, item_of: dict[str, int]) -> dict[int, 
     return {item: row for item, (_, row) in newest.items()}
 
 
-def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list]]) -> list[dict[str, Any]]:
+def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list, list]]) -> list[dict[str, Any]]:
     predictions = []
     for item, (battery, car, error) in enumerate(zip(batch.battery_ids, batch.car_ids, batch.errors, strict=True)):
         if error is None and item not in scores:
@@ -642,6 +658,7 @@ def _predictions(batch: _Batch, scores: dict[int, tuple[float, float, list, list
             "forecast_daily_cycles": numbers[2] if numbers else None,
             "error": error,
             REASONS: numbers[3] if numbers else None,
+            **dict(zip(INTERVAL_COLUMNS, numbers[4] if numbers else [None] * len(INTERVAL_COLUMNS), strict=True)),
         })  # fmt: skip
     return predictions
 

@@ -40,7 +40,7 @@ import pandas as pd
 from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
-from shared.models.backtest import BacktestResult, run_backtest
+from shared.models.backtest import BacktestResult, TruthSource, run_backtest
 from shared.models.champion import METADATA_FILE
 
 MODEL_KIND = "lightgbm-30-day-mean-ratio+weekday-shape"
@@ -169,8 +169,11 @@ def train_model(
     threshold: float = ALERT_THRESHOLD,
     max_training_rows: int = MAX_TRAINING_ROWS,
     seed: int = 0,
+    truth: TruthSource | None = None,
 ) -> BatteryForecaster:
     """Backtest, then fit the final model on all of `clean`; everything is recorded in `metadata`.
+
+    `truth` (a simulated fleet's true probabilities, backtest.py) adds the comparison with the best possible.
 
     The failure-risk calibration shipped with the model is the backtest model's standardised 30-day-sum
     errors on every held-out origin (calibration period and evaluation period): it comes from a model
@@ -184,7 +187,7 @@ def train_model(
     def fit(history: FleetHistory, last_target_day: int) -> BatteryForecaster:
         return fit_forecaster(history, last_target_day, car_table, max_training_rows=max_training_rows, seed=seed)
 
-    backtest = run_backtest(history, fit, threshold=threshold, progress=say)
+    backtest = run_backtest(history, fit, threshold=threshold, progress=say, truth=truth)
     say("training the final model on all data")
     model = fit(history, history.n_days - 1)
     model.calibration = backtest.final_calibration

@@ -12,6 +12,13 @@ against the actual next 30 days. The two baselines, seasonal-naive (repeat the l
 recent-mean (mean of the last 28 days), go through the SAME risk code with their own calibration, so
 the probability metrics compare forecasts, not calibration tricks.
 
+Against the truth (issue 17): on a simulated fleet the true probability of every evaluated forecast is known
+(Monte Carlo over the simulator's future noise: shared/devtools/true_risk.py, passed in as `truth`), the
+best any model could do; the summary then reports each method's Brier score and average precision as
+ratios to the truth's, with the Monte Carlo standard error of the truth's own figures. Separately, the
+reliability of the batteries whose rated life the model forecasts 20-40 days out (NEAR_DAYS), where the
+alert is decided by how well the model knows its own uncertainty.
+
 Labels: "reaches rated cycles within 30 days" is known when the actual lifetime counter crosses rated
 within the 30 days, or when all 30 days were reported without crossing. A battery whose reports stop
 before either (typically replaced) is censored: counted, not labelled. Batteries already past rated at
@@ -28,7 +35,11 @@ import pandas as pd
 
 from shared.core.risk import (
     ALERT_THRESHOLD,
+    DAYS_P10,
+    DAYS_P90,
+    DAYS_TO_RATED_LIFE,
     HORIZON_DAYS,
+    INTERVAL_LEVELS,
     PROBABILITY,
     RiskCalibration,
     calibrate,
@@ -50,6 +61,23 @@ MIN_TRAINING_DAYS = 60
 MIN_HISTORY_DAYS = EVALUATION_DAYS + HORIZON_DAYS + CALIBRATION_SPAN_DAYS + MIN_TRAINING_DAYS + 1
 METHODS = ("model", "seasonal_naive", "recent_mean")
 METHOD_TITLES = {"model": "LightGBM model", "seasonal_naive": "Seasonal naive", "recent_mean": "Recent mean"}
+# The forecasts whose alert is decided by the model's uncertainty: rated life forecast 20-40 days out.
+NEAR_DAYS = (20.0, 40.0)
+
+
+@dataclass(frozen=True)
+class TrueProbability:
+    """The true P(rated life within 30 days) of each evaluated forecast, from something that knows how the
+    data was generated (the simulator: shared/devtools/true_risk.py). For measuring, never for training."""
+
+    probability: np.ndarray  # (m,)
+    batch_probability: np.ndarray  # (k, m): from k disjoint batches of the draws, for Monte Carlo errors
+    draws: int  # futures drawn per forecast that needed drawing
+    drawn: int  # forecasts that needed drawing (the others are 0 or 1 beyond doubt)
+
+
+# Given the backtest's evaluation frame (Battery_ID, Car_ID, origin), the true probabilities in its row order.
+TruthSource = Callable[[pd.DataFrame], TrueProbability]
 
 
 @dataclass(frozen=True)
@@ -91,12 +119,14 @@ def run_backtest(
     window_days: int = DEFAULT_WINDOW_DAYS,
     model_title: str = METHOD_TITLES["model"],
     evaluation_history: FleetHistory | None = None,
+    truth: TruthSource | None = None,
 ) -> BacktestResult:
     """Fit with `fit(history, last_target_day)`, calibrate, evaluate model and baselines (module docstring).
 
     `model_title` names the model under test in the summary and its Markdown ("LSTM model", ...).
     `evaluation_history` (same calendar as `history`) evaluates on other batteries than those fitted and
     calibrated on: bench/bench_training_sample.py scores a model trained on a sample on the whole fleet.
+    `truth` (a simulated fleet's, see the module docstring) adds the comparison with the true probability.
     """
     say = progress or (lambda message: None)
     last_day = history.n_days - 1
@@ -123,7 +153,8 @@ def run_backtest(
     evaluated_history = history if evaluation_history is None else evaluation_history
     evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days)
 
-    metrics, reliability, probabilities = score_outcomes(held_out, evaluated, threshold)
+    metrics, reliability, risks = score_outcomes(held_out, evaluated, threshold)
+    probability = risks["model"][PROBABILITY].to_numpy()
     summary = {
         "cutoff": _date(history, cutoff),
         "training_targets_until": _date(history, calibration_origins[0]),
@@ -144,10 +175,19 @@ def run_backtest(
             "origin": history.first_day + evaluated.origin.astype("timedelta64[D]"),
             "label": evaluated.label,
             "scored": evaluated.scored,
-            "probability": probabilities["model"],
-            "alert": probabilities["model"] >= threshold,
+            "probability": probability,
+            "alert": probability >= threshold,
         }
     )
+    summary["interval"] = interval_coverage(risks["model"], evaluated)
+    near = evaluated.scored & _between(risks["model"][DAYS_TO_RATED_LIFE].to_numpy(), NEAR_DAYS)
+    true = truth(evaluation) if truth is not None else None
+    summary["reliability_near"] = reliability_table(
+        probability[near], evaluated.label[near], true_probability=None if true is None else true.probability[near]
+    )
+    if true is not None:
+        summary["truth"] = truth_comparison(true, metrics, evaluated.label, evaluated.scored, threshold)
+        evaluation["true_probability"] = true.probability
     return BacktestResult(
         summary=summary,
         final_calibration=calibration_from_outcomes(pooled, "model"),
@@ -158,27 +198,88 @@ def run_backtest(
 
 
 def score_outcomes(held_out: OriginOutcomes, evaluated: OriginOutcomes, threshold: float) -> tuple[dict, dict, dict]:
-    """Per method: metrics (forecast and probability), reliability table and probabilities on `evaluated`,
-    each method's risk calibrated on `held_out` — the backtest's scoring, shared with model kinds that are
-    calibrated on origins of their own (mlflow_forecaster)."""
-    metrics, reliability, probabilities = {}, {}, {}
+    """Per method: metrics (forecast and probability), reliability table and risk frame (`failure_risk`) on
+    `evaluated`, each method's risk calibrated on `held_out` — the backtest's scoring, shared with model kinds
+    that are calibrated on origins of their own (mlflow_forecaster)."""
+    metrics, reliability, risks = {}, {}, {}
     for method in METHODS:
         calibration = calibration_from_outcomes(held_out, method)
-        probability = failure_risk(
+        risks[method] = failure_risk(
             evaluated.lifetime,
             evaluated.rated,
             evaluated.forecast[method],
             calibration,
             daily_std=evaluated.daily_std,
             known_days=evaluated.known_days,
-        )[PROBABILITY].to_numpy()
-        probabilities[method] = probability
+        )
+        probability = risks[method][PROBABILITY].to_numpy()
         metrics[method] = {
             **forecast_metrics(evaluated.actual, evaluated.forecast[method]),
             **probability_metrics(probability[evaluated.scored], evaluated.label[evaluated.scored], threshold),
         }
         reliability[method] = reliability_table(probability[evaluated.scored], evaluated.label[evaluated.scored])
-    return metrics, reliability, probabilities
+    return metrics, reliability, risks
+
+
+def truth_comparison(
+    true: TrueProbability, metrics: dict, label: np.ndarray, scored: np.ndarray, threshold: float
+) -> dict:
+    """The truth's Brier score and average precision (each with its Monte Carlo standard error: the spread
+    of the batches' figures over sqrt(batches)), and every method's as ratios to them (AP also as a gap)."""
+    truth_metrics = probability_metrics(true.probability[scored], label[scored], threshold)
+    batches = [probability_metrics(batch[scored], label[scored], threshold) for batch in true.batch_probability]
+    standard_error = {
+        name: float(np.std([batch[name] for batch in batches], ddof=1) / np.sqrt(len(batches)))
+        if truth_metrics[name] is not None
+        else None
+        for name in ("brier", "average_precision")
+    }
+    ratios = {}
+    for method, measured in metrics.items():
+        brier, precision = measured.get("brier"), measured.get("average_precision")
+        ratios[method] = {
+            "brier_to_truth": brier / truth_metrics["brier"] if brier is not None and truth_metrics["brier"] else None,
+            "average_precision_to_truth": precision / truth_metrics["average_precision"]
+            if precision is not None and truth_metrics["average_precision"]
+            else None,
+            "average_precision_gap": truth_metrics["average_precision"] - precision
+            if precision is not None and truth_metrics["average_precision"] is not None
+            else None,
+        }
+    return {
+        "metrics": truth_metrics,
+        "standard_error": standard_error,
+        "ratios": ratios,
+        "draws": true.draws,
+        "drawn": true.drawn,
+        "batches": len(true.batch_probability),
+    }
+
+
+def interval_coverage(risk: pd.DataFrame, outcomes: OriginOutcomes) -> dict:
+    """How often the actual day of reaching rated life fell inside the model's p10-p90 interval.
+
+    Judged on the scored forecasts whose p90 lies within the days the data covers after the origin (at
+    least 30, up to the data's end): for those the outcome is known either way — reached inside, before
+    p10, or not by p90. Chosen by the forecast, never by the outcome, so the share is not biased."""
+    p10, p90 = risk[DAYS_P10].to_numpy(), risk[DAYS_P90].to_numpy()
+    judged = outcomes.scored & (p90 <= outcomes.days_observed)
+    reached = outcomes.days_reached[judged]
+    low, high = p10[judged], p90[judged]
+    below = reached < low  # NaN (not reached by the data's end) compares False
+    above = np.isnan(reached) | (reached > high)
+    n = int(judged.sum())
+    return {
+        "level": INTERVAL_LEVELS[DAYS_P90] - INTERVAL_LEVELS[DAYS_P10],
+        "judged": n,
+        "coverage": float(np.mean(~below & ~above)) if n else None,
+        "below_p10": float(np.mean(below)) if n else None,
+        "above_p90": float(np.mean(above)) if n else None,
+    }
+
+
+def _between(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    return (values >= bounds[0]) & (values <= bounds[1])
 
 
 def forecast_metrics(actual: np.ndarray, forecast: np.ndarray) -> dict:
@@ -217,13 +318,21 @@ def average_precision(score: np.ndarray, label: np.ndarray) -> float | None:
     return float(np.sum(recall_gain * precision))
 
 
-def reliability_table(probability: np.ndarray, label: np.ndarray, bins: int = RELIABILITY_BINS) -> list[dict]:
-    """Equal-width probability bins: how many forecasts, their mean probability, and how often it happened."""
+def reliability_table(
+    probability: np.ndarray,
+    label: np.ndarray,
+    bins: int = RELIABILITY_BINS,
+    true_probability: np.ndarray | None = None,
+) -> list[dict]:
+    """Equal-width probability bins: how many forecasts, their mean probability, and how often it happened;
+    with `true_probability`, also the mean true probability of each bin's forecasts (a far less noisy
+    reference than the observed rate of a bin of a few dozen)."""
     index = np.minimum((probability * bins).astype(np.int64), bins - 1)
     count = np.bincount(index, minlength=bins)
     predicted = np.bincount(index, weights=probability, minlength=bins)
     observed = np.bincount(index, weights=label.astype(np.float64), minlength=bins)
-    return [
+    true = None if true_probability is None else np.bincount(index, weights=true_probability, minlength=bins)
+    rows = [
         {
             "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
             "count": int(count[b]),
@@ -232,6 +341,10 @@ def reliability_table(probability: np.ndarray, label: np.ndarray, bins: int = RE
         }
         for b in range(bins)
     ]
+    if true is not None:
+        for b, row in enumerate(rows):
+            row["mean_true"] = float(true[b] / count[b]) if count[b] else None
+    return rows
 
 
 def backtest_markdown(summary: dict) -> str:
@@ -263,8 +376,64 @@ def backtest_markdown(summary: dict) -> str:
         f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
         for row in summary["reliability"]["model"]
     ]
+    interval = summary.get("interval")
+    if interval and interval["judged"]:
+        lines += [
+            "",
+            f"Interval of days to rated life (p10-p90, {interval['level']:.0%}): it held the actual day for "
+            f"{interval['coverage']:.1%} of the {interval['judged']:,} forecasts whose p90 the data covers "
+            f"({interval['below_p10']:.1%} came before p10, {interval['above_p90']:.1%} after p90).",
+        ]
+    lines += _near_reliability_markdown(summary.get("reliability_near"))
+    if summary.get("truth"):
+        lines += _truth_markdown(summary["truth"], titles)
     lines += ["", _verdict(metrics, titles["model"])]
     return "\n".join(lines) + "\n"
+
+
+def _near_reliability_markdown(rows: list[dict] | None) -> list[str]:
+    """The reliability table of the forecasts whose rated life is NEAR_DAYS out (with the truth's column)."""
+    if rows is None:
+        return []
+    with_truth = any("mean_true" in row for row in rows)
+    low, high = NEAR_DAYS
+    lines = [
+        "",
+        f"Reliability where alerts are decided: the {sum(row['count'] for row in rows)} forecasts whose rated life "
+        f"the model puts {low:g}-{high:g} days out:",
+        "",
+        "| bin | count | mean predicted | observed rate |" + (" mean true probability |" if with_truth else ""),
+        "| --- | ---: | ---: | ---: |" + (" ---: |" if with_truth else ""),
+    ]
+    lines += [
+        f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
+        + (f" {_cell(row.get('mean_true'))} |" if with_truth else "")
+        for row in rows
+    ]
+    return lines
+
+
+def _truth_markdown(truth: dict, titles: dict) -> list[str]:
+    """Each method's Brier score and average precision against the true probability's (the best possible)."""
+    measured, error, ratios = truth["metrics"], truth["standard_error"], truth["ratios"]
+    lines = [
+        "",
+        f"Against the true probability (Monte Carlo over the simulator's future noise, {truth['draws']:,} draws "
+        f"for each of the {truth['drawn']:,} forecasts not decided beyond doubt): the truth's Brier score "
+        f"{_cell(measured['brier'], 6)} (± {_error(error['brier'])}), average precision "
+        f"{_cell(measured['average_precision'], 6)} (± {_error(error['average_precision'])}); ± is the Monte "
+        "Carlo standard error.",
+        "",
+        "| ratio to the truth | " + " | ".join(titles[m] for m in METHODS) + " |",
+        "| --- | " + " | ".join("---:" for _ in METHODS) + " |",
+    ]
+    for name, label in (
+        ("brier_to_truth", "Brier score ÷ truth's"),
+        ("average_precision_to_truth", "average precision ÷ truth's"),
+        ("average_precision_gap", "truth's average precision − method's"),
+    ):
+        lines.append(f"| {label} | " + " | ".join(_cell(ratios[m][name]) for m in METHODS) + " |")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -279,6 +448,8 @@ class OriginOutcomes:
     known_days: np.ndarray
     label: np.ndarray  # bool
     labelled: np.ndarray  # bool: the outcome is known
+    days_reached: np.ndarray  # actual (fractional) days from the origin to rated life; NaN = not by the data's end
+    days_observed: np.ndarray  # days the data covers after the origin
     already_past: np.ndarray  # bool
     battery: np.ndarray  # row in the history
     origin: np.ndarray  # day index in the history
@@ -311,6 +482,7 @@ def origin_outcomes(
         future = slice(origin + 1, origin + 1 + HORIZON_DAYS)
         future_lifetime = history.lifetime_cycles[rows, future]
         reached = (future_lifetime >= windows.rated_cycles[:, None]).any(axis=1)  # NaN (unreported) compares False
+        all_after = history.lifetime_cycles[rows, origin + 1 :]
         parts.append(
             OriginOutcomes(
                 forecast={name: forecast(windows) for name, forecast in forecasters.items()},
@@ -321,12 +493,32 @@ def origin_outcomes(
                 known_days=recent_known_days(windows.daily_cycles),
                 label=reached,
                 labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
+                days_reached=days_reached(windows.lifetime_cycles, windows.rated_cycles, all_after),
+                days_observed=np.full(len(rows), all_after.shape[1]),
                 already_past=windows.lifetime_cycles >= windows.rated_cycles,
                 battery=rows,
                 origin=np.full(len(rows), origin),
             )
         )
     return concatenate_outcomes(*parts)
+
+
+def days_reached(lifetime: np.ndarray, rated: np.ndarray, counter_after: np.ndarray) -> np.ndarray:
+    """The fractional day the counter reached rated life (`risk.days_to_rated_life`'s convention: the end of
+    day j is j, the origin 0), interpolated between the last reading below rated and the first at or above
+    it (unreported days, NaN, skipped); NaN where it did not by the last column."""
+    n, days = counter_after.shape
+    at_or_over = counter_after >= rated[:, None]
+    hit = at_or_over.any(axis=1)
+    first = np.argmax(at_or_over, axis=1)
+    known_before = ~np.isnan(counter_after) & (np.arange(days) < first[:, None])
+    previous = np.where(known_before.any(axis=1), days - 1 - np.argmax(known_before[:, ::-1], axis=1), -1)
+    rows = np.arange(n)
+    before = np.where(previous >= 0, counter_after[rows, np.maximum(previous, 0)], lifetime)
+    after = counter_after[rows, first]
+    share = np.clip((rated - before) / np.where(after > before, after - before, 1.0), 0.0, 1.0)
+    day = (previous + 1) + share * (first - previous)
+    return np.where(hit, day, np.nan)
 
 
 def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
@@ -343,6 +535,8 @@ def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
                 "known_days",
                 "label",
                 "labelled",
+                "days_reached",
+                "days_observed",
                 "already_past",
                 "battery",
                 "origin",
@@ -392,8 +586,12 @@ def _verdict(metrics: dict, title: str) -> str:
     )
 
 
-def _cell(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _cell(value: float | None, decimals: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{decimals}f}"
+
+
+def _error(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
 
 
 def _date(history: FleetHistory, day: int) -> str:

@@ -17,6 +17,7 @@ from shared.core.risk import (
     ALERT_THRESHOLD,
     DAYS_TO_RATED_LIFE,
     HORIZON_DAYS,
+    INTERVAL_COLUMNS,
     PROBABILITY,
     failure_risk,
     recent_known_days,
@@ -31,12 +32,15 @@ from shared.models.explanation import battery_reasons
 IN_SERVICE_DAYS = 14
 # The batch scores table: the scores frame's columns but the as-of day (one day for the whole table).
 BATCH_SCORE_COLUMNS = [column for column in SCORE_COLUMNS if column != AS_OF]
+# The batch scores table (CLI `score`, nightly batch, Spark): the contract's columns, then the added interval.
+BATCH_SCORES_TABLE = [*BATCH_SCORE_COLUMNS, "alert", REASONS, *INTERVAL_COLUMNS]
 
 
 def score_windows(
     model: Forecaster, windows: BatteryWindows, *, explain_from: float | None = None
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per battery: core.alerts.SCORE_COLUMNS + reasons, and the (n, 30) daily-cycles forecast, rows in window order.
+    """Per battery: core.alerts.SCORE_COLUMNS + the interval of days to rated life (risk.INTERVAL_COLUMNS) +
+    reasons, and the (n, 30) daily-cycles forecast, rows in window order.
 
     `reasons` (plain words, a list of strings) are given to batteries with a failure probability of at
     least `explain_from`, the ones that may alert; the others, and all when it is None, get an empty
@@ -63,6 +67,7 @@ def score_windows(
             LIFETIME_CYCLES: windows.lifetime_cycles,
             RATED_CYCLES: windows.rated_cycles,
             AS_OF: pd.to_datetime(windows.as_of),
+            **{column: risk[column].to_numpy() for column in INTERVAL_COLUMNS},
         }
     )
     reasons = pd.Series([[] for _ in range(len(windows))], dtype=object)
@@ -95,14 +100,14 @@ def score_fleet(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every battery in service on as_of from data up to as_of only.
 
-    Returns SCORES (BATCH_SCORE_COLUMNS + alert = probability >= threshold + reasons, given to the alerted
-    batteries), one row per battery, and FORECAST
+    Returns SCORES (BATCH_SCORES_TABLE: BATCH_SCORE_COLUMNS + alert = probability >= threshold + reasons, given
+    to the alerted batteries, + the interval of days to rated life), one row per battery, and FORECAST
     (Battery_ID, Date, Daily_Cycles_Used) for each of the 30 days after as_of.
     """
     in_service = batteries_in_service(clean, as_of)
     windows = build_windows(in_service, as_of=as_of, window_days=model.window_days)
     scores, forecast = score_windows(model, windows, explain_from=threshold)
-    scores = scores[BATCH_SCORE_COLUMNS].assign(alert=scores[PROBABILITY] >= threshold, reasons=scores[REASONS])
+    scores = scores.assign(alert=scores[PROBABILITY] >= threshold)[BATCH_SCORES_TABLE]
     return scores, forecast_frame(windows.battery_id, as_of, forecast)
 
 

@@ -16,7 +16,7 @@ from pyspark.errors import PythonException
 
 from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import BATTERY_ID, InputError
-from shared.models.scoring import BATCH_SCORE_COLUMNS, forecast_frame
+from shared.models.scoring import BATCH_SCORES_TABLE, forecast_frame
 from shared.spark.job import FORECAST, read_telemetry, score_telemetry, spark_session
 
 DEFAULT_MASTER = "local[*]"
@@ -44,7 +44,7 @@ def score_csv_on_spark(data_path: Path, model_dir: Path, as_of: date, threshold:
 def in_process_frames(scored: pd.DataFrame, as_of: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The collected SCORED rows as score_fleet's scores and forecast frames, in its row order."""
     scored = scored.sort_values(BATTERY_ID, kind="stable", ignore_index=True)
-    scores = scored[[*BATCH_SCORE_COLUMNS, "alert"]].assign(reasons=scored["reasons"].map(list))
+    scores = scored[BATCH_SCORES_TABLE].assign(reasons=scored["reasons"].map(list))
     forecast = np.array([np.asarray(values, dtype=np.float64) for values in scored[FORECAST]]).reshape(-1, HORIZON_DAYS)
     ids = scores[BATTERY_ID].to_numpy(dtype=object)
     return scores.assign(**{BATTERY_ID: ids}), forecast_frame(ids, as_of, forecast)

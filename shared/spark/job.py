@@ -38,7 +38,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shared.core.preparation import prepare_telemetry
-from shared.core.risk import HORIZON_DAYS
+from shared.core.risk import HORIZON_DAYS, INTERVAL_COLUMNS
 from shared.core.telemetry import (
     AGE_DAYS,
     BATTERY_ID,
@@ -54,7 +54,7 @@ from shared.core.telemetry import (
 )
 from shared.core.windows import TARGET, TRAINING_ARRAYS, TRAINING_ORIGIN_EVERY_DAYS, training_samples
 from shared.models.loader import load_model
-from shared.models.scoring import BATCH_SCORE_COLUMNS, batteries_in_service, score_fleet
+from shared.models.scoring import BATCH_SCORES_TABLE, batteries_in_service, score_fleet
 
 PACKAGE = Path(__file__).resolve().parents[1]
 FORMATS = ("csv", "parquet")
@@ -65,11 +65,12 @@ PARTITION = "date"
 ARCHIVED_AT = "Archived_At"
 GROUP = "_car_group"
 FORECAST = "forecast_daily_cycles"
-SCORED_COLUMNS = [*BATCH_SCORE_COLUMNS, "alert", "reasons", FORECAST]
+SCORED_COLUMNS = [*BATCH_SCORES_TABLE, FORECAST]
 SCORED_SCHEMA = (
     f"{BATTERY_ID} string, {CAR_ID} string, failure_probability_30d double, days_to_rated_life double, "
     f"{LIFETIME_CYCLES} double, {RATED_CYCLES} double, alert boolean, reasons array<string>, "
-    f"{FORECAST} array<double>"
+    + "".join(f"{column} double, " for column in INTERVAL_COLUMNS)
+    + f"{FORECAST} array<double>"
 )
 TRAINING_COLUMNS = [BATTERY_ID, CAR_ID, "As_Of", RATED_CYCLES, LIFETIME_CYCLES, AGE_DAYS, *TRAINING_ARRAYS, TARGET]
 TRAINING_SCHEMA = (
