@@ -44,7 +44,8 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "alert_feedback", "alert_spark_scores_timer", "compact_telemetry_archive", "health", "iothub_feedback_timer", "list_vehicle_alerts",
+        "alert_feedback", "alert_spark_scores_timer", "compact_telemetry_archive",
+        "health", "iothub_feedback_timer", "list_vehicle_alerts",
         "nightly_batch_score_timer",
         "nightly_compliance_score_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
