@@ -45,6 +45,7 @@ from shared.core.monitoring import (
     RELIABILITY_COLUMNS,
     RETRAIN_COLUMNS,
     SCORED_ON,
+    SEGMENT_COLUMNS,
 )
 from shared.core.telemetry import CAR_ID
 
@@ -53,8 +54,6 @@ RELIABILITY = "reliability"
 DRIFT = "drift"
 RETRAIN = "retrain"
 SEGMENTS_BLOB = "cars/segments.parquet"
-SEGMENT_ATTRIBUTES = {"make": "Make", "region": "Region", "engine_type": "Engine_Type",
-                      "battery_model": "Battery_Model"}  # fmt: skip
 _DATE_COLUMNS = (SCORED_ON, MATURED_ON, DAY, COOLDOWN_UNTIL)
 _DOWNLOAD_THREADS = 8  # the history is many small files: overlap their round trips
 
@@ -108,8 +107,8 @@ def scored_days_stored(blobs: BlobServiceClient) -> set[tuple[date, str]]:
 
 
 def write_car_segments(blobs: BlobServiceClient, cars: pd.DataFrame) -> int:
-    """Store the car table's segment attributes (those it has of SEGMENT_ATTRIBUTES); the number of cars."""
-    columns = [CAR_ID, *(column for column in SEGMENT_ATTRIBUTES.values() if column in cars.columns)]
+    """Store the car table's segment attributes (those it has of SEGMENT_COLUMNS); the number of cars."""
+    columns = [CAR_ID, *(column for column in SEGMENT_COLUMNS.values() if column in cars.columns)]
     segments = cars[columns].astype("string").drop_duplicates(CAR_ID, keep="last")
     upload_bytes(ensure_container(blobs, MONITORING_CONTAINER), SEGMENTS_BLOB, segments.to_parquet(index=False))
     return len(segments)
