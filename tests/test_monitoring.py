@@ -93,8 +93,8 @@ def test_psi_of_a_shifted_feature_against_its_reference_bins():
 
 def test_the_training_reference_is_deciles_of_the_last_weeks():
     daily = pd.DataFrame({
-        "Date": pd.date_range("2016-01-01", periods=40), "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
-        "Number_Of_Trips": 5, "Daily_Cycles_Used": 0.1,
+        "Date": pd.date_range("2016-01-01", periods=40), "Number_Of_Trips": 5, "Daily_Cycles_Used": 0.1,
+        "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
     })  # fmt: skip
     reference = m.feature_reference(daily, days=28, bins=4)
     minutes = reference["Daily_Trip_Duration"]

@@ -29,6 +29,9 @@ from shared.core.telemetry import (
     TRIPS,
 )
 
+# The stored scores' forecast column (shared/adapters/score_store.py): the 30 forecast days of a battery.
+FORECAST = "forecast_daily_cycles"
+
 # --- the tables the monitor stores (shared/adapters/monitor_store.py) ---------------------------------
 
 SCORED_ON = "Scored_On"  # the day the scores were computed as of (the scores' date= partition)
