@@ -59,9 +59,9 @@ from shared.adapters import observability
 from shared.adapters.alert_store import ALERTS_TABLE
 from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.car_profiles import write_profiles
-from shared.adapters.monitor_store import write_car_segments
 from shared.adapters.feedback_store import outcome_counts
 from shared.adapters.lifecycle_store import write_time_zones
+from shared.adapters.monitor_store import write_car_segments
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.names import STORAGE_CONNECTION_SETTING

@@ -35,7 +35,7 @@ from shared.adapters.tracking import log_run_metrics
 from shared.bootstrap import Services
 from shared.core import monitoring as m
 from shared.core.risk import HORIZON_DAYS
-from shared.core.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DAILY_CYCLES, DATE, LIFETIME_CYCLES
 from shared.handlers.nightly import nightly_retrain
 from shared.models.champion import model_metrics
 
@@ -58,8 +58,8 @@ def nightly_monitor(services: Services) -> dict:
     drift = measure_drift(services, metadata, last_day)
     history = monitor_store.read_accuracy(blobs, last_day - timedelta(days=HORIZON_DAYS + 2 * m.JUDGED_DAYS))
     champion_matured = m.pooled_metrics(_latest_days(history, champion.version))
-    summary = {"as_of": last_day.isoformat(), "champion": champion.version, "judged": judged,
-               "drifted": drift.loc[drift[m.DRIFTED], m.FEATURE].tolist(),
+    drifted = [f"{row.Segment_Kind}={row.Segment}: {row.Feature}" for row in drift[drift[m.DRIFTED]].itertuples()]
+    summary = {"as_of": last_day.isoformat(), "champion": champion.version, "judged": judged, "drifted": drifted,
                "champion_matured": champion_matured}  # fmt: skip
     summary["shadow"] = judge_shadow(registry, history, champion.version, champion_matured)
     reasons = m.retrain_reasons(champion_matured, model_metrics(metadata, champion.version), drift,
@@ -103,9 +103,10 @@ def measure_drift(services: Services, metadata: dict, last_day: date) -> pd.Data
     if not reference:
         return pd.DataFrame(columns=m.DRIFT_COLUMNS).astype({m.DRIFTED: bool})
     recent = read_archive(services.blobs, last_day - timedelta(days=m.DRIFT_DAYS - 1), last_day,
-                          columns=[DATE, BATTERY_ID, *m.DRIFT_FEATURES],
+                          columns=[DATE, BATTERY_ID, CAR_ID, *m.DRIFT_FEATURES],
                           skip_unreadable=services.settings.archive_skip_unreadable).frame  # fmt: skip
-    drift = m.population_stability(reference, recent, services.settings.monitor_psi_threshold)
+    drift = m.population_stability(reference, recent, services.settings.monitor_psi_threshold,
+                                   monitor_store.read_car_segments(services.blobs))  # fmt: skip
     drift = drift.assign(**{m.DAY: pd.Timestamp(last_day), m.MODEL_VERSION: metadata["version"]})[m.DRIFT_COLUMNS]
     monitor_store.write_drift(services.blobs, last_day, drift)
     return drift
@@ -169,7 +170,10 @@ def _track(run_id: str | None, matured: dict, drift: pd.DataFrame, last_day: dat
         return "no MLflow run recorded for the champion"
     metrics = {f"matured_{name}": value for name, value in matured.items()
                if name not in ("days", "batteries") and value is not None}  # fmt: skip
-    metrics |= {f"psi_{row[m.FEATURE]}": row[m.PSI] for row in drift.to_dict("records") if pd.notna(row[m.PSI])}
+    fleet = drift[(drift[m.SEGMENT_KIND] == m.ALL_SEGMENTS) & drift[m.PSI].notna()]
+    metrics |= {f"psi_{row.Feature}": row.PSI for row in fleet.itertuples()}
+    metrics["psi_max_segment"] = float(drift[m.PSI].max()) if drift[m.PSI].notna().any() else None
+    metrics = {name: value for name, value in metrics.items() if value is not None}
     try:
         log_run_metrics(run_id, metrics, step=last_day.toordinal(), environ=os.environ)
     except MlflowException as error:

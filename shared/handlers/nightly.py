@@ -18,6 +18,7 @@ from shared.adapters import feedback_store, observability
 from shared.adapters.archive import load_telemetry_history, read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
+from shared.adapters.monitor_store import read_car_segments
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.score_store import write_scores
 from shared.adapters.training_tracking import track_training
@@ -26,7 +27,7 @@ from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
 from shared.core.feedback import batteries_in_cars
-from shared.core.monitoring import SHADOW
+from shared.core.monitoring import SHADOW, feature_reference
 from shared.core.preparation import prepare_telemetry
 from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import CAR_ID, DAILY_CYCLES, DATE, InputError, read_cars_csv, read_telemetry_csv
@@ -182,6 +183,8 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
     del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
     model.metadata["training_data"] = training_data
+    # the drift reference per segment: the car table reaches the app as the monitor's segments
+    model.metadata["input_reference"] = feature_reference(clean, read_car_segments(services.blobs))
     model_dir = services.work_dir / "candidates" / model.version
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)

@@ -194,6 +194,7 @@ def train_model(
     model.metadata.update(
         training_record(clean, history, backtest.summary, quality, digest, {"lightgbm": lgb.__version__}),
         car_categories=car_category_names(cars) if cars is not None else None,
+        input_reference=feature_reference(clean, cars),  # per segment too, where the car table is known
     )
     say(f"model {model.version} trained")
     return model
