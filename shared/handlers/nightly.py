@@ -151,7 +151,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # --- the nightly jobs the Function App's timers run ---------------------------------------------------
 
 
-def nightly_retrain(services: Services, *, past_due: bool = False, champion_metrics: dict | None = None) -> dict:
+def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     """Retrain on the archive's trailing period; promote only if the backtest beats the champion; return the outcome.
 
     Bounded by the settings, not by how long the archive is or how big the fleet grows: only the last
@@ -159,8 +159,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
     them is trained on (shared/models/training_sample.py). The model's metadata records both.
 
     A model that does not beat the champion is kept as the shadow (KEEP_SHADOW_CANDIDATE), to be judged on
-    matured outcomes. `champion_metrics` (the monitor's trigger: the champion's matured figures) stand for
-    the champion's backtest figures in the decision.
+    matured outcomes (shared/handlers/monitoring.py): the fair comparison once the world has changed.
 
     With an Azure ML workspace configured, the AutoML job of the lab is submitted instead (it runs for up
     to an hour in the workspace; registration and deployment follow from the CLI or a pipeline).
@@ -189,7 +188,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)
     registry = ModelRegistry(services.blobs)
-    decision = registry.promote_if_better(model_dir, champion_metrics)
+    decision = registry.promote_if_better(model_dir)
     shadow = not decision.promoted and settings.keep_shadow_candidate
     if shadow:
         registry.keep_shadow(model.version, decision.reason)
