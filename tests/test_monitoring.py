@@ -85,14 +85,21 @@ def test_accuracy_per_fleet_and_segment_matches_the_hand_computed_figures():
     assert fleet_bins.loc["0.9-1.0", m.OBSERVED_RATE] == 1.0 and fleet_bins.loc["0.2-0.3", m.OBSERVED_RATE] == 0.0
 
 
-def test_psi_of_a_shifted_feature_against_its_reference_bins():
-    reference = {"Daily_Trip_Duration": {"edges": [1.0], "shares": [0.5, 0.5]}}
-    recent = pd.DataFrame({"Daily_Trip_Duration": [0.0, 0.0, 0.0, 2.0, 9999.0]})  # 9999: a glitch, left out
+def test_psi_of_a_shifted_feature_against_its_reference_bins_per_segment():
+    bins = {"Daily_Trip_Duration": {"edges": [1.0], "shares": [0.5, 0.5]}}
+    reference = {"all=all": bins, "region=Nordic": bins}
+    minutes = [0.0, 0.0, 0.0, 2.0, 9999.0] * 100  # 9999: a glitch, left out
+    recent = pd.DataFrame({"Car_ID": ["N"] * 300 + ["S"] * 200, "Daily_Trip_Duration": minutes})
+    segments = pd.DataFrame({"Car_ID": ["N", "S"], "Region": ["Nordic", "Atlantic"]})
 
-    [row] = m.population_stability(reference, recent, 0.2).to_dict("records")
+    drift = m.population_stability(reference, recent, 0.2, segments).set_index(m.SEGMENT)
 
-    assert row[m.PSI] == pytest.approx(0.25 * math.log(1.5) + 0.25 * math.log(2.0))  # 0.2747
-    assert row[m.DRIFTED] and row[m.THRESHOLD] == 0.2
+    shifted = 0.25 * math.log(1.5) + 0.25 * math.log(2.0)  # 0.2747: shares 0.75 / 0.25 against 0.5 / 0.5
+    assert drift.loc[m.ALL_SEGMENTS, m.PSI] == pytest.approx(shifted) and drift.loc[m.ALL_SEGMENTS, m.DRIFTED]
+    assert drift.loc["Nordic", m.PSI] == pytest.approx(shifted) and drift.loc["Nordic", m.RECORDS] == 240
+    assert drift.loc[m.ALL_SEGMENTS, m.THRESHOLD] == 0.2 and drift.loc["Nordic", m.SEGMENT_KIND] == "region"
+    few = m.population_stability(reference, recent.iloc[:200], 0.2, segments).set_index(m.SEGMENT)
+    assert math.isnan(few.loc["Nordic", m.PSI]) and not few.loc["Nordic", m.DRIFTED]  # 160 records: noise
     unchanged = m.population_stability(reference, pd.DataFrame({"Daily_Trip_Duration": [0.0, 2.0]}), 0.2)
     assert unchanged[m.PSI].iloc[0] == pytest.approx(0.0) and not unchanged[m.DRIFTED].iloc[0]
 
@@ -103,10 +110,14 @@ def test_the_training_reference_is_deciles_of_the_last_weeks():
         "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
     })  # fmt: skip
     reference = m.feature_reference(daily, days=28, bins=4)
-    minutes = reference["Daily_Trip_Duration"]
+    assert list(reference) == ["all=all"]  # no car table: the fleet only
+    minutes = reference["all=all"]["Daily_Trip_Duration"]
     assert minutes["edges"] == pytest.approx([6.75, 13.5, 20.25])  # the first 12 days (500 minutes) are too old
     assert minutes["shares"] == pytest.approx([0.25] * 4)
-    assert reference["Number_Of_Trips"] == {"edges": [5.0], "shares": [0.0, 1.0]}  # one value: one edge
+    assert reference["all=all"]["Number_Of_Trips"] == {"edges": [5.0], "shares": [0.0, 1.0]}  # one value, one edge
+    cars = pd.DataFrame({"Car_ID": ["C1"], "Make": ["A"]})
+    per_segment = m.feature_reference(daily.assign(Car_ID="C1"), cars, days=28, bins=4)
+    assert list(per_segment) == ["all=all"]  # make=A has 28 records: fewer than MIN_DRIFT_RECORDS
 
 
 def test_retrain_reasons_name_the_degraded_figure_and_the_drifted_feature():
@@ -120,7 +131,7 @@ def test_retrain_reasons_name_the_degraded_figure_and_the_drifted_feature():
                        "matured 30-day total error 0.2 over 7 days is more than 25% above the backtest's 0.1",
                        "input drift in region Nordic: Daily_Trip_Duration PSI 0.31 ≥ 0.2"]  # fmt: skip
     assert m.retrain_reasons({"days": 7, "brier": 0.0624, "nrmse": 0.5, "total_error": 0.125}, backtest,
-                             drift.iloc[1:], margin=0.25) == []  # NRMSE is not compared: see retrain_reasons  # fmt: skip
+                             drift.iloc[1:], margin=0.25) == []  # fmt: skip  # NRMSE is not compared
 
 
 def test_pooled_metrics_weigh_days_by_batteries_judged_and_cooldown_reads_the_last_trigger():
