@@ -90,7 +90,7 @@ REFERENCE_DAYS = 28  # the training data's last days that make the drift referen
 DRIFT_DAYS = 14  # the recent days compared with it: whole weeks, so weekday habits weigh as in the reference
 # A segment's drift is measured only with this many recent records: below it, sampling noise alone reaches the
 # threshold (a PSI over PSI_BINS bins of n records from an unchanged distribution is about PSI_BINS / n).
-MIN_DRIFT_RECORDS = 200
+MIN_DRIFT_RECORDS = 300
 PSI_BINS = 10  # quantile bins of the reference
 PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
 JUDGED_DAYS = 7  # matured days pooled to judge a model: one day's fleet is a noisy sample
