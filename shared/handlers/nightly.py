@@ -172,7 +172,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
     last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
     since = trailing_period_start(last_day, settings.retrain_history_days)
-    raw = load_telemetry_history(services.blobs, since=since.date())
+    raw = load_telemetry_history(services.blobs, since=since.date(), until=last_day.date())  # nothing "future"
     if raw.empty:
         return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
     sample = sample_batteries(raw, settings.retrain_max_batteries)
