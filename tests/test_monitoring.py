@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _models import model_dir
+from _services import LAST_DAY, NIGHT, TELEMETRY, battery_days
+from test_nightly_jobs import recorded_workspace
 
 from shared.adapters import monitor_store
 from shared.adapters.archive import archive_telemetry
 from shared.adapters.registry import ModelRegistry
+from shared.adapters.score_store import read_scores, write_scores
 from shared.core import monitoring as m
 from shared.core.risk import HORIZON_DAYS
 from shared.devtools.fleet_simulator import Fleet, UsageChange, simulate_fleet
@@ -155,7 +161,7 @@ def test_pooled_metrics_weigh_days_by_batteries_judged_and_cooldown_reads_the_la
 # season moves no segment's inputs past the threshold (a champion trained in July would see the holidays).
 CHANGE = date(2015, 6, 10)
 FIRST_NIGHT = CHANGE - timedelta(days=35)  # the first champion is trained on the archive up to this day
-LAST_DAY = CHANGE + timedelta(days=60)  # the simulated fleet's last day
+FLEET_END = CHANGE + timedelta(days=60)  # the simulated fleet's last day
 JUDGED_NIGHTS = 8  # nights scored after the retrain, whose outcomes show the new model
 
 
@@ -166,7 +172,7 @@ def night_after(last_day: date) -> datetime:
 
 @pytest.fixture(scope="module")
 def changing_fleet() -> Fleet:
-    return simulate_fleet(120, "2014-09-01", LAST_DAY, seed=7, usage_change=UsageChange("Atlantic", CHANGE, 1.4))
+    return simulate_fleet(120, "2014-09-01", FLEET_END, seed=7, usage_change=UsageChange("Atlantic", CHANGE, 1.4))
 
 
 def run_night(harness, last_day: date, *timers: str) -> None:
@@ -185,7 +191,7 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
     one to three times its backtest's, so this test isolates the drift trigger and watches the accuracy."""
     blobs = harness.services.blobs
     harness.configure(RETRAIN_HISTORY_DAYS="237", MONITOR_DEGRADATION_MARGIN="3")
-    archive_telemetry(blobs, changing_fleet.telemetry, night_after(LAST_DAY), batch_id="fleet")
+    archive_telemetry(blobs, changing_fleet.telemetry, night_after(FLEET_END), batch_id="fleet")
     monitor_store.write_car_segments(blobs, changing_fleet.cars)
     run_night(harness, FIRST_NIGHT, "nightly_retrain_timer")
     registry = ModelRegistry(blobs)
@@ -204,7 +210,7 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
         if retrained is None and decisions[m.TRIGGERED].any():
             retrained = last_day
         last_day += timedelta(days=1)
-        assert last_day <= LAST_DAY, "no retrain was triggered"
+        assert last_day <= FLEET_END, "no retrain was triggered"
 
     decisions = monitor_store.read_retrain_decisions(blobs)
     accuracy = monitor_store.read_accuracy(blobs)
@@ -224,12 +230,115 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
         assert not decisions.loc[decisions[m.DAY] > trigger[m.DAY], m.REASON].str.contains("drift").any()
 
     drift = monitor_store.read_drift(blobs)
-    atlantic = drift[(drift[m.SEGMENT] == "Atlantic") & (drift[m.FEATURE] == "Daily_Trip_Duration")
-                     & (drift[m.MODEL_VERSION] == first)].set_index(m.DAY)[m.PSI]  # fmt: skip
+    atlantic = drift[(drift[m.SEGMENT] == "Atlantic") & (drift[m.MODEL_VERSION] == first)].groupby(m.DAY)[m.PSI].max()
     assert atlantic[: pd.Timestamp(CHANGE)].max() < 0.2 <= atlantic[pd.Timestamp(CHANGE) :].max()
 
-    before = fleet.loc[first].loc[: pd.Timestamp(CHANGE - timedelta(days=31)), m.TOTAL_ERROR].mean()
-    across = fleet.loc[first].loc[pd.Timestamp(CHANGE - timedelta(days=3)) : pd.Timestamp(CHANGE), m.TOTAL_ERROR]
-    assert across.mean() > 1.3 * before  # the matured accuracy fell with the change
-    recovered = fleet.loc[second, m.TOTAL_ERROR]
-    assert len(recovered) >= 7 and recovered.mean() < across.mean() / 1.3  # and the new model is right again
+    def total_error(version: str, segment: str, first_day: date, last_day: date) -> float:
+        rows = accuracy[(accuracy[m.MODEL_VERSION] == version) & (accuracy[m.SEGMENT] == segment)
+                        & accuracy[m.SCORED_ON].between(pd.Timestamp(first_day), pd.Timestamp(last_day))]  # fmt: skip
+        return rows[m.TOTAL_ERROR].mean()
+
+    print(accuracy[accuracy[m.SEGMENT] == "Atlantic"][[m.MODEL_VERSION, m.SCORED_ON, m.TOTAL_ERROR]].to_string())
+    before = total_error(first, m.ALL_SEGMENTS, CHANGE - timedelta(days=40), CHANGE - timedelta(days=31))
+    across = total_error(first, m.ALL_SEGMENTS, CHANGE - timedelta(days=3), CHANGE)
+    assert across > 1.3 * before  # the matured accuracy fell with the change
+    recovered = total_error(second, m.ALL_SEGMENTS, retrained, retrained + timedelta(days=JUDGED_NIGHTS))
+    assert recovered < across  # and rose again with the new model (the holidays start within its 30 days)
+    atlantic_across = total_error(first, "Atlantic", CHANGE - timedelta(days=3), CHANGE)
+    atlantic_recovered = total_error(second, "Atlantic", retrained, retrained + timedelta(days=JUDGED_NIGHTS))
+    assert atlantic_across > 2 * total_error(
+        first, "Atlantic", CHANGE - timedelta(days=40), CHANGE - timedelta(days=31)
+    )
+    assert atlantic_recovered < atlantic_across / 1.5  # most of all where the usage changed
+    assert (accuracy[m.MODEL_VERSION] == second).sum() >= 7 * len(set(accuracy[m.SEGMENT]))  # a week, each segment
+
+
+def test_a_reason_that_persists_retrains_once_per_cooldown(harness):
+    """With a workspace the trigger submits the AutoML job, which trains for an hour while the champion stays:
+    the next nights see the same drift and are held back until the cooldown ends."""
+    arm = recorded_workspace(harness, MONITOR_RETRAIN_COOLDOWN_DAYS="3")
+    ModelRegistry(harness.services.blobs).promote_if_better(model_dir())  # trained on the simulated fleet
+    archive_telemetry(harness.services.blobs, TELEMETRY, NIGHT, batch_id="fleet")  # straight lines: unlike it
+
+    for night in range(5):
+        harness.clock.now = NIGHT + timedelta(days=night)
+        assert harness.host.fire_timer("nightly_monitor_timer").succeeded
+
+    decisions = monitor_store.read_retrain_decisions(harness.services.blobs)
+    assert decisions[m.TRIGGERED].tolist() == [True, False, False, True, False]
+    assert decisions[m.REASON].str.contains("input drift in the fleet").all()
+    held = decisions.loc[~decisions[m.TRIGGERED], m.REASON].tolist()
+    assert held[0].endswith("not retrained: cooldown until 2016-03-13") and held[2].endswith("2016-03-16")
+    assert [json.loads(text)["trained"] for text in decisions.loc[decisions[m.TRIGGERED], m.RETRAIN_OUTCOME]] == [
+        "azureml-automl", "azureml-automl"]  # fmt: skip
+    assert [write["path"].split("/")[1] for write in arm.writes()] == ["computes", "jobs"] * 2  # two submissions
+
+
+def published(registry: ModelRegistry, root: Path, version: str, brier: float, nrmse: float) -> str:
+    """Publish a copy of the test model under another version with the backtest figures given, and without a
+    drift reference (these tests are about scores, not inputs)."""
+    target = root / version
+    shutil.copytree(model_dir(), target)
+    metadata = json.loads((target / "metadata.json").read_text())
+    metadata["version"] = version
+    del metadata["input_reference"]
+    metadata["backtest"]["metrics"]["model"] |= {"brier": brier, "nrmse": nrmse}
+    (target / "metadata.json").write_text(json.dumps(metadata))
+    return registry.publish(target)
+
+
+def test_the_batch_scores_the_shadow_beside_the_champion_and_only_the_champion_alerts(harness, tmp_path):
+    registry = ModelRegistry(harness.services.blobs)
+    champion = registry.promote_if_better(model_dir()).version
+    registry.keep_shadow(published(registry, tmp_path, "shadow-1", 0.5, 0.5), "lost the backtest")
+    archive_telemetry(harness.services.blobs, TELEMETRY, NIGHT, batch_id="fleet")
+
+    run = harness.host.fire_timer("nightly_batch_score_timer")
+
+    assert run.succeeded, run.error
+    assert run.enqueued == {"maintenance-alerts": 2}  # the champion's two alerts, not four
+    assert {alert["model_version"] for alert in harness.queued()} == {champion}
+    stored = read_scores(harness.services.blobs, date.fromisoformat(LAST_DAY))
+    assert [(s.version, s.role) for s in stored] == [(champion, m.CHAMPION), ("shadow-1", m.SHADOW)]
+    assert sorted(stored[1].scores["Battery_ID"]) == sorted(stored[0].scores["Battery_ID"])  # the same batteries
+    assert stored[1].forecast.shape == (3, 30)
+
+
+def test_a_shadow_that_wins_on_matured_outcomes_becomes_champion_by_the_same_rule(harness, tmp_path):
+    """Seven days of stored scores of both models (the shadow's probabilities and forecasts closer to what
+    happened), and the 30 days after them in the archive: the monitor judges them all in one night."""
+    harness.configure(MONITOR_DEGRADATION_MARGIN="1000")  # the champion is bad: this test is about the shadow
+    blobs = harness.services.blobs
+    registry = ModelRegistry(blobs)
+    champion = published(registry, tmp_path, "champion-1", 0.001, 0.05)  # a backtest nothing could beat
+    registry.move_champion({"version": champion, "metrics": {"brier": 0.001, "nrmse": 0.05}}, None)
+    registry.keep_shadow(published(registry, tmp_path, "shadow-1", 0.5, 0.5), "lost the backtest")
+    first, days = date(2016, 1, 1), 7
+    end = first + timedelta(days=days - 1 + 30)
+    later = pd.concat([battery_days("B1", "C1", end.isoformat(), 37, lifetime_at_end=204.0, cycles_per_day=0.2),
+                       battery_days("B2", "C2", end.isoformat(), 37, lifetime_at_end=100.0, cycles_per_day=0.2)],
+                      ignore_index=True)  # fmt: skip
+    later["Daily_Cycles_Used"] = np.where(later["Date"].dt.day % 2 == 0, 0.1, 0.3)  # some range for NRMSE
+    archive_telemetry(blobs, later, datetime.combine(end, time(23), tzinfo=UTC), batch_id="fleet")
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        on_day = later[later["Date"] == pd.Timestamp(day)].reset_index(drop=True)
+        for version, role, probability, cycles in ((champion, m.CHAMPION, [0.3, 0.6], 0.5),
+                                                   ("shadow-1", m.SHADOW, [0.9, 0.1], 0.2)):  # fmt: skip
+            scores = on_day[["Battery_ID", "Car_ID", "Lifetime_Cycles_Used", "Battery_Rated_Cycles"]].assign(
+                failure_probability_30d=probability, days_to_rated_life=10.0, alert=False
+            )
+            write_scores(blobs, day, version, scores, np.full((2, 30), cycles), role)
+    harness.clock.now = night_after(end)
+
+    assert harness.host.fire_timer("nightly_monitor_timer").succeeded
+
+    accuracy = monitor_store.read_accuracy(blobs)
+    fleet = accuracy[accuracy[m.SEGMENT_KIND] == m.ALL_SEGMENTS].groupby(m.ROLE)[[m.BRIER, m.NRMSE]].mean()
+    assert fleet.loc[m.SHADOW, m.BRIER] == pytest.approx((0.1**2 + 0.1**2) / 2)
+    assert fleet.loc[m.CHAMPION, m.BRIER] == pytest.approx((0.7**2 + 0.6**2) / 2)
+    assert fleet.loc[m.SHADOW, m.NRMSE] < fleet.loc[m.CHAMPION, m.NRMSE]
+    assert registry.champion_version() == "shadow-1" and registry.shadow_version() is None
+    decision = registry.decisions()[-1]
+    assert decision["basis"] == "matured" and decision["promoted"] and decision["previous_champion"] == champion
+    assert registry.champion().record["metrics"]["brier"] == 0.5  # its own backtest: what candidates face next

@@ -87,19 +87,27 @@ def test_an_empty_archive_trains_nothing_and_says_so(harness, caplog):
     assert (registry.versions(), registry.champion()) == ([], None)
 
 
-def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, caplog):
-    data_version = {
-        "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
-        "name": "4",
-        "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
-    }
+DATA_VERSION = {
+    "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
+    "name": "4",
+    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
+}
+
+
+def recorded_workspace(harness, **settings: str) -> RecordingTransport:
+    """The app configured for an Azure ML workspace whose answers are recorded: nothing leaves the machine."""
     arm = RecordingTransport(WORKSPACE_PATH, {
         ("GET", "/"): (200, {"id": WORKSPACE_PATH, "name": "ws-battery", "location": "westeurope", "properties": {}}),
         ("GET", "/data/daily-battery-time-series"): (200, {"properties": {"latestVersion": "4"}}),
-        ("GET", "/data/daily-battery-time-series/versions/4"): (200, data_version),
+        ("GET", "/data/daily-battery-time-series/versions/4"): (200, DATA_VERSION),
     })  # fmt: skip
-    services = harness.configure(**AZUREML)
+    services = harness.configure(**AZUREML, **settings)
     services.azureml_client = lambda settings: workspace_client(settings, StaticToken(), transport=arm)
+    return arm
+
+
+def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, caplog):
+    arm = recorded_workspace(harness)
     archive_telemetry(harness.services.blobs, TELEMETRY, NIGHT, batch_id="fleet")  # would train locally
 
     with caplog.at_level(logging.INFO, logger="function_app"):
@@ -114,7 +122,7 @@ def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, ca
     assert (properties["jobType"], properties["experimentName"]) == ("AutoML", "Battery-Cycles-Forecast")
     task = properties["taskDetails"]
     assert (task["taskType"], task["targetColumnName"]) == ("Forecasting", "Daily_Cycles_Used")
-    assert task["trainingData"]["uri"] == data_version["id"]  # the newest registered data
+    assert task["trainingData"]["uri"] == DATA_VERSION["id"]  # the newest registered data
     assert {sent["host"] for sent in arm.sent} == {"management.azure.com"}
     assert {sent["authorization"] for sent in arm.sent} == {"Bearer recorded-token"}
     assert ModelRegistry(harness.services.blobs).versions() == []  # nothing trained here
