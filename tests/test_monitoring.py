@@ -214,9 +214,6 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
 
     decisions = monitor_store.read_retrain_decisions(blobs)
     accuracy = monitor_store.read_accuracy(blobs)
-    fleet = accuracy[accuracy[m.SEGMENT_KIND] == m.ALL_SEGMENTS].set_index([m.MODEL_VERSION, m.SCORED_ON])
-    print(fleet[[m.ROLE, m.BATTERIES, m.BRIER, m.NRMSE, m.TOTAL_ERROR]].to_string())
-    print(decisions[[m.DAY, m.REASON, m.TRIGGERED]].to_string())
     triggered = decisions[decisions[m.TRIGGERED]]
     assert len(triggered) == 1, triggered  # one retrain, not one a night
     [trigger] = triggered.to_dict("records")
@@ -238,7 +235,6 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
                         & accuracy[m.SCORED_ON].between(pd.Timestamp(first_day), pd.Timestamp(last_day))]  # fmt: skip
         return rows[m.TOTAL_ERROR].mean()
 
-    print(accuracy[accuracy[m.SEGMENT] == "Atlantic"][[m.MODEL_VERSION, m.SCORED_ON, m.TOTAL_ERROR]].to_string())
     before = total_error(first, m.ALL_SEGMENTS, CHANGE - timedelta(days=40), CHANGE - timedelta(days=31))
     across = total_error(first, m.ALL_SEGMENTS, CHANGE - timedelta(days=3), CHANGE)
     assert across > 1.3 * before  # the matured accuracy fell with the change
