@@ -29,7 +29,7 @@ def accuracy_row(day: str, version: str, role: str, brier: float) -> dict:
     return {m.SCORED_ON: pd.Timestamp(day), m.MATURED_ON: pd.Timestamp(day) + pd.Timedelta(days=30),
             m.MODEL_VERSION: version, m.ROLE: role, m.SEGMENT_KIND: m.ALL_SEGMENTS, m.SEGMENT: m.ALL_SEGMENTS,
             m.BATTERIES: 10, m.POSITIVES: 2, m.BRIER: brier, m.RECALL: 0.5, m.PRECISION: np.nan,
-            m.AVERAGE_PRECISION: 0.7, m.NRMSE: 0.1, m.ALERTS: 1}  # fmt: skip
+            m.AVERAGE_PRECISION: 0.7, m.NRMSE: 0.1, m.ALERTS: 1, m.TOTAL_ERROR: 0.2}  # fmt: skip
 
 
 def test_an_empty_store_reads_as_empty_frames_with_the_columns(blobs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 from _models import model_dir
 from _services import LAST_DAY, NIGHT, TELEMETRY, battery_days
+from mlflow.tracking import MlflowClient
 from test_nightly_jobs import recorded_workspace
 
 from shared.adapters import monitor_store
@@ -247,6 +249,12 @@ def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harn
     )
     assert atlantic_recovered < atlantic_across / 1.5  # most of all where the usage changed
     assert (accuracy[m.MODEL_VERSION] == second).sum() >= 7 * len(set(accuracy[m.SEGMENT]))  # a week, each segment
+    tracked = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the session's store (conftest.mlflow_store)
+    run_id = registry.metadata(first)["mlflow_run_id"]
+    psi = tracked.get_metric_history(run_id, "psi_max_segment")  # one a night, on the champion's training run
+    assert len(psi) >= 10 and max(metric.value for metric in psi) >= 0.2
+    assert {metric.step for metric in tracked.get_metric_history(run_id, "matured_total_error")} >= {
+        (CHANGE + timedelta(days=offset)).toordinal() for offset in range(-3, 0)}  # fmt: skip
 
 
 def test_a_reason_that_persists_retrains_once_per_cooldown(harness):

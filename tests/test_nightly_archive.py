@@ -63,7 +63,7 @@ def test_compaction_then_the_batch_score_on_the_compacted_archive(harness):
     }
     assert nightly.enqueued == {"maintenance-alerts": 2}
     table = scores(harness)
-    assert list(table.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons"]
+    assert list(table.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", "forecast_daily_cycles"]
     assert sorted(table.loc[table["alert"], BATTERY_ID]) == sorted(AT_RISK.values())
     assert sorted(table[BATTERY_ID]) == ["B-PAST", "B-SAFE", "B-SOON"], "each battery once despite the overlap"
 

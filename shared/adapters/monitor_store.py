@@ -8,12 +8,14 @@ rewrites only its own files and a re-run of a night overwrites them:
   (segment kind, segment) of that model's scores of that day, judged on the telemetry up to Matured_On:
   Scored_On, Matured_On (dates), Model_Version, Role ("champion" | "shadow"), Segment_Kind ("all" | "make" |
   "region" | "engine_type" | "battery_model"), Segment ("all" for the whole fleet), Batteries, Positives (ints),
-  Brier, Recall, Precision, Average_Precision, NRMSE (floats, NaN where undefined), Alerts (int).
+  Brier, Recall, Precision, Average_Precision, NRMSE (floats, NaN where undefined), Alerts (int), Total_Error
+  (float: mean relative error of the 30-day total of batteries that reported every day).
 - `reliability/date=<scored day>/<model version>.parquet`: core.monitoring.RELIABILITY_COLUMNS, ten
   equal-width probability bins per (segment kind, segment): Bin ("0.0-0.1"), Count, Mean_Predicted,
   Observed_Rate.
-- `drift/date=<day>.parquet`: core.monitoring.DRIFT_COLUMNS, one row per input feature of the champion:
-  Day, Model_Version, Feature, PSI, Threshold, Drifted.
+- `drift/date=<day>.parquet`: core.monitoring.DRIFT_COLUMNS, one row per input feature of the champion and
+  segment (the fleet, and each segment with enough records): Day, Model_Version, Feature, PSI (NaN: too few
+  recent records), Threshold, Drifted, Segment_Kind, Segment, Records.
 - `retrain/date=<day>.parquet`: core.monitoring.RETRAIN_COLUMNS, the night's decision: Day, Model_Version,
   Reason (why it triggered or why not), Triggered, Cooldown_Until (NaT unless it triggered), Retrain_Outcome
   (the retrain's summary as JSON text).
