@@ -8,10 +8,11 @@ Every night, after the batch score (MONITOR_SCHEDULE):
    scored per segment of the fleet (shared/core/monitoring.py), into the monitor store
    (shared/adapters/monitor_store.py). At most CATCH_UP_DAYS days a night, so a monitor that was off for a
    while catches up in bounded time and memory.
-2. Drift: the last week's daily inputs against the champion's training reference (PSI, MONITOR_PSI_THRESHOLD).
+2. Drift: the last DRIFT_DAYS days' inputs against the champion's training reference, for the fleet and per
+   segment (PSI, MONITOR_PSI_THRESHOLD).
 3. The shadow: once it has JUDGED_DAYS matured days in common with the champion, the champion rule decides
    on those figures whether it replaces the champion (the registry logs the decision).
-4. The trigger: the champion's pooled matured Brier or NRMSE more than MONITOR_DEGRADATION_MARGIN above its
+4. The trigger: the champion's pooled matured Brier or 30-day total error more than MONITOR_DEGRADATION_MARGIN above its
    backtest's, or drift, retrains now (nightly_retrain: locally, or the AutoML job in Azure ML), unless a
    retrain it triggered is less than MONITOR_RETRAIN_COOLDOWN_DAYS old. The decision is stored either way.
 5. The champion's matured figures and the PSIs go to its MLflow training run as metrics, by day.
