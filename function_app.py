@@ -27,6 +27,7 @@ from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
 from shared.handlers.feedback import receive_feedback
 from shared.handlers.lifecycle import note_queued
 from shared.handlers.ops import health_report, vehicle_alerts
+from shared.handlers.spark_alerts import alert_spark_scores
 from shared.handlers.telemetry import ingest_telemetry, rescore_parked
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -68,6 +69,15 @@ def nightly_monitor_timer(timer: func.TimerRequest) -> None:
     from shared.handlers.monitoring import nightly_monitor  # the monitoring stack, loaded when the timer runs
 
     observability.log_summary(log, "nightly_monitor", nightly_monitor(bootstrap.current()))
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 */15 * * * *", use_monitor=False)
+@app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
+def alert_spark_scores_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:
+    """With a Spark target, every 15 minutes: queue the alerts of the night's Spark score once it has finished."""
+    result = alert_spark_scores(bootstrap.current())
+    _queue(alerts, result.alerts)
+    observability.log_summary(log, "alert_spark_scores", result.summary)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.adapters.archive import archive_telemetry, read_archive
+from shared.adapters.archive import archive_telemetry, download_archive, read_archive
 from shared.adapters.compaction import COMPACTED_NAME, compact_archive
 from shared.core.events import parse_events
-from shared.core.telemetry import BATTERY_ID, COLUMNS, DAILY_CYCLES, DATE, InputError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, COLUMNS, DAILY_CYCLES, DATE, InputError
 
 TODAY = date(2031, 1, 10)
 FIRST_NIGHT = datetime(2031, 1, 5, 3, tzinfo=UTC)
@@ -181,6 +181,42 @@ def test_a_day_holding_csv_of_before_parquet_and_parquet_reads_both_and_compacts
     assert mixed == [["A", 0.1], ["B", 0.2], ["C", 0.2]]
     assert (summary.files_removed, archive.names()) == (2, [f"date=2031-01-08/{COMPACTED_NAME}"])
     assert by_key(archive.read())[[BATTERY_ID, DAILY_CYCLES]].values.tolist() == mixed
+
+
+def test_a_read_of_some_batteries_keeps_only_their_rows_from_csv_and_parquet_alike(archive):
+    old = records(["2031-01-08"], ["A", "B"], cycles=0.1)
+    csv = old.assign(Date=old[DATE].dt.strftime("%Y-%m-%d"))[COLUMNS].to_csv(index=False)
+    archive.blobs.create_container(archive.container)
+    archive.client.upload_blob("date=2031-01-08/20310108T030000-legacy.csv", csv)
+    archive.write(records(["2031-01-08", "2031-01-09"], ["B", "C", "D"], cycles=0.2), "p0-s1", hours=48)
+
+    frame = by_key(archive.read(batteries=["A", "C"]))
+
+    assert frame[[BATTERY_ID, DATE]].astype(str).values.tolist() == [["A", "2031-01-08"], ["C", "2031-01-08"],
+                                                                      ["C", "2031-01-09"]]  # fmt: skip
+    assert by_key(archive.read(batteries=["B"]))[DAILY_CYCLES].tolist() == [0.2, 0.2]  # still deduplicated
+
+
+def test_chunks_of_cars_hold_exactly_the_rows_of_their_cars_as_the_whole_read_does(archive):
+    """Five cars in chunks of two: a record written twice (the later copy wins, and names another car) and a
+    battery moved from car A to car D are read as the whole read reads them, each row in its car's chunk."""
+    archive.write(records(days("2031-01-01", 3), ["A", "B", "C", "D", "E"]), "p0-s1")
+    moved = records(["2031-01-04"], ["A"]).assign(Car_ID="CAR-D")  # battery A now in car D
+    archive.write(moved, "p1-s1", hours=1)
+    archive.write(records(["2031-01-02"], ["C"], cycles=0.3).assign(Car_ID="CAR-E"), "p2-s1", hours=2)  # rewritten
+
+    files = download_archive(archive.blobs, "2031-01-01", "2031-01-04", container=archive.container)
+    chunks = [read.frame for read in files.chunks_of_cars(2)]
+
+    whole = files.read().frame
+    assert [sorted(chunk[CAR_ID].unique()) for chunk in chunks] == [["CAR-A", "CAR-B"], ["CAR-C", "CAR-D"],
+                                                                     ["CAR-E"]]  # fmt: skip
+    pd.testing.assert_frame_equal(by_key(pd.concat(chunks, ignore_index=True)), by_key(whole))
+    assert by_key(chunks[2])[[BATTERY_ID, DAILY_CYCLES]].values.tolist() == [["C", 0.3], ["E", 0.15], ["E", 0.15],
+                                                                             ["E", 0.15]]  # fmt: skip
+    assert "C" not in set(chunks[1].loc[chunks[1][DATE] == pd.Timestamp("2031-01-02"), BATTERY_ID])
+    assert chunks[1].loc[chunks[1][BATTERY_ID] == "A", DATE].tolist() == [pd.Timestamp("2031-01-04")]
+    assert pd.Timestamp("2031-01-04") not in set(chunks[0][DATE])
 
 
 @pytest.mark.parametrize(("blob", "content", "reason"), [

@@ -44,8 +44,8 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "alert_feedback", "compact_telemetry_archive", "health", "iothub_feedback_timer", "list_vehicle_alerts",
-        "nightly_batch_score_timer",
+        "alert_feedback", "alert_spark_scores_timer", "compact_telemetry_archive", "health", "iothub_feedback_timer",
+        "list_vehicle_alerts", "nightly_batch_score_timer",
         "nightly_compliance_score_timer", "nightly_monitor_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
     ]  # fmt: skip
@@ -109,6 +109,7 @@ def test_the_local_host_can_run_every_function(storage_connection: str):
         "nightly_compliance_score_timer": "0 30 3 * * *",
         "compact_telemetry_archive": "0 0 1 * * *",
         "nightly_monitor_timer": "0 0 4 * * *",
+        "alert_spark_scores_timer": "0 */15 * * * *",
         "score_telemetry": "event hub car-telemetry",
         "rescore_parked_telemetry": "0 */10 * * * *",
         "push_alert": "queue maintenance-alerts",

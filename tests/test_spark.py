@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,10 @@ import pandas as pd
 import pytest
 from _models import fleet, model_dir
 
+from shared.adapters.storage import ensure_container, upload_bytes
 from shared.cli import main
+from shared.config.names import ALERT_QUEUE, SCORES_CONTAINER, SPARK_OUTPUT_PREFIX
+from shared.core.alerts import alerts_from_scores
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import BATTERY_ID, DAILY_CYCLES, DATE, read_telemetry_csv
 from shared.core.windows import TARGET, TRAINING_ARRAYS, training_samples
@@ -160,3 +163,37 @@ def test_the_job_file_runs_as_a_cluster_runs_it_and_writes_parquet(spark, archiv
     scores["reasons"] = scores["reasons"].map(list)
     want_scores, want_forecast = in_process_archive
     assert_same_scores(scores, forecast, (want_scores, want_forecast.astype({DATE: "datetime64[ns]"})))
+
+
+def test_the_alert_timer_queues_a_finished_spark_scores_alerts_once(spark, archive, in_process_archive, harness,
+                                                                    tmp_path):  # fmt: skip
+    """The nightly Spark score's folder, as the job writes it, in the app's scores container: nothing is queued
+    while Spark is still writing (no _SUCCESS), then exactly the in-process path's alerts, then nothing again."""
+    out = tmp_path / "spark"
+    assert job.main(["score", "--telemetry", str(archive), "--format", "parquet", "--model", str(model_dir()),
+                     "--as-of", AS_OF.isoformat(), "--threshold", "0.8", "--scores-out", str(out / "scores"),
+                     "--forecast-out", str(out / "forecast")]) == 0  # fmt: skip
+    services = harness.configure(SPARK_TARGET="databricks", SPARK_STORAGE_ACCOUNT="stbattery", DATABRICKS_JOB_ID="7",
+                                 DATABRICKS_HOST="https://adb-1.2.azuredatabricks.net")  # fmt: skip
+    harness.clock.now = datetime(2016, 6, 21, 3, 30, tzinfo=UTC)
+    container = ensure_container(services.blobs, SCORES_CONTAINER)
+    folder = f"date={AS_OF}/{SPARK_OUTPUT_PREFIX}v-spark"
+    written = sorted((out / "scores").iterdir())  # part files, _SUCCESS, and the local file system's .crc files
+    assert any(path.name == "_SUCCESS" for path in written) and any(path.suffix == ".crc" for path in written)
+    for path in written:
+        if path.name != "_SUCCESS":
+            upload_bytes(container, f"{folder}/scores/{path.name}", path.read_bytes())
+
+    still_writing = harness.host.fire_timer("alert_spark_scores_timer")
+    upload_bytes(container, f"{folder}/scores/_SUCCESS", b"")
+    finished = harness.host.fire_timer("alert_spark_scores_timer")
+    again = harness.host.fire_timer("alert_spark_scores_timer")
+
+    assert still_writing.succeeded and not sum(still_writing.enqueued.values())
+    expected = alerts_from_scores(in_process_archive[0].assign(As_Of=pd.Timestamp(AS_OF)), 0.8, harness.clock.now,
+                                  services.settings.service_booking_url, model_version="v-spark")  # fmt: skip
+    assert 0 < len(expected) <= 32  # all of them visible to one peek
+    assert finished.succeeded and finished.enqueued == {ALERT_QUEUE: len(expected)}
+    assert sorted(alert["alert_id"] for alert in harness.queued()) == sorted(alert["alert_id"] for alert in expected)
+    assert {alert["model_version"] for alert in harness.queued()} == {"v-spark"}
+    assert again.succeeded and not sum(again.enqueued.values())

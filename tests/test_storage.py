@@ -9,6 +9,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.identity import DefaultAzureCredential
 
 from shared.adapters.storage import (
+    POINT_READS_UP_TO,
     IdentityConnection,
     app_storage_connection,
     blob_service,
@@ -18,6 +19,7 @@ from shared.adapters.storage import (
     ensure_container,
     list_blob_names,
     queue_service,
+    read_rows,
     resolve_connection,
     table_service,
     upload_bytes,
@@ -172,3 +174,20 @@ def test_queue_and_table_clients_work_from_the_connection_string(storage_connect
     table = table_service(storage_connection).create_table(unique("t"))
     table.upsert_entity({"PartitionKey": "p", "RowKey": "r", "value": 2})
     assert table.get_entity("p", "r")["value"] == 2
+
+
+@pytest.mark.parametrize("partitions", [5, POINT_READS_UP_TO + 6])  # point reads, then one query of the key span
+def test_read_rows_returns_the_named_partitions_row_and_only_theirs(storage_connection, partitions):
+    table = table_service(storage_connection).create_table(f"rows{uuid.uuid4().hex[:10]}")
+    named = [f"CAR-{k:04d}" for k in range(0, 2 * partitions, 2)]  # every other car: the span holds others
+    for k in range(2 * partitions + 1):
+        table.create_entity({"PartitionKey": f"CAR-{k:04d}", "RowKey": "profile", "K": k})
+        table.create_entity({"PartitionKey": f"CAR-{k:04d}", "RowKey": "other", "K": -k})
+    table.delete_entity(named[1], "profile")  # a named car without the row
+
+    rows = read_rows(table, [*named, "CAR-9999"], "profile")
+
+    assert sorted(rows) == sorted(set(named) - {named[1]})
+    assert all(row["K"] == int(car.removeprefix("CAR-")) for car, row in rows.items())
+    table.delete_table()
+    assert read_rows(table, named, "profile") == {}  # no table yet reads as no rows

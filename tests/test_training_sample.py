@@ -26,9 +26,9 @@ from shared.devtools.main_job import acceptable_records
 from shared.models import backtest
 from shared.models.training_sample import (
     NEAR_EOL_STRATUM,
+    BatteryUsage,
     battery_profile,
     sample_batteries,
-    select_sample,
 )
 
 RATED = 200
@@ -98,7 +98,6 @@ def test_a_fleet_within_the_cap_is_trained_whole():
     raw, _, _ = mixed_fleet()
     sample = sample_batteries(raw, 5000)
     assert not sample.sampled and len(sample.battery_ids) == 1030
-    assert select_sample(raw, sample) is raw
 
 
 def test_the_same_fleet_gives_the_same_sample_whatever_the_row_order_and_another_seed_another_sample():
@@ -120,11 +119,15 @@ def test_a_battery_stays_in_the_sample_when_a_battery_of_another_stratum_joins_t
     assert len(before - after) <= 1
 
 
-def test_select_sample_keeps_every_row_of_the_sampled_batteries_only():
+def test_usage_gathered_a_few_days_at_a_time_places_every_battery_as_the_whole_period_does():
     raw, _, _ = mixed_fleet()
-    sample = sample_batteries(raw, 200)
-    rows = select_sample(raw, sample)
-    assert set(rows[BATTERY_ID]) == set(sample.battery_ids) and len(rows) == 3 * 200
+    raw = pd.concat([raw, raw.iloc[::7].assign(Daily_Cycles_Used=9.0)], ignore_index=True)  # duplicates, glitches
+    usage = BatteryUsage()
+    for _, day in raw.groupby(DATE):  # every battery spread over three chunks
+        usage.add(day)
+    pd.testing.assert_frame_equal(usage.profile(), battery_profile(raw))
+    assert np.array_equal(sample_batteries(usage, 300).battery_ids, sample_batteries(raw, 300).battery_ids)
+    assert (usage.first_record, usage.last_record) == (raw[DATE].min(), raw[DATE].max())
 
 
 def test_the_settings_bound_the_retraining_and_refuse_what_cannot_train():

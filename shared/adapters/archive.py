@@ -30,13 +30,15 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient, ContainerClient
@@ -123,30 +125,113 @@ def read_archive(
     skip_unreadable: bool = False,
     container: str = TELEMETRY_CONTAINER,
     keep_archived_at: bool = False,
+    batteries: Collection[str] | None = None,
 ) -> ArchiveRead:
     """The archived records of days `first`..`last` (inclusive; open-ended where None), deduplicated.
 
     With both ends given only those days' partitions are listed (one prefix per day) and read; `columns`
-    (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key. An unreadable or
-    schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
+    (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key, and `batteries`
+    the rows kept from each file as it is decoded (the retraining's sample of a large fleet). An unreadable
+    or schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
     ARCHIVE_SKIP_UNREADABLE): then it is logged, listed in `skipped` and left out. Rows come in day order.
     """
+    files = download_archive(blob_service, first, last, skip_unreadable=skip_unreadable, container=container)
+    return files.read(columns, keep_archived_at=keep_archived_at, batteries=batteries)
+
+
+def download_archive(
+    blob_service: BlobServiceClient,
+    first: date | str | None = None,
+    last: date | str | None = None,
+    *,
+    skip_unreadable: bool = False,
+    container: str = TELEMETRY_CONTAINER,
+) -> ArchiveFiles:
+    """The files of days `first`..`last` (as `read_archive` lists them), downloaded and not yet decoded."""
     client = blob_service.get_container_client(container)
-    wanted = _wanted_columns(columns, keep_archived_at)
     days = _list_days(client, first, last)
-    result = ArchiveRead(_empty(wanted[1]))
     with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
-        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable), days.values()))
-    frames = []
-    for day_read in per_day:
-        frames.append(day_read.frame)
-        result.files_read += day_read.files_read
-        result.skipped += day_read.skipped
-    frames = [frame for frame in frames if not frame.empty]
-    if frames:
-        result.frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    result.frame = result.frame.sort_values(DATE, kind="stable", ignore_index=True)
-    return result
+        downloaded = list(pool.map(lambda blobs: _download_day(client, blobs), days.values()))
+    return ArchiveFiles([day for day in downloaded if day], skip_unreadable)
+
+
+@dataclass
+class ArchiveFiles:
+    """Days of the archive as downloaded: each day's files, compressed, decoded only when read.
+
+    The nightly batch score holds its window so (the compressed files are a fraction of the decoded
+    rows) and decodes it a chunk of cars at a time (`chunks_of_cars`), so its peak memory follows the
+    chunk, not the fleet. Files found unreadable are kept in `skipped` once, whichever read found them.
+    """
+
+    days: list[list[tuple[BlobProperties, bytes]]]
+    skip_unreadable: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # blob name → reason
+
+    @property
+    def empty(self) -> bool:
+        return not self.days
+
+    @property
+    def names(self) -> list[str]:
+        return [blob.name for day in self.days for blob, _ in day]
+
+    def read(self, columns: Sequence[str] | None = None, *, keep_archived_at: bool = False,
+             batteries: Collection[str] | None = None) -> ArchiveRead:  # fmt: skip
+        """The records (`read_archive`), of `batteries` only when given, deduplicated, in day order."""
+        decoded, output = _wanted_columns(columns, keep_archived_at)
+        kept = None if batteries is None else pa.array(sorted(map(str, batteries)), pa.string())
+        result = ArchiveRead(_empty(output))
+        frames = [self._read_day(day, decoded, kept, result) for day in self.days]
+        frames = [frame[output] for frame in frames if frame is not None]
+        if frames:
+            result.frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        result.frame = result.frame.sort_values(DATE, kind="stable", ignore_index=True)
+        return result
+
+    def chunks_of_cars(self, cars: int) -> Iterator[ArchiveRead]:
+        """The records about `cars` cars at a time, in Car_ID order, every car's batteries in its chunk.
+
+        A first pass decodes only the keys and Car_ID, to learn which batteries each car's (deduplicated)
+        records name; a chunk then decodes those batteries' rows, so every copy of a record is there to
+        deduplicate, and keeps its own cars' rows (a battery moved between cars is in both chunks, each
+        with the rows of its car there), exactly as grouping the whole read by car would.
+        """
+        pairs = self._car_batteries()
+        car_ids = np.sort(pairs[CAR_ID].unique())
+        for start in range(0, len(car_ids), cars):
+            chunk = car_ids[start : start + cars]
+            read = self.read(batteries=pairs.loc[pairs[CAR_ID].isin(chunk), BATTERY_ID].unique())
+            read.frame = read.frame[read.frame[CAR_ID].isin(chunk)].reset_index(drop=True)
+            yield read
+
+    def _car_batteries(self) -> pd.DataFrame:
+        """Every (Car_ID, Battery_ID) pair of the deduplicated records, one row each."""
+        pairs = pd.DataFrame({CAR_ID: pd.Series(dtype=object), BATTERY_ID: pd.Series(dtype=object)})
+        decoded, _ = _wanted_columns([CAR_ID], False)
+        for day in self.days:
+            frame = self._read_day(day, decoded, None, ArchiveRead(pairs))
+            if frame is not None:
+                pairs = pd.concat([pairs, frame[[CAR_ID, BATTERY_ID]].drop_duplicates()]).drop_duplicates()
+        return pairs.reset_index(drop=True)
+
+    def _read_day(self, day: list[tuple[BlobProperties, bytes]], decoded: list[str], batteries: pa.Array | None,
+                  result: ArchiveRead) -> pd.DataFrame | None:  # fmt: skip
+        """One day's files decoded and deduplicated (None when none was readable); notes them in `result`."""
+        frames = []
+        for blob, data in day:
+            try:
+                frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded, batteries))
+            except InputError as error:
+                if not self.skip_unreadable:
+                    raise
+                if blob.name not in self.skipped:
+                    log.warning("ARCHIVE_SKIP_UNREADABLE: skipped %s", error)
+                    self.skipped[blob.name] = str(error)
+                result.skipped.append(str(error))
+                continue
+            result.files_read.append(blob.name)
+        return latest_written(pd.concat(frames, ignore_index=True)) if frames else None
 
 
 def load_telemetry_history(
@@ -163,14 +248,18 @@ def load_telemetry_history(
     return read_archive(blob_service, since, until, columns=columns, skip_unreadable=skip_unreadable).frame
 
 
-def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str]) -> pd.DataFrame:
-    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT.
+def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str],
+                       batteries: pa.Array | None = None) -> pd.DataFrame:  # fmt: skip
+    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT;
+    only the rows of `batteries` (Battery_IDs) when given.
 
     Raises `InputError` naming the blob when it cannot be read or does not have the archive's columns.
     """
     where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
     if name.endswith(".csv"):
         frame = _read_csv(where, data).assign(**{ARCHIVED_AT: _naive_utc(last_modified)})
+        if batteries is not None:
+            frame = frame[frame[BATTERY_ID].isin(batteries.to_pylist())]
         return frame[list(columns)]
     try:
         schema = pq.read_schema(io.BytesIO(data))
@@ -184,6 +273,8 @@ def read_archived_file(name: str, data: bytes, last_modified: datetime, columns:
     try:
         table = pq.read_table(io.BytesIO(data), columns=decoded)
         table = table.cast(pa.schema([SCHEMA.field(c) for c in decoded]))
+        if batteries is not None:
+            table = table.filter(pc.is_in(table[BATTERY_ID], value_set=batteries))
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{where}: not a readable Parquet file ({error})") from None
     frame = table.to_pandas()
@@ -293,31 +384,18 @@ def _list_days(client: ContainerClient, first: date | str | None, last: date | s
     return dict(sorted(days.items()))
 
 
-def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], list[str]], skip: bool,
-              relisted: bool = False) -> ArchiveRead:  # fmt: skip
-    """One day's files, deduplicated. A file gone since the listing (a compaction removed it after writing
-    its compacted file) makes the day be listed and read again, once, so its rows are not missed."""
-    decoded, output = columns
-    read = ArchiveRead(_empty(output))
-    frames = []
+def _download_day(client: ContainerClient, blobs: list, relisted: bool = False) -> list[tuple[BlobProperties, bytes]]:
+    """One day's files with their content. A file gone since the listing (a compaction removed it after
+    writing its compacted file) makes the day be listed and downloaded again, once, so its rows are not
+    missed."""
+    downloaded = []
     for blob in blobs:
         data = download_bytes(client, blob.name)
         if data is None and not relisted:
-            return _read_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), columns, skip, True)
-        if data is None:
-            continue
-        try:
-            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded))
-        except InputError as error:
-            if not skip:
-                raise
-            log.warning("ARCHIVE_SKIP_UNREADABLE: skipped %s", error)
-            read.skipped.append(str(error))
-            continue
-        read.files_read.append(blob.name)
-    if frames:
-        read.frame = latest_written(pd.concat(frames, ignore_index=True))[output]
-    return read
+            return _download_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), relisted=True)
+        if data is not None:
+            downloaded.append((blob, data))
+    return downloaded
 
 
 def _schema_problem(schema: pa.Schema, column: str) -> str | None:

@@ -25,6 +25,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters import alert_store
+from shared.adapters.storage import read_rows
 from shared.config.names import CARS_TABLE
 from shared.core.alerts import check_id, iso_utc
 from shared.core.lifecycle import (
@@ -79,21 +80,26 @@ def read_newest_queued(table: TableClient, alert: Mapping[str, Any]) -> dict[str
 
 def read_installed(table: TableClient, car_id: str) -> InstalledBattery | None:
     """The battery the car's newest telemetry shows, or None before any."""
-    try:
-        row = table.get_entity(check_id(car_id, "car_id"), _INSTALLED_ROW)
-    except ResourceNotFoundError:
-        return None
-    return InstalledBattery(row["BatteryId"], float(row["AgeDays"]), float(row["Lifetime"]), row["Day"],
-                            row.get("Since", ""), row.get("Change", ""))  # fmt: skip
+    return read_installed_many(table, [car_id]).get(car_id)
+
+
+def read_installed_many(table: TableClient, car_ids: Iterable[str]) -> dict[str, InstalledBattery]:
+    """The battery each car's newest telemetry shows, of the cars that have one (`read_rows`: the nightly's
+    whole fleet in pages, a streaming batch's cars in point reads)."""
+    rows = read_rows(table, (check_id(car, "car_id") for car in car_ids), _INSTALLED_ROW)
+    return {car: InstalledBattery(row["BatteryId"], float(row["AgeDays"]), float(row["Lifetime"]), row["Day"],
+                                  row.get("Since", ""), row.get("Change", ""))
+            for car, row in rows.items()}  # fmt: skip
 
 
 def record_batteries(table: TableClient, seen: Mapping[str, InstalledBattery], now: datetime) -> list[BatteryChange]:
     """Note the battery each car's newest telemetry shows (`seen`, from `newest_batteries`); for every car
     whose battery was replaced or reset, retract its undelivered alerts for the old battery and resolve the
-    delivered ones (`retract_alerts`). The changes seen. One point read per car, a write when it moved on."""
+    delivered ones (`retract_alerts`). The changes seen. One read of every car's row, a write when it moved on."""
     changes = []
+    installed = read_installed_many(table, seen)
     for car, battery in seen.items():
-        known = read_installed(table, car)
+        known = installed.get(car)
         if known is not None and battery.day < known.day:
             continue
         change = battery_change(car, known, battery)

@@ -18,6 +18,7 @@ TELEMETRY_CONTAINER = "telemetry"  # the archive: telemetry/<yyyy>/<mm>/<dd>/<ba
 DEADLETTER_CONTAINER = "deadletter"  # bad events and given-up alerts, each with its reason
 PARKED_CONTAINER = "parked"  # batches scored later, while the endpoint is down or refuses them
 SCORES_CONTAINER = "scores"  # the nightly batch scores
+SPARK_OUTPUT_PREFIX = "spark-"  # scores/date=<as_of>/spark-<model version>/: a night's Spark score
 MODELS_CONTAINER = "models"  # the battery model registry: versions and the champion pointer
 COMPLIANCE_MODELS_CONTAINER = "compliance-models"  # published compliance classifiers and their champion
 COMPLIANCE_RESULTS_CONTAINER = "compliance"  # the nightly compliance results

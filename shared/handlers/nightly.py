@@ -7,7 +7,7 @@ the Function App's timers call these, so a job behaves the same from a laptop an
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from shared.adapters import feedback_store, observability
-from shared.adapters.archive import load_telemetry_history, read_archive
+from shared.adapters.archive import download_archive, read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
 from shared.adapters.monitor_store import read_car_segments
@@ -36,9 +36,11 @@ from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
 from shared.models.scoring import IN_SERVICE_DAYS, score_fleet
-from shared.models.training_sample import period_record, sample_batteries, select_sample, trailing_period_start
+from shared.models.training_sample import BatteryUsage, period_record, sample_batteries, trailing_period_start
 
 Progress = Callable[[str], None]
+# Days of the trailing period read at once for the sample's view: a month of the fleet's five columns.
+USAGE_READ_DAYS = 31
 
 
 def _quiet(message: str) -> None:
@@ -170,14 +172,16 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
 
         job = submit_automl(services.azureml_client(settings))
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
-    last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
-    since = trailing_period_start(last_day, settings.retrain_history_days)
-    raw = load_telemetry_history(services.blobs, since=since.date(), until=last_day.date())  # nothing "future"
-    if raw.empty:
+    last_day = services.clock().date() - timedelta(days=1)
+    since = trailing_period_start(pd.Timestamp(last_day), settings.retrain_history_days)
+    usage = trailing_period_usage(services, since.date(), last_day)
+    if usage.empty:
         return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
-    sample = sample_batteries(raw, settings.retrain_max_batteries)
-    training_data = {"period": period_record(raw, since, settings.retrain_history_days), "sample": sample.record()}
-    raw = select_sample(raw, sample)
+    sample = sample_batteries(usage, settings.retrain_max_batteries)
+    training_data = {"period": period_record(usage, since, settings.retrain_history_days), "sample": sample.record()}
+    del usage
+    raw = read_archive(services.blobs, since.date(), last_day, skip_unreadable=settings.archive_skip_unreadable,
+                       batteries=sample.battery_ids if sample.sampled else None).frame  # fmt: skip
     clean, quality = prepare_telemetry(raw)
     del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
@@ -203,14 +207,26 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     }
 
 
+def trailing_period_usage(services: Services, first: date, last: date) -> BatteryUsage:
+    """The sample's view of days `first`..`last`, read USAGE_READ_DAYS days and five columns at a time."""
+    usage = BatteryUsage()
+    for start in range(0, (last - first).days + 1, USAGE_READ_DAYS):
+        chunk_first = first + timedelta(days=start)
+        chunk_last = min(last, chunk_first + timedelta(days=USAGE_READ_DAYS - 1))
+        usage.add(read_archive(services.blobs, chunk_first, chunk_last, columns=BatteryUsage.columns,
+                               skip_unreadable=services.settings.archive_skip_unreadable).frame)  # fmt: skip
+    return usage
+
+
 def nightly_batch_score(services: Services) -> AlertBatch:
     """Score every battery in service as of yesterday with the champion; store the scores; return alerts.
 
     Yesterday, because the night's run sees the last complete day: the same day the streaming path
     scored when that day's record arrived, so both paths name the same alert and it is delivered once.
     Bounded memory: only the days the model's window and the in-service rule look at are read
-    (`scoring_days`), and batteries are prepared and scored BATCH_SCORE_CHUNK_BATTERIES at a time, so
-    peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
+    (`scoring_days`), held compressed, and decoded, prepared and scored BATCH_SCORE_CHUNK_BATTERIES cars
+    at a time, so peak memory follows the chunk × window (and the window's compressed files), not the
+    years archived nor the whole fleet's decoded rows. The scores are one Parquet file,
     `scores/date=<as_of>/<model version>.parquet` with the forecast (shared/adapters/score_store.py). With a
     shadow in the registry, the same batteries are scored with it too and stored under `shadow/`; only the
     champion's scores alert.
@@ -224,17 +240,19 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     if model is None:
         return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
     first = as_of - timedelta(days=scoring_days(model.window_days) - 1)
-    archived = read_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
-    files = {"files_read": len(archived.files_read), "skipped_files": archived.skipped}
-    if archived.frame.empty:
-        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
-    changed = note_batteries(services, archived.frame, now)  # as sent: preparation renames a reset battery
+    window = download_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
     threshold = settings.alert_probability_threshold
     shadow = shadow_model(services)
     models = [model] if shadow is None else [model, shadow]
-    chunks = [[_scored(each, clean, as_of, threshold) for each in models]
-              for clean in (prepare_telemetry(chunk)[0]
-                            for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries))]  # fmt: skip
+    chunks, in_cars, changed = [], {}, 0
+    for chunk in window.chunks_of_cars(settings.batch_score_chunk_batteries):
+        changed += note_batteries(services, chunk.frame, now)  # as sent: preparation renames a reset battery
+        in_cars.update(batteries_in_cars(chunk.frame))
+        clean = prepare_telemetry(chunk.frame)[0]
+        chunks.append([_scored(each, clean, as_of, threshold) for each in models])
+    files = {"files_read": len(window.names) - len(window.skipped), "skipped_files": list(window.skipped.values())}
+    if not chunks:
+        return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
     (scores, forecast), *shadow_scored = [_joined([chunk[i] for chunk in chunks]) for i in range(len(models))]
     observability.count_scored(len(scores))
     name = write_scores(services.blobs, as_of, model.version, scores, forecast)
@@ -247,7 +265,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 settings.service_booking_url, model_version=model.version,
                                 car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
-    replaced = feedback_store.record_replacements(services.tables, batteries_in_cars(archived.frame), now)
+    replaced = feedback_store.record_replacements(services.tables, in_cars, now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
                "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
@@ -271,14 +289,6 @@ def scoring_days(window_days: int) -> int:
     """Days of archive the batch score reads up to its as-of day: the model's window, and at least the
     in-service rule's (a battery silent for IN_SERVICE_DAYS is out of service)."""
     return max(window_days, IN_SERVICE_DAYS)
-
-
-def car_chunks(raw: pd.DataFrame, batteries: int) -> Iterator[pd.DataFrame]:
-    """The rows in chunks of about `batteries` cars, every car's batteries in one chunk (the in-service
-    rule keeps only the newest battery of a car, so it must see them together)."""
-    codes, _ = pd.factorize(raw[CAR_ID], sort=True)
-    for _, chunk in raw.groupby(codes // batteries, sort=True):
-        yield chunk
 
 
 def compact_telemetry(services: Services) -> dict:

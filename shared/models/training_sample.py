@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from shared.core.risk import HORIZON_DAYS
 from shared.core.telemetry import BATTERY_ID, DATE
@@ -66,6 +67,56 @@ class TrainingSample:
                 "max_batteries": self.max_batteries, "seed": self.seed}  # fmt: skip
 
 
+class BatteryUsage:
+    """What the sample is drawn from, gathered a few days of the period at a time.
+
+    The nightly retraining reads its trailing period twice: first only these columns, a chunk of days at
+    a time, so the whole period of the whole fleet is never held at once; then only the sampled
+    batteries' rows. A battery's lifetime and rated counters are kept as running maxima; its daily
+    cycles (the median needs them all) as one float per record.
+    """
+
+    columns = (DATE, BATTERY_ID, LIFETIME, RATED, DAILY)
+
+    def __init__(self) -> None:
+        self._maxima: list[pd.DataFrame] = []
+        self._daily: list[pd.Series] = []
+        self.first_record: pd.Timestamp | None = None
+        self.last_record: pd.Timestamp | None = None
+
+    @classmethod
+    def of(cls, raw: pd.DataFrame) -> BatteryUsage:
+        usage = cls()
+        usage.add(raw)
+        return usage
+
+    @property
+    def empty(self) -> bool:
+        return not self._daily
+
+    def add(self, raw: pd.DataFrame) -> None:
+        """Fold in some rows (raw telemetry: duplicates, 12-hour rows and glitches are fine)."""
+        if raw.empty:
+            return
+        ids = pd.Categorical(raw[BATTERY_ID].astype(str))
+        by_battery = raw[[LIFETIME, RATED]].groupby(ids, observed=True)
+        self._maxima.append(by_battery.max())
+        self._daily.append(pd.Series(raw[DAILY].to_numpy(float), index=ids))
+        first, last = raw[DATE].min(), raw[DATE].max()
+        self.first_record = first if self.first_record is None else min(first, self.first_record)
+        self.last_record = last if self.last_record is None else max(last, self.last_record)
+
+    def profile(self) -> pd.DataFrame:
+        """One row per battery (index Battery_ID as text, sorted): its stratum (`battery_profile`)."""
+        maxima = pd.concat(self._maxima).groupby(level=0, observed=True).max()
+        ids = union_categoricals([series.index.array for series in self._daily])
+        daily = pd.Series(np.concatenate([series.to_numpy() for series in self._daily]), index=ids)
+        profile = pd.DataFrame({"lifetime": maxima[LIFETIME], "rated": maxima[RATED],
+                                "daily": daily.groupby(level=0, observed=True).median()})  # fmt: skip
+        profile.index = profile.index.astype(str)
+        return _stratified(profile.sort_index())
+
+
 def battery_profile(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per battery (index Battery_ID as text): its stratum, and the hash key chosen by.
 
@@ -73,9 +124,10 @@ def battery_profile(raw: pd.DataFrame) -> pd.DataFrame:
     median daily cycles are robust enough to place a battery in a stratum, and a glitch that puts a
     battery near end of life only keeps it.
     """
-    by_battery = raw.groupby(raw[BATTERY_ID].astype(str), observed=True, sort=True)  # sorted: no row-order effect
-    profile = pd.DataFrame({"lifetime": by_battery[LIFETIME].max(), "rated": by_battery[RATED].max(),
-                            "daily": by_battery[DAILY].median()})  # fmt: skip
+    return BatteryUsage.of(raw).profile()
+
+
+def _stratified(profile: pd.DataFrame) -> pd.DataFrame:
     remaining = (profile["rated"] - profile["lifetime"]).to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         days_from_rated_life = np.abs(remaining / profile["daily"].to_numpy(float))  # NaN or inf: not in use
@@ -96,11 +148,11 @@ def battery_hash(battery_ids: pd.Index | np.ndarray, seed: int) -> np.ndarray:
     )  # fmt: skip
 
 
-def sample_batteries(raw: pd.DataFrame, max_batteries: int, seed: int = SAMPLE_SEED) -> TrainingSample:
+def sample_batteries(raw: pd.DataFrame | BatteryUsage, max_batteries: int, seed: int = SAMPLE_SEED) -> TrainingSample:
     """Choose at most `max_batteries` batteries of `raw` (module docstring); all of them if they fit."""
     if max_batteries < 1:
         raise ValueError(f"max_batteries must be 1 or more, got {max_batteries}")
-    profile = battery_profile(raw)
+    profile = (raw if isinstance(raw, BatteryUsage) else BatteryUsage.of(raw)).profile()
     stratum = profile["stratum"].to_numpy()
     ids = profile.index.to_numpy(dtype=object)
     near = stratum == NEAR_EOL_STRATUM
@@ -117,22 +169,16 @@ def sample_batteries(raw: pd.DataFrame, max_batteries: int, seed: int = SAMPLE_S
                           max_batteries=max_batteries, seed=seed)  # fmt: skip
 
 
-def select_sample(raw: pd.DataFrame, sample: TrainingSample) -> pd.DataFrame:
-    """The rows of the sampled batteries, in their original order."""
-    if not sample.sampled:
-        return raw
-    return raw[raw[BATTERY_ID].astype(str).isin(sample.battery_ids)].reset_index(drop=True)
-
-
 def trailing_period_start(last_day: pd.Timestamp, history_days: int) -> pd.Timestamp:
     """First day of a trailing period of `history_days` days ending on `last_day`."""
     return pd.Timestamp(last_day).normalize() - pd.Timedelta(days=history_days - 1)
 
 
-def period_record(raw: pd.DataFrame, since: pd.Timestamp, history_days: int) -> dict:
+def period_record(usage: BatteryUsage, since: pd.Timestamp, history_days: int) -> dict:
     """The trailing period's entry in the training record: as configured, and the days the archive held."""
+    first, last = usage.first_record, usage.last_record
     return {"history_days": history_days, "since": f"{since:%Y-%m-%d}",
-            "first_record": f"{raw[DATE].min():%Y-%m-%d}", "last_record": f"{raw[DATE].max():%Y-%m-%d}"}  # fmt: skip
+            "first_record": f"{first:%Y-%m-%d}", "last_record": f"{last:%Y-%m-%d}"}  # fmt: skip
 
 
 def _allocate(stratum: np.ndarray, max_batteries: int) -> dict[int, int]:

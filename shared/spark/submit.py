@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 
+from shared.config.names import SPARK_OUTPUT_PREFIX
 from shared.config.spark import SparkSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ class SparkSubmitError(RuntimeError):
 def score_arguments(settings: SparkSettings, as_of: date, model_version: str, threshold: float,
                     history_days: int | None = None) -> list[str]:  # fmt: skip
     """job.py's arguments for the night: read the archive up to as_of, write scores/date=<as_of>/spark-<model>/."""
-    output = f"date={as_of.isoformat()}/spark-{model_version}"
+    output = f"date={as_of.isoformat()}/{SPARK_OUTPUT_PREFIX}{model_version}"
     arguments = ["score", "--telemetry", settings.uri("telemetry"), "--format", "parquet",
                  "--model", settings.uri("models", f"{model_version}/"), "--as-of", as_of.isoformat(),
                  "--threshold", repr(float(threshold)),
