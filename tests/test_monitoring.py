@@ -93,20 +93,6 @@ def test_accuracy_per_fleet_and_segment_matches_the_hand_computed_figures():
     assert fleet_bins.loc["0.9-1.0", m.OBSERVED_RATE] == 1.0 and fleet_bins.loc["0.2-0.3", m.OBSERVED_RATE] == 0.0
 
 
-def test_outcomes_judged_in_chunks_of_batteries_give_the_same_accuracy():
-    scores, forecast, later = hand_case()
-    whole = m.matured_outcomes(scores, forecast, later, SCORED_ON)
-    parts = [
-        m.matured_outcomes(scores.iloc[rows], forecast[rows], later[later["Battery_ID"].isin(ids)], SCORED_ON)
-        for rows, ids in (([0, 2], ["B1", "B3"]), ([1, 3], ["B2", "B4"]), ([], []))
-    ]  # an empty chunk too
-    table = {}
-    for name, outcomes in (("whole", whole), ("chunked", m.concatenate_outcomes(parts))):
-        table[name], _ = m.accuracy_tables(outcomes, pd.DataFrame({"Car_ID": []}), 0.8, scored_on=SCORED_ON,
-                                           model_version="v1", role=m.CHAMPION)  # fmt: skip
-    pd.testing.assert_frame_equal(table["whole"], table["chunked"])
-
-
 def test_psi_of_a_shifted_feature_against_its_reference_bins_per_segment():
     bins = {"Daily_Trip_Duration": {"edges": [1.0], "shares": [0.5, 0.5]}}
     reference = {"all=all": bins, "region=Nordic": bins}

@@ -138,8 +138,7 @@ def matured_outcomes(
     keep = (row >= 0) & (offset >= 0) & (offset < HORIZON_DAYS) & plausible
     cell = row[keep] * HORIZON_DAYS + offset[keep]
     reported = np.bincount(cell, minlength=n * HORIZON_DAYS).reshape(n, HORIZON_DAYS) > 0
-    actual = np.bincount(cell, weights=cycles[keep], minlength=n * HORIZON_DAYS).astype(np.float64)  # none: ints
-    actual = actual.reshape(n, HORIZON_DAYS)
+    actual = np.bincount(cell, weights=cycles[keep], minlength=n * HORIZON_DAYS).reshape(n, HORIZON_DAYS)
     actual[~reported] = np.nan
     highest = np.full(n, -np.inf)
     np.maximum.at(highest, row[keep], lifetime[keep])
@@ -154,15 +153,6 @@ def matured_outcomes(
         labelled=label | reported[:, -1],
         already_past=already_past,
     )
-
-
-def concatenate_outcomes(parts: list[MaturedOutcomes]) -> MaturedOutcomes:
-    """The outcomes of one day's scores judged in parts (chunks of batteries) as one."""
-    return MaturedOutcomes(
-        scores=pd.concat([part.scores for part in parts], ignore_index=True),
-        **{name: np.concatenate([getattr(part, name) for part in parts])
-           for name in ("forecast", "actual", "label", "labelled", "already_past")},
-    )  # fmt: skip
 
 
 def accuracy_tables(outcomes: MaturedOutcomes, segments: pd.DataFrame, threshold: float, *, scored_on: date,

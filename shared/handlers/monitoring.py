@@ -7,8 +7,7 @@ Every night, after the batch score (MONITOR_SCHEDULE):
    shared/adapters/score_store.py) of the matured days not judged yet are joined with that telemetry and
    scored per segment of the fleet (shared/core/monitoring.py), into the monitor store
    (shared/adapters/monitor_store.py). At most CATCH_UP_DAYS days a night, so a monitor that was off for a
-   while catches up in bounded time and memory; the archive is held compressed and decoded
-   BATCH_SCORE_CHUNK_BATTERIES batteries at a time, so memory follows the chunk, not the fleet.
+   while catches up in bounded time and memory.
 2. Drift: the last DRIFT_DAYS days' inputs against the champion's training reference, for the fleet and per
    segment (PSI, MONITOR_PSI_THRESHOLD).
 3. The shadow: once it has JUDGED_DAYS matured days in common with the champion, the champion rule decides
@@ -26,12 +25,11 @@ import logging
 import os
 from datetime import date, timedelta
 
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from shared.adapters import monitor_store
-from shared.adapters.archive import download_archive, read_archive
+from shared.adapters.archive import read_archive
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.score_store import read_scores
 from shared.adapters.tracking import log_run_metrics
@@ -86,24 +84,13 @@ def judge_matured_days(services: Services, last_day: date) -> list[str]:
     if not todo:
         return []
     first, last = min(todo) + timedelta(days=1), max(todo) + timedelta(days=HORIZON_DAYS)
-    files = download_archive(blobs, first, last, skip_unreadable=services.settings.archive_skip_unreadable)
-    batteries = np.unique(np.concatenate([scored.scores[BATTERY_ID].astype(str).to_numpy(str)
-                                          for stored in todo.values() for scored in stored]))  # fmt: skip
-    parts: dict[tuple[date, int], list[m.MaturedOutcomes]] = {}
-    chunk = services.settings.batch_score_chunk_batteries
-    for start in range(0, len(batteries), chunk):  # decoded a chunk of batteries at a time, as the batch score
-        ids = batteries[start : start + chunk]
-        later = files.read(_LATER_COLUMNS, batteries=ids).frame
-        for day, stored in todo.items():
-            for index, scored in enumerate(stored):
-                rows = np.flatnonzero(scored.scores[BATTERY_ID].astype(str).isin(ids).to_numpy())
-                outcomes = m.matured_outcomes(scored.scores.iloc[rows], scored.forecast[rows], later, day)
-                parts.setdefault((day, index), []).append(outcomes)
+    later = read_archive(blobs, first, last, columns=_LATER_COLUMNS,
+                         skip_unreadable=services.settings.archive_skip_unreadable).frame  # fmt: skip
     segments = monitor_store.read_car_segments(blobs)
     written = []
     for day, stored in todo.items():
-        for index, scored in enumerate(stored):
-            outcomes = m.concatenate_outcomes(parts[(day, index)])
+        for scored in stored:
+            outcomes = m.matured_outcomes(scored.scores, scored.forecast, later, day)
             accuracy, reliability = m.accuracy_tables(outcomes, segments, threshold, scored_on=day,
                                                       model_version=scored.version, role=scored.role)  # fmt: skip
             written.append(monitor_store.write_accuracy(blobs, day, scored.version, accuracy, reliability))
