@@ -63,6 +63,8 @@ def test_matured_outcomes_label_censor_and_set_apart_as_the_backtest_does():
     assert outcomes.judged.tolist() == [True, True, False, False]
     assert outcomes.actual[2, 4] == pytest.approx(0.2)  # day 5: the two halves
     assert np.isfinite(outcomes.actual).sum() == 4  # B1 d1, B2 d30, B3 d5 and d10
+    nobody = m.matured_outcomes(scores.iloc[:0], forecast[:0], later.iloc[:0], SCORED_ON)  # a day scored nobody
+    assert nobody.actual.shape == (0, 30) and len(nobody.judged) == 0
 
 
 def test_accuracy_per_fleet_and_segment_matches_the_hand_computed_figures():

@@ -138,7 +138,8 @@ def matured_outcomes(
     keep = (row >= 0) & (offset >= 0) & (offset < HORIZON_DAYS) & plausible
     cell = row[keep] * HORIZON_DAYS + offset[keep]
     reported = np.bincount(cell, minlength=n * HORIZON_DAYS).reshape(n, HORIZON_DAYS) > 0
-    actual = np.bincount(cell, weights=cycles[keep], minlength=n * HORIZON_DAYS).reshape(n, HORIZON_DAYS)
+    actual = np.bincount(cell, weights=cycles[keep], minlength=n * HORIZON_DAYS).astype(np.float64)  # none: ints
+    actual = actual.reshape(n, HORIZON_DAYS)
     actual[~reported] = np.nan
     highest = np.full(n, -np.inf)
     np.maximum.at(highest, row[keep], lifetime[keep])
