@@ -98,6 +98,7 @@ var appContainers = [
   'compliance'
   'compliance-models'
   'components'
+  'monitoring'
 ]
 var appTables = [
   'alerts'
@@ -244,6 +245,11 @@ var jobSettings = {
   BATCH_SCORE_SCHEDULE: '0 0 3 * * *'
   COMPLIANCE_SCHEDULE: '0 30 3 * * *'
   COMPACTION_SCHEDULE: '0 0 1 * * *'
+  MONITOR_SCHEDULE: '0 0 4 * * *'
+  MONITOR_PSI_THRESHOLD: '0.2'
+  MONITOR_DEGRADATION_MARGIN: '0.25'
+  MONITOR_RETRAIN_COOLDOWN_DAYS: '40'
+  KEEP_SHADOW_CANDIDATE: 'true'
   ARCHIVE_SKIP_UNREADABLE: 'false'
   BATCH_SCORE_CHUNK_BATTERIES: '5000'
   COMPONENT_CATALOG_BLOB: 'components/catalog.csv'

@@ -36,7 +36,7 @@ from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
-from shared.config.names import OPEN_LABELS_TABLE
+from shared.config.names import MONITORING_CONTAINER, OPEN_LABELS_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -128,6 +128,7 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
             HEAD_UNIT_GATEWAY_URL=simulator.url, HEAD_UNIT_SIGNING_KEY=SIGNING_KEY,
             ALERT_PROBABILITY_THRESHOLD="0.8", ALERT_COOLDOWN_DAYS="7",
             RETRAIN_SCHEDULE="0 0 2 * * *", BATCH_SCORE_SCHEDULE="0 0 3 * * *", COMPACTION_SCHEDULE="0 0 1 * * *",
+            MONITOR_SCHEDULE="0 0 4 * * *",
             BATTERY_WORK_DIR=str(work_dir),
         )  # fmt: skip
         try:
@@ -140,7 +141,14 @@ def wipe_storage(connection: str) -> None:
     """Delete the containers, tables and queues the app uses, so each test starts as a fresh deployment
     does (Azurite in memory lets a deleted name be created again at once). Other tests' names are left."""
     blobs, tables, queues = blob_service(connection), table_service(connection), queue_service(connection)
-    for container in (TELEMETRY_CONTAINER, DEADLETTER_CONTAINER, PARKED_CONTAINER, SCORES_CONTAINER, "models"):
+    for container in (
+        TELEMETRY_CONTAINER,
+        DEADLETTER_CONTAINER,
+        PARKED_CONTAINER,
+        SCORES_CONTAINER,
+        "models",
+        MONITORING_CONTAINER,
+    ):
         with contextlib.suppress(ResourceNotFoundError):
             blobs.delete_container(container)
     for table in (ALERTS_TABLE, STATE_TABLE, OPEN_LABELS_TABLE):

@@ -13,6 +13,7 @@ from shared.adapters.archive import TELEMETRY_CONTAINER
 from shared.adapters.compaction import COMPACTED_NAME
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import download_bytes, list_blob_names
+from shared.core.monitoring import FORECAST
 from shared.core.risk import INTERVAL_COLUMNS
 from shared.core.telemetry import BATTERY_ID
 from shared.handlers.nightly import SCORES_CONTAINER, scoring_days
@@ -64,7 +65,7 @@ def test_compaction_then_the_batch_score_on_the_compacted_archive(harness):
     }
     assert nightly.enqueued == {"maintenance-alerts": 2}
     table = scores(harness)
-    assert list(table.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", *INTERVAL_COLUMNS]
+    assert list(table.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", *INTERVAL_COLUMNS, FORECAST]
     assert sorted(table.loc[table["alert"], BATTERY_ID]) == sorted(AT_RISK.values())
     assert sorted(table[BATTERY_ID]) == ["B-PAST", "B-SAFE", "B-SOON"], "each battery once despite the overlap"
 

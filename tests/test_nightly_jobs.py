@@ -23,6 +23,7 @@ from shared.adapters.azureml import workspace_client
 from shared.adapters.observability import summary_of
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import download_bytes, list_blob_names
+from shared.core.monitoring import FORECAST
 from shared.core.risk import INTERVAL_COLUMNS
 from shared.handlers.nightly import SCORES_CONTAINER
 from shared.models.scoring import BATCH_SCORE_COLUMNS
@@ -71,6 +72,7 @@ def test_a_candidate_that_loses_to_the_champion_is_kept_but_not_promoted(harness
     assert registry.champion() == pointer  # same record, same ETag: the pointer never moved
     candidate = outcome["trained"]
     assert registry.versions() == sorted(["perfect-1", candidate])  # the loser is kept, for comparison
+    assert outcome["shadow"] is True and registry.shadow_version() == candidate  # and scored beside it
     last = registry.decisions()[-1]
     assert (last["version"], last["promoted"], last["reason"]) == (candidate, False, outcome["reason"])
 
@@ -87,19 +89,27 @@ def test_an_empty_archive_trains_nothing_and_says_so(harness, caplog):
     assert (registry.versions(), registry.champion()) == ([], None)
 
 
-def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, caplog):
-    data_version = {
-        "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
-        "name": "4",
-        "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
-    }
+DATA_VERSION = {
+    "id": f"{WORKSPACE_PATH}/data/daily-battery-time-series/versions/4",
+    "name": "4",
+    "properties": {"dataType": "mltable", "dataUri": "azureml://datastores/workspaceblobstore/paths/x/"},
+}
+
+
+def recorded_workspace(harness, **settings: str) -> RecordingTransport:
+    """The app configured for an Azure ML workspace whose answers are recorded: nothing leaves the machine."""
     arm = RecordingTransport(WORKSPACE_PATH, {
         ("GET", "/"): (200, {"id": WORKSPACE_PATH, "name": "ws-battery", "location": "westeurope", "properties": {}}),
         ("GET", "/data/daily-battery-time-series"): (200, {"properties": {"latestVersion": "4"}}),
-        ("GET", "/data/daily-battery-time-series/versions/4"): (200, data_version),
+        ("GET", "/data/daily-battery-time-series/versions/4"): (200, DATA_VERSION),
     })  # fmt: skip
-    services = harness.configure(**AZUREML)
+    services = harness.configure(**AZUREML, **settings)
     services.azureml_client = lambda settings: workspace_client(settings, StaticToken(), transport=arm)
+    return arm
+
+
+def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, caplog):
+    arm = recorded_workspace(harness)
     archive_telemetry(harness.services.blobs, TELEMETRY, NIGHT, batch_id="fleet")  # would train locally
 
     with caplog.at_level(logging.INFO, logger="function_app"):
@@ -114,7 +124,7 @@ def test_with_a_workspace_the_retrain_submits_the_automl_job_instead(harness, ca
     assert (properties["jobType"], properties["experimentName"]) == ("AutoML", "Battery-Cycles-Forecast")
     task = properties["taskDetails"]
     assert (task["taskType"], task["targetColumnName"]) == ("Forecasting", "Daily_Cycles_Used")
-    assert task["trainingData"]["uri"] == data_version["id"]  # the newest registered data
+    assert task["trainingData"]["uri"] == DATA_VERSION["id"]  # the newest registered data
     assert {sent["host"] for sent in arm.sent} == {"management.azure.com"}
     assert {sent["authorization"] for sent in arm.sent} == {"Bearer recorded-token"}
     assert ModelRegistry(harness.services.blobs).versions() == []  # nothing trained here
@@ -133,7 +143,8 @@ def test_the_batch_score_writes_yesterdays_scores_under_the_champions_version(ha
     name = f"date={LAST_DAY}/{champion}.parquet"
     assert list_blob_names(container) == [name]
     scores = pd.read_parquet(io.BytesIO(download_bytes(container, name)))
-    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", *INTERVAL_COLUMNS]
+    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", *INTERVAL_COLUMNS, FORECAST]
+    assert scores["forecast_daily_cycles"].map(len).eq(30).all()  # the monitor judges the forecast once matured
     assert sorted(scores["Battery_ID"]) == ["B-PAST", "B-SAFE", "B-SOON"]  # one row per battery in service
     by_battery = scores.set_index("Battery_ID")
     assert by_battery["alert"].to_dict() == {"B-PAST": True, "B-SAFE": False, "B-SOON": True}

@@ -22,6 +22,7 @@ SPARK_OUTPUT_PREFIX = "spark-"  # scores/date=<as_of>/spark-<model version>/: a 
 MODELS_CONTAINER = "models"  # the battery model registry: versions and the champion pointer
 COMPLIANCE_MODELS_CONTAINER = "compliance-models"  # published compliance classifiers and their champion
 COMPLIANCE_RESULTS_CONTAINER = "compliance"  # the nightly compliance results
+MONITORING_CONTAINER = "monitoring"  # matured accuracy, drift and retrain decisions (adapters/monitor_store.py)
 
 # Table Storage
 ALERTS_TABLE = "alerts"  # one row per alert: claim, delivery state, cooldown

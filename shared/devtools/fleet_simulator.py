@@ -308,6 +308,16 @@ class Fleet:
 
 
 @dataclass(frozen=True)
+class UsageChange:
+    """From `since` on, the cars of `region` drive `factor` times as many minutes a day (trips follow): the
+    mid-life change of usage the model monitor must notice (matured accuracy falls, input drift)."""
+
+    region: str
+    since: str | date
+    factor: float
+
+
+@dataclass(frozen=True)
 class SimulatorOptions:
     """How a fleet differs from the default one: the truth comparison's fleets (issue 17). The defaults draw
     exactly the default fleet; option-only draws come from a stream of their own."""
@@ -317,6 +327,7 @@ class SimulatorOptions:
     regime_change_rate: float = 0.0  # per car and day: the chance its usage level jumps (new job, move, ...)
     regime_change_sigma: float = 0.35  # lognormal sigma of such a jump
     late_start_share: float = 0.0  # of cars that start reporting on a random day of the period (short histories)
+    usage_change: UsageChange | None = None  # one region's driving changes from a day on (the monitor's test)
 
 
 DEFAULT_OPTIONS = SimulatorOptions()
@@ -343,6 +354,10 @@ def simulate_fleet(
     """Simulate `n_cars` cars reporting daily from `start` to `end` inclusive; deterministic for a seed
     (and options)."""
     first_day, last_day = _period(start, end)
+    change = options.usage_change
+    if change is not None and change.region not in {c.region for c in CLIMATES}:
+        raise InputError(f"usage_change.region: expected one of {[c.region for c in CLIMATES]}, "
+                         f"got {change.region!r}")  # fmt: skip
     if isinstance(n_cars, bool) or not isinstance(n_cars, int | np.integer) or n_cars < 1:
         raise InputError(f"n_cars: expected a whole number ≥ 1, got {n_cars!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -591,6 +606,10 @@ def _simulate_block(
     region = rng.choice(len(CLIMATES), n, p=_region_shares(options.regions))
     expected, idle_rate, noise, driving = _usage(rng, n, days)
     level = _usage_level(option_rng, n, len(days), options)
+    if options.usage_change is not None:  # in the level, so the truth's Monte Carlo drives as the cars do
+        change = options.usage_change
+        changed = region == [c.region for c in CLIMATES].index(change.region)
+        level[np.ix_(changed, days >= pd.Timestamp(change.since))] *= change.factor
     minutes = np.round(np.minimum(expected * level * noise * driving, MAX_MINUTES), 2)
     trips = np.where(minutes > 0, np.maximum(rng.poisson(minutes / MINUTES_PER_TRIP), 1), 0)
     cost = _cost_per_minute(rng, region, days)

@@ -61,6 +61,7 @@ from shared.adapters.archive import archive_telemetry, list_dead_letters
 from shared.adapters.car_profiles import write_profiles
 from shared.adapters.feedback_store import outcome_counts
 from shared.adapters.lifecycle_store import write_time_zones
+from shared.adapters.monitor_store import write_car_segments
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import AzuriteEndpoints, list_blob_names
 from shared.config.names import STORAGE_CONNECTION_SETTING
@@ -158,6 +159,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
         "BATCH_SCORE_SCHEDULE": defaults.batch_score_schedule,
         "COMPLIANCE_SCHEDULE": defaults.compliance_schedule,
         "COMPACTION_SCHEDULE": defaults.compaction_schedule,
+        "MONITOR_SCHEDULE": defaults.monitor_schedule,
         "ALERT_PROBABILITY_THRESHOLD": os.environ.get("ALERT_PROBABILITY_THRESHOLD")
         or str(defaults.alert_probability_threshold),
         "ALERT_COOLDOWN_DAYS": os.environ.get("ALERT_COOLDOWN_DAYS") or str(defaults.alert_cooldown_days),
@@ -371,6 +373,7 @@ def run_main_job(
         app.clock = clock  # the one override: the app's services keep the simulated time
         record.cooldown_days = app.settings.alert_cooldown_days
         write_profiles(app.tables, fleet.cars)  # the cars' languages (by Region) and channels, as the app reads them
+        write_car_segments(app.blobs, fleet.cars)  # the segments the model monitor judges accuracy by
         write_time_zones(app.tables, fleet.cars)  # and their time zones, for quiet hours
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
