@@ -98,6 +98,7 @@ var appContainers = [
   'compliance'
   'compliance-models'
   'components'
+  'cars'
 ]
 var appTables = [
   'alerts'

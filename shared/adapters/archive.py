@@ -242,6 +242,16 @@ def list_dead_letters(blob_service: BlobServiceClient, day: date | str | None = 
     return letters
 
 
+def dead_lettered_events(blob_service: BlobServiceClient, first: date, last: date) -> int:
+    """How many events were dead-lettered on arrival days `first`..`last`: the documents' counts, one
+    prefix per day listed and each document read (bounded by the days asked for, not the history)."""
+    container = blob_service.get_container_client(DEADLETTER_CONTAINER)
+    names = [name for day in archive_days(first, last)
+             for name in list_blob_names(container, f"{DEADLETTER_PREFIX}{day}")]  # fmt: skip
+    documents = (download_bytes(container, name) for name in names)
+    return sum(int(json.loads(data)["count"]) for data in documents if data is not None)
+
+
 # --- internals ----------------------------------------------------------------------------------------
 
 
