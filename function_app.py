@@ -22,8 +22,8 @@ from shared.config.names import (
     STORAGE_CONNECTION_SETTING,
     TELEMETRY_EVENT_HUB,
 )
-from shared.core.telemetry import InputError
 from shared.core.dashboard_page import LookupForm
+from shared.core.telemetry import InputError
 from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
 from shared.handlers.dashboard import dashboard_page
 from shared.handlers.feedback import receive_feedback

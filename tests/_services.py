@@ -36,7 +36,7 @@ from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
-from shared.config.names import OPEN_LABELS_TABLE
+from shared.config.names import CAR_SEGMENTS_CONTAINER, OPEN_LABELS_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -140,7 +140,14 @@ def wipe_storage(connection: str) -> None:
     """Delete the containers, tables and queues the app uses, so each test starts as a fresh deployment
     does (Azurite in memory lets a deleted name be created again at once). Other tests' names are left."""
     blobs, tables, queues = blob_service(connection), table_service(connection), queue_service(connection)
-    for container in (TELEMETRY_CONTAINER, DEADLETTER_CONTAINER, PARKED_CONTAINER, SCORES_CONTAINER, "models"):
+    for container in (
+        TELEMETRY_CONTAINER,
+        DEADLETTER_CONTAINER,
+        PARKED_CONTAINER,
+        SCORES_CONTAINER,
+        "models",
+        CAR_SEGMENTS_CONTAINER,
+    ):
         with contextlib.suppress(ResourceNotFoundError):
             blobs.delete_container(container)
     for table in (ALERTS_TABLE, STATE_TABLE, OPEN_LABELS_TABLE):

@@ -40,9 +40,11 @@ def latest_scores(
     only `columns` decoded (all when None); None when no scores were written yet."""
     container = blobs.get_container_client(SCORES_CONTAINER)
     try:
-        files = [(match[1], match[2], blob.last_modified, blob.name)
-                 for blob in container.list_blobs(name_starts_with="date=")
-                 if (match := _SCORES_FILE.fullmatch(blob.name))]  # fmt: skip
+        files = [
+            (match[1], match[2], blob.last_modified, blob.name)
+            for blob in container.list_blobs(name_starts_with="date=")
+            if (match := _SCORES_FILE.fullmatch(blob.name))
+        ]
     except ResourceNotFoundError:
         return None
     if not files:

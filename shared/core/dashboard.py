@@ -43,17 +43,26 @@ class DeliveryHealth:
             ("delivered", "alerts delivered", states.get("delivered", 0)),
             ("suppressed", "alerts suppressed (cooldown, owner's answer)", states.get("suppressed", 0)),
             ("rejected", "alerts rejected by the head unit or channel", states.get("rejected", 0)),
-            ("failed_or_unknown", "alerts failed or unknown (retrying or given up)",
-             states.get("failed", 0) + states.get("unknown", 0)),
-            ("waiting", "alerts queued, held or being delivered",
-             states.get("queued", 0) + states.get("held", 0) + states.get("delivering", 0)),
-            ("ended", "alerts expired, superseded, retracted or resolved",
-             sum(states.get(name, 0) for name in ("expired", "superseded", "retracted", "resolved"))),
+            (
+                "failed_or_unknown",
+                "alerts failed or unknown (retrying or given up)",
+                states.get("failed", 0) + states.get("unknown", 0),
+            ),
+            (
+                "waiting",
+                "alerts queued, held or being delivered",
+                states.get("queued", 0) + states.get("held", 0) + states.get("delivering", 0),
+            ),
+            (
+                "ended",
+                "alerts expired, superseded, retracted or resolved",
+                sum(states.get(name, 0) for name in ("expired", "superseded", "retracted", "resolved")),
+            ),
             ("poisoned", "alert messages poisoned (maintenance-alerts-poison)", self.poisoned_messages),
             ("dead_lettered", "telemetry events dead-lettered", self.dead_lettered_events),
             ("parked_dead_lettered", "parked batches dead-lettered", self.dead_lettered_parked),
             ("parked", "telemetry batches parked, waiting to be re-scored", self.parked_batches),
-        ]  # fmt: skip
+        ]
 
 
 def alerts_per_day(alerts: pd.DataFrame) -> pd.DataFrame:
@@ -109,8 +118,16 @@ def segment_alert_rates(alerts: pd.DataFrame, segments: pd.DataFrame) -> pd.Data
         for name in sorted(set(fleet.index) | set(alert_count.index)):
             n_cars = int(fleet.get(name, 0))
             n_alerted = int(alerted_cars.get(name, 0))
-            rows.append((attribute, str(name), n_cars, int(alert_count.get(name, 0)), n_alerted,
-                         n_alerted / n_cars if n_cars else float("nan")))  # fmt: skip
+            rows.append(
+                (
+                    attribute,
+                    str(name),
+                    n_cars,
+                    int(alert_count.get(name, 0)),
+                    n_alerted,
+                    n_alerted / n_cars if n_cars else float("nan"),
+                )
+            )
     return pd.DataFrame(rows, columns=columns)
 
 

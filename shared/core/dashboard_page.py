@@ -10,10 +10,10 @@ section with nothing to show says "no data yet" instead of failing.
 from __future__ import annotations
 
 import html
-from urllib.parse import urlencode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
@@ -101,8 +101,9 @@ class CarView:
 def render_fleet(view: FleetView) -> str:
     """The fleet page."""
     scored = view.scores is not None and not view.scores.empty
-    meta = (f"generated {_e(view.generated_at)} · alerts of {_e(view.alert_days[0])} to {_e(view.alert_days[1])}"
-            + (f" · scores of {_e(view.scores_day)}, model {_e(view.model_version)}" if scored else ""))  # fmt: skip
+    meta = f"generated {_e(view.generated_at)} · alerts of {_e(view.alert_days[0])} to {_e(view.alert_days[1])}" + (
+        f" · scores of {_e(view.scores_day)}, model {_e(view.model_version)}" if scored else ""
+    )
     body = [
         f'<p class="meta">{meta}</p>',
         _lookup_form(view.lookup, ""),
@@ -119,20 +120,27 @@ def render_fleet(view: FleetView) -> str:
 
 def render_car(view: CarView) -> str:
     """A car's page: its recent telemetry (table and lifetime-cycles chart), score and alerts."""
-    body = [f'<p class="meta">generated {_e(view.generated_at)} · <a href="{_e(view.lookup.href())}">fleet</a></p>',
-            _lookup_form(view.lookup, view.car_id),
-            _section("car-score", f"Score of {view.car_id}", _car_score(view.scores, view.scores_day)),
-            _section("car-telemetry", f"Telemetry of {view.telemetry_days[0]} to {view.telemetry_days[1]}",
-                     _car_telemetry(view.telemetry)),
-            _section("car-alerts", "Alerts", _car_alerts(view.alerts))]  # fmt: skip
+    body = [
+        f'<p class="meta">generated {_e(view.generated_at)} · <a href="{_e(view.lookup.href())}">fleet</a></p>',
+        _lookup_form(view.lookup, view.car_id),
+        _section("car-score", f"Score of {view.car_id}", _car_score(view.scores, view.scores_day)),
+        _section(
+            "car-telemetry",
+            f"Telemetry of {view.telemetry_days[0]} to {view.telemetry_days[1]}",
+            _car_telemetry(view.telemetry),
+        ),
+        _section("car-alerts", "Alerts", _car_alerts(view.alerts)),
+    ]
     return _page(f"Car {view.car_id}", body)
 
 
 def render_unknown_car(car_id: str, generated_at: str, lookup: LookupForm, searched: str) -> str:
     """The answer to a lookup of a car no store knows (sent with 404)."""
-    body = [f'<p class="meta">generated {_e(generated_at)} · <a href="{_e(lookup.href())}">fleet</a></p>',
-            _lookup_form(lookup, car_id),
-            f'<p class="error" data-metric="unknown-car">No car {_e(car_id)} is known: {_e(searched)}.</p>']  # fmt: skip
+    body = [
+        f'<p class="meta">generated {_e(generated_at)} · <a href="{_e(lookup.href())}">fleet</a></p>',
+        _lookup_form(lookup, car_id),
+        f'<p class="error" data-metric="unknown-car">No car {_e(car_id)} is known: {_e(searched)}.</p>',
+    ]
     return _page(f"Car {car_id}: not found", body)
 
 
@@ -146,16 +154,22 @@ def _alerts_section(alerts: pd.DataFrame) -> str | None:
     labels = list(table.index)
     series = [(f"{kind} · {severity}", table[(kind, severity)].tolist()) for kind, severity in table.columns]
     totals = {f"{kind} · {severity}": int(table[(kind, severity)].sum()) for kind, severity in table.columns}
-    rows = "".join(f'<tr><td class="text">{_e(name)}</td><td data-metric="alerts:{_e(name)}">{count:,}</td></tr>'
-                   for name, count in totals.items())  # fmt: skip
-    return (stacked_bars(labels, series, unit="alerts per day")
-            + f'<table><tr><th class="text">type · severity</th><th>alerts</th></tr>{rows}'
-            f'<tr><th class="text">all</th><th data-metric="alerts-total">{len(alerts):,}</th></tr></table>')  # fmt: skip
+    rows = "".join(
+        f'<tr><td class="text">{_e(name)}</td><td data-metric="alerts:{_e(name)}">{count:,}</td></tr>'
+        for name, count in totals.items()
+    )
+    return (
+        stacked_bars(labels, series, unit="alerts per day")
+        + f'<table><tr><th class="text">type · severity</th><th>alerts</th></tr>{rows}'
+        f'<tr><th class="text">all</th><th data-metric="alerts-total">{len(alerts):,}</th></tr></table>'
+    )
 
 
 def _delivery_section(delivery: DeliveryHealth) -> str:
-    rows = "".join(f'<tr><td class="text">{_e(label)}</td><td data-metric="{key}">{count:,}</td></tr>'
-                   for key, label, count in delivery.rows())  # fmt: skip
+    rows = "".join(
+        f'<tr><td class="text">{_e(label)}</td><td data-metric="{key}">{count:,}</td></tr>'
+        for key, label, count in delivery.rows()
+    )
     return f"<table>{rows}</table>"
 
 
@@ -164,18 +178,23 @@ def _risk_section(scores: pd.DataFrame, lookup: LookupForm) -> str:
     labels = [f"{lower:.1f}–{upper:.1f}" for lower, upper in zip(bins["lower"], bins["upper"], strict=True)]
     chart = stacked_bars(labels, [("batteries", bins["batteries"].tolist())], unit="batteries per probability bin")
     alerted = int(scores["alert"].sum()) if "alert" in scores else 0
-    summary = (f'<p><span data-metric="batteries-scored">{len(scores):,}</span> batteries scored, '
-               f'<span data-metric="batteries-over-threshold">{alerted:,}</span> over the alert threshold.</p>')  # fmt: skip
+    summary = (
+        f'<p><span data-metric="batteries-scored">{len(scores):,}</span> batteries scored, '
+        f'<span data-metric="batteries-over-threshold">{alerted:,}</span> over the alert threshold.</p>'
+    )
     top = highest_risk(scores)
     rows = "".join(
         f'<tr data-battery="{_e(row[BATTERY_ID])}"><td class="text">{_e(row[BATTERY_ID])}</td>'
-        f'<td class="text"><a class="car" href="{_e(lookup.href(str(row[CAR_ID])))}">{_e(row[CAR_ID])}</a></td><td data-metric="probability">{row[PROBABILITY]:.3f}</td>'
+        f'<td class="text"><a class="car" href="{_e(lookup.href(str(row[CAR_ID])))}">{_e(row[CAR_ID])}</a></td>'
+        f'<td data-metric="probability">{row[PROBABILITY]:.3f}</td>'
         f"<td>{_days(row[DAYS_TO_RATED_LIFE])}</td><td>{row[LIFETIME_CYCLES]:,.1f} / {row[RATED_CYCLES]:,.0f}</td></tr>"
         for _, row in top.iterrows()
     )
-    table = ("<h3>Highest risk</h3><table><tr><th class=\"text\">battery</th><th class=\"text\">car</th>"
-             "<th>P(rated life in 30 days)</th><th>days to rated life</th><th>cycles used / rated</th></tr>"
-             f'{rows}</table>')  # fmt: skip
+    table = (
+        '<h3>Highest risk</h3><table><tr><th class="text">battery</th><th class="text">car</th>'
+        "<th>P(rated life in 30 days)</th><th>days to rated life</th><th>cycles used / rated</th></tr>"
+        f"{rows}</table>"
+    )
     return summary + chart + table
 
 
@@ -191,8 +210,10 @@ def _segments_section(alerts: pd.DataFrame, segments: pd.DataFrame) -> str | Non
             f"{_share(row.alerted_share)}</td></tr>"
             for row in rows.itertuples()
         )
-        blocks.append(f'<div><h3>{_e(attribute)}</h3><table><tr><th class="text">{_e(attribute)}</th><th>cars</th>'
-                      f"<th>alerts</th><th>cars alerted</th><th>share alerted</th></tr>{body}</table></div>")  # fmt: skip
+        blocks.append(
+            f'<div><h3>{_e(attribute)}</h3><table><tr><th class="text">{_e(attribute)}</th><th>cars</th>'
+            f"<th>alerts</th><th>cars alerted</th><th>share alerted</th></tr>{body}</table></div>"
+        )
     return f'<div class="grid">{"".join(blocks)}</div>'
 
 
@@ -209,8 +230,10 @@ def _accuracy_section(accuracy: pd.DataFrame | None) -> str | None:
     series = []
     for name, rows in frame.groupby(group) if group else [("", frame)]:
         by_day = rows.groupby(day)[metrics].mean().reindex(labels)
-        series += [(f"{name} {metric}".strip(), [None if pd.isna(v) else float(v) for v in by_day[metric]])
-                   for metric in metrics]  # fmt: skip
+        series += [
+            (f"{name} {metric}".strip(), [None if pd.isna(v) else float(v) for v in by_day[metric]])
+            for metric in metrics
+        ]
     return lines(labels, series, unit="matured accuracy") + _frame_table(accuracy)
 
 
@@ -218,8 +241,9 @@ def _frame_table(frame: pd.DataFrame | None) -> str | None:
     if frame is None or frame.empty:
         return None
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -232,10 +256,12 @@ def _car_score(scores: pd.DataFrame, day: str | None) -> str | None:
         f"<td>{row[LIFETIME_CYCLES]:,.1f} / {row[RATED_CYCLES]:,.0f}</td></tr>"
         for _, row in scores.iterrows()
     )
-    return (f'<p class="note">nightly score as of {_e(day)}: the forecast of the next 30 days\' cycles turned into the '
-            "chance of reaching rated life, and the day it is expected</p><table><tr><th class=\"text\">battery</th>"
-            f"<th>P(rated life in 30 days)</th><th>days to rated life</th><th>cycles used / rated</th></tr>{rows}"
-            "</table>")  # fmt: skip
+    return (
+        f'<p class="note">nightly score as of {_e(day)}: the forecast of the next 30 days\' cycles turned into the '
+        'chance of reaching rated life, and the day it is expected</p><table><tr><th class="text">battery</th>'
+        f"<th>P(rated life in 30 days)</th><th>days to rated life</th><th>cycles used / rated</th></tr>{rows}"
+        "</table>"
+    )
 
 
 def _car_telemetry(telemetry: pd.DataFrame) -> str | None:
@@ -243,16 +269,26 @@ def _car_telemetry(telemetry: pd.DataFrame) -> str | None:
         return None
     frame = telemetry.sort_values(DATE)
     labels = [f"{day:%m-%d}" for day in pd.to_datetime(frame[DATE])]
-    series = [(f"battery {battery} lifetime cycles",
-               [float(v) if b == battery else None for b, v in zip(frame[BATTERY_ID], frame[LIFETIME_CYCLES], strict=True)])
-              for battery in frame[BATTERY_ID].unique()]  # fmt: skip
+    series = [
+        (
+            f"battery {battery} lifetime cycles",
+            [
+                float(v) if b == battery else None
+                for b, v in zip(frame[BATTERY_ID], frame[LIFETIME_CYCLES], strict=True)
+            ],
+        )
+        for battery in frame[BATTERY_ID].unique()
+    ]
     chart = lines(labels, series, unit="lifetime cycles used")
     shown = [c for c in frame.columns if c not in (CAR_ID,)]
-    rows = "".join("<tr>" + "".join(f"<td>{_cell(row[c])}</td>" for c in shown) + "</tr>"
-                   for _, row in frame.iloc[::-1].iterrows())  # fmt: skip
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row[c])}</td>" for c in shown) + "</tr>" for _, row in frame.iloc[::-1].iterrows()
+    )
     head = "".join(f"<th>{_e(c)}</th>" for c in shown)
-    return (chart + f'<p><span data-metric="car-telemetry-days">{len(frame)}</span> records</p>'
-            f"<table><tr>{head}</tr>{rows}</table>")  # fmt: skip
+    return (
+        chart + f'<p><span data-metric="car-telemetry-days">{len(frame)}</span> records</p>'
+        f"<table><tr>{head}</tr>{rows}</table>"
+    )
 
 
 def _car_alerts(alerts: Sequence[Mapping[str, Any]]) -> str | None:
@@ -265,18 +301,22 @@ def _car_alerts(alerts: Sequence[Mapping[str, Any]]) -> str | None:
         f'<td class="text">{_e(a.get("message"))}</td></tr>'
         for a in alerts
     )
-    return (f'<p><span data-metric="car-alerts">{len(alerts)}</span> alerts</p><table><tr><th class="text">created'
-            '</th><th class="text">type</th><th class="text">severity</th><th class="text">state</th><th>P</th>'
-            f'<th class="text">message</th></tr>{rows}</table>')  # fmt: skip
+    return (
+        f'<p><span data-metric="car-alerts">{len(alerts)}</span> alerts</p><table><tr><th class="text">created'
+        '</th><th class="text">type</th><th class="text">severity</th><th class="text">state</th><th>P</th>'
+        f'<th class="text">message</th></tr>{rows}</table>'
+    )
 
 
 # --- plumbing -----------------------------------------------------------------------------------------
 
 
 def _page(title: str, body: list[str]) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(body)}</body></html>")  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(body)}</body></html>"
+    )
 
 
 def _section(anchor: str, title: str, content: str | None) -> str:
@@ -287,9 +327,11 @@ def _section(anchor: str, title: str, content: str | None) -> str:
 def _lookup_form(lookup: LookupForm, value: str) -> str:
     hidden = "".join(f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in lookup.hidden.items())
     note = f' <span class="note">{_e(lookup.note)}</span>' if lookup.note else ""
-    return (f'<form id="car-lookup" method="get" action="{_e(lookup.action)}"><label for="car">Car lookup </label>'
-            f'<input type="text" id="car" name="car" value="{_e(value)}" placeholder="CAR-00001" required>{hidden} '
-            f'<button type="submit">Look up</button>{note}</form>')  # fmt: skip
+    return (
+        f'<form id="car-lookup" method="get" action="{_e(lookup.action)}"><label for="car">Car lookup </label>'
+        f'<input type="text" id="car" name="car" value="{_e(value)}" placeholder="CAR-00001" required>{hidden} '
+        f'<button type="submit">Look up</button>{note}</form>'
+    )
 
 
 def _days(value: float) -> str:

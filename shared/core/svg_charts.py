@@ -30,17 +30,22 @@ def stacked_bars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[flo
             value = values[i]
             if value:
                 y, h = _y(base + value, top, plot_h), value / top * plot_h
-                marks.append(f'<rect x="{LEFT + i * step + (step - bar_w) / 2:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
-                             f'height="{h:.1f}" fill="{colour}"><title>{_e(label)} {_e(name)}: {value:g} {_e(unit)}'
-                             "</title></rect>")  # fmt: skip
+                marks.append(
+                    f'<rect x="{LEFT + i * step + (step - bar_w) / 2:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
+                    f'height="{h:.1f}" fill="{colour}"><title>{_e(label)} {_e(name)}: {value:g} {_e(unit)}'
+                    "</title></rect>"
+                )
             base += value
-    legend = "".join(f'<span class="key"><i style="background:{colour}"></i>{_e(name)}</span>'
-                     for colour, (name, _) in zip(PALETTE * 4, series, strict=False))  # fmt: skip
+    legend = "".join(
+        f'<span class="key"><i style="background:{colour}"></i>{_e(name)}</span>'
+        for colour, (name, _) in zip(PALETTE * 4, series, strict=False)
+    )
     return _frame(marks, labels, top, unit) + f'<div class="legend">{legend}</div>'
 
 
-def lines(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, unit: str,
-          top: float | None = None) -> str:  # fmt: skip
+def lines(
+    labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, unit: str, top: float | None = None
+) -> str:
     """One polyline per series over the labels (None: a gap), with points and a legend."""
     values = [v for _, vs in series for v in vs if v is not None]
     top = top or _nice_top(max(values, default=0))
@@ -48,15 +53,21 @@ def lines(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | No
     step = plot_w / max(len(labels), 1)
     marks = []
     for colour, (name, points) in zip(PALETTE * 4, series, strict=False):
-        coordinates = [(LEFT + (i + 0.5) * step, _y(v, top, plot_h), labels[i], v)
-                       for i, v in enumerate(points) if v is not None]  # fmt: skip
+        coordinates = [
+            (LEFT + (i + 0.5) * step, _y(v, top, plot_h), labels[i], v) for i, v in enumerate(points) if v is not None
+        ]
         if len(coordinates) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in coordinates)
             marks.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        marks += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{_e(label)} {_e(name)}: '
-                  f"{v:.4g} {_e(unit)}</title></circle>" for x, y, label, v in coordinates]  # fmt: skip
-    legend = "".join(f'<span class="key"><i style="background:{colour}"></i>{_e(name)}</span>'
-                     for colour, (name, _) in zip(PALETTE * 4, series, strict=False))  # fmt: skip
+        marks += [
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{_e(label)} {_e(name)}: '
+            f"{v:.4g} {_e(unit)}</title></circle>"
+            for x, y, label, v in coordinates
+        ]
+    legend = "".join(
+        f'<span class="key"><i style="background:{colour}"></i>{_e(name)}</span>'
+        for colour, (name, _) in zip(PALETTE * 4, series, strict=False)
+    )
     return _frame(marks, labels, top, unit) + f'<div class="legend">{legend}</div>'
 
 
@@ -67,15 +78,22 @@ def _frame(marks: list[str], labels: Sequence[str], top: float, unit: str) -> st
     for k in range(5):
         value = top * k / 4
         y = _y(value, top, plot_h)
-        grid.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value:g}</text>')  # fmt: skip
+        grid.append(
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value:g}</text>'
+        )
     step = plot_w / max(len(labels), 1)
     every = max(1, -(-len(labels) // 12))
-    ticks = [f'<text x="{LEFT + (i + 0.5) * step:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_e(label)}'
-             "</text>" for i, label in enumerate(labels) if i % every == 0]  # fmt: skip
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(unit)}" '
-            f'xmlns="http://www.w3.org/2000/svg">{"".join(grid)}{"".join(marks)}{"".join(ticks)}'
-            f'<text x="{LEFT}" y="{HEIGHT - 6}" class="unit">{_e(unit)}</text></svg>')  # fmt: skip
+    ticks = [
+        f'<text x="{LEFT + (i + 0.5) * step:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_e(label)}</text>'
+        for i, label in enumerate(labels)
+        if i % every == 0
+    ]
+    return (
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(unit)}" '
+        f'xmlns="http://www.w3.org/2000/svg">{"".join(grid)}{"".join(marks)}{"".join(ticks)}'
+        f'<text x="{LEFT}" y="{HEIGHT - 6}" class="unit">{_e(unit)}</text></svg>'
+    )
 
 
 def _y(value: float, top: float, plot_h: float) -> float:

@@ -26,8 +26,11 @@ API_PREFIX = "/api/"
 def serving_http_functions(host: FunctionsHost, port: int = 0) -> Iterator[str]:
     """Serve the host's parameterless GET routes on 127.0.0.1:`port` (0: a free one) while the block runs;
     yields the base URL (`http://127.0.0.1:<port>/api/`)."""
-    routes = {spec.trigger["route"]: name for name, spec in host.functions.items()
-              if spec.trigger_type == "httpTrigger" and "{" not in spec.trigger["route"]}  # fmt: skip
+    routes = {
+        spec.trigger["route"]: name
+        for name, spec in host.functions.items()
+        if spec.trigger_type == "httpTrigger" and "{" not in spec.trigger["route"]
+    }
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):

@@ -61,10 +61,11 @@ def dashboard_page(services: Services, car: str | None = None, lookup: LookupFor
         alert_states=alert_state_counts(alerts),
         poisoned_messages=queue_length(services.queues, ALERT_POISON_QUEUE),
         dead_lettered_events=dead_lettered_events(services.blobs, since.date(), now.date()),
-        dead_lettered_parked=len(list_blob_names(services.blobs.get_container_client(DEADLETTER_CONTAINER),
-                                                 PARKED_DEADLETTER_PREFIX)),
+        dead_lettered_parked=len(
+            list_blob_names(services.blobs.get_container_client(DEADLETTER_CONTAINER), PARKED_DEADLETTER_PREFIX)
+        ),
         parked_batches=len(list_blob_names(services.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX)),
-    )  # fmt: skip
+    )
     scores = _latest_scores(services)
     view = FleetView(
         generated_at=now.isoformat(timespec="seconds"),
@@ -95,12 +96,21 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
     generated = now.isoformat(timespec="seconds")
     if telemetry.empty and car_scores.empty and not alerts and not (segments[CAR_ID] == car_id).any():
         scores_where = f"the scores of {scores.day}" if scores is not None else "no scores yet"
-        searched = (f"no telemetry from {first} to {last}, not in {scores_where}, no alerts, "
-                    "and not in the car table's segments")  # fmt: skip
+        searched = (
+            f"no telemetry from {first} to {last}, not in {scores_where}, no alerts, "
+            "and not in the car table's segments"
+        )
         return DashboardPage(404, render_unknown_car(car_id, generated, lookup, searched))
-    view = CarView(car_id=car_id, generated_at=generated, telemetry=telemetry, telemetry_days=(str(first), str(last)),
-                   scores=car_scores, scores_day=None if scores is None else scores.day, alerts=alerts,
-                   lookup=lookup)  # fmt: skip
+    view = CarView(
+        car_id=car_id,
+        generated_at=generated,
+        telemetry=telemetry,
+        telemetry_days=(str(first), str(last)),
+        scores=car_scores,
+        scores_day=None if scores is None else scores.day,
+        alerts=alerts,
+        lookup=lookup,
+    )
     return DashboardPage(200, render_car(view))
 
 
