@@ -314,7 +314,7 @@ def _car_alerts(alerts: Sequence[Mapping[str, Any]]) -> str | None:
 def _page(title: str, body: list[str]) -> str:
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(body)}</body></html>"
     )
 
