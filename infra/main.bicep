@@ -98,7 +98,7 @@ var appContainers = [
   'compliance'
   'compliance-models'
   'components'
-  'cars'
+  'monitoring'
 ]
 var appTables = [
   'alerts'

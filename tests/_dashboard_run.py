@@ -19,7 +19,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64EncodePolicy
 
 from shared.adapters.archive import archive_telemetry
-from shared.adapters.car_profiles import write_segments
+from shared.adapters.monitor_store import write_car_segments
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import queue_service
 
@@ -50,7 +50,7 @@ def next_day_records() -> pd.DataFrame:
 def main_job_like_run(harness: AppHarness) -> str:
     """Run the story above on the harness's empty storage; returns the champion's version."""
     services = harness.services
-    write_segments(services.blobs, CARS)
+    write_car_segments(services.blobs, CARS)
     champion = ModelRegistry(services.blobs).promote_if_better(model_dir()).version
     archive_telemetry(services.blobs, TELEMETRY, NIGHT, batch_id="fleet")
     harness.clock.now = NIGHT

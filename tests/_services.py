@@ -36,7 +36,7 @@ from shared.adapters.scoring_client import ScoringClient
 from shared.adapters.storage import blob_service, queue_service, table_service
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
-from shared.config.names import CAR_SEGMENTS_CONTAINER, OPEN_LABELS_TABLE
+from shared.config.names import MONITORING_CONTAINER, OPEN_LABELS_TABLE
 from shared.core.alerts import BATTERY_END_OF_LIFE, alert_id
 from shared.core.telemetry import COLUMNS
 from shared.devtools.functions_host import FunctionsHost
@@ -146,7 +146,7 @@ def wipe_storage(connection: str) -> None:
         PARKED_CONTAINER,
         SCORES_CONTAINER,
         "models",
-        CAR_SEGMENTS_CONTAINER,
+        MONITORING_CONTAINER,
     ):
         with contextlib.suppress(ResourceNotFoundError):
             blobs.delete_container(container)

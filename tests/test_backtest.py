@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 from _forecast_fleet import clean, model
 
+from shared.core.metrics import average_precision, forecast_metrics, reliability_table
 from shared.core.telemetry import InputError
 from shared.core.windows import BatteryWindows, build_history
 from shared.models.backtest import (
-    average_precision,
     backtest_markdown,
-    forecast_metrics,
     recent_mean_forecast,
-    reliability_table,
     run_backtest,
     seasonal_naive_forecast,
 )

@@ -4,34 +4,25 @@ One row per car (PartitionKey = Car_ID, RowKey = "profile"): `Locale` (the langu
 in; shared/core/messages.py) and `Channel` (how they reach its head unit: http or iothub; empty = the app's
 ALERT_CHANNEL). Written from the car table (cars.csv, whose optional `locale` and `channel` columns fill
 it; the locale defaults from Region); read one car at a time, because only cars being alerted are looked up.
-
-Beside the table, the car table's segments (Make, Region, Engine_Type) are kept as one small Parquet blob,
-`cars/segments.parquet`: the dashboard's per-segment alert rates need every car's segment at once, which one
-blob gives in a single read where the table would be scanned row by row (100,000 cars: one download).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
-from azure.storage.blob import BlobServiceClient
 
-from shared.adapters.storage import download_bytes, ensure_container, upload_bytes
-from shared.config.names import CAR_SEGMENTS_CONTAINER, CARS_TABLE
+from shared.config.names import CARS_TABLE
 from shared.config.settings import ALERT_CHANNELS
 from shared.core.alerts import check_id
-from shared.core.dashboard import SEGMENT_ATTRIBUTES
 from shared.core.messages import FALLBACK_LOCALE, car_locales
 from shared.core.telemetry import CAR_ID, InputError
 
 CHANNEL = "channel"  # the car table's optional column
 _PROFILE_ROW = "profile"
-SEGMENTS_BLOB = "segments.parquet"
 
 
 @dataclass(frozen=True)
@@ -62,25 +53,6 @@ def write_profiles(tables: TableServiceClient, cars: pd.DataFrame) -> int:
         entity = {"PartitionKey": check_id(car, CAR_ID), "RowKey": _PROFILE_ROW, "Locale": locale, "Channel": channel}
         table.upsert_entity(entity, mode=UpdateMode.MERGE)  # merge: the lifecycle's TimeZone stays
     return len(locales)
-
-
-def write_segments(blobs: BlobServiceClient, cars: pd.DataFrame) -> int:
-    """Write every car's Car_ID and segment columns (those of SEGMENT_ATTRIBUTES the car table has) as
-    `cars/segments.parquet`, replacing the previous one; the number of cars written."""
-    columns = [CAR_ID, *(name for name in SEGMENT_ATTRIBUTES if name in cars.columns)]
-    segments = cars[columns].drop_duplicates(CAR_ID).astype("string")
-    for car in segments[CAR_ID]:
-        check_id(car, CAR_ID)
-    upload_bytes(ensure_container(blobs, CAR_SEGMENTS_CONTAINER), SEGMENTS_BLOB, segments.to_parquet(index=False))
-    return len(segments)
-
-
-def read_segments(blobs: BlobServiceClient) -> pd.DataFrame:
-    """Car_ID and the segment columns of every car (`write_segments`); an empty frame when none were written."""
-    data = download_bytes(blobs.get_container_client(CAR_SEGMENTS_CONTAINER), SEGMENTS_BLOB)
-    if data is None:
-        return pd.DataFrame(columns=[CAR_ID, *SEGMENT_ATTRIBUTES], dtype="string")
-    return pd.read_parquet(io.BytesIO(data))
 
 
 def read_profiles(tables: TableServiceClient, car_ids: Iterable[str]) -> dict[str, CarProfile]:

@@ -21,7 +21,7 @@ SCORES_CONTAINER = "scores"  # the nightly batch scores
 MODELS_CONTAINER = "models"  # the battery model registry: versions and the champion pointer
 COMPLIANCE_MODELS_CONTAINER = "compliance-models"  # published compliance classifiers and their champion
 COMPLIANCE_RESULTS_CONTAINER = "compliance"  # the nightly compliance results
-CAR_SEGMENTS_CONTAINER = "cars"  # segments.parquet: each car's Make, Region, Engine_Type, for the dashboard
+MONITORING_CONTAINER = "monitoring"  # matured accuracy, drift and retrain decisions (adapters/monitor_store.py)
 
 # Table Storage
 ALERTS_TABLE = "alerts"  # one row per alert: claim, delivery state, cooldown

@@ -13,13 +13,34 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from shared.core.monitoring import (
+    ALL_SEGMENTS,
+    AVERAGE_PRECISION,
+    BATTERIES,
+    BRIER,
+    DAY,
+    DRIFTED,
+    FEATURE,
+    MODEL_VERSION,
+    NRMSE,
+    POSITIVES,
+    PRECISION,
+    PSI,
+    RECALL,
+    ROLE,
+    SCORED_ON,
+    SEGMENT_COLUMNS,
+    SEGMENT_KIND,
+    THRESHOLD,
+)
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID
 
 # The alert rows' columns as the alert store reads them for the dashboard (alert_store.read_alert_rows).
 ALERT_TYPE, SEVERITY, CREATED_AT, STATE = "type", "severity", "created_at", "state"
 ALERT_ROW_COLUMNS = [CAR_ID, ALERT_TYPE, SEVERITY, CREATED_AT, STATE]
-SEGMENT_ATTRIBUTES = ("Make", "Region", "Engine_Type")
+SEGMENT_ATTRIBUTES = tuple(SEGMENT_COLUMNS.values())  # the monitor's segments: Make, Region, Engine_Type, ...
+ACCURACY_METRICS = (BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE)
 RISK_BINS = 10  # the fleet's risk distribution: probability in tenths
 HIGHEST_RISK_ROWS = 20
 
@@ -139,3 +160,59 @@ def car_history_days(as_of: date, days: int) -> tuple[date, date]:
 def scores_of_car(scores: pd.DataFrame, car_id: str) -> pd.DataFrame:
     """The car's rows of a scores frame."""
     return scores[scores[CAR_ID].astype(str) == car_id].reset_index(drop=True)
+
+
+def model_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Per model (champion and shadows), its matured accuracy over the whole fleet pooled across the scored
+    days shown (batteries-weighted mean of each metric), with the days judged and the last one; the
+    champion first, then by version. Columns Role, Model_Version, Days, Last_Scored_On, Batteries, Positives
+    and ACCURACY_METRICS."""
+    fleet = accuracy[accuracy[SEGMENT_KIND] == ALL_SEGMENTS]
+    columns = [ROLE, MODEL_VERSION, "Days", "Last_Scored_On", BATTERIES, POSITIVES, *ACCURACY_METRICS]
+    if fleet.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (role, version), group in fleet.groupby([ROLE, MODEL_VERSION], sort=False):
+        weights = group[BATTERIES].to_numpy(dtype=np.float64)
+        means = {metric: _weighted_mean(group[metric].to_numpy(dtype=np.float64), weights)
+                 for metric in ACCURACY_METRICS}  # fmt: skip
+        last = pd.Timestamp(group[SCORED_ON].max()).strftime("%Y-%m-%d")
+        rows.append({ROLE: role, MODEL_VERSION: version, "Days": group[SCORED_ON].nunique(), "Last_Scored_On": last,
+                     BATTERIES: int(group[BATTERIES].sum()), POSITIVES: int(group[POSITIVES].sum()), **means})  # fmt: skip
+    summary = pd.DataFrame(rows, columns=columns)
+    order = summary[ROLE].map({"champion": 0}).fillna(1)
+    return summary.assign(_order=order).sort_values(["_order", MODEL_VERSION]).drop(columns="_order")
+
+
+def accuracy_over_time(accuracy: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric of the whole fleet per scored day (rows, "YYYY-MM-DD") and model (columns "role
+    version"); NaN where a model has no figure that day."""
+    fleet = accuracy[accuracy[SEGMENT_KIND] == ALL_SEGMENTS]
+    if fleet.empty:
+        return pd.DataFrame()
+    day = pd.to_datetime(fleet[SCORED_ON]).dt.strftime("%Y-%m-%d")
+    model = fleet[ROLE].astype(str) + " " + fleet[MODEL_VERSION].astype(str)
+    return fleet.groupby([day.rename("day"), model.rename("model")])[metric].mean().unstack("model").sort_index()
+
+
+def latest_drift(drift: pd.DataFrame) -> pd.DataFrame:
+    """The newest day's drift per feature (Feature, PSI, Threshold, Drifted, Day, Model_Version), the most
+    drifted first."""
+    if drift.empty:
+        return drift
+    newest = drift[pd.to_datetime(drift[DAY]) == pd.to_datetime(drift[DAY]).max()]
+    shown = newest[[FEATURE, PSI, THRESHOLD, DRIFTED, DAY, MODEL_VERSION]]
+    return shown.sort_values(PSI, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def drift_over_time(drift: pd.DataFrame) -> pd.DataFrame:
+    """PSI per day (rows, "YYYY-MM-DD") and feature (columns)."""
+    if drift.empty:
+        return pd.DataFrame()
+    day = pd.to_datetime(drift[DAY]).dt.strftime("%Y-%m-%d").rename("day")
+    return drift.groupby([day, drift[FEATURE]])[PSI].mean().unstack(FEATURE).sort_index()
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    known = np.isfinite(values) & (weights > 0)
+    return float(np.average(values[known], weights=weights[known])) if known.any() else float("nan")

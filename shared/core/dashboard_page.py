@@ -19,17 +19,24 @@ import numpy as np
 import pandas as pd
 
 from shared.core.dashboard import (
+    ACCURACY_METRICS,
     DeliveryHealth,
+    accuracy_over_time,
     alerts_per_day,
+    drift_over_time,
     highest_risk,
+    latest_drift,
+    model_summary,
     risk_distribution,
     segment_alert_rates,
 )
+from shared.core.monitoring import BATTERIES, BRIER, DAY, DRIFTED, FEATURE, MODEL_VERSION, PSI, RECALL, ROLE, THRESHOLD
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.svg_charts import lines, stacked_bars
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
 NO_DATA = "no data yet"
+RETRAIN_ROWS = 5  # the newest retrain decisions shown
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 20px auto; color: #1b1b1b; max-width: 1180px; padding: 0 12px; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 26px; border-bottom: 1px solid #ddd; }
@@ -61,11 +68,12 @@ class LookupForm:
 
 @dataclass(frozen=True)
 class MonitorView:
-    """The model monitor's figures as its store reads them (shared/adapters/monitor_store.py); None: none."""
+    """The model monitor's history as its store reads it (shared/adapters/monitor_store.py): matured accuracy
+    rows, drift rows and retrain decisions (empty frames: nothing stored yet)."""
 
-    models: pd.DataFrame | None = None
-    accuracy: pd.DataFrame | None = None
-    drift: pd.DataFrame | None = None
+    accuracy: pd.DataFrame = field(default_factory=pd.DataFrame)
+    drift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    retrain: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,9 @@ def render_fleet(view: FleetView) -> str:
         _section("delivery", "Delivery health", _delivery_section(view.delivery)),
         _section("risk", "The fleet's risk", _risk_section(view.scores, view.lookup) if scored else None),
         _section("segments", "Alert rates per segment", _segments_section(view.alerts, view.segments)),
-        _section("models", "Champion and shadow models", _frame_table(view.monitor.models)),
+        _section("models", "Champion and shadow models", _models_section(view.monitor)),
         _section("accuracy", "Matured accuracy over time", _accuracy_section(view.monitor.accuracy)),
-        _section("drift", "Input drift per feature", _frame_table(view.monitor.drift)),
+        _section("drift", "Input drift per feature", _drift_section(view.monitor.drift)),
     ]
     return _page("Battery alerting: operations dashboard", body)
 
@@ -217,24 +225,62 @@ def _segments_section(alerts: pd.DataFrame, segments: pd.DataFrame) -> str | Non
     return f'<div class="grid">{"".join(blocks)}</div>'
 
 
-def _accuracy_section(accuracy: pd.DataFrame | None) -> str | None:
-    """Lines of each numeric column over the first column (the day), per model when there is a model column."""
-    if accuracy is None or accuracy.empty:
+def _models_section(monitor: MonitorView) -> str | None:
+    summary = model_summary(monitor.accuracy) if not monitor.accuracy.empty else pd.DataFrame()
+    if summary.empty and monitor.retrain.empty:
         return None
-    frame = accuracy.copy()
-    day = frame.columns[0]
-    frame[day] = frame[day].astype(str)
-    labels = sorted(frame[day].unique())
-    metrics = [c for c in frame.columns[1:] if pd.api.types.is_numeric_dtype(frame[c])]
-    group = next((c for c in ("model_version", "model", "role") if c in frame.columns), None)
-    series = []
-    for name, rows in frame.groupby(group) if group else [("", frame)]:
-        by_day = rows.groupby(day)[metrics].mean().reindex(labels)
-        series += [
-            (f"{name} {metric}".strip(), [None if pd.isna(v) else float(v) for v in by_day[metric]])
-            for metric in metrics
-        ]
-    return lines(labels, series, unit="matured accuracy") + _frame_table(accuracy)
+    parts = []
+    if not summary.empty:
+        rows = "".join(
+            f'<tr><td class="text">{_e(row[ROLE])}</td><td class="text">{_e(row[MODEL_VERSION])}</td>'
+            f"<td>{row['Days']}</td><td>{_e(row['Last_Scored_On'])}</td><td>{row[BATTERIES]:,}</td>"
+            + "".join(
+                f'<td data-metric="{_e(row[ROLE])}:{metric}">{_cell(row[metric])}</td>' for metric in ACCURACY_METRICS
+            )
+            + "</tr>"
+            for _, row in summary.iterrows()
+        )
+        head = "".join(f"<th>{_e(metric)}</th>" for metric in ACCURACY_METRICS)
+        parts.append(
+            '<p class="note">matured: each night\'s scores judged on the 30 days of telemetry that followed, over the '
+            'whole fleet, pooled over the days shown (weighted by batteries)</p><table><tr><th class="text">role</th>'
+            f'<th class="text">model</th><th>days judged</th><th>last scored day</th><th>batteries</th>{head}</tr>'
+            f"{rows}</table>"
+        )
+    if not monitor.retrain.empty:
+        parts.append("<h3>Retrain decisions</h3>" + _frame_table(monitor.retrain.tail(RETRAIN_ROWS).iloc[::-1]))
+    return "".join(parts)
+
+
+def _accuracy_section(accuracy: pd.DataFrame) -> str | None:
+    if accuracy.empty:
+        return None
+    charts = []
+    for metric, unit in ((BRIER, "Brier score (lower is better)"), (RECALL, "recall at the threshold")):
+        table = accuracy_over_time(accuracy, metric)
+        if not table.empty:
+            series = [(str(model), [None if pd.isna(v) else float(v) for v in table[model]]) for model in table.columns]
+            charts.append(f"<h3>{_e(metric)}</h3>" + lines(list(table.index), series, unit=unit, top=1.0))
+    return "".join(charts) or None
+
+
+def _drift_section(drift: pd.DataFrame) -> str | None:
+    if drift.empty:
+        return None
+    latest = latest_drift(drift)
+    rows = "".join(
+        f'<tr><td class="text">{_e(row[FEATURE])}</td><td data-metric="psi:{_e(row[FEATURE])}">{row[PSI]:.3f}</td>'
+        f'<td>{row[THRESHOLD]:.2f}</td><td class="text">{"drifted" if row[DRIFTED] else "within"}</td></tr>'
+        for _, row in latest.iterrows()
+    )
+    over_time = drift_over_time(drift)
+    series = [(str(f), [None if pd.isna(v) else float(v) for v in over_time[f]]) for f in over_time.columns]
+    day = pd.Timestamp(latest[DAY].iloc[0]).strftime("%Y-%m-%d")
+    return (
+        f'<p class="note">population stability index of the champion\'s inputs on {_e(day)} against its training '
+        'data</p><table><tr><th class="text">feature</th><th>PSI</th><th>threshold</th><th class="text">state</th>'
+        f"</tr>{rows}</table>" + lines(list(over_time.index), series, unit="PSI per day")
+    )
 
 
 def _frame_table(frame: pd.DataFrame | None) -> str | None:

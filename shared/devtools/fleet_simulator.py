@@ -306,9 +306,27 @@ class Fleet:
     planted: dict[str, int]
 
 
-def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -> Fleet:
-    """Simulate `n_cars` cars reporting daily from `start` to `end` inclusive; deterministic for a seed."""
+@dataclass(frozen=True)
+class UsageChange:
+    """From `since` on, the cars of `region` drive `factor` times as many minutes a day (trips follow): the
+    mid-life change of usage the model monitor must notice (matured accuracy falls, input drift)."""
+
+    region: str
+    since: str | date
+    factor: float
+
+
+def simulate_fleet(
+    n_cars: int, start: str | date, end: str | date, seed: int, usage_change: UsageChange | None = None
+) -> Fleet:
+    """Simulate `n_cars` cars reporting daily from `start` to `end` inclusive; deterministic for a seed.
+
+    With `usage_change`, that region's driving changes from its day on; every other draw stays as it was.
+    """
     first_day, last_day = _period(start, end)
+    if usage_change is not None and usage_change.region not in {c.region for c in CLIMATES}:
+        raise InputError(f"usage_change.region: expected one of {[c.region for c in CLIMATES]}, "
+                         f"got {usage_change.region!r}")  # fmt: skip
     if isinstance(n_cars, bool) or not isinstance(n_cars, int | np.integer) or n_cars < 1:
         raise InputError(f"n_cars: expected a whole number ≥ 1, got {n_cars!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -316,7 +334,9 @@ def simulate_fleet(n_cars: int, start: str | date, end: str | date, seed: int) -
     days = pd.date_range(first_day, last_day + pd.Timedelta(days=FUTURE_DAYS), freq="D", unit="us")
     n_period = len(days) - FUTURE_DAYS
     blocks = [
-        _simulate_block(_random(seed, 0, number), first, min(CARS_PER_BLOCK, n_cars - first), days, n_period)
+        _simulate_block(
+            _random(seed, 0, number), first, min(CARS_PER_BLOCK, n_cars - first), days, n_period, usage_change
+        )
         for number, first in enumerate(range(0, n_cars, CARS_PER_BLOCK))
     ]
     cars = pd.concat([block.cars for block in blocks], ignore_index=True)
@@ -521,10 +541,16 @@ def _random(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=stream))
 
 
-def _simulate_block(rng: np.random.Generator, first_car: int, n: int, days: pd.DatetimeIndex, n_period: int) -> _Block:
+def _simulate_block(rng: np.random.Generator, first_car: int, n: int, days: pd.DatetimeIndex, n_period: int,
+                    usage_change: UsageChange | None = None) -> _Block:  # fmt: skip
     engine = rng.choice(len(ENGINE_TYPES), n, p=[e.share for e in ENGINE_TYPES])
     region = rng.choice(len(CLIMATES), n, p=[c.share for c in CLIMATES])
     minutes = _daily_minutes(rng, n, days)
+    if usage_change is not None:
+        changed = region == [c.region for c in CLIMATES].index(usage_change.region)
+        later = days >= pd.Timestamp(usage_change.since)
+        minutes[np.ix_(changed, later)] = np.round(
+            np.minimum(minutes[np.ix_(changed, later)] * usage_change.factor, MAX_MINUTES), 2)  # fmt: skip
     trips = np.where(minutes > 0, np.maximum(rng.poisson(minutes / MINUTES_PER_TRIP), 1), 0)
     cost = _cost_per_minute(rng, region, days)
     engine_factor = np.array([e.cost_factor for e in ENGINE_TYPES])[engine]

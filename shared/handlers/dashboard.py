@@ -18,9 +18,8 @@ from datetime import timedelta
 import pandas as pd
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.adapters import alert_store
+from shared.adapters import alert_store, monitor_store
 from shared.adapters.archive import dead_lettered_events, read_archive
-from shared.adapters.car_profiles import read_segments
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.scores_store import StoredScores, latest_scores
 from shared.adapters.storage import list_blob_names, queue_length
@@ -28,12 +27,21 @@ from shared.bootstrap import Services
 from shared.config.names import ALERT_POISON_QUEUE, ALERTS_TABLE, DEADLETTER_CONTAINER, PARKED_CONTAINER
 from shared.core.alerts import check_id
 from shared.core.dashboard import DeliveryHealth, alert_state_counts, car_history_days, scores_of_car
-from shared.core.dashboard_page import CarView, FleetView, LookupForm, render_car, render_fleet, render_unknown_car
+from shared.core.dashboard_page import (
+    CarView,
+    FleetView,
+    LookupForm,
+    MonitorView,
+    render_car,
+    render_fleet,
+    render_unknown_car,
+)
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, COLUMNS, LIFETIME_CYCLES, RATED_CYCLES
 from shared.handlers.telemetry import PARKED_DEADLETTER_PREFIX, PARKED_PREFIX
 
 ALERT_WINDOW_DAYS = 30  # the alert and delivery sections cover the alerts created in these days
+MONITOR_DAYS = 120  # matured accuracy and drift of the scored days this far back
 CAR_TELEMETRY_DAYS = 14  # a car lookup shows this many days of its telemetry
 SCORE_COLUMNS = [BATTERY_ID, CAR_ID, PROBABILITY, DAYS_TO_RATED_LIFE, LIFETIME_CYCLES, RATED_CYCLES, "alert"]
 
@@ -75,7 +83,12 @@ def dashboard_page(services: Services, car: str | None = None, lookup: LookupFor
         scores=None if scores is None else scores.frame,
         scores_day=None if scores is None else scores.day,
         model_version=None if scores is None else scores.model_version,
-        segments=read_segments(services.blobs),
+        segments=monitor_store.read_car_segments(services.blobs),
+        monitor=MonitorView(
+            accuracy=monitor_store.read_accuracy(services.blobs, first=(now - timedelta(days=MONITOR_DAYS)).date()),
+            drift=monitor_store.read_drift(services.blobs, first=(now - timedelta(days=MONITOR_DAYS)).date()),
+            retrain=monitor_store.read_retrain_decisions(services.blobs),
+        ),
         lookup=lookup,
     )
     return DashboardPage(200, render_fleet(view))
@@ -92,7 +105,7 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
         alerts = alert_store.list_alerts(services.tables.get_table_client(ALERTS_TABLE), car_id)
     except ResourceNotFoundError:  # no alerts table yet
         alerts = []
-    segments = read_segments(services.blobs)
+    segments = monitor_store.read_car_segments(services.blobs)
     generated = now.isoformat(timespec="seconds")
     if telemetry.empty and car_scores.empty and not alerts and not (segments[CAR_ID] == car_id).any():
         scores_where = f"the scores of {scores.day}" if scores is not None else "no scores yet"

@@ -1,0 +1,128 @@
+"""The model monitor's measures against hand-computed values (pure), then the monitor on Azurite."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.core import monitoring as m
+
+SCORED_ON = date(2016, 3, 1)
+
+
+def day(offset: int) -> pd.Timestamp:
+    return pd.Timestamp(SCORED_ON) + pd.Timedelta(days=offset)
+
+
+def hand_case() -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Four batteries scored on SCORED_ON, every forecast 0.15 cycles a day, and what the next 30 days showed.
+
+    B1 reaches rated on day 1 (positive); B2 reports on day 30 below rated (negative); B3 stops reporting on
+    day 10 (censored); B4 was past rated when scored (counted apart)."""
+    scores = pd.DataFrame({
+        "Battery_ID": ["B1", "B2", "B3", "B4"], "Car_ID": ["C1", "C2", "C3", "C4"],
+        "failure_probability_30d": [0.9, 0.2, 0.6, 0.95], "Lifetime_Cycles_Used": [195.0, 100.0, 150.0, 205.0],
+        "Battery_Rated_Cycles": [200, 200, 200, 200],
+    })  # fmt: skip
+    later = pd.DataFrame([
+        ("B1", day(1), 0.3, 201.0),
+        ("B2", day(2), -1.0, 100.0),  # a glitch: left out
+        ("B2", day(30), 0.1, 104.5),
+        ("B2", day(31), 5.0, 300.0),  # after the horizon: left out
+        ("B3", day(5), 0.1, 151.0), ("B3", day(5) + pd.Timedelta(hours=12), 0.1, 151.1),  # 12-hour rows add up
+        ("B3", day(10), 0.2, 152.0),
+        ("B9", day(3), 1.0, 500.0),  # a battery not scored that day
+    ], columns=["Battery_ID", "Date", "Daily_Cycles_Used", "Lifetime_Cycles_Used"])  # fmt: skip
+    return scores, np.full((4, 30), 0.15), later
+
+
+def test_matured_outcomes_label_censor_and_set_apart_as_the_backtest_does():
+    scores, forecast, later = hand_case()
+    outcomes = m.matured_outcomes(scores, forecast, later, SCORED_ON)
+    assert outcomes.label.tolist() == [True, False, False, True]
+    assert outcomes.labelled.tolist() == [True, True, False, True]
+    assert outcomes.already_past.tolist() == [False, False, False, True]
+    assert outcomes.judged.tolist() == [True, True, False, False]
+    assert outcomes.actual[2, 4] == pytest.approx(0.2)  # day 5: the two halves
+    assert np.isfinite(outcomes.actual).sum() == 4  # B1 d1, B2 d30, B3 d5 and d10
+
+
+def test_accuracy_per_fleet_and_segment_matches_the_hand_computed_figures():
+    scores, forecast, later = hand_case()
+    outcomes = m.matured_outcomes(scores, forecast, later, SCORED_ON)
+    segments = pd.DataFrame({"Car_ID": ["C1", "C2", "C3"], "Make": ["A", "A", "B"]})
+
+    accuracy, reliability = m.accuracy_tables(outcomes, segments, 0.8, scored_on=SCORED_ON, model_version="v1",
+                                              role=m.CHAMPION)  # fmt: skip
+
+    rows = accuracy.set_index([m.SEGMENT_KIND, m.SEGMENT])
+    fleet = rows.loc[(m.ALL_SEGMENTS, m.ALL_SEGMENTS)]
+    assert fleet[m.BATTERIES] == 2 and fleet[m.POSITIVES] == 1
+    assert fleet[m.BRIER] == pytest.approx(((0.9 - 1) ** 2 + 0.2**2) / 2)  # 0.025
+    assert (fleet[m.RECALL], fleet[m.PRECISION], fleet[m.AVERAGE_PRECISION]) == (1.0, 1.0, 1.0)
+    assert fleet[m.ALERTS] == 2  # B1 and B4 at or above 0.8, labelled or not
+    # errors 0.15, -0.05, -0.05, -0.05 over an actual range of 0.3 - 0.1
+    assert fleet[m.NRMSE] == pytest.approx(math.sqrt((0.15**2 + 3 * 0.05**2) / 4) / 0.2)
+    assert fleet[m.MATURED_ON] == pd.Timestamp("2016-03-31")
+    make_a = rows.loc[("make", "A")]
+    assert make_a[m.NRMSE] == pytest.approx(math.sqrt((0.15**2 + 0.05**2) / 2) / 0.2)
+    assert make_a[m.BRIER] == pytest.approx(0.025)
+    make_b = rows.loc[("make", "B")]
+    assert make_b[m.BATTERIES] == 0 and math.isnan(make_b[m.BRIER]) and math.isnan(make_b[m.NRMSE])
+    assert rows.loc[("make", m.UNKNOWN_SEGMENT), m.ALERTS] == 1  # C4 is not in the car table
+    fleet_bins = reliability[reliability[m.SEGMENT_KIND] == m.ALL_SEGMENTS].set_index(m.BIN)
+    assert fleet_bins[m.COUNT].sum() == 2
+    assert fleet_bins.loc["0.9-1.0", m.OBSERVED_RATE] == 1.0 and fleet_bins.loc["0.2-0.3", m.OBSERVED_RATE] == 0.0
+
+
+def test_psi_of_a_shifted_feature_against_its_reference_bins():
+    reference = {"Daily_Trip_Duration": {"edges": [1.0], "shares": [0.5, 0.5]}}
+    recent = pd.DataFrame({"Daily_Trip_Duration": [0.0, 0.0, 0.0, 2.0, 9999.0]})  # 9999: a glitch, left out
+
+    [row] = m.population_stability(reference, recent, 0.2).to_dict("records")
+
+    assert row[m.PSI] == pytest.approx(0.25 * math.log(1.5) + 0.25 * math.log(2.0))  # 0.2747
+    assert row[m.DRIFTED] and row[m.THRESHOLD] == 0.2
+    unchanged = m.population_stability(reference, pd.DataFrame({"Daily_Trip_Duration": [0.0, 2.0]}), 0.2)
+    assert unchanged[m.PSI].iloc[0] == pytest.approx(0.0) and not unchanged[m.DRIFTED].iloc[0]
+
+
+def test_the_training_reference_is_deciles_of_the_last_weeks():
+    daily = pd.DataFrame({
+        "Date": pd.date_range("2016-01-01", periods=40), "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
+        "Number_Of_Trips": 5, "Daily_Cycles_Used": 0.1,
+    })  # fmt: skip
+    reference = m.feature_reference(daily, days=28, bins=4)
+    minutes = reference["Daily_Trip_Duration"]
+    assert minutes["edges"] == pytest.approx([6.75, 13.5, 20.25])  # the first 12 days (500 minutes) are too old
+    assert minutes["shares"] == pytest.approx([0.25] * 4)
+    assert reference["Number_Of_Trips"] == {"edges": [5.0], "shares": [0.0, 1.0]}  # one value: one edge
+
+
+def test_retrain_reasons_name_the_degraded_figure_and_the_drifted_feature():
+    drift = pd.DataFrame({m.FEATURE: ["Daily_Trip_Duration", "Number_Of_Trips"], m.PSI: [0.31, 0.05],
+                          m.THRESHOLD: [0.2, 0.2], m.DRIFTED: [True, False]})  # fmt: skip
+    matured = {"days": 7, "brier": 0.0626, "nrmse": 0.11}
+    reasons = m.retrain_reasons(matured, {"brier": 0.05, "nrmse": 0.10}, drift, margin=0.25)
+    assert reasons == ["matured Brier 0.0626 over 7 days is more than 25% above the backtest's 0.05",
+                       "input drift: Daily_Trip_Duration PSI 0.31 ≥ 0.2"]  # fmt: skip
+    assert m.retrain_reasons({"days": 7, "brier": 0.0624, "nrmse": 0.1}, {"brier": 0.05, "nrmse": 0.1},
+                             drift.iloc[1:], margin=0.25) == []  # fmt: skip
+
+
+def test_pooled_metrics_weigh_days_by_batteries_judged_and_cooldown_reads_the_last_trigger():
+    fleet = pd.DataFrame({m.SEGMENT_KIND: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "make"], m.BATTERIES: [30, 10, 5],
+                          m.BRIER: [0.1, 0.3, 0.9], m.NRMSE: [0.2, 0.4, 0.9], m.AVERAGE_PRECISION: [0.5, np.nan, 0.1],
+                          m.RECALL: [1.0, 0.0, 0.0], m.PRECISION: [np.nan, np.nan, 1.0]})  # fmt: skip
+    pooled = m.pooled_metrics(fleet)
+    assert pooled["brier"] == pytest.approx((30 * 0.1 + 10 * 0.3) / 40)
+    assert pooled["nrmse"] == pytest.approx(0.3) and pooled["average_precision"] == 0.5
+    assert pooled["precision_at_threshold"] is None and pooled["days"] == 2
+    decisions = pd.DataFrame({m.TRIGGERED: [True, False, True, False],
+                              m.COOLDOWN_UNTIL: pd.to_datetime(["2016-01-01", None, "2016-02-01", None])})  # fmt: skip
+    assert m.cooldown_until(decisions) == date(2016, 2, 1)
+    assert m.cooldown_until(decisions[~decisions[m.TRIGGERED]]) is None
