@@ -174,11 +174,21 @@ def model_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (role, version), group in fleet.groupby([ROLE, MODEL_VERSION], sort=False):
         weights = group[BATTERIES].to_numpy(dtype=np.float64)
-        means = {metric: _weighted_mean(group[metric].to_numpy(dtype=np.float64), weights)
-                 for metric in ACCURACY_METRICS}  # fmt: skip
+        means = {
+            metric: _weighted_mean(group[metric].to_numpy(dtype=np.float64), weights) for metric in ACCURACY_METRICS
+        }
         last = pd.Timestamp(group[SCORED_ON].max()).strftime("%Y-%m-%d")
-        rows.append({ROLE: role, MODEL_VERSION: version, "Days": group[SCORED_ON].nunique(), "Last_Scored_On": last,
-                     BATTERIES: int(group[BATTERIES].sum()), POSITIVES: int(group[POSITIVES].sum()), **means})  # fmt: skip
+        rows.append(
+            {
+                ROLE: role,
+                MODEL_VERSION: version,
+                "Days": group[SCORED_ON].nunique(),
+                "Last_Scored_On": last,
+                BATTERIES: int(group[BATTERIES].sum()),
+                POSITIVES: int(group[POSITIVES].sum()),
+                **means,
+            }
+        )
     summary = pd.DataFrame(rows, columns=columns)
     order = summary[ROLE].map({"champion": 0}).fillna(1)
     return summary.assign(_order=order).sort_values(["_order", MODEL_VERSION]).drop(columns="_order")
