@@ -64,6 +64,14 @@ def nightly_batch_score_timer(timer: func.TimerRequest, alerts: func.Out[list[st
     observability.log_summary(log, "nightly_batch_score", result.summary)
 
 
+@app.timer_trigger(arg_name="timer", schedule="%MONITOR_SCHEDULE%", use_monitor=True)
+def nightly_monitor_timer(timer: func.TimerRequest) -> None:
+    """Judge the scores that matured, measure input drift, compare the shadow; retrain if the champion slipped."""
+    from shared.handlers.monitoring import nightly_monitor  # the monitoring stack, loaded when the timer runs
+
+    observability.log_summary(log, "nightly_monitor", nightly_monitor(bootstrap.current()))
+
+
 @app.timer_trigger(arg_name="timer", schedule="%COMPLIANCE_SCHEDULE%", use_monitor=True)
 @app.queue_output(arg_name="alerts", queue_name=ALERT_QUEUE, connection=STORAGE_CONNECTION_SETTING)
 def nightly_compliance_score_timer(timer: func.TimerRequest, alerts: func.Out[list[str]]) -> None:

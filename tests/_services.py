@@ -128,6 +128,7 @@ def app_harness(connection: str, scoring_uri: str, monkeypatch, work_dir: Path) 
             HEAD_UNIT_GATEWAY_URL=simulator.url, HEAD_UNIT_SIGNING_KEY=SIGNING_KEY,
             ALERT_PROBABILITY_THRESHOLD="0.8", ALERT_COOLDOWN_DAYS="7",
             RETRAIN_SCHEDULE="0 0 2 * * *", BATCH_SCORE_SCHEDULE="0 0 3 * * *", COMPACTION_SCHEDULE="0 0 1 * * *",
+            MONITOR_SCHEDULE="0 0 4 * * *",
             BATTERY_WORK_DIR=str(work_dir),
         )  # fmt: skip
         try:

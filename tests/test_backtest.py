@@ -133,6 +133,7 @@ def test_nrmse_divides_rmse_by_the_range_of_the_actual_values():
     assert metrics["rmse"] == pytest.approx(np.sqrt(0.5 / 5))
     assert metrics["nrmse"] == pytest.approx(np.sqrt(0.5 / 5) / 2.0)
     assert metrics["mae"] == pytest.approx(1.0 / 5)
+    assert metrics["total_error"] == pytest.approx(0.5 / 4)  # only the complete row: 4.5 for 4
 
 
 def test_average_precision_is_the_step_area_under_precision_recall():

@@ -46,7 +46,7 @@ def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
         "alert_feedback", "compact_telemetry_archive", "dashboard", "health", "iothub_feedback_timer",
         "list_vehicle_alerts", "nightly_batch_score_timer",
-        "nightly_compliance_score_timer", "nightly_retrain_timer", "push_alert",
+        "nightly_compliance_score_timer", "nightly_monitor_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
     ]  # fmt: skip
 
@@ -57,6 +57,7 @@ def test_the_app_has_exactly_the_functions_of_the_design():
         ("nightly_retrain_timer", "%RETRAIN_SCHEDULE%", []),
         ("nightly_batch_score_timer", "%BATCH_SCORE_SCHEDULE%", ALERT_OUTPUT),
         ("compact_telemetry_archive", "%COMPACTION_SCHEDULE%", []),
+        ("nightly_monitor_timer", "%MONITOR_SCHEDULE%", []),
         ("nightly_compliance_score_timer", "%COMPLIANCE_SCHEDULE%", ALERT_OUTPUT),
         ("rescore_parked_telemetry", "0 */10 * * * *", ALERT_OUTPUT),
     ],
@@ -99,13 +100,15 @@ def test_http_routes_need_a_function_key(name: str, route: str, method: str):
 
 def test_the_local_host_can_run_every_function(storage_connection: str):
     environ = {"RETRAIN_SCHEDULE": "0 0 2 * * *", "BATCH_SCORE_SCHEDULE": "0 0 3 * * *",
-               "COMPLIANCE_SCHEDULE": "0 30 3 * * *", "COMPACTION_SCHEDULE": "0 0 1 * * *"}  # fmt: skip
+               "COMPLIANCE_SCHEDULE": "0 30 3 * * *", "COMPACTION_SCHEDULE": "0 0 1 * * *",
+               "MONITOR_SCHEDULE": "0 0 4 * * *"}  # fmt: skip
     host = FunctionsHost(function_app.app, storage_connection, environ=environ)
     assert {row["function"]: row["source"] for row in host.describe()} == {
         "nightly_retrain_timer": "0 0 2 * * *",
         "nightly_batch_score_timer": "0 0 3 * * *",
         "nightly_compliance_score_timer": "0 30 3 * * *",
         "compact_telemetry_archive": "0 0 1 * * *",
+        "nightly_monitor_timer": "0 0 4 * * *",
         "score_telemetry": "event hub car-telemetry",
         "rescore_parked_telemetry": "0 */10 * * * *",
         "push_alert": "queue maintenance-alerts",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from shared.adapters import monitor_store
+from shared.adapters.archive import archive_telemetry
+from shared.adapters.registry import ModelRegistry
 from shared.core import monitoring as m
+from shared.devtools.fleet_simulator import Fleet, UsageChange, simulate_fleet
 
 SCORED_ON = date(2016, 3, 1)
 
@@ -93,8 +98,8 @@ def test_psi_of_a_shifted_feature_against_its_reference_bins():
 
 def test_the_training_reference_is_deciles_of_the_last_weeks():
     daily = pd.DataFrame({
-        "Date": pd.date_range("2016-01-01", periods=40), "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
-        "Number_Of_Trips": 5, "Daily_Cycles_Used": 0.1,
+        "Date": pd.date_range("2016-01-01", periods=40), "Number_Of_Trips": 5, "Daily_Cycles_Used": 0.1,
+        "Daily_Trip_Duration": np.r_[np.full(12, 500.0), np.arange(28.0)],
     })  # fmt: skip
     reference = m.feature_reference(daily, days=28, bins=4)
     minutes = reference["Daily_Trip_Duration"]
@@ -126,3 +131,74 @@ def test_pooled_metrics_weigh_days_by_batteries_judged_and_cooldown_reads_the_la
                               m.COOLDOWN_UNTIL: pd.to_datetime(["2016-01-01", None, "2016-02-01", None])})  # fmt: skip
     assert m.cooldown_until(decisions) == date(2016, 2, 1)
     assert m.cooldown_until(decisions[~decisions[m.TRIGGERED]]) is None
+
+
+# --- the monitor on Azurite, nights through the local host ----------------------------------------------
+
+CHANGE = date(2015, 9, 1)  # from this day the Atlantic cars drive 40 % more
+FIRST_NIGHT = CHANGE - timedelta(days=35)  # the first champion is trained on the archive up to this day
+LAST_NIGHT = CHANGE + timedelta(days=48)
+
+
+def night_after(last_day: date) -> datetime:
+    """The night the nightly jobs run for `last_day` (they score and judge "yesterday")."""
+    return datetime.combine(last_day + timedelta(days=1), time(3), tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def changing_fleet() -> Fleet:
+    return simulate_fleet(120, "2014-11-25", LAST_NIGHT, seed=7, usage_change=UsageChange("Atlantic", CHANGE, 1.4))
+
+
+def run_night(harness, last_day: date, *, monitor: bool = True) -> None:
+    """The night after `last_day`: the batch score, then (optionally) the monitor."""
+    harness.clock.now = night_after(last_day)
+    timers = ["nightly_batch_score_timer", "nightly_monitor_timer"] if monitor else ["nightly_batch_score_timer"]
+    for timer in timers:
+        run = harness.host.fire_timer(timer)
+        assert run.succeeded, f"{timer} {last_day}: {run.error}"
+
+
+def test_a_change_of_usage_is_seen_retrains_once_and_the_new_model_recovers(harness, changing_fleet):
+    blobs = harness.services.blobs
+    harness.configure(RETRAIN_HISTORY_DAYS="237")
+    archive_telemetry(blobs, changing_fleet.telemetry, night_after(LAST_NIGHT), batch_id="fleet")
+    monitor_store.write_car_segments(blobs, changing_fleet.cars)
+    harness.clock.now = night_after(FIRST_NIGHT)
+    assert harness.host.fire_timer("nightly_retrain_timer").succeeded
+    registry = ModelRegistry(blobs)
+    first = registry.champion_version()
+    for offset in range(34, 30, -1):  # scores whose 30 days all come before the change
+        run_night(harness, CHANGE - timedelta(days=offset), monitor=False)
+
+    for offset in range(-3, (LAST_NIGHT - CHANGE).days + 1):
+        run_night(harness, CHANGE + timedelta(days=offset))
+
+    decisions = monitor_store.read_retrain_decisions(blobs)
+    triggered = decisions[decisions[m.TRIGGERED]]
+    assert len(triggered) == 1, triggered  # one retrain, not one a night
+    [trigger] = triggered.to_dict("records")
+    assert "input drift in region Atlantic" in trigger[m.REASON]
+    retrain_day = trigger[m.DAY].date()
+    assert CHANGE < retrain_day < CHANGE + timedelta(days=20)
+    assert trigger[m.COOLDOWN_UNTIL].date() == retrain_day + timedelta(days=30)
+    later = decisions[decisions[m.DAY] > trigger[m.DAY]]
+    assert later[m.REASON].str.contains("not retrained: cooldown until").any()  # it still drifts: held back
+    outcome = json.loads(trigger[m.RETRAIN_OUTCOME])
+    second = outcome["trained"]
+    assert second != first and (outcome["promoted"] or registry.shadow_version() == second)
+
+    drift = monitor_store.read_drift(blobs)
+    atlantic = drift[(drift[m.SEGMENT] == "Atlantic") & (drift[m.FEATURE] == "Daily_Trip_Duration")
+                     & (drift[m.MODEL_VERSION] == first)].set_index(m.DAY)[m.PSI]  # fmt: skip
+    assert atlantic[: pd.Timestamp(CHANGE)].max() < 0.2 <= atlantic[pd.Timestamp(CHANGE) :].max()
+
+    accuracy = monitor_store.read_accuracy(blobs)
+    fleet = accuracy[accuracy[m.SEGMENT_KIND] == m.ALL_SEGMENTS].set_index([m.MODEL_VERSION, m.SCORED_ON])
+    before = fleet.loc[first].loc[: pd.Timestamp(CHANGE - timedelta(days=31)), m.TOTAL_ERROR].mean()
+    across = fleet.loc[first].loc[pd.Timestamp(CHANGE - timedelta(days=3)) : pd.Timestamp(CHANGE), m.TOTAL_ERROR]
+    assert across.mean() > 1.3 * before  # the matured accuracy fell with the change
+    recovered = fleet.loc[second, m.TOTAL_ERROR]
+    assert len(recovered) >= 7 and recovered.mean() < across.mean() / 1.3  # and the new model is right again
+    region = accuracy[(accuracy[m.SEGMENT] == "Atlantic") & (accuracy[m.MODEL_VERSION] == first)]
+    assert region[m.TOTAL_ERROR].max() > fleet.loc[first, m.TOTAL_ERROR].max()  # the changed segment, worst

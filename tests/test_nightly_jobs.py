@@ -70,6 +70,7 @@ def test_a_candidate_that_loses_to_the_champion_is_kept_but_not_promoted(harness
     assert registry.champion() == pointer  # same record, same ETag: the pointer never moved
     candidate = outcome["trained"]
     assert registry.versions() == sorted(["perfect-1", candidate])  # the loser is kept, for comparison
+    assert outcome["shadow"] is True and registry.shadow_version() == candidate  # and scored beside it
     last = registry.decisions()[-1]
     assert (last["version"], last["promoted"], last["reason"]) == (candidate, False, outcome["reason"])
 
@@ -132,7 +133,8 @@ def test_the_batch_score_writes_yesterdays_scores_under_the_champions_version(ha
     name = f"date={LAST_DAY}/{champion}.parquet"
     assert list_blob_names(container) == [name]
     scores = pd.read_parquet(io.BytesIO(download_bytes(container, name)))
-    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons"]
+    assert list(scores.columns) == [*BATCH_SCORE_COLUMNS, "alert", "reasons", "forecast_daily_cycles"]
+    assert scores["forecast_daily_cycles"].map(len).eq(30).all()  # the monitor judges the forecast once matured
     assert sorted(scores["Battery_ID"]) == ["B-PAST", "B-SAFE", "B-SOON"]  # one row per battery in service
     by_battery = scores.set_index("Battery_ID")
     assert by_battery["alert"].to_dict() == {"B-PAST": True, "B-SAFE": False, "B-SOON": True}

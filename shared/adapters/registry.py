@@ -6,6 +6,9 @@ Layout of the container (`models`, on Azurite locally):
     _promotions/<version>.json                             the promotion decision about that version
     champion.json                                          the pointer: version, promoted_at, rule, metrics,
                                                            mlflow_run_id (the training's MLflow run, or null)
+    shadow.json                                            the shadow: a candidate that lost the backtest,
+                                                           scored beside the champion (never alerting) until
+                                                           it wins on matured outcomes or is replaced
     decisions.jsonl                                        append-only log of every promotion decision
 
 A version is immutable once published (its metadata.json is written last and only if absent, and nothing
@@ -55,6 +58,7 @@ from shared.models.champion import (
 )
 
 CHAMPION_BLOB = "champion.json"
+SHADOW_BLOB = "shadow.json"
 DECISIONS_BLOB = "decisions.jsonl"
 PROMOTIONS_PREFIX = "_promotions/"  # not a version folder: a version starts with a letter or digit
 # A version names a blob folder and a local cache folder: no slashes, no dot-only names.
@@ -217,7 +221,50 @@ class ModelRegistry:
                 "another promotion moved it"
             ) from None
 
-    def promote_if_better(self, model_dir: str | Path) -> PromotionDecision:
+    # --- shadow -------------------------------------------------------------------------------------
+
+    def keep_shadow(self, version: str, reason: str) -> None:
+        """Make a published version the shadow (replacing the previous one): scored nightly, judged on matured
+        outcomes against the champion (shared/handlers/monitoring.py)."""
+        self.metadata(version)  # a published version only
+        upload_json(self._blobs, SHADOW_BLOB, {"version": version, "kept_at": _utc_now(), "reason": reason})
+
+    def shadow_version(self) -> str | None:
+        """The shadow's version, or None when there is none (or it has become the champion)."""
+        record = download_json(self._blobs, SHADOW_BLOB)
+        version = None if record is None else record["version"]
+        return None if version is None or version == self.champion_version() else version
+
+    def download_shadow(self, dest_dir: str | Path) -> Path | None:
+        """The shadow's files in `dest_dir/<version>/` (cached per version), or None without a shadow."""
+        version = self.shadow_version()
+        return None if version is None else self.download(version, dest_dir)
+
+    def promote_shadow_if_better(self, shadow_matured: dict, champion_matured: dict) -> PromotionDecision:
+        """The champion rule on matured outcomes: the shadow replaces the champion if its figures over the same
+        matured days beat the champion's. The pointer carries the shadow's own backtest metrics (what later
+        candidates' backtests are compared with) and the matured figures that decided; the decision is logged
+        as every promotion is. A pointer moved meanwhile leaves it unpromoted (the next night decides again)."""
+        champion, version = self.champion(), self.shadow_version()
+        if champion is None or version is None:
+            raise RegistryError("a matured comparison needs both a champion and a shadow")
+        promoted, reason = self.rule.decide(shadow_matured, champion_matured)
+        reason = f"on matured outcomes: {reason}"
+        metadata = self.metadata(version)
+        if promoted:
+            pointer = {"version": version, "promoted_at": _utc_now(), "rule": self.rule.describe(), "reason": reason,
+                       "previous_champion": champion.version, "metrics": model_metrics(metadata, version),
+                       "matured_metrics": shadow_matured, "mlflow_run_id": metadata.get("mlflow_run_id")}  # fmt: skip
+            try:
+                self.move_champion(pointer, champion)
+            except ChampionConflictError as error:
+                promoted, reason = False, str(error)
+        self._append_decision({"version": version, "decided_at": _utc_now(), "promoted": promoted, "reason": reason,
+                               "basis": "matured", "rule": self.rule.describe(), "previous_champion": champion.version,
+                               "candidate_metrics": shadow_matured, "champion_metrics": champion_matured})  # fmt: skip
+        return PromotionDecision(version, promoted, reason, champion.version, self.rule.describe())
+
+    def promote_if_better(self, model_dir: str | Path, champion_metrics: dict | None = None) -> PromotionDecision:
         """Publish the model, decide against the current champion, and move the pointer if it wins.
 
         The decision (rule, reason, both metric sets, time) is stored as `_promotions/<version>.json` (read
@@ -227,6 +274,9 @@ class ModelRegistry:
         again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
         promoted, with that reason. A model whose kind needs a package the serving environment lacks is
         published but never promoted, whatever its backtest: the reason names the packages.
+
+        `champion_metrics`, when given, stand for the champion's in the decision: the monitor's retrain passes
+        the champion's matured figures, since its backtest figures are what it no longer achieves.
         """
         from shared.models.loader import kind_of, missing_packages  # lightgbm: only when a model is promoted
 
@@ -237,7 +287,8 @@ class ModelRegistry:
         version = self.publish(model_dir)
         for _ in range(PROMOTION_ATTEMPTS):
             champion = self.champion()
-            champion_metrics = None if champion is None else champion.record["metrics"]
+            against = champion_metrics if champion is not None and champion_metrics else None
+            champion_figures = None if champion is None else against or champion.record["metrics"]
             if missing:
                 promoted, reason = (
                     False,
@@ -247,7 +298,8 @@ class ModelRegistry:
                     ),
                 )
             else:
-                promoted, reason = self.rule.decide(candidate, champion_metrics)
+                promoted, reason = self.rule.decide(candidate, champion_figures)
+                reason = f"{reason} (champion's matured figures)" if against else reason
             promotion = {
                 "decided_at": _utc_now(),
                 "promoted": promoted,
@@ -255,7 +307,7 @@ class ModelRegistry:
                 "rule": self.rule.describe(),
                 "previous_champion": None if champion is None else champion.version,
                 "candidate_metrics": candidate,
-                "champion_metrics": champion_metrics,
+                "champion_metrics": champion_figures,
             }
             # Stored before the pointer moves, so the new champion's decision can always be read.
             upload_json(self._blobs, _promotion_blob(version), promotion)

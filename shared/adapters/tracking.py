@@ -155,3 +155,11 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def log_run_metrics(run_id: str, metrics: Mapping[str, float], step: int, environ: Mapping[str, str]) -> None:
+    """Add metrics to an existing (finished) run, e.g. the monitor's matured figures on the champion's training
+    run, `step` ordering them (the day); a run the store does not know raises MlflowException."""
+    client = MlflowClient(tracking_uri=tracking_uri(environ))
+    timestamp = _now_ms()
+    client.log_batch(run_id, metrics=[Metric(name, float(value), timestamp, step) for name, value in metrics.items()])

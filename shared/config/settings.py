@@ -73,6 +73,18 @@ class Settings:
     compliance_schedule: str = "0 30 3 * * *"
     # The telemetry archive's compaction (shared/adapters/compaction.py), before the nightly jobs read it.
     compaction_schedule: str = "0 0 1 * * *"
+    # The model monitor (shared/handlers/monitoring.py), after the batch score: matured accuracy, drift, and
+    # the retrain trigger. A feature drifts at MONITOR_PSI_THRESHOLD (0.2: the usual "significant shift");
+    # the champion degrades when its matured Brier or NRMSE is more than MONITOR_DEGRADATION_MARGIN
+    # (relative) above its backtest's; after a triggered retrain no other for MONITOR_RETRAIN_COOLDOWN_DAYS
+    # (30: the new model's own scores need that long to mature before they can be judged).
+    monitor_schedule: str = "0 0 4 * * *"
+    monitor_psi_threshold: float = 0.2
+    monitor_degradation_margin: float = 0.25
+    monitor_retrain_cooldown_days: int = 30
+    # KEEP_SHADOW_CANDIDATE: a retrained model that lost the backtest is kept as the shadow, scored beside the
+    # champion every night (never alerting) and promoted if it wins on matured outcomes.
+    keep_shadow_candidate: bool = True
     # Skip (log and count) an unreadable or schema-mismatched archived file instead of failing the nightly job.
     archive_skip_unreadable: bool = False
     # Batteries prepared and scored at once by the nightly batch score: its memory is this × the model's window.
@@ -139,7 +151,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     skip_unreadable = env.get("ARCHIVE_SKIP_UNREADABLE", "").strip().lower()
     if skip_unreadable not in ("", "true", "false"):
         raise SettingsError(f"ARCHIVE_SKIP_UNREADABLE must be true or false, got {skip_unreadable!r}")
-    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE", "COMPACTION_SCHEDULE"):
+    psi_threshold = _number(env, "MONITOR_PSI_THRESHOLD", defaults.monitor_psi_threshold, float)
+    if not psi_threshold > 0:
+        raise SettingsError(f"MONITOR_PSI_THRESHOLD must be more than 0, got {psi_threshold!r}")
+    margin = _number(env, "MONITOR_DEGRADATION_MARGIN", defaults.monitor_degradation_margin, float)
+    if not margin >= 0:
+        raise SettingsError(f"MONITOR_DEGRADATION_MARGIN must be 0 or more, got {margin!r}")
+    retrain_cooldown = _number(env, "MONITOR_RETRAIN_COOLDOWN_DAYS", defaults.monitor_retrain_cooldown_days, int)
+    if retrain_cooldown < 0:
+        raise SettingsError(f"MONITOR_RETRAIN_COOLDOWN_DAYS must be 0 or more, got {retrain_cooldown!r}")
+    keep_shadow = env.get("KEEP_SHADOW_CANDIDATE", "").strip().lower()
+    if keep_shadow not in ("", "true", "false"):
+        raise SettingsError(f"KEEP_SHADOW_CANDIDATE must be true or false, got {keep_shadow!r}")
+    for name in ("RETRAIN_SCHEDULE", "BATCH_SCORE_SCHEDULE", "COMPLIANCE_SCHEDULE", "COMPACTION_SCHEDULE",
+                 "MONITOR_SCHEDULE"):  # fmt: skip
         value = env.get(name)
         if value and len(value.split()) != 6:
             raise SettingsError(f"{name} must be a six-field NCRONTAB expression, got {value!r}")
@@ -186,6 +211,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_score_schedule=text("BATCH_SCORE_SCHEDULE", defaults.batch_score_schedule),
         compliance_schedule=text("COMPLIANCE_SCHEDULE", defaults.compliance_schedule),
         compaction_schedule=text("COMPACTION_SCHEDULE", defaults.compaction_schedule),
+        monitor_schedule=text("MONITOR_SCHEDULE", defaults.monitor_schedule),
+        monitor_psi_threshold=psi_threshold,
+        monitor_degradation_margin=margin,
+        monitor_retrain_cooldown_days=retrain_cooldown,
+        keep_shadow_candidate=keep_shadow != "false",
         archive_skip_unreadable=skip_unreadable == "true",
         batch_score_chunk_batteries=chunk,
         component_catalog_blob=catalog_blob,

@@ -29,6 +29,9 @@ from shared.core.telemetry import (
     TRIPS,
 )
 
+# The stored scores' forecast column (shared/adapters/score_store.py): the 30 forecast days of a battery.
+FORECAST = "forecast_daily_cycles"
+
 # --- the tables the monitor stores (shared/adapters/monitor_store.py) ---------------------------------
 
 SCORED_ON = "Scored_On"  # the day the scores were computed as of (the scores' date= partition)
@@ -44,6 +47,7 @@ RECALL = "Recall"  # at the alert threshold; NaN without positives
 PRECISION = "Precision"  # at the alert threshold; NaN without alerts
 AVERAGE_PRECISION = "Average_Precision"
 NRMSE = "NRMSE"  # the daily-cycles forecast over the matured days, RMSE / range of the actual values
+TOTAL_ERROR = "Total_Error"  # mean relative error of the 30-day total, batteries that reported every day
 ALERTS = "Alerts"  # batteries at or above the threshold among all scored (alert volume), labelled or not
 
 CHAMPION = "champion"
@@ -53,7 +57,7 @@ ALL_SEGMENTS = "all"
 SEGMENT_COLUMNS = {"make": "Make", "region": "Region", "engine_type": "Engine_Type", "battery_model": "Battery_Model"}
 SEGMENT_KINDS = tuple(SEGMENT_COLUMNS)  # the car attribute (column of the car table) behind each kind
 ACCURACY_COLUMNS = [SCORED_ON, MATURED_ON, MODEL_VERSION, ROLE, SEGMENT_KIND, SEGMENT, BATTERIES, POSITIVES,
-                    BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE, ALERTS]  # fmt: skip
+                    BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE, ALERTS, TOTAL_ERROR]  # fmt: skip
 
 # Reliability (calibration) bins of the same scores: equal-width probability bins.
 BIN = "Bin"  # "0.0-0.1", ...
@@ -69,7 +73,8 @@ FEATURE = "Feature"
 PSI = "PSI"
 THRESHOLD = "Threshold"
 DRIFTED = "Drifted"
-DRIFT_COLUMNS = [DAY, MODEL_VERSION, FEATURE, PSI, THRESHOLD, DRIFTED]
+RECORDS = "Records"  # recent daily records measured
+DRIFT_COLUMNS = [DAY, MODEL_VERSION, FEATURE, PSI, THRESHOLD, DRIFTED, SEGMENT_KIND, SEGMENT, RECORDS]
 
 # The monitor's retrain decision of a night.
 REASON = "Reason"  # why it triggered, or why not ("" when nothing was wrong)
@@ -82,7 +87,10 @@ RETRAIN_COLUMNS = [DAY, MODEL_VERSION, REASON, TRIGGERED, COOLDOWN_UNTIL, RETRAI
 
 DRIFT_FEATURES = (TRIP_MINUTES, TRIPS, DAILY_CYCLES)  # the daily inputs every forecaster's features derive from
 REFERENCE_DAYS = 28  # the training data's last days that make the drift reference (the model's level window)
-DRIFT_DAYS = 7  # the recent days compared with it: a week, so weekday habits weigh as in the reference
+DRIFT_DAYS = 14  # the recent days compared with it: whole weeks, so weekday habits weigh as in the reference
+# A segment's drift is measured only with this many recent records: below it, sampling noise alone reaches the
+# threshold (a PSI over PSI_BINS bins of n records from an unchanged distribution is about PSI_BINS / n).
+MIN_DRIFT_RECORDS = 200
 PSI_BINS = 10  # quantile bins of the reference
 PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
 JUDGED_DAYS = 7  # matured days pooled to judge a model: one day's fleet is a noisy sample
@@ -152,12 +160,7 @@ def accuracy_tables(outcomes: MaturedOutcomes, segments: pd.DataFrame, threshold
     """(ACCURACY_COLUMNS, RELIABILITY_COLUMNS) frames of one model's matured scores: the fleet, then every
     value of each car attribute `segments` has (Car_ID + columns named by SEGMENT_COLUMNS)."""
     probability = outcomes.scores[PROBABILITY].to_numpy(np.float64)
-    cars = outcomes.scores[[CAR_ID]].astype(str).merge(segments.astype("string"), on=CAR_ID, how="left")
-    groups = [(ALL_SEGMENTS, ALL_SEGMENTS, np.ones(len(probability), bool))]
-    for kind, column in SEGMENT_COLUMNS.items():
-        if column in cars:
-            values = cars[column].fillna(UNKNOWN_SEGMENT).to_numpy(str)
-            groups += [(kind, value, values == value) for value in sorted(set(values))]
+    groups = [(*key.split("=", 1), member) for key, member in _segment_members(outcomes.scores, segments)]
     matured_on = pd.Timestamp(scored_on) + pd.Timedelta(days=HORIZON_DAYS)
     accuracy, reliability = [], []
     for kind, segment, member in groups:
@@ -171,7 +174,8 @@ def accuracy_tables(outcomes: MaturedOutcomes, segments: pd.DataFrame, threshold
         accuracy.append({**key, MATURED_ON: matured_on, BATTERIES: int(judged.sum()), POSITIVES: int(label.sum()),
                          BRIER: scored["brier"], RECALL: scored["recall_at_threshold"],
                          PRECISION: scored["precision_at_threshold"], AVERAGE_PRECISION: scored["average_precision"],
-                         NRMSE: error.get("nrmse"), ALERTS: int((probability[member] >= threshold).sum())})  # fmt: skip
+                         NRMSE: error.get("nrmse"), ALERTS: int((probability[member] >= threshold).sum()),
+                         TOTAL_ERROR: error.get("total_error")})  # fmt: skip
         bins = reliability_table(probability[judged], label)
         reliability += [{**key, BIN: b["bin"], COUNT: b["count"], MEAN_PREDICTED: b["mean_predicted"],
                          OBSERVED_RATE: b["observed_rate"]} for b in bins]  # fmt: skip
@@ -180,39 +184,71 @@ def accuracy_tables(outcomes: MaturedOutcomes, segments: pd.DataFrame, threshold
     return accuracy_frame, reliability_frame.astype({MEAN_PREDICTED: np.float64, OBSERVED_RATE: np.float64})
 
 
-_MEASURES = (BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE)
+_MEASURES = (BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE, TOTAL_ERROR)
 
 
 # --- input drift ----------------------------------------------------------------------------------------
 
 
-def feature_reference(daily: pd.DataFrame, days: int = REFERENCE_DAYS, bins: int = PSI_BINS) -> dict:
-    """The distribution of DRIFT_FEATURES over the last `days` days of clean daily records (training data):
-    {feature: {"edges": inner quantile edges, "shares": share of records per bin}}, JSON-ready, so it
-    travels in the model's metadata."""
+def feature_reference(daily: pd.DataFrame, segments: pd.DataFrame | None = None, days: int = REFERENCE_DAYS,
+                      bins: int = PSI_BINS) -> dict:  # fmt: skip
+    """The distribution of DRIFT_FEATURES over the last `days` days of clean daily records (training data),
+    for the fleet and for each segment of `segments` (Car_ID + SEGMENT_COLUMNS' columns) with at least
+    MIN_DRIFT_RECORDS records: {"<kind>=<segment>": {feature: {"edges": inner quantile edges, "shares":
+    share of records per bin}}}, JSON-ready, so it travels in the model's metadata. Per segment, because a
+    change in one region is a fraction of the fleet's records and hardly moves the fleet's distribution."""
     recent = daily[daily[DATE] > daily[DATE].max() - pd.Timedelta(days=days)]
     reference = {}
-    for feature in DRIFT_FEATURES:
-        values = _finite(recent[feature])
-        edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])) if len(values) else np.array([])
-        reference[feature] = {"edges": edges.tolist(), "shares": _shares(values, edges).tolist()}
+    for key, member in _segment_members(recent, segments):
+        rows = recent[member]
+        if key != _FLEET_KEY and len(rows) < MIN_DRIFT_RECORDS:
+            continue
+        reference[key] = {}
+        for feature in DRIFT_FEATURES:
+            values = _finite(rows[feature])
+            edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])) if len(values) else values
+            reference[key][feature] = {"edges": edges.tolist(), "shares": _shares(values, edges).tolist()}
     return reference
 
 
-def population_stability(reference: dict, recent: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """PSI of each referenced feature's recent raw records (implausible values left out) against the
-    reference bins: sum over bins of (recent - reference) × ln(recent / reference); FEATURE, PSI,
-    THRESHOLD, DRIFTED (PSI ≥ threshold) rows. A feature with no recent values has PSI NaN, not drifted."""
+def population_stability(reference: dict, recent: pd.DataFrame, threshold: float,
+                         segments: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+    """PSI of each referenced feature's recent raw records (implausible values left out), for the fleet and
+    each referenced segment, against the reference bins: sum over bins of (recent - reference) × ln(recent /
+    reference); FEATURE, PSI, THRESHOLD, DRIFTED (PSI ≥ threshold), SEGMENT_KIND, SEGMENT, RECORDS rows. A
+    segment with fewer than MIN_DRIFT_RECORDS recent records has PSI NaN and is not drifted."""
     rows = []
-    for feature, bins in reference.items():
-        low, high = PLAUSIBLE_RANGES[feature]
-        values = _finite(recent[feature]) if feature in recent else np.array([])
-        values = values[(values >= low) & (values <= high)]
-        expected = np.maximum(np.asarray(bins["shares"], np.float64), PSI_FLOOR)
-        actual = np.maximum(_shares(values, np.asarray(bins["edges"], np.float64)), PSI_FLOOR)
-        psi = float(np.sum((actual - expected) * np.log(actual / expected))) if len(values) else np.nan
-        rows.append({FEATURE: feature, PSI: psi, THRESHOLD: threshold, DRIFTED: bool(psi >= threshold)})
-    return pd.DataFrame(rows, columns=[FEATURE, PSI, THRESHOLD, DRIFTED])
+    members = dict(_segment_members(recent, segments))
+    for key, features in reference.items():
+        kind, _, segment = key.partition("=")
+        member = members.get(key, np.zeros(len(recent), bool))
+        for feature, bins in features.items():
+            low, high = PLAUSIBLE_RANGES[feature]
+            values = _finite(recent.loc[member, feature]) if feature in recent else np.array([])
+            values = values[(values >= low) & (values <= high)]
+            expected = np.maximum(np.asarray(bins["shares"], np.float64), PSI_FLOOR)
+            actual = np.maximum(_shares(values, np.asarray(bins["edges"], np.float64)), PSI_FLOOR)
+            enough = len(values) >= (MIN_DRIFT_RECORDS if key != _FLEET_KEY else 1)
+            psi = float(np.sum((actual - expected) * np.log(actual / expected))) if enough else np.nan
+            rows.append({FEATURE: feature, PSI: psi, THRESHOLD: threshold, DRIFTED: bool(psi >= threshold),
+                         SEGMENT_KIND: kind, SEGMENT: segment, RECORDS: len(values)})  # fmt: skip
+    return pd.DataFrame(rows, columns=[FEATURE, PSI, THRESHOLD, DRIFTED, SEGMENT_KIND, SEGMENT, RECORDS])
+
+
+_FLEET_KEY = f"{ALL_SEGMENTS}={ALL_SEGMENTS}"
+
+
+def _segment_members(records: pd.DataFrame, segments: pd.DataFrame | None) -> list[tuple[str, np.ndarray]]:
+    """("<kind>=<segment>", row mask) for the fleet and every segment value of the records' cars."""
+    members = [(_FLEET_KEY, np.ones(len(records), bool))]
+    if segments is None or CAR_ID not in records:
+        return members
+    cars = records[[CAR_ID]].astype(str).merge(segments.astype("string"), on=CAR_ID, how="left")
+    for kind, column in SEGMENT_COLUMNS.items():
+        if column in cars:
+            values = cars[column].fillna(UNKNOWN_SEGMENT).to_numpy(str)
+            members += [(f"{kind}={value}", values == value) for value in sorted(set(values))]
+    return members
 
 
 def _finite(column: pd.Series) -> np.ndarray:
@@ -239,16 +275,18 @@ def pooled_metrics(accuracy: pd.DataFrame) -> dict:
         values = fleet[column].to_numpy(np.float64)
         known = np.isfinite(values) & (weights > 0)
         pooled[name] = float(np.average(values[known], weights=weights[known])) if known.any() else None
-    nrmse = fleet[NRMSE].to_numpy(np.float64)
-    pooled["nrmse"] = float(np.nanmean(nrmse)) if np.isfinite(nrmse).any() else None
+    for name, column in (("nrmse", NRMSE), ("total_error", TOTAL_ERROR)):
+        values = fleet[column].to_numpy(np.float64)
+        pooled[name] = float(np.nanmean(values)) if np.isfinite(values).any() else None
     return pooled
 
 
 def retrain_reasons(matured: dict, backtest: dict, drift: pd.DataFrame, margin: float) -> list[str]:
-    """Why the champion should be retrained, in words (empty: it should not): its pooled matured Brier or
-    NRMSE more than `margin` (relative) above its backtest figure, or a feature's PSI at its threshold."""
+    """Why the champion should be retrained, in words (empty: it should not): its pooled matured Brier, NRMSE
+    or 30-day total error more than `margin` (relative) above its backtest figure, or a feature's PSI at its
+    threshold in a segment."""
     reasons = []
-    for name, title in (("brier", "Brier"), ("nrmse", "NRMSE")):
+    for name, title in (("brier", "Brier"), ("nrmse", "NRMSE"), ("total_error", "30-day total error")):
         now, then = matured.get(name), backtest.get(name)
         if now is not None and then is not None and now > then * (1.0 + margin):
             reasons.append(f"matured {title} {now:.4g} over {matured['days']} days is more than {margin:.0%} above "

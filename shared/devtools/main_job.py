@@ -161,6 +161,7 @@ def app_settings(azurite: AzuriteEndpoints, gateway_url: str, scoring_uri: str, 
         "BATCH_SCORE_SCHEDULE": defaults.batch_score_schedule,
         "COMPLIANCE_SCHEDULE": defaults.compliance_schedule,
         "COMPACTION_SCHEDULE": defaults.compaction_schedule,
+        "MONITOR_SCHEDULE": defaults.monitor_schedule,
         "ALERT_PROBABILITY_THRESHOLD": os.environ.get("ALERT_PROBABILITY_THRESHOLD")
         or str(defaults.alert_probability_threshold),
         "ALERT_COOLDOWN_DAYS": os.environ.get("ALERT_COOLDOWN_DAYS") or str(defaults.alert_cooldown_days),
@@ -374,8 +375,8 @@ def run_main_job(
         app.clock = clock  # the one override: the app's services keep the simulated time
         record.cooldown_days = app.settings.alert_cooldown_days
         write_profiles(app.tables, fleet.cars)  # the cars' languages (by Region) and channels, as the app reads them
+        write_car_segments(app.blobs, fleet.cars)  # the segments the model monitor judges accuracy by
         write_time_zones(app.tables, fleet.cars)  # and their time zones, for quiet hours
-        write_car_segments(app.blobs, fleet.cars)  # their Make, Region, Engine_Type: the monitor's and dashboard's
         record.local_services = {
             "azurite_ports": [azurite.blob_port, azurite.queue_port, azurite.table_port],
             "scoring_endpoint": scoring_uri, "head_unit_gateway": gateway.url,

@@ -11,22 +11,26 @@ from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from shared.adapters import feedback_store, observability
 from shared.adapters.archive import load_telemetry_history, read_archive
 from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
+from shared.adapters.monitor_store import read_car_segments
 from shared.adapters.registry import ModelRegistry
-from shared.adapters.storage import ensure_container, upload_bytes
+from shared.adapters.score_store import write_scores
 from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
 from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
 from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
 from shared.core.feedback import batteries_in_cars
+from shared.core.monitoring import SHADOW, feature_reference
 from shared.core.preparation import prepare_telemetry
-from shared.core.telemetry import CAR_ID, DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import CAR_ID, DAILY_CYCLES, DATE, InputError, read_cars_csv, read_telemetry_csv
 from shared.handlers.lifecycle import note_batteries
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
@@ -147,12 +151,16 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # --- the nightly jobs the Function App's timers run ---------------------------------------------------
 
 
-def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
+def nightly_retrain(services: Services, *, past_due: bool = False, champion_metrics: dict | None = None) -> dict:
     """Retrain on the archive's trailing period; promote only if the backtest beats the champion; return the outcome.
 
     Bounded by the settings, not by how long the archive is or how big the fleet grows: only the last
     RETRAIN_HISTORY_DAYS days are read, and past RETRAIN_MAX_BATTERIES batteries a stratified sample of
     them is trained on (shared/models/training_sample.py). The model's metadata records both.
+
+    A model that does not beat the champion is kept as the shadow (KEEP_SHADOW_CANDIDATE), to be judged on
+    matured outcomes. `champion_metrics` (the monitor's trigger: the champion's matured figures) stand for
+    the champion's backtest figures in the decision.
 
     With an Azure ML workspace configured, the AutoML job of the lab is submitted instead (it runs for up
     to an hour in the workspace; registration and deployment follow from the CLI or a pipeline).
@@ -175,13 +183,20 @@ def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     del raw  # the raw period is the largest frame of the night: free it before training
     model = train_model(clean, quality=quality.to_dict())
     model.metadata["training_data"] = training_data
+    # the drift reference per segment: the car table reaches the app as the monitor's segments
+    model.metadata["input_reference"] = feature_reference(clean, read_car_segments(services.blobs))
     model_dir = services.work_dir / "candidates" / model.version
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)
-    decision = ModelRegistry(services.blobs).promote_if_better(model_dir)
+    registry = ModelRegistry(services.blobs)
+    decision = registry.promote_if_better(model_dir, champion_metrics)
+    shadow = not decision.promoted and settings.keep_shadow_candidate
+    if shadow:
+        registry.keep_shadow(model.version, decision.reason)
     return {
         "trained": model.version,
         "promoted": decision.promoted,
+        "shadow": shadow,
         "reason": decision.reason,
         "champion_before": decision.previous_champion,
         "training_data": training_data,
@@ -197,7 +212,9 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     Bounded memory: only the days the model's window and the in-service rule look at are read
     (`scoring_days`), and batteries are prepared and scored BATCH_SCORE_CHUNK_BATTERIES at a time, so
     peak memory follows batteries × window, not the years archived. The scores are one Parquet file,
-    `scores/date=<as_of>/<model version>.parquet`.
+    `scores/date=<as_of>/<model version>.parquet` with the forecast (shared/adapters/score_store.py). With a
+    shadow in the registry, the same batteries are scored with it too and stored under `shadow/`; only the
+    champion's scores alert.
     """
     if services.settings.spark is not None:
         return submit_spark_batch_score(services)
@@ -214,13 +231,19 @@ def nightly_batch_score(services: Services) -> AlertBatch:
         return AlertBatch([], {"scored": 0, "reason": f"no telemetry from {first} to {as_of}", **files})
     changed = note_batteries(services, archived.frame, now)  # as sent: preparation renames a reset battery
     threshold = settings.alert_probability_threshold
-    scores = pd.concat([score_fleet(model, prepare_telemetry(chunk)[0], as_of, threshold=threshold)[0]
-                        for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries)],
-                       ignore_index=True)  # fmt: skip
+    shadow = shadow_model(services)
+    models = [model] if shadow is None else [model, shadow]
+    chunks = [[_scored(each, clean, as_of, threshold) for each in models]
+              for clean in (prepare_telemetry(chunk)[0]
+                            for chunk in car_chunks(archived.frame, settings.batch_score_chunk_batteries))]  # fmt: skip
+    (scores, forecast), *shadow_scored = [_joined([chunk[i] for chunk in chunks]) for i in range(len(models))]
     observability.count_scored(len(scores))
-    container = ensure_container(services.blobs, SCORES_CONTAINER)
-    name = f"date={as_of.isoformat()}/{model.version}.parquet"
-    upload_bytes(container, name, scores.to_parquet(index=False))
+    name = write_scores(services.blobs, as_of, model.version, scores, forecast)
+    shadow_summary = {}
+    if shadow is not None:
+        [(shadow_scores, shadow_forecast)] = shadow_scored
+        shadow_name = write_scores(services.blobs, as_of, shadow.version, shadow_scores, shadow_forecast, SHADOW)
+        shadow_summary = {"shadow_version": shadow.version, "shadow_scores_blob": f"{SCORES_CONTAINER}/{shadow_name}"}
     alerted_cars = scores.loc[scores[PROBABILITY] >= threshold, CAR_ID].astype(str)
     alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
                                 settings.service_booking_url, model_version=model.version,
@@ -229,8 +252,20 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",
                "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
-               "batteries_changed": changed, **files}  # fmt: skip
+               "batteries_changed": changed, **shadow_summary, **files}  # fmt: skip
     return AlertBatch(alerts, summary)
+
+
+def _scored(model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float
+            ) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
+    """One chunk's scores and their (n, 30) forecast (a matrix: the long rows would cost 30 ids a battery)."""
+    scores, rows = score_fleet(model, clean, as_of, threshold=threshold)
+    return scores, rows[DAILY_CYCLES].to_numpy(np.float64).reshape(len(scores), HORIZON_DAYS)
+
+
+def _joined(parts: list[tuple[pd.DataFrame, np.ndarray]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One model's chunks as one scores frame and its forecast."""
+    return pd.concat([scores for scores, _ in parts], ignore_index=True), np.concatenate([f for _, f in parts])
 
 
 def scoring_days(window_days: int) -> int:
@@ -285,6 +320,12 @@ def champion_model(services: Services) -> BatteryForecaster | None:
     return None if model_dir is None else _load_cached(str(model_dir))
 
 
-@functools.lru_cache(maxsize=2)
+def shadow_model(services: Services) -> BatteryForecaster | None:
+    """The registry's shadow (a candidate kept to be judged on matured outcomes), loaded like the champion."""
+    model_dir = ModelRegistry(services.blobs).download_shadow(services.work_dir / "models")
+    return None if model_dir is None else _load_cached(str(model_dir))
+
+
+@functools.lru_cache(maxsize=4)
 def _load_cached(model_dir: str) -> BatteryForecaster:
     return load_model(model_dir)

@@ -37,6 +37,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from shared.core.monitoring import feature_reference
 from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
@@ -193,6 +194,7 @@ def train_model(
     model.metadata.update(
         training_record(clean, history, backtest.summary, quality, digest, {"lightgbm": lgb.__version__}),
         car_categories=car_category_names(cars) if cars is not None else None,
+        input_reference=feature_reference(clean, cars),  # per segment too, where the car table is known
     )
     say(f"model {model.version} trained")
     return model
@@ -219,6 +221,7 @@ def training_record(
         "n_batteries": len(history.battery_id),
         "n_cars": int(pd.unique(history.car_id).size),
         "backtest": backtest,
+        "input_reference": feature_reference(clean),  # what the monitor measures input drift against
         "data_quality": quality or {},
         "library_versions": {
             "python": platform.python_version(),
