@@ -170,7 +170,10 @@ def test_a_car_lookup_shows_its_telemetry_score_and_alerts(harness):
     assert int(shown["car-alerts"]) == len(list_alerts(table, "CAR-PAST")) >= 2
     assert int(shown["car-telemetry-days"]) == 14  # the lookup's days, up to NEXT_DAY
     assert float(shown["car-probability"]) > 0.8
-    assert f"{NEXT_DAY[5:]}" in section(response.get_body().decode(), "car-telemetry")
+    page = response.get_body().decode()
+    assert f"{NEXT_DAY[5:]}" in section(page, "car-telemetry")
+    forecast = section(page, "car-score").split("Forecast daily cycles", 1)[1]
+    assert forecast.count("<circle") == 30  # the 30 forecast days stored with the night's scores
 
 
 def test_an_impossible_car_id_is_400_with_the_reason(harness):
@@ -229,7 +232,7 @@ def accuracy_rows(day: str, version: str, role: str, batteries: int, brier: floa
         m.SCORED_ON: pd.Timestamp(day), m.MATURED_ON: pd.Timestamp(day) + pd.Timedelta(days=30),
         m.MODEL_VERSION: version, m.ROLE: role, m.SEGMENT_KIND: m.ALL_SEGMENTS, m.SEGMENT: m.ALL_SEGMENTS,
         m.BATTERIES: batteries, m.POSITIVES: 2, m.BRIER: brier, m.RECALL: 0.5, m.PRECISION: 0.25,
-        m.AVERAGE_PRECISION: 0.7, m.NRMSE: 0.1, m.ALERTS: 1,
+        m.AVERAGE_PRECISION: 0.7, m.NRMSE: 0.1, m.ALERTS: 1, m.TOTAL_ERROR: 0.05,
     }])  # fmt: skip
 
 
@@ -243,8 +246,11 @@ def test_the_monitor_sections_show_what_the_monitor_stored(harness):
             rows = accuracy_rows(day, version, role, batteries, brier)
             monitor_store.write_accuracy(blobs, date.fromisoformat(day), version, rows, NO_RELIABILITY)
     drift = pd.DataFrame({m.DAY: pd.Timestamp("2016-03-10"), m.MODEL_VERSION: "v1",
-                          m.FEATURE: ["Daily_Trip_Duration", "Number_Of_Trips"], m.PSI: [0.31, 0.02],
-                          m.THRESHOLD: 0.2, m.DRIFTED: [True, False]})  # fmt: skip
+                          m.FEATURE: ["Daily_Trip_Duration", "Number_Of_Trips", "Daily_Trip_Duration"],
+                          m.PSI: [0.31, 0.02, 0.55], m.THRESHOLD: 0.2, m.DRIFTED: [True, False, True],
+                          m.SEGMENT_KIND: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "region"],
+                          m.SEGMENT: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "Desert"],
+                          m.RECORDS: [700, 700, 70]})  # fmt: skip
     monitor_store.write_drift(blobs, date(2016, 3, 10), drift)
 
     page = get(harness).get_body().decode()
@@ -254,4 +260,5 @@ def test_the_monitor_sections_show_what_the_monitor_stored(harness):
     assert shown["shadow:Brier"] == f"{(10 * 0.12 + 30 * 0.08) / 40:.4g}"
     assert shown["psi:Daily_Trip_Duration"] == "0.310" and shown["psi:Number_Of_Trips"] == "0.020"
     assert "drifted" in section(page, "drift")
+    assert "<td>Desert</td>" in section(page, "drift").split("Segments past the threshold", 1)[1]
     assert section(page, "accuracy").count("<polyline") == 4  # Brier and recall, for both models

@@ -27,11 +27,14 @@ from shared.core.monitoring import (
     PRECISION,
     PSI,
     RECALL,
+    RECORDS,
     ROLE,
     SCORED_ON,
+    SEGMENT,
     SEGMENT_COLUMNS,
     SEGMENT_KIND,
     THRESHOLD,
+    TOTAL_ERROR,
 )
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID
@@ -40,7 +43,7 @@ from shared.core.telemetry import BATTERY_ID, CAR_ID
 ALERT_TYPE, SEVERITY, CREATED_AT, STATE = "type", "severity", "created_at", "state"
 ALERT_ROW_COLUMNS = [CAR_ID, ALERT_TYPE, SEVERITY, CREATED_AT, STATE]
 SEGMENT_ATTRIBUTES = tuple(SEGMENT_COLUMNS.values())  # the monitor's segments: Make, Region, Engine_Type, ...
-ACCURACY_METRICS = (BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE)
+ACCURACY_METRICS = (BRIER, RECALL, PRECISION, AVERAGE_PRECISION, NRMSE, TOTAL_ERROR)
 RISK_BINS = 10  # the fleet's risk distribution: probability in tenths
 HIGHEST_RISK_ROWS = 20
 
@@ -206,21 +209,35 @@ def accuracy_over_time(accuracy: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def latest_drift(drift: pd.DataFrame) -> pd.DataFrame:
-    """The newest day's drift per feature (Feature, PSI, Threshold, Drifted, Day, Model_Version), the most
-    drifted first."""
-    if drift.empty:
-        return drift
-    newest = drift[pd.to_datetime(drift[DAY]) == pd.to_datetime(drift[DAY]).max()]
+    """The newest day's drift over the whole fleet, per feature (Feature, PSI, Threshold, Drifted, Day,
+    Model_Version), the most drifted first."""
+    fleet = drift[drift[SEGMENT_KIND] == ALL_SEGMENTS]
+    if fleet.empty:
+        return fleet
+    newest = fleet[pd.to_datetime(fleet[DAY]) == pd.to_datetime(fleet[DAY]).max()]
     shown = newest[[FEATURE, PSI, THRESHOLD, DRIFTED, DAY, MODEL_VERSION]]
     return shown.sort_values(PSI, ascending=False, kind="stable").reset_index(drop=True)
 
 
-def drift_over_time(drift: pd.DataFrame) -> pd.DataFrame:
-    """PSI per day (rows, "YYYY-MM-DD") and feature (columns)."""
+def drifted_segments(drift: pd.DataFrame) -> pd.DataFrame:
+    """The segments (not the whole fleet) whose feature drifted past the threshold on the newest day: a
+    region's change can drift it while the fleet's distribution hardly moves. Segment_Kind, Segment,
+    Feature, PSI, Threshold, Records; the most drifted first."""
     if drift.empty:
+        return drift
+    newest = drift[pd.to_datetime(drift[DAY]) == pd.to_datetime(drift[DAY]).max()]
+    shown = newest[(newest[SEGMENT_KIND] != ALL_SEGMENTS) & newest[DRIFTED].astype(bool)]
+    columns = [SEGMENT_KIND, SEGMENT, FEATURE, PSI, THRESHOLD, RECORDS]
+    return shown[columns].sort_values(PSI, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def drift_over_time(drift: pd.DataFrame) -> pd.DataFrame:
+    """The whole fleet's PSI per day (rows, "YYYY-MM-DD") and feature (columns)."""
+    fleet = drift[drift[SEGMENT_KIND] == ALL_SEGMENTS]
+    if fleet.empty:
         return pd.DataFrame()
-    day = pd.to_datetime(drift[DAY]).dt.strftime("%Y-%m-%d").rename("day")
-    return drift.groupby([day, drift[FEATURE]])[PSI].mean().unstack(FEATURE).sort_index()
+    day = pd.to_datetime(fleet[DAY]).dt.strftime("%Y-%m-%d").rename("day")
+    return fleet.groupby([day, fleet[FEATURE]])[PSI].mean().unstack(FEATURE).sort_index()
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:

@@ -24,14 +24,27 @@ from shared.core.dashboard import (
     accuracy_over_time,
     alerts_per_day,
     drift_over_time,
+    drifted_segments,
     highest_risk,
     latest_drift,
     model_summary,
     risk_distribution,
     segment_alert_rates,
 )
-from shared.core.monitoring import BATTERIES, BRIER, DAY, DRIFTED, FEATURE, MODEL_VERSION, PSI, RECALL, ROLE, THRESHOLD
-from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
+from shared.core.monitoring import (
+    BATTERIES,
+    BRIER,
+    DAY,
+    DRIFTED,
+    FEATURE,
+    FORECAST,
+    MODEL_VERSION,
+    PSI,
+    RECALL,
+    ROLE,
+    THRESHOLD,
+)
+from shared.core.risk import DAYS_TO_RATED_LIFE, HORIZON_DAYS, PROBABILITY
 from shared.core.svg_charts import lines, stacked_bars
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
 
@@ -265,9 +278,9 @@ def _accuracy_section(accuracy: pd.DataFrame) -> str | None:
 
 
 def _drift_section(drift: pd.DataFrame) -> str | None:
-    if drift.empty:
-        return None
     latest = latest_drift(drift)
+    if latest.empty:
+        return None
     rows = "".join(
         f'<tr><td class="text">{_e(row[FEATURE])}</td><td data-metric="psi:{_e(row[FEATURE])}">{row[PSI]:.3f}</td>'
         f'<td>{row[THRESHOLD]:.2f}</td><td class="text">{"drifted" if row[DRIFTED] else "within"}</td></tr>'
@@ -279,8 +292,15 @@ def _drift_section(drift: pd.DataFrame) -> str | None:
     return (
         f'<p class="note">population stability index of the champion\'s inputs on {_e(day)} against its training '
         'data</p><table><tr><th class="text">feature</th><th>PSI</th><th>threshold</th><th class="text">state</th>'
-        f"</tr>{rows}</table>" + lines(list(over_time.index), series, unit="PSI per day")
+        f"</tr>{rows}</table>" + lines(list(over_time.index), series, unit="PSI per day") + _drifted_segments(drift)
     )
+
+
+def _drifted_segments(drift: pd.DataFrame) -> str:
+    segments = drifted_segments(drift)
+    if segments.empty:
+        return '<p data-metric="drifted-segments">no segment past its threshold</p>'
+    return f"<h3>Segments past the threshold</h3>{_frame_table(segments)}"
 
 
 def _frame_table(frame: pd.DataFrame | None) -> str | None:
@@ -302,12 +322,18 @@ def _car_score(scores: pd.DataFrame, day: str | None) -> str | None:
         f"<td>{row[LIFETIME_CYCLES]:,.1f} / {row[RATED_CYCLES]:,.0f}</td></tr>"
         for _, row in scores.iterrows()
     )
-    return (
+    table = (
         f'<p class="note">nightly score as of {_e(day)}: the forecast of the next 30 days\' cycles turned into the '
         'chance of reaching rated life, and the day it is expected</p><table><tr><th class="text">battery</th>'
         f"<th>P(rated life in 30 days)</th><th>days to rated life</th><th>cycles used / rated</th></tr>{rows}"
         "</table>"
     )
+    if FORECAST not in scores:
+        return table
+    first = pd.Timestamp(day) + pd.Timedelta(days=1)
+    labels = [f"{first + pd.Timedelta(days=n):%m-%d}" for n in range(HORIZON_DAYS)]
+    series = [(f"battery {row[BATTERY_ID]}", [float(v) for v in row[FORECAST]]) for _, row in scores.iterrows()]
+    return table + "<h3>Forecast daily cycles</h3>" + lines(labels, series, unit="forecast cycles per day")
 
 
 def _car_telemetry(telemetry: pd.DataFrame) -> str | None:

@@ -21,7 +21,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from shared.adapters import alert_store, monitor_store
 from shared.adapters.archive import dead_lettered_events, read_archive
 from shared.adapters.registry import ModelRegistry
-from shared.adapters.scores_store import StoredScores, latest_scores
+from shared.adapters.score_store import LatestScores, latest_scores
 from shared.adapters.storage import list_blob_names, queue_length
 from shared.bootstrap import Services
 from shared.config.names import ALERT_POISON_QUEUE, ALERTS_TABLE, DEADLETTER_CONTAINER, PARKED_CONTAINER
@@ -36,6 +36,7 @@ from shared.core.dashboard_page import (
     render_fleet,
     render_unknown_car,
 )
+from shared.core.monitoring import FORECAST
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, COLUMNS, LIFETIME_CYCLES, RATED_CYCLES
 from shared.handlers.telemetry import PARKED_DEADLETTER_PREFIX, PARKED_PREFIX
@@ -80,7 +81,7 @@ def dashboard_page(services: Services, car: str | None = None, lookup: LookupFor
         alert_days=(f"{since:%Y-%m-%d}", f"{now:%Y-%m-%d}"),
         alerts=alerts,
         delivery=delivery,
-        scores=None if scores is None else scores.frame,
+        scores=None if scores is None else scores.scores,
         scores_day=None if scores is None else scores.day,
         model_version=None if scores is None else scores.model_version,
         segments=monitor_store.read_car_segments(services.blobs),
@@ -99,8 +100,8 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
     first, last = car_history_days(now.date(), CAR_TELEMETRY_DAYS)
     telemetry = read_archive(services.blobs, first, last, columns=COLUMNS).frame
     telemetry = telemetry[telemetry[CAR_ID] == car_id].reset_index(drop=True)
-    scores = _latest_scores(services)
-    car_scores = scores_of_car(scores.frame, car_id) if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
+    scores = _latest_scores(services, with_forecast=True)
+    car_scores = scores_of_car(scores.scores, car_id) if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
     try:
         alerts = alert_store.list_alerts(services.tables.get_table_client(ALERTS_TABLE), car_id)
     except ResourceNotFoundError:  # no alerts table yet
@@ -127,6 +128,6 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
     return DashboardPage(200, render_car(view))
 
 
-def _latest_scores(services: Services) -> StoredScores | None:
+def _latest_scores(services: Services, with_forecast: bool = False) -> LatestScores | None:
     champion = ModelRegistry(services.blobs).champion_version()
-    return latest_scores(services.blobs, SCORE_COLUMNS, champion=champion)
+    return latest_scores(services.blobs, [*SCORE_COLUMNS, FORECAST] if with_forecast else SCORE_COLUMNS, champion)
