@@ -123,6 +123,7 @@ def read_archive(
     skip_unreadable: bool = False,
     container: str = TELEMETRY_CONTAINER,
     keep_archived_at: bool = False,
+    car_id: str | None = None,
 ) -> ArchiveRead:
     """The archived records of days `first`..`last` (inclusive; open-ended where None), deduplicated.
 
@@ -130,13 +131,16 @@ def read_archive(
     (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key. An unreadable or
     schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
     ARCHIVE_SKIP_UNREADABLE): then it is logged, listed in `skipped` and left out. Rows come in day order.
+    With `car_id`, only that car's records are kept, filtered as each file is decoded (the dashboard's car
+    lookup): memory follows the car's rows, though every file of the days is still downloaded.
     """
     client = blob_service.get_container_client(container)
     wanted = _wanted_columns(columns, keep_archived_at)
     days = _list_days(client, first, last)
     result = ArchiveRead(_empty(wanted[1]))
     with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
-        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable), days.values()))
+        per_day = list(pool.map(lambda blobs: _read_day(client, blobs, wanted, skip_unreadable, car_id=car_id),
+                                days.values()))  # fmt: skip
     frames = []
     for day_read in per_day:
         frames.append(day_read.frame)
@@ -163,15 +167,18 @@ def load_telemetry_history(
     return read_archive(blob_service, since, until, columns=columns, skip_unreadable=skip_unreadable).frame
 
 
-def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str]) -> pd.DataFrame:
-    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT.
+def read_archived_file(
+    name: str, data: bytes, last_modified: datetime, columns: Sequence[str], car_id: str | None = None
+) -> pd.DataFrame:
+    """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT; with
+    `car_id`, only that car's rows.
 
     Raises `InputError` naming the blob when it cannot be read or does not have the archive's columns.
     """
     where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
     if name.endswith(".csv"):
         frame = _read_csv(where, data).assign(**{ARCHIVED_AT: _naive_utc(last_modified)})
-        return frame[list(columns)]
+        return frame[list(columns)] if car_id is None else frame.loc[frame[CAR_ID] == car_id, list(columns)]
     try:
         schema = pq.read_schema(io.BytesIO(data))
     except (pa.ArrowException, OSError) as error:
@@ -182,7 +189,9 @@ def read_archived_file(name: str, data: bytes, last_modified: datetime, columns:
     if problems:
         raise InputError(f"{where}: schema mismatch: {'; '.join(problems)}")
     try:
-        table = pq.read_table(io.BytesIO(data), columns=decoded)
+        table = pq.read_table(
+            io.BytesIO(data), columns=decoded, filters=None if car_id is None else [(CAR_ID, "==", car_id)]
+        )
         table = table.cast(pa.schema([SCHEMA.field(c) for c in decoded]))
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{where}: not a readable Parquet file ({error})") from None
@@ -304,7 +313,7 @@ def _list_days(client: ContainerClient, first: date | str | None, last: date | s
 
 
 def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], list[str]], skip: bool,
-              relisted: bool = False) -> ArchiveRead:  # fmt: skip
+              relisted: bool = False, car_id: str | None = None) -> ArchiveRead:  # fmt: skip
     """One day's files, deduplicated. A file gone since the listing (a compaction removed it after writing
     its compacted file) makes the day be listed and read again, once, so its rows are not missed."""
     decoded, output = columns
@@ -313,11 +322,12 @@ def _read_day(client: ContainerClient, blobs: list, columns: tuple[list[str], li
     for blob in blobs:
         data = download_bytes(client, blob.name)
         if data is None and not relisted:
-            return _read_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), columns, skip, True)
+            return _read_day(client, _list_blobs(client, f"date={partition_day(blob.name)}/"), columns, skip, True,
+                             car_id)  # fmt: skip
         if data is None:
             continue
         try:
-            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded))
+            frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded, car_id=car_id))
         except InputError as error:
             if not skip:
                 raise

@@ -98,8 +98,7 @@ def dashboard_page(services: Services, car: str | None = None, lookup: LookupFor
 def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardPage:
     now = services.clock()
     first, last = car_history_days(now.date(), CAR_TELEMETRY_DAYS)
-    telemetry = read_archive(services.blobs, first, last, columns=COLUMNS).frame
-    telemetry = telemetry[telemetry[CAR_ID] == car_id].reset_index(drop=True)
+    telemetry = read_archive(services.blobs, first, last, columns=COLUMNS, car_id=car_id).frame
     scores = _latest_scores(services, with_forecast=True)
     car_scores = scores_of_car(scores.scores, car_id) if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
     try:
