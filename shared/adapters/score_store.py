@@ -31,6 +31,7 @@ from shared.adapters.storage import download_bytes, ensure_container, list_blob_
 from shared.config.names import SCORES_CONTAINER
 from shared.core.monitoring import CHAMPION, FORECAST, SHADOW
 from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import CAR_ID
 
 _CHAMPION_FILE = re.compile(r"date=(\d{4}-\d{2}-\d{2})/([^/]+)\.parquet")  # not shadow/ nor spark-<model>/
 
@@ -93,11 +94,15 @@ class LatestScores:
 
 
 def latest_scores(
-    blobs: BlobServiceClient, columns: Sequence[str] | None = None, champion: str | None = None
+    blobs: BlobServiceClient,
+    columns: Sequence[str] | None = None,
+    champion: str | None = None,
+    car_id: str | None = None,
 ) -> LatestScores | None:
     """The newest day's champion scores (the file of `champion` that day if there is one, else the newest
-    written), only those of `columns` the file has decoded (all when None); None when no scores were written
-    yet."""
+    written), only those of `columns` the file has decoded (all when None), and with `car_id` only that car's
+    rows (filtered as the file is decoded: a lookup does not turn the fleet's forecasts into objects); None
+    when no scores were written yet."""
     container = blobs.get_container_client(SCORES_CONTAINER)
     try:
         files = [(match[1], match[2], blob.last_modified, blob.name)
@@ -112,6 +117,7 @@ def latest_scores(
     data = download_bytes(container, name)
     if data is None:  # deleted since the listing
         return None
-    parquet = pq.ParquetFile(io.BytesIO(data))
-    present = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
-    return LatestScores(day, version, parquet.read(columns=present).to_pandas())
+    names = pq.read_schema(io.BytesIO(data)).names
+    present = None if columns is None else [c for c in columns if c in names]
+    rows = None if car_id is None else [(CAR_ID, "==", car_id)]
+    return LatestScores(day, version, pq.read_table(io.BytesIO(data), columns=present, filters=rows).to_pandas())

@@ -160,11 +160,6 @@ def car_history_days(as_of: date, days: int) -> tuple[date, date]:
     return (pd.Timestamp(as_of) - pd.Timedelta(days=days - 1)).date(), as_of
 
 
-def scores_of_car(scores: pd.DataFrame, car_id: str) -> pd.DataFrame:
-    """The car's rows of a scores frame."""
-    return scores[scores[CAR_ID].astype(str) == car_id].reset_index(drop=True)
-
-
 def model_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
     """Per model (champion and shadows), its matured accuracy over the whole fleet pooled across the scored
     days shown (batteries-weighted mean of each metric), with the days judged and the last one; the

@@ -26,7 +26,7 @@ from shared.adapters.storage import list_blob_names, queue_length
 from shared.bootstrap import Services
 from shared.config.names import ALERT_POISON_QUEUE, ALERTS_TABLE, DEADLETTER_CONTAINER, PARKED_CONTAINER
 from shared.core.alerts import check_id
-from shared.core.dashboard import DeliveryHealth, alert_state_counts, car_history_days, scores_of_car
+from shared.core.dashboard import DeliveryHealth, alert_state_counts, car_history_days
 from shared.core.dashboard_page import (
     CarView,
     FleetView,
@@ -99,8 +99,8 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
     now = services.clock()
     first, last = car_history_days(now.date(), CAR_TELEMETRY_DAYS)
     telemetry = read_archive(services.blobs, first, last, columns=COLUMNS, car_id=car_id).frame
-    scores = _latest_scores(services, with_forecast=True)
-    car_scores = scores_of_car(scores.scores, car_id) if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
+    scores = _latest_scores(services, car_id)
+    car_scores = scores.scores if scores is not None else pd.DataFrame(columns=SCORE_COLUMNS)
     try:
         alerts = alert_store.list_alerts(services.tables.get_table_client(ALERTS_TABLE), car_id)
     except ResourceNotFoundError:  # no alerts table yet
@@ -127,6 +127,8 @@ def _car_page(services: Services, car_id: str, lookup: LookupForm) -> DashboardP
     return DashboardPage(200, render_car(view))
 
 
-def _latest_scores(services: Services, with_forecast: bool = False) -> LatestScores | None:
+def _latest_scores(services: Services, car_id: str | None = None) -> LatestScores | None:
+    """The newest champion scores: the fleet's shown columns, or one car's rows with their forecast."""
     champion = ModelRegistry(services.blobs).champion_version()
-    return latest_scores(services.blobs, [*SCORE_COLUMNS, FORECAST] if with_forecast else SCORE_COLUMNS, champion)
+    columns = SCORE_COLUMNS if car_id is None else [*SCORE_COLUMNS, FORECAST]
+    return latest_scores(services.blobs, columns, champion, car_id=car_id)
