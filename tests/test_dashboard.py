@@ -103,6 +103,8 @@ def test_delivery_health_names_every_place_a_loss_is_recorded():
         {"delivered": 3, "failed": 1, "unknown": 1, "superseded": 2},
         poisoned_messages=4,
         dead_lettered_events=5,
+        dead_lettered_alert_messages=8,
+        scoring_error_batches=9,
         dead_lettered_parked=6,
         parked_batches=7,
     )
@@ -116,6 +118,8 @@ def test_delivery_health_names_every_place_a_loss_is_recorded():
         "ended": 2,
         "poisoned": 4,
         "dead_lettered": 5,
+        "alert_messages_dead_lettered": 8,
+        "scoring_errors": 9,
         "parked_dead_lettered": 6,
         "parked": 7,
     }
@@ -210,6 +214,8 @@ def test_an_empty_deployment_renders_no_data_yet_in_every_section_but_delivery(h
             "ended",
             "poisoned",
             "dead_lettered",
+            "alert_messages_dead_lettered",
+            "scoring_errors",
             "parked_dead_lettered",
             "parked",
         ],

@@ -251,13 +251,18 @@ def list_dead_letters(blob_service: BlobServiceClient, day: date | str | None = 
     return letters
 
 
-def dead_lettered_events(blob_service: BlobServiceClient, first: date, last: date) -> int:
-    """How many events were dead-lettered on arrival days `first`..`last`: the documents' counts, one
-    prefix per day listed and each document read (bounded by the days asked for, not the history)."""
+def dead_letter_names(blob_service: BlobServiceClient, prefix: str, first: date, last: date) -> list[str]:
+    """The dead-letter documents under `prefix` (telemetry/, alerts/, scoring/, parked/: each is partitioned by
+    arrival day) of days `first`..`last`: one listing per day, so the cost follows the days, not the history."""
     container = blob_service.get_container_client(DEADLETTER_CONTAINER)
-    names = [name for day in archive_days(first, last)
-             for name in list_blob_names(container, f"{DEADLETTER_PREFIX}{day}")]  # fmt: skip
-    documents = (download_bytes(container, name) for name in names)
+    return [name for day in archive_days(first, last) for name in list_blob_names(container, f"{prefix}{day}")]
+
+
+def dead_lettered_events(blob_service: BlobServiceClient, first: date, last: date) -> int:
+    """How many telemetry events were dead-lettered on arrival days `first`..`last`: the documents' counts."""
+    container = blob_service.get_container_client(DEADLETTER_CONTAINER)
+    documents = (download_bytes(container, name) for name in dead_letter_names(blob_service, DEADLETTER_PREFIX,
+                                                                                first, last))  # fmt: skip
     return sum(int(json.loads(data)["count"]) for data in documents if data is not None)
 
 

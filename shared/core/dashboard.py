@@ -51,12 +51,15 @@ HIGHEST_RISK_ROWS = 20
 @dataclass(frozen=True)
 class DeliveryHealth:
     """What happened to the alerts and the events of the dashboard's window, from where each is recorded:
-    alert states (the alert store), poisoned alert messages (the poison queue), dead-lettered events and
-    parked requests given up on (the dead-letter container), parked batches waiting (the parked container)."""
+    alert states (the alert store), poisoned alert messages (the poison queue), dead-lettered events, malformed
+    alert messages, scoring errors and parked requests given up on (the dead-letter container, per arrival
+    day), parked batches waiting (the parked container)."""
 
     alert_states: dict[str, int] = field(default_factory=dict)
     poisoned_messages: int = 0
     dead_lettered_events: int = 0
+    dead_lettered_alert_messages: int = 0  # queued alerts that were not an alert (deadletter/alerts/)
+    scoring_error_batches: int = 0  # batches with batteries the endpoint could not score (deadletter/scoring/)
     dead_lettered_parked: int = 0
     parked_batches: int = 0
 
@@ -84,6 +87,12 @@ class DeliveryHealth:
             ),
             ("poisoned", "alert messages poisoned (maintenance-alerts-poison)", self.poisoned_messages),
             ("dead_lettered", "telemetry events dead-lettered", self.dead_lettered_events),
+            (
+                "alert_messages_dead_lettered",
+                "malformed alert messages dead-lettered",
+                self.dead_lettered_alert_messages,
+            ),
+            ("scoring_errors", "batches with per-battery scoring errors", self.scoring_error_batches),
             ("parked_dead_lettered", "parked batches dead-lettered", self.dead_lettered_parked),
             ("parked", "telemetry batches parked, waiting to be re-scored", self.parked_batches),
         ]

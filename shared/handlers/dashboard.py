@@ -19,12 +19,12 @@ import pandas as pd
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.adapters import alert_store, monitor_store
-from shared.adapters.archive import dead_lettered_events, read_archive
+from shared.adapters.archive import dead_letter_names, dead_lettered_events, read_archive
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.score_store import LatestScores, latest_scores
 from shared.adapters.storage import list_blob_names, queue_length
 from shared.bootstrap import Services
-from shared.config.names import ALERT_POISON_QUEUE, ALERTS_TABLE, DEADLETTER_CONTAINER, PARKED_CONTAINER
+from shared.config.names import ALERT_POISON_QUEUE, ALERTS_TABLE, PARKED_CONTAINER
 from shared.core.alerts import check_id
 from shared.core.dashboard import DeliveryHealth, alert_state_counts, car_history_days
 from shared.core.dashboard_page import (
@@ -39,7 +39,8 @@ from shared.core.dashboard_page import (
 from shared.core.monitoring import FORECAST
 from shared.core.risk import DAYS_TO_RATED_LIFE, PROBABILITY
 from shared.core.telemetry import BATTERY_ID, CAR_ID, COLUMNS, LIFETIME_CYCLES, RATED_CYCLES
-from shared.handlers.telemetry import PARKED_DEADLETTER_PREFIX, PARKED_PREFIX
+from shared.handlers.alerts import ALERTS_DEADLETTER_PREFIX
+from shared.handlers.telemetry import PARKED_DEADLETTER_PREFIX, PARKED_PREFIX, SCORING_ERRORS_PREFIX
 
 ALERT_WINDOW_DAYS = 30  # the alert and delivery sections cover the alerts created in these days
 MONITOR_DAYS = 120  # matured accuracy and drift of the scored days this far back
@@ -65,14 +66,15 @@ def dashboard_page(services: Services, car: str | None = None, lookup: LookupFor
         return _car_page(services, check_id(car, "car"), lookup)
     now = services.clock()
     since = now - timedelta(days=ALERT_WINDOW_DAYS)
+    days = (since.date(), now.date())
     alerts = alert_store.read_alert_rows(services.tables.get_table_client(ALERTS_TABLE), since)
     delivery = DeliveryHealth(
         alert_states=alert_state_counts(alerts),
         poisoned_messages=queue_length(services.queues, ALERT_POISON_QUEUE),
-        dead_lettered_events=dead_lettered_events(services.blobs, since.date(), now.date()),
-        dead_lettered_parked=len(
-            list_blob_names(services.blobs.get_container_client(DEADLETTER_CONTAINER), PARKED_DEADLETTER_PREFIX)
-        ),
+        dead_lettered_events=dead_lettered_events(services.blobs, *days),
+        dead_lettered_alert_messages=len(dead_letter_names(services.blobs, ALERTS_DEADLETTER_PREFIX, *days)),
+        scoring_error_batches=len(dead_letter_names(services.blobs, SCORING_ERRORS_PREFIX, *days)),
+        dead_lettered_parked=len(dead_letter_names(services.blobs, PARKED_DEADLETTER_PREFIX, *days)),
         parked_batches=len(list_blob_names(services.blobs.get_container_client(PARKED_CONTAINER), PARKED_PREFIX)),
     )
     scores = _latest_scores(services)
