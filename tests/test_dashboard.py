@@ -185,7 +185,7 @@ def test_an_impossible_car_id_is_400_with_the_reason(harness):
         response = get(harness, car=bad)
         assert response.status_code == 400, bad
         assert response.mimetype == "application/json"
-        assert "car" in json.loads(response.get_body())["error"]
+        assert json.loads(response.get_body())["error"].startswith("car "), bad  # names the parameter sent
 
 
 def test_a_car_nobody_knows_is_404_saying_so(harness):
