@@ -5,12 +5,15 @@ The night after LAST_DAY the champion scores the fleet and push_alert delivers i
 cars report through score_telemetry (with two bad events, dead-lettered), the stream alerts again and the
 cooldown suppresses those repeats; one message the host gave up on waits on the poison queue. Every store
 the dashboard reads then holds something: alert rows in several states, dead letters, the poison queue,
-the nightly scores, and the car table's segments.
+the nightly scores, and the car table's segments. `write_monitor_history` adds what the model monitor stores:
+two models' matured accuracy over MONITORED_DAYS and a day's drift (the fleet's and a region's).
 """
 
 from __future__ import annotations
 
 import contextlib
+from datetime import date
+from typing import NamedTuple
 
 import pandas as pd
 from _models import model_dir
@@ -19,9 +22,10 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64EncodePolicy
 
 from shared.adapters.archive import archive_telemetry
-from shared.adapters.monitor_store import write_car_segments
+from shared.adapters.monitor_store import write_accuracy, write_car_segments, write_drift
 from shared.adapters.registry import ModelRegistry
 from shared.adapters.storage import queue_service
+from shared.core import monitoring as m
 
 CARS = pd.DataFrame(
     {
@@ -68,3 +72,39 @@ def main_job_like_run(harness: AppHarness) -> str:
         poison.create_queue()
     poison.send_message('{"alert_id": "given-up"}')  # as the host moves a message after maxDequeueCount
     return champion
+
+
+class MonitoredDay(NamedTuple):
+    scored_on: str
+    batteries: int
+    champion_brier: float
+    shadow_brier: float
+
+
+# The champion degrades while the shadow holds: what the monitor sees when usage changes mid-way.
+MONITORED_DAYS = [MonitoredDay(f"2016-01-{day:02d}", 10 + day, 0.02 + 0.01 * (day - 10), 0.03) for day in range(10, 20)]
+DRIFT_DAY = date(2016, 3, 10)
+
+
+def write_monitor_history(blobs) -> None:
+    """Store, as the monitor does (monitor_store), both models' matured accuracy over the whole fleet on each
+    of MONITORED_DAYS, and DRIFT_DAY's drift: trip minutes past the threshold, trips within, the Desert region
+    far past it."""
+    no_bins = pd.DataFrame(columns=m.RELIABILITY_COLUMNS)
+    for day in MONITORED_DAYS:
+        scored_on = pd.Timestamp(day.scored_on)
+        for version, role, brier in (("v1", m.CHAMPION, day.champion_brier), ("v2", m.SHADOW, day.shadow_brier)):
+            rows = pd.DataFrame([{
+                m.SCORED_ON: scored_on, m.MATURED_ON: scored_on + pd.Timedelta(days=30), m.MODEL_VERSION: version,
+                m.ROLE: role, m.SEGMENT_KIND: m.ALL_SEGMENTS, m.SEGMENT: m.ALL_SEGMENTS, m.BATTERIES: day.batteries,
+                m.POSITIVES: 2, m.BRIER: brier, m.RECALL: 1 - 4 * brier, m.PRECISION: 0.5, m.AVERAGE_PRECISION: 0.7,
+                m.NRMSE: 0.1, m.ALERTS: 3, m.TOTAL_ERROR: 0.05,
+            }])  # fmt: skip
+            write_accuracy(blobs, scored_on.date(), version, rows, no_bins)
+    drift = pd.DataFrame({
+        m.DAY: pd.Timestamp(DRIFT_DAY), m.MODEL_VERSION: "v1",
+        m.FEATURE: ["Daily_Trip_Duration", "Number_Of_Trips", "Daily_Trip_Duration"], m.PSI: [0.31, 0.02, 0.55],
+        m.THRESHOLD: 0.2, m.DRIFTED: [True, False, True], m.SEGMENT_KIND: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "region"],
+        m.SEGMENT: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "Desert"], m.RECORDS: [700, 700, 350],
+    })  # fmt: skip
+    write_drift(blobs, DRIFT_DAY, drift)

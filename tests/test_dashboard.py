@@ -9,18 +9,15 @@ import io
 import json
 import re
 from collections import Counter
-from datetime import date
 
 import pandas as pd
 import pytest
-from _dashboard_run import BAD_EVENTS, CARS, NEXT_DAY, main_job_like_run
+from _dashboard_run import BAD_EVENTS, CARS, MONITORED_DAYS, NEXT_DAY, main_job_like_run, write_monitor_history
 
-from shared.adapters import monitor_store
 from shared.adapters.alert_store import list_alerts
 from shared.adapters.archive import list_dead_letters
 from shared.adapters.storage import download_bytes, list_blob_names
 from shared.config.names import ALERTS_TABLE, SCORES_CONTAINER
-from shared.core import monitoring as m
 from shared.core.dashboard import (
     DeliveryHealth,
     alerts_per_day,
@@ -230,40 +227,17 @@ def test_the_lookup_form_keeps_the_function_key(harness):
     assert '<input type="hidden" name="code" value="the-function-key">' in form
 
 
-NO_RELIABILITY = pd.DataFrame(columns=m.RELIABILITY_COLUMNS)
-
-
-def accuracy_rows(day: str, version: str, role: str, batteries: int, brier: float) -> pd.DataFrame:
-    return pd.DataFrame([{
-        m.SCORED_ON: pd.Timestamp(day), m.MATURED_ON: pd.Timestamp(day) + pd.Timedelta(days=30),
-        m.MODEL_VERSION: version, m.ROLE: role, m.SEGMENT_KIND: m.ALL_SEGMENTS, m.SEGMENT: m.ALL_SEGMENTS,
-        m.BATTERIES: batteries, m.POSITIVES: 2, m.BRIER: brier, m.RECALL: 0.5, m.PRECISION: 0.25,
-        m.AVERAGE_PRECISION: 0.7, m.NRMSE: 0.1, m.ALERTS: 1, m.TOTAL_ERROR: 0.05,
-    }])  # fmt: skip
-
-
 def test_the_monitor_sections_show_what_the_monitor_stored(harness):
-    blobs = harness.services.blobs
-    for day, batteries, champion_brier, shadow_brier in (
-        ("2016-01-20", 10, 0.10, 0.12),
-        ("2016-01-21", 30, 0.20, 0.08),
-    ):
-        for version, role, brier in (("v1", m.CHAMPION, champion_brier), ("v2", m.SHADOW, shadow_brier)):
-            rows = accuracy_rows(day, version, role, batteries, brier)
-            monitor_store.write_accuracy(blobs, date.fromisoformat(day), version, rows, NO_RELIABILITY)
-    drift = pd.DataFrame({m.DAY: pd.Timestamp("2016-03-10"), m.MODEL_VERSION: "v1",
-                          m.FEATURE: ["Daily_Trip_Duration", "Number_Of_Trips", "Daily_Trip_Duration"],
-                          m.PSI: [0.31, 0.02, 0.55], m.THRESHOLD: 0.2, m.DRIFTED: [True, False, True],
-                          m.SEGMENT_KIND: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "region"],
-                          m.SEGMENT: [m.ALL_SEGMENTS, m.ALL_SEGMENTS, "Desert"],
-                          m.RECORDS: [700, 700, 70]})  # fmt: skip
-    monitor_store.write_drift(blobs, date(2016, 3, 10), drift)
+    write_monitor_history(harness.services.blobs)
 
     page = get(harness).get_body().decode()
 
     shown = metrics(page)
-    assert shown["champion:Brier"] == f"{(10 * 0.10 + 30 * 0.20) / 40:.4g}"  # pooled, weighted by batteries
-    assert shown["shadow:Brier"] == f"{(10 * 0.12 + 30 * 0.08) / 40:.4g}"
+    batteries = sum(day.batteries for day in MONITORED_DAYS)
+    champion = sum(day.batteries * day.champion_brier for day in MONITORED_DAYS) / batteries
+    shadow = sum(day.batteries * day.shadow_brier for day in MONITORED_DAYS) / batteries
+    assert shown["champion:Brier"] == f"{champion:.4g}"  # pooled over the days, weighted by batteries
+    assert shown["shadow:Brier"] == f"{shadow:.4g}"
     assert shown["psi:Daily_Trip_Duration"] == "0.310" and shown["psi:Number_Of_Trips"] == "0.020"
     assert "drifted" in section(page, "drift")
     assert "<td>Desert</td>" in section(page, "drift").split("Segments past the threshold", 1)[1]

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _dashboard_run import BAD_EVENTS, CARS, main_job_like_run
+from _dashboard_run import BAD_EVENTS, CARS, MONITORED_DAYS, main_job_like_run, write_monitor_history
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -74,6 +74,7 @@ def full_page_png(driver) -> bytes:
 
 def test_the_dashboard_in_chromium_shows_the_stores_figures_and_looks_up_a_car(harness, browser, tmp_path):
     main_job_like_run(harness)
+    write_monitor_history(harness.services.blobs)
     table = harness.services.tables.get_table_client(ALERTS_TABLE)
     alerts = {car: list_alerts(table, car) for car in CARS["Car_ID"]}
     states = Counter(alert["state"] for car_alerts in alerts.values() for alert in car_alerts)
@@ -88,6 +89,8 @@ def test_the_dashboard_in_chromium_shows_the_stores_figures_and_looks_up_a_car(h
         assert int(shown(browser, "dead_lettered")) == len(list_dead_letters(harness.services.blobs)) == len(BAD_EVENTS)
         assert int(shown(browser, "poisoned")) == 1
         assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")  # the charts were drawn
+        last = MONITORED_DAYS[-1].scored_on
+        assert last in browser.find_element(By.ID, "models").text  # the champion's last matured day
         # Offline: the page loaded nothing besides itself (no script, style sheet, font or image).
         assert browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)") == []
         screenshot = tmp_path / "dashboard.png"
