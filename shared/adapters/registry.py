@@ -264,7 +264,7 @@ class ModelRegistry:
                                "candidate_metrics": shadow_matured, "champion_metrics": champion_matured})  # fmt: skip
         return PromotionDecision(version, promoted, reason, champion.version, self.rule.describe())
 
-    def promote_if_better(self, model_dir: str | Path, champion_metrics: dict | None = None) -> PromotionDecision:
+    def promote_if_better(self, model_dir: str | Path) -> PromotionDecision:
         """Publish the model, decide against the current champion, and move the pointer if it wins.
 
         The decision (rule, reason, both metric sets, time) is stored as `_promotions/<version>.json` (read
@@ -274,9 +274,6 @@ class ModelRegistry:
         again against the new champion; after PROMOTION_ATTEMPTS lost races the model is recorded as not
         promoted, with that reason. A model whose kind needs a package the serving environment lacks is
         published but never promoted, whatever its backtest: the reason names the packages.
-
-        `champion_metrics`, when given, stand for the champion's in the decision: the monitor's retrain passes
-        the champion's matured figures, since its backtest figures are what it no longer achieves.
         """
         from shared.models.loader import kind_of, missing_packages  # lightgbm: only when a model is promoted
 
@@ -287,8 +284,7 @@ class ModelRegistry:
         version = self.publish(model_dir)
         for _ in range(PROMOTION_ATTEMPTS):
             champion = self.champion()
-            against = champion_metrics if champion is not None and champion_metrics else None
-            champion_figures = None if champion is None else against or champion.record["metrics"]
+            champion_metrics = None if champion is None else champion.record["metrics"]
             if missing:
                 promoted, reason = (
                     False,
@@ -298,8 +294,7 @@ class ModelRegistry:
                     ),
                 )
             else:
-                promoted, reason = self.rule.decide(candidate, champion_figures)
-                reason = f"{reason} (champion's matured figures)" if against else reason
+                promoted, reason = self.rule.decide(candidate, champion_metrics)
             promotion = {
                 "decided_at": _utc_now(),
                 "promoted": promoted,
@@ -307,7 +302,7 @@ class ModelRegistry:
                 "rule": self.rule.describe(),
                 "previous_champion": None if champion is None else champion.version,
                 "candidate_metrics": candidate,
-                "champion_metrics": champion_figures,
+                "champion_metrics": champion_metrics,
             }
             # Stored before the pointer moves, so the new champion's decision can always be read.
             upload_json(self._blobs, _promotion_blob(version), promotion)

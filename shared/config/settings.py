@@ -77,11 +77,11 @@ class Settings:
     # the retrain trigger. A feature drifts at MONITOR_PSI_THRESHOLD (0.2: the usual "significant shift");
     # the champion degrades when its matured Brier or NRMSE is more than MONITOR_DEGRADATION_MARGIN
     # (relative) above its backtest's; after a triggered retrain no other for MONITOR_RETRAIN_COOLDOWN_DAYS
-    # (30: the new model's own scores need that long to mature before they can be judged).
+    # (40: the new model's scores need 30 days to mature, and a week of them to be judged, as a shadow too).
     monitor_schedule: str = "0 0 4 * * *"
     monitor_psi_threshold: float = 0.2
     monitor_degradation_margin: float = 0.25
-    monitor_retrain_cooldown_days: int = 30
+    monitor_retrain_cooldown_days: int = 40
     # KEEP_SHADOW_CANDIDATE: a retrained model that lost the backtest is kept as the shadow, scored beside the
     # champion every night (never alerting) and promoted if it wins on matured outcomes.
     keep_shadow_candidate: bool = True

@@ -90,7 +90,7 @@ REFERENCE_DAYS = 28  # the training data's last days that make the drift referen
 DRIFT_DAYS = 14  # the recent days compared with it: whole weeks, so weekday habits weigh as in the reference
 # A segment's drift is measured only with this many recent records: below it, sampling noise alone reaches the
 # threshold (a PSI over PSI_BINS bins of n records from an unchanged distribution is about PSI_BINS / n).
-MIN_DRIFT_RECORDS = 200
+MIN_DRIFT_RECORDS = 300
 PSI_BINS = 10  # quantile bins of the reference
 PSI_FLOOR = 1e-4  # an empty bin's share, so the logarithm stays finite
 JUDGED_DAYS = 7  # matured days pooled to judge a model: one day's fleet is a noisy sample
@@ -282,19 +282,19 @@ def pooled_metrics(accuracy: pd.DataFrame) -> dict:
 
 
 def retrain_reasons(matured: dict, backtest: dict, drift: pd.DataFrame, margin: float) -> list[str]:
-    """Why the champion should be retrained, in words (empty: it should not): its pooled matured Brier, NRMSE
-    or 30-day total error more than `margin` (relative) above its backtest figure, or a feature's PSI at its
-    threshold in a segment."""
+    """Why the champion should be retrained, in words (empty: it should not): its pooled matured Brier or 30-day
+    total error more than `margin` (relative) above its backtest figure, or a feature's PSI at its threshold
+    in a segment. Not NRMSE: divided by the range of the values, it is smaller over the backtest's many days
+    than over a week of matured days for the same errors, so the two do not compare."""
     reasons = []
-    for name, title in (("brier", "Brier"), ("nrmse", "NRMSE"), ("total_error", "30-day total error")):
+    for name, title in (("brier", "Brier"), ("total_error", "30-day total error")):
         now, then = matured.get(name), backtest.get(name)
         if now is not None and then is not None and now > then * (1.0 + margin):
             reasons.append(f"matured {title} {now:.4g} over {matured['days']} days is more than {margin:.0%} above "
                            f"the backtest's {then:.4g}")  # fmt: skip
     for row in drift[drift[DRIFTED]].itertuples():
-        reasons.append(
-            f"input drift: {getattr(row, FEATURE)} PSI {getattr(row, PSI):.3g} ≥ {getattr(row, THRESHOLD):g}"
-        )
+        where = "the fleet" if row.Segment_Kind == ALL_SEGMENTS else f"{row.Segment_Kind} {row.Segment}"
+        reasons.append(f"input drift in {where}: {row.Feature} PSI {row.PSI:.3g} ≥ {row.Threshold:g}")
     return reasons
 
 

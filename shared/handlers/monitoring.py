@@ -64,7 +64,7 @@ def nightly_monitor(services: Services) -> dict:
     summary["shadow"] = judge_shadow(registry, history, champion.version, champion_matured)
     reasons = m.retrain_reasons(champion_matured, model_metrics(metadata, champion.version), drift,
                                 settings.monitor_degradation_margin)  # fmt: skip
-    summary["retrain"] = decide_retrain(services, last_day, champion.version, reasons, champion_matured)
+    summary["retrain"] = decide_retrain(services, last_day, champion.version, reasons)
     summary["mlflow"] = _track(champion.record.get("mlflow_run_id"), champion_matured, drift, last_day)
     return summary
 
@@ -132,7 +132,7 @@ def judge_shadow(registry: ModelRegistry, history: pd.DataFrame, champion: str, 
     return {**verdict, "decided": True, "promoted": decision.promoted, "reason": decision.reason}
 
 
-def decide_retrain(services: Services, last_day: date, champion: str, reasons: list[str], matured: dict) -> dict:
+def decide_retrain(services: Services, last_day: date, champion: str, reasons: list[str]) -> dict:
     """Retrain now if there are reasons and no cooldown; store the decision (day, reason, triggered, cooldown)."""
     cooldown = m.cooldown_until(monitor_store.read_retrain_decisions(services.blobs))
     reason = "; ".join(reasons)
@@ -140,8 +140,7 @@ def decide_retrain(services: Services, last_day: date, champion: str, reasons: l
     outcome: dict = {}
     until = None
     if triggered:
-        figures = matured if all(matured.get(name) is not None for name in ("brier", "nrmse")) else None
-        outcome = nightly_retrain(services, champion_metrics=figures)
+        outcome = nightly_retrain(services)
         until = last_day + timedelta(days=services.settings.monitor_retrain_cooldown_days)
     elif reasons:
         reason = f"{reason}; not retrained: cooldown until {cooldown}"

@@ -151,7 +151,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # --- the nightly jobs the Function App's timers run ---------------------------------------------------
 
 
-def nightly_retrain(services: Services, *, past_due: bool = False, champion_metrics: dict | None = None) -> dict:
+def nightly_retrain(services: Services, *, past_due: bool = False) -> dict:
     """Retrain on the archive's trailing period; promote only if the backtest beats the champion; return the outcome.
 
     Bounded by the settings, not by how long the archive is or how big the fleet grows: only the last
@@ -159,8 +159,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
     them is trained on (shared/models/training_sample.py). The model's metadata records both.
 
     A model that does not beat the champion is kept as the shadow (KEEP_SHADOW_CANDIDATE), to be judged on
-    matured outcomes. `champion_metrics` (the monitor's trigger: the champion's matured figures) stand for
-    the champion's backtest figures in the decision.
+    matured outcomes (shared/handlers/monitoring.py): the fair comparison once the world has changed.
 
     With an Azure ML workspace configured, the AutoML job of the lab is submitted instead (it runs for up
     to an hour in the workspace; registration and deployment follow from the CLI or a pipeline).
@@ -173,7 +172,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
         return {"trained": "azureml-automl", "job": job.name, "past_due": past_due}
     last_day = pd.Timestamp(services.clock().date() - timedelta(days=1))
     since = trailing_period_start(last_day, settings.retrain_history_days)
-    raw = load_telemetry_history(services.blobs, since=since.date())
+    raw = load_telemetry_history(services.blobs, since=since.date(), until=last_day.date())  # nothing "future"
     if raw.empty:
         return {"trained": None, "reason": f"no archived telemetry since {since:%Y-%m-%d}", "past_due": past_due}
     sample = sample_batteries(raw, settings.retrain_max_batteries)
@@ -189,7 +188,7 @@ def nightly_retrain(services: Services, *, past_due: bool = False, champion_metr
     model.save(model_dir)
     track_training(model, model_dir, quality=quality)
     registry = ModelRegistry(services.blobs)
-    decision = registry.promote_if_better(model_dir, champion_metrics)
+    decision = registry.promote_if_better(model_dir)
     shadow = not decision.promoted and settings.keep_shadow_candidate
     if shadow:
         registry.keep_shadow(model.version, decision.reason)
