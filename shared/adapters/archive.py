@@ -253,16 +253,20 @@ def list_dead_letters(blob_service: BlobServiceClient, day: date | str | None = 
 
 def dead_letter_names(blob_service: BlobServiceClient, prefix: str, first: date, last: date) -> list[str]:
     """The dead-letter documents under `prefix` (telemetry/, alerts/, scoring/, parked/: each is partitioned by
-    arrival day) of days `first`..`last`: one listing per day, so the cost follows the days, not the history."""
+    arrival day) of days `first`..`last`: one listing per day, overlapped, so the cost follows the days asked
+    for, not the history."""
     container = blob_service.get_container_client(DEADLETTER_CONTAINER)
-    return [name for day in archive_days(first, last) for name in list_blob_names(container, f"{prefix}{day}")]
+    with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+        per_day = pool.map(lambda day: list_blob_names(container, f"{prefix}{day}"), archive_days(first, last))
+        return [name for names in per_day for name in names]
 
 
 def dead_lettered_events(blob_service: BlobServiceClient, first: date, last: date) -> int:
     """How many telemetry events were dead-lettered on arrival days `first`..`last`: the documents' counts."""
     container = blob_service.get_container_client(DEADLETTER_CONTAINER)
-    documents = (download_bytes(container, name) for name in dead_letter_names(blob_service, DEADLETTER_PREFIX,
-                                                                                first, last))  # fmt: skip
+    names = dead_letter_names(blob_service, DEADLETTER_PREFIX, first, last)
+    with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+        documents = list(pool.map(lambda name: download_bytes(container, name), names))
     return sum(int(json.loads(data)["count"]) for data in documents if data is not None)
 
 
