@@ -19,7 +19,7 @@ DEMO_ARGS = $(if $(CARS),--cars $(CARS)) $(if $(START),--start $(START)) $(if $(
             $(if $(SEED),--seed $(SEED)) $(if $(REPLAY_DAYS),--replay-days $(REPLAY_DAYS)) \
             $(if $(CHECK),--check)
 
-.PHONY: run test test-unit test-integration test-e2e lint format infra-scan bench clean install
+.PHONY: run test test-unit test-integration test-e2e test-browser lint format infra-scan bench clean install chromium
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -39,6 +39,13 @@ $(NPM_STAMP): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
 
+# Debian's chromium and chromium-driver for the browser test (tests/test_dashboard_browser.py), installed when
+# missing: a clean CI machine gets them; Selenium drives /usr/bin/chromedriver and downloads nothing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
 run: install
 	$(PY) -m shared demo --out $(RUN_DIR) $(DEMO_ARGS)
 
@@ -54,12 +61,16 @@ format: $(STAMP)
 infra-scan: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/python infra/scan.py
 
-test: install lint infra-scan
+test: install chromium lint infra-scan
 	$(PY) -m pytest
 
-# One group alone (tests/conftest.py assigns each test to one): pure code / real local services / the main job.
+# One group alone (tests/conftest.py assigns each test to one): pure code / real local services / the main job /
+# headless Chromium on the dashboard.
 test-unit test-integration test-e2e: test-%: install
 	$(PY) -m pytest -m $*
+
+test-browser: install chromium
+	$(PY) -m pytest -m browser
 
 # Each benchmark prints its figures; they take minutes (core: 2,000 cars x 3 years, 100,000 batteries).
 bench: install

@@ -22,8 +22,10 @@ from shared.config.names import (
     STORAGE_CONNECTION_SETTING,
     TELEMETRY_EVENT_HUB,
 )
+from shared.core.dashboard_page import LookupForm
 from shared.core.telemetry import InputError
 from shared.handlers.alerts import drain_iothub_feedback, process_alert_message
+from shared.handlers.dashboard import dashboard_page
 from shared.handlers.feedback import receive_feedback
 from shared.handlers.lifecycle import note_queued
 from shared.handlers.ops import health_report, vehicle_alerts
@@ -171,6 +173,18 @@ def alert_feedback(req: func.HttpRequest) -> func.HttpResponse:
     status, body = receive_feedback(bootstrap.current(), req.route_params["car_id"], req.route_params["alert_id"],
                                     req.headers, req.get_body())  # fmt: skip
     return _json(body, status)
+
+
+@app.route(route="dashboard", methods=["GET"])
+def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+    """The operations dashboard, an HTML page (`?car=<Car_ID>`: that car's); 400 with a JSON reason for an
+    impossible id, 404 with the page for a car no store knows. The lookup form keeps the function key."""
+    lookup = LookupForm(hidden={"code": req.params["code"]} if req.params.get("code") else {})
+    try:
+        page = dashboard_page(bootstrap.current(), req.params.get("car"), lookup)
+    except InputError as error:
+        return _json({"error": str(error)}, 400)
+    return func.HttpResponse(page.html, status_code=page.status, mimetype="text/html", charset="utf-8")
 
 
 def _event_metadata(event: func.EventHubEvent) -> dict:

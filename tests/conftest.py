@@ -113,11 +113,13 @@ def pytest_sessionfinish(session, exitstatus):
         write_report(_FAULT_OUTCOMES)
 
 
-# Each test is in one group, so each can be run alone (`make test-unit`, `test-integration`, `test-e2e`):
+# Each test is in one group, so each can be run alone (`make test-unit`, `test-integration`, `test-e2e`,
+# `test-browser`): browser = headless Chromium on the dashboard;
 # end to end = the main job; integration = a real local service (Azurite, azmlinfsrv, the local host, a
 # head-unit simulator, a subprocess), through a fixture or in the module's own code; unit = the rest,
 # which starts nothing.
 END_TO_END_MODULES = {"test_main_job", "test_demo_check"}
+BROWSER_MODULES = {"test_dashboard_browser"}  # headless Chromium: `make test-browser`
 SERVICE_FIXTURES = {"azurite", "storage_connection", "scoring_endpoint", "harness", "alert_table"}
 SERVICES_IN_CODE = ("running_azurite", "running_endpoint", "FunctionsHost", "HeadUnitSimulator", "subprocess",
                     "run_main_job", "ThreadingHTTPServer")  # fmt: skip
@@ -127,6 +129,8 @@ def test_group(module, fixturenames: list[str]) -> str:
     """The group of a test: from its module and the fixtures it uses (transitively)."""
     if module.__name__ in END_TO_END_MODULES:
         return "e2e"
+    if module.__name__ in BROWSER_MODULES:
+        return "browser"
     if SERVICE_FIXTURES & set(fixturenames) or any(name in inspect.getsource(module) for name in SERVICES_IN_CODE):
         return "integration"
     return "unit"

@@ -20,6 +20,7 @@ from shared.adapters.archive import (
     dead_letter,
     list_dead_letters,
     load_telemetry_history,
+    read_archive,
 )
 from shared.core.events import parse_events
 from shared.core.telemetry import BATTERY_ID, COLUMNS, DATE, InputError
@@ -88,6 +89,19 @@ def test_a_retried_batch_overwrites_its_blob_and_a_redelivered_one_is_read_once(
     assert first == again == ["date=2017-03-19/p3-s1200.parquet"]
     assert other != first, "a redelivery under a new id is a second blob"
     assert len(mine(load_telemetry_history(blobs), [battery])) == 1, "readers deduplicate the second copy"
+
+
+def test_a_read_for_one_car_keeps_only_its_records_from_parquet_and_csv_days(blobs, battery):
+    other = f"{battery}-other"
+    archive_telemetry(blobs, good_records(record("2033-01-01", battery), record("2033-01-01", other)), NOW)
+    csv_day = good_records(record("2033-01-02", battery), record("2033-01-02", other))
+    blobs.get_container_client("telemetry").upload_blob(f"date=2033-01-02/{battery}.csv",
+                                                        csv_day.to_csv(index=False), overwrite=True)  # fmt: skip
+
+    read = read_archive(blobs, "2033-01-01", "2033-01-02", car_id=f"CAR-{battery}").frame
+
+    assert read[BATTERY_ID].tolist() == [battery, battery]
+    assert read[DATE].dt.strftime("%Y-%m-%d").tolist() == ["2033-01-01", "2033-01-02"]
 
 
 def test_an_unsafe_batch_id_is_refused(blobs, battery):

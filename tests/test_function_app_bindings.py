@@ -44,7 +44,7 @@ ALERT_OUTPUT = [("maintenance-alerts", "AzureWebJobsStorage")]
 
 def test_the_app_has_exactly_the_functions_of_the_design():
     assert sorted(FUNCTIONS) == [
-        "alert_feedback", "alert_spark_scores_timer", "compact_telemetry_archive",
+        "alert_feedback", "alert_spark_scores_timer", "compact_telemetry_archive", "dashboard",
         "health", "iothub_feedback_timer", "list_vehicle_alerts", "nightly_batch_score_timer",
         "nightly_compliance_score_timer", "nightly_monitor_timer", "nightly_retrain_timer", "push_alert",
         "rescore_parked_telemetry", "score_telemetry",
@@ -89,7 +89,7 @@ def test_push_alert_is_triggered_by_the_alert_queue():
 @pytest.mark.parametrize(
     ("name", "route", "method"),
     [("health", "health", "GET"), ("list_vehicle_alerts", "vehicles/{car_id}/alerts", "GET"),
-     ("alert_feedback", "vehicles/{car_id}/alerts/{alert_id}/feedback", "POST")],
+     ("alert_feedback", "vehicles/{car_id}/alerts/{alert_id}/feedback", "POST"), ("dashboard", "dashboard", "GET")],
 )  # fmt: skip
 def test_http_routes_need_a_function_key(name: str, route: str, method: str):
     http = trigger(name)
@@ -115,6 +115,7 @@ def test_the_local_host_can_run_every_function(storage_connection: str):
         "push_alert": "queue maintenance-alerts",
         "iothub_feedback_timer": "0 * * * * *",
         "health": "GET /api/health",
+        "dashboard": "GET /api/dashboard",
         "list_vehicle_alerts": "GET /api/vehicles/{car_id}/alerts",
         "alert_feedback": "POST /api/vehicles/{car_id}/alerts/{alert_id}/feedback",
     }

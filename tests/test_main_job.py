@@ -242,6 +242,18 @@ def test_the_summary_reports_the_night_and_the_model(main_job):
 
 
 @pytest.mark.slow
+def test_the_run_writes_the_dashboard_page_with_the_runs_figures(main_job):
+    page = (main_job.out / "dashboard.html").read_text()
+    shown = dict(re.findall(r'data-metric="([a-z_-]+)"[^>]*>([^<]*)<', page))
+    summary = main_job.summary
+    assert int(shown["batteries-scored"].replace(",", "")) == summary["scoring"]["batch_scored"] > 0
+    assert int(shown["dead_lettered"]) == summary["events"]["dead_lettered"] > 0
+    # Each alert row in its state now: delivered ones stay delivered unless their battery was replaced since.
+    assert 0 < int(shown["delivered"]) <= summary["alerts"]["delivered"]
+    assert f"model {summary['model_version']}" in page
+
+
+@pytest.mark.slow
 def test_no_process_or_port_is_left_behind_and_the_signing_key_is_never_written(main_job):
     assert main_job.processes_after <= main_job.processes_before
     services = main_job.summary["local_services"]

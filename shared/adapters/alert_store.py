@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableErrorCode, TableServiceClient, UpdateMode
@@ -38,6 +39,7 @@ from azure.data.tables import TableClient, TableEntity, TableErrorCode, TableSer
 from shared.adapters.tables import EntityWrite, TransactionFailed, submit_writes
 from shared.config.names import ALERTS_TABLE
 from shared.core.alerts import check_id, iso_utc, parse_iso_utc
+from shared.core.dashboard import ALERT_ROW_COLUMNS
 from shared.core.lifecycle import ENDED, EXPIRED, RESOLVED
 
 QUEUED = "queued"
@@ -478,6 +480,25 @@ def list_alerts(table: TableClient, car_id: str) -> list[dict[str, Any]]:
     rows = table.query_entities(query, parameters={"car": _key(car_id, "car_id"), "kind": _ALERT_ROW})
     records = [_record(row) for row in rows]
     return sorted(records, key=lambda r: (r["created_at"], r["alert_id"]), reverse=True)
+
+
+def read_alert_rows(table: TableClient, since: datetime) -> pd.DataFrame:
+    """Every car's alerts created at or after `since`, only the columns the dashboard counts (Car_ID,
+    type, severity, created_at, state: `shared.core.dashboard.ALERT_ROW_COLUMNS`), one row per alert.
+
+    One query across partitions with the properties projected (`select`), so the alert JSON is never
+    transferred; Table storage scans the table for it, so its cost follows the alerts stored, not the
+    fleet's telemetry. A missing table is no alerts.
+    """
+    query = "Kind eq @kind and CreatedAt ge @since"
+    selected = ["PartitionKey", "Type", "Severity", "CreatedAt", "State"]
+    try:
+        rows = list(table.query_entities(query, parameters={"kind": _ALERT_ROW, "since": iso_utc(since)},
+                                         select=selected))  # fmt: skip
+    except ResourceNotFoundError:
+        rows = []
+    frame = pd.DataFrame([[row.get(name, "") for name in selected] for row in rows], columns=selected, dtype=object)
+    return frame.set_axis(ALERT_ROW_COLUMNS, axis=1)
 
 
 def _alert_entity(alert: Mapping[str, Any], state: str, now: datetime) -> dict[str, Any]:

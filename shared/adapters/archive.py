@@ -73,6 +73,8 @@ SCHEMA = pa.schema(
     + [(column, pa.float64()) for column in MEASURE_COLUMNS]
     + [(ARCHIVED_AT, pa.timestamp("ns"))]
 )
+# The rows a read keeps: a column (Battery_ID or Car_ID) and its values, applied as each file is decoded.
+RowFilter = tuple[str, pa.Array]
 log = logging.getLogger(__name__)
 
 
@@ -126,17 +128,22 @@ def read_archive(
     container: str = TELEMETRY_CONTAINER,
     keep_archived_at: bool = False,
     batteries: Collection[str] | None = None,
+    car_id: str | None = None,
 ) -> ArchiveRead:
     """The archived records of days `first`..`last` (inclusive; open-ended where None), deduplicated.
 
     With both ends given only those days' partitions are listed (one prefix per day) and read; `columns`
     (of COLUMNS) limits what is decoded from Parquet files to those plus the dedup key, and `batteries`
-    the rows kept from each file as it is decoded (the retraining's sample of a large fleet). An unreadable
+    the rows kept from each file as it is decoded (the retraining's sample of a large fleet); `car_id` keeps
+    one car's rows so (the dashboard's car lookup: every file of the days is still downloaded, and a record
+    whose later copy names another car shows its older copy here). An unreadable
     or schema-mismatched file raises `InputError` naming it, unless `skip_unreadable` (the operator's
     ARCHIVE_SKIP_UNREADABLE): then it is logged, listed in `skipped` and left out. Rows come in day order.
+    With `car_id`, only that car's records are kept, filtered as each file is decoded (the dashboard's car
+    lookup): memory follows the car's rows, though every file of the days is still downloaded.
     """
     files = download_archive(blob_service, first, last, skip_unreadable=skip_unreadable, container=container)
-    return files.read(columns, keep_archived_at=keep_archived_at, batteries=batteries)
+    return files.read(columns, keep_archived_at=keep_archived_at, batteries=batteries, car_id=car_id)
 
 
 def download_archive(
@@ -177,10 +184,10 @@ class ArchiveFiles:
         return [blob.name for day in self.days for blob, _ in day]
 
     def read(self, columns: Sequence[str] | None = None, *, keep_archived_at: bool = False,
-             batteries: Collection[str] | None = None) -> ArchiveRead:  # fmt: skip
-        """The records (`read_archive`), of `batteries` only when given, deduplicated, in day order."""
+             batteries: Collection[str] | None = None, car_id: str | None = None) -> ArchiveRead:  # fmt: skip
+        """The records (`read_archive`), of `batteries` or `car_id` only when given, deduplicated, in day order."""
         decoded, output = _wanted_columns(columns, keep_archived_at)
-        kept = None if batteries is None else pa.array(sorted(map(str, batteries)), pa.string())
+        kept = _row_filter(batteries, car_id)
         result = ArchiveRead(_empty(output))
         frames = [self._read_day(day, decoded, kept, result) for day in self.days]
         frames = [frame[output] for frame in frames if frame is not None]
@@ -215,13 +222,13 @@ class ArchiveFiles:
                 pairs = pd.concat([pairs, frame[[CAR_ID, BATTERY_ID]].drop_duplicates()]).drop_duplicates()
         return pairs.reset_index(drop=True)
 
-    def _read_day(self, day: list[tuple[BlobProperties, bytes]], decoded: list[str], batteries: pa.Array | None,
+    def _read_day(self, day: list[tuple[BlobProperties, bytes]], decoded: list[str], kept: RowFilter | None,
                   result: ArchiveRead) -> pd.DataFrame | None:  # fmt: skip
         """One day's files decoded and deduplicated (None when none was readable); notes them in `result`."""
         frames = []
         for blob, data in day:
             try:
-                frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded, batteries))
+                frames.append(read_archived_file(blob.name, data, blob.last_modified, decoded, kept))
             except InputError as error:
                 if not self.skip_unreadable:
                     raise
@@ -249,17 +256,17 @@ def load_telemetry_history(
 
 
 def read_archived_file(name: str, data: bytes, last_modified: datetime, columns: Sequence[str],
-                       batteries: pa.Array | None = None) -> pd.DataFrame:  # fmt: skip
+                       kept: RowFilter | None = None) -> pd.DataFrame:  # fmt: skip
     """One archived file (Parquet, or CSV of the days before it) as typed `columns`, with ARCHIVED_AT;
-    only the rows of `batteries` (Battery_IDs) when given.
+    only the rows `kept` names (a column and its values) when given.
 
     Raises `InputError` naming the blob when it cannot be read or does not have the archive's columns.
     """
     where = f"archived telemetry {TELEMETRY_CONTAINER}/{name}"
     if name.endswith(".csv"):
         frame = _read_csv(where, data).assign(**{ARCHIVED_AT: _naive_utc(last_modified)})
-        if batteries is not None:
-            frame = frame[frame[BATTERY_ID].isin(batteries.to_pylist())]
+        if kept is not None:
+            frame = frame[frame[kept[0]].isin(kept[1].to_pylist())]
         return frame[list(columns)]
     try:
         schema = pq.read_schema(io.BytesIO(data))
@@ -271,10 +278,9 @@ def read_archived_file(name: str, data: bytes, last_modified: datetime, columns:
     if problems:
         raise InputError(f"{where}: schema mismatch: {'; '.join(problems)}")
     try:
-        table = pq.read_table(io.BytesIO(data), columns=decoded)
+        rows = None if kept is None else pc.is_in(pc.field(kept[0]), value_set=kept[1])
+        table = pq.read_table(io.BytesIO(data), columns=decoded, filters=rows)
         table = table.cast(pa.schema([SCHEMA.field(c) for c in decoded]))
-        if batteries is not None:
-            table = table.filter(pc.is_in(table[BATTERY_ID], value_set=batteries))
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{where}: not a readable Parquet file ({error})") from None
     frame = table.to_pandas()
@@ -333,6 +339,25 @@ def list_dead_letters(blob_service: BlobServiceClient, day: date | str | None = 
     return letters
 
 
+def dead_letter_names(blob_service: BlobServiceClient, prefix: str, first: date, last: date) -> list[str]:
+    """The dead-letter documents under `prefix` (telemetry/, alerts/, scoring/, parked/: each is partitioned by
+    arrival day) of days `first`..`last`: one listing per day, overlapped, so the cost follows the days asked
+    for, not the history."""
+    container = blob_service.get_container_client(DEADLETTER_CONTAINER)
+    with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+        per_day = pool.map(lambda day: list_blob_names(container, f"{prefix}{day}"), archive_days(first, last))
+        return [name for names in per_day for name in names]
+
+
+def dead_lettered_events(blob_service: BlobServiceClient, first: date, last: date) -> int:
+    """How many telemetry events were dead-lettered on arrival days `first`..`last`: the documents' counts."""
+    container = blob_service.get_container_client(DEADLETTER_CONTAINER)
+    names = dead_letter_names(blob_service, DEADLETTER_PREFIX, first, last)
+    with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+        documents = list(pool.map(lambda name: download_bytes(container, name), names))
+    return sum(int(json.loads(data)["count"]) for data in documents if data is not None)
+
+
 # --- internals ----------------------------------------------------------------------------------------
 
 
@@ -382,6 +407,14 @@ def _list_days(client: ContainerClient, first: date | str | None, last: date | s
         if day and (start is None or day >= f"{start}") and (end is None or day <= f"{end}"):
             days.setdefault(day, []).append(blob)
     return dict(sorted(days.items()))
+
+
+def _row_filter(batteries: Collection[str] | None, car_id: str | None) -> RowFilter | None:
+    if batteries is not None and car_id is not None:
+        raise ValueError("give batteries or car_id, not both")
+    if car_id is not None:
+        return CAR_ID, pa.array([car_id], pa.string())
+    return None if batteries is None else (BATTERY_ID, pa.array(sorted(map(str, batteries)), pa.string()))
 
 
 def _download_day(client: ContainerClient, blobs: list, relisted: bool = False) -> list[tuple[BlobProperties, bytes]]:

@@ -7,11 +7,16 @@ Container "scores" (names.SCORES_CONTAINER):
 
 Each holds shared.models.scoring.BATCH_SCORE_COLUMNS, `alert`, `reasons`, and `forecast_daily_cycles` (the 30
 forecast days, a fixed-size list), so the monitor can judge the forecast once the days have passed.
+
+The dashboard reads the newest champion file with only the columns it shows (`latest_scores`): at 100,000
+batteries one download and a few columns decoded, not the reasons or the forecast.
 """
 
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -19,12 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.storage import download_bytes, ensure_container, list_blob_names, upload_bytes
 from shared.config.names import SCORES_CONTAINER
 from shared.core.monitoring import CHAMPION, FORECAST, SHADOW
 from shared.core.risk import HORIZON_DAYS
+from shared.core.telemetry import CAR_ID
+
+_CHAMPION_FILE = re.compile(r"date=(\d{4}-\d{2}-\d{2})/([^/]+)\.parquet")  # not shadow/ nor spark-<model>/
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,42 @@ def read_scores(blobs: BlobServiceClient, as_of: date) -> list[StoredScores]:
         version = name.rsplit("/", 1)[1].removesuffix(".parquet")
         stored.append(StoredScores(version, role, table.drop_columns([FORECAST]).to_pandas(), forecast))
     return sorted(stored, key=lambda item: item.role != CHAMPION)
+
+
+@dataclass(frozen=True)
+class LatestScores:
+    """The newest night's champion scores: the day, the model version that scored it, the rows read."""
+
+    day: str
+    model_version: str
+    scores: pd.DataFrame
+
+
+def latest_scores(
+    blobs: BlobServiceClient,
+    columns: Sequence[str] | None = None,
+    champion: str | None = None,
+    car_id: str | None = None,
+) -> LatestScores | None:
+    """The newest day's champion scores (the file of `champion` that day if there is one, else the newest
+    written), only those of `columns` the file has decoded (all when None), and with `car_id` only that car's
+    rows (filtered as the file is decoded: a lookup does not turn the fleet's forecasts into objects); None
+    when no scores were written yet."""
+    container = blobs.get_container_client(SCORES_CONTAINER)
+    try:
+        files = [(match[1], match[2], blob.last_modified, blob.name)
+                 for blob in container.list_blobs(name_starts_with="date=")
+                 if (match := _CHAMPION_FILE.fullmatch(blob.name))]  # fmt: skip
+    except ResourceNotFoundError:
+        return None
+    if not files:
+        return None
+    newest_day = max(day for day, *_ in files)
+    day, version, _, name = max((f for f in files if f[0] == newest_day), key=lambda f: (f[1] == champion, f[2]))
+    data = download_bytes(container, name)
+    if data is None:  # deleted since the listing
+        return None
+    names = pq.read_schema(io.BytesIO(data)).names
+    present = None if columns is None else [c for c in columns if c in names]
+    rows = None if car_id is None else [(CAR_ID, "==", car_id)]
+    return LatestScores(day, version, pq.read_table(io.BytesIO(data), columns=present, filters=rows).to_pandas())

@@ -264,6 +264,14 @@ def list_blob_names(container: ContainerClient, prefix: str = "") -> list[str]:
         return []
 
 
+def queue_length(service: QueueServiceClient, name: str) -> int:
+    """The approximate number of messages on a queue (Queue storage counts them); 0 when it does not exist."""
+    try:
+        return int(service.get_queue_client(name).get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+
+
 # --- internals ----------------------------------------------------------------------------------------
 
 

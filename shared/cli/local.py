@@ -49,7 +49,7 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from shared.devtools.main_job import check_failures, run_main_job
+    from shared.devtools.main_job import DASHBOARD_FILE, check_failures, run_main_job
 
     summary_path = run_main_job(
         args.out,
@@ -61,6 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
         progress=progress,
     )
     print(summary_path.read_text())
+    print(f"dashboard: {summary_path.parent / DASHBOARD_FILE}")
     if not args.check:
         return 0
     problems = check_failures(json.loads((summary_path.parent / "summary.json").read_text())["check"])

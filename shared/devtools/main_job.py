@@ -20,8 +20,8 @@ The story it plays, with R = `end` − `replay_days`, the last day already in th
    After every drain, the head units answer the alerts they received (in turn: seen, service booked,
    dismissed, no answer) through `alert_feedback`, signed as a head unit signs; the summary
    counts the later alerts those answers held back, and the outcome labels (booked, replaced since);
-6. write summary.md (a person's report), summary.json (the same figures, for scripts and tests) and
-   model_report.md.
+6. write summary.md (a person's report), summary.json (the same figures, for scripts and tests),
+   model_report.md, and dashboard.html: the operations page as GET /api/dashboard served it at the end.
 
 Simulated time: the app reads the time only through `Services.clock`. The job sets the app settings in the
 environment (the app reads them there, as in Azure), lets `bootstrap.current()` build the app's services
@@ -107,6 +107,8 @@ RETRAIN, BATCH_SCORE, SCORE_TELEMETRY, PUSH_ALERT = (
 )  # fmt: skip
 RETRAIN_LOG, BATCH_SCORE_LOG = "nightly_retrain", "nightly_batch_score"
 FEEDBACK = "alert_feedback"
+DASHBOARD = "dashboard"
+DASHBOARD_FILE = "dashboard.html"  # the page as a static file in the run's directory (no server needed to read it)
 # What the head units answer, in turn as their alerts arrive (by car within a drain): a quarter each sees,
 # books a service, dismisses, or does not answer; a booked appointment is BOOKING_LEAD later.
 FEEDBACK_ROTATION = (SEEN, SERVICE_BOOKED, DISMISSED, None)
@@ -428,6 +430,11 @@ def run_main_job(
         record.gateway_attempts = gateway.attempts
         record.counters = observability.readings(metrics)
         record.outcome_labels = outcome_counts(app.tables.get_table_client(ALERTS_TABLE))
+        dashboard = host.call_http(DASHBOARD)  # the operations page as GET /api/dashboard serves it now
+        if dashboard.status_code != 200:
+            raise RuntimeError(f"{DASHBOARD} answered {dashboard.status_code}: {dashboard.get_body()[:500]!r}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DASHBOARD_FILE).write_bytes(dashboard.get_body())
 
     summary = summarise(record, cars=cars, start=start, end=end, seed=seed)
     model_report = training_report(record.champion)

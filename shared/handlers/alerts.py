@@ -54,6 +54,7 @@ from shared.core.telemetry import InputError
 from shared.handlers.lifecycle import stop_or_hold
 
 MALFORMED = "malformed"
+ALERTS_DEADLETTER_PREFIX = "alerts/"  # in the dead-letter container: queued messages that are not an alert
 
 
 def process_alert_message(
@@ -183,7 +184,7 @@ def record_malformed(services: Services, body: str | bytes, reason: str, dequeue
     """
     data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     digest = hashlib.sha256(data).hexdigest()[:32]
-    name = f"alerts/date={now:%Y-%m-%d}/{digest}.json"
+    name = f"{ALERTS_DEADLETTER_PREFIX}date={now:%Y-%m-%d}/{digest}.json"
     record = {
         "reason": reason,
         "queue": ALERT_QUEUE,
