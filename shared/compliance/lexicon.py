@@ -48,6 +48,7 @@ GRADES = ("excellent", "good", "fair", "poor")  # the regulation's conditions, b
 class Reading:
     meaning: str  # a grade, a regulation material, OTHER or UNCLEAR
     via: str  # how the lexicon came to it, for the reason
+    negated: str | None = None  # its meaning under a negator, when not the rule's ("never used": excellent)
 
 
 POLYMER = Reading("plastic", "named as a polymer (poly-)")
@@ -80,11 +81,11 @@ def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_
     rank = {grade: i for i, grade in enumerate(GRADES)} if prefer_worse else {}
     readings = {}
     for word, entry in entries.items():
-        kept = [(meant, via) for root, (meant, via) in entry["roots"].items() if root not in held_out]
+        kept = [Reading(*read) for root, read in entry["roots"].items() if root not in held_out]
         if kept:
-            count = Counter(meant for meant, _ in kept)
+            count = Counter(read.meaning for read in kept)
             meaning = max(count, key=lambda m: (count[m], rank.get(m, 0)))
-            readings[_phrase(word)] = Reading(meaning, next(via for meant, via in kept if meant == meaning))
+            readings[_phrase(word)] = next(read for read in kept if read.meaning == meaning)
     return readings
 
 
@@ -221,8 +222,9 @@ def _negate(
     free_after &= clause[after] == clause[start]
     negated = (negated_at >= 0) | free_after
     fault = reads["meaning"].isin(list(disqualifying)).to_numpy()
-    reads.loc[negated & fault, "meaning"] = NEGATED_GRADE
-    reads.loc[negated & ~fault, "meaning"] = UNCLEAR
+    rule = np.where(fault, NEGATED_GRADE, UNCLEAR)
+    meant = [read.negated or default for read, default in zip(reads["reading"], rule, strict=True)]
+    reads.loc[negated, "meaning"] = np.array(meant, dtype=object)[negated]
     reads.loc[negated, "via"] = "negated: " + reads.loc[negated, "via"]
     reads["first"] = np.where(negated_at >= 0, negated_at, start)
     reads.loc[free_after, "n"] += 1
