@@ -35,6 +35,7 @@ import json
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,6 +261,23 @@ def glossary_words(wordnet: WordNet, glossary: dict) -> tuple[dict[str, dict], d
     return conditions, materials
 
 
+def _redundant(phrase: str, entry: dict, read: Collection[str]) -> bool:
+    """The regulation words in a phrase all mean what the phrase means and its other words read nothing
+    ("good condition"), so the rules read it as well; "good as new" and "weathering steel" are kept."""
+    meanings = {read[0] for read in entry["roots"].values()}
+    inside = [meant for spelling, meant in _REGULATION_WORDS.items() if re.search(rf"\b{spelling}\b", phrase)]
+    others = set(phrase.split()) - {w for spelling in _REGULATION_WORDS for w in spelling.split()}
+    return bool(inside) and set(inside) == meanings and not others & set(read)
+
+
+_REGULATION_WORDS = {
+    re.sub(r"[\W_]+", " ", spelling.lower()): meant
+    for spellings in (MATERIAL_SPELLINGS, CONDITION_SPELLINGS)
+    for meant, forms in spellings.items()
+    for spelling in forms
+}
+
+
 def _phrase(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
@@ -293,6 +311,9 @@ def build(wordnet: WordNet, seeds: dict, glossary: dict | None = None) -> dict:
     for word in {_phrase(s) for s in spelled}:
         conditions.pop(word, None)
         materials.pop(word, None)
+    for table in (conditions, materials):  # "good condition", "carbon steel": the rules read them as they are
+        for phrase in [p for p in table if " " in p and _redundant(p, table[p], {*conditions, *materials})]:
+            del table[phrase]
     return {
         "about": __doc__.split("\n\n")[0].replace("\n", " "),
         "license": "Derived from WordNet 3.0. WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.",

@@ -229,14 +229,14 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     )
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
-    words = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
     clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
-    phrases = read_phrases(clauses.str.strip(), lexicon, NON_COMPLIANT_CONDITIONS)
+    phrases = read_phrases(clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS))
     corrected = _correct_typos(phrases["text"].astype("string"), lexicon)
+    uncovered = phrases["uncovered"].astype("string")  # a regulation word inside a longer phrase is the phrase's
     read = {}
     for slot, spellings, disqualifying in (("condition", CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS),
                                            ("material", MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)):  # fmt: skip
-        exact, typo = (_stated(text, spellings, disqualifying) for text in (words, corrected))
+        exact, typo = (_stated(text, spellings, disqualifying) for text in (uncovered, corrected))
         by_lexicon = phrases[slot].where(phrases[slot] != UNCLEAR)
         stated = exact.combine_first(by_lexicon).combine_first(typo)
         through = exact.isna() & by_lexicon.notna()
@@ -272,7 +272,7 @@ def _stated(text: pd.Series, spellings: Mapping[str, tuple[str, ...]], disqualif
     meaning = {
         re.sub(r"[\W_]+", " ", spelling.lower()): word for word, forms in spellings.items() for spelling in forms
     }
-    pattern = r"\b(" + "|".join(re.escape(s) for s in sorted(meaning, key=len, reverse=True)) + r")\b"
+    pattern = r"\b(" + "|".join(re.escape(s) for s in sorted(meaning, key=len, reverse=True)) + r")s?\b"  # steels
     found = text.str.extractall(pattern)[0].map(meaning).rename("word").reset_index()
     found["clean"] = ~found["word"].isin(disqualifying)
     picked = found.sort_values(["level_0", "clean", "match"]).drop_duplicates("level_0")

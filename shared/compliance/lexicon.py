@@ -55,6 +55,22 @@ POLYMER = Reading("plastic", "named as a polymer (poly-)")
 MIN_POLYMER_NAME = 8  # "polymer" itself is the lexicon's word; "poly" alone is nothing
 
 
+def _designation(pattern: str, material: str, what: str) -> tuple[re.Pattern, str, Reading]:
+    return re.compile(pattern), "material", Reading(material, f"named by its designation: {what}")
+
+
+# Material designations a note writes as one word; the standards' own patterns, not a list of grades.
+DESIGNATIONS = (
+    _designation(r"(?:ss|sus|aisi)[234]\d\d[a-z]{0,2}|[234]\d\d(?:l|h|ln|ti)", "steel", "AISI stainless grade"),
+    _designation(r"s[23]\d5(?:jr|j0|j2|n|m|mc)?", "steel", "EN 10025 structural steel"),
+    _designation(r"en\d{1,2}[a-z]?", "steel", "BS 970 EN steel"),
+    _designation(r"g{2,3}\d{2}|gj[lsmv]\d*", "iron", "DIN/EN cast iron grade"),
+    _designation(r"aa[1-8]\d{3}[a-z]?|al(?:mg|si|zn|cu|mn)\d*[a-z\d]*", "aluminum", "aluminium alloy designation"),
+    _designation(r"ti\d+al\d*v?\d*|\d+al(?:\d*v\d*)?", "titanium", "titanium alloy by composition"),
+    _designation(r"c1[01]\d{3}", "copper", "UNS copper number"),
+)
+
+
 @dataclass(frozen=True)
 class Lexicon:
     conditions: Mapping[str, Reading]  # phrase (words separated by one space) → reading
@@ -69,6 +85,19 @@ class Lexicon:
             materials=_readings(data["materials"], held_out, prefer_worse=False),
             typo_exceptions=frozenset(data["typo_exceptions"]),
         )
+
+    @functools.cached_property
+    def single_words(self) -> frozenset[str]:
+        return frozenset(phrase for phrase in (*self.conditions, *self.materials) if " " not in phrase)
+
+    @functools.cached_property
+    def by_key(self) -> dict[str, str]:
+        """`inflection_key` → the lexicon word it is the key of (the shortest when several share it)."""
+        keys: dict[str, str] = {}
+        for word in sorted(self.single_words, key=lambda w: (len(w), w)):
+            if word.isalpha() and len(key := inflection_key(word)) >= MIN_KEY:
+                keys.setdefault(key, word)
+        return keys
 
     @functools.cached_property
     def longest(self) -> int:
@@ -122,9 +151,10 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     else was read. Loops run over phrase lengths and over matches, never over notes.
     """
     tokens = clauses.reset_index(drop=True).str.split().explode().dropna()
-    row, word = tokens.index.to_numpy(), _canonical(tokens.astype(object).to_numpy(), lexicon)
-    clause = np.cumsum(word == CLAUSE)
-    found = _matches(word, row, clause, lexicon)
+    written = tokens.to_numpy(dtype=object)
+    word, derived = _canonical(written, lexicon)
+    row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
+    found, covered = _matches(written, word, row, clause, lexicon, derived)
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
@@ -139,10 +169,12 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
 
-    kept = pd.Series(replacement, index=row)
-    kept = kept[(kept != CLAUSE) & (kept != "")]
-    text = kept.groupby(level=0).agg(" ".join).reindex(range(len(clauses)), fill_value="")
-    result = pd.DataFrame({"text": text.to_numpy(dtype=object)})
+    result = pd.DataFrame(
+        {
+            "text": _joined_words(replacement, row, len(clauses)),
+            "uncovered": _joined_words(np.where(covered, "", written), row, len(clauses)),
+        }
+    )
     ranks = {"condition": {**{g: 1 for g in GRADES}, UNCLEAR: 2}, "material": {OTHER: 2, UNCLEAR: 3}}
     for kind, rank in ranks.items():
         mine = reads[reads["kind"] == kind]
@@ -155,48 +187,138 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     return result.set_axis(clauses.index)
 
 
-def _matches(word: np.ndarray, row: np.ndarray, clause: np.ndarray, lexicon: Lexicon) -> list[tuple]:
+def _joined_words(words: np.ndarray, row: np.ndarray, notes: int) -> np.ndarray:
+    """Each note's words (without CLAUSE and blanks) joined by spaces."""
+    kept = pd.Series(words, index=row)
+    kept = kept[(kept != CLAUSE) & (kept != "")]
+    return kept.groupby(level=0).agg(" ".join).reindex(range(notes), fill_value="").to_numpy(dtype=object)
+
+
+def _matches(
+    written: np.ndarray,
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    lexicon: Lexicon,
+    derived: Mapping[str, tuple[str, Reading]],
+) -> tuple[list[tuple], np.ndarray]:
     """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
-    and never across notes or clauses; a loop over phrase lengths and over matches."""
+    and never across notes or clauses, and which tokens a phrase of two words or more covers; a loop over
+    phrase lengths and over matches. Single words are also read through `derived` and "poly"."""
     covered = np.zeros(len(word), dtype=bool)
+    in_phrase = np.zeros(len(word), dtype=bool)
     found = []
     for n in range(lexicon.longest, 0, -1):
         starts = np.arange(len(word) - n + 1)
         if not len(starts):
             continue
         gram = pd.Series(word[starts], dtype=object)
+        as_written = pd.Series(written[starts], dtype=object)
         for k in range(1, n):
             gram = gram + " " + word[starts + k]
+            as_written = as_written + " " + written[starts + k]
         same = (row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])
         taken = np.concatenate([[0], np.cumsum(covered)])
         free = taken[starts + n] - taken[starts] == 0
         after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
-            hits = gram.isin(table.keys()).to_numpy() & ~(coating & (kind == "material"))
+            exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
+            hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
             for start in starts[same & free & hits]:
                 if not covered[start : start + n].any():  # two matches of one length may overlap
                     covered[start : start + n] = True
-                    found.append((kind, int(start), n, table[gram.iloc[start]]))
+                    in_phrase[start : start + n] = n > 1
+                    found.append((kind, int(start), n, table[(as_written if exact[start] else gram).iloc[start]]))
         if n == 1:
             words = pd.Series(word, dtype=object)
             named = words.str.startswith(POLYMER_PREFIX) & words.str.isalpha() & (words.str.len() >= MIN_POLYMER_NAME)
             for start in starts[named.to_numpy(dtype=bool) & ~covered & ~coating]:
                 covered[start] = True
                 found.append(("material", int(start), 1, POLYMER))
-    return found
+            for start in starts[words.isin(derived.keys()).to_numpy() & ~covered]:
+                kind, reading = derived[word[start]]
+                if not (kind == "material" and coating[start]):
+                    covered[start] = True
+                    found.append((kind, int(start), 1, reading))
+    return found, in_phrase
 
 
-def _canonical(words: np.ndarray, lexicon: Lexicon) -> np.ndarray:
-    """Plurals of lexicon words as the word ("cracks", "dents" → "crack", "dent"); a loop over distinct words."""
-    known = {phrase for phrase in (*lexicon.conditions, *lexicon.materials) if " " not in phrase}
-    mapping = {}
+def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
+    """Each word as the lexicon word it inflects ("cracks", "snapping", "discoloured", "solidly" → "crack",
+    "snapped", "discolored", "solid": `inflection_key`), and the readings of words the lexicon reads only
+    through an affix or a designation ("unserviceable", "rustless", "316L": `_affixed`, `DESIGNATIONS`); a
+    loop over distinct words."""
+    known = lexicon.single_words
+    mapping, derived = {}, {}
     for word in pd.unique(words):
-        if word not in known and len(word) > 3 and word.endswith("s"):
-            stem = next((s for s in (word[:-1], word[:-2]) if s in known), None)
-            if stem:
-                mapping[word] = stem
-    return np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
+        if word in known or word == CLAUSE:
+            continue
+        designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
+        inflected = _inflected(word, lexicon) if word.isalpha() and len(word) >= MIN_INFLECTED else None
+        if designation:
+            derived[word] = designation
+        elif inflected:
+            mapping[word] = inflected
+        elif word.isalpha() and (affixed := _affixed(word, lexicon)):
+            derived[word] = affixed
+    canonical = np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
+    return canonical, derived
+
+
+MIN_INFLECTED = 5  # shorter words are too often other words when stripped ("used" → "us")
+PARTICIPLES = ("ed", "ing")
+
+
+def _inflected(word: str, lexicon: Lexicon) -> str | None:
+    """The lexicon word `word` inflects, if any: only an inflected word ("exhaust", a pipe, is not
+    "exhausted"), and a participle only as a participle ("cleaned" is what was done, not "clean")."""
+    key = inflection_key(word)
+    known = lexicon.by_key.get(key) if key != word else None
+    if known and word.endswith(PARTICIPLES) and not known.endswith((*PARTICIPLES, "en", "wn", "rn", "nt")):
+        return None
+    return known
+
+
+MIN_KEY = 4
+_BRITISH = ((r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"), (r"(?<=\w\w)is(?=e$|ed$|es$|ing$|ation)", "iz"))
+_SUFFIXES = (("ingly", ""), ("edly", ""), ("ies", "y"), ("ied", "y"), ("ily", "y"), ("ing", ""), ("ed", ""),
+             ("es", ""), ("ly", ""), ("s", ""))  # fmt: skip
+
+
+def inflection_key(word: str) -> str:
+    """What the inflections of a word share: American spelling, no inflectional suffix, no doubled final
+    consonant, no final e ("discoloured", "discolors" → "discolor"; "snapped", "snaps" → "snap";
+    "corroding", "corrode" → "corrod")."""
+    key = word
+    for pattern, american in _BRITISH:
+        key = re.sub(pattern, american, key)
+    for suffix, replacement in _SUFFIXES:
+        if key.endswith(suffix) and not key.endswith("ss") and len(key) - len(suffix) >= 3:
+            key = key[: -len(suffix)] + replacement
+            break
+    if len(key) > 3 and key[-1] == key[-2] and key[-1] not in "aeiouls":
+        key = key[:-1]
+    return key[:-1] if key.endswith("e") and len(key) > MIN_KEY else key
+
+
+NEGATING_PREFIXES = ("non", "un", "in", "im")
+NEGATING_SUFFIX = "less"  # "faultless", "rustless": without the fault
+
+
+def _affixed(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
+    """A condition word negated by a prefix or "-less" ("uncorroded", "unusable", "scratchless"), read as
+    the negated word; None when the rest is no condition word the lexicon knows."""
+    rests = [(word[len(p) :], f"{p}-") for p in NEGATING_PREFIXES if word.startswith(p)]
+    if word.endswith(NEGATING_SUFFIX):
+        rests.append((word[: -len(NEGATING_SUFFIX)], f"-{NEGATING_SUFFIX}"))
+    for rest, affix in rests:
+        base = rest if rest in lexicon.conditions else lexicon.by_key.get(inflection_key(rest))
+        if len(rest) >= MIN_KEY and base in lexicon.conditions:
+            read = lexicon.conditions[base]
+            meaning = read.negated or (NEGATED_GRADE if read.meaning in ("fair", "poor") else UNCLEAR)
+            return "condition", Reading(meaning, f"negated ({affix}{base}): {read.via}")
+    return None
 
 
 def _negate(
