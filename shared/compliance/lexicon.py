@@ -36,7 +36,9 @@ UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("meta
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses
 CLAUSE_BREAK = re.compile(r"[.;,:|/()!?=]|\s[-–]\s")
-NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non"})
+NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non", "none", "nothing", "neither", "nor",
+                      "doesn", "isn", "wasn", "aren", "didn", "won", "cannot", "hardly", "barely", "negligible",
+                      "minimal", "lacks"})  # fmt: skip
 NEGATION_WINDOW = 3
 NEGATED_GRADE = "good"
 COATINGS = frozenset({"plated", "coated", "painted", "clad", "finish", "finished", "dipped", "sprayed"})  # a surface
@@ -65,7 +67,10 @@ DESIGNATIONS = (
     _designation(r"s[23]\d5(?:jr|j0|j2|n|m|mc)?", "steel", "EN 10025 structural steel"),
     _designation(r"en\d{1,2}[a-z]?", "steel", "BS 970 EN steel"),
     _designation(r"g{2,3}\d{2}|gj[lsmv]\d*", "iron", "DIN/EN cast iron grade"),
-    _designation(r"aa[1-8]\d{3}[a-z]?|al(?:mg|si|zn|cu|mn)\d*[a-z\d]*", "aluminum", "aluminium alloy designation"),
+    _designation(
+        r"(?:aa|al)[1-8]\d{3}[a-z]?|al(?:mg|si|zn|cu|mn)\d*[a-z\d]*", "aluminum", "aluminium alloy designation"
+    ),
+    _designation(r"(?:az|am|ze|we)\d{2}[a-z]?", "other", "magnesium alloy designation"),
     _designation(r"ti\d+al\d*v?\d*|\d+al(?:\d*v\d*)?", "titanium", "titanium alloy by composition"),
     _designation(r"c1[01]\d{3}", "copper", "UNS copper number"),
 )
@@ -336,7 +341,7 @@ def _negate(
         inside = (at >= 0) & conditions
         at = np.where(inside, at, 0)
         inside &= (row[at] == row[start]) & (clause[at] == clause[start])
-        free_of = (word[at] == "free") & (word[np.minimum(at + 1, len(word) - 1)] == "of")
+        free_of = (word[at] == "free") & np.isin(word[np.minimum(at + 1, len(word) - 1)], ["of", "from"])
         before = np.isin(word[at], list(NEGATORS)) | free_of
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
     after = np.minimum(end, len(word) - 1)
