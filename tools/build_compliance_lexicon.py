@@ -249,7 +249,8 @@ def glossary_words(wordnet: WordNet, glossary: dict) -> tuple[dict[str, dict], d
     for concept, entry in glossary["conditions"].items():
         forms = [form for verb in entry.get("verbs", []) for form in verb_forms(wordnet, verb)]
         words = [*entry.get("words", []), *forms]
-        words += [" ".join(parts) for parts in itertools.product(*entry.get("frames", []))]
+        if "frames" in entry:
+            words += [" ".join(parts) for parts in itertools.product(*entry["frames"])]
         reading = [entry["grade"], f"glossary: {concept}", *([entry["negated"]] if "negated" in entry else [])]
         for word in words:
             conditions.setdefault(_phrase(word), {"roots": {}})["roots"][concept] = reading

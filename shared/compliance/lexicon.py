@@ -1,21 +1,29 @@
 """The compliance reader's words beyond the regulation's own: conditions and materials in ordinary words.
 
-A technician writes "shabby", "badly corroded", "no visible wear" or "PVC" where the regulation says poor,
-good or plastic. The lexicon (lexicon.json, built from WordNet 3.0 by
-tools/build_compliance_lexicon.py) maps such words to what the regulation reads them as, and says how
-("WordNet: a kind of 'worn'"), so every reason can name the word it read. It is a data file of some 50 KB:
-nothing is downloaded or loaded from a model at run time, and it is read once, on first use.
+A technician writes "shabby", "badly corroded", "no visible wear", "seized up", "PVC" or "316L" where the
+regulation says poor, good, plastic or steel. The lexicon (lexicon.json, ~230 KB, built by
+tools/build_compliance_lexicon.py from WordNet 3.0 and the workshop glossary tools/compliance_glossary.json)
+maps such words and phrases to what the regulation reads them as, and says how ("WordNet: a kind of worn",
+"glossary: fracture"), so every reason can name the word it read. Nothing is downloaded or loaded from a
+model at run time, and the JSON is read once, on first use.
 
-Each entry keeps the seed senses it was grown from (`roots`), so an evaluation can hold a seed out and see
-whether a word is still read without it (`Lexicon.from_data(data, held_out=...)`).
+Each WordNet entry keeps the seed senses it was grown from (`roots`), so an evaluation can hold a seed out
+and see whether a word is still read without it (`Lexicon.from_data(data, held_out=...)`).
 
 Grammar the lexicon does not hold, kept here because it is about how a note is written, not what a word
-means: a negator up to three words before a condition word in the same clause ("no visible wear",
-"without damage", "free of rust") or "free" right after it ("rust free") turns a non-compliant reading
-into good, and a compliant one into unclear ("not perfect" says too little). A material word is never
-negated (the reader's known limit: "no plastic parts" is read as plastic). A material word before "plated",
-"coated", "painted", ... names a surface, not what the part is made of ("chrome-plated"); a word that
-starts with "poly" (polycarbonate, polyoxymethylene) names a polymer: plastic.
+means:
+* inflections: a word that inflects a lexicon word is read as it ("cracks", "snapping", "discoloured",
+  "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
+  uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
+* negation: a negator up to three words before a condition word in the same clause ("no visible wear",
+  "free from defects", "doesn't function") or "free" right after it ("rust free"), and a negating affix
+  ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
+  perfect" says too little), unless the word says what it means negated ("never used": as new; "not
+  working": poor). A material word is never negated ("no plastic parts" is read as plastic);
+* materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
+  of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
+  standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
+  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 LEXICON_FILE = Path(__file__).with_name("lexicon.json")
+GLOSSARY = "glossary: "  # how a reading from the workshop glossary starts (its roots are concepts, not seeds)
 UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("metal"), or a negated good word
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses
@@ -142,7 +151,8 @@ def seeds_in(phrases: Collection[str], protected: Collection[str] = ()) -> froze
     the `protected` ones (the regulation's own words, which the rules read anyway)."""
     words = {word for phrase in phrases for word in _phrase(phrase).split()}
     data = lexicon_data()
-    roots = {root for kind in ("conditions", "materials") for entry in data[kind].values() for root in entry["roots"]}
+    roots = {root for kind in ("conditions", "materials") for entry in data[kind].values()
+             for root, read in entry["roots"].items() if not read[1].startswith(GLOSSARY)}  # fmt: skip
     return frozenset(r for r in roots if r not in protected and words & set(_phrase(r).split()))
 
 
