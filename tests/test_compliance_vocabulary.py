@@ -203,9 +203,9 @@ def test_a_designation_is_read_by_its_standards_pattern():
 
 def test_a_regulation_word_inside_a_longer_phrase_is_the_phrases_and_a_disqualifying_reading_wins():
     texts = ["bracket 2010 good, carbon-fibre reinforced plastic", "bracket 2010 good, weathering steel",
-             "bracket 2010 good, ferritic nodular iron", "bracket 2010 good, glass-filled nylon"]  # fmt: skip
+             "bracket 2010 good, inox housing, acetal bush", "bracket 2010 good, glass-filled nylon"]  # fmt: skip
     notes = read_notes(pd.Series(texts))
-    assert notes["material"].tolist() == ["carbon fiber", "steel", "iron", "plastic"]
+    assert notes["material"].tolist() == ["carbon fiber", "steel", "plastic", "plastic"]
     assert notes["condition"].tolist() == ["good"] * 4  # "weathering" is part of the steel's name here
 
 
