@@ -114,6 +114,15 @@ class Lexicon:
         return keys
 
     @functools.cached_property
+    def first_words(self) -> dict[int, frozenset[str]]:
+        """Phrase length → the words a phrase of that length starts with."""
+        firsts: dict[int, set[str]] = {}
+        for phrase in (*self.conditions, *self.materials):
+            words = phrase.split()
+            firsts.setdefault(len(words), set()).add(words[0])
+        return {n: frozenset(words) for n, words in firsts.items()}
+
+    @functools.cached_property
     def longest(self) -> int:
         return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
 
@@ -206,7 +215,8 @@ def _joined_words(words: np.ndarray, row: np.ndarray, notes: int) -> np.ndarray:
     """Each note's words (without CLAUSE and blanks) joined by spaces."""
     kept = pd.Series(words, index=row)
     kept = kept[(kept != CLAUSE) & (kept != "")]
-    return kept.groupby(level=0).agg(" ".join).reindex(range(notes), fill_value="").to_numpy(dtype=object)
+    joined = (kept + " ").groupby(level=0).sum().str[:-1]  # a grouped sum of strings is their concatenation
+    return joined.reindex(range(notes), fill_value="").to_numpy(dtype=object)
 
 
 def _matches(
@@ -224,7 +234,12 @@ def _matches(
     in_phrase = np.zeros(len(word), dtype=bool)
     found = []
     for n in range(lexicon.longest, 0, -1):
-        starts = np.arange(len(word) - n + 1)
+        starts = np.arange(max(len(word) - n + 1, 0))
+        if n > 1:  # only where a phrase of n words could start: the grams are built for those alone
+            firsts = lexicon.first_words.get(n, frozenset())
+            starts = starts[
+                pd.Series(word[starts]).isin(firsts).to_numpy() | pd.Series(written[starts]).isin(firsts).to_numpy()
+            ]
         if not len(starts):
             continue
         gram = pd.Series(word[starts], dtype=object)
@@ -240,11 +255,12 @@ def _matches(
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
             exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
             hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
-            for start in starts[same & free & hits]:
+            for at in np.flatnonzero(same & free & hits):
+                start = starts[at]
                 if not covered[start : start + n].any():  # two matches of one length may overlap
                     covered[start : start + n] = True
                     in_phrase[start : start + n] = n > 1
-                    found.append((kind, int(start), n, table[(as_written if exact[start] else gram).iloc[start]]))
+                    found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
             words = pd.Series(word, dtype=object)
             named = words.str.startswith(POLYMER_PREFIX) & words.str.isalpha() & (words.str.len() >= MIN_POLYMER_NAME)
