@@ -196,6 +196,12 @@ def test_a_negating_affix_or_a_word_own_negation_decides():
     assert read(texts, "condition") == ["good", "poor", "good", "excellent", "poor", None, "good", "poor"]
 
 
+def test_a_condition_word_that_names_a_property_or_a_part_is_not_a_state():
+    texts = ["wear sensor bracket, steel, 2010, excellent", "corrosion-resistant steel bracket 2010, good",
+             "split pin, steel, 2010, pristine", "anti-rust coated steel bracket 2010, mint"]  # fmt: skip
+    assert read(texts, "condition") == ["excellent", "good", "excellent", "excellent"]
+
+
 def test_a_designation_is_read_by_its_standards_pattern():
     texts = [f"bracket 2010 good, {m}" for m in ("316L", "GGG40", "AlMg3", "Ti6Al4V", "C11000", "AZ91D", "S355JR")]
     assert read(texts, "material") == ["steel", "iron", "aluminum", "titanium", "copper", "other", "steel"]
