@@ -48,6 +48,7 @@ CLAUSE_BREAK = re.compile(r"[.;,:|/()!?=]|\s[-–]\s")
 NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non", "none", "nothing", "neither", "nor",
                       "doesn", "isn", "wasn", "aren", "didn", "won", "cannot", "hardly", "barely", "negligible",
                       "minimal", "lacks"})  # fmt: skip
+SCARCE = frozenset({"little", "few"})  # "very little wear", "few scratches" deny; "a little rust" does not
 NEGATION_WINDOW = 3
 NEGATED_GRADE = "good"
 COATINGS = frozenset({"plated", "coated", "painted", "clad", "finish", "finished", "dipped", "sprayed"})  # a surface
@@ -183,12 +184,12 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
+    reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
-    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means
-    for start, n, meaning in reads[["start", "n", "meaning"]].itertuples(index=False):
-        if meaning not in (OTHER, UNCLEAR):
-            replacement[start] = meaning
-            replacement[start + 1 : start + n] = ""
+    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means,
+    for start, n, meaning in reads[["start", "n", "meaning"]].itertuples(index=False):  # and none when it
+        replacement[start] = meaning if meaning not in (OTHER, UNCLEAR) else ""  # means none ("zinc die cast"
+        replacement[start + 1 : start + n] = ""  # would only be char n-grams the classifier never saw)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
@@ -352,6 +353,30 @@ def _affixed(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
     return None
 
 
+# Words after a condition word that make it name a property, a purpose or a part, not a state:
+# "corrosion resistant", "rust proofing", "wear sensor", "split pin", "crumple zone", "sound deadening".
+THING_HEADS = frozenset({
+    "resistant", "resistance", "proof", "proofed", "proofing", "protection", "protected", "protective",
+    "inhibitor", "inhibiting", "prevention", "treatment", "treated", "guard", "shield", "sensor", "sensors",
+    "indicator", "indicators", "warning", "light", "lamp", "code", "codes", "mode", "test", "testing", "tests",
+    "zone", "pin", "pins", "ring", "rings", "washer", "washers", "collar", "collars", "plate", "pad", "pads",
+    "strip", "strips", "bar", "box", "deadening", "insulation", "thread", "threads", "filter", "mesh",
+})  # fmt: skip
+ANTI = "anti"  # "anti-rust", "anti-corrosion": a treatment against the fault
+
+
+def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
+    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part."""
+    if reads.empty:
+        return np.zeros(0, dtype=bool)
+    start, end = reads["start"].to_numpy(), (reads["start"] + reads["n"]).to_numpy()
+    after, before = np.minimum(end, len(word) - 1), np.maximum(start - 1, 0)
+    same_after = (end < len(word)) & (row[after] == row[start]) & (clause[after] == clause[start])
+    same_before = (start > 0) & (row[before] == row[start]) & (clause[before] == clause[start])
+    named = (same_after & np.isin(word[after], list(THING_HEADS))) | (same_before & (word[before] == ANTI))
+    return named & (reads["kind"].to_numpy() == "condition")
+
+
 def _negate(
     reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray, disqualifying: Collection[str]
 ) -> None:
@@ -368,7 +393,8 @@ def _negate(
         at = np.where(inside, at, 0)
         inside &= (row[at] == row[start]) & (clause[at] == clause[start])
         free_of = (word[at] == "free") & np.isin(word[np.minimum(at + 1, len(word) - 1)], ["of", "from"])
-        before = np.isin(word[at], list(NEGATORS)) | free_of
+        scarce = np.isin(word[at], list(SCARCE)) & ~np.isin(word[np.maximum(at - 1, 0)], ["a", "quite"])
+        before = np.isin(word[at], list(NEGATORS)) | free_of | scarce
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
     after = np.minimum(end, len(word) - 1)
     free_after = conditions & (end < len(word)) & (word[after] == "free") & (row[after] == row[start])
