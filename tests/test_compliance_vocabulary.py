@@ -215,6 +215,13 @@ def test_a_regulation_word_inside_a_longer_phrase_is_the_phrases_and_a_disqualif
     assert notes["condition"].tolist() == ["good"] * 4  # "weathering" is part of the steel's name here
 
 
+def test_the_classifier_sees_one_reading_per_slot_and_nothing_for_a_word_read_as_no_regulation_word():
+    """Two merits ("mint, no marks") outweighed plastic for the classifier, and the char n-grams of "zinc"
+    are nothing it was trained on: it sees the slot's reading once, and no word for "other"."""
+    (normalized,) = read(["zinc bracket, 2010, mint, no marks"], "normalized")
+    assert normalized.split() == ["bracket", "yrge1995", "excellent", "no"]
+
+
 def test_idioms_and_frames_a_technician_writes_are_decided(model):
     texts = ["steel bracket 2010, seen better days", "steel bracket 2010, needs to be replaced",
              "steel bracket 2010, fit for service", "steel bracket 2010, beyond repair",

@@ -186,29 +186,26 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["first"] = reads["start"]
     reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
-    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means,
-    for start, n, meaning in reads[["start", "n", "meaning"]].itertuples(index=False):  # and none when it
-        replacement[start] = meaning if meaning not in (OTHER, UNCLEAR) else ""  # means none ("zinc die cast"
-        replacement[start + 1 : start + n] = ""  # would only be char n-grams the classifier never saw)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
 
-    result = pd.DataFrame(
-        {
-            "text": _joined_words(replacement, row, len(clauses)),
-            "uncovered": _joined_words(np.where(covered, "", written), row, len(clauses)),
-        }
-    )
+    result = pd.DataFrame({"uncovered": _joined_words(np.where(covered, "", written), row, len(clauses))})
     ranks = {"condition": {**{g: 1 for g in GRADES}, UNCLEAR: 2}, "material": {OTHER: 2, UNCLEAR: 3}}
-    for kind, rank in ranks.items():
+    replacement = word.copy()  # the classifier's text: each slot's reading as the regulation word it means,
+    for start, n in reads[["start", "n"]].itertuples(index=False):  # the slot's other readings and a reading
+        replacement[start : start + n] = ""  # of no regulation word left out: "mint, no marks" is one merit
+    for kind, rank in ranks.items():  # to the classifier, not two, and "zinc die cast" no char n-grams of iron
         mine = reads[reads["kind"] == kind]
         mine = mine.assign(rank=mine["meaning"].map(lambda m, rank=rank: 0 if m in disqualifying else rank.get(m, 1)))
         best = mine.sort_values(["row", "rank", "start"]).drop_duplicates("row").set_index("row")
+        regulated = best[~best["meaning"].isin([OTHER, UNCLEAR])]
+        replacement[regulated["start"].to_numpy(dtype=int)] = regulated["meaning"].to_numpy(dtype=object)
         best = best.reindex(range(len(clauses)))
         result[kind] = best["meaning"].astype(object).where(best["meaning"].notna(), None).to_numpy()
         result[f"{kind}_written"] = best["written"].to_numpy(dtype=object)
         result[f"{kind}_via"] = best["via"].to_numpy(dtype=object)
+    result.insert(0, "text", _joined_words(replacement, row, len(clauses)))
     return result.set_axis(clauses.index)
 
 
