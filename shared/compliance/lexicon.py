@@ -63,8 +63,9 @@ class Reading:
     negated: str | None = None  # its meaning under a negator, when not the rule's ("never used": excellent)
 
 
-POLYMER = Reading("plastic", "named as a polymer (poly-)")
+POLYMER = Reading("plastic", "named as a polymer (poly-, -polymer, -ethylene, ...)")
 MIN_POLYMER_NAME = 8  # "polymer" itself is the lexicon's word; "poly" alone is nothing
+POLYMER_SUFFIXES = ("polymer", "plastic", "plastics", "ethylene", "propylene", "styrene")  # "fluoropolymer"
 
 
 def _designation(pattern: str, material: str, what: str) -> tuple[re.Pattern, str, Reading]:
@@ -76,6 +77,9 @@ DESIGNATIONS = (
     _designation(r"(?:ss|sus|aisi)[234]\d\d[a-z]{0,2}|[234]\d\d(?:l|h|ln|ti)", "steel", "AISI stainless grade"),
     _designation(r"s[23]\d5(?:jr|j0|j2|n|m|mc)?", "steel", "EN 10025 structural steel"),
     _designation(r"en\d{1,2}[a-z]?", "steel", "BS 970 EN steel"),
+    _designation(
+        r"x\d+(?:cr|mn|ni|mo)[a-z\d]*|\d{2}(?:cr|mn|ni|mo|si)[a-z\d]*|c[1-9]\d[er]?", "steel", "EN 10027 steel name"
+    ),
     _designation(r"g{2,3}\d{2}|gj[lsmv]\d*", "iron", "DIN/EN cast iron grade"),
     _designation(
         r"(?:aa|al)[1-8]\d{3}[a-z]?|al(?:mg|si|zn|cu|mn)\d*[a-z\d]*", "aluminum", "aluminium alloy designation"
@@ -261,7 +265,8 @@ def _matches(
                     found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
             words = pd.Series(word, dtype=object)
-            named = words.str.startswith(POLYMER_PREFIX) & words.str.isalpha() & (words.str.len() >= MIN_POLYMER_NAME)
+            named = (words.str.startswith(POLYMER_PREFIX) | words.str.endswith(POLYMER_SUFFIXES)) & words.str.isalpha()
+            named &= words.str.len() >= MIN_POLYMER_NAME
             for start in starts[named.to_numpy(dtype=bool) & ~covered & ~coating]:
                 covered[start] = True
                 found.append(("material", int(start), 1, POLYMER))
