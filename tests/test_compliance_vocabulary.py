@@ -104,7 +104,7 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
     """Development figures (the glossary was written after both had been looked at, so they say what the
     reader can do, not how it generalises: that is the holdout's). Figures: README, Component compliance."""
     before, after = evaluate(model, which, EMPTY), evaluate(model, which)
-    assert before["review_rate"] > 0.6
+    assert before["review_rate"] > 0.5
     assert after["accuracy"] >= TARGETS["accuracy"] and after["recall_non_compliant"] >= TARGETS["recall_non_compliant"]
     assert after["review_rate"] <= TARGETS["review_rate"]
     assert after["decided_accuracy"] >= 0.995 and after["undecidable_decided"] <= 0.05
