@@ -209,10 +209,11 @@ def test_a_designation_is_read_by_its_standards_pattern():
 
 def test_a_regulation_word_inside_a_longer_phrase_is_the_phrases_and_a_disqualifying_reading_wins():
     texts = ["bracket 2010 good, carbon-fibre reinforced plastic", "bracket 2010 good, weathering steel",
-             "bracket 2010 good, inox housing, acetal bush", "bracket 2010 good, glass-filled nylon"]  # fmt: skip
+             "bracket 2010 good, inox housing, acetal bush", "bracket 2010 good, glass-filled nylon",
+             "bracket 2010 good, CF/epoxy"]  # fmt: skip
     notes = read_notes(pd.Series(texts))
-    assert notes["material"].tolist() == ["carbon fiber", "steel", "plastic", "plastic"]
-    assert notes["condition"].tolist() == ["good"] * 4  # "weathering" is part of the steel's name here
+    assert notes["material"].tolist() == ["carbon fiber", "steel", "plastic", "plastic", "carbon fiber"]
+    assert notes["condition"].tolist() == ["good"] * 5  # "weathering" is part of the steel's name here
 
 
 def test_the_classifier_sees_one_reading_per_slot_and_nothing_for_a_word_read_as_no_regulation_word():

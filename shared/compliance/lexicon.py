@@ -44,7 +44,7 @@ GLOSSARY = "glossary: "  # how a reading from the workshop glossary starts (its 
 UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("metal"), or a negated good word
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses
-CLAUSE_BREAK = re.compile(r"[.;,:|/()!?=]|\s[-–]\s")
+CLAUSE_BREAK = re.compile(r"[.;,:|()!?=]|(?<!\w)/|/(?!\w)|\s[-–]\s")  # "cf/epoxy" is one material
 NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non", "none", "nothing", "neither", "nor",
                       "doesn", "isn", "wasn", "aren", "didn", "won", "cannot", "hardly", "barely", "negligible",
                       "minimal", "lacks"})  # fmt: skip
