@@ -123,7 +123,7 @@ def _vocabulary(model) -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
-    for which in ("dev", "test", "holdout"):  # the holdout when it is there (the blind one, issue 17)
+    for which in ("dev", "test", "fresh1", "fresh2", "holdout"):  # the holdout when it is there (the blind one)
         path = VOCABULARIES / f"compliance_vocabulary_{which}.json"
         if not path.exists():
             continue
