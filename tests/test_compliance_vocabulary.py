@@ -226,10 +226,11 @@ def test_the_classifier_sees_one_reading_per_slot_and_nothing_for_a_word_read_as
 def test_idioms_and_frames_a_technician_writes_are_decided(model):
     texts = ["steel bracket 2010, seen better days", "steel bracket 2010, needs to be replaced",
              "steel bracket 2010, fit for service", "steel bracket 2010, beyond repair",
-             "steel bracket 2010, works as intended", "steel bracket 2010, showing signs of wear"]  # fmt: skip
+             "steel bracket 2010, works as intended", "steel bracket 2010, showing signs of wear",
+             "steel bracket 2010, needs a new one", "steel bracket 2010, not good"]  # fmt: skip
     results = score_texts(model, texts)
-    assert results[NEEDS_REVIEW].tolist() == [0] * 6
-    assert results[NON_COMPLIANT].tolist() == [1, 1, 0, 1, 0, 1]
+    assert results[NEEDS_REVIEW].tolist() == [0] * 8
+    assert results[NON_COMPLIANT].tolist() == [1, 1, 0, 1, 0, 1, 1, 1]  # "a new one" is needed, not had
     assert "(read 'needs to be replaced' as poor: glossary: remedy to be done)" in results[REASON][1]
 
 
