@@ -222,7 +222,7 @@ def material_words(wordnet: WordNet, seeds: list[dict]) -> dict[str, dict]:
         else:
             regulated.add(key)
             materials[key], lemmas[key] = seed["material"], seed["lemma"]
-    for key in regulated:
+    for key in sorted(regulated):  # a set: sorted, so every build writes the same file
         above, frontier = [], [key]
         for _ in range(UNCLEAR_ABOVE):
             frontier = [t for k in frontier for t in wordnet.related(k, "@")]
