@@ -245,6 +245,15 @@ def test_holding_a_seed_out_removes_only_what_it_alone_gave():
     assert seeds_in(["very good", "mild steel"], REGULATION_WORDS) == set()
 
 
+def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
+    """ "a+" once became the phrase "a", read as excellent in every note with an "a"."""
+    lexicon = Lexicon.from_data(lexicon_data())
+    phrases = {*lexicon.conditions, *lexicon.materials}
+    assert not {p for p in phrases if len(p) == 1} | (
+        phrases & {"the", "an", "and", "or", "of", "in", "on", "to", "is"}
+    )
+
+
 def test_the_lexicon_is_loaded_on_first_use_not_on_import():
     code = ("import sys, shared.handlers.compliance, shared.compliance.lexicon as lexicon; "
             "print(lexicon.lexicon_data.cache_info().currsize, 'nltk' in sys.modules)")  # fmt: skip

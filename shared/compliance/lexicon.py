@@ -363,6 +363,7 @@ THING_HEADS = frozenset({
     "indicator", "indicators", "warning", "light", "lamp", "code", "codes", "mode", "test", "testing", "tests",
     "zone", "pin", "pins", "ring", "rings", "washer", "washers", "collar", "collars", "plate", "pad", "pads",
     "strip", "strips", "bar", "box", "deadening", "insulation", "thread", "threads", "filter", "mesh",
+    "blasted", "blasting", "peened", "peening",
 })  # fmt: skip
 ANTI = "anti"  # "anti-rust", "anti-corrosion": a treatment against the fault
 
