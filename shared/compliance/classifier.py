@@ -7,7 +7,8 @@ a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
   nineteen eighty-five), and the condition and material words: the regulation's own, ordinary ones
-  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance.lexicon`),
+  through a lexicon from WordNet and a workshop glossary, with a grammar of inflections, negation,
+  affixes and designations ("shabby" → poor, "needs replacing" → poor, "PVC", "316L"; `shared.compliance.lexicon`),
   and a word one letter away from a regulation word as that word (typos, unless it is a real word), and
   applies the regulation to what the note states. Years are its job
   because a model of words cannot compare a year with 1995. It also decides whether the note says enough
@@ -21,9 +22,9 @@ a verdict is issued only when they agree:
 * The verdict: when the reader cannot decide, or the two disagree, the note is "needs review" with the
   reason, neither alerted nor guessed nor dropped.
 
-Known limits: negation of a material or of the regulation's own condition words ("no plastic parts",
-"not good") is read as a mention (negated lexicon condition words are handled); a typo that makes a real
-word ("goad" for "good") is not read.
+Known limits: negation of a material ("no plastic parts") is read as a mention (negated condition words
+are handled, the regulation's own through glossary phrases: "not good"); a typo that makes a real word
+("goad" for "good") is not read.
 
 Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching)
 and over year expressions, never over components. Model files are JSON + NumPy arrays (no pickle), so a
