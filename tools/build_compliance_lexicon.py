@@ -30,10 +30,12 @@ this notice).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from shared.compliance.classifier import (  # noqa: E402
 )
 
 SEEDS = ROOT / "tools" / "compliance_lexicon_seeds.json"
+GLOSSARY = ROOT / "tools" / "compliance_glossary.json"
 OUT = ROOT / "shared" / "compliance" / "lexicon.json"
 FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SUBSTANCE_LEXFILE = 27
@@ -219,7 +222,7 @@ def material_words(wordnet: WordNet, seeds: list[dict]) -> dict[str, dict]:
         else:
             regulated.add(key)
             materials[key], lemmas[key] = seed["material"], seed["lemma"]
-    for key in regulated:
+    for key in sorted(regulated):  # a set: sorted, so every build writes the same file
         above, frontier = [], [key]
         for _ in range(UNCLEAR_ABOVE):
             frontier = [t for k in frontier for t in wordnet.related(k, "@")]
@@ -239,7 +242,48 @@ def typo_exceptions(wordnet: WordNet) -> list[str]:
     return sorted(w for w in words - spelled if any(one_edit_apart(w, known) for known in spelled))
 
 
-def build(wordnet: WordNet, seeds: dict) -> dict:
+def glossary_words(wordnet: WordNet, glossary: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(conditions, materials): word → {"roots": {concept: [meaning, how, negated?]}} from the workshop
+    glossary; a verb in every participle (`verb_forms`), a frame as every combination of its parts."""
+    conditions: dict[str, dict] = {}
+    for concept, entry in glossary["conditions"].items():
+        forms = [form for verb in entry.get("verbs", []) for form in verb_forms(wordnet, verb)]
+        words = [*entry.get("words", []), *forms]
+        if "frames" in entry:
+            words += [" ".join(parts) for parts in itertools.product(*entry["frames"])]
+        reading = [entry["grade"], f"glossary: {concept}", *([entry["negated"]] if "negated" in entry else [])]
+        for word in words:
+            conditions.setdefault(_phrase(word), {"roots": {}})["roots"][concept] = reading
+    materials: dict[str, dict] = {}
+    for family, entry in glossary["materials"].items():
+        for word in entry["words"]:
+            roots = materials.setdefault(_phrase(word), {"roots": {}})["roots"]
+            roots[family] = [entry["material"], f"glossary: {family}"]
+    return conditions, materials
+
+
+def _redundant(phrase: str, entry: dict, read: Collection[str]) -> bool:
+    """The regulation words in a phrase all mean what the phrase means and its other words read nothing
+    ("good condition"), so the rules read it as well; "good as new" and "weathering steel" are kept."""
+    meanings = {read[0] for read in entry["roots"].values()}
+    inside = [meant for spelling, meant in _REGULATION_WORDS.items() if re.search(rf"\b{spelling}\b", phrase)]
+    others = set(phrase.split()) - {w for spelling in _REGULATION_WORDS for w in spelling.split()}
+    return bool(inside) and set(inside) == meanings and not others & set(read)
+
+
+_REGULATION_WORDS = {
+    re.sub(r"[\W_]+", " ", spelling.lower()): meant
+    for spellings in (MATERIAL_SPELLINGS, CONDITION_SPELLINGS)
+    for meant, forms in spellings.items()
+    for spelling in forms
+}
+
+
+def _phrase(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def build(wordnet: WordNet, seeds: dict, glossary: dict | None = None) -> dict:
     conditions: dict[str, dict] = {}
     for seed in seeds["conditions"]:
         for word, (grade, how) in condition_words(wordnet, seed).items():
@@ -258,6 +302,19 @@ def build(wordnet: WordNet, seeds: dict) -> dict:
     for entry in materials.values():  # a regulated material is more specific than "a kind of metal or alloy"
         if len({meant for meant, _ in entry["roots"].values()}) > 1:
             entry["roots"] = {root: read for root, read in entry["roots"].items() if read[0] != "other"}
+    glossary_conditions, glossary_materials = glossary_words(wordnet, glossary or {"conditions": {}, "materials": {}})
+    conditions.update(glossary_conditions)  # the workshop's reading of a word replaces WordNet's
+    materials.update(glossary_materials)
+    for word in set(conditions) & set(glossary_materials):
+        del conditions[word]
+    for word in set(glossary_conditions) & set(materials) - set(glossary_materials):
+        del materials[word]
+    for word in {_phrase(s) for s in spelled}:
+        conditions.pop(word, None)
+        materials.pop(word, None)
+    for table in (conditions, materials):  # "good condition", "carbon steel": the rules read them as they are
+        for phrase in [p for p in table if " " in p and _redundant(p, table[p], {*conditions, *materials})]:
+            del table[phrase]
     return {
         "about": __doc__.split("\n\n")[0].replace("\n", " "),
         "license": "Derived from WordNet 3.0. WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.",
@@ -273,7 +330,7 @@ def main() -> None:
     parser.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    lexicon = build(WordNet(args.wordnet), json.loads(SEEDS.read_text()))
+    lexicon = build(WordNet(args.wordnet), json.loads(SEEDS.read_text()), json.loads(GLOSSARY.read_text()))
     args.out.write_text(json.dumps(lexicon, indent=0, ensure_ascii=False) + "\n")
     counts = {kind: len(lexicon[kind]) for kind in ("conditions", "materials", "typo_exceptions")}
     print(f"{args.out}: {counts} entries, {args.out.stat().st_size / 1024:.0f} KB")

@@ -7,7 +7,8 @@ a verdict is issued only when they agree:
 
 * The reader (rules, transparent): finds the manufacturing year, however it is written (1985, '85,
   nineteen eighty-five), and the condition and material words: the regulation's own, ordinary ones
-  through a lexicon grown from WordNet ("shabby" → poor, "PVC" → plastic; `shared.compliance.lexicon`),
+  through a lexicon from WordNet and a workshop glossary, with a grammar of inflections, negation,
+  affixes and designations ("shabby" → poor, "needs replacing" → poor, "PVC", "316L"; `shared.compliance.lexicon`),
   and a word one letter away from a regulation word as that word (typos, unless it is a real word), and
   applies the regulation to what the note states. Years are its job
   because a model of words cannot compare a year with 1995. It also decides whether the note says enough
@@ -21,9 +22,9 @@ a verdict is issued only when they agree:
 * The verdict: when the reader cannot decide, or the two disagree, the note is "needs review" with the
   reason, neither alerted nor guessed nor dropped.
 
-Known limits: negation of a material or of the regulation's own condition words ("no plastic parts",
-"not good") is read as a mention (negated lexicon condition words are handled); a typo that makes a real
-word ("goad" for "good") is not read.
+Known limits: negation of a material ("no plastic parts") is read as a mention (negated condition words
+are handled, the regulation's own through glossary phrases: "not good"); a typo that makes a real word
+("goad" for "good") is not read.
 
 Scoring is vectorised over the catalogue; the only Python loops run over distinct words (typo matching)
 and over year expressions, never over components. Model files are JSON + NumPy arrays (no pickle), so a
@@ -229,14 +230,14 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     )
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
-    words = with_tokens.str.replace(r"[\W_]+", " ", regex=True).str.strip()
     clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
-    phrases = read_phrases(clauses.str.strip(), lexicon, NON_COMPLIANT_CONDITIONS)
+    phrases = read_phrases(clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS))
     corrected = _correct_typos(phrases["text"].astype("string"), lexicon)
+    uncovered = phrases["uncovered"].astype("string")  # a regulation word inside a longer phrase is the phrase's
     read = {}
     for slot, spellings, disqualifying in (("condition", CONDITION_SPELLINGS, NON_COMPLIANT_CONDITIONS),
                                            ("material", MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)):  # fmt: skip
-        exact, typo = (_stated(text, spellings, disqualifying) for text in (words, corrected))
+        exact, typo = (_stated(text, spellings, disqualifying) for text in (uncovered, corrected))
         by_lexicon = phrases[slot].where(phrases[slot] != UNCLEAR)
         stated = exact.combine_first(by_lexicon).combine_first(typo)
         through = exact.isna() & by_lexicon.notna()
@@ -272,7 +273,7 @@ def _stated(text: pd.Series, spellings: Mapping[str, tuple[str, ...]], disqualif
     meaning = {
         re.sub(r"[\W_]+", " ", spelling.lower()): word for word, forms in spellings.items() for spelling in forms
     }
-    pattern = r"\b(" + "|".join(re.escape(s) for s in sorted(meaning, key=len, reverse=True)) + r")\b"
+    pattern = r"\b(" + "|".join(re.escape(s) for s in sorted(meaning, key=len, reverse=True)) + r")s?\b"  # steels
     found = text.str.extractall(pattern)[0].map(meaning).rename("word").reset_index()
     found["clean"] = ~found["word"].isin(disqualifying)
     picked = found.sort_values(["level_0", "clean", "match"]).drop_duplicates("level_0")

@@ -1,21 +1,29 @@
 """The compliance reader's words beyond the regulation's own: conditions and materials in ordinary words.
 
-A technician writes "shabby", "badly corroded", "no visible wear" or "PVC" where the regulation says poor,
-good or plastic. The lexicon (lexicon.json, built from WordNet 3.0 by
-tools/build_compliance_lexicon.py) maps such words to what the regulation reads them as, and says how
-("WordNet: a kind of 'worn'"), so every reason can name the word it read. It is a data file of some 50 KB:
-nothing is downloaded or loaded from a model at run time, and it is read once, on first use.
+A technician writes "shabby", "badly corroded", "no visible wear", "seized up", "PVC" or "316L" where the
+regulation says poor, good, plastic or steel. The lexicon (lexicon.json, ~230 KB, built by
+tools/build_compliance_lexicon.py from WordNet 3.0 and the workshop glossary tools/compliance_glossary.json)
+maps such words and phrases to what the regulation reads them as, and says how ("WordNet: a kind of worn",
+"glossary: fracture"), so every reason can name the word it read. Nothing is downloaded or loaded from a
+model at run time, and the JSON is read once, on first use.
 
-Each entry keeps the seed senses it was grown from (`roots`), so an evaluation can hold a seed out and see
-whether a word is still read without it (`Lexicon.from_data(data, held_out=...)`).
+Each WordNet entry keeps the seed senses it was grown from (`roots`), so an evaluation can hold a seed out
+and see whether a word is still read without it (`Lexicon.from_data(data, held_out=...)`).
 
 Grammar the lexicon does not hold, kept here because it is about how a note is written, not what a word
-means: a negator up to three words before a condition word in the same clause ("no visible wear",
-"without damage", "free of rust") or "free" right after it ("rust free") turns a non-compliant reading
-into good, and a compliant one into unclear ("not perfect" says too little). A material word is never
-negated (the reader's known limit: "no plastic parts" is read as plastic). A material word before "plated",
-"coated", "painted", ... names a surface, not what the part is made of ("chrome-plated"); a word that
-starts with "poly" (polycarbonate, polyoxymethylene) names a polymer: plastic.
+means:
+* inflections: a word that inflects a lexicon word is read as it ("cracks", "snapping", "discoloured",
+  "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
+  uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
+* negation: a negator up to three words before a condition word in the same clause ("no visible wear",
+  "free from defects", "doesn't function") or "free" right after it ("rust free"), and a negating affix
+  ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
+  perfect" says too little), unless the word says what it means negated ("never used": as new; "not
+  working": poor). A material word is never negated ("no plastic parts" is read as plastic);
+* materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
+  of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
+  standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
+  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber).
 """
 
 from __future__ import annotations
@@ -32,11 +40,15 @@ import numpy as np
 import pandas as pd
 
 LEXICON_FILE = Path(__file__).with_name("lexicon.json")
+GLOSSARY = "glossary: "  # how a reading from the workshop glossary starts (its roots are concepts, not seeds)
 UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("metal"), or a negated good word
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses
-CLAUSE_BREAK = re.compile(r"[.;,:|/()!?=]|\s[-–]\s")
-NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non"})
+CLAUSE_BREAK = re.compile(r"[.;,:|()!?=]|(?<!\w)/|/(?!\w)|\s[-–]\s")  # "cf/epoxy" is one material
+NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non", "none", "nothing", "neither", "nor",
+                      "doesn", "isn", "wasn", "aren", "didn", "won", "cannot", "hardly", "barely", "negligible",
+                      "minimal", "lacks"})  # fmt: skip
+SCARCE = frozenset({"little", "few"})  # "very little wear", "few scratches" deny; "a little rust" does not
 NEGATION_WINDOW = 3
 NEGATED_GRADE = "good"
 COATINGS = frozenset({"plated", "coated", "painted", "clad", "finish", "finished", "dipped", "sprayed"})  # a surface
@@ -48,10 +60,34 @@ GRADES = ("excellent", "good", "fair", "poor")  # the regulation's conditions, b
 class Reading:
     meaning: str  # a grade, a regulation material, OTHER or UNCLEAR
     via: str  # how the lexicon came to it, for the reason
+    negated: str | None = None  # its meaning under a negator, when not the rule's ("never used": excellent)
 
 
-POLYMER = Reading("plastic", "named as a polymer (poly-)")
+POLYMER = Reading("plastic", "named as a polymer (poly-, -polymer, -ethylene, ...)")
 MIN_POLYMER_NAME = 8  # "polymer" itself is the lexicon's word; "poly" alone is nothing
+POLYMER_SUFFIXES = ("polymer", "plastic", "plastics", "ethylene", "propylene", "styrene")  # "fluoropolymer"
+
+
+def _designation(pattern: str, material: str, what: str) -> tuple[re.Pattern, str, Reading]:
+    return re.compile(pattern), "material", Reading(material, f"named by its designation: {what}")
+
+
+# Material designations a note writes as one word; the standards' own patterns, not a list of grades.
+DESIGNATIONS = (
+    _designation(r"(?:ss|sus|aisi)[234]\d\d[a-z]{0,2}|[234]\d\d(?:l|h|ln|ti)", "steel", "AISI stainless grade"),
+    _designation(r"s[23]\d5(?:jr|j0|j2|n|m|mc)?", "steel", "EN 10025 structural steel"),
+    _designation(r"en\d{1,2}[a-z]?", "steel", "BS 970 EN steel"),
+    _designation(
+        r"x\d+(?:cr|mn|ni|mo)[a-z\d]*|\d{2}(?:cr|mn|ni|mo|si)[a-z\d]*|c[1-9]\d[er]?", "steel", "EN 10027 steel name"
+    ),
+    _designation(r"g{2,3}\d{2}|gj[lsmv]\d*", "iron", "DIN/EN cast iron grade"),
+    _designation(
+        r"(?:aa|al)[1-8]\d{3}[a-z]?|al(?:mg|si|zn|cu|mn)\d*[a-z\d]*", "aluminum", "aluminium alloy designation"
+    ),
+    _designation(r"(?:az|am|ze|we)\d{2}[a-z]?", "other", "magnesium alloy designation"),
+    _designation(r"ti\d+al\d*v?\d*|\d+al(?:\d*v\d*)?", "titanium", "titanium alloy by composition"),
+    _designation(r"c1[01]\d{3}", "copper", "UNS copper number"),
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,28 @@ class Lexicon:
         )
 
     @functools.cached_property
+    def single_words(self) -> frozenset[str]:
+        return frozenset(phrase for phrase in (*self.conditions, *self.materials) if " " not in phrase)
+
+    @functools.cached_property
+    def by_key(self) -> dict[str, str]:
+        """`inflection_key` → the lexicon word it is the key of (the shortest when several share it)."""
+        keys: dict[str, str] = {}
+        for word in sorted(self.single_words, key=lambda w: (len(w), w)):
+            if word.isalpha() and len(key := inflection_key(word)) >= MIN_KEY:
+                keys.setdefault(key, word)
+        return keys
+
+    @functools.cached_property
+    def first_words(self) -> dict[int, frozenset[str]]:
+        """Phrase length → the words a phrase of that length starts with."""
+        firsts: dict[int, set[str]] = {}
+        for phrase in (*self.conditions, *self.materials):
+            words = phrase.split()
+            firsts.setdefault(len(words), set()).add(words[0])
+        return {n: frozenset(words) for n, words in firsts.items()}
+
+    @functools.cached_property
     def longest(self) -> int:
         return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
 
@@ -80,11 +138,11 @@ def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_
     rank = {grade: i for i, grade in enumerate(GRADES)} if prefer_worse else {}
     readings = {}
     for word, entry in entries.items():
-        kept = [(meant, via) for root, (meant, via) in entry["roots"].items() if root not in held_out]
+        kept = [Reading(*read) for root, read in entry["roots"].items() if root not in held_out]
         if kept:
-            count = Counter(meant for meant, _ in kept)
+            count = Counter(read.meaning for read in kept)
             meaning = max(count, key=lambda m: (count[m], rank.get(m, 0)))
-            readings[_phrase(word)] = Reading(meaning, next(via for meant, via in kept if meant == meaning))
+            readings[_phrase(word)] = next(read for read in kept if read.meaning == meaning)
     return readings
 
 
@@ -107,7 +165,8 @@ def seeds_in(phrases: Collection[str], protected: Collection[str] = ()) -> froze
     the `protected` ones (the regulation's own words, which the rules read anyway)."""
     words = {word for phrase in phrases for word in _phrase(phrase).split()}
     data = lexicon_data()
-    roots = {root for kind in ("conditions", "materials") for entry in data[kind].values() for root in entry["roots"]}
+    roots = {root for kind in ("conditions", "materials") for entry in data[kind].values()
+             for root, read in entry["roots"].items() if not read[1].startswith(GLOSSARY)}  # fmt: skip
     return frozenset(r for r in roots if r not in protected and words & set(_phrase(r).split()))
 
 
@@ -121,81 +180,204 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     else was read. Loops run over phrase lengths and over matches, never over notes.
     """
     tokens = clauses.reset_index(drop=True).str.split().explode().dropna()
-    row, word = tokens.index.to_numpy(), _canonical(tokens.astype(object).to_numpy(), lexicon)
-    clause = np.cumsum(word == CLAUSE)
-    found = _matches(word, row, clause, lexicon)
+    written = tokens.to_numpy(dtype=object)
+    word, derived = _canonical(written, lexicon)
+    row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
+    found, covered = _matches(written, word, row, clause, lexicon, derived)
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
+    reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
-    replacement = word.copy()  # the classifier's text: each read phrase as the regulation word it means
-    for start, n, meaning in reads[["start", "n", "meaning"]].itertuples(index=False):
-        if meaning not in (OTHER, UNCLEAR):
-            replacement[start] = meaning
-            replacement[start + 1 : start + n] = ""
     spans = reads[["first", "start", "n"]].itertuples(index=False)
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
 
-    kept = pd.Series(replacement, index=row)
-    kept = kept[(kept != CLAUSE) & (kept != "")]
-    text = kept.groupby(level=0).agg(" ".join).reindex(range(len(clauses)), fill_value="")
-    result = pd.DataFrame({"text": text.to_numpy(dtype=object)})
+    result = pd.DataFrame({"uncovered": _joined_words(np.where(covered, "", written), row, len(clauses))})
     ranks = {"condition": {**{g: 1 for g in GRADES}, UNCLEAR: 2}, "material": {OTHER: 2, UNCLEAR: 3}}
-    for kind, rank in ranks.items():
+    replacement = word.copy()  # the classifier's text: each slot's reading as the regulation word it means,
+    for start, n in reads[["start", "n"]].itertuples(index=False):  # the slot's other readings and a reading
+        replacement[start : start + n] = ""  # of no regulation word left out: "mint, no marks" is one merit
+    for kind, rank in ranks.items():  # to the classifier, not two, and "zinc die cast" no char n-grams of iron
         mine = reads[reads["kind"] == kind]
         mine = mine.assign(rank=mine["meaning"].map(lambda m, rank=rank: 0 if m in disqualifying else rank.get(m, 1)))
         best = mine.sort_values(["row", "rank", "start"]).drop_duplicates("row").set_index("row")
+        regulated = best[~best["meaning"].isin([OTHER, UNCLEAR])]
+        replacement[regulated["start"].to_numpy(dtype=int)] = regulated["meaning"].to_numpy(dtype=object)
         best = best.reindex(range(len(clauses)))
         result[kind] = best["meaning"].astype(object).where(best["meaning"].notna(), None).to_numpy()
         result[f"{kind}_written"] = best["written"].to_numpy(dtype=object)
         result[f"{kind}_via"] = best["via"].to_numpy(dtype=object)
+    result.insert(0, "text", _joined_words(replacement, row, len(clauses)))
     return result.set_axis(clauses.index)
 
 
-def _matches(word: np.ndarray, row: np.ndarray, clause: np.ndarray, lexicon: Lexicon) -> list[tuple]:
+def _joined_words(words: np.ndarray, row: np.ndarray, notes: int) -> np.ndarray:
+    """Each note's words (without CLAUSE and blanks) joined by spaces."""
+    kept = pd.Series(words, index=row)
+    kept = kept[(kept != CLAUSE) & (kept != "")]
+    joined = (kept + " ").groupby(level=0).sum().str[:-1]  # a grouped sum of strings is their concatenation
+    return joined.reindex(range(notes), fill_value="").to_numpy(dtype=object)
+
+
+def _matches(
+    written: np.ndarray,
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    lexicon: Lexicon,
+    derived: Mapping[str, tuple[str, Reading]],
+) -> tuple[list[tuple], np.ndarray]:
     """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
-    and never across notes or clauses; a loop over phrase lengths and over matches."""
+    and never across notes or clauses, and which tokens a phrase of two words or more covers; a loop over
+    phrase lengths and over matches. Single words are also read through `derived` and "poly"."""
     covered = np.zeros(len(word), dtype=bool)
+    in_phrase = np.zeros(len(word), dtype=bool)
     found = []
     for n in range(lexicon.longest, 0, -1):
-        starts = np.arange(len(word) - n + 1)
+        starts = np.arange(max(len(word) - n + 1, 0))
+        if n > 1:  # only where a phrase of n words could start: the grams are built for those alone
+            firsts = lexicon.first_words.get(n, frozenset())
+            starts = starts[
+                pd.Series(word[starts]).isin(firsts).to_numpy() | pd.Series(written[starts]).isin(firsts).to_numpy()
+            ]
         if not len(starts):
             continue
         gram = pd.Series(word[starts], dtype=object)
+        as_written = pd.Series(written[starts], dtype=object)
         for k in range(1, n):
             gram = gram + " " + word[starts + k]
+            as_written = as_written + " " + written[starts + k]
         same = (row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])
         taken = np.concatenate([[0], np.cumsum(covered)])
         free = taken[starts + n] - taken[starts] == 0
         after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
-            hits = gram.isin(table.keys()).to_numpy() & ~(coating & (kind == "material"))
-            for start in starts[same & free & hits]:
+            exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
+            hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
+            for at in np.flatnonzero(same & free & hits):
+                start = starts[at]
                 if not covered[start : start + n].any():  # two matches of one length may overlap
                     covered[start : start + n] = True
-                    found.append((kind, int(start), n, table[gram.iloc[start]]))
+                    in_phrase[start : start + n] = n > 1
+                    found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
             words = pd.Series(word, dtype=object)
-            named = words.str.startswith(POLYMER_PREFIX) & words.str.isalpha() & (words.str.len() >= MIN_POLYMER_NAME)
+            named = (words.str.startswith(POLYMER_PREFIX) | words.str.endswith(POLYMER_SUFFIXES)) & words.str.isalpha()
+            named &= words.str.len() >= MIN_POLYMER_NAME
             for start in starts[named.to_numpy(dtype=bool) & ~covered & ~coating]:
                 covered[start] = True
                 found.append(("material", int(start), 1, POLYMER))
-    return found
+            for start in starts[words.isin(derived.keys()).to_numpy() & ~covered]:
+                kind, reading = derived[word[start]]
+                if not (kind == "material" and coating[start]):
+                    covered[start] = True
+                    found.append((kind, int(start), 1, reading))
+    return found, in_phrase
 
 
-def _canonical(words: np.ndarray, lexicon: Lexicon) -> np.ndarray:
-    """Plurals of lexicon words as the word ("cracks", "dents" → "crack", "dent"); a loop over distinct words."""
-    known = {phrase for phrase in (*lexicon.conditions, *lexicon.materials) if " " not in phrase}
-    mapping = {}
+def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
+    """Each word as the lexicon word it inflects ("cracks", "snapping", "discoloured", "solidly" → "crack",
+    "snapped", "discolored", "solid": `inflection_key`), and the readings of words the lexicon reads only
+    through an affix or a designation ("unserviceable", "rustless", "316L": `_affixed`, `DESIGNATIONS`); a
+    loop over distinct words."""
+    known = lexicon.single_words
+    mapping, derived = {}, {}
     for word in pd.unique(words):
-        if word not in known and len(word) > 3 and word.endswith("s"):
-            stem = next((s for s in (word[:-1], word[:-2]) if s in known), None)
-            if stem:
-                mapping[word] = stem
-    return np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
+        if word in known or word == CLAUSE:
+            continue
+        designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
+        inflected = _inflected(word, lexicon) if word.isalpha() and len(word) >= MIN_INFLECTED else None
+        if designation:
+            derived[word] = designation
+        elif inflected:
+            mapping[word] = inflected
+        elif word.isalpha() and (affixed := _affixed(word, lexicon)):
+            derived[word] = affixed
+    canonical = np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
+    return canonical, derived
+
+
+MIN_INFLECTED = 5  # shorter words are too often other words when stripped ("used" → "us")
+PARTICIPLES = ("ed", "ing")
+
+
+def _inflected(word: str, lexicon: Lexicon) -> str | None:
+    """The lexicon word `word` inflects, if any: only an inflected word ("exhaust", a pipe, is not
+    "exhausted"), and a participle only as a participle ("cleaned" is what was done, not "clean")."""
+    key = inflection_key(word)
+    known = lexicon.by_key.get(key) if key != word else None
+    if known and word.endswith(PARTICIPLES) and not known.endswith((*PARTICIPLES, "en", "wn", "rn", "nt")):
+        return None
+    return known
+
+
+MIN_KEY = 4
+_BRITISH = ((r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"), (r"(?<=\w\w)is(?=e$|ed$|es$|ing$|ation)", "iz"))
+_SUFFIXES = (("ingly", ""), ("edly", ""), ("ies", "y"), ("ied", "y"), ("ily", "y"), ("ing", ""), ("ed", ""),
+             ("es", ""), ("ly", ""), ("s", ""))  # fmt: skip
+
+
+def inflection_key(word: str) -> str:
+    """What the inflections of a word share: American spelling, no inflectional suffix, no doubled final
+    consonant, no final e ("discoloured", "discolors" → "discolor"; "snapped", "snaps" → "snap";
+    "corroding", "corrode" → "corrod")."""
+    key = word
+    for pattern, american in _BRITISH:
+        key = re.sub(pattern, american, key)
+    for suffix, replacement in _SUFFIXES:
+        if key.endswith(suffix) and not key.endswith("ss") and len(key) - len(suffix) >= 3:
+            key = key[: -len(suffix)] + replacement
+            break
+    if len(key) > 3 and key[-1] == key[-2] and key[-1] not in "aeiouls":
+        key = key[:-1]
+    return key[:-1] if key.endswith("e") and len(key) > MIN_KEY else key
+
+
+NEGATING_PREFIXES = ("non", "un", "in", "im")
+NEGATING_SUFFIX = "less"  # "faultless", "rustless": without the fault
+
+
+def _affixed(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
+    """A condition word negated by a prefix or "-less" ("uncorroded", "unusable", "scratchless"), read as
+    the negated word; None when the rest is no condition word the lexicon knows."""
+    rests = [(word[len(p) :], f"{p}-") for p in NEGATING_PREFIXES if word.startswith(p)]
+    if word.endswith(NEGATING_SUFFIX):
+        rests.append((word[: -len(NEGATING_SUFFIX)], f"-{NEGATING_SUFFIX}"))
+    for rest, affix in rests:
+        base = rest if rest in lexicon.conditions else lexicon.by_key.get(inflection_key(rest))
+        if len(rest) >= MIN_KEY and base in lexicon.conditions:
+            read = lexicon.conditions[base]
+            meaning = read.negated or (NEGATED_GRADE if read.meaning in ("fair", "poor") else UNCLEAR)
+            return "condition", Reading(meaning, f"negated ({affix}{base}): {read.via}")
+    return None
+
+
+# Words after a condition word that make it name a property, a purpose or a part, not a state:
+# "corrosion resistant", "rust proofing", "wear sensor", "split pin", "crumple zone", "sound deadening".
+THING_HEADS = frozenset({
+    "resistant", "resistance", "proof", "proofed", "proofing", "protection", "protected", "protective",
+    "inhibitor", "inhibiting", "prevention", "treatment", "treated", "guard", "shield", "sensor", "sensors",
+    "indicator", "indicators", "warning", "light", "lamp", "code", "codes", "mode", "test", "testing", "tests",
+    "zone", "pin", "pins", "ring", "rings", "washer", "washers", "collar", "collars", "plate", "pad", "pads",
+    "strip", "strips", "bar", "box", "deadening", "insulation", "thread", "threads", "filter", "mesh",
+    "blasted", "blasting", "peened", "peening",
+})  # fmt: skip
+ANTI = "anti"  # "anti-rust", "anti-corrosion": a treatment against the fault
+
+
+def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
+    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part."""
+    if reads.empty:
+        return np.zeros(0, dtype=bool)
+    start, end = reads["start"].to_numpy(), (reads["start"] + reads["n"]).to_numpy()
+    after, before = np.minimum(end, len(word) - 1), np.maximum(start - 1, 0)
+    same_after = (end < len(word)) & (row[after] == row[start]) & (clause[after] == clause[start])
+    same_before = (start > 0) & (row[before] == row[start]) & (clause[before] == clause[start])
+    named = (same_after & np.isin(word[after], list(THING_HEADS))) | (same_before & (word[before] == ANTI))
+    return named & (reads["kind"].to_numpy() == "condition")
 
 
 def _negate(
@@ -213,16 +395,18 @@ def _negate(
         inside = (at >= 0) & conditions
         at = np.where(inside, at, 0)
         inside &= (row[at] == row[start]) & (clause[at] == clause[start])
-        free_of = (word[at] == "free") & (word[np.minimum(at + 1, len(word) - 1)] == "of")
-        before = np.isin(word[at], list(NEGATORS)) | free_of
+        free_of = (word[at] == "free") & np.isin(word[np.minimum(at + 1, len(word) - 1)], ["of", "from"])
+        scarce = np.isin(word[at], list(SCARCE)) & ~np.isin(word[np.maximum(at - 1, 0)], ["a", "quite"])
+        before = np.isin(word[at], list(NEGATORS)) | free_of | scarce
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
     after = np.minimum(end, len(word) - 1)
     free_after = conditions & (end < len(word)) & (word[after] == "free") & (row[after] == row[start])
     free_after &= clause[after] == clause[start]
     negated = (negated_at >= 0) | free_after
     fault = reads["meaning"].isin(list(disqualifying)).to_numpy()
-    reads.loc[negated & fault, "meaning"] = NEGATED_GRADE
-    reads.loc[negated & ~fault, "meaning"] = UNCLEAR
+    rule = np.where(fault, NEGATED_GRADE, UNCLEAR)
+    meant = [read.negated or default for read, default in zip(reads["reading"], rule, strict=True)]
+    reads.loc[negated, "meaning"] = np.array(meant, dtype=object)[negated]
     reads.loc[negated, "via"] = "negated: " + reads.loc[negated, "via"]
     reads["first"] = np.where(negated_at >= 0, negated_at, start)
     reads.loc[free_after, "n"] += 1
