@@ -480,7 +480,10 @@ def read_line(process: subprocess.Popen, timeout: float = 30.0) -> str:
 def test_headunit_sim_command_prints_what_it_receives_until_ctrl_c(session, make_alert):
     env = os.environ | {"SIM_KEY": KEY}
     command = [sys.executable, "-m", "shared", "headunit-sim", "--port", "0", "--signing-key-env", "SIM_KEY"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it, whatever launched the tests: a shell's background job starts with
+    # SIGINT ignored, which the child would inherit (and Python then installs no KeyboardInterrupt).
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         banner = read_line(process)
         assert "listening on http://127.0.0.1:" in banner
