@@ -302,12 +302,7 @@ def resolve_delivered(table: TableClient, car_id: str, alert_id: str, reason: st
         return False
     update = {"PartitionKey": current["PartitionKey"], "RowKey": current["RowKey"], "State": RESOLVED,
               "Reason": reason, "UpdatedAt": iso_utc(now), "ResolvedAt": iso_utc(now)}  # fmt: skip
-    try:
-        table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
-                            match_condition=MatchConditions.IfNotModified)  # fmt: skip
-    except ResourceModifiedError:
-        return False
-    return True
+    return update_if_unchanged(table, update, current)
 
 
 def _record_not_sent(table: TableClient, alert: Mapping[str, Any], reason: str, now: datetime,
@@ -334,8 +329,15 @@ def _record_not_sent(table: TableClient, alert: Mapping[str, Any], reason: str, 
     if current["State"] in FINAL_STATES or lease_live:
         return False
     update = _alert_entity(alert, state_of(current), now) | {"Reason": reason, "ClaimedUntil": "", **(extra or {})}
+    return update_if_unchanged(table, update, current)
+
+
+def update_if_unchanged(table: TableClient, entity: Mapping[str, Any], read: TableEntity,
+                        mode: UpdateMode = UpdateMode.MERGE) -> bool:  # fmt: skip
+    """Write `entity` over the row as `read` returned it, only if nobody wrote it since (its ETag); False if
+    someone did, for the caller to read again or give way."""
     try:
-        table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
+        table.update_entity(entity, mode=mode, etag=read.metadata["etag"],
                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
     except ResourceModifiedError:
         return False
@@ -373,13 +375,8 @@ def record_latest_delivered(table: TableClient, alert: Mapping[str, Any], delive
         if later and not ours:
             return
         keys = {"PartitionKey": car_id, "RowKey": entity["RowKey"]}
-        update = (keys if later else entity) | (_NO_HOLD if ours else {})
-        try:
-            table.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
-                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        if update_if_unchanged(table, (keys if later else entity) | (_NO_HOLD if ours else {}), current):
             return
-        except ResourceModifiedError:
-            continue
 
 
 def record_channel_feedback(table: TableClient, car_id: str, alert_id: str, state: str, reason: str,
@@ -401,12 +398,8 @@ def record_channel_feedback(table: TableClient, car_id: str, alert_id: str, stat
         update = keys | {"State": state, "Reason": reason, "UpdatedAt": iso_utc(now), "ChannelReportedAt": iso_utc(at)}
         if state == DELIVERED:
             update["DeliveredAt"] = row.get("DeliveredAt") or iso_utc(at)
-        try:
-            table.update_entity(update, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
-                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        if update_if_unchanged(table, update, row):
             break
-        except ResourceModifiedError:
-            continue
     alert = json.loads(row["Alert"])
     if state == DELIVERED:
         record_latest_delivered(table, alert, parse_iso_utc(update["DeliveredAt"]))
@@ -426,12 +419,8 @@ def _forget_latest(table: TableClient, alert: Mapping[str, Any]) -> None:
         if current.get("AlertId") != alert["alert_id"]:
             return
         cleared = keys | {"AlertId": "", "BatteryId": "", "Severity": "", "CreatedAt": "", "DeliveredAt": ""}
-        try:
-            table.update_entity(cleared, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
-                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        if update_if_unchanged(table, cleared, current):
             return
-        except ResourceModifiedError:
-            continue
 
 
 def read_latest(table: TableClient, car_id: str, alert_type: str) -> LatestDelivered:

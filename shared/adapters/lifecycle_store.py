@@ -20,8 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters import alert_store
@@ -61,12 +60,8 @@ def record_queued_alerts(table: TableClient, alerts: Iterable[Mapping[str, Any]]
                     continue
             if current["CreatedAt"] >= entity["CreatedAt"]:
                 break
-            try:
-                table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                                    match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            if alert_store.update_if_unchanged(table, entity, current, UpdateMode.REPLACE):
                 break
-            except ResourceModifiedError:
-                continue
 
 
 def read_newest_queued(table: TableClient, alert: Mapping[str, Any]) -> dict[str, str] | None:
