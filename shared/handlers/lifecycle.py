@@ -1,5 +1,6 @@
 """The alert lifecycle where the functions meet it: alerts queued, telemetry seen, an alert dequeued.
 
+- `alerts_of_scores`: the alerts a scoring path queues, each in its car's language (all three paths);
 - `note_queued`: every alert a function queues becomes the newest queued for its battery (supersession);
 - `note_batteries`: both scoring paths tell the store which battery each car's newest telemetry shows, so
   a replacement or counter reset retracts the old battery's undelivered alerts and resolves delivered ones;
@@ -19,8 +20,9 @@ import pandas as pd
 from azure.data.tables import TableClient
 
 from shared.adapters import alert_store, lifecycle_store
+from shared.adapters.car_profiles import read_locales
 from shared.bootstrap import Services
-from shared.core.alerts import iso_utc, validate_alert
+from shared.core.alerts import PROBABILITY, alerts_from_scores, iso_utc, validate_alert
 from shared.core.lifecycle import (
     EXPIRED,
     HELD,
@@ -33,6 +35,7 @@ from shared.core.lifecycle import (
     retraction_reason,
     supersession_reason,
 )
+from shared.core.telemetry import CAR_ID
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,17 @@ class Stopped:
     state: str
     reason: str
     release_at: datetime | None = None
+
+
+def alerts_of_scores(services: Services, scores: pd.DataFrame, now: datetime,
+                     model_version: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The alerts of `scores` over the alert threshold (`alerts_from_scores`), each in its car's language:
+    only the alerted cars' profiles are read."""
+    settings = services.settings
+    alerted = pd.to_numeric(scores[PROBABILITY], errors="coerce") >= settings.alert_probability_threshold
+    locales = read_locales(services.tables, scores.loc[alerted, CAR_ID].astype(str))
+    return alerts_from_scores(scores, settings.alert_probability_threshold, now, settings.service_booking_url,
+                              model_version=model_version, car_locales=locales)  # fmt: skip
 
 
 def note_queued(services: Services, alerts: Iterable[Mapping[str, Any]]) -> None:

@@ -16,7 +16,6 @@ import pandas as pd
 
 from shared.adapters import feedback_store, observability
 from shared.adapters.archive import download_archive, read_archive
-from shared.adapters.car_profiles import read_locales
 from shared.adapters.compaction import compact_archive
 from shared.adapters.monitor_store import read_car_segments
 from shared.adapters.registry import ModelRegistry
@@ -25,13 +24,13 @@ from shared.adapters.training_tracking import track_training
 from shared.bootstrap import Services
 from shared.config.names import SCORES_CONTAINER
 from shared.config.settings import load_settings
-from shared.core.alerts import PROBABILITY, AlertBatch, alerts_from_scores
+from shared.core.alerts import AlertBatch
 from shared.core.feedback import batteries_in_cars
 from shared.core.monitoring import SHADOW, feature_reference
 from shared.core.preparation import prepare_telemetry
 from shared.core.risk import HORIZON_DAYS
-from shared.core.telemetry import CAR_ID, DAILY_CYCLES, DATE, InputError, read_cars_csv, read_telemetry_csv
-from shared.handlers.lifecycle import note_batteries
+from shared.core.telemetry import DAILY_CYCLES, DATE, InputError, read_cars_csv, read_telemetry_csv
+from shared.handlers.lifecycle import alerts_of_scores, note_batteries
 from shared.models._lightgbm import BatteryForecaster, train_model
 from shared.models.loader import load_model
 from shared.models.report import training_report
@@ -261,10 +260,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
         [(shadow_scores, shadow_forecast)] = shadow_scored
         shadow_name = write_scores(services.blobs, as_of, shadow.version, shadow_scores, shadow_forecast, SHADOW)
         shadow_summary = {"shadow_version": shadow.version, "shadow_scores_blob": f"{SCORES_CONTAINER}/{shadow_name}"}
-    alerted_cars = scores.loc[scores[PROBABILITY] >= threshold, CAR_ID].astype(str)
-    alerts = alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
-                                settings.service_booking_url, model_version=model.version,
-                                car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
+    alerts = alerts_of_scores(services, scores.assign(As_Of=pd.Timestamp(as_of)), now, model.version)
     replaced = feedback_store.record_replacements(services.tables, in_cars, now)
     summary = {"as_of": as_of.isoformat(), "scored": len(scores), "alerts": len(alerts),
                "model_version": model.version, "scores_blob": f"{SCORES_CONTAINER}/{name}",

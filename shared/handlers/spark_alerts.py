@@ -16,12 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.adapters.car_profiles import read_locales
 from shared.adapters.storage import download_bytes, list_blob_names, upload_bytes
 from shared.bootstrap import Services
 from shared.config.names import SCORES_CONTAINER, SPARK_OUTPUT_PREFIX
-from shared.core.alerts import PROBABILITY, SCORE_COLUMNS, AlertBatch, alerts_from_scores
-from shared.core.telemetry import CAR_ID
+from shared.core.alerts import SCORE_COLUMNS, AlertBatch
+from shared.handlers.lifecycle import alerts_of_scores
 
 SPARK_DONE, SPARK_ALERTED = "_SUCCESS", "_ALERTED"
 
@@ -52,12 +51,12 @@ def alert_spark_scores(services: Services) -> AlertBatch:
                  for name in names if _is_part(name, folder)]  # fmt: skip
         scores = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=SCORE_COLUMNS)
         scores["reasons"] = scores["reasons"].map(list) if "reasons" in scores else None
-        threshold = services.settings.alert_probability_threshold
-        alerted_cars = scores.loc[scores[PROBABILITY] >= threshold, CAR_ID].astype(str)
-        alerts += alerts_from_scores(scores.assign(As_Of=pd.Timestamp(as_of)), threshold, now,
-                                     services.settings.service_booking_url,
-                                     model_version=folder.removeprefix(SPARK_OUTPUT_PREFIX),
-                                     car_locales=read_locales(services.tables, alerted_cars))  # fmt: skip
+        alerts += alerts_of_scores(
+            services,
+            scores.assign(As_Of=pd.Timestamp(as_of)),
+            now,
+            model_version=folder.removeprefix(SPARK_OUTPUT_PREFIX),
+        )
         upload_bytes(container, f"{prefix}{folder}/{SPARK_ALERTED}",
                      json.dumps({"alerted_at": now.isoformat(), "scored": len(scores)}).encode())  # fmt: skip
         summary["scored"] += len(scores)

@@ -44,18 +44,17 @@ from azure.storage.blob import ContainerClient
 from shared.adapters import feedback_store, observability
 from shared.adapters.archive import archive_telemetry, dead_letter
 from shared.adapters.battery_state import update_states
-from shared.adapters.car_profiles import read_locales
 from shared.adapters.scoring_client import ScoringError, ScoringRejected, ScoringUnavailable
 from shared.adapters.storage import download_bytes, ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.names import BATTERY_STATE_TABLE as STATE_TABLE
 from shared.config.names import DEADLETTER_CONTAINER, PARKED_CONTAINER
-from shared.core.alerts import AS_OF, MODEL_VERSION, PROBABILITY, REASONS, AlertBatch, alerts_from_scores
+from shared.core.alerts import AS_OF, MODEL_VERSION, REASONS, AlertBatch
 from shared.core.battery_window import histories_for_request
 from shared.core.events import parse_events
 from shared.core.feedback import batteries_in_cars
 from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES
-from shared.handlers.lifecycle import note_batteries
+from shared.handlers.lifecycle import alerts_of_scores, note_batteries
 
 # Days of history kept per battery and sent to the endpoint. The model reads its last `window_days`
 # (91 today, in its metadata); the rest is headroom so a retrained model with a longer window scores
@@ -295,13 +294,7 @@ def alerts_from_scored(
     if failed.any():
         record_scoring_errors(services, batch, [items[i] for i in np.flatnonzero(failed)],
                               scores.loc[failed, "error"].astype(str).tolist(), now)  # fmt: skip
-    settings = services.settings
-    scored = scores[~failed]
-    alerted = pd.to_numeric(scored[PROBABILITY], errors="coerce") >= settings.alert_probability_threshold
-    locales = read_locales(services.tables, scored.loc[alerted, CAR_ID].astype(str))
-    alerts = alerts_from_scores(scored, settings.alert_probability_threshold, now, settings.service_booking_url,
-                                car_locales=locales)  # fmt: skip
-    return alerts, int(failed.sum())
+    return alerts_of_scores(services, scores[~failed], now), int(failed.sum())
 
 
 def park_request(services: Services, batch: str, items: list[dict], error: ScoringError, now: datetime) -> str:
