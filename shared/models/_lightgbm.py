@@ -50,6 +50,7 @@ CARS_FILE = "cars.csv"
 CAR_CATEGORIES = ["Region", "Make", "Engine_Type"]
 CAR_NUMBERS = ["Model_Year"]
 LEVEL_DAYS = 28
+MIN_LEVEL_DAYS = 7
 # Training rows are (battery, origin day) pairs sampled from all days with 30 known days after them.
 # Neighbouring origins of one battery are near duplicates, so a sample buys the time budget cheaply.
 MAX_TRAINING_ROWS = 150_000
@@ -356,10 +357,16 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
     level_28 = _tail_mean(cycles, LEVEL_DAYS)
     level_91 = known_mean(cycles)
     level = np.where(np.isnan(level_28), level_91, level_28)
-    # Unknown level: the fleet prior. The floor keeps ratios finite for a battery barely used lately.
-    level = np.maximum(np.where(np.isnan(level), level_prior, level), 0.05 * level_prior)
-    recent = cycles[:, -LEVEL_DAYS:]
     known = ~np.isnan(cycles)
+    level_days = np.where(np.isnan(level_28), known.sum(axis=1), known[:, -LEVEL_DAYS:].sum(axis=1))
+    # A level needs a week of evidence: fewer known days are topped up with the fleet prior (an unknown level
+    # is the prior). One idle first day would otherwise make the level ~0 and the ratio target ~20, and the
+    # squared loss would spend most of its fit on such rows. The floor keeps ratios finite for a parked car.
+    level = (np.nan_to_num(level) * level_days + np.maximum(MIN_LEVEL_DAYS - level_days, 0) * level_prior) / np.maximum(
+        level_days, MIN_LEVEL_DAYS
+    )
+    level = np.maximum(level, 0.05 * level_prior)
+    recent = cycles[:, -LEVEL_DAYS:]
     newest_known = np.where(known.any(axis=1), np.argmax(known[:, ::-1], axis=1), np.nan)
     cycles_total, minutes_total = np.nansum(cycles, axis=1), np.nansum(minutes, axis=1)
     minutes_28 = _tail_mean(minutes, LEVEL_DAYS)
