@@ -50,7 +50,7 @@ CARS_FILE = "cars.csv"
 CAR_CATEGORIES = ["Region", "Make", "Engine_Type"]
 CAR_NUMBERS = ["Model_Year"]
 LEVEL_DAYS = 28
-MIN_LEVEL_DAYS = 7
+MIN_LEVEL_DAYS = 7  # known days a level is trusted on alone (recent_level)
 # Training rows are (battery, origin day) pairs sampled from all days with 30 known days after them.
 # Neighbouring origins of one battery are near duplicates, so a sample buys the time budget cheaply.
 MAX_TRAINING_ROWS = 150_000
@@ -356,16 +356,8 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
     cycles, minutes = windows.daily_cycles, windows.trip_minutes
     level_28 = _tail_mean(cycles, LEVEL_DAYS)
     level_91 = known_mean(cycles)
-    level = np.where(np.isnan(level_28), level_91, level_28)
+    level = recent_level(cycles, level_prior)
     known = ~np.isnan(cycles)
-    level_days = np.where(np.isnan(level_28), known.sum(axis=1), known[:, -LEVEL_DAYS:].sum(axis=1))
-    # A level needs a week of evidence: fewer known days are topped up with the fleet prior (an unknown level
-    # is the prior). One idle first day would otherwise make the level ~0 and the ratio target ~20, and the
-    # squared loss would spend most of its fit on such rows. The floor keeps ratios finite for a parked car.
-    level = (np.nan_to_num(level) * level_days + np.maximum(MIN_LEVEL_DAYS - level_days, 0) * level_prior) / np.maximum(
-        level_days, MIN_LEVEL_DAYS
-    )
-    level = np.maximum(level, 0.05 * level_prior)
     recent = cycles[:, -LEVEL_DAYS:]
     newest_known = np.where(known.any(axis=1), np.argmax(known[:, ::-1], axis=1), np.nan)
     cycles_total, minutes_total = np.nansum(cycles, axis=1), np.nansum(minutes, axis=1)
@@ -388,6 +380,23 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
         "rated_cycles": windows.rated_cycles,
     }
     return {name: features[name] for name in ORIGIN_FEATURES}, level
+
+
+def recent_level(daily_cycles: np.ndarray, level_prior: float) -> np.ndarray:
+    """Each window's daily-cycles level, what the model's ratio target is taken against: the mean of its last
+    28 known days (of its whole window if none of those is known).
+
+    A level needs a week of evidence: one seen on fewer than MIN_LEVEL_DAYS days is topped up with the fleet
+    prior to that many (an unknown level is the prior). Without that, a window whose one known day was idle has
+    a level of ~0 and a ratio target of ~20, and the squared loss spends most of its fit on such rows. The
+    floor keeps ratios finite for a car parked for weeks.
+    """
+    known = ~np.isnan(daily_cycles)
+    level_28 = _tail_mean(daily_cycles, LEVEL_DAYS)
+    days = np.where(np.isnan(level_28), known.sum(axis=1), known[:, -LEVEL_DAYS:].sum(axis=1))
+    mean = np.nan_to_num(np.where(np.isnan(level_28), known_mean(daily_cycles), level_28))
+    topped_up = (mean * days + np.maximum(MIN_LEVEL_DAYS - days, 0) * level_prior) / np.maximum(days, MIN_LEVEL_DAYS)
+    return np.maximum(topped_up, 0.05 * level_prior)
 
 
 def _calendar_features(as_of: np.ndarray, shape: np.ndarray) -> dict[str, np.ndarray]:
