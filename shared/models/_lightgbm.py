@@ -90,6 +90,9 @@ class BatteryForecaster:
     level_prior: float
     weekday_shrinkage: float
     cars: pd.DataFrame | None = None  # Car_ID + CAR_CATEGORIES (category codes) + CAR_NUMBERS
+    # (regions, 366) each region's cycles per driving minute by day of year, relative to each battery's own
+    # (region_season_profile); None without a car table
+    region_season: np.ndarray | None = None
     calibration: RiskCalibration | None = None
     metadata: dict = field(default_factory=dict)
     # The training's backtest with its per-battery outcomes (figures, fairness); in memory only, not saved.
@@ -124,6 +127,8 @@ class BatteryForecaster:
         if self.cars is not None:
             self.cars.to_csv(model_dir / CARS_FILE, index=False)
         metadata = {**self.metadata, "level_prior": self.level_prior, "weekday_shrinkage": self.weekday_shrinkage}
+        if self.region_season is not None:
+            metadata["region_season"] = self.region_season
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
         (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
@@ -133,7 +138,10 @@ class BatteryForecaster:
         origin, level = _origin_features(windows, self.level_prior)
         shape = weekday_shape(windows.daily_cycles, self.weekday_shrinkage)
         calendar = _calendar_features(windows.as_of, shape)
-        columns = [*origin.values(), *calendar.values(), *self._car_features(windows).values()]
+        cars = self._car_features(windows)
+        if cars:
+            calendar["region_season_ratio"] = region_season_ratio(self.region_season, cars["Region"], windows.as_of)
+        columns = [*origin.values(), *calendar.values(), *cars.values()]
         return np.column_stack(columns).astype(np.float32), level, shape
 
     def _car_features(self, windows: BatteryWindows) -> dict[str, np.ndarray]:
@@ -152,11 +160,13 @@ def load_lightgbm(model_dir: Path, metadata: dict) -> BatteryForecaster:
     calibration = metadata.get("calibration")
     cars_path = model_dir / CARS_FILE
     cars = pd.read_csv(cars_path, dtype={CAR_ID: str}) if cars_path.is_file() else None
+    season = metadata.get("region_season")
     return BatteryForecaster(
         booster=lgb.Booster(model_file=str(model_dir / MODEL_FILE)),
         level_prior=float(metadata["level_prior"]),
         weekday_shrinkage=float(metadata["weekday_shrinkage"]),
         cars=cars,
+        region_season=None if season is None else np.asarray(season, dtype=np.float64),
         calibration=RiskCalibration.from_dict(calibration) if calibration else None,
         metadata=metadata,
     )
@@ -259,12 +269,14 @@ def fit_forecaster(
         level_prior=_level_prior(history, last_target_day),
         weekday_shrinkage=fit_weekday_shrinkage(windows.daily_cycles, actual),
         cars=cars,
+        region_season=None if cars is None else region_season_profile(history, last_target_day, cars),
     )
     features, level, _ = model._features(windows)
-    if cars is not None:  # teach the trees what an unknown car looks like: its attributes missing
-        unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
-        features[np.ix_(unknown, np.arange(-len(CAR_CATEGORIES) - len(CAR_NUMBERS), 0))] = np.nan
     names = feature_names(cars is not None)
+    if cars is not None:  # teach the trees what an unknown car looks like: its attributes (and region's season) missing
+        unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
+        of_car = [i for i, name in enumerate(names) if name in {"region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS}]
+        features[np.ix_(unknown, of_car)] = np.nan
     data = lgb.Dataset(
         features,
         label=actual.mean(axis=1) / level,
@@ -286,9 +298,80 @@ def fit_forecaster(
 
 
 def feature_names(with_cars: bool) -> list[str]:
-    """The model's feature columns in order: battery window, calendar, car attributes."""
+    """The model's feature columns in order: battery window, calendar (with the region's season when the
+    car table is known), car attributes."""
     names = [*ORIGIN_FEATURES, *CALENDAR_FEATURES]
-    return [*names, *CAR_CATEGORIES, *CAR_NUMBERS] if with_cars else names
+    return [*names, "region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS] if with_cars else names
+
+
+# Days of the centred window that smooths a region's day-of-year profile (a week: a step such as the cold
+# region's thaw stays a step within a few days).
+SEASON_SMOOTHING_DAYS = 7
+
+
+def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFrame) -> np.ndarray:
+    """(regions, 366) each region's cycles per driving minute on each day of the year, relative to each
+    battery's own median, from the history up to `last_day` (years averaged, a week's centred smoothing).
+
+    Why: a climate's wear changes on the calendar, the same every year and for every car of the region
+    (the cold region's thaw halves the wear from one day to the next). One year of training has only a few
+    hundred windows across such a step, too few for the trees to learn it from Region and day of year alone;
+    the region's own profile from past years states it directly. NaN where a region has no data that day.
+    """
+    region = encoded_region(cars, history.car_id)
+    cycles, minutes = history.daily_cycles[:, : last_day + 1], history.trip_minutes[:, : last_day + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_minute = np.where(minutes > 1.0, cycles / minutes, np.nan)
+    own = np.nanmedian(np.where(np.isnan(per_minute).all(axis=1, keepdims=True), 1.0, per_minute), axis=1)
+    relative = per_minute / own[:, None]
+    days = (history.first_day + np.arange(last_day + 1)).astype("datetime64[D]")
+    day_of_year = _day_of_year(days)
+    n_regions = len(cars["Region"].dropna().unique()) if len(cars) else 0
+    profile = np.full((max(n_regions, int(np.nanmax(region, initial=-1)) + 1), 366), np.nan)
+    for code in range(profile.shape[0]):
+        mine = relative[region == code]
+        if not len(mine):
+            continue
+        by_day = _nan_median_columns(mine)
+        total = np.bincount(day_of_year, weights=np.nan_to_num(by_day), minlength=366)
+        count = np.bincount(day_of_year, weights=~np.isnan(by_day), minlength=366)
+        wrapped = np.concatenate([total[-3:], total, total[:3]]), np.concatenate([count[-3:], count, count[:3]])
+        kernel = np.ones(SEASON_SMOOTHING_DAYS)
+        smooth_total, smooth_count = (np.convolve(x, kernel, mode="valid") for x in wrapped)
+        profile[code] = np.where(smooth_count > 0, smooth_total / np.maximum(smooth_count, 1), np.nan)
+    return profile
+
+
+def region_season_ratio(profile: np.ndarray | None, region: np.ndarray, as_of: np.ndarray) -> np.ndarray:
+    """The region's wear per minute over the 30 days after each as-of day relative to its last 28 days
+    (region_season_profile); NaN for an unknown region or a day of the year the profile has not seen."""
+    n = len(as_of)
+    if profile is None or not n:
+        return np.full(n, np.nan)
+    known = ~np.isnan(region) & (np.nan_to_num(region, nan=-1) < len(profile))
+    code = np.where(known, np.nan_to_num(region, nan=0), 0).astype(np.int64)
+    day = _day_of_year(np.asarray(as_of).astype("datetime64[D]"))
+    ahead = profile[code[:, None], (day[:, None] + np.arange(1, HORIZON_DAYS + 1)) % 366].mean(axis=1)
+    behind = profile[code[:, None], (day[:, None] - np.arange(LEVEL_DAYS)) % 366].mean(axis=1)
+    return np.where(known, ahead / behind, np.nan)
+
+
+def encoded_region(cars: pd.DataFrame, car_id: np.ndarray) -> np.ndarray:
+    """Each car's Region code in an `encode_cars` table (NaN for a car not in it)."""
+    position = pd.Index(cars[CAR_ID]).get_indexer(np.asarray(car_id).astype(str))
+    return np.where(position >= 0, cars["Region"].to_numpy(np.float64)[position], np.nan)
+
+
+def _day_of_year(days: np.ndarray) -> np.ndarray:
+    return (days - days.astype("datetime64[Y]")).astype(np.int64)
+
+
+def _nan_median_columns(values: np.ndarray) -> np.ndarray:
+    """Column medians of the known values, NaN for a column with none (np.nanmedian warns there)."""
+    known = ~np.isnan(values).all(axis=0)
+    out = np.full(values.shape[1], np.nan)
+    out[known] = np.nanmedian(values[:, known], axis=0)
+    return out
 
 
 def weekday_shape(daily_cycles: np.ndarray, shrinkage: float) -> np.ndarray:
