@@ -11,8 +11,11 @@ Why this shape (measured against the alternatives in the backtest; see the repor
   window), shrunk towards flat by as much as its noise warrants; the shrinkage is fitted on the
   training data. The forecast's 30 days always add up to 30 x the predicted mean.
 - Scale-free target: the mean is predicted as a RATIO to the battery's recent level (its last 28 known
-  days), so heavy and light users with the same seasonal and weekly pattern teach the trees the same
-  thing; the level itself stays a feature for whatever does depend on it.
+  days, topped up with the fleet prior below a week of them: recent_level), so heavy and light users with
+  the same seasonal and weekly pattern teach the trees the same thing; the level itself stays a feature
+  for whatever does depend on it. With a car table the level is first moved by the region's seasonal
+  change in wear per minute, learnt from the training history (region_season_profile): the cold region's
+  thaw halves its wear from one day to the next, which one year of training shows the trees too rarely.
 - Features only from the (n, W) window arrays (windows.py), so the batch path, the endpoint and training
   compute them with the same numpy code. Short or empty windows give NaN features, which LightGBM routes
   down its learned "missing" branch, and a fleet prior stands in for an unknown level.
@@ -127,8 +130,8 @@ class BatteryForecaster:
         if self.cars is not None:
             self.cars.to_csv(model_dir / CARS_FILE, index=False)
         metadata = {**self.metadata, "level_prior": self.level_prior, "weekday_shrinkage": self.weekday_shrinkage}
-        if self.region_season is not None:
-            metadata["region_season"] = self.region_season
+        if self.region_season is not None:  # JSON has no NaN: a day a region has no data is null
+            metadata["region_season"] = np.where(np.isnan(self.region_season), None, self.region_season).tolist()
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
         (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
@@ -139,8 +142,10 @@ class BatteryForecaster:
         shape = weekday_shape(windows.daily_cycles, self.weekday_shrinkage)
         calendar = _calendar_features(windows.as_of, shape)
         cars = self._car_features(windows)
-        if cars:
-            calendar["region_season_ratio"] = region_season_ratio(self.region_season, cars["Region"], windows.as_of)
+        if cars:  # the ratio is taken against the level moved by the region's season (region_season_profile)
+            season = region_season_ratio(self.region_season, cars["Region"], windows.as_of)
+            calendar["region_season_ratio"] = season
+            level = level * np.where(np.isnan(season), 1.0, season)
         columns = [*origin.values(), *calendar.values(), *cars.values()]
         return np.column_stack(columns).astype(np.float32), level, shape
 
@@ -166,7 +171,7 @@ def load_lightgbm(model_dir: Path, metadata: dict) -> BatteryForecaster:
         level_prior=float(metadata["level_prior"]),
         weekday_shrinkage=float(metadata["weekday_shrinkage"]),
         cars=cars,
-        region_season=None if season is None else np.asarray(season, dtype=np.float64),
+        region_season=None if season is None else np.array(season, dtype=np.float64),  # null -> NaN
         calibration=RiskCalibration.from_dict(calibration) if calibration else None,
         metadata=metadata,
     )
@@ -324,21 +329,18 @@ def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFra
         per_minute = np.where(minutes > 1.0, cycles / minutes, np.nan)
     own = np.nanmedian(np.where(np.isnan(per_minute).all(axis=1, keepdims=True), 1.0, per_minute), axis=1)
     relative = per_minute / own[:, None]
-    days = (history.first_day + np.arange(last_day + 1)).astype("datetime64[D]")
-    day_of_year = _day_of_year(days)
-    n_regions = len(cars["Region"].dropna().unique()) if len(cars) else 0
-    profile = np.full((max(n_regions, int(np.nanmax(region, initial=-1)) + 1), 366), np.nan)
-    for code in range(profile.shape[0]):
+    day_of_year = _day_of_year((history.first_day + np.arange(last_day + 1)).astype("datetime64[D]"))
+    half = SEASON_SMOOTHING_DAYS // 2
+    profile = np.full((int(np.nanmax(cars["Region"], initial=-1)) + 1, 366), np.nan)
+    for code in range(len(profile)):
         mine = relative[region == code]
         if not len(mine):
             continue
         by_day = _nan_median_columns(mine)
-        total = np.bincount(day_of_year, weights=np.nan_to_num(by_day), minlength=366)
-        count = np.bincount(day_of_year, weights=~np.isnan(by_day), minlength=366)
-        wrapped = np.concatenate([total[-3:], total, total[:3]]), np.concatenate([count[-3:], count, count[:3]])
-        kernel = np.ones(SEASON_SMOOTHING_DAYS)
-        smooth_total, smooth_count = (np.convolve(x, kernel, mode="valid") for x in wrapped)
-        profile[code] = np.where(smooth_count > 0, smooth_total / np.maximum(smooth_count, 1), np.nan)
+        sums = [np.bincount(day_of_year, weights=w, minlength=366) for w in (np.nan_to_num(by_day), ~np.isnan(by_day))]
+        total, count = (np.convolve(np.concatenate([x[-half:], x, x[:half]]), np.ones(2 * half + 1), "valid")
+                        for x in sums)  # fmt: skip
+        profile[code] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return profile
 
 
