@@ -92,7 +92,8 @@ def main() -> None:
               f"({wall:.0f} s wall, {used:.0f} s CPU)", flush=True)  # fmt: skip
     print(
         "\n| fleet | failures | NRMSE | Brier ÷ truth | better baseline's ÷ truth | AP | truth's AP | AP gap "
-        "| truth's Brier (± MC s.e.) | 80 % interval coverage | data-only reference's Brier ÷ truth | Brier ÷ reference |"
+        "| truth's Brier (± MC s.e.) | 80 % interval coverage | data-only reference's Brier ÷ truth "
+        "| Brier ÷ reference |"
     )
     print("| --- |" + " ---: |" * 11)
     for r in rows:
