@@ -331,7 +331,8 @@ def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFra
     relative = per_minute / own[:, None]
     day_of_year = _day_of_year((history.first_day + np.arange(last_day + 1)).astype("datetime64[D]"))
     half = SEASON_SMOOTHING_DAYS // 2
-    profile = np.full((int(np.nanmax(cars["Region"], initial=-1)) + 1, 366), np.nan)
+    codes = cars["Region"].dropna()  # a car table without regions gives no profile (every ratio unknown)
+    profile = np.full((int(codes.max()) + 1 if len(codes) else 0, 366), np.nan)
     for code in range(len(profile)):
         mine = relative[region == code]
         if not len(mine):
@@ -348,7 +349,7 @@ def region_season_ratio(profile: np.ndarray | None, region: np.ndarray, as_of: n
     """The region's wear per minute over the 30 days after each as-of day relative to its last 28 days
     (region_season_profile); NaN for an unknown region or a day of the year the profile has not seen."""
     n = len(as_of)
-    if profile is None or not n:
+    if profile is None or not len(profile):
         return np.full(n, np.nan)
     known = ~np.isnan(region) & (np.nan_to_num(region, nan=-1) < len(profile))
     code = np.where(known, np.nan_to_num(region, nan=0), 0).astype(np.int64)
