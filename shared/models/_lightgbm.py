@@ -324,19 +324,19 @@ def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFra
     the region's own profile from past years states it directly. NaN where a region has no data that day.
     """
     region = encoded_region(cars, history.car_id)
-    cycles, minutes = history.daily_cycles[:, : last_day + 1], history.trip_minutes[:, : last_day + 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_minute = np.where(minutes > 1.0, cycles / minutes, np.nan)
-    own = np.nanmedian(np.where(np.isnan(per_minute).all(axis=1, keepdims=True), 1.0, per_minute), axis=1)
-    relative = per_minute / own[:, None]
     day_of_year = _day_of_year((history.first_day + np.arange(last_day + 1)).astype("datetime64[D]"))
     half = SEASON_SMOOTHING_DAYS // 2
     codes = cars["Region"].dropna()  # a car table without regions gives no profile (every ratio unknown)
     profile = np.full((int(codes.max()) + 1 if len(codes) else 0, 366), np.nan)
-    for code in range(len(profile)):
-        mine = relative[region == code]
-        if not len(mine):
+    for code in range(len(profile)):  # a region at a time: its share of the history in memory, not 3 copies of all
+        rows = np.flatnonzero(region == code)
+        if not len(rows):
             continue
+        cycles, minutes = history.daily_cycles[rows, : last_day + 1], history.trip_minutes[rows, : last_day + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_minute = np.where(minutes > 1.0, cycles / minutes, np.nan)
+        own = np.nanmedian(np.where(np.isnan(per_minute).all(axis=1, keepdims=True), 1.0, per_minute), axis=1)
+        mine = per_minute / own[:, None]
         by_day = _nan_median_columns(mine)
         sums = [np.bincount(day_of_year, weights=w, minlength=366) for w in (np.nan_to_num(by_day), ~np.isnan(by_day))]
         total, count = (np.convolve(np.concatenate([x[-half:], x, x[:half]]), np.ones(2 * half + 1), "valid")
