@@ -114,11 +114,15 @@ def test_a_surge_in_driving_is_named_among_the_reasons(windows):
 
 def test_feature_reasons_read_right_for_constructed_values():
     features = pd.DataFrame({"minutes_7_ratio": [1.35, 0.8], "level_7_ratio": [1.1, 1.0], "month": [1.0, 7.0],
-                             "Region": [2.0, np.nan]})  # fmt: skip
+                             "Region": [2.0, np.nan], "region_season_ratio": [1.86, 0.54]})  # fmt: skip
     metadata = {"car_categories": {"Region": ["Atlantic", "Continental", "Nordic"]}}
     assert FEATURE_REASONS["minutes_7_ratio"](features, metadata).tolist() == [
         "driving time up 35% over the last 7 days",
         "driving time down 20% over the last 7 days",
+    ]
+    assert FEATURE_REASONS["region_season_ratio"](features, metadata).tolist() == [
+        "the region's seasonal wear per minute up 86% over the next 30 days",
+        "the region's seasonal wear per minute down 46% over the next 30 days",
     ]
     assert FEATURE_REASONS["Region"](features, metadata).tolist() == [
         "Nordic region climate (winter usage)",
