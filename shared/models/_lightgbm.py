@@ -281,6 +281,8 @@ def fit_forecaster(
     if cars is not None:  # teach the trees what an unknown car looks like: its attributes (and region's season) missing
         unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
         of_car = [i for i, name in enumerate(names) if name in {"region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS}]
+        season = features[:, names.index("region_season_ratio")].astype(np.float64)
+        level = np.where(unknown & np.isfinite(season), level / season, level)  # as an unknown car's is: no season
         features[np.ix_(unknown, of_car)] = np.nan
     data = lgb.Dataset(
         features,
