@@ -123,7 +123,7 @@ def _vocabulary(model) -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
-    for which in ("dev", "test", *(f"fresh{k}" for k in range(1, 7)), "holdout"):  # the holdout when there
+    for which in ("dev", "test", *(f"fresh{k}" for k in range(1, 7)), "holdout", "holdout2"):  # the holdouts when there
         path = VOCABULARIES / f"compliance_vocabulary_{which}.json"
         if not path.exists():
             continue

@@ -76,10 +76,12 @@ def score_texts(model, texts: list[str], lexicon: Lexicon | None = None) -> pd.D
 def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_each_other():
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
-    dev, test, holdout = phrases("dev"), phrases("test"), phrases("holdout")
+    dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
+    fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 7)))
     assert not dev & test and not holdout & (dev | test)
-    assert not (dev | test | holdout) & simulator
-    for which in ("dev", "test", "holdout"):
+    assert not holdout2 & (dev | test | holdout | fresh)
+    assert not (dev | test | holdout | holdout2) & simulator
+    for which in ("dev", "test", "holdout", "holdout2"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
