@@ -105,6 +105,16 @@ class Lexicon:
             typo_exceptions=frozenset(data["typo_exceptions"]),
         )
 
+    def without(self, phrases: Collection[str]) -> Lexicon:
+        """The lexicon less `phrases` and their inflections ("cracks" also drops "cracked"): an evaluation's
+        stand-in for words no list holds, so what is left to read them is the grammar and the fallback."""
+        keys = {_inflection_keys(phrase) for phrase in phrases}
+
+        def kept(table: Mapping[str, Reading]) -> dict[str, Reading]:
+            return {phrase: read for phrase, read in table.items() if _inflection_keys(phrase) not in keys}
+
+        return Lexicon(kept(self.conditions), kept(self.materials), self.typo_exceptions)
+
     @functools.cached_property
     def single_words(self) -> frozenset[str]:
         return frozenset(phrase for phrase in (*self.conditions, *self.materials) if " " not in phrase)
@@ -148,6 +158,10 @@ def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_
 
 def _phrase(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def _inflection_keys(phrase: str) -> str:
+    return " ".join(inflection_key(word) for word in _phrase(phrase).split())
 
 
 @functools.cache
