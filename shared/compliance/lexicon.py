@@ -87,6 +87,12 @@ DESIGNATIONS = (
     _designation(r"(?:az|am|ze|we)\d{2}[a-z]?", "other", "magnesium alloy designation"),
     _designation(r"ti\d+al\d*v?\d*|\d+al(?:\d*v\d*)?", "titanium", "titanium alloy by composition"),
     _designation(r"c1[01]\d{3}", "copper", "UNS copper number"),
+    _designation(r"wnr1\d{4}", "steel", "Werkstoff number of a steel"),
+    _designation(r"wnr0[678]\d{3}", "iron", "Werkstoff number of a cast iron"),
+    _designation(r"wnr3[0-4]\d{3}", "aluminum", "Werkstoff number of an aluminium alloy"),
+    _designation(r"wnr37\d{3}", "titanium", "Werkstoff number of a titanium alloy"),
+    _designation(r"wnr20[01]\d{2}", "copper", "Werkstoff number of a copper"),
+    _designation(r"wnr(?:2[0-4]|35)\d{3}", "other", "Werkstoff number of a copper, nickel or magnesium alloy"),
 )
 
 
@@ -394,6 +400,22 @@ def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, claus
     return named & (reads["kind"].to_numpy() == "condition")
 
 
+DENIED_AFTER = frozenset({"none", "nil", "absent", "nothing", "zero"})  # "corrosion: none", "cracks nil"
+NOT_FOUND = frozenset({"found", "seen", "detected", "observed", "present", "evident", "visible", "apparent"})
+
+
+def _denied_after(end: np.ndarray, word: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """A phrase that an inspector's checklist answers after it, in its clause or the next: "corrosion: none",
+    "cracks nil", "leaks not found", "defects - none seen"."""
+    last = len(word) - 1
+    at = np.where((end <= last) & (word[np.minimum(end, last)] == CLAUSE), end + 1, end)
+    in_note = (at <= last) & (row[np.minimum(at, last)] == row[np.maximum(end - 1, 0)])
+    answer = np.where(in_note, word[np.minimum(at, last)], "")
+    follows = (at + 1 <= last) & (row[np.minimum(at + 1, last)] == row[np.maximum(end - 1, 0)])
+    then = np.where(follows, word[np.minimum(at + 1, last)], "")
+    return (np.isin(answer, list(DENIED_AFTER)) & (then != "of")) | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
+
+
 def _negate(
     reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray, disqualifying: Collection[str]
 ) -> None:
@@ -416,7 +438,7 @@ def _negate(
     after = np.minimum(end, len(word) - 1)
     free_after = conditions & (end < len(word)) & (word[after] == "free") & (row[after] == row[start])
     free_after &= clause[after] == clause[start]
-    negated = (negated_at >= 0) | free_after
+    negated = (negated_at >= 0) | free_after | _denied_after(end, word, row) & conditions
     fault = reads["meaning"].isin(list(disqualifying)).to_numpy()
     rule = np.where(fault, NEGATED_GRADE, UNCLEAR)
     meant = [read.negated or default for read, default in zip(reads["reading"], rule, strict=True)]
