@@ -246,6 +246,48 @@ def test_idioms_and_frames_a_technician_writes_are_decided(model):
     assert "(read 'needs to be replaced' as poor: glossary: remedy to be done)" in results[REASON][1]
 
 
+@pytest.mark.parametrize(
+    ("written", "condition"),
+    [("knackered out", "poor"), ("on its way out", "poor"), ("in a right state", "poor"), ("like a bought one", "good"),
+     ("in good nick", "good"), ("like the day it left the factory", "excellent"), ("surface bloom", "fair"),
+     ("gritty", "poor"), ("play in it", "poor"), ("worn but serviceable", "fair"), ("no relevant indications", "good"),
+     ("ncr raised", "poor"), ("not satisfactory", "poor"), ("gd cond", "good"), ("brkn", "poor"), ("tbr", "poor"),
+     ("do not reuse", "poor")],
+)  # fmt: skip
+def test_each_register_of_the_glossary_is_read(written, condition):
+    """Slang and idioms, what a technician sees, an inspector's language, shorthand (README: the glossary)."""
+    assert read([f"steel bracket 2010, {written}"], "condition") == [condition]
+
+
+@pytest.mark.parametrize(
+    ("written", "material"),
+    [("Hytrel", "plastic"), ("Ultramid", "plastic"), ("faux leather", "plastic"), ("polyisoprene", "other"),
+     ("Kalrez", "other"), ("SCM440", "steel"), ("Q235", "steel"), ("H13 tool steel", "steel"), ("FC250", "iron"),
+     ("QT450-10", "iron"), ("EN-GJS-400-15", "iron"), ("G3000", "iron"), ("ADC12", "aluminum"),
+     ("Birmabright", "aluminum"), ("TC4", "titanium"), ("CW004A", "copper"), ("CuZn39Pb3", "other"), ("Torayca", "carbon fiber"),
+     ("graphite/epoxy", "carbon fiber"), ("FR4", None), ("pot metal", "other")],
+)  # fmt: skip
+def test_materials_are_read_by_trade_name_and_designation(written, material):
+    assert read([f"bracket 2010, good, {written}"], "material") == [material]
+
+
+@pytest.mark.parametrize(
+    ("text", "condition"),
+    [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
+     ("steel bracket 2010, defects - none seen", "good"), ("steel bracket 2010, leaks: no", "good"),
+     ("steel bracket 2010, rust. none of the bolts", "poor"), ("steel bracket 2010, corrosion", "poor")],
+)  # fmt: skip
+def test_a_checklist_answer_after_a_fault_denies_it(text, condition):
+    assert read([text], "condition") == [condition]
+
+
+def test_dotted_abbreviations_and_werkstoff_numbers_are_one_word():
+    texts = ["bracket 2010 good, C.I.", "bracket 2010 good, EN 1.4301", "bracket 2010 good, W.Nr. 0.6025",
+             "bracket 2010 good, steel, N.A.D.", "bracket 2010 good, runout 0.6250 in"]  # fmt: skip
+    assert read(texts, "material") == ["iron", "steel", "iron", "steel", None]
+    assert read(texts[3:4], "condition") == ["good"]
+
+
 # --- the lexicon --------------------------------------------------------------------------------------------------
 
 
@@ -255,6 +297,14 @@ def test_holding_a_seed_out_removes_only_what_it_alone_gave():
     assert without_worn.conditions["corroded"].meaning == "poor"  # also a kind of unsound, and from rust
     assert seeds_in(["badly worn"], REGULATION_WORDS) == {"worn"}
     assert seeds_in(["very good", "mild steel"], REGULATION_WORDS) == set()
+
+
+def test_holding_phrases_out_drops_them_and_their_inflections_only():
+    full = Lexicon.from_data(lexicon_data())
+    held = full.without(["cracked", "PVC"])
+    assert {"cracked", "crack", "pvc"} <= {*full.conditions, *full.materials}
+    assert not {"cracked", "crack"} & set(held.conditions) and "pvc" not in held.materials
+    assert held.conditions["corroded"] == full.conditions["corroded"] and len(held.materials) == len(full.materials) - 1
 
 
 def test_no_single_letter_or_function_word_is_a_lexicon_phrase():

@@ -155,7 +155,9 @@ def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_
     readings = {}
     for word, entry in entries.items():
         kept = [Reading(*read) for root, read in entry["roots"].items() if root not in held_out]
-        if kept:
+        if len(kept) == 1:  # most phrases: one concept or seed, no vote (the file holds ~10,000 of them)
+            readings[_phrase(word)] = kept[0]
+        elif kept:
             count = Counter(read.meaning for read in kept)
             meaning = max(count, key=lambda m: (count[m], rank.get(m, 0)))
             readings[_phrase(word)] = next(read for read in kept if read.meaning == meaning)
@@ -401,19 +403,22 @@ def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, claus
 
 
 DENIED_AFTER = frozenset({"none", "nil", "absent", "nothing", "zero"})  # "corrosion: none", "cracks nil"
+DENIED_ALONE = frozenset({"no", "0", "n"})  # a checklist's answer only when it stands alone: "leaks: no"
 NOT_FOUND = frozenset({"found", "seen", "detected", "observed", "present", "evident", "visible", "apparent"})
 
 
 def _denied_after(end: np.ndarray, word: np.ndarray, row: np.ndarray) -> np.ndarray:
     """A phrase that an inspector's checklist answers after it, in its clause or the next: "corrosion: none",
-    "cracks nil", "leaks not found", "defects - none seen"."""
+    "cracks nil", "leaks not found", "defects - none seen", "play: no"."""
     last = len(word) - 1
     at = np.where((end <= last) & (word[np.minimum(end, last)] == CLAUSE), end + 1, end)
     in_note = (at <= last) & (row[np.minimum(at, last)] == row[np.maximum(end - 1, 0)])
     answer = np.where(in_note, word[np.minimum(at, last)], "")
     follows = (at + 1 <= last) & (row[np.minimum(at + 1, last)] == row[np.maximum(end - 1, 0)])
     then = np.where(follows, word[np.minimum(at + 1, last)], "")
-    return (np.isin(answer, list(DENIED_AFTER)) & (then != "of")) | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
+    denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of")
+    alone = np.isin(answer, list(DENIED_ALONE)) & np.isin(then, ["", CLAUSE])  # "cracks: no", not "no further"
+    return denied | alone | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
 
 
 def _negate(
