@@ -264,8 +264,8 @@ def test_each_register_of_the_glossary_is_read(written, condition):
     [("Hytrel", "plastic"), ("Ultramid", "plastic"), ("faux leather", "plastic"), ("polyisoprene", "other"),
      ("Kalrez", "other"), ("SCM440", "steel"), ("Q235", "steel"), ("H13 tool steel", "steel"), ("FC250", "iron"),
      ("QT450-10", "iron"), ("EN-GJS-400-15", "iron"), ("G3000", "iron"), ("ADC12", "aluminum"),
-     ("Birmabright", "aluminum"), ("TC4", "titanium"), ("CW004A", "copper"), ("CuZn39Pb3", "other"), ("Torayca", "carbon fiber"),
-     ("graphite/epoxy", "carbon fiber"), ("FR4", None), ("pot metal", "other")],
+     ("Birmabright", "aluminum"), ("TC4", "titanium"), ("CW004A", "copper"), ("CuZn39Pb3", "other"),
+     ("Torayca", "carbon fiber"), ("graphite/epoxy", "carbon fiber"), ("FR4", None), ("pot metal", "other")],
 )  # fmt: skip
 def test_materials_are_read_by_trade_name_and_designation(written, material):
     assert read([f"bracket 2010, good, {written}"], "material") == [material]
