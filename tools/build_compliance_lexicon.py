@@ -279,6 +279,15 @@ _REGULATION_WORDS = {
 }
 
 
+def _normalized(table: dict[str, dict]) -> dict[str, dict]:
+    """WordNet's words as phrases ("brand-new" is "brand new"), the roots of words that become one merged, so
+    the reader needs no normalising on load."""
+    phrases: dict[str, dict] = {}
+    for word, entry in table.items():
+        phrases.setdefault(_phrase(word), {"roots": {}})["roots"].update(entry["roots"])
+    return phrases
+
+
 def _phrase(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
@@ -302,6 +311,7 @@ def build(wordnet: WordNet, seeds: dict, glossary: dict | None = None) -> dict:
     for entry in materials.values():  # a regulated material is more specific than "a kind of metal or alloy"
         if len({meant for meant, _ in entry["roots"].values()}) > 1:
             entry["roots"] = {root: read for root, read in entry["roots"].items() if read[0] != "other"}
+    conditions, materials = _normalized(conditions), _normalized(materials)  # as the reader writes a note's words
     glossary_conditions, glossary_materials = glossary_words(wordnet, glossary or {"conditions": {}, "materials": {}})
     conditions.update(glossary_conditions)  # the workshop's reading of a word replaces WordNet's
     materials.update(glossary_materials)

@@ -275,8 +275,14 @@ WERKSTOFF_NUMBER = re.compile(
 def _joined_designations(lowered: pd.Series) -> pd.Series:
     """Dotted abbreviations and Werkstoff numbers as one word each, before the dots break clauses: "c.i." is
     "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`)."""
-    joined = lowered.str.replace(DOTTED_ABBREVIATION, lambda m: m.group().replace(".", ""), regex=True)
-    return joined.str.replace(WERKSTOFF_NUMBER, lambda m: f"wnr{m.group(1)}{m.group(2)}", regex=True)
+    joined = lowered.copy()
+    for pattern, replacement, hint in (
+        (DOTTED_ABBREVIATION, lambda m: m.group().replace(".", ""), r"\b[a-z]\.[a-z]\b"),
+        (WERKSTOFF_NUMBER, r"wnr\1\2", r"\d\.\d{4}"),
+    ):  # a cheap hint first: few notes hold either
+        some = joined.str.contains(hint).fillna(False).to_numpy(dtype=bool)
+        joined[some] = joined[some].str.replace(pattern, replacement, regex=True)
+    return joined
 
 
 def _year_token(match: re.Match) -> str:

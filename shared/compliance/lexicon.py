@@ -150,17 +150,17 @@ class Lexicon:
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
     """Each phrase's meaning from the seeds it came from and that are not held out: the one most of them
-    give; between conditions that tie, the worse grade."""
+    give; between conditions that tie, the worse grade. The builder writes each phrase as `_phrase` would."""
     rank = {grade: i for i, grade in enumerate(GRADES)} if prefer_worse else {}
     readings = {}
     for word, entry in entries.items():
         kept = [Reading(*read) for root, read in entry["roots"].items() if root not in held_out]
         if len(kept) == 1:  # most phrases: one concept or seed, no vote (the file holds ~10,000 of them)
-            readings[_phrase(word)] = kept[0]
+            readings[word] = kept[0]
         elif kept:
             count = Counter(read.meaning for read in kept)
             meaning = max(count, key=lambda m: (count[m], rank.get(m, 0)))
-            readings[_phrase(word)] = next(read for read in kept if read.meaning == meaning)
+            readings[word] = next(read for read in kept if read.meaning == meaning)
     return readings
 
 
