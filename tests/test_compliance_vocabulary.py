@@ -271,6 +271,15 @@ def test_materials_are_read_by_trade_name_and_designation(written, material):
     assert read([f"bracket 2010, good, {written}"], "material") == [material]
 
 
+def test_designations_of_other_standards_are_read_by_their_patterns():
+    """SAE/AISI, EN, UNS, JIS, GB and BS 970 grades the glossary does not list (README: the grammar)."""
+    grades = {"SAE4140": "steel", "S690QL": "steel", "S31603": "steel", "SNCM439": "steel", "Q345B": "steel",
+              "817M40": "steel", "HC340LA": "steel", "FCD500": "iron", "HT250": "iron", "A5083": "aluminum",
+              "AC4CH": "aluminum", "C17510": "copper", "CW614N": "other", "CuSn12": "other", "N07718": "other",
+              "R56400": "titanium", "ZA27": "other", "AE44": "other"}  # fmt: skip
+    assert read([f"bracket 2010 good, {grade}" for grade in grades], "material") == list(grades.values())
+
+
 @pytest.mark.parametrize(
     ("text", "condition"),
     [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
