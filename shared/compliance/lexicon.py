@@ -1,7 +1,7 @@
 """The compliance reader's words beyond the regulation's own: conditions and materials in ordinary words.
 
 A technician writes "shabby", "badly corroded", "no visible wear", "seized up", "PVC" or "316L" where the
-regulation says poor, good, plastic or steel. The lexicon (lexicon.json, ~230 KB, built by
+regulation says poor, good, plastic or steel. The lexicon (lexicon.json, ~1 MB, built by
 tools/build_compliance_lexicon.py from WordNet 3.0 and the workshop glossary tools/compliance_glossary.json)
 maps such words and phrases to what the regulation reads them as, and says how ("WordNet: a kind of worn",
 "glossary: fracture"), so every reason can name the word it read. Nothing is downloaded or loaded from a
@@ -16,7 +16,8 @@ means:
   "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
   uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
-  "free from defects", "doesn't function") or "free" right after it ("rust free"), and a negating affix
+  "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
+  after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
   ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
   perfect" says too little), unless the word says what it means negated ("never used": as new; "not
   working": poor). A material word is never negated ("no plastic parts" is read as plastic);
