@@ -89,6 +89,12 @@ DESIGNATIONS = (
     _designation(r"ti\d+al\d*v?\d*|\d+al(?:\d*v\d*)?", "titanium", "titanium alloy by composition"),
     _designation(r"c1[01]\d{3}", "copper", "UNS copper number"),
     _designation(r"(?:sae|aisi)\d{4,5}[a-z]?\d*", "steel", "SAE/AISI carbon or alloy steel"),
+    _designation(
+        r"(?:10|11|12|13|15|40|41|43|46|48|51|52|61|86|87|92|93)\d{2}[a-z]{1,3}|[234]\d\d(?:ss|sst)",
+        "steel",
+        "SAE/AISI grade with its condition or 'SS' (4140HT, 304SS)",
+    ),
+    _designation(r"[1-8]\d{3}t\d{1,4}", "aluminum", "aluminium alloy with its temper (6061T6)"),
     _designation(r"s(?:235|275|355|420|460|500|550|620|690|890|960)[a-z\d]{0,5}", "steel", "EN structural steel"),
     _designation(r"s[1-4]\d{4}", "steel", "UNS stainless steel number"),
     _designation(
