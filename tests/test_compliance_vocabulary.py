@@ -276,7 +276,8 @@ def test_designations_of_other_standards_are_read_by_their_patterns():
     grades = {"SAE4140": "steel", "S690QL": "steel", "S31603": "steel", "SNCM630": "steel", "Q390C": "steel",
               "722M24": "steel", "HC340LA": "steel", "FCD550": "iron", "HT225": "iron", "A5454": "aluminum",
               "AC8B": "aluminum", "C17510": "copper", "CW710R": "other", "CuAl10Ni5": "other", "N06690": "other",
-              "R58640": "titanium", "4140HT": "steel", "6061T6": "aluminum", "ZA35": "other", "ZK51": "other"}  # fmt: skip
+              "R58640": "titanium", "4140HT": "steel", "6061T6": "aluminum", "ZA35": "other",
+              "ZK51": "other"}  # fmt: skip
     assert read([f"bracket 2010 good, {grade}" for grade in grades], "material") == list(grades.values())
 
 
