@@ -286,7 +286,7 @@ def test_designations_of_other_standards_are_read_by_their_patterns():
     [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
      ("steel bracket 2010, defects - none seen", "good"), ("steel bracket 2010, leaks: no", "good"),
      ("steel bracket 2010, rust. none of the bolts", "poor"), ("steel bracket 2010, corrosion", "poor"),
-     ("steel bracket 2010, axial play within limits", "good"), ("steel bracket 2010, cracks within the weld", "poor")],
+     ("steel bracket 2010, minor wear within limits", "fair")],
 )  # fmt: skip
 def test_a_checklist_answer_after_a_fault_denies_it(text, condition):
     assert read([text], "condition") == [condition]
