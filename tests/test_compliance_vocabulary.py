@@ -6,6 +6,7 @@ development vocabularies (dev, test: both were looked at while the reader was bu
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import re
@@ -31,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, default_lexicon, lexicon_data, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -325,6 +326,19 @@ def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
     assert not {p for p in phrases if len(p) == 1} | (
         phrases & {"the", "an", "and", "or", "of", "in", "on", "to", "is"}
     )
+
+
+def test_loading_the_lexicon_leaves_the_garbage_collector_as_it_was():
+    """The load pauses the collector (README: cost) and must give it back as it found it, on or off."""
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            lexicon_data.cache_clear()
+            default_lexicon.cache_clear()
+            assert default_lexicon().conditions and gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 def test_the_lexicon_is_loaded_on_first_use_not_on_import():
