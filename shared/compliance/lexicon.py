@@ -217,7 +217,7 @@ def lexicon_data() -> dict:
 
 @contextlib.contextmanager
 def _no_collection() -> Iterator[None]:
-    """Loading allocates some 100,000 long-lived objects, which sets off the cycle collector over everything a
+    """Loading allocates some 40,000 long-lived containers, which sets off the cycle collector over everything a
     scoring process holds (about 90 ms instead of 16 in the benchmark's process); none of them is garbage."""
     enabled = gc.isenabled()
     gc.disable()
