@@ -14,13 +14,15 @@ sends to review counts as wrong. Candidates:
 
 Then the time to train the chosen model on all notes and to score them (CPU seconds: the steadier
 figure on a shared machine), and the reader on words the simulator never writes (issue 17): accuracy,
-recall of non-compliant notes and review rate on the development vocabularies (dev and test: both were
-looked at while the reader was built) and, when it is there, the blind holdout (the figure that counts)
-(tests/compliance_vocabulary_*.json), with the regulation's words only (an empty lexicon), with the
-lexicon (WordNet + workshop glossary) and its grammar, and with it less each phrase's own WordNet seeds;
-and the lexicon's size and load time.
+recall of non-compliant notes and review rate on the development vocabularies (dev, test and fresh1-6:
+all looked at while the reader was built) or those named by --vocabularies (the blind holdout, the figure
+that counts, only when named: `--vocabularies holdout`) (tests/compliance_vocabulary_*.json), with the
+regulation's words only (an empty lexicon), with the lexicon (WordNet + workshop glossary) and its grammar,
+with it less each phrase's own WordNet seeds, and with every phrase of the vocabulary held out of the
+lexicon (what the grammar and the rest still read); and the lexicon's size and load time.
 
-    .venv/bin/python bench/bench_compliance.py [--cars 1000] [--folds 5] [--seed 11]
+    .venv/bin/python bench/bench_compliance.py [--cars 1000] [--folds 5] [--seed 11] [--no-folds]
+        [--vocabularies dev,test,fresh1,...]
 """
 
 from __future__ import annotations

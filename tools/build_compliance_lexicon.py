@@ -1,6 +1,6 @@
 """Build shared/compliance/lexicon.json, the compliance reader's words for conditions and materials, from
 WordNet 3.0 and the seeds in tools/compliance_lexicon_seeds.json. A local tool: the Function App reads only
-the JSON it writes (a few hundred KB, no WordNet and no NLTK at run time).
+the JSON it writes (about 1 MB, no WordNet and no NLTK at run time).
 
     apt-get install wordnet-base            # Debian's WordNet 3.0 database, /usr/share/wordnet
     .venv/bin/python tools/build_compliance_lexicon.py [--wordnet /usr/share/wordnet]
