@@ -6,6 +6,7 @@ development vocabularies (dev, test: both were looked at while the reader was bu
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import re
@@ -31,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, default_lexicon, lexicon_data, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -248,6 +249,59 @@ def test_idioms_and_frames_a_technician_writes_are_decided(model):
     assert "(read 'needs to be replaced' as poor: glossary: remedy to be done)" in results[REASON][1]
 
 
+@pytest.mark.parametrize(
+    ("written", "condition"),
+    [("knackered out", "poor"), ("on its way out", "poor"), ("in a right state", "poor"), ("like a bought one", "good"),
+     ("in good nick", "good"), ("like the day it left the factory", "excellent"), ("surface bloom", "fair"),
+     ("gritty", "poor"), ("play in it", "poor"), ("worn but serviceable", "fair"), ("no relevant indications", "good"),
+     ("ncr raised", "poor"), ("not satisfactory", "poor"), ("gd cond", "good"), ("brkn", "poor"), ("tbr", "poor"),
+     ("do not reuse", "poor")],
+)  # fmt: skip
+def test_each_register_of_the_glossary_is_read(written, condition):
+    """Slang and idioms, what a technician sees, an inspector's language, shorthand (README: the glossary)."""
+    assert read([f"steel bracket 2010, {written}"], "condition") == [condition]
+
+
+@pytest.mark.parametrize(
+    ("written", "material"),
+    [("Hytrel", "plastic"), ("Ultramid", "plastic"), ("faux leather", "plastic"), ("polyisoprene", "other"),
+     ("Kalrez", "other"), ("SCM440", "steel"), ("Q235", "steel"), ("H13 tool steel", "steel"), ("FC250", "iron"),
+     ("QT450-10", "iron"), ("EN-GJS-400-15", "iron"), ("G3000", "iron"), ("ADC12", "aluminum"),
+     ("Birmabright", "aluminum"), ("TC4", "titanium"), ("CW004A", "copper"), ("CuZn39Pb3", "other"),
+     ("Torayca", "carbon fiber"), ("graphite/epoxy", "carbon fiber"), ("FR4", None), ("pot metal", "other")],
+)  # fmt: skip
+def test_materials_are_read_by_trade_name_and_designation(written, material):
+    assert read([f"bracket 2010, good, {written}"], "material") == [material]
+
+
+def test_designations_of_other_standards_are_read_by_their_patterns():
+    """SAE/AISI, EN, UNS, JIS, GB and BS 970 grades the glossary does not list (README: the grammar)."""
+    grades = {"SAE4140": "steel", "S690QL": "steel", "S31603": "steel", "SNCM630": "steel", "Q390C": "steel",
+              "722M24": "steel", "HC340LA": "steel", "FCD550": "iron", "HT225": "iron", "A5454": "aluminum",
+              "AC8B": "aluminum", "C17510": "copper", "CW710R": "other", "CuAl10Ni5": "other", "N06690": "other",
+              "R58640": "titanium", "4140HT": "steel", "6061T6": "aluminum", "ZA35": "other",
+              "ZK51": "other"}  # fmt: skip
+    assert read([f"bracket 2010 good, {grade}" for grade in grades], "material") == list(grades.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "condition"),
+    [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
+     ("steel bracket 2010, defects - none seen", "good"), ("steel bracket 2010, leaks: no", "good"),
+     ("steel bracket 2010, rust. none of the bolts", "poor"), ("steel bracket 2010, corrosion", "poor"),
+     ("steel bracket 2010, minor wear within limits", "fair")],
+)  # fmt: skip
+def test_a_checklist_answer_after_a_fault_denies_it(text, condition):
+    assert read([text], "condition") == [condition]
+
+
+def test_dotted_abbreviations_and_werkstoff_numbers_are_one_word():
+    texts = ["bracket 2010 good, C.I.", "bracket 2010 good, EN 1.4301", "bracket 2010 good, W.Nr. 0.6025",
+             "bracket 2010 good, steel, N.A.D.", "bracket 2010 good, runout 0.6250 in"]  # fmt: skip
+    assert read(texts, "material") == ["iron", "steel", "iron", "steel", None]
+    assert read(texts[3:4], "condition") == ["good"]
+
+
 # --- the lexicon --------------------------------------------------------------------------------------------------
 
 
@@ -259,6 +313,14 @@ def test_holding_a_seed_out_removes_only_what_it_alone_gave():
     assert seeds_in(["very good", "mild steel"], REGULATION_WORDS) == set()
 
 
+def test_holding_phrases_out_drops_them_and_their_inflections_only():
+    full = Lexicon.from_data(lexicon_data())
+    held = full.without(["cracked", "PVC"])
+    assert {"cracked", "crack", "pvc"} <= {*full.conditions, *full.materials}
+    assert not {"cracked", "crack"} & set(held.conditions) and "pvc" not in held.materials
+    assert held.conditions["corroded"] == full.conditions["corroded"] and len(held.materials) == len(full.materials) - 1
+
+
 def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
     """ "a+" once became the phrase "a", read as excellent in every note with an "a"."""
     lexicon = Lexicon.from_data(lexicon_data())
@@ -266,6 +328,19 @@ def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
     assert not {p for p in phrases if len(p) == 1} | (
         phrases & {"the", "an", "and", "or", "of", "in", "on", "to", "is"}
     )
+
+
+def test_loading_the_lexicon_leaves_the_garbage_collector_as_it_was():
+    """The load pauses the collector (README: cost) and must give it back as it found it, on or off."""
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            lexicon_data.cache_clear()
+            default_lexicon.cache_clear()
+            assert default_lexicon().conditions and gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 def test_the_lexicon_is_loaded_on_first_use_not_on_import():
