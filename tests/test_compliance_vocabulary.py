@@ -77,10 +77,12 @@ def score_texts(model, texts: list[str], lexicon: Lexicon | None = None) -> pd.D
 def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_each_other():
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
-    dev, test, holdout = phrases("dev"), phrases("test"), phrases("holdout")
+    dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
+    fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 7)))
     assert not dev & test and not holdout & (dev | test)
-    assert not (dev | test | holdout) & simulator
-    for which in ("dev", "test", "holdout"):
+    assert not holdout2 & (dev | test | holdout | fresh)
+    assert not (dev | test | holdout | holdout2) & simulator
+    for which in ("dev", "test", "holdout", "holdout2"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
@@ -89,7 +91,6 @@ def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_ea
 # --- the measured figures -------------------------------------------------------------------------------------
 
 TARGETS = {"accuracy": 0.99, "recall_non_compliant": 0.99, "review_rate": 0.02}
-HOLDOUT = Path(__file__).with_name("compliance_vocabulary_holdout.json")
 EMPTY = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
 
 
@@ -111,26 +112,37 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
     assert after["decided_accuracy"] >= 0.995 and after["undecidable_decided"] <= 0.05
 
 
+# Measured on the reader as merged (README, Component compliance): (accuracy, recall, review rate, decided
+# accuracy, undecidable decided) on each blind holdout, and the review rate of the regulation's words only.
+HOLDOUT_FIGURES = {
+    "holdout": ((0.964, 0.973, 0.028, 0.992, 0.127), 0.753),
+    "holdout2": ((0.911, 0.954, 0.087, 0.998, 0.079), 0.645),
+}
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17.4 targets not met on the blind holdout: accuracy 0.832, recall 0.856, review 15.9 % "
-    "(what it decides, 99.0 % right); see README, Component compliance",
+    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964 and 0.911, recall 0.973 and 0.954, "
+    "review 2.8 % and 8.7 % (what it decides, 99.2 % and 99.8 % right); see README, Component compliance",
 )
-def test_issue_17_targets_on_the_blind_holdout(model):
+@pytest.mark.parametrize("which", HOLDOUT_FIGURES)
+def test_issue_17_targets_on_the_blind_holdouts(model, which):
     """Issue 17.4's targets on phrasings nobody building the reader has seen (same format as
-    compliance_vocabulary_test.json)."""
-    metrics = evaluate(model, "holdout")
+    compliance_vocabulary_test.json; holdout2 was written by someone who never opened the reader at all)."""
+    metrics = evaluate(model, which)
     assert metrics["accuracy"] >= TARGETS["accuracy"], metrics
     assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"], metrics
     assert metrics["review_rate"] <= TARGETS["review_rate"], metrics
 
 
-def test_on_the_blind_holdout_the_reader_decides_far_more_and_what_it_decides_is_right(model):
-    """The measured figures on the holdout (README): a floor under them, so a reader that gets worse fails."""
-    before, after = evaluate(model, "holdout", EMPTY), evaluate(model, "holdout")
-    assert before["review_rate"] > 0.7 and after["review_rate"] <= 0.17
-    assert after["accuracy"] >= 0.82 and after["recall_non_compliant"] >= 0.84
-    assert after["decided_accuracy"] >= 0.985 and after["undecidable_decided"] <= 0.09
+@pytest.mark.parametrize("which", HOLDOUT_FIGURES)
+def test_on_the_blind_holdouts_the_reader_decides_far_more_and_what_it_decides_is_right(model, which):
+    """A floor just under the measured figures, so a reader that gets worse fails."""
+    (accuracy, recall, review, decided, undecidable_decided), review_before = HOLDOUT_FIGURES[which]
+    before, after = evaluate(model, which, EMPTY), evaluate(model, which)
+    assert before["review_rate"] >= review_before - 0.01 and after["review_rate"] <= review + 0.01
+    assert after["accuracy"] >= accuracy - 0.01 and after["recall_non_compliant"] >= recall - 0.01
+    assert after["decided_accuracy"] >= decided - 0.005 and after["undecidable_decided"] <= undecidable_decided + 0.02
 
 
 # --- reading ordinary words -------------------------------------------------------------------------------------
