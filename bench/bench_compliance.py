@@ -14,13 +14,15 @@ sends to review counts as wrong. Candidates:
 
 Then the time to train the chosen model on all notes and to score them (CPU seconds: the steadier
 figure on a shared machine), and the reader on words the simulator never writes (issue 17): accuracy,
-recall of non-compliant notes and review rate on the development vocabularies (dev and test: both were
-looked at while the reader was built) and, when it is there, the blind holdout (the figure that counts)
-(tests/compliance_vocabulary_*.json), with the regulation's words only (an empty lexicon), with the
-lexicon (WordNet + workshop glossary) and its grammar, and with it less each phrase's own WordNet seeds;
-and the lexicon's size and load time.
+recall of non-compliant notes and review rate on the development vocabularies (dev, test and fresh1-6:
+all looked at while the reader was built) or those named by --vocabularies (the blind holdout, the figure
+that counts, only when named: `--vocabularies holdout,holdout2`) (tests/compliance_vocabulary_*.json), with the
+regulation's words only (an empty lexicon), with the lexicon (WordNet + workshop glossary) and its grammar,
+with it less each phrase's own WordNet seeds, and with every phrase of the vocabulary held out of the
+lexicon (what the grammar and the rest still read); and the lexicon's size and load time.
 
-    .venv/bin/python bench/bench_compliance.py [--cars 1000] [--folds 5] [--seed 11]
+    .venv/bin/python bench/bench_compliance.py [--cars 1000] [--folds 5] [--seed 11] [--no-folds]
+        [--vocabularies dev,test,fresh1,...]
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from shared.compliance.lexicon import LEXICON_FILE, Lexicon, default_lexicon, le
 from shared.devtools.fleet_simulator import simulate_components, simulate_vocabulary_notes
 
 VOCABULARIES = Path(__file__).resolve().parent.parent / "tests"
+DEVELOPMENT_VOCABULARIES = ("dev", "test", *(f"fresh{k}" for k in range(1, 7)))
 
 
 def main() -> None:
@@ -63,6 +66,13 @@ def main() -> None:
     parser.add_argument("--cars", type=int, default=1000)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--vocabularies",
+        default=",".join(DEVELOPMENT_VOCABULARIES),
+        help="comma-separated vocabularies to measure (tests/compliance_vocabulary_<name>.json); the blind "
+        "holdouts only when named (`--vocabularies holdout,holdout2`), so a development run never prints it",
+    )
+    parser.add_argument("--no-folds", action="store_true", help="skip the by-template folds (the vocabulary rows only)")
     args = parser.parse_args()
 
     components = simulate_components(np.array([f"CAR-{k:05d}" for k in range(1, args.cars + 1)]), args.seed)
@@ -74,8 +84,27 @@ def main() -> None:
           f"{labelled[TEMPLATE].nunique()} templates, {args.folds} folds by template\n")  # fmt: skip
 
     params = TrainingParams()
+    if not args.no_folds:
+        _folds(labelled, y, notes, raw, params, args.folds)
+
+    cpu = time.process_time()
+    model, _ = fit_classifier(notes["normalized"], y, params)
+    trained = time.process_time() - cpu
+    cpu = time.process_time()
+    score_components(model, components)
+    scored = time.process_time() - cpu
+    print(f"\ntrain on {len(labelled):,} notes: {trained:.2f} CPU s ({params.epochs} epochs, "
+          f"{len(model.word_vocabulary):,} word + {len(model.char_vocabulary):,} char features); "
+          f"score {len(components):,} notes: {scored:.2f} CPU s ({len(components) / scored:,.0f} notes/s)")  # fmt: skip
+    _vocabulary(model, args.vocabularies.split(","))
+
+
+def _folds(
+    labelled: pd.DataFrame, y: np.ndarray, notes: pd.DataFrame, raw: pd.Series, params: TrainingParams, folds: int
+) -> None:
+    """The candidates' accuracy and recall over folds split by template (phrasings never seen in training)."""
     scores: dict[str, list[tuple[float, float]]] = {}
-    for train, test in GroupKFold(n_splits=args.folds).split(labelled, y, labelled[TEMPLATE]):
+    for train, test in GroupKFold(n_splits=folds).split(labelled, y, labelled[TEMPLATE]):
         model, _ = fit_classifier(notes["normalized"].iloc[train], y[train], params)
         results = score_components(model, labelled.iloc[test])
         chosen = np.where(results[NEEDS_REVIEW] == 1, -1, results[NON_COMPLIANT].fillna(-1).astype(int))
@@ -97,19 +126,8 @@ def main() -> None:
         accuracy, recall = np.array(folds).T
         print(f"| {name} | {accuracy.mean():.4f} / {accuracy.min():.4f} | {recall.mean():.4f} / {recall.min():.4f} |")
 
-    cpu = time.process_time()
-    model, _ = fit_classifier(notes["normalized"], y, params)
-    trained = time.process_time() - cpu
-    cpu = time.process_time()
-    score_components(model, components)
-    scored = time.process_time() - cpu
-    print(f"\ntrain on {len(labelled):,} notes: {trained:.2f} CPU s ({params.epochs} epochs, "
-          f"{len(model.word_vocabulary):,} word + {len(model.char_vocabulary):,} char features); "
-          f"score {len(components):,} notes: {scored:.2f} CPU s ({len(components) / scored:,.0f} notes/s)")  # fmt: skip
-    _vocabulary(model)
 
-
-def _vocabulary(model) -> None:
+def _vocabulary(model, names: list[str]) -> None:
     lexicon_data.cache_clear()  # time the first use, as a cold Function App sees it
     default_lexicon.cache_clear()
     start = time.perf_counter()
@@ -123,17 +141,21 @@ def _vocabulary(model) -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     empty = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
-    for which in ("dev", "test", *(f"fresh{k}" for k in range(1, 7)), "holdout"):  # the holdout when there
+    for which in names:
         path = VOCABULARIES / f"compliance_vocabulary_{which}.json"
-        if not path.exists():
-            continue
-        notes = simulate_vocabulary_notes(json.loads(path.read_text()), seed=17)
+        notes = simulate_vocabulary_notes(vocabulary := json.loads(path.read_text()), seed=17)
+        own = [
+            phrase for kind in ("conditions", "materials") for group in vocabulary[kind].values() for phrase in group
+        ]
         rows = {
             "regulation words only": evaluate_unseen_vocabulary(model, notes, lexicon=empty)[0],
             "lexicon (WordNet + glossary) and grammar": evaluate_unseen_vocabulary(model, notes, hold_out_seeds=False)[
                 0
             ],
             "the same, the phrase's WordNet seeds held out": evaluate_unseen_vocabulary(model, notes)[0],
+            "the same, every phrase of the vocabulary held out of the lexicon": evaluate_unseen_vocabulary(
+                model, notes, lexicon=lexicon.without(own)
+            )[0],
         }
         for reader, m in rows.items():
             print(f"| {which} ({m['notes']:.0f} notes) | {reader} | {m['accuracy']:.3f} "

@@ -6,6 +6,7 @@ development vocabularies (dev, test: both were looked at while the reader was bu
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import re
@@ -31,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, default_lexicon, lexicon_data, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -76,10 +77,12 @@ def score_texts(model, texts: list[str], lexicon: Lexicon | None = None) -> pd.D
 def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_each_other():
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
-    dev, test, holdout = phrases("dev"), phrases("test"), phrases("holdout")
+    dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
+    fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 7)))
     assert not dev & test and not holdout & (dev | test)
-    assert not (dev | test | holdout) & simulator
-    for which in ("dev", "test", "holdout"):
+    assert not holdout2 & (dev | test | holdout | fresh)
+    assert not (dev | test | holdout | holdout2) & simulator
+    for which in ("dev", "test", "holdout", "holdout2"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
@@ -88,7 +91,6 @@ def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_ea
 # --- the measured figures -------------------------------------------------------------------------------------
 
 TARGETS = {"accuracy": 0.99, "recall_non_compliant": 0.99, "review_rate": 0.02}
-HOLDOUT = Path(__file__).with_name("compliance_vocabulary_holdout.json")
 EMPTY = Lexicon(conditions={}, materials={}, typo_exceptions=frozenset())
 
 
@@ -110,26 +112,37 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
     assert after["decided_accuracy"] >= 0.995 and after["undecidable_decided"] <= 0.05
 
 
+# Measured on the reader as merged (README, Component compliance): (accuracy, recall, review rate, decided
+# accuracy, undecidable decided) on each blind holdout, and the review rate of the regulation's words only.
+HOLDOUT_FIGURES = {
+    "holdout": ((0.964, 0.973, 0.028, 0.992, 0.127), 0.753),
+    "holdout2": ((0.911, 0.954, 0.087, 0.998, 0.079), 0.645),
+}
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17.4 targets not met on the blind holdout: accuracy 0.832, recall 0.856, review 15.9 % "
-    "(what it decides, 99.0 % right); see README, Component compliance",
+    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964 and 0.911, recall 0.973 and 0.954, "
+    "review 2.8 % and 8.7 % (what it decides, 99.2 % and 99.8 % right); see README, Component compliance",
 )
-def test_issue_17_targets_on_the_blind_holdout(model):
+@pytest.mark.parametrize("which", HOLDOUT_FIGURES)
+def test_issue_17_targets_on_the_blind_holdouts(model, which):
     """Issue 17.4's targets on phrasings nobody building the reader has seen (same format as
-    compliance_vocabulary_test.json)."""
-    metrics = evaluate(model, "holdout")
+    compliance_vocabulary_test.json; holdout2 was written by someone who never opened the reader at all)."""
+    metrics = evaluate(model, which)
     assert metrics["accuracy"] >= TARGETS["accuracy"], metrics
     assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"], metrics
     assert metrics["review_rate"] <= TARGETS["review_rate"], metrics
 
 
-def test_on_the_blind_holdout_the_reader_decides_far_more_and_what_it_decides_is_right(model):
-    """The measured figures on the holdout (README): a floor under them, so a reader that gets worse fails."""
-    before, after = evaluate(model, "holdout", EMPTY), evaluate(model, "holdout")
-    assert before["review_rate"] > 0.7 and after["review_rate"] <= 0.17
-    assert after["accuracy"] >= 0.82 and after["recall_non_compliant"] >= 0.84
-    assert after["decided_accuracy"] >= 0.985 and after["undecidable_decided"] <= 0.09
+@pytest.mark.parametrize("which", HOLDOUT_FIGURES)
+def test_on_the_blind_holdouts_the_reader_decides_far_more_and_what_it_decides_is_right(model, which):
+    """A floor just under the measured figures, so a reader that gets worse fails."""
+    (accuracy, recall, review, decided, undecidable_decided), review_before = HOLDOUT_FIGURES[which]
+    before, after = evaluate(model, which, EMPTY), evaluate(model, which)
+    assert before["review_rate"] >= review_before - 0.01 and after["review_rate"] <= review + 0.01
+    assert after["accuracy"] >= accuracy - 0.01 and after["recall_non_compliant"] >= recall - 0.01
+    assert after["decided_accuracy"] >= decided - 0.005 and after["undecidable_decided"] <= undecidable_decided + 0.02
 
 
 # --- reading ordinary words -------------------------------------------------------------------------------------
@@ -246,6 +259,59 @@ def test_idioms_and_frames_a_technician_writes_are_decided(model):
     assert "(read 'needs to be replaced' as poor: glossary: remedy to be done)" in results[REASON][1]
 
 
+@pytest.mark.parametrize(
+    ("written", "condition"),
+    [("knackered out", "poor"), ("on its way out", "poor"), ("in a right state", "poor"), ("like a bought one", "good"),
+     ("in good nick", "good"), ("like the day it left the factory", "excellent"), ("surface bloom", "fair"),
+     ("gritty", "poor"), ("play in it", "poor"), ("worn but serviceable", "fair"), ("no relevant indications", "good"),
+     ("ncr raised", "poor"), ("not satisfactory", "poor"), ("gd cond", "good"), ("brkn", "poor"), ("tbr", "poor"),
+     ("do not reuse", "poor")],
+)  # fmt: skip
+def test_each_register_of_the_glossary_is_read(written, condition):
+    """Slang and idioms, what a technician sees, an inspector's language, shorthand (README: the glossary)."""
+    assert read([f"steel bracket 2010, {written}"], "condition") == [condition]
+
+
+@pytest.mark.parametrize(
+    ("written", "material"),
+    [("Hytrel", "plastic"), ("Ultramid", "plastic"), ("faux leather", "plastic"), ("polyisoprene", "other"),
+     ("Kalrez", "other"), ("SCM440", "steel"), ("Q235", "steel"), ("H13 tool steel", "steel"), ("FC250", "iron"),
+     ("QT450-10", "iron"), ("EN-GJS-400-15", "iron"), ("G3000", "iron"), ("ADC12", "aluminum"),
+     ("Birmabright", "aluminum"), ("TC4", "titanium"), ("CW004A", "copper"), ("CuZn39Pb3", "other"),
+     ("Torayca", "carbon fiber"), ("graphite/epoxy", "carbon fiber"), ("FR4", None), ("pot metal", "other")],
+)  # fmt: skip
+def test_materials_are_read_by_trade_name_and_designation(written, material):
+    assert read([f"bracket 2010, good, {written}"], "material") == [material]
+
+
+def test_designations_of_other_standards_are_read_by_their_patterns():
+    """SAE/AISI, EN, UNS, JIS, GB and BS 970 grades the glossary does not list (README: the grammar)."""
+    grades = {"SAE4140": "steel", "S690QL": "steel", "S31603": "steel", "SNCM630": "steel", "Q390C": "steel",
+              "722M24": "steel", "HC340LA": "steel", "FCD550": "iron", "HT225": "iron", "A5454": "aluminum",
+              "AC8B": "aluminum", "C17510": "copper", "CW710R": "other", "CuAl10Ni5": "other", "N06690": "other",
+              "R58640": "titanium", "4140HT": "steel", "6061T6": "aluminum", "ZA35": "other",
+              "ZK51": "other"}  # fmt: skip
+    assert read([f"bracket 2010 good, {grade}" for grade in grades], "material") == list(grades.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "condition"),
+    [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
+     ("steel bracket 2010, defects - none seen", "good"), ("steel bracket 2010, leaks: no", "good"),
+     ("steel bracket 2010, rust. none of the bolts", "poor"), ("steel bracket 2010, corrosion", "poor"),
+     ("steel bracket 2010, minor wear within limits", "fair")],
+)  # fmt: skip
+def test_a_checklist_answer_after_a_fault_denies_it(text, condition):
+    assert read([text], "condition") == [condition]
+
+
+def test_dotted_abbreviations_and_werkstoff_numbers_are_one_word():
+    texts = ["bracket 2010 good, C.I.", "bracket 2010 good, EN 1.4301", "bracket 2010 good, W.Nr. 0.6025",
+             "bracket 2010 good, steel, N.A.D.", "bracket 2010 good, runout 0.6250 in"]  # fmt: skip
+    assert read(texts, "material") == ["iron", "steel", "iron", "steel", None]
+    assert read(texts[3:4], "condition") == ["good"]
+
+
 # --- the lexicon --------------------------------------------------------------------------------------------------
 
 
@@ -257,6 +323,14 @@ def test_holding_a_seed_out_removes_only_what_it_alone_gave():
     assert seeds_in(["very good", "mild steel"], REGULATION_WORDS) == set()
 
 
+def test_holding_phrases_out_drops_them_and_their_inflections_only():
+    full = Lexicon.from_data(lexicon_data())
+    held = full.without(["cracked", "PVC"])
+    assert {"cracked", "crack", "pvc"} <= {*full.conditions, *full.materials}
+    assert not {"cracked", "crack"} & set(held.conditions) and "pvc" not in held.materials
+    assert held.conditions["corroded"] == full.conditions["corroded"] and len(held.materials) == len(full.materials) - 1
+
+
 def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
     """ "a+" once became the phrase "a", read as excellent in every note with an "a"."""
     lexicon = Lexicon.from_data(lexicon_data())
@@ -264,6 +338,19 @@ def test_no_single_letter_or_function_word_is_a_lexicon_phrase():
     assert not {p for p in phrases if len(p) == 1} | (
         phrases & {"the", "an", "and", "or", "of", "in", "on", "to", "is"}
     )
+
+
+def test_loading_the_lexicon_leaves_the_garbage_collector_as_it_was():
+    """The load pauses the collector (README: cost) and must give it back as it found it, on or off."""
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            lexicon_data.cache_clear()
+            default_lexicon.cache_clear()
+            assert default_lexicon().conditions and gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 def test_the_lexicon_is_loaded_on_first_use_not_on_import():

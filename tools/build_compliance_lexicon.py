@@ -1,6 +1,6 @@
 """Build shared/compliance/lexicon.json, the compliance reader's words for conditions and materials, from
 WordNet 3.0 and the seeds in tools/compliance_lexicon_seeds.json. A local tool: the Function App reads only
-the JSON it writes (a few hundred KB, no WordNet and no NLTK at run time).
+the JSON it writes (about 1 MB, no WordNet and no NLTK at run time).
 
     apt-get install wordnet-base            # Debian's WordNet 3.0 database, /usr/share/wordnet
     .venv/bin/python tools/build_compliance_lexicon.py [--wordnet /usr/share/wordnet]
@@ -279,6 +279,15 @@ _REGULATION_WORDS = {
 }
 
 
+def _normalized(table: dict[str, dict]) -> dict[str, dict]:
+    """WordNet's words as phrases ("brand-new" is "brand new"), the roots of words that become one merged, so
+    the reader needs no normalising on load."""
+    phrases: dict[str, dict] = {}
+    for word, entry in table.items():
+        phrases.setdefault(_phrase(word), {"roots": {}})["roots"].update(entry["roots"])
+    return phrases
+
+
 def _phrase(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
@@ -302,6 +311,7 @@ def build(wordnet: WordNet, seeds: dict, glossary: dict | None = None) -> dict:
     for entry in materials.values():  # a regulated material is more specific than "a kind of metal or alloy"
         if len({meant for meant, _ in entry["roots"].values()}) > 1:
             entry["roots"] = {root: read for root, read in entry["roots"].items() if read[0] != "other"}
+    conditions, materials = _normalized(conditions), _normalized(materials)  # as the reader writes a note's words
     glossary_conditions, glossary_materials = glossary_words(wordnet, glossary or {"conditions": {}, "materials": {}})
     conditions.update(glossary_conditions)  # the workshop's reading of a word replaces WordNet's
     materials.update(glossary_materials)

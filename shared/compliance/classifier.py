@@ -213,7 +213,7 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     """
     lexicon = lexicon or default_lexicon()
     index, texts = texts.index, texts.reset_index(drop=True)
-    lowered = texts.astype("string").fillna("").str.lower()
+    lowered = _joined_designations(texts.astype("string").fillna("").str.lower())
     matches = lowered.str.extractall(f"({YEAR_PATTERN.pattern})")[0].rename("text").reset_index()
     matches["year"] = matches["text"].map(year_value)
     distinct = matches.drop_duplicates(["level_0", "year"]).sort_values(["level_0", "year"])
@@ -262,6 +262,27 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
             },
         }
     ).set_axis(index)
+
+
+DOTTED_ABBREVIATION = re.compile(r"(?<![\w.])[a-z](?:\.[a-z])+\.?(?!\w)")  # "c.i.", "n.a.d.", "s.s."
+# A Werkstoff number (1.4301, 0.6025, 3.3206): 1.4xxx (stainless) anywhere, the others after their standard's name
+WERKSTOFF_NUMBER = re.compile(
+    r"(?:(?<=\ben )|(?<=\ben-)|(?<=\bdin )|(?<=\bwnr )|(?<=\bwnr\.)|(?<=\bw\.nr\. )|(?<=\bw\.nr\.)|(?<=\bw nr )"
+    r"|(?<=\bwerkstoff )|(?<=\bmaterial no )|(?<![\w.])(?=1\.4))([0-3])\.(\d{4})(?![\w.])"
+)
+
+
+def _joined_designations(lowered: pd.Series) -> pd.Series:
+    """Dotted abbreviations and Werkstoff numbers as one word each, before the dots break clauses: "c.i." is
+    "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`)."""
+    joined = lowered.copy()
+    for pattern, replacement, hint in (
+        (DOTTED_ABBREVIATION, lambda m: m.group().replace(".", ""), r"\b[a-z]\.[a-z]\b"),
+        (WERKSTOFF_NUMBER, r"wnr\1\2", r"\d\.\d{4}"),
+    ):  # a cheap hint first: few notes hold either
+        some = joined.str.contains(hint).fillna(False).to_numpy(dtype=bool)
+        joined[some] = joined[some].str.replace(pattern, replacement, regex=True)
+    return joined
 
 
 def _year_token(match: re.Match) -> str:
