@@ -5,7 +5,9 @@ missing data, usage regime changes, a hot and a cold fleet, short histories): si
 `train` does (the test fleet's training-row cap by default), with the true probability of every evaluated
 forecast computed by Monte Carlo over the simulator's future noise; print per fleet the model's NRMSE,
 Brier and average precision, the truth's (± Monte Carlo standard error), the ratios, the baselines' Brier
-ratios and the 80 % interval's coverage, then a Markdown table for the README.
+ratios and the 80 % interval's coverage, then a Markdown table for the README. Beside the truth, the
+data-only reference (`true_failure_probability(..., usage_known=False)`: the car's usage scale drawn from
+its posterior given the minutes it reported in the model's window) and its Brier score ÷ the truth's.
 
     .venv/bin/python bench/bench_truth.py [--cars 500] [--draws 20000] [--fleets "seed 21" ...] [--json out.json]
 """
@@ -22,8 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
+
 from shared.core.preparation import prepare_telemetry
-from shared.devtools.true_risk import COMPARISON_FLEETS, DRAWS, fleet_truth, simulate_comparison_fleet
+from shared.core.telemetry import CAR_ID
+from shared.devtools.true_risk import (
+    COMPARISON_FLEETS,
+    DRAWS,
+    fleet_truth,
+    simulate_comparison_fleet,
+    true_failure_probability,
+)
 from shared.models._lightgbm import train_model
 
 
@@ -34,6 +45,12 @@ def measure(name: str, cars: int, draws: int, training_rows: int) -> dict:
     model = train_model(clean, fleet.cars, max_training_rows=training_rows, truth=fleet_truth(fleet, draws))
     backtest = model.metadata["backtest"]
     metrics, truth = backtest["metrics"], backtest["truth"]
+    evaluation = model.backtest.evaluation
+    scored = evaluation["scored"].to_numpy()
+    label = evaluation["label"].to_numpy()[scored]
+    reference = true_failure_probability(fleet, evaluation[CAR_ID].to_numpy(), evaluation["origin"].to_numpy(),
+                                         draws=draws, usage_known=False).probability[scored]  # fmt: skip
+    reference_brier = float(np.mean((reference - label) ** 2))
     return {
         "fleet": name,
         "positive": backtest["counts"]["positive"],
@@ -48,6 +65,9 @@ def measure(name: str, cars: int, draws: int, training_rows: int) -> dict:
         "average_precision_gap": truth["ratios"]["model"]["average_precision_gap"],
         "baseline_brier_to_truth": min(truth["ratios"][m]["brier_to_truth"] for m in ("seasonal_naive", "recent_mean")),
         "coverage_80": backtest.get("interval", {}).get("coverage"),
+        "reference_brier": reference_brier,
+        "reference_brier_to_truth": reference_brier / truth["metrics"]["brier"],
+        "brier_to_reference": metrics["model"]["brier"] / reference_brier,
         "drawn": truth["drawn"],
     }
 
@@ -72,15 +92,17 @@ def main() -> None:
               f"({wall:.0f} s wall, {used:.0f} s CPU)", flush=True)  # fmt: skip
     print(
         "\n| fleet | failures | NRMSE | Brier ÷ truth | better baseline's ÷ truth | AP | truth's AP | AP gap "
-        "| truth's Brier (± MC s.e.) | 80 % interval coverage |"
+        "| truth's Brier (± MC s.e.) | 80 % interval coverage | data-only reference's Brier ÷ truth "
+        "| Brier ÷ reference |"
     )
-    print("| --- |" + " ---: |" * 9)
+    print("| --- |" + " ---: |" * 11)
     for r in rows:
         coverage = "n/a" if r["coverage_80"] is None else f"{r['coverage_80']:.3f}"
         print(
             f"| {r['fleet']} | {r['positive']} | {r['nrmse']:.4f} | {r['brier_to_truth']:.3f} | "
             f"{r['baseline_brier_to_truth']:.2f} | {r['average_precision']:.4f} | {r['truth_average_precision']:.4f} | "
-            f"{r['average_precision_gap']:.4f} | {r['truth_brier']:.5f} (± {r['truth_brier_se']:.1e}) | {coverage} |"
+            f"{r['average_precision_gap']:.4f} | {r['truth_brier']:.5f} (± {r['truth_brier_se']:.1e}) | {coverage} | "
+            f"{r['reference_brier_to_truth']:.3f} | {r['brier_to_reference']:.3f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -14,6 +14,14 @@ mean gets 0 or 1 without the full draw (a tail that far out is below 1e-6 even f
 jumps). The rest get `draws` futures; the Monte Carlo error of any metric is measured from BATCHES disjoint
 batches of them (`TrueProbability.batch_probability`), and the backtest reports it beside the metric.
 
+`usage_known=False` gives a second reference, "the best a model could do from the data": the same Monte
+Carlo, but the car's usage scale is not known; it is drawn from its posterior given the driving minutes
+the car reported in the model's window (the last 91 days up to the origin), under the simulator's own prior
+(the lognormal spread of cars' base minutes) and day-to-day noise. Everything else stays known (the car's
+weekday, holiday, season and drift shape, its usage regime path, climate, the battery's wear factor and
+ageing): a model can estimate those from the fleet's data far more precisely than one car's level, so the
+gap between this reference and the truth is mostly the truth's oracle knowledge of that level.
+
 Local only: the app never imports devtools; the backtest takes the result as an optional input
 (`shared.models.backtest.TruthSource`).
 """
@@ -26,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.risk import HORIZON_DAYS
-from shared.core.telemetry import BATTERY_ID, CAR_ID, LIFETIME_CYCLES, RATED_CYCLES, InputError
+from shared.core.telemetry import BATTERY_ID, CAR_ID, DATE, LIFETIME_CYCLES, RATED_CYCLES, TRIP_MINUTES, InputError
 from shared.devtools.fleet_simulator import (
     CLIMATES,
     COLD_REGION,
@@ -36,6 +44,7 @@ from shared.devtools.fleet_simulator import (
     DEFAULT_OPTIONS,
     HOT_REGION,
     MAX_MINUTES,
+    MINUTES_SPREAD,
     Fleet,
     SimulatorOptions,
     ageing_factor,
@@ -50,6 +59,9 @@ SCREEN_DRAWS = 256
 SCREEN_SIGMAS = 12.0
 # Rows × draws × days simulated per step: bounds the memory of one step to a few hundred MB.
 CELLS_PER_STEP = 2_000_000
+# Days up to the origin whose reported minutes the data-only reference estimates the usage scale from (the
+# model's window).
+USAGE_WINDOW_DAYS = 91
 
 
 def fleet_truth(fleet: Fleet, draws: int = DRAWS, seed: int = 0) -> TruthSource:
@@ -60,12 +72,22 @@ def fleet_truth(fleet: Fleet, draws: int = DRAWS, seed: int = 0) -> TruthSource:
 
 
 def true_failure_probability(
-    fleet: Fleet, car_id: np.ndarray, origin: np.ndarray, *, draws: int = DRAWS, seed: int = 0
+    fleet: Fleet,
+    car_id: np.ndarray,
+    origin: np.ndarray,
+    *,
+    draws: int = DRAWS,
+    seed: int = 0,
+    usage_known: bool = True,
 ) -> TrueProbability:
-    """P(the battery in car `car_id` on day `origin` reaches its rated cycles within the next 30 days), per row."""
+    """P(the battery in car `car_id` on day `origin` reaches its rated cycles within the next 30 days), per row.
+
+    usage_known=False: the data-only reference (module docstring), the car's usage scale drawn from its
+    posterior given the minutes it reported."""
     if draws % BATCHES:
         raise InputError(f"draws: expected a multiple of {BATCHES}, got {draws}")
-    state = _OriginState(fleet, np.asarray(car_id, dtype=object), np.asarray(origin).astype("datetime64[D]"))
+    car_id, origin = np.asarray(car_id, dtype=object), np.asarray(origin).astype("datetime64[D]")
+    state = _OriginState(fleet, car_id, origin, usage_known)
     rng = np.random.default_rng(seed)
     certain = state.remaining <= 0
     pilot = _counter_after(rng, state, np.flatnonzero(~certain), SCREEN_DRAWS)
@@ -88,7 +110,7 @@ def true_failure_probability(
 class _OriginState:
     """Everything the simulator knows at each (car, origin day) that the next 30 days depend on."""
 
-    def __init__(self, fleet: Fleet, car_id: np.ndarray, origin: np.ndarray) -> None:
+    def __init__(self, fleet: Fleet, car_id: np.ndarray, origin: np.ndarray, usage_known: bool = True) -> None:
         process = fleet.process
         if process is None:
             raise InputError("the fleet carries no generative process (simulate it with simulate_fleet)")
@@ -114,6 +136,31 @@ class _OriginState:
         by_region = np.stack([climate_factor(c.region, days) for c in CLIMATES])
         self.climate = by_region[process.region[car][:, None], future]
         self.options = process.options
+        self.usage_posterior = None if usage_known else _usage_posterior(fleet, car, day)
+
+
+def _usage_posterior(fleet: Fleet, car: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the mean and sd of the normal posterior of log(the car's usage scale ÷ the simulator's), given
+    the minutes it reported on driving days in the USAGE_WINDOW_DAYS up to the origin: each such day's
+    log(minutes ÷ expected minutes) is the offset plus the day's noise, N(-σ²/2, σ²), and the offset's prior is
+    the spread of cars' base minutes, N(0, MINUTES_SPREAD²). Capped days are left out (they censor the noise)."""
+    process = fleet.process
+    n_cars, n_period = len(fleet.cars), process.worn.shape[1]
+    minutes = fleet.truth[TRIP_MINUTES].to_numpy().reshape(n_cars, n_period)
+    reported = np.zeros((n_cars, n_period), dtype=bool)
+    car_of = pd.Index(fleet.cars[CAR_ID].to_numpy(object)).get_indexer(fleet.telemetry[CAR_ID].to_numpy(object))
+    day_of = (fleet.telemetry[DATE].to_numpy("datetime64[D]") - process.first_day).astype(np.int64)
+    reported[car_of, day_of] = True
+    columns = day[:, None] + np.arange(1 - USAGE_WINDOW_DAYS, 1)
+    inside = columns >= 0
+    columns = np.maximum(columns, 0)
+    seen = minutes[car[:, None], columns]
+    expected = (process.expected_minutes_all * process.usage_level_all)[car[:, None], columns]
+    driving = inside & reported[car[:, None], columns] & (seen > 0) & (seen < MAX_MINUTES)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.where(driving, np.log(seen / expected) + DAILY_NOISE**2 / 2, 0.0)
+    precision = 1 / MINUTES_SPREAD**2 + driving.sum(axis=1) / DAILY_NOISE**2
+    return offset.sum(axis=1) / DAILY_NOISE**2 / precision, 1 / np.sqrt(precision)
 
 
 def _counter_after(rng: np.random.Generator, state: _OriginState, rows: np.ndarray, draws: int) -> np.ndarray:
@@ -123,6 +170,9 @@ def _counter_after(rng: np.random.Generator, state: _OriginState, rows: np.ndarr
     noise = rng.lognormal(-(DAILY_NOISE**2) / 2, DAILY_NOISE, shape)
     driving = rng.random(shape) >= state.idle_rate[rows, None, None]
     level = np.broadcast_to(state.usage_level[rows, None, None], shape)
+    if state.usage_posterior is not None:  # the data-only reference: one usage scale per drawn future
+        mean, sd = (values[rows, None] for values in state.usage_posterior)
+        level = level * np.exp(rng.normal(mean, sd, shape[:2]))[:, :, None]
     if state.options.regime_change_rate > 0:
         jumps = rng.random(shape) < state.options.regime_change_rate
         factor = np.where(jumps, rng.lognormal(0.0, state.options.regime_change_sigma, shape), 1.0)

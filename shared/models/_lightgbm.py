@@ -11,8 +11,11 @@ Why this shape (measured against the alternatives in the backtest; see the repor
   window), shrunk towards flat by as much as its noise warrants; the shrinkage is fitted on the
   training data. The forecast's 30 days always add up to 30 x the predicted mean.
 - Scale-free target: the mean is predicted as a RATIO to the battery's recent level (its last 28 known
-  days), so heavy and light users with the same seasonal and weekly pattern teach the trees the same
-  thing; the level itself stays a feature for whatever does depend on it.
+  days, topped up with the fleet prior below a week of them: recent_level), so heavy and light users with
+  the same seasonal and weekly pattern teach the trees the same thing; the level itself stays a feature
+  for whatever does depend on it. With a car table the level is first moved by the region's seasonal
+  change in wear per minute, learnt from the training history (region_season_profile): the cold region's
+  thaw halves its wear from one day to the next, which one year of training shows the trees too rarely.
 - Features only from the (n, W) window arrays (windows.py), so the batch path, the endpoint and training
   compute them with the same numpy code. Short or empty windows give NaN features, which LightGBM routes
   down its learned "missing" branch, and a fleet prior stands in for an unknown level.
@@ -50,6 +53,7 @@ CARS_FILE = "cars.csv"
 CAR_CATEGORIES = ["Region", "Make", "Engine_Type"]
 CAR_NUMBERS = ["Model_Year"]
 LEVEL_DAYS = 28
+MIN_LEVEL_DAYS = 7  # known days a level is trusted on alone (recent_level)
 # Training rows are (battery, origin day) pairs sampled from all days with 30 known days after them.
 # Neighbouring origins of one battery are near duplicates, so a sample buys the time budget cheaply.
 MAX_TRAINING_ROWS = 150_000
@@ -89,6 +93,9 @@ class BatteryForecaster:
     level_prior: float
     weekday_shrinkage: float
     cars: pd.DataFrame | None = None  # Car_ID + CAR_CATEGORIES (category codes) + CAR_NUMBERS
+    # (regions, 366) each region's cycles per driving minute by day of year, relative to each battery's own
+    # (region_season_profile); None without a car table
+    region_season: np.ndarray | None = None
     calibration: RiskCalibration | None = None
     metadata: dict = field(default_factory=dict)
     # The training's backtest with its per-battery outcomes (figures, fairness); in memory only, not saved.
@@ -123,6 +130,8 @@ class BatteryForecaster:
         if self.cars is not None:
             self.cars.to_csv(model_dir / CARS_FILE, index=False)
         metadata = {**self.metadata, "level_prior": self.level_prior, "weekday_shrinkage": self.weekday_shrinkage}
+        if self.region_season is not None:  # JSON has no NaN: a day a region has no data is null
+            metadata["region_season"] = np.where(np.isnan(self.region_season), None, self.region_season).tolist()
         if self.calibration is not None:
             metadata["calibration"] = self.calibration.to_dict()
         (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=json_default))
@@ -132,7 +141,12 @@ class BatteryForecaster:
         origin, level = _origin_features(windows, self.level_prior)
         shape = weekday_shape(windows.daily_cycles, self.weekday_shrinkage)
         calendar = _calendar_features(windows.as_of, shape)
-        columns = [*origin.values(), *calendar.values(), *self._car_features(windows).values()]
+        cars = self._car_features(windows)
+        if cars:  # the ratio is taken against the level moved by the region's season (region_season_profile)
+            season = region_season_ratio(self.region_season, cars["Region"], windows.as_of)
+            calendar["region_season_ratio"] = season
+            level = level * np.where(np.isnan(season), 1.0, season)
+        columns = [*origin.values(), *calendar.values(), *cars.values()]
         return np.column_stack(columns).astype(np.float32), level, shape
 
     def _car_features(self, windows: BatteryWindows) -> dict[str, np.ndarray]:
@@ -151,11 +165,13 @@ def load_lightgbm(model_dir: Path, metadata: dict) -> BatteryForecaster:
     calibration = metadata.get("calibration")
     cars_path = model_dir / CARS_FILE
     cars = pd.read_csv(cars_path, dtype={CAR_ID: str}) if cars_path.is_file() else None
+    season = metadata.get("region_season")
     return BatteryForecaster(
         booster=lgb.Booster(model_file=str(model_dir / MODEL_FILE)),
         level_prior=float(metadata["level_prior"]),
         weekday_shrinkage=float(metadata["weekday_shrinkage"]),
         cars=cars,
+        region_season=None if season is None else np.array(season, dtype=np.float64),  # null -> NaN
         calibration=RiskCalibration.from_dict(calibration) if calibration else None,
         metadata=metadata,
     )
@@ -258,12 +274,16 @@ def fit_forecaster(
         level_prior=_level_prior(history, last_target_day),
         weekday_shrinkage=fit_weekday_shrinkage(windows.daily_cycles, actual),
         cars=cars,
+        region_season=None if cars is None else region_season_profile(history, last_target_day, cars),
     )
     features, level, _ = model._features(windows)
-    if cars is not None:  # teach the trees what an unknown car looks like: its attributes missing
-        unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
-        features[np.ix_(unknown, np.arange(-len(CAR_CATEGORIES) - len(CAR_NUMBERS), 0))] = np.nan
     names = feature_names(cars is not None)
+    if cars is not None:  # teach the trees what an unknown car looks like: its attributes (and region's season) missing
+        unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
+        of_car = [i for i, name in enumerate(names) if name in {"region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS}]
+        season = features[:, names.index("region_season_ratio")].astype(np.float64)
+        level = np.where(unknown & np.isfinite(season), level / season, level)  # as an unknown car's is: no season
+        features[np.ix_(unknown, of_car)] = np.nan
     data = lgb.Dataset(
         features,
         label=actual.mean(axis=1) / level,
@@ -285,9 +305,78 @@ def fit_forecaster(
 
 
 def feature_names(with_cars: bool) -> list[str]:
-    """The model's feature columns in order: battery window, calendar, car attributes."""
+    """The model's feature columns in order: battery window, calendar (with the region's season when the
+    car table is known), car attributes."""
     names = [*ORIGIN_FEATURES, *CALENDAR_FEATURES]
-    return [*names, *CAR_CATEGORIES, *CAR_NUMBERS] if with_cars else names
+    return [*names, "region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS] if with_cars else names
+
+
+# Days of the centred window that smooths a region's day-of-year profile (a week: a step such as the cold
+# region's thaw stays a step within a few days).
+SEASON_SMOOTHING_DAYS = 7
+
+
+def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFrame) -> np.ndarray:
+    """(regions, 366) each region's cycles per driving minute on each day of the year, relative to each
+    battery's own median, from the history up to `last_day` (years averaged, a week's centred smoothing).
+
+    Why: a climate's wear changes on the calendar, the same every year and for every car of the region
+    (the cold region's thaw halves the wear from one day to the next). One year of training has only a few
+    hundred windows across such a step, too few for the trees to learn it from Region and day of year alone;
+    the region's own profile from past years states it directly. NaN where a region has no data that day.
+    """
+    region = encoded_region(cars, history.car_id)
+    day_of_year = _day_of_year((history.first_day + np.arange(last_day + 1)).astype("datetime64[D]"))
+    half = SEASON_SMOOTHING_DAYS // 2
+    codes = cars["Region"].dropna()  # a car table without regions gives no profile (every ratio unknown)
+    profile = np.full((int(codes.max()) + 1 if len(codes) else 0, 366), np.nan)
+    for code in range(len(profile)):  # a region at a time: its share of the history in memory, not 3 copies of all
+        rows = np.flatnonzero(region == code)
+        if not len(rows):
+            continue
+        cycles, minutes = history.daily_cycles[rows, : last_day + 1], history.trip_minutes[rows, : last_day + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_minute = np.where(minutes > 1.0, cycles / minutes, np.nan)
+        own = np.nanmedian(np.where(np.isnan(per_minute).all(axis=1, keepdims=True), 1.0, per_minute), axis=1)
+        mine = per_minute / own[:, None]
+        by_day = _nan_median_columns(mine)
+        sums = [np.bincount(day_of_year, weights=w, minlength=366) for w in (np.nan_to_num(by_day), ~np.isnan(by_day))]
+        total, count = (np.convolve(np.concatenate([x[-half:], x, x[:half]]), np.ones(2 * half + 1), "valid")
+                        for x in sums)  # fmt: skip
+        profile[code] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return profile
+
+
+def region_season_ratio(profile: np.ndarray | None, region: np.ndarray, as_of: np.ndarray) -> np.ndarray:
+    """The region's wear per minute over the 30 days after each as-of day relative to its last 28 days
+    (region_season_profile); NaN for an unknown region or a day of the year the profile has not seen."""
+    n = len(as_of)
+    if profile is None or not len(profile):
+        return np.full(n, np.nan)
+    known = ~np.isnan(region) & (np.nan_to_num(region, nan=-1) < len(profile))
+    code = np.where(known, np.nan_to_num(region, nan=0), 0).astype(np.int64)
+    day = _day_of_year(np.asarray(as_of).astype("datetime64[D]"))
+    ahead = profile[code[:, None], (day[:, None] + np.arange(1, HORIZON_DAYS + 1)) % 366].mean(axis=1)
+    behind = profile[code[:, None], (day[:, None] - np.arange(LEVEL_DAYS)) % 366].mean(axis=1)
+    return np.where(known, ahead / behind, np.nan)
+
+
+def encoded_region(cars: pd.DataFrame, car_id: np.ndarray) -> np.ndarray:
+    """Each car's Region code in an `encode_cars` table (NaN for a car not in it)."""
+    position = pd.Index(cars[CAR_ID]).get_indexer(np.asarray(car_id).astype(str))
+    return np.where(position >= 0, cars["Region"].to_numpy(np.float64)[position], np.nan)
+
+
+def _day_of_year(days: np.ndarray) -> np.ndarray:
+    return (days - days.astype("datetime64[Y]")).astype(np.int64)
+
+
+def _nan_median_columns(values: np.ndarray) -> np.ndarray:
+    """Column medians of the known values, NaN for a column with none (np.nanmedian warns there)."""
+    known = ~np.isnan(values).all(axis=0)
+    out = np.full(values.shape[1], np.nan)
+    out[known] = np.nanmedian(values[:, known], axis=0)
+    return out
 
 
 def weekday_shape(daily_cycles: np.ndarray, shrinkage: float) -> np.ndarray:
@@ -355,11 +444,9 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
     cycles, minutes = windows.daily_cycles, windows.trip_minutes
     level_28 = _tail_mean(cycles, LEVEL_DAYS)
     level_91 = known_mean(cycles)
-    level = np.where(np.isnan(level_28), level_91, level_28)
-    # Unknown level: the fleet prior. The floor keeps ratios finite for a battery barely used lately.
-    level = np.maximum(np.where(np.isnan(level), level_prior, level), 0.05 * level_prior)
-    recent = cycles[:, -LEVEL_DAYS:]
+    level = recent_level(cycles, level_prior)
     known = ~np.isnan(cycles)
+    recent = cycles[:, -LEVEL_DAYS:]
     newest_known = np.where(known.any(axis=1), np.argmax(known[:, ::-1], axis=1), np.nan)
     cycles_total, minutes_total = np.nansum(cycles, axis=1), np.nansum(minutes, axis=1)
     minutes_28 = _tail_mean(minutes, LEVEL_DAYS)
@@ -381,6 +468,23 @@ def _origin_features(windows: BatteryWindows, level_prior: float) -> tuple[dict[
         "rated_cycles": windows.rated_cycles,
     }
     return {name: features[name] for name in ORIGIN_FEATURES}, level
+
+
+def recent_level(daily_cycles: np.ndarray, level_prior: float) -> np.ndarray:
+    """Each window's daily-cycles level, what the model's ratio target is taken against: the mean of its last
+    28 known days (of its whole window if none of those is known).
+
+    A level needs a week of evidence: one seen on fewer than MIN_LEVEL_DAYS days is topped up with the fleet
+    prior to that many (an unknown level is the prior). Without that, a window whose one known day was idle has
+    a level of ~0 and a ratio target of ~20, and the squared loss spends most of its fit on such rows. The
+    floor keeps ratios finite for a car parked for weeks.
+    """
+    known = ~np.isnan(daily_cycles)
+    level_28 = _tail_mean(daily_cycles, LEVEL_DAYS)
+    days = np.where(np.isnan(level_28), known.sum(axis=1), known[:, -LEVEL_DAYS:].sum(axis=1))
+    mean = np.nan_to_num(np.where(np.isnan(level_28), known_mean(daily_cycles), level_28))
+    topped_up = (mean * days + np.maximum(MIN_LEVEL_DAYS - days, 0) * level_prior) / np.maximum(days, MIN_LEVEL_DAYS)
+    return np.maximum(topped_up, 0.05 * level_prior)
 
 
 def _calendar_features(as_of: np.ndarray, shape: np.ndarray) -> dict[str, np.ndarray]:

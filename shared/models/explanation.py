@@ -230,6 +230,9 @@ FEATURE_REASONS = {
     "known_days": lambda f, m: "short history: " + _whole(f["known_days"]) + " days reported",
     "days_since_report": lambda f, m: "no report for " + _whole(f["days_since_report"]) + " days",
     "age_days": lambda f, m: "battery age " + _whole(f["age_days"]) + " days",
+    "region_season_ratio": lambda f, m: _up_down(
+        f["region_season_ratio"], "the region's seasonal wear per minute", "over the next 30 days"
+    ),
     "month": lambda f, m: "seasonal usage for " + pd.Series(MONTHS[f["month"].to_numpy(np.int64) - 1], dtype=object),
     "Region": _region_reason,
     "Make": lambda f, m: _category_names(f["Make"], m, "Make") + " cars' usage pattern",
