@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from shared.core.windows import build_history, build_windows
 from shared.devtools.fleet_simulator import COLD_REGION, REFERENCE_REGION, climate_factor
 from shared.models._lightgbm import (
     encode_cars,
+    feature_names,
     hide_some_days,
     recent_level,
     region_season_profile,
@@ -37,6 +39,23 @@ def test_forecast_is_thirty_sane_days_per_battery(windows):
     # Each battery's 30-day total tracks its own recent use (no battery gets the fleet's average).
     recent = np.nanmean(windows.daily_cycles[:, -28:], axis=1)
     assert np.corrcoef(forecast.mean(axis=1), recent)[0, 1] > 0.9
+
+
+def test_a_model_saved_before_the_regions_season_still_loads_and_scores(tmp_path, windows):
+    """A registry's model from before region_season_ratio (no profile in its metadata, a booster one feature
+    short) must keep scoring after the code is deployed, until the nightly retraining replaces it."""
+    trained = model()
+    features = trained.feature_matrix(windows)
+    season = feature_names(True).index("region_season_ratio")
+    older = np.delete(features, season, axis=1)
+    names = [name for name in feature_names(True) if name != "region_season_ratio"]
+    data = lgb.Dataset(older, label=np.ones(len(older)), feature_name=names)
+    booster = lgb.train({"objective": "regression", "verbose": -1}, data, num_boost_round=3)
+    replace(trained, booster=booster, region_season=None).save(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.region_season is None and loaded.feature_matrix(windows).shape[1] == booster.num_feature()
+    forecast = loaded.forecast(windows)
+    assert forecast.shape == (len(windows), 30) and np.isfinite(forecast).all()
 
 
 def test_save_and_load_round_trip_gives_identical_forecasts_and_metadata(tmp_path, windows):

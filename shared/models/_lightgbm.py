@@ -142,7 +142,9 @@ class BatteryForecaster:
         shape = weekday_shape(windows.daily_cycles, self.weekday_shrinkage)
         calendar = _calendar_features(windows.as_of, shape)
         cars = self._car_features(windows)
-        if cars:  # the ratio is taken against the level moved by the region's season (region_season_profile)
+        # The ratio is taken against the level moved by the region's season (region_season_profile); a model
+        # saved before the profile existed has none and a booster without its feature, and scores as it did.
+        if cars and self.region_season is not None:
             season = region_season_ratio(self.region_season, cars["Region"], windows.as_of)
             calendar["region_season_ratio"] = season
             level = level * np.where(np.isnan(season), 1.0, season)
