@@ -89,13 +89,6 @@ def test_the_forecast_reason_compares_with_the_recent_pace(windows):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 (branch i17-risk2): with the level moved by the region's season the model treats a week's "
-    "tripled use as mostly passing (the forecast rises 1.3x, through the 28-day level the surge raises, while the "
-    "7-day features' contributions stay near 0), so no 7-day reason is among the strongest; the lead decides "
-    "whether the explanation should name a rise of the level itself",
-)
 def test_a_surge_in_driving_is_named_among_the_reasons(windows):
     """Tripled driving and use in the last week: the forecast goes up, and the reasons say why."""
     rows = np.arange(20)
@@ -110,6 +103,10 @@ def test_a_surge_in_driving_is_named_among_the_reasons(windows):
         any(text.startswith(("driving time up", "battery use up")) for text in reasons) for reasons in scores["reasons"]
     ]
     assert np.mean(named) > 0.8, scores["reasons"].tolist()
+    assert all(sum(text.startswith("battery use up") for text in reasons) <= 1 for reasons in scores["reasons"])
+    calm_scores, _ = score_windows(model(), calm, explain_from=0.0)
+    stated = [any(text.startswith("battery use up") for text in reasons) for reasons in calm_scores["reasons"]]
+    assert np.mean(stated) < 0.2, calm_scores["reasons"].tolist()
 
 
 def test_feature_reasons_read_right_for_constructed_values():

@@ -39,6 +39,8 @@ from shared.models.base import Forecaster
 # (as a share of the recent level) worth telling anyone about.
 TOP_FEATURES = 2
 MIN_CONTRIBUTION = 0.02
+# The last 7 days' pace against the last 28 days' from which a surge in use is stated as a fact.
+SURGE_RATIO = 1.5
 MONTHS = np.array(["January", "February", "March", "April", "May", "June", "July", "August", "September",
                    "October", "November", "December"])  # fmt: skip
 SEASONS = np.array(["winter", "winter", "spring", "spring", "spring", "summer", "summer", "summer", "autumn",
@@ -115,7 +117,8 @@ def battery_reasons(model: Forecaster, windows: BatteryWindows, forecast: np.nda
     n = len(windows)
     if n == 0:
         return []
-    lines = [_rated_life_reason(windows), _forecast_reason(windows, forecast)]
+    surge = _surge_reason(windows)
+    lines = [_rated_life_reason(windows), _forecast_reason(windows, forecast), surge]
     if getattr(model, "booster", None) is None:  # a model kind without trees: the facts only
         return [[line for line in row if isinstance(line, str)] for row in zip(*lines, strict=True)]
     features = pd.DataFrame(model.feature_matrix(windows).astype(np.float64), columns=model.booster.feature_name())
@@ -130,6 +133,8 @@ def battery_reasons(model: Forecaster, windows: BatteryWindows, forecast: np.nda
             chosen = (column == index) & (size >= MIN_CONTRIBUTION)
             if chosen.any() and name in FEATURE_REASONS:
                 text[chosen] = FEATURE_REASONS[name](features[chosen].reset_index(drop=True), model.metadata).to_numpy()
+            if name == "level_7_ratio":  # the feature says it already, in the model's own numbers
+                surge[chosen] = None
         lines.append(text)
     return [[line for line in row if isinstance(line, str)] for row in zip(*lines, strict=True)]
 
@@ -170,6 +175,24 @@ def _forecast_reason(windows: BatteryWindows, forecast: np.ndarray) -> pd.Series
     text = "expected to use " + _decimal(total, 1) + " cycles in the next 30 days"
     compared = text + " (" + _change_words(change) + " its pace over the last 28 days)"
     return compared.where(np.isfinite(change), text)
+
+
+def _surge_reason(windows: BatteryWindows) -> pd.Series:
+    """'battery use up 180% over the last 7 days' when the last week's pace is at least SURGE_RATIO times
+    the last 28 days'. Why a fact and not only a feature's reason: a surge raises the 28-day level the
+    forecast is scaled from, which no feature's contribution shows (the 7-day features may even pull the
+    ratio down, as a week's spike partly passes), so the owner would otherwise not be told."""
+    week, month = (_known_mean(windows.daily_cycles[:, -days:]) for days in (7, 28))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = week / month
+    text = _up_down(pd.Series(ratio), "battery use", "over the last 7 days")
+    return text.where(np.isfinite(ratio) & (ratio >= SURGE_RATIO), None)
+
+
+def _known_mean(days: np.ndarray) -> np.ndarray:
+    """Each row's mean over its known (non-NaN) days; NaN for a row with none."""
+    known = ~np.isnan(days)
+    return np.where(known.any(axis=1), np.nansum(days, axis=1) / np.maximum(known.sum(axis=1), 1), np.nan)
 
 
 def _whole(values: np.ndarray | pd.Series) -> pd.Series:
