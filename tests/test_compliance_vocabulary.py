@@ -214,6 +214,19 @@ def test_only_an_inflected_word_and_a_participle_only_as_a_participle():
     assert notes["condition"].isna().all() and notes["material"].isna().all(), notes[notes["condition"].notna()]
 
 
+def test_a_word_no_list_holds_is_read_through_a_derivation_of_a_condition_word():
+    """With the words themselves out of the lexicon, what reads them is their derivation from a word it keeps
+    ("corrosion", "rust", "deformation"); a noun is not its "-y" adjective, a battery not battered, a
+    replacement (a part) not a need to replace."""
+    held_out = ["corroded", "rusty", "deformed", "deteriorated", "nonconforming", "discoloured"]
+    lexicon = default_lexicon().without(held_out)
+    texts = [f"steel bracket 2010, {word}" for word in held_out]
+    assert read_notes(pd.Series(texts), lexicon)["condition"].tolist() == ["poor"] * 5 + ["fair"]
+    assert "notchy" in lexicon.conditions and "battered" in lexicon.conditions and "replace" in lexicon.conditions
+    texts = ["steel notch bracket 2010", "battery tray, steel, 2010", "replacement bracket, steel, 2010"]
+    assert read_notes(pd.Series(texts), lexicon)["condition"].isna().all()
+
+
 def test_a_negating_affix_or_a_word_own_negation_decides():
     texts = ["steel bracket 2010, uncorroded", "steel bracket 2010, unserviceable", "steel bracket 2010, scratchless",
              "steel bracket 2010, never used", "steel bracket 2010, not working", "steel bracket 2010, working",

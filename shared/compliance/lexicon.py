@@ -15,6 +15,8 @@ means:
 * inflections: a word that inflects a lexicon word is read as it ("cracks", "snapping", "discoloured",
   "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
   uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
+* derivations: a word no list holds that derives from or to a condition word is read as it ("rusty",
+  "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`);
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
   "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
@@ -170,6 +172,16 @@ class Lexicon:
             if word.isalpha() and len(key := inflection_key(word)) >= MIN_KEY:
                 keys.setdefault(key, word)
         return keys
+
+    @functools.cached_property
+    def by_stem(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Each `derivation_stems` stem → the single condition words with it, and the suffix each had."""
+        words: dict[str, list[tuple[str, str]]] = {}
+        for word in self.conditions:
+            if word.isalpha():
+                for stem, suffix in derivation_stems(word):
+                    words.setdefault(stem, []).append((word, suffix))
+        return {stem: tuple(found) for stem, found in words.items()}
 
     @functools.cached_property
     def first_words(self) -> dict[int, frozenset[str]]:
@@ -355,7 +367,8 @@ def _matches(
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
     """Each word as the lexicon word it inflects ("cracks", "snapping", "discoloured", "solidly" → "crack",
-    "snapped", "discolored", "solid": `inflection_key`), and the readings of words the lexicon reads only
+    "snapped", "discolored", "solid": `inflection_key`) or the condition word it derives from or to ("rusty",
+    "corroded" → "rust", "corrosion": `derivation_stems`), and the readings of words the lexicon reads only
     through an affix or a designation ("unserviceable", "rustless", "316L": `_affixed`, `DESIGNATIONS`); a
     loop over distinct words."""
     known = lexicon.single_words
@@ -364,7 +377,8 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
         if word in known or word == CLAUSE:
             continue
         designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
-        inflected = _inflected(word, lexicon) if word.isalpha() and len(word) >= MIN_INFLECTED else None
+        readable = word.isalpha() and len(word) >= MIN_INFLECTED
+        inflected = (_inflected(word, lexicon) or _derived(word, lexicon)) if readable else None
         if designation:
             derived[word] = designation
         elif inflected:
@@ -387,6 +401,47 @@ def _inflected(word: str, lexicon: Lexicon) -> str | None:
     if known and word.endswith(PARTICIPLES) and not known.endswith((*PARTICIPLES, "en", "wn", "rn", "nt")):
         return None
     return known
+
+
+# Derivational suffixes and what the shared stem keeps ("corrosion" and "corroded" share "corrod"): a word
+# no list holds is read as a lexicon word it derives from or to ("rusty" → "rust", "deteriorated" →
+# "deterioration", "brittleness" → "brittle", "defective" → "defect"; not "-ment": a "replacement" is a part
+# as often as a need). Every suffix that fits gives a stem: English does not say which one it is
+# ("deterior-ation" but "deteriorat-ion").
+_DERIVATIONS = (("ations", ""), ("ation", ""), ("itions", ""), ("ition", ""), ("sions", "d"), ("sion", "d"),
+                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""),
+                ("ive", ""), ("y", ""))  # fmt: skip
+MIN_STEM = 4  # shorter stems are too often other words ("play" is not "pla")
+
+
+def derivation_stems(word: str) -> frozenset[tuple[str, str]]:
+    """What a word and its derivations share, with the suffix it had: its `inflection_key` as it is and less
+    each derivational suffix it ends with, without a final doubled consonant or e ("rusty", "rust" → "rust";
+    "corrosion", "corroded" → "corrod")."""
+    key = inflection_key(word)
+    stems = {(key, "")}
+    for suffix, replacement in _DERIVATIONS:
+        if key.endswith(suffix) and len(stem := key[: -len(suffix)] + replacement) >= MIN_STEM:
+            if len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "aeiouls":
+                stem = stem[:-1]
+            stems.add((stem[:-1] if stem.endswith("e") and len(stem) > MIN_KEY else stem, suffix))
+    return frozenset(stems)
+
+
+def _derived(word: str, lexicon: Lexicon) -> str | None:
+    """The condition word of the lexicon `word` derives from or to, when every such word reads the same. One
+    of the two must have a derivational suffix ("cleaned" is not "clean": `_inflected` says why); a "-y"
+    adjective is read only as its noun, not a noun as its "-y" adjective ("notch", of "top notch", is not
+    "notchy"), nor as a participle ("battery" is not "battered")."""
+    found = {
+        known
+        for stem, suffix in derivation_stems(word)
+        for known, known_suffix in lexicon.by_stem.get(stem, ())
+        if (suffix or known_suffix not in ("", "y")) and not (suffix == "y" and known.endswith(PARTICIPLES))
+    }
+    if len({lexicon.conditions[known].meaning for known in found}) != 1:
+        return None
+    return min(found, key=lambda known: (len(known), known))
 
 
 MIN_KEY = 4
