@@ -32,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, default_lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, Reading, default_lexicon, lexicon_data, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -225,6 +225,20 @@ def test_a_word_no_list_holds_is_read_through_a_derivation_of_a_condition_word()
     assert "notchy" in lexicon.conditions and "battered" in lexicon.conditions and "replace" in lexicon.conditions
     texts = ["steel notch bracket 2010", "battery tray, steel, 2010", "replacement bracket, steel, 2010"]
     assert read_notes(pd.Series(texts), lexicon)["condition"].isna().all()
+
+
+def test_a_british_spelling_and_a_phrase_written_as_one_word_are_read_as_the_lexicon_has_them():
+    """A lexicon that holds only the American spellings and the phrases in two words still reads the British
+    ones and the joined ones, and says how."""
+    conditions = {"lackluster": Reading("fair", "test"), "totaled": Reading("poor", "test"),
+                  "worn out": Reading("poor", "test"), "beat up": Reading("poor", "test")}  # fmt: skip
+    lexicon = Lexicon(conditions, {"cesium": Reading("other", "test")}, frozenset())
+    texts = ["steel bracket 2010, lacklustre", "steel bracket 2010, totalled", "steel bracket 2010, wornout",
+             "steel bracket 2010, beatup", "bracket 2010 good, caesium"]  # fmt: skip
+    notes = read_notes(pd.Series(texts), lexicon)
+    assert notes["condition"].tolist() == ["fair", "poor", "poor", "poor", "good"]
+    assert notes["material"].tolist()[-1] == "other"
+    assert notes["condition_via"].iloc[2] == "written as one word (worn out): test"
 
 
 def test_a_negating_affix_or_a_word_own_negation_decides():

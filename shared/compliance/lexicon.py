@@ -16,7 +16,9 @@ means:
   "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
   uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
 * derivations: a word no list holds that derives from or to a condition word is read as it ("rusty",
-  "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`);
+  "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`), a
+  British spelling as the American one ("lacklustre", "totalled", "aluminium": `inflection_key`), and a
+  two-word phrase written as one word as the phrase ("wornout": `_compound`);
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
   "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
@@ -383,7 +385,7 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
             derived[word] = designation
         elif inflected:
             mapping[word] = inflected
-        elif word.isalpha() and (affixed := _affixed(word, lexicon)):
+        elif word.isalpha() and (affixed := _affixed(word, lexicon) or _compound(word, lexicon)):
             derived[word] = affixed
     canonical = np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
     return canonical, derived
@@ -445,7 +447,15 @@ def _derived(word: str, lexicon: Lexicon) -> str | None:
 
 
 MIN_KEY = 4
-_BRITISH = ((r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"), (r"(?<=\w\w)is(?=e$|ed$|es$|ing$|ation)", "iz"))
+_BRITISH = (
+    (r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"),  # discoloured
+    (r"(?<=\w\w)(?:is|ys)(?=e$|ed$|es$|ing$|ation)", "iz"),  # oxidised, analysed
+    (r"(?<=\w\w[bt])re(?=$|s$)", "er"),  # lacklustre, fibre
+    (r"(?<=\w\w[bt])red$", "ered"),  # centred
+    (r"(?<=\w\w[^aeiou\W][aeiou])ll(?=ed$|ing$|ous$|er$)", "l"),  # totalled, marvellous (not "filled")
+    (r"(?<=\w\w\w)ium(?=$|s$)", "um"),  # aluminium
+    (r"(?<=\w)ae(?=\w\w)", "e"),  # caesium
+)
 _SUFFIXES = (("ingly", ""), ("edly", ""), ("ies", "y"), ("ied", "y"), ("ily", "y"), ("ing", ""), ("ed", ""),
              ("es", ""), ("ly", ""), ("s", ""))  # fmt: skip
 
@@ -483,6 +493,26 @@ def _affixed(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
             meaning = read.negated or (NEGATED_GRADE if read.meaning in ("fair", "poor") else UNCLEAR)
             return "condition", Reading(meaning, f"negated ({affix}{base}): {read.via}")
     return None
+
+
+MIN_COMPOUND_HEAD = 3  # "wornout" is "worn out" and "beatup" "beat up"; a shorter split says too little
+MIN_COMPOUND_TAIL = 2
+
+
+def _compound(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
+    """A two-word lexicon phrase written as one word ("wornout", "beatup", "glassfibre"), read as the phrase,
+    when only one split of the word is such a phrase."""
+    found = {
+        (kind, phrase)
+        for at in range(MIN_COMPOUND_HEAD, len(word) - MIN_COMPOUND_TAIL + 1)
+        for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials))
+        if (phrase := f"{word[:at]} {word[at:]}") in table
+    }
+    if len(found) != 1:
+        return None
+    kind, phrase = found.pop()
+    read = (lexicon.conditions if kind == "condition" else lexicon.materials)[phrase]
+    return kind, Reading(read.meaning, f"written as one word ({phrase}): {read.via}", read.negated)
 
 
 # Words after a condition word that make it name a property, a purpose or a part, not a state:
