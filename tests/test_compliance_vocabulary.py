@@ -241,6 +241,18 @@ def test_a_british_spelling_and_a_phrase_written_as_one_word_are_read_as_the_lex
     assert notes["condition_via"].iloc[2] == "written as one word (worn out): test"
 
 
+def test_a_hedge_makes_a_fault_fair_and_an_intensifier_a_blemish_poor():
+    """"bent", "worn", "rust" are poor and "pitted", "flaking" fair; words of degree around them grade them,
+    a hedge winning, and a negated fault stays good."""
+    texts = ["steel bracket 2010, slightly bent", "steel bracket 2010, a touch worn", "steel bracket 2010, bent",
+             "steel bracket 2010, minor paint damage", "steel bracket 2010, severely pitted",
+             "steel bracket 2010, flaking badly", "steel bracket 2010, very slightly bent",
+             "steel bracket 2010, no rust", "steel bracket 2010, pitted"]  # fmt: skip
+    notes = read_notes(pd.Series(texts), default_lexicon().without(["slightly bent", "severely pitted"]))
+    assert notes["condition"].tolist() == ["fair", "fair", "poor", "fair", "poor", "poor", "fair", "good", "fair"]
+    assert notes["condition_via"].iloc[0].startswith("hedged: ")
+
+
 def test_a_negating_affix_or_a_word_own_negation_decides():
     texts = ["steel bracket 2010, uncorroded", "steel bracket 2010, unserviceable", "steel bracket 2010, scratchless",
              "steel bracket 2010, never used", "steel bracket 2010, not working", "steel bracket 2010, working",
