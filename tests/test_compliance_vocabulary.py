@@ -242,8 +242,8 @@ def test_a_british_spelling_and_a_phrase_written_as_one_word_are_read_as_the_lex
 
 
 def test_a_hedge_makes_a_fault_fair_and_an_intensifier_a_blemish_poor():
-    """"bent", "worn", "rust" are poor and "pitted", "flaking" fair; words of degree around them grade them,
-    a hedge winning, and a negated fault stays good."""
+    """The lexicon reads "bent", "worn", "rust" as poor and "pitted", "flaking" fair; words of degree around
+    them grade them, a hedge winning, and a negated fault stays good."""
     texts = ["steel bracket 2010, slightly bent", "steel bracket 2010, a touch worn", "steel bracket 2010, bent",
              "steel bracket 2010, minor paint damage", "steel bracket 2010, severely pitted",
              "steel bracket 2010, flaking badly", "steel bracket 2010, very slightly bent",
