@@ -253,6 +253,15 @@ def test_a_hedge_makes_a_fault_fair_and_an_intensifier_a_blemish_poor():
     assert notes["condition_via"].iloc[0].startswith("hedged: ")
 
 
+def test_a_word_of_doubt_makes_a_reading_unclear_and_the_note_goes_to_review():
+    texts = ["steel bracket 2010, mixed wear", "steel bracket 2010, possible crack", "bracket 2010 good, possibly inox",
+             "steel bracket 2010, cracked", "bracket 2010 good, inox"]  # fmt: skip
+    notes = read_notes(pd.Series(texts))
+    assert notes["condition_unclear"].tolist() == [True, True, False, False, False]
+    assert notes["material_unclear"].tolist() == [False, False, True, False, False]
+    assert notes["verdict"].tolist()[:3] == [pd.NA] * 3 and notes["verdict"].tolist()[3:] == [1, 0]
+
+
 def test_a_negating_affix_or_a_word_own_negation_decides():
     texts = ["steel bracket 2010, uncorroded", "steel bracket 2010, unserviceable", "steel bracket 2010, scratchless",
              "steel bracket 2010, never used", "steel bracket 2010, not working", "steel bracket 2010, working",

@@ -26,7 +26,8 @@ means:
   perfect" says too little), unless the word says what it means negated ("never used": as new; "not
   working": poor). A material word is never negated ("no plastic parts" is read as plastic);
 * degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
-  touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly");
+  touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
+  word of doubt before any reading makes it unclear ("mixed wear", "possible crack");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
@@ -281,7 +282,7 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["first"] = reads["start"]
     reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
-    _grade_by_degree(reads, word, row, clause)
+    _grade_by_degree_and_doubt(reads, word, row, clause)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
@@ -603,28 +604,38 @@ HEDGES_AFTER_A = frozenset({"touch", "little", "bit"})  # "a touch worn", "a lit
 INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "extremely", "heavy",
                           "severe", "major", "extensive", "deeply", "deep", "totally", "completely"})  # fmt: skip
 INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking badly" (not "light wear throughout")
+# Words of doubt before a reading: "mixed wear", "possible crack", "suspected aluminium" say too little.
+DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
+                    "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
 
 
-def _grade_by_degree(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
-    """Condition readings that no negator turned, graded by the words of degree around them."""
+def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
+    """Condition readings that no negator turned, graded by the words of degree around them; and any reading
+    a word of doubt stands before made unclear ("mixed wear", "possible crack", "suspected aluminium")."""
     if reads.empty:
         return
     plain = (reads["kind"].to_numpy() == "condition") & ~reads["via"].str.startswith("negated").to_numpy()
     first = reads["first"].to_numpy(dtype=int)
-    hedged, intensified = np.zeros(len(reads), dtype=bool), np.zeros(len(reads), dtype=bool)
+    hedged, intensified, doubted = (np.zeros(len(reads), dtype=bool) for _ in range(3))
     for k in range(1, DEGREE_WINDOW + 1):
         at = np.maximum(first - k, 0)
         inside = (first - k >= 0) & (row[at] == row[first]) & (clause[at] == clause[first])
         after_a = np.isin(word[at], list(HEDGES_AFTER_A)) & (word[np.maximum(at - 1, 0)] == "a") & (at > 0)
         hedged |= inside & (np.isin(word[at], list(HEDGES)) | after_a)
         intensified |= inside & np.isin(word[at], list(INTENSIFIERS))
+        doubted |= inside & np.isin(word[at], list(DOUBTS))
     end = (reads["start"] + reads["n"]).to_numpy(dtype=int)
     after = np.minimum(end, len(word) - 1)
     intensified |= (end < len(word)) & (row[after] == row[first]) & np.isin(word[after], list(INTENSIFIERS_AFTER))
     meaning = reads["meaning"].to_numpy()
     softer = plain & hedged & (meaning == "poor")
     harder = plain & ~hedged & intensified & (meaning == "fair")
-    for which, grade, how in ((softer, "fair", "hedged"), (harder, "poor", "intensified")):
+    doubted &= plain | (reads["kind"].to_numpy() == "material")
+    for which, grade, how in (
+        (softer, "fair", "hedged"),
+        (harder, "poor", "intensified"),
+        (doubted, UNCLEAR, "doubted"),
+    ):
         reads.loc[which, "meaning"] = grade
         reads.loc[which, "via"] = f"{how}: " + reads.loc[which, "via"]
