@@ -232,12 +232,12 @@ def test_a_british_spelling_and_a_phrase_written_as_one_word_are_read_as_the_lex
     ones and the joined ones, and says how."""
     conditions = {"lackluster": Reading("fair", "test"), "totaled": Reading("poor", "test"),
                   "worn out": Reading("poor", "test"), "beat up": Reading("poor", "test")}  # fmt: skip
-    lexicon = Lexicon(conditions, {"cesium": Reading("other", "test")}, frozenset())
+    lexicon = Lexicon(conditions, {"duraluminum": Reading("aluminum", "test")}, frozenset())
     texts = ["steel bracket 2010, lacklustre", "steel bracket 2010, totalled", "steel bracket 2010, wornout",
-             "steel bracket 2010, beatup", "bracket 2010 good, caesium"]  # fmt: skip
+             "steel bracket 2010, beatup", "bracket 2010 good, duraluminium"]  # fmt: skip
     notes = read_notes(pd.Series(texts), lexicon)
     assert notes["condition"].tolist() == ["fair", "poor", "poor", "poor", "good"]
-    assert notes["material"].tolist()[-1] == "other"
+    assert notes["material"].tolist()[-1] == "aluminum"
     assert notes["condition_via"].iloc[2] == "written as one word (worn out): test"
 
 

@@ -457,8 +457,7 @@ _BRITISH = (
     (r"(?<=\w\w[bt])re(?=$|s$)", "er"),  # lacklustre, fibre
     (r"(?<=\w\w[bt])red$", "ered"),  # centred
     (r"(?<=\w\w[^aeiou\W][aeiou])ll(?=ed$|ing$|ous$|er$)", "l"),  # totalled, marvellous (not "filled")
-    (r"(?<=\w\w\w)ium(?=$|s$)", "um"),  # aluminium
-    (r"(?<=\w)ae(?=\w\w)", "e"),  # caesium
+    (r"(?<=\w\w\w)ium(?=$|s$)", "um"),  # aluminium; not ae → e: "paeel", a typo of panel, is not "peel"
 )
 _SUFFIXES = (("ingly", ""), ("edly", ""), ("ies", "y"), ("ied", "y"), ("ily", "y"), ("ing", ""), ("ed", ""),
              ("es", ""), ("ly", ""), ("s", ""))  # fmt: skip
