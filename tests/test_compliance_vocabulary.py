@@ -32,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, default_lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, Reading, default_lexicon, lexicon_data, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -212,6 +212,54 @@ def test_only_an_inflected_word_and_a_participle_only_as_a_participle():
                                                   *vocabulary("test")["templates"])}  # fmt: skip
     notes = read_notes(pd.Series(sorted(names | frames)))
     assert notes["condition"].isna().all() and notes["material"].isna().all(), notes[notes["condition"].notna()]
+
+
+def test_a_word_no_list_holds_is_read_through_a_derivation_of_a_condition_word():
+    """With the words themselves out of the lexicon, what reads them is their derivation from a word it keeps
+    ("corrosion", "rust", "deformation"); a noun is not its "-y" adjective, a battery not battered, a
+    replacement (a part) not a need to replace."""
+    held_out = ["corroded", "rusty", "deformed", "deteriorated", "nonconforming", "discoloured"]
+    lexicon = default_lexicon().without(held_out)
+    texts = [f"steel bracket 2010, {word}" for word in held_out]
+    assert read_notes(pd.Series(texts), lexicon)["condition"].tolist() == ["poor"] * 5 + ["fair"]
+    assert "notchy" in lexicon.conditions and "battered" in lexicon.conditions and "replace" in lexicon.conditions
+    texts = ["steel notch bracket 2010", "battery tray, steel, 2010", "replacement bracket, steel, 2010"]
+    assert read_notes(pd.Series(texts), lexicon)["condition"].isna().all()
+
+
+def test_a_british_spelling_and_a_phrase_written_as_one_word_are_read_as_the_lexicon_has_them():
+    """A lexicon that holds only the American spellings and the phrases in two words still reads the British
+    ones and the joined ones, and says how."""
+    conditions = {"lackluster": Reading("fair", "test"), "totaled": Reading("poor", "test"),
+                  "worn out": Reading("poor", "test"), "beat up": Reading("poor", "test")}  # fmt: skip
+    lexicon = Lexicon(conditions, {"duraluminum": Reading("aluminum", "test")}, frozenset())
+    texts = ["steel bracket 2010, lacklustre", "steel bracket 2010, totalled", "steel bracket 2010, wornout",
+             "steel bracket 2010, beatup", "bracket 2010 good, duraluminium"]  # fmt: skip
+    notes = read_notes(pd.Series(texts), lexicon)
+    assert notes["condition"].tolist() == ["fair", "poor", "poor", "poor", "good"]
+    assert notes["material"].tolist()[-1] == "aluminum"
+    assert notes["condition_via"].iloc[2] == "written as one word (worn out): test"
+
+
+def test_a_hedge_makes_a_fault_fair_and_an_intensifier_a_blemish_poor():
+    """The lexicon reads "bent", "worn", "rust" as poor and "pitted", "flaking" fair; words of degree around
+    them grade them, a hedge winning, and a negated fault stays good."""
+    texts = ["steel bracket 2010, slightly bent", "steel bracket 2010, a touch worn", "steel bracket 2010, bent",
+             "steel bracket 2010, minor paint damage", "steel bracket 2010, severely pitted",
+             "steel bracket 2010, flaking badly", "steel bracket 2010, very slightly bent",
+             "steel bracket 2010, no rust", "steel bracket 2010, pitted"]  # fmt: skip
+    notes = read_notes(pd.Series(texts), default_lexicon().without(["slightly bent", "severely pitted"]))
+    assert notes["condition"].tolist() == ["fair", "fair", "poor", "fair", "poor", "poor", "fair", "good", "fair"]
+    assert notes["condition_via"].iloc[0].startswith("hedged: ")
+
+
+def test_a_word_of_doubt_makes_a_reading_unclear_and_the_note_goes_to_review():
+    texts = ["steel bracket 2010, mixed wear", "steel bracket 2010, possible crack", "bracket 2010 good, possibly inox",
+             "steel bracket 2010, cracked", "bracket 2010 good, inox"]  # fmt: skip
+    notes = read_notes(pd.Series(texts))
+    assert notes["condition_unclear"].tolist() == [True, True, False, False, False]
+    assert notes["material_unclear"].tolist() == [False, False, True, False, False]
+    assert notes["verdict"].tolist()[:3] == [pd.NA] * 3 and notes["verdict"].tolist()[3:] == [1, 0]
 
 
 def test_a_negating_affix_or_a_word_own_negation_decides():

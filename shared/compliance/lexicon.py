@@ -15,12 +15,19 @@ means:
 * inflections: a word that inflects a lexicon word is read as it ("cracks", "snapping", "discoloured",
   "solidly"; `inflection_key`), a participle only as a participle ("cleaned" is not "clean"), and an
   uninflected word only as itself ("exhaust", a pipe, is not "exhausted");
+* derivations: a word no list holds that derives from or to a condition word is read as it ("rusty",
+  "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`), a
+  British spelling as the American one ("lacklustre", "totalled", "aluminium": `inflection_key`), and a
+  two-word phrase written as one word as the phrase ("wornout": `_compound`);
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
   "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
   ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
   perfect" says too little), unless the word says what it means negated ("never used": as new; "not
   working": poor). A material word is never negated ("no plastic parts" is read as plastic);
+* degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
+  touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
+  word of doubt before any reading makes it unclear ("mixed wear", "possible crack");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
@@ -172,6 +179,16 @@ class Lexicon:
         return keys
 
     @functools.cached_property
+    def by_stem(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Each `derivation_stems` stem → the single condition words with it, and the suffix each had."""
+        words: dict[str, list[tuple[str, str]]] = {}
+        for word in self.conditions:
+            if word.isalpha():
+                for stem, suffix in derivation_stems(word):
+                    words.setdefault(stem, []).append((word, suffix))
+        return {stem: tuple(found) for stem, found in words.items()}
+
+    @functools.cached_property
     def first_words(self) -> dict[int, frozenset[str]]:
         """Phrase length → the words a phrase of that length starts with."""
         firsts: dict[int, set[str]] = {}
@@ -265,6 +282,7 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["first"] = reads["start"]
     reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
+    _grade_by_degree_and_doubt(reads, word, row, clause)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
     reads["written"] = [" ".join(tokens.iloc[first : start + n]) for first, start, n in spans]
     reads["row"] = row[reads["start"].to_numpy(dtype=int)]
@@ -355,7 +373,8 @@ def _matches(
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
     """Each word as the lexicon word it inflects ("cracks", "snapping", "discoloured", "solidly" → "crack",
-    "snapped", "discolored", "solid": `inflection_key`), and the readings of words the lexicon reads only
+    "snapped", "discolored", "solid": `inflection_key`) or the condition word it derives from or to ("rusty",
+    "corroded" → "rust", "corrosion": `derivation_stems`), and the readings of words the lexicon reads only
     through an affix or a designation ("unserviceable", "rustless", "316L": `_affixed`, `DESIGNATIONS`); a
     loop over distinct words."""
     known = lexicon.single_words
@@ -364,12 +383,13 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
         if word in known or word == CLAUSE:
             continue
         designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
-        inflected = _inflected(word, lexicon) if word.isalpha() and len(word) >= MIN_INFLECTED else None
+        readable = word.isalpha() and len(word) >= MIN_INFLECTED
+        inflected = (_inflected(word, lexicon) or _derived(word, lexicon)) if readable else None
         if designation:
             derived[word] = designation
         elif inflected:
             mapping[word] = inflected
-        elif word.isalpha() and (affixed := _affixed(word, lexicon)):
+        elif word.isalpha() and (affixed := _affixed(word, lexicon) or _compound(word, lexicon)):
             derived[word] = affixed
     canonical = np.array([mapping.get(w, w) for w in words], dtype=object) if mapping else words.astype(object)
     return canonical, derived
@@ -389,8 +409,56 @@ def _inflected(word: str, lexicon: Lexicon) -> str | None:
     return known
 
 
+# Derivational suffixes and what the shared stem keeps ("corrosion" and "corroded" share "corrod"): a word
+# no list holds is read as a lexicon word it derives from or to ("rusty" → "rust", "deteriorated" →
+# "deterioration", "brittleness" → "brittle", "defective" → "defect"; not "-ment": a "replacement" is a part
+# as often as a need). Every suffix that fits gives a stem: English does not say which one it is
+# ("deterior-ation" but "deteriorat-ion").
+_DERIVATIONS = (("ations", ""), ("ation", ""), ("itions", ""), ("ition", ""), ("sions", "d"), ("sion", "d"),
+                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""),
+                ("ive", ""), ("y", ""))  # fmt: skip
+MIN_STEM = 4  # shorter stems are too often other words ("play" is not "pla")
+
+
+def derivation_stems(word: str) -> frozenset[tuple[str, str]]:
+    """What a word and its derivations share, with the suffix it had: its `inflection_key` as it is and less
+    each derivational suffix it ends with, without a final doubled consonant or e ("rusty", "rust" → "rust";
+    "corrosion", "corroded" → "corrod")."""
+    key = inflection_key(word)
+    stems = {(key, "")}
+    for suffix, replacement in _DERIVATIONS:
+        if key.endswith(suffix) and len(stem := key[: -len(suffix)] + replacement) >= MIN_STEM:
+            if len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "aeiouls":
+                stem = stem[:-1]
+            stems.add((stem[:-1] if stem.endswith("e") and len(stem) > MIN_KEY else stem, suffix))
+    return frozenset(stems)
+
+
+def _derived(word: str, lexicon: Lexicon) -> str | None:
+    """The condition word of the lexicon `word` derives from or to, when every such word reads the same. One
+    of the two must have a derivational suffix ("cleaned" is not "clean": `_inflected` says why); a "-y"
+    adjective is read only as its noun, not a noun as its "-y" adjective ("notch", of "top notch", is not
+    "notchy"), nor as a participle ("battery" is not "battered")."""
+    found = {
+        known
+        for stem, suffix in derivation_stems(word)
+        for known, known_suffix in lexicon.by_stem.get(stem, ())
+        if (suffix or known_suffix not in ("", "y")) and not (suffix == "y" and known.endswith(PARTICIPLES))
+    }
+    if len({lexicon.conditions[known].meaning for known in found}) != 1:
+        return None
+    return min(found, key=lambda known: (len(known), known))
+
+
 MIN_KEY = 4
-_BRITISH = ((r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"), (r"(?<=\w\w)is(?=e$|ed$|es$|ing$|ation)", "iz"))
+_BRITISH = (
+    (r"(?<=\w\w)our(?=$|ed$|ing$|s$|ation)", "or"),  # discoloured
+    (r"(?<=\w\w)(?:is|ys)(?=e$|ed$|es$|ing$|ation)", "iz"),  # oxidised, analysed
+    (r"(?<=\w\w[bt])re(?=$|s$)", "er"),  # lacklustre, fibre
+    (r"(?<=\w\w[bt])red$", "ered"),  # centred
+    (r"(?<=\w\w[^aeiou\W][aeiou])ll(?=ed$|ing$|ous$|er$)", "l"),  # totalled, marvellous (not "filled")
+    (r"(?<=\w\w\w)ium(?=$|s$)", "um"),  # aluminium; not ae → e: "paeel", a typo of panel, is not "peel"
+)
 _SUFFIXES = (("ingly", ""), ("edly", ""), ("ies", "y"), ("ied", "y"), ("ily", "y"), ("ing", ""), ("ed", ""),
              ("es", ""), ("ly", ""), ("s", ""))  # fmt: skip
 
@@ -428,6 +496,26 @@ def _affixed(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
             meaning = read.negated or (NEGATED_GRADE if read.meaning in ("fair", "poor") else UNCLEAR)
             return "condition", Reading(meaning, f"negated ({affix}{base}): {read.via}")
     return None
+
+
+MIN_COMPOUND_HEAD = 3  # "wornout" is "worn out" and "beatup" "beat up"; a shorter split says too little
+MIN_COMPOUND_TAIL = 2
+
+
+def _compound(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
+    """A two-word lexicon phrase written as one word ("wornout", "beatup", "glassfibre"), read as the phrase,
+    when only one split of the word is such a phrase."""
+    found = {
+        (kind, phrase)
+        for at in range(MIN_COMPOUND_HEAD, len(word) - MIN_COMPOUND_TAIL + 1)
+        for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials))
+        if (phrase := f"{word[:at]} {word[at:]}") in table
+    }
+    if len(found) != 1:
+        return None
+    kind, phrase = found.pop()
+    read = (lexicon.conditions if kind == "condition" else lexicon.materials)[phrase]
+    return kind, Reading(read.meaning, f"written as one word ({phrase}): {read.via}", read.negated)
 
 
 # Words after a condition word that make it name a property, a purpose or a part, not a state:
@@ -505,3 +593,48 @@ def _negate(
     reads.loc[negated, "via"] = "negated: " + reads.loc[negated, "via"]
     reads["first"] = np.where(negated_at >= 0, negated_at, start)
     reads.loc[free_after, "n"] += 1
+
+
+# Words of degree around a fault: a hedge makes a poor one fair ("slightly bent", "minor surface damage", "a
+# touch worn"), an intensifier a fair one poor ("severely pitted", "flaking badly"); a hedge wins ("very slight").
+HEDGES = frozenset({"slight", "slightly", "minor", "light", "lightly", "mild", "mildly", "partly", "partially",
+                    "somewhat", "fairly", "small", "some", "surface", "cosmetic", "sl"})  # fmt: skip
+HEDGES_AFTER_A = frozenset({"touch", "little", "bit"})  # "a touch worn", "a little rough", "a bit tired"
+INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "extremely", "heavy",
+                          "severe", "major", "extensive", "deeply", "deep", "totally", "completely"})  # fmt: skip
+INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking badly" (not "light wear throughout")
+# Words of doubt before a reading: "mixed wear", "possible crack", "suspected aluminium" say too little.
+DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
+                    "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
+DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
+
+
+def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
+    """Condition readings that no negator turned, graded by the words of degree around them; and any reading
+    a word of doubt stands before made unclear ("mixed wear", "possible crack", "suspected aluminium")."""
+    if reads.empty:
+        return
+    plain = (reads["kind"].to_numpy() == "condition") & ~reads["via"].str.startswith("negated").to_numpy()
+    first = reads["first"].to_numpy(dtype=int)
+    hedged, intensified, doubted = (np.zeros(len(reads), dtype=bool) for _ in range(3))
+    for k in range(1, DEGREE_WINDOW + 1):
+        at = np.maximum(first - k, 0)
+        inside = (first - k >= 0) & (row[at] == row[first]) & (clause[at] == clause[first])
+        after_a = np.isin(word[at], list(HEDGES_AFTER_A)) & (word[np.maximum(at - 1, 0)] == "a") & (at > 0)
+        hedged |= inside & (np.isin(word[at], list(HEDGES)) | after_a)
+        intensified |= inside & np.isin(word[at], list(INTENSIFIERS))
+        doubted |= inside & np.isin(word[at], list(DOUBTS))
+    end = (reads["start"] + reads["n"]).to_numpy(dtype=int)
+    after = np.minimum(end, len(word) - 1)
+    intensified |= (end < len(word)) & (row[after] == row[first]) & np.isin(word[after], list(INTENSIFIERS_AFTER))
+    meaning = reads["meaning"].to_numpy()
+    softer = plain & hedged & (meaning == "poor")
+    harder = plain & ~hedged & intensified & (meaning == "fair")
+    doubted &= plain | (reads["kind"].to_numpy() == "material")
+    for which, grade, how in (
+        (softer, "fair", "hedged"),
+        (harder, "poor", "intensified"),
+        (doubted, UNCLEAR, "doubted"),
+    ):
+        reads.loc[which, "meaning"] = grade
+        reads.loc[which, "via"] = f"{how}: " + reads.loc[which, "via"]
