@@ -300,17 +300,8 @@ def backtest_markdown(summary: dict) -> str:
         "| --- | " + " | ".join("---:" for _ in METHODS) + " |",
     ]
     lines += [f"| {name} | " + " | ".join(_cell(metrics[m].get(name)) for m in METHODS) + " |" for name in names]
-    lines += [
-        "",
-        "Reliability of the model's failure_probability_30d:",
-        "",
-        "| bin | count | mean predicted | observed rate |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
-        for row in summary["reliability"]["model"]
-    ]
+    lines += ["", "Reliability of the model's failure_probability_30d:"]
+    lines += _reliability_table(summary["reliability"]["model"])
     interval = summary.get("interval")
     if interval and interval["judged"]:
         lines += [
@@ -330,22 +321,28 @@ def _near_reliability_markdown(rows: list[dict] | None) -> list[str]:
     """The reliability table of the forecasts whose rated life is NEAR_DAYS out (with the truth's column)."""
     if rows is None:
         return []
-    with_truth = any("mean_true" in row for row in rows)
     low, high = NEAR_DAYS
-    lines = [
+    return [
         "",
         f"Reliability where alerts are decided: the {sum(row['count'] for row in rows)} forecasts whose rated life "
         f"the model puts {low:g}-{high:g} days out:",
+        *_reliability_table(rows),
+    ]
+
+
+def _reliability_table(rows: list[dict]) -> list[str]:
+    """A reliability table (a blank line first), with the mean true probability's column when the rows have it."""
+    with_truth = any("mean_true" in row for row in rows)
+    lines = [
         "",
         "| bin | count | mean predicted | observed rate |" + (" mean true probability |" if with_truth else ""),
         "| --- | ---: | ---: | ---: |" + (" ---: |" if with_truth else ""),
     ]
-    lines += [
+    return lines + [
         f"| {row['bin']} | {row['count']} | {_cell(row['mean_predicted'])} | {_cell(row['observed_rate'])} |"
         + (f" {_cell(row.get('mean_true'))} |" if with_truth else "")
         for row in rows
     ]
-    return lines
 
 
 def _truth_markdown(truth: dict, titles: dict) -> list[str]:
