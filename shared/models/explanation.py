@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.windows import BatteryWindows
-from shared.models._lightgbm import BatteryForecaster
+from shared.models._lightgbm import BatteryForecaster, known_mean
 from shared.models.backtest import recent_mean_forecast
 from shared.models.base import Forecaster
 
@@ -182,17 +182,11 @@ def _surge_reason(windows: BatteryWindows) -> pd.Series:
     the last 28 days'. Why a fact and not only a feature's reason: a surge raises the 28-day level the
     forecast is scaled from, which no feature's contribution shows (the 7-day features may even pull the
     ratio down, as a week's spike partly passes), so the owner would otherwise not be told."""
-    week, month = (_known_mean(windows.daily_cycles[:, -days:]) for days in (7, 28))
+    week, month = (known_mean(windows.daily_cycles[:, -days:]) for days in (7, 28))
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = week / month
     text = _up_down(pd.Series(ratio), "battery use", "over the last 7 days")
     return text.where(np.isfinite(ratio) & (ratio >= SURGE_RATIO), None)
-
-
-def _known_mean(days: np.ndarray) -> np.ndarray:
-    """Each row's mean over its known (non-NaN) days; NaN for a row with none."""
-    known = ~np.isnan(days)
-    return np.where(known.any(axis=1), np.nansum(days, axis=1) / np.maximum(known.sum(axis=1), 1), np.nan)
 
 
 def _whole(values: np.ndarray | pd.Series) -> pd.Series:
