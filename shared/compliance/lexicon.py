@@ -548,16 +548,27 @@ DENIED_ALONE = frozenset({"no", "0", "n"})  # a checklist's answer only when it 
 NOT_FOUND = frozenset({"found", "seen", "detected", "observed", "present", "evident", "visible", "apparent"})
 
 
+def _beside(
+    at: np.ndarray, anchor: np.ndarray, row: np.ndarray, clause: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Word positions `at` clamped into the text, and whether each is a word of the same note as the word at
+    `anchor` (and of the same clause, when `clause` is given): the neighbour checks of negation and degree."""
+    inside = (at >= 0) & (at < len(row))
+    at = np.clip(at, 0, len(row) - 1)
+    inside &= row[at] == row[anchor]
+    return at, inside & (clause[at] == clause[anchor]) if clause is not None else inside
+
+
 def _denied_after(end: np.ndarray, word: np.ndarray, row: np.ndarray) -> np.ndarray:
     """A phrase that an inspector's checklist answers after it, in its clause or the next: "corrosion: none",
     "cracks nil", "leaks not found", "defects - none seen", "play: no". A fault measured within its limits is
     not denied: "minor wear within limits" is still wear (fair) to an inspector."""
-    last = len(word) - 1
+    last, phrase_end = len(word) - 1, np.maximum(end - 1, 0)
     at = np.where((end <= last) & (word[np.minimum(end, last)] == CLAUSE), end + 1, end)
-    in_note = (at <= last) & (row[np.minimum(at, last)] == row[np.maximum(end - 1, 0)])
-    answer = np.where(in_note, word[np.minimum(at, last)], "")
-    follows = (at + 1 <= last) & (row[np.minimum(at + 1, last)] == row[np.maximum(end - 1, 0)])
-    then = np.where(follows, word[np.minimum(at + 1, last)], "")
+    at, in_note = _beside(at, phrase_end, row)
+    answer = np.where(in_note, word[at], "")
+    then_at, follows = _beside(at + 1, phrase_end, row)
+    then = np.where(follows, word[then_at], "")
     denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of")
     alone = np.isin(answer, list(DENIED_ALONE)) & np.isin(then, ["", CLAUSE])  # "cracks: no", not "no further"
     return denied | alone | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
@@ -574,17 +585,14 @@ def _negate(
     end = start + reads["n"].to_numpy()
     negated_at = np.full(len(reads), -1)
     for k in range(NEGATION_WINDOW, 0, -1):  # the farthest negator in the window opens the phrase
-        at = start - k
-        inside = (at >= 0) & conditions
-        at = np.where(inside, at, 0)
-        inside &= (row[at] == row[start]) & (clause[at] == clause[start])
+        at, inside = _beside(start - k, start, row, clause)
+        inside &= conditions
         free_of = (word[at] == "free") & np.isin(word[np.minimum(at + 1, len(word) - 1)], ["of", "from"])
         scarce = np.isin(word[at], list(SCARCE)) & ~np.isin(word[np.maximum(at - 1, 0)], ["a", "quite"])
         before = np.isin(word[at], list(NEGATORS)) | free_of | scarce
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
-    after = np.minimum(end, len(word) - 1)
-    free_after = conditions & (end < len(word)) & (word[after] == "free") & (row[after] == row[start])
-    free_after &= clause[after] == clause[start]
+    after, beside = _beside(end, start, row, clause)
+    free_after = conditions & beside & (word[after] == "free")
     negated = (negated_at >= 0) | free_after | _denied_after(end, word, row) & conditions
     fault = reads["meaning"].isin(list(disqualifying)).to_numpy()
     rule = np.where(fault, NEGATED_GRADE, UNCLEAR)
@@ -618,15 +626,14 @@ def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.nd
     first = reads["first"].to_numpy(dtype=int)
     hedged, intensified, doubted = (np.zeros(len(reads), dtype=bool) for _ in range(3))
     for k in range(1, DEGREE_WINDOW + 1):
-        at = np.maximum(first - k, 0)
-        inside = (first - k >= 0) & (row[at] == row[first]) & (clause[at] == clause[first])
+        at, inside = _beside(first - k, first, row, clause)
         after_a = np.isin(word[at], list(HEDGES_AFTER_A)) & (word[np.maximum(at - 1, 0)] == "a") & (at > 0)
         hedged |= inside & (np.isin(word[at], list(HEDGES)) | after_a)
         intensified |= inside & np.isin(word[at], list(INTENSIFIERS))
         doubted |= inside & np.isin(word[at], list(DOUBTS))
     end = (reads["start"] + reads["n"]).to_numpy(dtype=int)
-    after = np.minimum(end, len(word) - 1)
-    intensified |= (end < len(word)) & (row[after] == row[first]) & np.isin(word[after], list(INTENSIFIERS_AFTER))
+    after, beside = _beside(end, first, row)
+    intensified |= beside & np.isin(word[after], list(INTENSIFIERS_AFTER))
     meaning = reads["meaning"].to_numpy()
     softer = plain & hedged & (meaning == "poor")
     harder = plain & ~hedged & intensified & (meaning == "fair")
