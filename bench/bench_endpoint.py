@@ -52,8 +52,8 @@ REQUESTS = {1: 200, 100: 30, 1_000: 8}
 # them, for their cumulative CPU time.
 STAGES = {
     "decode the body (msgspec)": ("~", "<method 'decode' of 'msgspec.json.Decoder' objects>"),
-    "check items, lay rows out as columns": ("endpoint.py", "_flatten"),
-    "coerce_telemetry + value checks": ("endpoint.py", "_typed_rows"),
+    "check items, lay rows out as columns": ("server.py", "_flatten"),
+    "coerce_telemetry + value checks": ("server.py", "_typed_rows"),
     "prepare_telemetry": ("preparation.py", "prepare_telemetry"),
     "build_windows": ("windows.py", "build_windows"),
     "score_windows (forecast, risk, reasons)": ("scoring.py", "score_windows"),
@@ -154,8 +154,11 @@ def stage_breakdown(model_dir: Path, body: bytes, repeats: int = 3) -> None:
         profile.runcall(score_body, model, body)
         total = time.process_time() - start
         cumulative = {(Path(file).name, name): row[3] for (file, _, name), row in pstats.Stats(profile).stats.items()}
+        missing = [label for label, function in STAGES.items() if function not in cumulative]
+        if missing:
+            raise SystemExit(f"STAGES names functions score_body no longer calls: {', '.join(missing)}")
         for label, function in [*STAGES.items(), ("score_body, all of it", None)]:
-            seconds = total if function is None else cumulative.get(function, float("nan"))
+            seconds = total if function is None else cumulative[function]
             best[label] = min(best.get(label, float("inf")), seconds)
     print(f"\nCPU time of score_body for one request of {len(json.loads(body)['data']):,} batteries "
           "(in process, under cProfile, which adds a little):")  # fmt: skip
