@@ -112,6 +112,9 @@ class RecordingForecaster:
         self.as_of_seen.append(windows.as_of)
         return recent_mean_forecast(windows)
 
+    def wear_beyond(self, windows: BatteryWindows) -> None:
+        return None
+
 
 def test_training_never_sees_the_calibration_or_evaluation_targets():
     history = build_history(clean())

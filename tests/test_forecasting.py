@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from _forecast_fleet import clean, fleet, model
 
+from shared.core.risk import BEYOND_DAYS
 from shared.core.windows import build_history, build_windows
 from shared.devtools.fleet_simulator import COLD_REGION, REFERENCE_REGION, climate_factor
 from shared.models._lightgbm import (
@@ -23,6 +24,7 @@ from shared.models._lightgbm import (
     weekday_shape,
 )
 from shared.models.loader import load_model
+from shared.models.scoring import score_windows
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,9 @@ def test_a_model_saved_before_the_regions_season_still_loads_and_scores(tmp_path
     assert loaded.region_season is None and loaded.feature_matrix(windows).shape[1] == booster.num_feature()
     forecast = loaded.forecast(windows)
     assert forecast.shape == (len(windows), 30) and np.isfinite(forecast).all()
+    assert loaded.wear_beyond(windows) is None  # past the horizon: the forecast's mean rate, as before
+    scores, _ = score_windows(loaded, windows)
+    assert scores["days_to_rated_life_p90"].notna().all()
 
 
 def test_save_and_load_round_trip_gives_identical_forecasts_and_metadata(tmp_path, windows):
@@ -163,6 +168,27 @@ def test_each_regions_season_is_learnt_from_the_history_with_the_cold_regions_th
         expected = climate[april].mean() / climate[march].mean()
         assert learnt[april].mean() / learnt[march].mean() == pytest.approx(expected, abs=tolerance)
         assert np.isfinite(learnt).all()
+
+
+def test_past_the_horizon_each_regions_wear_follows_its_season_with_the_cold_regions_thaw_a_step():
+    """Days to rated life past day 30 extrapolate along `wear_beyond` (issue 17: without it the cold fleet's
+    interval held 66 % of the outcomes beyond day 30, 33 % coming after p90). From 20 January the thaw
+    (15 March) is day 54: the days after it must wear as much less as the simulator's climate says."""
+    as_of = pd.Timestamp("2017-01-20")
+    given = build_windows(clean(), as_of=as_of.date(), window_days=model().window_days)
+    beyond = model().wear_beyond(given)
+    assert beyond.shape == (len(given), BEYOND_DAYS)
+    region = pd.Series(given.car_id.astype(str)).map(fleet().cars.set_index("Car_ID")["Region"]).to_numpy()
+    ahead = pd.date_range(as_of + pd.Timedelta(days=1), periods=30 + BEYOND_DAYS)
+    for name in (COLD_REGION, REFERENCE_REGION):
+        climate = climate_factor(name, ahead)
+        expected = climate[30:] / climate[:30].mean()
+        learnt = np.nanmean(beyond[region == name], axis=0)
+        after_thaw = slice(60 - 30, BEYOND_DAYS)  # days 61-90, clear of the smoothing
+        assert learnt[after_thaw].mean() == pytest.approx(expected[after_thaw].mean(), abs=0.04)
+        assert learnt[:15].mean() == pytest.approx(expected[:15].mean(), abs=0.04)
+    cold = region == COLD_REGION
+    assert np.nanmean(beyond[cold, 30:]) < 0.75  # the thaw's step is there, not averaged away
 
 
 def test_the_cold_regions_thaw_is_forecast_about_as_well_as_any_other_month():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shared.core.risk import (
+    BEYOND_DAYS,
     MAX_DAYS_TO_RATED_LIFE,
     QUANTILE_LEVELS,
     RiskCalibration,
@@ -142,3 +144,22 @@ def test_recent_variability_uses_only_known_recent_days():
     np.testing.assert_allclose(std[0], np.std(np.tile([0.1, 0.3], 14), ddof=1))
     np.testing.assert_array_equal(std[1:], [0.0, 0.0])
     np.testing.assert_array_equal(recent_known_days(daily), [28, 1, 0])
+
+
+def test_past_the_horizon_days_to_rated_life_and_the_interval_follow_the_forecasters_season():
+    """Half a cycle a day forecast, 20 left: 15 used by day 30, 5 more. Where the season halves the use after
+    day 30 (`wear_beyond` 0.5), they take 20 days, not 10; each quantile keeps its day-30 ratio to the forecast."""
+    calibration = uniform_calibration()
+    args = (np.array([180.0]), np.array([200.0]), flat(0.5), calibration)
+    flat_rate = failure_risk(*args, daily_std=np.zeros(1))
+    halved = failure_risk(*args, daily_std=np.zeros(1), wear_beyond=np.full((1, BEYOND_DAYS), 0.5))
+    assert halved["failure_probability_30d"].item() == flat_rate["failure_probability_30d"].item()
+    assert flat_rate["days_to_rated_life"].item() == pytest.approx(40.0)
+    assert halved["days_to_rated_life"].item() == pytest.approx(50.0)
+    assert halved["days_to_rated_life_p50"].item() == pytest.approx(50.0)
+    # p90: use at its 10 % quantile, z = -2.4 over a scale of 0.1 x use, so 0.76 x 15 = 11.4 cycles by day 30,
+    # then 11.4 x (1 + (t - 30) / 60) along the halved season: 20 cycles on day 30 + 60 x (20 / 11.4 - 1).
+    assert flat_rate["days_to_rated_life_p90"].item() == pytest.approx(30 * 20 / 11.4)
+    assert halved["days_to_rated_life_p90"].item() == pytest.approx(30 + 60 * (20 / 11.4 - 1))
+    unknown = failure_risk(*args, daily_std=np.zeros(1), wear_beyond=np.full((1, BEYOND_DAYS), np.nan))
+    pd.testing.assert_frame_equal(unknown, flat_rate)  # no season known: the forecast's mean rate, as before

@@ -19,7 +19,10 @@ The interval of days to rated life (issue 17) reads the same distribution at eve
 battery has reached rated life by day t exactly when its use over t days reaches the remaining cycles, so
 the q-quantile of the day is where the forecast's cumulative use, moved to its own (1 - q) quantile
 (predicted_t + z_(1-q) * scale_t, with scale_t the same formula over t days), crosses the remaining cycles;
-past day 30 it extrapolates at that quantile's 30-day rate, as days_to_rated_life does.
+past day 30 each quantile keeps its 30-day ratio to the forecast's cumulative use, which goes on at the
+forecast's mean daily rate, or, where the forecaster knows its season (`Forecaster.wear_beyond`: e.g. the
+cold region's thaw halves the wear), at that rate moved day by day by the season for BEYOND_DAYS more days
+(then at the mean rate of all those days), as days_to_rated_life does.
 
 All functions are pure over numpy arrays; the batch path and the endpoint call the same ones.
 """
@@ -51,6 +54,9 @@ RELATIVE_SPREAD = 0.1
 SCALE_FLOOR = 0.05
 # Days to use for a battery's recent day-to-day variability.
 VARIABILITY_DAYS = 28
+# Days after the horizon a forecaster's season carries the extrapolation of use (to day 90: the most the
+# backtest's data covers after an evaluation origin).
+BEYOND_DAYS = 60
 # Reported instead of "never" for a battery whose forecast use is zero: JSON has no infinity, and a
 # century is beyond any service plan.
 MAX_DAYS_TO_RATED_LIFE = 36_500.0
@@ -132,12 +138,15 @@ def failure_risk(
     calibration: RiskCalibration,
     daily_std: np.ndarray | None = None,
     known_days: np.ndarray | None = None,
+    wear_beyond: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """failure_probability_30d and days_to_rated_life for n batteries.
 
     lifetime, rated: (n,) cycles used so far and rated cycles; forecast: (n, 30) daily cycles;
     daily_std: (n,) recent day-to-day variability (`recent_variability`), None = unknown (treated as 0);
-    known_days: (n,) known recent days (`recent_known_days`), None = a full history.
+    known_days: (n,) known recent days (`recent_known_days`), None = a full history;
+    wear_beyond: (n, k) each day's use after the horizon relative to the forecast's mean daily rate
+    (`Forecaster.wear_beyond`; NaN = that rate), None = the mean rate throughout.
     Also the interval of days to rated life (INTERVAL_COLUMNS; module docstring).
     A battery already at or past its rated cycles has probability 1 and 0 days left.
     """
@@ -149,12 +158,19 @@ def failure_risk(
     threshold = (remaining - predicted) / error_scale(predicted, daily_std, known_days)
     below = np.interp(threshold, calibration.z_quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     probability = np.where(remaining <= 0, 1.0, 1.0 - below)
-    risk = pd.DataFrame({PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, forecast)})
+    horizon = forecast.shape[1]
+    beyond = np.zeros((len(forecast), 0)) if wear_beyond is None else np.asarray(wear_beyond, dtype=np.float64)
+    beyond = np.where(np.isfinite(beyond), np.maximum(beyond, 0.0), 1.0)
+    daily = np.hstack([forecast, forecast.mean(axis=1, keepdims=True) * beyond])
+    risk = pd.DataFrame({PROBABILITY: probability, DAYS_TO_RATED_LIFE: days_to_rated_life(remaining, daily)})
     cumulative = np.cumsum(forecast, axis=1)
-    scale = error_scale(cumulative, daily_std[:, None], known_days, days=np.arange(1, forecast.shape[1] + 1))
+    scale = error_scale(cumulative, daily_std[:, None], known_days, days=np.arange(1, horizon + 1))
+    # Past the horizon a quantile keeps its ratio to the forecast's cumulative use (module docstring).
+    carried = 1.0 + np.cumsum(beyond, axis=1) / horizon
     for column, level in INTERVAL_LEVELS.items():
         z = np.interp(1.0 - level, QUANTILE_LEVELS, calibration.z_quantiles)
-        quantile_use = np.maximum.accumulate(np.maximum(cumulative + z * scale, 0.0), axis=1)
+        within = np.maximum.accumulate(np.maximum(cumulative + z * scale, 0.0), axis=1)
+        quantile_use = np.hstack([within, within[:, -1:] * carried])
         risk[column] = days_to_rated_life(remaining, np.diff(quantile_use, axis=1, prepend=0.0))
     return risk
 
@@ -162,8 +178,9 @@ def failure_risk(
 def days_to_rated_life(remaining: np.ndarray, forecast: np.ndarray) -> np.ndarray:
     """The fractional day on which the cumulative forecast uses up the remaining cycles.
 
-    Within the horizon it interpolates inside the crossing day (crossing halfway through day 3 = 2.5);
-    beyond it, it extrapolates at the forecast's mean daily rate. 0 when already past rated life.
+    Within the forecast's days (30, or more with `wear_beyond`) it interpolates inside the crossing day
+    (crossing halfway through day 3 = 2.5); beyond them, it extrapolates at their mean daily rate. 0 when
+    already past rated life.
     """
     remaining = np.asarray(remaining, dtype=np.float64)
     cumulative = np.cumsum(forecast, axis=1)

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.monitoring import feature_reference
-from shared.core.risk import ALERT_THRESHOLD, HORIZON_DAYS, RiskCalibration
+from shared.core.risk import ALERT_THRESHOLD, BEYOND_DAYS, HORIZON_DAYS, RiskCalibration
 from shared.core.telemetry import CAR_ID, DATE, InputError
 from shared.core.windows import DEFAULT_WINDOW_DAYS, BatteryWindows, FleetHistory, build_history
 from shared.models.backtest import BacktestResult, TruthSource, run_backtest
@@ -116,6 +116,13 @@ class BatteryForecaster:
         features, level, shape = self._features(windows)
         ratio = self.booster.predict(features, num_threads=LIGHTGBM_PARAMS["num_threads"]) if len(windows) else []
         return np.maximum(np.asarray(ratio), 0.0)[:, None] * level[:, None] * shape
+
+    def wear_beyond(self, windows: BatteryWindows) -> np.ndarray | None:
+        """(n, BEYOND_DAYS) the region's wear on each day after the horizon relative to the horizon's mean
+        (region_season_beyond); None without a car table or a season profile (a model saved before it)."""
+        if self.cars is None or self.region_season is None:
+            return None
+        return region_season_beyond(self.region_season, encoded_region(self.cars, windows.car_id), windows.as_of)
 
     def feature_matrix(self, windows: BatteryWindows) -> np.ndarray:
         """(n, len(features)) float32 inputs of the booster, columns named by metadata["features"]; the
@@ -352,15 +359,30 @@ def region_season_profile(history: FleetHistory, last_day: int, cars: pd.DataFra
 def region_season_ratio(profile: np.ndarray | None, region: np.ndarray, as_of: np.ndarray) -> np.ndarray:
     """The region's wear per minute over the 30 days after each as-of day relative to its last 28 days
     (region_season_profile); NaN for an unknown region or a day of the year the profile has not seen."""
+    ahead = _region_days(profile, region, as_of, np.arange(1, HORIZON_DAYS + 1))
+    behind = _region_days(profile, region, as_of, -np.arange(LEVEL_DAYS))
+    return ahead.mean(axis=1) / behind.mean(axis=1)
+
+
+def region_season_beyond(profile: np.ndarray | None, region: np.ndarray, as_of: np.ndarray) -> np.ndarray:
+    """(n, BEYOND_DAYS) the region's wear per minute on each of the days 31..90 after each as-of day relative
+    to its mean over the 30 days after it (region_season_profile); NaN for an unknown region or day.
+
+    Why: the forecast is a 30-day total; past it days to rated life extrapolate its rate, and where the
+    season changes the wear (the cold region's thaw halves it) that rate is off by the season's step."""
+    ahead = _region_days(profile, region, as_of, np.arange(1, HORIZON_DAYS + BEYOND_DAYS + 1))
+    return ahead[:, HORIZON_DAYS:] / ahead[:, :HORIZON_DAYS].mean(axis=1, keepdims=True)
+
+
+def _region_days(profile: np.ndarray | None, region: np.ndarray, as_of: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n, len(offsets)) the region's profile on the days `offsets` after each as-of day; NaN where unknown."""
     n = len(as_of)
     if profile is None or not len(profile):
-        return np.full(n, np.nan)
+        return np.full((n, len(offsets)), np.nan)
     known = ~np.isnan(region) & (np.nan_to_num(region, nan=-1) < len(profile))
     code = np.where(known, np.nan_to_num(region, nan=0), 0).astype(np.int64)
     day = _day_of_year(np.asarray(as_of).astype("datetime64[D]"))
-    ahead = profile[code[:, None], (day[:, None] + np.arange(1, HORIZON_DAYS + 1)) % 366].mean(axis=1)
-    behind = profile[code[:, None], (day[:, None] - np.arange(LEVEL_DAYS)) % 366].mean(axis=1)
-    return np.where(known, ahead / behind, np.nan)
+    return np.where(known[:, None], profile[code[:, None], (day[:, None] + offsets) % 366], np.nan)
 
 
 def encoded_region(cars: pd.DataFrame, car_id: np.ndarray) -> np.ndarray:

@@ -107,6 +107,10 @@ class LstmForecaster:
             ratio = self.network(torch.from_numpy(inputs)).numpy() if len(windows) else np.zeros((0, HORIZON_DAYS))
         return np.maximum(ratio.astype(np.float64), 0.0) * level[:, None]
 
+    def wear_beyond(self, windows: BatteryWindows) -> None:
+        """No season known past the horizon: days to rated life extrapolate the forecast's mean rate."""
+        return None
+
     def save(self, model_dir: str | Path) -> None:
         """Write metadata.json and the network's weights into model_dir."""
         model_dir = Path(model_dir)

@@ -120,6 +120,10 @@ class MlflowForecaster:
             days[missing] = recent_mean_forecast(windows.take(np.flatnonzero(missing)))
         return np.maximum(days, 0.0)
 
+    def wear_beyond(self, windows: BatteryWindows) -> None:
+        """No season known past the horizon: days to rated life extrapolate the forecast's mean rate."""
+        return None
+
     def save(self, model_dir: str | Path) -> None:
         """Write metadata.json and a copy of the MLflow model (unless it is already there) into model_dir."""
         model_dir = Path(model_dir)
@@ -260,7 +264,7 @@ def calibrate_after_training(
         "recent_mean": recent_mean_forecast,
     }
     split = (len(origins) + 1) // 2
-    held_out = origin_outcomes(history, origins[:split], forecasters, WINDOW_DAYS)
+    held_out = origin_outcomes(history, origins[:split], forecasters, WINDOW_DAYS, model.wear_beyond)
     summary: dict[str, Any] = {
         "trained_until": str(trained_until),
         "model_title": MODEL_TITLE,
@@ -273,7 +277,7 @@ def calibrate_after_training(
         summary["metrics"] = {method: forecast_metrics(held_out.actual, held_out.forecast[method])
                               for method in METHODS}  # fmt: skip
         return calibration_from_outcomes(held_out, "model"), summary
-    evaluated = origin_outcomes(history, origins[split:], forecasters, WINDOW_DAYS)
+    evaluated = origin_outcomes(history, origins[split:], forecasters, WINDOW_DAYS, model.wear_beyond)
     metrics, reliability, _ = score_outcomes(held_out, evaluated, threshold)
     summary |= {"cutoff": str(history.first_day + int(origins[split])),
                 "evaluation_origins": [str(history.first_day + int(day)) for day in origins[split:]],

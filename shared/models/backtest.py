@@ -36,6 +36,7 @@ import pandas as pd
 from shared.core.metrics import forecast_metrics, probability_metrics, reliability_table
 from shared.core.risk import (
     ALERT_THRESHOLD,
+    BEYOND_DAYS,
     DAYS_P10,
     DAYS_P90,
     DAYS_TO_RATED_LIFE,
@@ -149,9 +150,9 @@ def run_backtest(
         f"backtest: calibrating on {len(calibration_origins)} origins, "
         f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}"
     )
-    held_out = origin_outcomes(history, calibration_origins, forecasters, window_days)
+    held_out = origin_outcomes(history, calibration_origins, forecasters, window_days, model.wear_beyond)
     evaluated_history = history if evaluation_history is None else evaluation_history
-    evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days)
+    evaluated = origin_outcomes(evaluated_history, evaluation_origins, forecasters, window_days, model.wear_beyond)
 
     metrics, reliability, risks = score_outcomes(held_out, evaluated, threshold)
     probability = risks["model"][PROBABILITY].to_numpy()
@@ -211,6 +212,7 @@ def score_outcomes(held_out: OriginOutcomes, evaluated: OriginOutcomes, threshol
             calibration,
             daily_std=evaluated.daily_std,
             known_days=evaluated.known_days,
+            wear_beyond=evaluated.wear_beyond if method == "model" else None,  # the baselines know no season
         )
         probability = risks[method][PROBABILITY].to_numpy()
         metrics[method] = {
@@ -378,6 +380,7 @@ class OriginOutcomes:
     rated: np.ndarray
     daily_std: np.ndarray
     known_days: np.ndarray
+    wear_beyond: np.ndarray  # (m, BEYOND_DAYS) the model's `Forecaster.wear_beyond`, NaN = its mean rate
     label: np.ndarray  # bool
     labelled: np.ndarray  # bool: the outcome is known
     days_reached: np.ndarray  # actual (fractional) days from the origin to rated life; NaN = not by the data's end
@@ -402,10 +405,15 @@ class OriginOutcomes:
 
 
 def origin_outcomes(
-    history: FleetHistory, origins: np.ndarray, forecasters: dict[str, Callable], window_days: int
+    history: FleetHistory,
+    origins: np.ndarray,
+    forecasters: dict[str, Callable],
+    window_days: int,
+    wear_beyond: Callable[[BatteryWindows], np.ndarray | None],
 ) -> OriginOutcomes:
-    """Each method's 30-day forecast from every battery reporting on each origin day, and what happened;
-    shared with model kinds that are calibrated on origins of their own (mlflow_forecaster)."""
+    """Each method's 30-day forecast from every battery reporting on each origin day, the model's season
+    past the horizon (`wear_beyond`), and what happened; shared with model kinds that are calibrated on
+    origins of their own (mlflow_forecaster)."""
     parts = []
     reported = history.reported()
     for origin in origins:
@@ -415,6 +423,7 @@ def origin_outcomes(
         future_lifetime = history.lifetime_cycles[rows, future]
         reached = (future_lifetime >= windows.rated_cycles[:, None]).any(axis=1)  # NaN (unreported) compares False
         all_after = history.lifetime_cycles[rows, origin + 1 :]
+        beyond = wear_beyond(windows)
         parts.append(
             OriginOutcomes(
                 forecast={name: forecast(windows) for name, forecast in forecasters.items()},
@@ -423,6 +432,7 @@ def origin_outcomes(
                 rated=windows.rated_cycles,
                 daily_std=recent_variability(windows.daily_cycles),
                 known_days=recent_known_days(windows.daily_cycles),
+                wear_beyond=np.full((len(rows), BEYOND_DAYS), np.nan) if beyond is None else beyond,
                 label=reached,
                 labelled=reached | ~np.isnan(future_lifetime).any(axis=1),
                 days_reached=days_reached(windows.lifetime_cycles, windows.rated_cycles, all_after),
@@ -465,6 +475,7 @@ def concatenate_outcomes(*parts: OriginOutcomes) -> OriginOutcomes:
                 "rated",
                 "daily_std",
                 "known_days",
+                "wear_beyond",
                 "label",
                 "labelled",
                 "days_reached",

@@ -38,6 +38,12 @@ class Forecaster(Protocol):
         """(len(windows), HORIZON_DAYS) daily cycles for the days after each battery's as-of day, >= 0."""
         ...
 
+    def wear_beyond(self, windows: BatteryWindows) -> np.ndarray | None:
+        """(len(windows), risk.BEYOND_DAYS) the use on each day after the horizon relative to the forecast's
+        mean daily rate, where the kind knows a season (days to rated life extrapolate along it); None = no
+        season known, the mean rate throughout."""
+        ...
+
     def save(self, model_dir: str | Path) -> None:
         """Write the model directory `shared.models.loader.load_model` reads back (metadata.json first)."""
         ...

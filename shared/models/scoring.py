@@ -57,6 +57,7 @@ def score_windows(
         model.calibration,
         daily_std=recent_variability(windows.daily_cycles),
         known_days=recent_known_days(windows.daily_cycles),
+        wear_beyond=model.wear_beyond(windows),
     )
     scores = pd.DataFrame(
         {
