@@ -198,8 +198,53 @@ class Lexicon:
         return {n: frozenset(words) for n, words in firsts.items()}
 
     @functools.cached_property
+    def parts(self) -> dict[str, tuple[dict[str, Part], dict[str, Part]]]:
+        """Kind → the heads and the tails of its phrases that `MIN_PARTS` phrases or more share and read the
+        same: "needs …" and "… renewing" (poor: remedy needed). `_composed` reads an unknown phrase from a
+        head and a tail of one concept."""
+        return {kind: _parts(table) for kind, table in (("condition", self.conditions), ("material", self.materials))}
+
+    @functools.cached_property
     def longest(self) -> int:
         return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
+
+
+MIN_PARTS = 3  # a head or a tail three phrases agree on: two are often one frame's pair ("fit a" + "new one")
+MAX_COMPOSED = 4  # words of a phrase read from its parts ("requires immediate replacement", "must be renewed")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A head or a tail of lexicon phrases that all read the same, and for each concept or seed (a reading's
+    `via`) the rest of its phrases there: the tails of a head, the heads of a tail."""
+
+    reading: Reading
+    rests: Mapping[str, frozenset[str]]  # via → the other parts it makes a phrase with
+
+
+def _parts(table: Mapping[str, Reading]) -> tuple[dict[str, Part], dict[str, Part]]:
+    """The heads (first words) and tails (last words) of `table`'s phrases that `MIN_PARTS` phrases or more
+    share and all read the same (one meaning, one meaning negated)."""
+    heads: dict[str, list[tuple[str, str]]] = {}
+    tails: dict[str, list[tuple[str, str]]] = {}
+    for phrase in table:
+        words = phrase.split()
+        for k in range(1, len(words)):
+            head, tail = " ".join(words[:k]), " ".join(words[k:])
+            heads.setdefault(head, []).append((phrase, tail))
+            tails.setdefault(tail, []).append((phrase, head))
+
+    def agreed(shared: dict[str, list[tuple[str, str]]]) -> dict[str, Part]:
+        parts = {}
+        for part, found in shared.items():
+            if len(found) >= MIN_PARTS and len({(table[p].meaning, table[p].negated) for p, _ in found}) == 1:
+                rests: dict[str, set[str]] = {}
+                for phrase, rest in found:
+                    rests.setdefault(table[phrase].via, set()).add(rest)
+                parts[part] = Part(table[found[0][0]], {via: frozenset(r) for via, r in rests.items()})
+        return parts
+
+    return agreed(heads), agreed(tails)
 
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
@@ -357,6 +402,7 @@ def _matches(
                     in_phrase[start : start + n] = n > 1
                     found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
+            _composed(word, row, clause, lexicon, coating, covered, in_phrase, found)
             words = pd.Series(word, dtype=object)
             named = (words.str.startswith(POLYMER_PREFIX) | words.str.endswith(POLYMER_SUFFIXES)) & words.str.isalpha()
             named &= words.str.len() >= MIN_POLYMER_NAME
@@ -369,6 +415,71 @@ def _matches(
                     covered[start] = True
                     found.append((kind, int(start), 1, reading))
     return found, in_phrase
+
+
+def _composed(
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    lexicon: Lexicon,
+    coating: np.ndarray,
+    covered: np.ndarray,
+    in_phrase: np.ndarray,
+    found: list[tuple],
+) -> None:
+    """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read from a head and a tail that
+    the lexicon's phrases agree on (`Lexicon.parts`): "needs renewing" from "needs …" and "… renewing",
+    "replacement urgently needed" from "replacement …" and "… urgently needed"; only when every split of
+    the words that both parts read gives the same meaning, longest phrases first. Adds to `found`,
+    `covered` and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
+    for n in range(min(MAX_COMPOSED, len(word)), 1, -1):
+        starts = np.arange(len(word) - n + 1)
+        starts = starts[(row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])]
+        at_word = [pd.Series(word[starts + k], dtype=object) for k in range(n)]
+        heads = [at_word[0]]
+        for k in range(1, n - 1):
+            heads.append(heads[-1] + " " + at_word[k])
+        tails = [at_word[n - 1]]
+        for k in range(n - 2, 0, -1):
+            tails.insert(0, at_word[k] + " " + tails[0])
+        for kind, (head_parts, tail_parts) in lexicon.parts.items():
+            splits = [(head, tail) for head, tail in zip(heads, tails, strict=True)]  # head: words[:k], tail: the rest
+            either = np.zeros(len(starts), dtype=bool)
+            for head, tail in splits:
+                either |= head.isin(head_parts.keys()).to_numpy() & tail.isin(tail_parts.keys()).to_numpy()
+            for at in np.flatnonzero(either):
+                start = starts[at]
+                if covered[start : start + n].any() or (kind == "material" and coating[start + n - 1]):
+                    continue
+                texts = [(head.iloc[at], tail.iloc[at]) for head, tail in splits]
+                pairs = [(h, head_parts[h], t, tail_parts[t]) for h, t in texts if h in head_parts and t in tail_parts]
+                if len({part.reading.meaning for _, h, _, t in pairs for part in (h, t)}) != 1:
+                    continue
+                table = lexicon.conditions if kind == "condition" else lexicon.materials
+                square = next(_squares(pairs, table), None)
+                if square is None:  # "top …" (top notch) and "… made" (newly made): no frame has both as slots
+                    continue
+                via, one, other = square
+                covered[start : start + n] = True
+                in_phrase[start : start + n] = True
+                read = pairs[0][1].reading
+                how = f"read from its parts, as in '{one}' and '{other}': {via}"
+                found.append((kind, int(start), n, Reading(read.meaning, how, read.negated)))
+
+
+def _squares(
+    pairs: list[tuple[str, Part, str, Part]], table: Mapping[str, Reading]
+) -> Iterator[tuple[str, str, str]]:
+    """For each split of the words into a head and a tail, the concepts in which both are slots of one frame:
+    the head makes a phrase with some tail t, the tail with some head h, and "h t" is a phrase of that concept
+    too ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); with those first two
+    phrases, which the reason quotes."""
+    for head, head_part, tail, tail_part in pairs:
+        for via, tails in head_part.rests.items():
+            for other_head in sorted(tail_part.rests.get(via, ())):
+                for other_tail in sorted(tails):
+                    if (read := table.get(f"{other_head} {other_tail}")) is not None and read.via == via:
+                        yield via, f"{head} {other_tail}", f"{other_head} {tail}"
 
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
