@@ -467,9 +467,7 @@ def _composed(
                 found.append((kind, int(start), n, Reading(read.meaning, how, read.negated)))
 
 
-def _squares(
-    pairs: list[tuple[str, Part, str, Part]], table: Mapping[str, Reading]
-) -> Iterator[tuple[str, str, str]]:
+def _squares(pairs: list[tuple[str, Part, str, Part]], table: Mapping[str, Reading]) -> Iterator[tuple[str, str, str]]:
     """For each split of the words into a head and a tail, the concepts in which both are slots of one frame:
     the head makes a phrase with some tail t, the tail with some head h, and "h t" is a phrase of that concept
     too ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); with those first two
