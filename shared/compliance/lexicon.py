@@ -325,7 +325,8 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
-    reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
+    reads = reads[~_names_a_thing(reads, word, row, clause) & ~_matrix_of_a_fibre(reads, row, clause)]
+    reads = reads.reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
     _grade_by_degree_and_doubt(reads, word, row, clause)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
@@ -652,6 +653,27 @@ def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, claus
     return named & (reads["kind"].to_numpy() == "condition")
 
 
+FIBRE, MATRIX = "carbon fiber", "plastic"
+
+
+def _matrix_of_a_fibre(reads: pd.DataFrame, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
+    """Plastic readings right beside a carbon-fibre one in the same clause: the resin a fibre is laid in
+    ("CF/epoxy", "carbon fibre PEEK", "epoxy/carbon"), so the part is carbon fibre, as "carbon-fibre reinforced
+    plastic" is; a plastic named apart from it ("CF and ABS") still disqualifies."""
+    material = reads[reads["kind"] == "material"].sort_values("start")
+    if len(material) < 2:
+        return np.zeros(len(reads), dtype=bool)
+    start = material["start"].to_numpy(dtype=int)
+    end = start + material["n"].to_numpy(dtype=int)
+    meaning = material["meaning"].to_numpy(dtype=object)
+    touching = (end[:-1] == start[1:]) & (row[start[:-1]] == row[start[1:]]) & (clause[start[:-1]] == clause[start[1:]])
+    pair = np.stack([meaning[:-1], meaning[1:]])
+    fibre_then_matrix = touching & (pair[0] == FIBRE) & (pair[1] == MATRIX)
+    matrix_then_fibre = touching & (pair[0] == MATRIX) & (pair[1] == FIBRE)
+    matrix = np.concatenate([[False], fibre_then_matrix]) | np.concatenate([matrix_then_fibre, [False]])
+    return reads.index.isin(material.index[matrix])
+
+
 DENIED_AFTER = frozenset({"none", "nil", "absent", "nothing", "zero"})  # "corrosion: none", "cracks nil"
 DENIED_ALONE = frozenset({"no", "0", "n"})  # a checklist's answer only when it stands alone: "leaks: no"
 NOT_FOUND = frozenset({"found", "seen", "detected", "observed", "present", "evident", "visible", "apparent"})
@@ -671,14 +693,16 @@ def _beside(
 def _denied_after(end: np.ndarray, word: np.ndarray, row: np.ndarray) -> np.ndarray:
     """A phrase that an inspector's checklist answers after it, in its clause or the next: "corrosion: none",
     "cracks nil", "leaks not found", "defects - none seen", "play: no". A fault measured within its limits is
-    not denied: "minor wear within limits" is still wear (fair) to an inspector."""
+    not denied: "minor wear within limits" is still wear (fair) to an inspector; nor is a phrase the next clause
+    starts a statement of its own about ("new condition, zero findings")."""
     last, phrase_end = len(word) - 1, np.maximum(end - 1, 0)
-    at = np.where((end <= last) & (word[np.minimum(end, last)] == CLAUSE), end + 1, end)
-    at, in_note = _beside(at, phrase_end, row)
+    next_clause = (end <= last) & (word[np.minimum(end, last)] == CLAUSE)
+    at, in_note = _beside(np.where(next_clause, end + 1, end), phrase_end, row)
     answer = np.where(in_note, word[at], "")
     then_at, follows = _beside(at + 1, phrase_end, row)
     then = np.where(follows, word[then_at], "")
-    denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of")
+    answered = ~next_clause | np.isin(then, ["", CLAUSE, *NOT_FOUND])  # "corrosion: none (seen)", not "zero findings"
+    denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of") & answered
     alone = np.isin(answer, list(DENIED_ALONE)) & np.isin(then, ["", CLAUSE])  # "cracks: no", not "no further"
     return denied | alone | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
 
