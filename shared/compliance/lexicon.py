@@ -521,12 +521,12 @@ def _inflected(word: str, lexicon: Lexicon) -> str | None:
 
 # Derivational suffixes and what the shared stem keeps ("corrosion" and "corroded" share "corrod"): a word
 # no list holds is read as a lexicon word it derives from or to ("rusty" → "rust", "deteriorated" →
-# "deterioration", "brittleness" → "brittle", "defective" → "defect"; not "-ment": a "replacement" is a part
-# as often as a need). Every suffix that fits gives a stem: English does not say which one it is
-# ("deterior-ation" but "deteriorat-ion").
+# "deterioration", "brittleness" → "brittle", "defective" → "defect", "conforming" → "conformance"; not
+# "-ment": a "replacement" is a part as often as a need). Every suffix that fits gives a stem: English does
+# not say which one it is ("deterior-ation" but "deteriorat-ion").
 _DERIVATIONS = (("ations", ""), ("ation", ""), ("itions", ""), ("ition", ""), ("sions", "d"), ("sion", "d"),
-                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""),
-                ("ive", ""), ("y", ""))  # fmt: skip
+                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""), ("ances", ""), ("ance", ""),
+                ("ant", ""), ("ive", ""), ("y", ""))  # fmt: skip
 MIN_STEM = 4  # shorter stems are too often other words ("play" is not "pla")
 
 
