@@ -198,53 +198,39 @@ class Lexicon:
         return {n: frozenset(words) for n, words in firsts.items()}
 
     @functools.cached_property
-    def parts(self) -> dict[str, tuple[dict[str, Part], dict[str, Part]]]:
-        """Kind → the heads and the tails of its phrases that `MIN_PARTS` phrases or more share and read the
-        same: "needs …" and "… renewing" (poor: remedy needed). `_composed` reads an unknown phrase from a
-        head and a tail of one concept."""
-        return {kind: _parts(table) for kind, table in (("condition", self.conditions), ("material", self.materials))}
+    def parts(self) -> dict[str, tuple[Slots, Slots]]:
+        """Kind → the heads (first words) and the tails (last words) of its phrases of two words or more, each
+        with the rests it makes a phrase with, by concept: "needs" → {"glossary: remedy needed": {"replacing",
+        "repair", ...}}. `_composed` reads an unknown phrase as a new combination of one frame's slots."""
+        with _no_collection():
+            return {
+                kind: _slots(table) for kind, table in (("condition", self.conditions), ("material", self.materials))
+            }
 
     @functools.cached_property
     def longest(self) -> int:
         return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
 
 
-MIN_PARTS = 3  # a head or a tail three phrases agree on: two are often one frame's pair ("fit a" + "new one")
 MAX_COMPOSED = 4  # words of a phrase read from its parts ("requires immediate replacement", "must be renewed")
+Slots = dict[str, dict[str, frozenset[str]]]  # a head (or tail) → concept (a reading's `via`) → its tails (heads)
 
 
-@dataclass(frozen=True)
-class Part:
-    """A head or a tail of lexicon phrases that all read the same, and for each concept or seed (a reading's
-    `via`) the rest of its phrases there: the tails of a head, the heads of a tail."""
-
-    reading: Reading
-    rests: Mapping[str, frozenset[str]]  # via → the other parts it makes a phrase with
-
-
-def _parts(table: Mapping[str, Reading]) -> tuple[dict[str, Part], dict[str, Part]]:
-    """The heads (first words) and tails (last words) of `table`'s phrases that `MIN_PARTS` phrases or more
-    share and all read the same (one meaning, one meaning negated)."""
-    heads: dict[str, list[tuple[str, str]]] = {}
-    tails: dict[str, list[tuple[str, str]]] = {}
-    for phrase in table:
+def _slots(table: Mapping[str, Reading]) -> tuple[Slots, Slots]:
+    """Every head and tail of `table`'s phrases, with the tails (heads) it makes a phrase with, by concept."""
+    heads: dict[str, dict[str, set[str]]] = {}
+    tails: dict[str, dict[str, set[str]]] = {}
+    for phrase, read in table.items():
         words = phrase.split()
         for k in range(1, len(words)):
             head, tail = " ".join(words[:k]), " ".join(words[k:])
-            heads.setdefault(head, []).append((phrase, tail))
-            tails.setdefault(tail, []).append((phrase, head))
+            heads.setdefault(head, {}).setdefault(read.via, set()).add(tail)
+            tails.setdefault(tail, {}).setdefault(read.via, set()).add(head)
 
-    def agreed(shared: dict[str, list[tuple[str, str]]]) -> dict[str, Part]:
-        parts = {}
-        for part, found in shared.items():
-            if len(found) >= MIN_PARTS and len({(table[p].meaning, table[p].negated) for p, _ in found}) == 1:
-                rests: dict[str, set[str]] = {}
-                for phrase, rest in found:
-                    rests.setdefault(table[phrase].via, set()).add(rest)
-                parts[part] = Part(table[found[0][0]], {via: frozenset(r) for via, r in rests.items()})
-        return parts
+    def frozen(slots: dict[str, dict[str, set[str]]]) -> Slots:
+        return {part: {via: frozenset(rests) for via, rests in by.items()} for part, by in slots.items()}
 
-    return agreed(heads), agreed(tails)
+    return frozen(heads), frozen(tails)
 
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
@@ -307,10 +293,14 @@ def seeds_in(phrases: Collection[str], protected: Collection[str] = ()) -> froze
     return frozenset(r for r in roots if r not in protected and words & set(_phrase(r).split()))
 
 
-def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection[str]) -> pd.DataFrame:
+def read_phrases(
+    clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection[str], spelled: Collection[str] = ()
+) -> pd.DataFrame:
     """What the lexicon reads in each note: one row per note (same index).
 
-    `clauses` are notes as words separated by spaces, with CLAUSE between clauses. Columns: text (the
+    `clauses` are notes as words separated by spaces, with CLAUSE between clauses; `spelled` the words of the
+    regulation's own spellings, which the rules read (no phrase is read from parts that hold one: "excellent
+    condition" is the rules' to read, as the builder leaves it out of the lexicon). Columns: text (the
     words, without CLAUSE, each read phrase replaced by the regulation word it means, for the classifier),
     and for condition and material: the meaning (<NA> when none), the phrase as written and how it was
     read; a disqualifying meaning wins, then a regulation one, then OTHER, and UNCLEAR only when nothing
@@ -320,7 +310,7 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     written = tokens.to_numpy(dtype=object)
     word, derived = _canonical(written, lexicon)
     row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
-    found, covered = _matches(written, word, row, clause, lexicon, derived)
+    found, covered = _matches(written, word, row, clause, lexicon, derived, np.isin(word, list(spelled)))
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
@@ -367,6 +357,7 @@ def _matches(
     clause: np.ndarray,
     lexicon: Lexicon,
     derived: Mapping[str, tuple[str, Reading]],
+    spelled: np.ndarray,
 ) -> tuple[list[tuple], np.ndarray]:
     """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
     and never across notes or clauses, and which tokens a phrase of two words or more covers; a loop over
@@ -403,7 +394,7 @@ def _matches(
                     in_phrase[start : start + n] = n > 1
                     found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
-            _composed(word, row, clause, lexicon, coating, covered, in_phrase, found)
+            _composed(word, row, clause, lexicon, coating, spelled, covered, in_phrase, found)
             words = pd.Series(word, dtype=object)
             named = (words.str.startswith(POLYMER_PREFIX) | words.str.endswith(POLYMER_SUFFIXES)) & words.str.isalpha()
             named &= words.str.len() >= MIN_POLYMER_NAME
@@ -424,15 +415,16 @@ def _composed(
     clause: np.ndarray,
     lexicon: Lexicon,
     coating: np.ndarray,
+    spelled: np.ndarray,
     covered: np.ndarray,
     in_phrase: np.ndarray,
     found: list[tuple],
 ) -> None:
-    """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read from a head and a tail that
-    the lexicon's phrases agree on (`Lexicon.parts`): "needs renewing" from "needs …" and "… renewing",
-    "replacement urgently needed" from "replacement …" and "… urgently needed"; only when every split of
-    the words that both parts read gives the same meaning, longest phrases first. Adds to `found`,
-    `covered` and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
+    """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read as a new combination of the
+    slots of a frame (`_frames`): "needs renewing" from "needs replacing", "due for renewing" and "due for
+    replacing"; only when every frame that reads them, over every split of the words, gives one meaning
+    ("fit for service": fit for use, not "fit a new one"), longest phrases first. Adds to `found`, `covered`
+    and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
     for n in range(min(MAX_COMPOSED, len(word)), 1, -1):
         starts = np.arange(len(word) - n + 1)
         starts = starts[(row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])]
@@ -443,42 +435,46 @@ def _composed(
         tails = [at_word[n - 1]]
         for k in range(n - 2, 0, -1):
             tails.insert(0, at_word[k] + " " + tails[0])
-        for kind, (head_parts, tail_parts) in lexicon.parts.items():
-            splits = [(head, tail) for head, tail in zip(heads, tails, strict=True)]  # head: words[:k], tail: the rest
+        splits = list(zip(heads, tails, strict=True))  # head: the first k words, tail: the rest
+        for kind, (head_slots, tail_slots) in lexicon.parts.items():
             either = np.zeros(len(starts), dtype=bool)
             for head, tail in splits:
-                either |= head.isin(head_parts.keys()).to_numpy() & tail.isin(tail_parts.keys()).to_numpy()
+                either |= head.isin(head_slots.keys()).to_numpy() & tail.isin(tail_slots.keys()).to_numpy()
+            table = lexicon.conditions if kind == "condition" else lexicon.materials
             for at in np.flatnonzero(either):
                 start = starts[at]
-                if covered[start : start + n].any() or (kind == "material" and coating[start + n - 1]):
+                taken = covered[start : start + n].any() or spelled[start : start + n].any()
+                if taken or (kind == "material" and coating[start + n - 1]):
                     continue
-                texts = [(head.iloc[at], tail.iloc[at]) for head, tail in splits]
-                pairs = [(h, head_parts[h], t, tail_parts[t]) for h, t in texts if h in head_parts and t in tail_parts]
-                if len({part.reading.meaning for _, h, _, t in pairs for part in (h, t)}) != 1:
+                frames = [
+                    frame
+                    for head, tail in splits
+                    for frame in _frames(head.iloc[at], tail.iloc[at], lexicon.parts[kind], table)
+                ]
+                if len({read.meaning for read, _, _ in frames}) != 1:  # none, or frames that disagree
                     continue
-                table = lexicon.conditions if kind == "condition" else lexicon.materials
-                square = next(_squares(pairs, table), None)
-                if square is None:  # "top …" (top notch) and "… made" (newly made): no frame has both as slots
-                    continue
-                via, one, other = square
+                read, one, other = frames[0]
                 covered[start : start + n] = True
                 in_phrase[start : start + n] = True
-                read = pairs[0][1].reading
-                how = f"read from its parts, as in '{one}' and '{other}': {via}"
+                how = f"read from its parts, as in '{one}' and '{other}': {read.via}"
                 found.append((kind, int(start), n, Reading(read.meaning, how, read.negated)))
 
 
-def _squares(pairs: list[tuple[str, Part, str, Part]], table: Mapping[str, Reading]) -> Iterator[tuple[str, str, str]]:
-    """For each split of the words into a head and a tail, the concepts in which both are slots of one frame:
-    the head makes a phrase with some tail t, the tail with some head h, and "h t" is a phrase of that concept
-    too ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); with those first two
-    phrases, which the reason quotes."""
-    for head, head_part, tail, tail_part in pairs:
-        for via, tails in head_part.rests.items():
-            for other_head in sorted(tail_part.rests.get(via, ())):
-                for other_tail in sorted(tails):
-                    if (read := table.get(f"{other_head} {other_tail}")) is not None and read.via == via:
-                        yield via, f"{head} {other_tail}", f"{other_head} {tail}"
+def _frames(
+    head: str, tail: str, slots: tuple[Slots, Slots], table: Mapping[str, Reading]
+) -> Iterator[tuple[Reading, str, str]]:
+    """The concepts in which `head` and `tail` are slots of one frame: the head makes a phrase "head t" with
+    some tail t, the tail a phrase "h tail" with some head h, and "h t" is a phrase of that concept too
+    ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); each with the reading of
+    "h t" (a phrase of that concept) and the first two phrases, which the reason quotes. A head and a tail of
+    two concepts ("top …" of top notch, "… made" of newly made) are no frame's: "strut top made from iron"
+    says nothing of the strut's state."""
+    head_slots, tail_slots = slots
+    for via, tails in head_slots.get(head, {}).items():
+        for other_head in sorted(tail_slots.get(tail, {}).get(via, ())):
+            if shared := tails & head_slots[other_head].get(via, frozenset()):
+                yield table[f"{other_head} {min(shared)}"], f"{head} {min(shared)}", f"{other_head} {tail}"
+                break
 
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
