@@ -198,13 +198,12 @@ class Lexicon:
         return {n: frozenset(words) for n, words in firsts.items()}
 
     @functools.cached_property
-    def parts(self) -> dict[str, tuple[Slots, Slots]]:
-        """Kind → the heads (first words) and the tails (last words) of its phrases of two words or more, each
-        with the rests it makes a phrase with, by concept: "needs" → {"glossary: remedy needed": {"replacing",
-        "repair", ...}}. `_composed` reads an unknown phrase as a new combination of one frame's slots."""
+    def frames(self) -> dict[str, Frames]:
+        """Kind → the heads and tails of its phrases, as `_composed` reads an unknown phrase from them."""
         with _no_collection():
             return {
-                kind: _slots(table) for kind, table in (("condition", self.conditions), ("material", self.materials))
+                kind: _frames_of(table)
+                for kind, table in (("condition", self.conditions), ("material", self.materials))
             }
 
     @functools.cached_property
@@ -213,11 +212,24 @@ class Lexicon:
 
 
 MAX_COMPOSED = 4  # words of a phrase read from its parts ("requires immediate replacement", "must be renewed")
+MIN_TELLING = 3  # phrases that share a head or tail and all read the same, for it to carry the meaning
 Slots = dict[str, dict[str, frozenset[str]]]  # a head (or tail) → concept (a reading's `via`) → its tails (heads)
 
 
-def _slots(table: Mapping[str, Reading]) -> tuple[Slots, Slots]:
-    """Every head and tail of `table`'s phrases, with the tails (heads) it makes a phrase with, by concept."""
+@dataclass(frozen=True)
+class Frames:
+    """The heads (first words) and tails (last words) of a table's phrases of two words or more, each with
+    the rests it makes a phrase with, by concept ("needs" → {"glossary: remedy needed": {"replacing",
+    "repair", ...}}); and those that carry a meaning: `MIN_TELLING` phrases or more share them and all read
+    the same ("needs …" is poor; "in …" and "… condition" are every grade)."""
+
+    heads: Slots
+    tails: Slots
+    telling_heads: frozenset[str]
+    telling_tails: frozenset[str]
+
+
+def _frames_of(table: Mapping[str, Reading]) -> Frames:
     heads: dict[str, dict[str, set[str]]] = {}
     tails: dict[str, dict[str, set[str]]] = {}
     for phrase, read in table.items():
@@ -230,7 +242,15 @@ def _slots(table: Mapping[str, Reading]) -> tuple[Slots, Slots]:
     def frozen(slots: dict[str, dict[str, set[str]]]) -> Slots:
         return {part: {via: frozenset(rests) for via, rests in by.items()} for part, by in slots.items()}
 
-    return frozen(heads), frozen(tails)
+    def telling(slots: dict[str, dict[str, set[str]]], phrase: str) -> frozenset[str]:
+        return frozenset(
+            part
+            for part, by in slots.items()
+            if sum(map(len, by.values())) >= MIN_TELLING
+            and len({table[phrase.format(part, rest)].meaning for rests in by.values() for rest in rests}) == 1
+        )
+
+    return Frames(frozen(heads), frozen(tails), telling(heads, "{} {}"), telling(tails, "{1} {0}"))
 
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
@@ -421,7 +441,7 @@ def _composed(
     found: list[tuple],
 ) -> None:
     """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read as a new combination of the
-    slots of a frame (`_frames`): "needs renewing" from "needs replacing", "due for renewing" and "due for
+    slots of a frame (`_frame_readings`): "needs renewing" from "needs replacing", "due for renewing" and "due for
     replacing"; only when every frame that reads them, over every split of the words, gives one meaning
     ("fit for service": fit for use, not "fit a new one"), longest phrases first. Adds to `found`, `covered`
     and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
@@ -436,43 +456,45 @@ def _composed(
         for k in range(n - 2, 0, -1):
             tails.insert(0, at_word[k] + " " + tails[0])
         splits = list(zip(heads, tails, strict=True))  # head: the first k words, tail: the rest
-        for kind, (head_slots, tail_slots) in lexicon.parts.items():
+        for kind, frames in lexicon.frames.items():
             either = np.zeros(len(starts), dtype=bool)
             for head, tail in splits:
-                either |= head.isin(head_slots.keys()).to_numpy() & tail.isin(tail_slots.keys()).to_numpy()
+                either |= head.isin(frames.heads.keys()).to_numpy() & tail.isin(frames.tails.keys()).to_numpy()
             table = lexicon.conditions if kind == "condition" else lexicon.materials
             for at in np.flatnonzero(either):
                 start = starts[at]
                 taken = covered[start : start + n].any() or spelled[start : start + n].any()
                 if taken or (kind == "material" and coating[start + n - 1]):
                     continue
-                frames = [
-                    frame
+                readings = [
+                    found_in
                     for head, tail in splits
-                    for frame in _frames(head.iloc[at], tail.iloc[at], lexicon.parts[kind], table)
+                    for found_in in _frame_readings(head.iloc[at], tail.iloc[at], frames, table)
                 ]
-                if len({read.meaning for read, _, _ in frames}) != 1:  # none, or frames that disagree
+                if len({read.meaning for read, _, _ in readings}) != 1:  # none, or frames that disagree
                     continue
-                read, one, other = frames[0]
+                read, one, other = readings[0]
                 covered[start : start + n] = True
                 in_phrase[start : start + n] = True
                 how = f"read from its parts, as in '{one}' and '{other}': {read.via}"
                 found.append((kind, int(start), n, Reading(read.meaning, how, read.negated)))
 
 
-def _frames(
-    head: str, tail: str, slots: tuple[Slots, Slots], table: Mapping[str, Reading]
+def _frame_readings(
+    head: str, tail: str, frames: Frames, table: Mapping[str, Reading]
 ) -> Iterator[tuple[Reading, str, str]]:
     """The concepts in which `head` and `tail` are slots of one frame: the head makes a phrase "head t" with
     some tail t, the tail a phrase "h tail" with some head h, and "h t" is a phrase of that concept too
     ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); each with the reading of
-    "h t" (a phrase of that concept) and the first two phrases, which the reason quotes. A head and a tail of
-    two concepts ("top …" of top notch, "… made" of newly made) are no frame's: "strut top made from iron"
-    says nothing of the strut's state."""
-    head_slots, tail_slots = slots
-    for via, tails in head_slots.get(head, {}).items():
-        for other_head in sorted(tail_slots.get(tail, {}).get(via, ())):
-            if shared := tails & head_slots[other_head].get(via, frozenset()):
+    "h t" and the first two phrases, which the reason quotes. None unless the head or the tail carries a
+    meaning (`Frames`: "in condition", a template's words without its slot, says nothing), and none for a
+    head and a tail of two concepts ("top …" of top notch, "… made" of newly made: "strut top made from iron"
+    says nothing of the strut's state)."""
+    if head not in frames.telling_heads and tail not in frames.telling_tails:
+        return
+    for via, tails in frames.heads.get(head, {}).items():
+        for other_head in sorted(frames.tails.get(tail, {}).get(via, ())):
+            if shared := tails & frames.heads[other_head].get(via, frozenset()):
                 yield table[f"{other_head} {min(shared)}"], f"{head} {min(shared)}", f"{other_head} {tail}"
                 break
 
