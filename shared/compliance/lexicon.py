@@ -404,6 +404,8 @@ def _matches(
         free = taken[starts + n] - taken[starts] == 0
         after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
+        if n == 1:  # phrases read from their parts, before the single words they hold ("working well" is good)
+            _composed(word, row, clause, lexicon, coating, spelled, covered, in_phrase, found)
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
             exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
             hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
@@ -414,7 +416,6 @@ def _matches(
                     in_phrase[start : start + n] = n > 1
                     found.append((kind, int(start), n, table[(as_written if exact[at] else gram).iloc[at]]))
         if n == 1:
-            _composed(word, row, clause, lexicon, coating, spelled, covered, in_phrase, found)
             words = pd.Series(word, dtype=object)
             named = (words.str.startswith(POLYMER_PREFIX) | words.str.endswith(POLYMER_SUFFIXES)) & words.str.isalpha()
             named &= words.str.len() >= MIN_POLYMER_NAME
