@@ -330,7 +330,8 @@ def read_phrases(
     written = tokens.to_numpy(dtype=object)
     word, derived = _canonical(written, lexicon)
     row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
-    found, covered = _matches(written, word, row, clause, lexicon, derived, np.isin(word, list(spelled)))
+    unparted = np.isin(word, [*spelled, *GRAMMAR_WORDS])
+    found, covered = _matches(written, word, row, clause, lexicon, derived, unparted)
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
@@ -377,7 +378,7 @@ def _matches(
     clause: np.ndarray,
     lexicon: Lexicon,
     derived: Mapping[str, tuple[str, Reading]],
-    spelled: np.ndarray,
+    unparted: np.ndarray,
 ) -> tuple[list[tuple], np.ndarray]:
     """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
     and never across notes or clauses, and which tokens a phrase of two words or more covers; a loop over
@@ -405,7 +406,7 @@ def _matches(
         after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
         if n == 1:  # phrases read from their parts, before the single words they hold ("working well" is good)
-            _composed(word, row, clause, lexicon, coating, spelled, covered, in_phrase, found)
+            _composed(word, row, clause, lexicon, coating, unparted, covered, in_phrase, found)
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
             exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
             hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
@@ -436,7 +437,7 @@ def _composed(
     clause: np.ndarray,
     lexicon: Lexicon,
     coating: np.ndarray,
-    spelled: np.ndarray,
+    unparted: np.ndarray,
     covered: np.ndarray,
     in_phrase: np.ndarray,
     found: list[tuple],
@@ -464,7 +465,7 @@ def _composed(
             table = lexicon.conditions if kind == "condition" else lexicon.materials
             for at in np.flatnonzero(either):
                 start = starts[at]
-                taken = covered[start : start + n].any() or spelled[start : start + n].any()
+                taken = covered[start : start + n].any() or unparted[start : start + n].any()
                 if taken or (kind == "material" and coating[start + n - 1]):
                     continue
                 readings = [
@@ -767,6 +768,9 @@ INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking bad
 DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
                     "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
+# Words the grammar reads around a reading, never taken into a phrase read from its parts: "slight corrosion" is
+# a hedged fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge.
+GRAMMAR_WORDS = NEGATORS | SCARCE | HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS | {"free"}
 
 
 def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
