@@ -768,9 +768,10 @@ INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking bad
 DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
                     "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
-# Words the grammar reads around a reading, never taken into a phrase read from its parts: "slight corrosion" is
-# a hedged fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge.
-GRAMMAR_WORDS = NEGATORS | SCARCE | HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS | {"free"}
+# Words of degree and doubt, never taken into a phrase read from its parts: "slight corrosion" is a hedged
+# fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge. A negator may
+# be ("will not work" is a frame's: does not work).
+GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
 
 
 def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
