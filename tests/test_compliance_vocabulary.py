@@ -278,7 +278,7 @@ def test_a_phrase_no_list_holds_is_read_as_a_new_combination_of_the_slots_of_one
 def test_a_phrase_is_read_from_its_parts_only_when_they_are_one_frames_and_carry_a_meaning():
     """ "top …" (top notch) and "… made" (newly made) are slots of two concepts, not one frame's; "in …" and
     "… condition" read every grade ("in condition" is a template without its slot); a regulation word is the
-    rules' ("excellent condition"), and a word of degree the grammar's ("very slight corrosion" stays fair)."""
+    rules' ("stainless steel"), and a word of degree the grammar's ("very slight corrosion" stays fair)."""
     texts = [
         "strut top made from steel, 2010",
         "steel bracket in condition, 2010",
@@ -287,8 +287,8 @@ def test_a_phrase_is_read_from_its_parts_only_when_they_are_one_frames_and_carry
     assert read(texts, "condition") == [None, None, None]
     lexicon = default_lexicon()
     assert "top notch" in lexicon.conditions and "newly made" in lexicon.conditions
-    spelled = read_phrases(pd.Series(["rotor in excellent condition"]), lexicon, ("fair", "poor"), ("excellent",))
-    assert spelled["condition"].isna().all()
+    spelled = read_phrases(pd.Series(["bracket of stainless steel"]), lexicon, ("fair", "poor"), ("stainless", "steel"))
+    assert spelled["material"].tolist() == ["steel"] and spelled["material_via"].iloc[0].startswith("glossary: ")
     notes = read_notes(pd.Series(["steel bracket 2010, very slight corrosion"]))
     assert notes["condition"].tolist() == ["fair"] and notes["normalized"].iloc[0].split()[-2:] == ["slight", "fair"]
 
