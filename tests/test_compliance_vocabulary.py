@@ -308,6 +308,18 @@ def test_a_derivation_in_ance_or_ant_reads_its_family():
     assert notes["condition"].tolist() == ["good"]
 
 
+def test_a_word_of_doubt_before_the_regulations_own_word_makes_it_unclear():
+    """The rules read "plastic" or "poor" wherever they are written; after a word of doubt the writer could not
+    say, and the note goes to review unless something else decides it."""
+    texts = ["possibly plastic bracket, 2010, good", "mixed metal/plastic bracket, 2010, good",
+             "steel bracket, 2010, possibly poor", "mixed metal/plastic bracket, 1985, good",
+             "plastic bracket, 2010, good"]  # fmt: skip
+    notes = read_notes(pd.Series(texts))
+    assert notes["material_unclear"].tolist() == [True, True, False, True, False]
+    assert notes["condition_unclear"].tolist() == [False, False, True, False, False]
+    assert notes["verdict"].tolist() == [pd.NA, pd.NA, pd.NA, 1, 1]
+
+
 def test_a_negating_affix_or_a_word_own_negation_decides():
     texts = ["steel bracket 2010, uncorroded", "steel bracket 2010, unserviceable", "steel bracket 2010, scratchless",
              "steel bracket 2010, never used", "steel bracket 2010, not working", "steel bracket 2010, working",

@@ -332,6 +332,8 @@ def read_phrases(
     row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
     unparted = np.isin(word, [*spelled, *GRAMMAR_WORDS])
     found, covered = _matches(written, word, row, clause, lexicon, derived, unparted)
+    found += _doubted_regulation_words(word, row, clause, np.isin(word, list(spelled)), found)
+    covered[[start for _, start, _, reading in found if reading is DOUBTED]] = True  # not the rules' to read
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
@@ -772,6 +774,26 @@ DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing 
 # fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge. A negator may
 # be ("will not work" is a frame's: does not work).
 GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
+
+
+DOUBTED = Reading(UNCLEAR, "the regulation's own word")  # after a word of doubt: "possibly plastic"
+
+
+def _doubted_regulation_words(
+    word: np.ndarray, row: np.ndarray, clause: np.ndarray, spelled: np.ndarray, found: list[tuple]
+) -> list[tuple]:
+    """A regulation word (`spelled`) that a word of doubt stands before in its clause and no phrase read, as an
+    unclear reading ("possibly plastic", "mixed metal/plastic", "suspected cast iron"): the rules would read
+    the word alone, and it would decide a note its writer could not."""
+    read = np.zeros(len(word), dtype=bool)
+    for _, start, n, _ in found:
+        read[start : start + n] = True
+    at = np.flatnonzero(spelled & ~read)
+    doubted = np.zeros(len(at), dtype=bool)
+    for k in range(1, DEGREE_WINDOW + 1):
+        before, inside = _beside(at - k, at, row, clause)
+        doubted |= inside & np.isin(word[before], list(DOUBTS))
+    return [("condition" if word[start] in GRADES else "material", int(start), 1, DOUBTED) for start in at[doubted]]
 
 
 def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
