@@ -18,7 +18,9 @@ means:
 * derivations: a word no list holds that derives from or to a condition word is read as it ("rusty",
   "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`), a
   British spelling as the American one ("lacklustre", "totalled", "aluminium": `inflection_key`), and a
-  two-word phrase written as one word as the phrase ("wornout": `_compound`);
+  two-word phrase written as one word as the phrase ("wornout": `_compound`), and a phrase no list holds as a
+  new combination of the slots of one of the lexicon's frames ("needs renewing" from "needs attention",
+  "awaiting renewing" and "awaiting attention": `_composed`);
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
   "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
@@ -27,11 +29,13 @@ means:
   working": poor). A material word is never negated ("no plastic parts" is read as plastic);
 * degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
   touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
-  word of doubt before any reading makes it unclear ("mixed wear", "possible crack");
+  word of doubt before any reading, or before the regulation's own word, makes it unclear ("mixed wear",
+  "possible crack", "possibly plastic");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
-  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber).
+  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber), and so is the resin beside a
+  carbon fibre ("CF/epoxy": `_matrix_of_a_fibre`).
 """
 
 from __future__ import annotations
