@@ -323,8 +323,8 @@ def read_phrases(
     """What the lexicon reads in each note: one row per note (same index).
 
     `clauses` are notes as words separated by spaces, with CLAUSE between clauses; `spelled` the words of the
-    regulation's own spellings, which the rules read (no phrase is read from parts that hold one: "excellent
-    condition" is the rules' to read, as the builder leaves it out of the lexicon). Columns: text (the
+    regulation's own spellings, which the rules read (no phrase is read from parts that hold one: "stainless
+    steel" is the rules' steel, as the builder leaves such phrases out of the lexicon). Columns: text (the
     words, without CLAUSE, each read phrase replaced by the regulation word it means, for the classifier),
     and for condition and material: the meaning (<NA> when none), the phrase as written and how it was
     read; a disqualifying meaning wins, then a regulation one, then OTHER, and UNCLEAR only when nothing
@@ -449,8 +449,8 @@ def _composed(
     found: list[tuple],
 ) -> None:
     """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read as a new combination of the
-    slots of a frame (`_frame_readings`): "needs renewing" from "needs replacing", "due for renewing" and "due for
-    replacing"; only when every frame that reads them, over every split of the words, gives one meaning
+    slots of a frame (`_frame_readings`): "needs renewing" from "needs attention", "awaiting renewing" and
+    "awaiting attention"; only when every frame that reads them, over every split of the words, gives one meaning
     ("fit for service": fit for use, not "fit a new one"), longest phrases first. Adds to `found`, `covered`
     and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
     for n in range(min(MAX_COMPOSED, len(word)), 1, -1):
