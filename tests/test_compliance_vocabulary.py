@@ -32,7 +32,7 @@ from shared.compliance.classifier import (
     score_components,
     train_classifier,
 )
-from shared.compliance.lexicon import Lexicon, Reading, default_lexicon, lexicon_data, seeds_in
+from shared.compliance.lexicon import Lexicon, Reading, default_lexicon, lexicon_data, read_phrases, seeds_in
 from shared.core.telemetry import CAR_ID
 from shared.devtools.fleet_simulator import (
     COMPONENT_TEMPLATES,
@@ -262,6 +262,64 @@ def test_a_word_of_doubt_makes_a_reading_unclear_and_the_note_goes_to_review():
     assert notes["verdict"].tolist()[:3] == [pd.NA] * 3 and notes["verdict"].tolist()[3:] == [1, 0]
 
 
+def test_a_phrase_no_list_holds_is_read_as_a_new_combination_of_the_slots_of_one_frame():
+    """With the phrases themselves held out, the glossary's frames still read them from their parts ("needs …"
+    and "… renewing" are slots of the remedy-needed frame), before the single words they hold ("working" alone
+    is unclear); and the reason names two phrases of the frame."""
+    held_out = ["needs renewing", "replacement urgently needed", "must be renewed", "working well", "will not work"]
+    lexicon = default_lexicon().without(held_out)
+    notes = read_notes(pd.Series([f"steel bracket 2010, {phrase}" for phrase in held_out]), lexicon)
+    assert notes["condition"].tolist() == ["poor", "poor", "poor", "good", "poor"]
+    assert notes["condition_written"].tolist() == held_out
+    assert re.fullmatch(r"read from its parts, as in 'needs \w+' and '[\w ]+ renewing': glossary: remedy needed",
+                        notes["condition_via"].iloc[0])  # fmt: skip
+
+
+def test_a_phrase_is_read_from_its_parts_only_when_they_are_one_frames_and_carry_a_meaning():
+    """ "top …" (top notch) and "… made" (newly made) are slots of two concepts, not one frame's; "in …" and
+    "… condition" read every grade ("in condition" is a template without its slot); a regulation word is the
+    rules' ("stainless steel"), and a word of degree the grammar's ("very slight corrosion" stays fair)."""
+    texts = [
+        "strut top made from steel, 2010",
+        "steel bracket in condition, 2010",
+        "steel bracket found in state, 2010",
+    ]
+    assert read(texts, "condition") == [None, None, None]
+    lexicon = default_lexicon()
+    assert "top notch" in lexicon.conditions and "newly made" in lexicon.conditions
+    spelled = read_phrases(pd.Series(["bracket of stainless steel"]), lexicon, ("fair", "poor"), ("stainless", "steel"))
+    assert spelled["material"].tolist() == ["steel"] and spelled["material_via"].iloc[0].startswith("glossary: ")
+    notes = read_notes(pd.Series(["steel bracket 2010, very slight corrosion"]))
+    assert notes["condition"].tolist() == ["fair"] and notes["normalized"].iloc[0].split()[-2:] == ["slight", "fair"]
+
+
+def test_the_resin_beside_a_carbon_fibre_is_its_matrix():
+    """A fibre laid in a resin ("epoxy/CF", "CF/PEEK") is carbon fibre, as "carbon-fibre reinforced plastic" is;
+    a plastic named apart from it still disqualifies."""
+    texts = ["bracket 2010 good, epoxy/CF", "bracket 2010 good, CF/PEEK", "bracket 2010 good, CF and epoxy"]
+    lexicon = default_lexicon().without(["epoxy/CF", "CF/PEEK"])
+    assert read_notes(pd.Series(texts), lexicon)["material"].tolist() == ["carbon fiber", "carbon fiber", "plastic"]
+
+
+def test_a_derivation_in_ance_or_ant_reads_its_family():
+    lexicon = default_lexicon().without(["conforming", "conforms", "conformed"])
+    assert "conformant" in lexicon.conditions and "conforming" not in lexicon.conditions
+    notes = read_notes(pd.Series(["steel bracket 2010, conforming"]), lexicon)
+    assert notes["condition"].tolist() == ["good"]
+
+
+def test_a_word_of_doubt_before_the_regulations_own_word_makes_it_unclear():
+    """The rules read "plastic" or "poor" wherever they are written; after a word of doubt the writer could not
+    say, and the note goes to review unless something else decides it."""
+    texts = ["possibly plastic bracket, 2010, good", "mixed metal/plastic bracket, 2010, good",
+             "steel bracket, 2010, possibly poor", "mixed metal/plastic bracket, 1985, good",
+             "plastic bracket, 2010, good"]  # fmt: skip
+    notes = read_notes(pd.Series(texts))
+    assert notes["material_unclear"].tolist() == [True, True, False, True, False]
+    assert notes["condition_unclear"].tolist() == [False, False, True, False, False]
+    assert notes["verdict"].tolist() == [pd.NA, pd.NA, pd.NA, 1, 1]
+
+
 def test_a_negating_affix_or_a_word_own_negation_decides():
     texts = ["steel bracket 2010, uncorroded", "steel bracket 2010, unserviceable", "steel bracket 2010, scratchless",
              "steel bracket 2010, never used", "steel bracket 2010, not working", "steel bracket 2010, working",
@@ -347,7 +405,8 @@ def test_designations_of_other_standards_are_read_by_their_patterns():
     [("steel bracket 2010, corrosion: none", "good"), ("steel bracket 2010, cracks not found", "good"),
      ("steel bracket 2010, defects - none seen", "good"), ("steel bracket 2010, leaks: no", "good"),
      ("steel bracket 2010, rust. none of the bolts", "poor"), ("steel bracket 2010, corrosion", "poor"),
-     ("steel bracket 2010, minor wear within limits", "fair")],
+     ("steel bracket 2010, minor wear within limits", "fair"), ("steel bracket 2010: new, zero findings", "excellent"),
+     ("steel bracket 2010: rust, zero", "good")],
 )  # fmt: skip
 def test_a_checklist_answer_after_a_fault_denies_it(text, condition):
     assert read([text], "condition") == [condition]

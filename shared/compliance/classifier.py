@@ -231,7 +231,9 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
     clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
-    phrases = read_phrases(clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS))
+    phrases = read_phrases(
+        clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS), tuple(_VOCABULARY)
+    )
     corrected = _correct_typos(phrases["text"].astype("string"), lexicon)
     uncovered = phrases["uncovered"].astype("string")  # a regulation word inside a longer phrase is the phrase's
     read = {}

@@ -18,7 +18,9 @@ means:
 * derivations: a word no list holds that derives from or to a condition word is read as it ("rusty",
   "deteriorated", "nonconforming" → "rust", "deterioration", "nonconformity"; `derivation_stems`), a
   British spelling as the American one ("lacklustre", "totalled", "aluminium": `inflection_key`), and a
-  two-word phrase written as one word as the phrase ("wornout": `_compound`);
+  two-word phrase written as one word as the phrase ("wornout": `_compound`), and a phrase no list holds as a
+  new combination of the slots of one of the lexicon's frames ("needs renewing" from "needs attention",
+  "awaiting renewing" and "awaiting attention": `_composed`);
 * negation: a negator up to three words before a condition word in the same clause ("no visible wear",
   "free from defects", "doesn't function"), "free" right after it ("rust free"), a checklist's answer
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
@@ -27,11 +29,13 @@ means:
   working": poor). A material word is never negated ("no plastic parts" is read as plastic);
 * degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
   touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
-  word of doubt before any reading makes it unclear ("mixed wear", "possible crack");
+  word of doubt before any reading, or before the regulation's own word, makes it unclear ("mixed wear",
+  "possible crack", "possibly plastic");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
-  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber).
+  phrase is the phrase's ("carbon-fibre reinforced plastic" is carbon fiber), and so is the resin beside a
+  carbon fibre ("CF/epoxy": `_matrix_of_a_fibre`).
 """
 
 from __future__ import annotations
@@ -198,8 +202,59 @@ class Lexicon:
         return {n: frozenset(words) for n, words in firsts.items()}
 
     @functools.cached_property
+    def frames(self) -> dict[str, Frames]:
+        """Kind → the heads and tails of its phrases, as `_composed` reads an unknown phrase from them."""
+        with _no_collection():
+            return {
+                kind: _frames_of(table)
+                for kind, table in (("condition", self.conditions), ("material", self.materials))
+            }
+
+    @functools.cached_property
     def longest(self) -> int:
         return max((len(phrase.split()) for phrase in (*self.conditions, *self.materials)), default=1)
+
+
+MAX_COMPOSED = 4  # words of a phrase read from its parts ("requires immediate replacement", "must be renewed")
+MIN_TELLING = 3  # phrases that share a head or tail and all read the same, for it to carry the meaning
+Slots = dict[str, dict[str, frozenset[str]]]  # a head (or tail) → concept (a reading's `via`) → its tails (heads)
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The heads (first words) and tails (last words) of a table's phrases of two words or more, each with
+    the rests it makes a phrase with, by concept ("needs" → {"glossary: remedy needed": {"replacing",
+    "repair", ...}}); and those that carry a meaning: `MIN_TELLING` phrases or more share them and all read
+    the same ("needs …" is poor; "in …" and "… condition" are every grade)."""
+
+    heads: Slots
+    tails: Slots
+    telling_heads: frozenset[str]
+    telling_tails: frozenset[str]
+
+
+def _frames_of(table: Mapping[str, Reading]) -> Frames:
+    heads: dict[str, dict[str, set[str]]] = {}
+    tails: dict[str, dict[str, set[str]]] = {}
+    for phrase, read in table.items():
+        words = phrase.split()
+        for k in range(1, len(words)):
+            head, tail = " ".join(words[:k]), " ".join(words[k:])
+            heads.setdefault(head, {}).setdefault(read.via, set()).add(tail)
+            tails.setdefault(tail, {}).setdefault(read.via, set()).add(head)
+
+    def frozen(slots: dict[str, dict[str, set[str]]]) -> Slots:
+        return {part: {via: frozenset(rests) for via, rests in by.items()} for part, by in slots.items()}
+
+    def telling(slots: dict[str, dict[str, set[str]]], phrase: str) -> frozenset[str]:
+        return frozenset(
+            part
+            for part, by in slots.items()
+            if sum(map(len, by.values())) >= MIN_TELLING
+            and len({table[phrase.format(part, rest)].meaning for rests in by.values() for rest in rests}) == 1
+        )
+
+    return Frames(frozen(heads), frozen(tails), telling(heads, "{} {}"), telling(tails, "{1} {0}"))
 
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
@@ -262,10 +317,14 @@ def seeds_in(phrases: Collection[str], protected: Collection[str] = ()) -> froze
     return frozenset(r for r in roots if r not in protected and words & set(_phrase(r).split()))
 
 
-def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection[str]) -> pd.DataFrame:
+def read_phrases(
+    clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection[str], spelled: Collection[str] = ()
+) -> pd.DataFrame:
     """What the lexicon reads in each note: one row per note (same index).
 
-    `clauses` are notes as words separated by spaces, with CLAUSE between clauses. Columns: text (the
+    `clauses` are notes as words separated by spaces, with CLAUSE between clauses; `spelled` the words of the
+    regulation's own spellings, which the rules read (no phrase is read from parts that hold one: "stainless
+    steel" is the rules' steel, as the builder leaves such phrases out of the lexicon). Columns: text (the
     words, without CLAUSE, each read phrase replaced by the regulation word it means, for the classifier),
     and for condition and material: the meaning (<NA> when none), the phrase as written and how it was
     read; a disqualifying meaning wins, then a regulation one, then OTHER, and UNCLEAR only when nothing
@@ -275,12 +334,16 @@ def read_phrases(clauses: pd.Series, lexicon: Lexicon, disqualifying: Collection
     written = tokens.to_numpy(dtype=object)
     word, derived = _canonical(written, lexicon)
     row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
-    found, covered = _matches(written, word, row, clause, lexicon, derived)
+    unparted = np.isin(word, [*spelled, *GRAMMAR_WORDS])
+    found, covered = _matches(written, word, row, clause, lexicon, derived, unparted)
+    found += _doubted_regulation_words(word, row, clause, np.isin(word, list(spelled)), found)
+    covered[[start for _, start, _, reading in found if reading is DOUBTED]] = True  # not the rules' to read
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
-    reads = reads[~_names_a_thing(reads, word, row, clause)].reset_index(drop=True)
+    reads = reads[~_names_a_thing(reads, word, row, clause) & ~_matrix_of_a_fibre(reads, row, clause)]
+    reads = reads.reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
     _grade_by_degree_and_doubt(reads, word, row, clause)
     spans = reads[["first", "start", "n"]].itertuples(index=False)
@@ -321,6 +384,7 @@ def _matches(
     clause: np.ndarray,
     lexicon: Lexicon,
     derived: Mapping[str, tuple[str, Reading]],
+    unparted: np.ndarray,
 ) -> tuple[list[tuple], np.ndarray]:
     """(kind, start, length, reading) of each lexicon phrase in the tokens, longest first, never overlapping
     and never across notes or clauses, and which tokens a phrase of two words or more covers; a loop over
@@ -347,6 +411,8 @@ def _matches(
         free = taken[starts + n] - taken[starts] == 0
         after = np.where(starts + n < len(word), word[np.minimum(starts + n, len(word) - 1)], "")
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
+        if n == 1:  # phrases read from their parts, before the single words they hold ("working well" is good)
+            _composed(word, row, clause, lexicon, coating, unparted, covered, in_phrase, found)
         for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
             exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
             hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
@@ -369,6 +435,76 @@ def _matches(
                     covered[start] = True
                     found.append((kind, int(start), 1, reading))
     return found, in_phrase
+
+
+def _composed(
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    lexicon: Lexicon,
+    coating: np.ndarray,
+    unparted: np.ndarray,
+    covered: np.ndarray,
+    in_phrase: np.ndarray,
+    found: list[tuple],
+) -> None:
+    """Phrases of 2 to `MAX_COMPOSED` words that no lexicon phrase covers, read as a new combination of the
+    slots of a frame (`_frame_readings`): "needs renewing" from "needs attention", "awaiting renewing" and
+    "awaiting attention"; only when every frame that reads them, over every split of the words, gives one meaning
+    ("fit for service": fit for use, not "fit a new one"), longest phrases first. Adds to `found`, `covered`
+    and `in_phrase` as `_matches` does; a loop over lengths and splits, then over matches."""
+    for n in range(min(MAX_COMPOSED, len(word)), 1, -1):
+        starts = np.arange(len(word) - n + 1)
+        starts = starts[(row[starts] == row[starts + n - 1]) & (clause[starts] == clause[starts + n - 1])]
+        at_word = [pd.Series(word[starts + k], dtype=object) for k in range(n)]
+        heads = [at_word[0]]
+        for k in range(1, n - 1):
+            heads.append(heads[-1] + " " + at_word[k])
+        tails = [at_word[n - 1]]
+        for k in range(n - 2, 0, -1):
+            tails.insert(0, at_word[k] + " " + tails[0])
+        splits = list(zip(heads, tails, strict=True))  # head: the first k words, tail: the rest
+        for kind, frames in lexicon.frames.items():
+            either = np.zeros(len(starts), dtype=bool)
+            for head, tail in splits:
+                either |= head.isin(frames.heads.keys()).to_numpy() & tail.isin(frames.tails.keys()).to_numpy()
+            table = lexicon.conditions if kind == "condition" else lexicon.materials
+            for at in np.flatnonzero(either):
+                start = starts[at]
+                taken = covered[start : start + n].any() or unparted[start : start + n].any()
+                if taken or (kind == "material" and coating[start + n - 1]):
+                    continue
+                readings = [
+                    found_in
+                    for head, tail in splits
+                    for found_in in _frame_readings(head.iloc[at], tail.iloc[at], frames, table)
+                ]
+                if len({read.meaning for read, _, _ in readings}) != 1:  # none, or frames that disagree
+                    continue
+                read, one, other = readings[0]
+                covered[start : start + n] = True
+                in_phrase[start : start + n] = True
+                how = f"read from its parts, as in '{one}' and '{other}': {read.via}"
+                found.append((kind, int(start), n, Reading(read.meaning, how, read.negated)))
+
+
+def _frame_readings(
+    head: str, tail: str, frames: Frames, table: Mapping[str, Reading]
+) -> Iterator[tuple[Reading, str, str]]:
+    """The concepts in which `head` and `tail` are slots of one frame: the head makes a phrase "head t" with
+    some tail t, the tail a phrase "h tail" with some head h, and "h t" is a phrase of that concept too
+    ("needs renewing": "needs replacing", "due for renewing", "due for replacing"); each with the reading of
+    "h t" and the first two phrases, which the reason quotes. None unless the head or the tail carries a
+    meaning (`Frames`: "in condition", a template's words without its slot, says nothing), and none for a
+    head and a tail of two concepts ("top …" of top notch, "… made" of newly made: "strut top made from iron"
+    says nothing of the strut's state)."""
+    if head not in frames.telling_heads and tail not in frames.telling_tails:
+        return
+    for via, tails in frames.heads.get(head, {}).items():
+        for other_head in sorted(frames.tails.get(tail, {}).get(via, ())):
+            if shared := tails & frames.heads[other_head].get(via, frozenset()):
+                yield table[f"{other_head} {min(shared)}"], f"{head} {min(shared)}", f"{other_head} {tail}"
+                break
 
 
 def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[str, tuple[str, Reading]]]:
@@ -411,12 +547,12 @@ def _inflected(word: str, lexicon: Lexicon) -> str | None:
 
 # Derivational suffixes and what the shared stem keeps ("corrosion" and "corroded" share "corrod"): a word
 # no list holds is read as a lexicon word it derives from or to ("rusty" → "rust", "deteriorated" →
-# "deterioration", "brittleness" → "brittle", "defective" → "defect"; not "-ment": a "replacement" is a part
-# as often as a need). Every suffix that fits gives a stem: English does not say which one it is
-# ("deterior-ation" but "deteriorat-ion").
+# "deterioration", "brittleness" → "brittle", "defective" → "defect", "conforming" → "conformance"; not
+# "-ment": a "replacement" is a part as often as a need). Every suffix that fits gives a stem: English does
+# not say which one it is ("deterior-ation" but "deteriorat-ion").
 _DERIVATIONS = (("ations", ""), ("ation", ""), ("itions", ""), ("ition", ""), ("sions", "d"), ("sion", "d"),
-                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""),
-                ("ive", ""), ("y", ""))  # fmt: skip
+                ("ions", ""), ("ion", ""), ("iness", "y"), ("ness", ""), ("ity", ""), ("ances", ""), ("ance", ""),
+                ("ant", ""), ("ive", ""), ("y", ""))  # fmt: skip
 MIN_STEM = 4  # shorter stems are too often other words ("play" is not "pla")
 
 
@@ -543,6 +679,27 @@ def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, claus
     return named & (reads["kind"].to_numpy() == "condition")
 
 
+FIBRE, MATRIX = "carbon fiber", "plastic"
+
+
+def _matrix_of_a_fibre(reads: pd.DataFrame, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
+    """Plastic readings right beside a carbon-fibre one in the same clause: the resin a fibre is laid in
+    ("CF/epoxy", "carbon fibre PEEK", "epoxy/carbon"), so the part is carbon fibre, as "carbon-fibre reinforced
+    plastic" is; a plastic named apart from it ("CF and ABS") still disqualifies."""
+    material = reads[reads["kind"] == "material"].sort_values("start")
+    if len(material) < 2:
+        return np.zeros(len(reads), dtype=bool)
+    start = material["start"].to_numpy(dtype=int)
+    end = start + material["n"].to_numpy(dtype=int)
+    meaning = material["meaning"].to_numpy(dtype=object)
+    touching = (end[:-1] == start[1:]) & (row[start[:-1]] == row[start[1:]]) & (clause[start[:-1]] == clause[start[1:]])
+    pair = np.stack([meaning[:-1], meaning[1:]])
+    fibre_then_matrix = touching & (pair[0] == FIBRE) & (pair[1] == MATRIX)
+    matrix_then_fibre = touching & (pair[0] == MATRIX) & (pair[1] == FIBRE)
+    matrix = np.concatenate([[False], fibre_then_matrix]) | np.concatenate([matrix_then_fibre, [False]])
+    return reads.index.isin(material.index[matrix])
+
+
 DENIED_AFTER = frozenset({"none", "nil", "absent", "nothing", "zero"})  # "corrosion: none", "cracks nil"
 DENIED_ALONE = frozenset({"no", "0", "n"})  # a checklist's answer only when it stands alone: "leaks: no"
 NOT_FOUND = frozenset({"found", "seen", "detected", "observed", "present", "evident", "visible", "apparent"})
@@ -562,14 +719,16 @@ def _beside(
 def _denied_after(end: np.ndarray, word: np.ndarray, row: np.ndarray) -> np.ndarray:
     """A phrase that an inspector's checklist answers after it, in its clause or the next: "corrosion: none",
     "cracks nil", "leaks not found", "defects - none seen", "play: no". A fault measured within its limits is
-    not denied: "minor wear within limits" is still wear (fair) to an inspector."""
+    not denied: "minor wear within limits" is still wear (fair) to an inspector; nor is a phrase the next clause
+    starts a statement of its own about ("new condition, zero findings")."""
     last, phrase_end = len(word) - 1, np.maximum(end - 1, 0)
-    at = np.where((end <= last) & (word[np.minimum(end, last)] == CLAUSE), end + 1, end)
-    at, in_note = _beside(at, phrase_end, row)
+    next_clause = (end <= last) & (word[np.minimum(end, last)] == CLAUSE)
+    at, in_note = _beside(np.where(next_clause, end + 1, end), phrase_end, row)
     answer = np.where(in_note, word[at], "")
     then_at, follows = _beside(at + 1, phrase_end, row)
     then = np.where(follows, word[then_at], "")
-    denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of")
+    answered = ~next_clause | np.isin(then, ["", CLAUSE, *NOT_FOUND])  # "corrosion: none (seen)", not "zero findings"
+    denied = np.isin(answer, list(DENIED_AFTER)) & (then != "of") & answered
     alone = np.isin(answer, list(DENIED_ALONE)) & np.isin(then, ["", CLAUSE])  # "cracks: no", not "no further"
     return denied | alone | ((answer == "not") & np.isin(then, list(NOT_FOUND)))
 
@@ -615,6 +774,30 @@ INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking bad
 DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
                     "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
+# Words of degree and doubt, never taken into a phrase read from its parts: "slight corrosion" is a hedged
+# fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge. A negator may
+# be ("will not work" is a frame's: does not work).
+GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
+
+
+DOUBTED = Reading(UNCLEAR, "the regulation's own word")  # after a word of doubt: "possibly plastic"
+
+
+def _doubted_regulation_words(
+    word: np.ndarray, row: np.ndarray, clause: np.ndarray, spelled: np.ndarray, found: list[tuple]
+) -> list[tuple]:
+    """A regulation word (`spelled`) that a word of doubt stands before in its clause and no phrase read, as an
+    unclear reading ("possibly plastic", "mixed metal/plastic", "suspected cast iron"): the rules would read
+    the word alone, and it would decide a note its writer could not."""
+    read = np.zeros(len(word), dtype=bool)
+    for _, start, n, _ in found:
+        read[start : start + n] = True
+    at = np.flatnonzero(spelled & ~read)
+    doubted = np.zeros(len(at), dtype=bool)
+    for k in range(1, DEGREE_WINDOW + 1):
+        before, inside = _beside(at - k, at, row, clause)
+        doubted |= inside & np.isin(word[before], list(DOUBTS))
+    return [("condition" if word[start] in GRADES else "material", int(start), 1, DOUBTED) for start in at[doubted]]
 
 
 def _grade_by_degree_and_doubt(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> None:
