@@ -116,14 +116,14 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
 # accuracy, undecidable decided) on each blind holdout, and the review rate of the regulation's words only.
 HOLDOUT_FIGURES = {
     "holdout": ((0.964, 0.973, 0.028, 0.992, 0.127), 0.753),
-    "holdout2": ((0.911, 0.954, 0.087, 0.998, 0.079), 0.645),
+    "holdout2": ((0.912, 0.955, 0.086, 0.998, 0.079), 0.645),
 }
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964 and 0.911, recall 0.973 and 0.954, "
-    "review 2.8 % and 8.7 % (what it decides, 99.2 % and 99.8 % right); see README, Component compliance",
+    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964 and 0.912, recall 0.973 and 0.955, "
+    "review 2.8 % and 8.6 % (what it decides, 99.2 % and 99.8 % right); see README, Component compliance",
 )
 @pytest.mark.parametrize("which", HOLDOUT_FIGURES)
 def test_issue_17_targets_on_the_blind_holdouts(model, which):
