@@ -197,8 +197,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
     iothub_hostname = text("IOTHUB_HOSTNAME", None)
     if iothub_hostname is not None and not _HOSTNAME.fullmatch(iothub_hostname):
+        # A connection string put here by mistake holds a key: it is named, not quoted.
+        got = "a connection string" if ";" in iothub_hostname or "=" in iothub_hostname else repr(iothub_hostname)
         raise SettingsError(f"IOTHUB_HOSTNAME must be the IoT Hub's host name, e.g. <hub>.azure-devices.net "
-                            f"(no scheme, path or port), got {iothub_hostname!r}")  # fmt: skip
+                            f"(no scheme, path or port), got {got}")  # fmt: skip
     return Settings(
         eventhub_connection=text(EVENTHUB_CONNECTION_SETTING, None),
         scoring_uri=scoring_uri,
