@@ -116,21 +116,27 @@ def sdk_properties(alert: dict, signature: str, expires: datetime) -> dict:
             "x-signature": signature}  # fmt: skip
 
 
-@pytest.mark.parametrize("sign_in", ["connection string", "host name and app identity"])
+SIGN_INS = {  # the app's sign-in and the SDK's client signed in the same way
+    "connection string": (lambda: connection_access(CONNECTION),
+                          lambda: IoTHubRegistryManager.from_connection_string(CONNECTION)),
+    "host name and app identity": (lambda: identity_access(HOST, AppIdentity()),
+                                   lambda: IoTHubRegistryManager.from_token_credential(HOST, AppIdentity())),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("sign_in", SIGN_INS)
 def test_the_c2d_message_is_what_the_sdks_own_client_puts_on_the_wire(make_alert, sign_in):
-    """The SDK's registry manager (from a connection string, or from_token_credential with a host name) and
-    the app's sender send the same bytes for the same alert."""
+    """The SDK's registry manager and the app's sender, signed in the same way, send the same bytes for the
+    same alert."""
+    access, sdk_client = SIGN_INS[sign_in]
     alert, expires = make_alert(), NOW + timedelta(hours=24)
-    identity = identity_access(HOST, AppIdentity())
-    ours = RecordingConnection()
-    sender(ours, connection_access(CONNECTION) if sign_in == "connection string" else identity).send(
-        c2d_message(alert, canonical_json(alert), KEY, expires))  # fmt: skip
-    sdk = (IoTHubRegistryManager.from_connection_string(CONNECTION) if sign_in == "connection string"
-           else IoTHubRegistryManager.from_token_credential(HOST, AppIdentity()))  # fmt: skip
-    sdk.amqp_svc_client.amqp_client = theirs = RecordingConnection()
+    ours, theirs = RecordingConnection(), RecordingConnection()
+    sender(ours, access()).send(c2d_message(alert, canonical_json(alert), KEY, expires))
+    sdk = sdk_client()
+    sdk.amqp_svc_client.amqp_client = theirs
     [signed] = ours.sent()
-    sdk.send_c2d_message(alert["car_id"], canonical_json(alert),
-                         sdk_properties(alert, signed.application_properties[b"x-signature"].decode(), expires))
+    signature = signed.application_properties[b"x-signature"].decode()
+    sdk.send_c2d_message(alert["car_id"], canonical_json(alert), sdk_properties(alert, signature, expires))
     assert ours.wire == theirs.wire and len(ours.wire) == 1
 
 
