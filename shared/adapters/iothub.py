@@ -139,7 +139,8 @@ class C2DSender:
     """C2D messages on one uamqp SendClient per process, each send bounded: a message IoT Hub has not settled
     within `timeout_s` of being queued fails (uamqp's `msg_timeout`), so a hung hub cannot hold the invocation.
     After a failed send the client is dropped and the next send opens a new one, rather than reuse a link in an
-    unknown state (a timed-out message may still be in flight on it)."""
+    unknown state (a timed-out message may still be in flight on it). `client`: one already built (tests hand
+    in a recording one); by default it is built on the first send."""
 
     def __init__(self, access: HubAccess, timeout_s: float, client: Any = None) -> None:
         self.access, self.timeout_s, self.client = access, timeout_s, client
