@@ -147,7 +147,7 @@ def push_alert(message: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule="0 * * * * *", use_monitor=False)
 def iothub_feedback_timer(timer: func.TimerRequest) -> None:
     """Every minute, record IoT Hub's delivery feedback (delivered, expired, rejected) on the alerts it carried;
-    nothing to do without IOTHUB_CONNECTION."""
+    nothing to do without IOTHUB_CONNECTION or IOTHUB_HOSTNAME."""
     observability.log_summary(log, "iothub_feedback_timer", drain_iothub_feedback(bootstrap.current()))
 
 

@@ -1,6 +1,6 @@
 // azd entry point: one resource group per azd environment, so `azd down` removes everything it made.
-// Modules per concern (identity, monitoring, storage, Event Hubs, Key Vault, Function App, alerts, Azure ML);
-// each module grants the app identity the roles it needs on its own resources.
+// Modules per concern (identity, monitoring, storage, Event Hubs, Key Vault, Function App, alerts, Azure ML,
+// an existing IoT Hub's role); each module grants the app identity the roles it needs on its own resources.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -62,6 +62,12 @@ param alertEmail string = ''
 
 @description('Key Vault purge protection (on for production; off lets azd down --purge free the name).')
 param keyVaultPurgeProtection bool = false
+
+@description('Name of an existing IoT Hub for the iothub alert channel: the app identity gets IoT Hub Data Contributor on it and IOTHUB_HOSTNAME names it. Empty: none.')
+param iotHubName string = ''
+
+@description('Resource group of that IoT Hub; empty: the environment\'s own.')
+param iotHubResourceGroup string = ''
 
 var abbreviation = 'battery'
 var token = toLower(uniqueString(subscription().id, environmentName, location))
@@ -204,6 +210,15 @@ module azureMl 'modules/azureml.bicep' = if (azureMlEnabled) {
   }
 }
 
+module iotHub 'modules/iothub.bicep' = if (!empty(iotHubName)) {
+  name: 'iothub'
+  scope: resourceGroup(empty(iotHubResourceGroup) ? rg.name : iotHubResourceGroup)
+  params: {
+    name: iotHubName
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
 var identitySettings = {
   credential: 'managedidentity'
   clientId: identity.outputs.clientId
@@ -240,6 +255,8 @@ var alertSettings = {
   ALERT_EXPIRY_HOURS: '24'
   QUIET_HOURS: '22:00-07:00'
 }
+// The iothub channel signs in as the app identity (no IOTHUB_CONNECTION secret) when an IoT Hub is named.
+var iotHubSettings = empty(iotHubName) ? {} : { IOTHUB_HOSTNAME: iotHub.outputs.hostName }
 var jobSettings = {
   RETRAIN_SCHEDULE: '0 0 2 * * *'
   BATCH_SCORE_SCHEDULE: '0 0 3 * * *'
@@ -275,7 +292,7 @@ module functionApp 'modules/functionapp.bicep' = {
     identityId: identity.outputs.id
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainer: deploymentContainer
-    appSettings: union(connectionSettings, monitoringSettings, scoringSettings, alertSettings, jobSettings, azureMlSettings)
+    appSettings: union(connectionSettings, monitoringSettings, scoringSettings, alertSettings, iotHubSettings, jobSettings, azureMlSettings)
   }
 }
 

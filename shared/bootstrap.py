@@ -26,7 +26,7 @@ from azure.storage.queue import QueueServiceClient
 from shared.adapters import observability
 from shared.adapters.battery_state import StateCache
 from shared.adapters.headunit import DEFAULT_POLICY, DeliveryPolicy
-from shared.adapters.iothub import registry_manager
+from shared.adapters.iothub import C2DClient, C2DSender, HubAccess
 from shared.adapters.scoring_client import ScoringClient, TokenCredential
 from shared.adapters.storage import app_storage_connection, blob_service, queue_service, table_service
 from shared.config.settings import Settings, configuration_problems, load_settings
@@ -47,6 +47,15 @@ def azureml_workspace(settings: Settings) -> Any:
     return workspace_client(settings)
 
 
+@functools.cache
+def app_identity() -> TokenCredential:
+    """The app identity's credential, one per process (it caches its tokens): DefaultAzureCredential picks the
+    user-assigned managed identity named by AZURE_CLIENT_ID in Azure, the developer's login elsewhere."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
 @dataclass
 class Services:
     """Everything a handler may touch outside its own process, passed in explicitly."""
@@ -64,8 +73,10 @@ class Services:
     state_cache: StateCache = field(default_factory=StateCache)
     # Builds the Azure ML client the nightly retrain submits to (tests hand in one on a recording transport).
     azureml_client: Callable[[Settings], Any] = azureml_workspace
-    # Builds the IoT Hub service client from IOTHUB_CONNECTION (tests hand in the SDK's on a recording connection).
-    iothub_client: Callable[[str], Any] = registry_manager
+    # Builds the IoT Hub C2D client from the hub's sign-in and the send bound (tests hand in one on a recording client).
+    iothub_client: Callable[[HubAccess, float], C2DClient] = C2DSender
+    # The app identity, for an IoT Hub named by IOTHUB_HOSTNAME alone (built only then; tests hand in their own).
+    iothub_credential: Callable[[], TokenCredential] = app_identity
 
 
 def build_services(environ: Mapping[str, str] | None = None, *, clock: Callable[[], datetime] = utc_now) -> Services:
@@ -87,15 +98,8 @@ def build_services(environ: Mapping[str, str] | None = None, *, clock: Callable[
 
 def scoring_credential(settings: Settings) -> TokenCredential | None:
     """The app identity's credential when the endpoint takes Entra ID tokens (SCORING_AUTH=aad_token), else None.
-
-    DefaultAzureCredential picks the user-assigned managed identity named by AZURE_CLIENT_ID in Azure, and the
-    developer's login elsewhere. Building it sends nothing; the first score asks for a token.
-    """
-    if settings.scoring_auth != "aad_token":
-        return None
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
+    Building it sends nothing; the first score asks for a token."""
+    return app_identity() if settings.scoring_auth == "aad_token" else None
 
 
 @functools.cache

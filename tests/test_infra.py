@@ -38,6 +38,7 @@ BUILT_IN_ROLES = {
     "KeyVaultSecretsOfficer": ("Key Vault Secrets Officer", "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"),
     "MonitoringMetricsPublisher": ("Monitoring Metrics Publisher", "3913510d-42f4-4e42-8a64-420c390055eb"),
     "AzureMLDataScientist": ("AzureML Data Scientist", "f6c7c914-8db3-469d-8ca1-694a8f32e121"),
+    "IoTHubDataContributor": ("IoT Hub Data Contributor", "4fc6c259-987e-4a07-842e-c321cc9d413f"),
 }
 
 # Settings the template sets that no module of ours reads: the Functions host and azure-identity read them.
@@ -227,7 +228,8 @@ def documented_manual_settings() -> set[str]:
 
 def test_every_template_parses_and_names_its_target_scope() -> None:
     files = sorted(path.relative_to(INFRA).as_posix() for path in INFRA.rglob("*.bicep"))
-    modules = ("alerts", "azureml", "eventhubs", "functionapp", "identity", "keyvault", "monitoring", "storage")
+    modules = ("alerts", "azureml", "eventhubs", "functionapp", "identity", "iothub", "keyvault", "monitoring",
+               "storage")  # fmt: skip
     assert files == ["main.bicep", *(f"modules/{name}.bicep" for name in modules)]
     for relative in files:
         assert template(relative)["resources"] or template(relative)["modules"]
@@ -416,16 +418,39 @@ def test_the_app_identity_holds_exactly_the_roles_it_needs() -> None:
         "modules/keyvault.bicep": {("KeyVaultSecretsUser", app), ("KeyVaultSecretsOfficer", "officerPrincipalId")},
         "modules/monitoring.bicep": {("MonitoringMetricsPublisher", "principalId")},
         "modules/azureml.bicep": {("AzureMLDataScientist", app)},
+        "modules/iothub.bicep": {("IoTHubDataContributor", app)},
     }  # fmt: skip
     for relative, assignments in expected.items():
         assert set(role_assignments(relative)) == assignments, relative
     # Each module's app principal is the user-assigned identity's; the person's roles go to AZURE_PRINCIPAL_ID.
-    for name in ("storage", "eventHubs", "keyVault", "azureMl"):
+    for name in ("storage", "eventHubs", "keyVault", "azureMl", "iotHub"):
         assert accessed(module_body(name)["params"]["appPrincipalId"]) == "identity.outputs.principalId"
     assert [accessed(p) for p in module_body("monitoring")["params"]["publisherPrincipalIds"]] == [
         "identity.outputs.principalId"
     ]
     assert module_body("eventHubs")["params"]["senderPrincipalId"] == "principalId"
+
+
+def test_an_existing_iot_hub_when_named_gets_the_apps_data_role_and_its_host_name_in_the_settings() -> None:
+    """The template creates no IoT Hub: iotHubName (empty: none) names one, the module is deployed only then,
+    scoped to its resource group, and grants on the hub itself; IOTHUB_HOSTNAME is its host name output."""
+    main = template("main.bicep")
+    assert [main["parameters"][name]["default"] for name in ("iotHubName", "iotHubResourceGroup")] == ["", ""]
+    condition = main["modules"]["iotHub"]["config"]["condition"]["operator"]
+    assert condition["type"] == "not" and condition["operands"]["bool_value"]["function"]["parameters"] == {
+        "item_to_test": "iotHubName"}  # fmt: skip
+    scope = module_body("iotHub")["scope"]["function"]
+    assert scope["type"] == "resource_group" and scope["parameters"]["resource_group_name"]["operator"][
+        "operands"]["false_value"] == "iotHubResourceGroup"  # fmt: skip
+    assert module_body("iotHub")["params"]["name"] == "iotHubName"
+    hub = template("modules/iothub.bicep")["resources"]["hub"]
+    assert (hub["type"], hub["existing"]) == ("Microsoft.Devices/IotHubs", True)
+    [grant] = resources_of_type("modules/iothub.bicep", "Microsoft.Authorization/roleAssignments").values()
+    assert grant["scope"] == "hub" and grant["properties"]["principalType"] == "ServicePrincipal"
+    assert accessed(app_settings()["IOTHUB_HOSTNAME"]) == "iotHub.outputs.hostName"
+    output = template("modules/iothub.bicep")["outputs"]["hostName"]["value"]
+    assert accessed(output) == "hub.properties.hostName"
+    assert "IOTHUB_CONNECTION" not in app_settings()  # the secret stays a manual choice
 
 
 # --- app settings against what the code reads ---------------------------------------------------------
@@ -486,6 +511,7 @@ def deployed_environment() -> dict[str, str]:
         "AZUREML_RESOURCE_GROUP": "rg-example",
         "AZUREML_WORKSPACE": "mlw-example",
         "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+        "IOTHUB_HOSTNAME": "trey-hub.azure-devices.net",
     }
     environment = {}
     for name, value in app_settings().items():
@@ -499,6 +525,7 @@ def test_the_templates_settings_build_the_apps_services_keyless(tmp_path: Path) 
     """build_services on the template's settings: identity-based storage on the account's endpoints as the
     user-assigned identity, and a scoring client that presents an Entra ID token. Nothing is sent."""
     from shared.adapters.eventhubs import producer_client
+    from shared.adapters.iothub import hub_access
     from shared.adapters.storage import IdentityConnection, app_storage_connection
     from shared.bootstrap import build_services
 
@@ -512,6 +539,9 @@ def test_the_templates_settings_build_the_apps_services_keyless(tmp_path: Path) 
         assert connection.client_id == environment["AzureWebJobsStorage__clientId"]
     assert "auth=azure-ad" in repr(services.scoring)
     assert services.settings.retrain_schedule == "0 0 2 * * *" and services.settings.azureml_configured
+    settings = services.settings  # the iothub channel: the app identity's bearer token, no connection string
+    hub = hub_access(settings.iothub_connection, settings.iothub_hostname, services.iothub_credential)
+    assert hub is not None and (hub.host, hub.token_type) == ("trey-hub.azure-devices.net", b"bearer")
     with producer_client(None, environ=environment) as producer:
         assert producer._address.hostname == "evhns-example.servicebus.windows.net"
 

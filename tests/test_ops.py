@@ -77,6 +77,16 @@ def test_an_unset_or_blank_signing_key_fails_health_and_the_start_up_check_namin
     assert failed.startswith("start-up check failed: HEAD_UNIT_SIGNING_KEY is not set")
 
 
+def test_health_takes_either_iot_hub_setting_for_alert_channel_iothub_and_names_both_without_one(harness):
+    harness.configure(ALERT_CHANNEL="iothub", IOTHUB_CONNECTION=None, IOTHUB_HOSTNAME=None)
+    status, report = get(harness, "health")
+    assert status == 503 and "neither IOTHUB_CONNECTION nor IOTHUB_HOSTNAME is set" in (
+        report["checks"]["configuration"]["detail"])  # fmt: skip
+    harness.configure(IOTHUB_HOSTNAME="trey-hub.azure-devices.net")  # the app identity signs in: no secret
+    status, report = get(harness, "health")
+    assert (status, report["checks"]["configuration"]["ok"]) == (200, True)
+
+
 def test_endpoint_root_is_derived_from_the_scoring_uri():
     assert endpoint_root("http://127.0.0.1:5001/score") == "http://127.0.0.1:5001/"
     assert endpoint_root("https://ep.westeurope.inference.ml.azure.com/score?x=1") == (

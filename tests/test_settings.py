@@ -121,6 +121,21 @@ def test_alert_channel_and_expiry_are_read_and_checked_naming_the_setting():
             load_settings(environ)
 
 
-def test_the_iothub_channel_without_a_connection_is_a_configuration_problem():
-    assert any("IOTHUB_CONNECTION" in p for p in configuration_problems(load_settings({"ALERT_CHANNEL": "iothub"})))
+def test_the_iothub_channel_without_a_connection_or_a_host_name_is_a_configuration_problem_naming_both():
+    [problem] = [p for p in configuration_problems(load_settings({"ALERT_CHANNEL": "iothub"})) if "IOTHUB" in p]
+    assert "neither IOTHUB_CONNECTION nor IOTHUB_HOSTNAME is set" in problem
     assert not any("IOTHUB" in p for p in configuration_problems(load_settings({"HEAD_UNIT_SIGNING_KEY": "k"})))
+    for either in ({"IOTHUB_CONNECTION": "HostName=h"}, {"IOTHUB_HOSTNAME": "trey-hub.azure-devices.net"}):
+        assert not any("IOTHUB" in p for p in configuration_problems(load_settings({"ALERT_CHANNEL": "iothub",
+                                                                                   **either})))  # fmt: skip
+
+
+def test_iothub_hostname_is_read_and_must_be_a_bare_host_name():
+    assert load_settings({"IOTHUB_HOSTNAME": " trey-hub.azure-devices.net "}).iothub_hostname == (
+        "trey-hub.azure-devices.net")  # fmt: skip
+    assert load_settings({}).iothub_hostname is None
+    for bad in ("https://trey-hub.azure-devices.net", "trey-hub.azure-devices.net/", "trey-hub.azure-devices.net:5671",
+                "HostName=trey-hub.azure-devices.net;SharedAccessKey=x", "trey_hub"):  # fmt: skip
+        with pytest.raises(SettingsError, match="IOTHUB_HOSTNAME must be the IoT Hub's host name") as raised:
+            load_settings({"IOTHUB_HOSTNAME": bad})
+        assert "SharedAccessKey" not in str(raised.value)

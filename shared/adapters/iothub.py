@@ -1,16 +1,26 @@
 """IoT Hub: the second way to a head unit, as a cloud-to-device (C2D) message to the car as an IoT device.
 
-Sending goes through the service SDK (`azure-iot-hub`'s `IoTHubRegistryManager.send_c2d_message`, AMQP):
-the body is the same canonical JSON the gateway gets (headunit.canonical_json), device id = Car_ID, and the
-message carries, as IoT Hub documents them (learn.microsoft.com, "Send cloud-to-device messages from an IoT
-hub"):
-- `messageId` = alert_id, so the head unit drops a repeat as the gateway does an Idempotency-Key;
-- `expiryTimeUtc` = the alert's created_at + ALERT_EXPIRY_HOURS: IoT Hub expires it rather than deliver it
-  late (the SDK puts it in the AMQP absolute-expiry-time, milliseconds since the epoch);
+Sending goes over AMQP to `/messages/devicebound`, as the service SDK (`azure-iot-hub`) sends a C2D message:
+the body is the same canonical JSON the gateway gets (headunit.canonical_json), `to` = the car's device
+path (device id = Car_ID), and the message carries, as IoT Hub documents them (learn.microsoft.com, "Send
+cloud-to-device messages from an IoT hub"):
+- `message-id` = alert_id, so the head unit drops a repeat as the gateway does an Idempotency-Key;
+- `absolute-expiry-time` = the alert's created_at + ALERT_EXPIRY_HOURS (ms since the epoch): IoT Hub
+  expires it rather than deliver it late;
 - `iothub-ack: full`, so IoT Hub reports both delivery and failure on its feedback endpoint;
 - `content-type`/`content-encoding`, and application properties `alert-type`, `severity`, `locale` (a
   head unit can route without parsing the body) and `x-signature` (the gateway's X-Signature value, so the
   head unit can check the body end to end the same way).
+`C2DSender` is a small uamqp SendClient of its own rather than the SDK's `IoTHubRegistryManager`: the SDK
+builds its SendClient without `msg_timeout` and takes none, so its send waits as long as the hub does (up
+to the Functions host's timeout); the only ways to bound it are writing uamqp's private `_msg_timeout` or
+swapping the SDK's inner client. tests/test_iothub.py checks that what it puts on the wire is what the
+SDK's `send_c2d_message` would, and that its sign-in is the SDK's.
+
+Sign-in (`HubAccess`) is the SDK's, for both the sends and the feedback receiver: a SAS token of the
+IOTHUB_CONNECTION string's shared access policy, or, with IOTHUB_HOSTNAME alone, an Entra ID bearer token
+of the app identity for https://iothubs.azure.net/.default (what `IoTHubRegistryManager.from_token_credential`
+sends), each put to the hub's CBS node by uamqp and renewed by it before expiry.
 
 Delivery feedback arrives on `/messages/servicebound/feedback` as AMQP messages of content type
 `application/vnd.microsoft.iothub.feedback.json`, each a JSON array of records (originalMessageId,
@@ -25,20 +35,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from azure.core.credentials import AccessToken
 from azure.data.tables import TableClient
 
 from shared.adapters import alert_store
 from shared.adapters.headunit import DeliveryResult, TransientDeliveryError, canonical_json, sign
+from shared.adapters.scoring_client import TokenCredential
 from shared.core import json_text
 from shared.core.alerts import iso_utc, parse_iso_utc
 from shared.core.telemetry import InputError
 
+if TYPE_CHECKING:  # uamqp is imported where it is used: most invocations never reach an IoT Hub
+    import uamqp
+
 FEEDBACK_CONTENT_TYPE = "application/vnd.microsoft.iothub.feedback.json"
 FEEDBACK_PATH = "/messages/servicebound/feedback"
+C2D_PATH = "/messages/devicebound"
+# The Entra ID scope of IoT Hub's data plane, as the SDK's token auth asks for it.
+IOTHUB_SCOPE = "https://iothubs.azure.net/.default"
 # What each feedback status code means for the alert: delivered, or (never delivered) expired or rejected.
 FEEDBACK_STATES = {
     "Success": alert_store.DELIVERED,
@@ -52,34 +70,129 @@ _DEVICE_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
 _MAX_FEEDBACK_BATCHES = 50
 
 
+@dataclass(frozen=True)
+class HubAccess:
+    """How the app signs in to its IoT Hub over AMQP: the token uamqp puts to the hub's CBS node, of the type
+    and audience IoT Hub expects for it. The repr names only the host: never a key or a token."""
+
+    host: str
+    get_token: Callable[[], AccessToken] = field(repr=False)
+    token_type: bytes
+    audience: str
+
+    def auth(self) -> uamqp.authentication.JWTTokenAuth:
+        """A CBS auth for one AMQP client (uamqp keeps the client's CBS session on it, so never shared), its
+        first token fetched here, as the SDK does."""
+        import uamqp
+
+        auth = uamqp.authentication.JWTTokenAuth(audience=self.audience, uri=f"https://{self.host}",
+                                                 get_token=self.get_token, token_type=self.token_type)  # fmt: skip
+        auth.update_token()
+        return auth
+
+
+def connection_access(connection: str) -> HubAccess:
+    """Sign-in with a service connection string: an hour's SAS token of its policy at a time."""
+    from azure.iot.hub.connection_string import ConnectionString
+    from azure.iot.hub.sastoken import SasToken
+
+    parts = ConnectionString(connection)
+    host = parts["HostName"]
+
+    def token() -> AccessToken:
+        sas = SasToken(host, parts["SharedAccessKey"], parts["SharedAccessKeyName"])
+        return AccessToken(str(sas), sas.expiry_time)
+
+    return HubAccess(host, token, b"servicebus.windows.net:sastoken", f"https://{host}")
+
+
+def identity_access(host: str, credential: TokenCredential) -> HubAccess:
+    """Sign-in as the app identity: its Entra ID token for IoT Hub's scope, as a bearer token."""
+
+    def token() -> AccessToken:
+        granted = credential.get_token(IOTHUB_SCOPE)
+        return AccessToken(f"Bearer {granted.token}", granted.expires_on)
+
+    return HubAccess(host, token, b"bearer", IOTHUB_SCOPE)
+
+
+def hub_access(connection: str | None, hostname: str | None,
+               credential: Callable[[], TokenCredential]) -> HubAccess | None:  # fmt: skip
+    """The sign-in the settings give: IOTHUB_CONNECTION's if set, else the app identity's (`credential()`,
+    built only then) at IOTHUB_HOSTNAME, else None (no IoT Hub)."""
+    if connection:
+        return connection_access(connection)
+    return identity_access(hostname, credential()) if hostname else None
+
+
+class C2DSendFailed(Exception):
+    """IoT Hub did not accept a C2D message (its message says how, never with a token or a key)."""
+
+
 class C2DClient(Protocol):
-    """What the channel needs of `azure.iot.hub.IoTHubRegistryManager` (tests hand in the real one on a
-    recording AMQP connection)."""
+    """What the channel needs to send a C2D message (`C2DSender`; tests hand in one on a recording client)."""
 
-    def send_c2d_message(self, device_id: str, message: str | bytes, properties: dict[str, Any]) -> None: ...
-
-
-def registry_manager(connection: str) -> C2DClient:
-    """The SDK's client for an IoT Hub service connection string (connects on first send, not here)."""
-    from azure.iot.hub import IoTHubRegistryManager
-
-    return IoTHubRegistryManager.from_connection_string(connection)
+    def send(self, message: uamqp.Message) -> None: ...
 
 
-def c2d_properties(alert: Mapping[str, Any], body: bytes, signing_key: str, expires_at: datetime) -> dict[str, Any]:
-    """The properties of an alert's C2D message, as `send_c2d_message` takes them (system ones by their
-    SDK names, the rest application properties)."""
-    return {
-        "messageId": alert["alert_id"],
-        "expiryTimeUtc": int(expires_at.timestamp() * 1000),
-        "contentType": "application/json",
-        "contentEncoding": "utf-8",
-        "iothub-ack": "full",
-        "alert-type": alert["type"],
-        "severity": alert["severity"],
-        "locale": alert.get("locale", "en"),
-        "x-signature": sign(body, signing_key),
-    }
+class C2DSender:
+    """C2D messages on one uamqp SendClient per process, each send bounded: a message IoT Hub has not settled
+    within `timeout_s` of being queued fails (uamqp's `msg_timeout`), so a hung hub cannot hold the invocation.
+    After a failed send the client is dropped and the next send opens a new one, rather than reuse a link in an
+    unknown state (a timed-out message may still be in flight on it). `client`: one already built (tests hand
+    in a recording one); by default it is built on the first send."""
+
+    def __init__(self, access: HubAccess, timeout_s: float, client: Any = None) -> None:
+        self.access, self.timeout_s, self.client = access, timeout_s, client
+
+    def send_client(self) -> uamqp.SendClient:
+        """The SendClient the next send goes on (built on first use: nothing connects before a send)."""
+        if self.client is None:
+            import uamqp
+
+            self.client = uamqp.SendClient(f"amqps://{self.access.host}{C2D_PATH}", auth=self.access.auth(),
+                                           keep_alive_interval=120, msg_timeout=int(self.timeout_s * 1000))  # fmt: skip
+        return self.client
+
+    def send(self, message: uamqp.Message) -> None:
+        """Send one message and wait until IoT Hub settles it or the bound runs out; `C2DSendFailed` if it
+        did not accept it (uamqp's own errors, e.g. a CBS timeout, propagate)."""
+        from uamqp.constants import MessageSendResult, MessageState
+
+        outcomes: list[MessageSendResult] = []
+        message.on_send_complete = lambda result, error: outcomes.append(MessageSendResult(result))
+        client = self.send_client()
+        try:
+            client.queue_message(message)
+            states = client.send_all_messages(close_on_done=False)
+        except Exception:
+            self._discard()
+            raise
+        if states != [MessageState.SendComplete]:
+            self._discard()
+            if MessageSendResult.Timeout in outcomes:
+                raise C2DSendFailed(f"not settled within {self.timeout_s:g} s")
+            raise C2DSendFailed(f"send ended {', '.join(state.name for state in states) or 'without a state'}")
+
+    def _discard(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()
+
+
+def c2d_message(alert: Mapping[str, Any], body: bytes, signing_key: str, expires_at: datetime) -> uamqp.Message:
+    """An alert's C2D message, its properties where the SDK's `send_c2d_message` puts them (the system ones in
+    the AMQP properties, the rest application properties)."""
+    import uamqp
+
+    properties = uamqp.message.MessageProperties(
+        message_id=alert["alert_id"], to=f"/devices/{alert['car_id']}{C2D_PATH}",
+        absolute_expiry_time=int(expires_at.timestamp() * 1000), content_type="application/json",
+        content_encoding="utf-8",
+    )  # fmt: skip
+    application = {"iothub-ack": "full", "alert-type": alert["type"], "severity": alert["severity"],
+                   "locale": alert.get("locale", "en"), "x-signature": sign(body, signing_key)}  # fmt: skip
+    return uamqp.Message(body, properties=properties, application_properties=application)
 
 
 @dataclass(frozen=True)
@@ -107,10 +220,11 @@ class IoTHubChannel:
                                   error=f"expired at {iso_utc(expires_at)}, before it could be sent")  # fmt: skip
         body = canonical_json(alert)
         try:
-            self.client.send_c2d_message(car_id, body, c2d_properties(alert, body, self.signing_key, expires_at))
-        except Exception as error:  # uamqp's errors, and the SDK's bare Exception("C2D message send failure")
-            raise TransientDeliveryError(f"alert {alert_id} for car {car_id}: IoT Hub send failed "
-                                         f"({type(error).__name__})", maybe_received=True) from None  # fmt: skip
+            self.client.send(c2d_message(alert, body, self.signing_key, expires_at))
+        except Exception as error:  # C2DSendFailed, or uamqp's own (named by type: their text may quote the hub)
+            detail = str(error) if isinstance(error, C2DSendFailed) else type(error).__name__
+            raise TransientDeliveryError(f"alert {alert_id} for car {car_id}: IoT Hub send failed ({detail})",
+                                         maybe_received=True) from None  # fmt: skip
         return DeliveryResult(alert_id, car_id, 202, delivered=True)
 
 
@@ -195,22 +309,9 @@ def drain_feedback(receiver: FeedbackReceiver, table: TableClient, now: datetime
     return counts
 
 
-def open_feedback_receiver(connection: str) -> Any:
-    """A uamqp receiver of the IoT Hub's feedback endpoint, authenticated as the SDK authenticates its sends
-    (a SAS token of the connection string's policy, over CBS). Not exercised here: no IoT Hub was reached."""
+def open_feedback_receiver(access: HubAccess) -> uamqp.ReceiveClient:
+    """A uamqp receiver of the IoT Hub's feedback endpoint, signed in as the sends are (`HubAccess`); it
+    connects on its first receive. Not exercised against a hub: none was reached here."""
     import uamqp
-    from azure.core.credentials import AccessToken
-    from azure.iot.hub.connection_string import ConnectionString
-    from azure.iot.hub.sastoken import SasToken
 
-    parts = ConnectionString(connection)
-    host = parts["HostName"]
-
-    def token() -> AccessToken:
-        sas = SasToken(host, parts["SharedAccessKey"], parts["SharedAccessKeyName"])
-        return AccessToken(str(sas), sas.expiry_time)
-
-    auth = uamqp.authentication.JWTTokenAuth(audience=f"https://{host}", uri=f"https://{host}", get_token=token,
-                                             token_type=b"servicebus.windows.net:sastoken")  # fmt: skip
-    auth.update_token()
-    return uamqp.ReceiveClient(f"amqps://{host}{FEEDBACK_PATH}", auth=auth, auto_complete=False)
+    return uamqp.ReceiveClient(f"amqps://{access.host}{FEEDBACK_PATH}", auth=access.auth(), auto_complete=False)

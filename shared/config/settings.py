@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ MIN_RETRAIN_HISTORY_DAYS = 237
 # How an alert reaches a head unit: the gateway's HTTPS webhook, or an IoT Hub cloud-to-device message.
 HTTP_CHANNEL, IOTHUB_CHANNEL = "http", "iothub"
 ALERT_CHANNELS = (HTTP_CHANNEL, IOTHUB_CHANNEL)
+# A DNS host name, as IOTHUB_HOSTNAME must be (labels of letters, digits and inner hyphens).
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 
 
 class SettingsError(ValueError):
@@ -57,6 +60,9 @@ class Settings:
     # IOTHUB_CONNECTION: the IoT Hub's service connection string (HostName=…;SharedAccessKeyName=…;
     # SharedAccessKey=…; a secret, never logged), for the iothub channel.
     iothub_connection: str | None = None
+    # IOTHUB_HOSTNAME: the IoT Hub's host name (<hub>.azure-devices.net), reached with the app identity's
+    # Entra ID tokens when IOTHUB_CONNECTION is not set (the identity needs "IoT Hub Data Contributor").
+    iothub_hostname: str | None = None
     # After a booked service's appointment, how long its battery's alerts stay quiet (shared/core/feedback.py).
     feedback_booking_grace_days: int = 14
     # QUIET_HOURS: "HH:MM-HH:MM" in each car's local time, when non-critical alerts are held (empty: none).
@@ -189,6 +195,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"SCORING_AUTH is {scoring_auth!r}, SCORING_KEY is {'set' if scoring_key else 'empty'}"
         )
     _check_key_is_not_sent_in_clear(scoring_uri, scoring_key, env)
+    iothub_hostname = text("IOTHUB_HOSTNAME", None)
+    if iothub_hostname is not None and not _HOSTNAME.fullmatch(iothub_hostname):
+        # A connection string put here by mistake holds a key: it is named, not quoted.
+        got = "a connection string" if ";" in iothub_hostname or "=" in iothub_hostname else repr(iothub_hostname)
+        raise SettingsError(f"IOTHUB_HOSTNAME must be the IoT Hub's host name, e.g. <hub>.azure-devices.net "
+                            f"(no scheme, path or port), got {got}")  # fmt: skip
     return Settings(
         eventhub_connection=text(EVENTHUB_CONNECTION_SETTING, None),
         scoring_uri=scoring_uri,
@@ -202,6 +214,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_channel=channel,
         alert_expiry_hours=expiry,
         iothub_connection=text("IOTHUB_CONNECTION", None),
+        iothub_hostname=iothub_hostname,
         feedback_booking_grace_days=grace,
         quiet_hours=quiet_hours,
         telemetry_max_age_days=max_age,
@@ -254,10 +267,16 @@ def configuration_problems(settings: Settings) -> list[str]:
     if not settings.head_unit_signing_key:
         problems.append("HEAD_UNIT_SIGNING_KEY is not set (or blank): alerts cannot be signed, so push_alert "
                         "keeps them queued until it is")  # fmt: skip
-    if settings.alert_channel == IOTHUB_CHANNEL and not settings.iothub_connection:
-        problems.append("ALERT_CHANNEL is iothub but IOTHUB_CONNECTION is not set: alerts for cars without a "
-                        "channel of their own cannot be sent, so push_alert retries them")  # fmt: skip
+    if settings.alert_channel == IOTHUB_CHANNEL and not iothub_configured(settings):
+        problems.append("ALERT_CHANNEL is iothub but neither IOTHUB_CONNECTION nor IOTHUB_HOSTNAME is set: alerts "
+                        "for cars without a channel of their own cannot be sent, so push_alert retries "
+                        "them")  # fmt: skip
     return problems
+
+
+def iothub_configured(settings: Settings) -> bool:
+    """Whether the app can reach an IoT Hub: by its connection string, or by host name with the app identity."""
+    return bool(settings.iothub_connection or settings.iothub_hostname)
 
 
 def _number(env: Mapping[str, str], name: str, default, kind):

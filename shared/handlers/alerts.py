@@ -37,10 +37,9 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared.adapters import alert_store, feedback_store, observability
+from shared.adapters import alert_store, feedback_store, iothub, observability
 from shared.adapters.car_profiles import read_profiles
 from shared.adapters.headunit import DeliveryResult, SigningKeyUnset, TransientDeliveryError, push_alert
-from shared.adapters.iothub import IoTHubChannel, drain_feedback, open_feedback_receiver
 from shared.adapters.storage import ensure_container, upload_json
 from shared.bootstrap import Services
 from shared.config.host import HostConfig, load_host_config
@@ -109,33 +108,39 @@ def _channel(services: Services, alert: dict[str, Any]) -> Callable[[Mapping[str
     if channel != IOTHUB_CHANNEL:
         return None
     settings = services.settings
-    if not settings.iothub_connection:
+    client = _iothub_client(services.iothub_client, settings.iothub_connection, settings.iothub_hostname,
+                            services.iothub_credential, services.delivery.longest_attempt_s)  # fmt: skip
+    if client is None:
         return _iothub_unconfigured
-    client = _iothub_client(services.iothub_client, settings.iothub_connection)
-    return IoTHubChannel(client, settings.head_unit_signing_key or "", timedelta(hours=settings.alert_expiry_hours),
-                         services.clock).deliver  # fmt: skip
+    return iothub.IoTHubChannel(client, settings.head_unit_signing_key or "",
+                                timedelta(hours=settings.alert_expiry_hours), services.clock).deliver  # fmt: skip
 
 
 def _iothub_unconfigured(alert: Mapping[str, Any]) -> DeliveryResult:
     raise TransientDeliveryError(f"alert {alert['alert_id']} for car {alert['car_id']}: the car's channel is iothub "
-                                 "but IOTHUB_CONNECTION is not set")  # fmt: skip
+                                 "but neither IOTHUB_CONNECTION nor IOTHUB_HOSTNAME is set")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)
-def _iothub_client(factory: Callable[[str], Any], connection: str) -> Any:
-    """One IoT Hub client (one AMQP connection) per process and connection string, not one per message."""
-    return factory(connection)
+def _iothub_client(factory: Callable[[iothub.HubAccess, float], iothub.C2DClient], connection: str | None,
+                   hostname: str | None, credential: Callable[[], Any],
+                   send_timeout_s: float) -> iothub.C2DClient | None:  # fmt: skip
+    """One IoT Hub client (one AMQP connection) per process and hub, not one per message; None without a hub.
+    Each send is bounded by the delivery policy's longest attempt, which the claim's lease is sized to outlast."""
+    access = iothub.hub_access(connection, hostname, credential)
+    return None if access is None else factory(access, send_timeout_s)
 
 
 def drain_iothub_feedback(services: Services) -> dict[str, int]:
     """Record the IoT Hub's waiting delivery feedback on the alerts (delivered, expired, rejected); the counts.
-    Nothing to do without IOTHUB_CONNECTION."""
-    connection = services.settings.iothub_connection
-    if not connection:
+    Nothing to do without IOTHUB_CONNECTION or IOTHUB_HOSTNAME."""
+    settings = services.settings
+    access = iothub.hub_access(settings.iothub_connection, settings.iothub_hostname, services.iothub_credential)
+    if access is None:
         return {}
-    receiver = open_feedback_receiver(connection)
+    receiver = iothub.open_feedback_receiver(access)
     try:
-        return drain_feedback(receiver, _alerts_table(services.tables), services.clock())
+        return iothub.drain_feedback(receiver, _alerts_table(services.tables), services.clock())
     finally:
         receiver.close()
 
