@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -153,6 +155,23 @@ def test_signing_in_by_host_name_carries_the_app_identitys_bearer_token_as_the_s
     assert client._remote_address.address == f"amqps://{HOST}/messages/devicebound"
     assert client._msg_timeout == 35_000  # every send bounded (uamqp's msg_timeout, ms)
     assert "entra-token" not in repr(identity_access(HOST, identity))
+
+
+def test_each_thread_sends_on_a_send_client_of_its_own():
+    """The host runs concurrent push_alert invocations on a thread pool, and a uamqp client is not thread-safe:
+    each thread builds its own SendClient on its first send and keeps it; nothing connects here."""
+    send = C2DSender(identity_access(HOST, AppIdentity()), 35.0)
+    with ThreadPoolExecutor(2) as pool:
+        barrier = threading.Barrier(2)  # both threads alive at once, so the pool cannot run both on one
+
+        def twice() -> tuple[int, int]:
+            barrier.wait()
+            return id(send.send_client()), id(send.send_client())
+
+        clients = [future.result() for future in [pool.submit(twice), pool.submit(twice)]]
+    assert all(first == again for first, again in clients)
+    assert clients[0][0] != clients[1][0]
+    assert send.client is None  # this thread has sent nothing yet
 
 
 def test_the_feedback_receiver_reads_the_feedback_path_signed_in_either_way():

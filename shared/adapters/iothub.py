@@ -34,6 +34,7 @@ re-delivers the batch rather than losing it (applying a record twice changes not
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -136,22 +137,33 @@ class C2DClient(Protocol):
 
 
 class C2DSender:
-    """C2D messages on one uamqp SendClient per process, each send bounded: a message IoT Hub has not settled
+    """C2D messages on one uamqp SendClient per thread, each send bounded: a message IoT Hub has not settled
     within `timeout_s` of being queued fails (uamqp's `msg_timeout`), so a hung hub cannot hold the invocation.
-    After a failed send the client is dropped and the next send opens a new one, rather than reuse a link in an
-    unknown state (a timed-out message may still be in flight on it). `client`: one already built (tests hand
-    in a recording one); by default it is built on the first send."""
+    Per thread because a uamqp client is not thread-safe and the Functions host runs concurrent invocations of a
+    sync function on a thread pool (a lock instead would queue sends behind each other's bounds, past the
+    claim's lease). After a failed send the thread's client is dropped and its next send opens a new one,
+    rather than reuse a link in an unknown state (a timed-out message may still be in flight on it). `client`:
+    one already built that every thread sends on (tests hand in a recording one); by default each thread's is
+    built on its first send."""
 
     def __init__(self, access: HubAccess, timeout_s: float, client: Any = None) -> None:
-        self.access, self.timeout_s, self.client = access, timeout_s, client
+        self.access, self.timeout_s = access, timeout_s
+        self._given = client
+        self._local = threading.local()
+
+    @property
+    def client(self) -> Any:
+        """This thread's SendClient: None before its first send (unless one was given) and after a failed one."""
+        return getattr(self._local, "client", self._given)
 
     def send_client(self) -> uamqp.SendClient:
-        """The SendClient the next send goes on (built on first use: nothing connects before a send)."""
+        """The SendClient this thread's next send goes on (built on first use: nothing connects before a send)."""
         if self.client is None:
             import uamqp
 
-            self.client = uamqp.SendClient(f"amqps://{self.access.host}{C2D_PATH}", auth=self.access.auth(),
-                                           keep_alive_interval=120, msg_timeout=int(self.timeout_s * 1000))  # fmt: skip
+            self._local.client = uamqp.SendClient(f"amqps://{self.access.host}{C2D_PATH}", auth=self.access.auth(),
+                                                  keep_alive_interval=120,
+                                                  msg_timeout=int(self.timeout_s * 1000))  # fmt: skip
         return self.client
 
     def send(self, message: uamqp.Message) -> None:
@@ -175,7 +187,7 @@ class C2DSender:
             raise C2DSendFailed(f"send ended {', '.join(state.name for state in states) or 'without a state'}")
 
     def _discard(self) -> None:
-        client, self.client = self.client, None
+        client, self._local.client = self.client, None
         if client is not None:
             client.close()
 
