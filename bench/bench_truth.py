@@ -5,9 +5,10 @@ missing data, usage regime changes, a hot and a cold fleet, short histories): si
 `train` does (the test fleet's training-row cap by default), with the true probability of every evaluated
 forecast computed by Monte Carlo over the simulator's future noise; print per fleet the model's NRMSE,
 Brier and average precision, the truth's (± Monte Carlo standard error), the ratios, the baselines' Brier
-ratios and the 80 % interval's coverage, then a Markdown table for the README. Beside the truth, the
-data-only reference (`true_failure_probability(..., usage_known=False)`: the car's usage scale drawn from
-its posterior given the minutes it reported in the model's window) and its Brier score ÷ the truth's.
+ratios and the 80 % interval's coverage (with its standard error clustered by battery), then a Markdown
+table for the README. Beside the truth, the data-only reference (`true_failure_probability(...,
+usage_known=False)`: the car's usage scale drawn from its posterior given the minutes it reported in the
+model's window) and its Brier score ÷ the truth's.
 
     .venv/bin/python bench/bench_truth.py [--cars 500] [--draws 20000] [--fleets "seed 21" ...] [--json out.json]
 """
@@ -64,7 +65,10 @@ def measure(name: str, cars: int, draws: int, training_rows: int) -> dict:
         "brier_to_truth": truth["ratios"]["model"]["brier_to_truth"],
         "average_precision_gap": truth["ratios"]["model"]["average_precision_gap"],
         "baseline_brier_to_truth": min(truth["ratios"][m]["brier_to_truth"] for m in ("seasonal_naive", "recent_mean")),
-        "coverage_80": backtest.get("interval", {}).get("coverage"),
+        "coverage_80": backtest["interval"]["coverage"],
+        "coverage_80_se": backtest["interval"]["coverage_se"],
+        "interval_batteries": backtest["interval"]["batteries"],
+        "interval_judged": backtest["interval"]["judged"],
         "reference_brier": reference_brier,
         "reference_brier_to_truth": reference_brier / truth["metrics"]["brier"],
         "brier_to_reference": metrics["model"]["brier"] / reference_brier,
@@ -92,12 +96,19 @@ def main() -> None:
               f"({wall:.0f} s wall, {used:.0f} s CPU)", flush=True)  # fmt: skip
     print(
         "\n| fleet | failures | NRMSE | Brier ÷ truth | better baseline's ÷ truth | AP | truth's AP | AP gap "
-        "| truth's Brier (± MC s.e.) | 80 % interval coverage | data-only reference's Brier ÷ truth "
-        "| Brier ÷ reference |"
+        "| truth's Brier (± MC s.e.) | 80 % interval coverage (± s.e. clustered by battery; forecasts from batteries) "
+        "| data-only reference's Brier ÷ truth | Brier ÷ reference |"
     )
     print("| --- |" + " ---: |" * 11)
     for r in rows:
-        coverage = "n/a" if r["coverage_80"] is None else f"{r['coverage_80']:.3f}"
+        coverage = (
+            "n/a"
+            if r["coverage_80_se"] is None
+            else (
+                f"{r['coverage_80']:.3f} (± {r['coverage_80_se']:.3f}; "
+                f"{r['interval_judged']} from {r['interval_batteries']})"
+            )
+        )
         print(
             f"| {r['fleet']} | {r['positive']} | {r['nrmse']:.4f} | {r['brier_to_truth']:.3f} | "
             f"{r['baseline_brier_to_truth']:.2f} | {r['average_precision']:.4f} | {r['truth_average_precision']:.4f} | "

@@ -11,6 +11,7 @@ from shared.core.telemetry import InputError
 from shared.core.windows import BatteryWindows, build_history
 from shared.models.backtest import (
     backtest_markdown,
+    clustered_standard_error,
     recent_mean_forecast,
     run_backtest,
     seasonal_naive_forecast,
@@ -83,6 +84,26 @@ def test_the_80_percent_interval_of_days_to_rated_life_holds_80_percent_of_outco
     assert abs(interval["coverage"] - 0.8) <= COVERAGE_TOLERANCE
     assert 0.05 <= interval["below_p10"] <= 0.15 and 0.05 <= interval["above_p90"] <= 0.15
     assert f"for {interval['coverage']:.1%} of the {interval['judged']:,} forecasts" in backtest_markdown(backtest)
+
+
+def test_the_intervals_standard_error_counts_batteries_not_forecasts(backtest):
+    """A battery near rated life is judged at several weekly origins with one outcome: the coverage's
+    standard error is clustered by battery, so it is wider than the binomial one over the forecasts."""
+    interval = backtest["interval"]
+    binomial = np.sqrt(interval["coverage"] * (1 - interval["coverage"]) / (interval["judged"] - 1))
+    assert interval["batteries"] < interval["judged"] / 2
+    assert interval["coverage_se"] > 1.2 * binomial  # 1.41 on the test fleet (40 batteries, 204 forecasts)
+    for name in ("below_p10", "above_p90"):
+        assert 0 < interval[f"{name}_se"] < 0.1
+    assert f"from {interval['batteries']:,} batteries" in backtest_markdown(backtest)
+
+
+def test_a_clustered_standard_error_does_not_shrink_when_a_cluster_is_counted_again():
+    flag = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    once = clustered_standard_error(flag, np.arange(len(flag)))
+    assert once == pytest.approx(np.sqrt(flag.mean() * (1 - flag.mean()) / (len(flag) - 1)))
+    assert clustered_standard_error(np.repeat(flag, 5), np.repeat(np.arange(len(flag)), 5)) == pytest.approx(once)
+    assert clustered_standard_error(flag, np.zeros(len(flag))) is None
 
 
 def test_every_metric_is_reported_for_model_and_baselines(backtest):
