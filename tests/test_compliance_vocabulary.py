@@ -78,11 +78,13 @@ def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_ea
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
     dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
+    holdout3 = phrases("holdout3")
     fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 7)))
     assert not dev & test and not holdout & (dev | test)
     assert not holdout2 & (dev | test | holdout | fresh)
-    assert not (dev | test | holdout | holdout2) & simulator
-    for which in ("dev", "test", "holdout", "holdout2"):
+    assert not holdout3 & (dev | test | holdout | holdout2 | fresh)
+    assert not (dev | test | holdout | holdout2 | holdout3) & simulator
+    for which in ("dev", "test", "holdout", "holdout2", "holdout3"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
@@ -117,18 +119,20 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
 HOLDOUT_FIGURES = {
     "holdout": ((0.964, 0.973, 0.028, 0.992, 0.127), 0.753),
     "holdout2": ((0.912, 0.955, 0.086, 0.998, 0.079), 0.645),
+    "holdout3": ((0.940, 0.985, 0.056, 0.996, 0.030), 0.698),
 }
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964 and 0.912, recall 0.973 and 0.955, "
-    "review 2.8 % and 8.6 % (what it decides, 99.2 % and 99.8 % right); see README, Component compliance",
+    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964, 0.912 and 0.940, recall 0.973, 0.955 "
+    "and 0.985, review 2.8 %, 8.6 % and 5.6 % (what it decides, 99.2-99.8 % right); see README, Component compliance",
 )
 @pytest.mark.parametrize("which", HOLDOUT_FIGURES)
 def test_issue_17_targets_on_the_blind_holdouts(model, which):
     """Issue 17.4's targets on phrasings nobody building the reader has seen (same format as
-    compliance_vocabulary_test.json; holdout2 was written by someone who never opened the reader at all)."""
+    compliance_vocabulary_test.json; holdout2 and holdout3 were written by people who never opened the reader
+    at all)."""
     metrics = evaluate(model, which)
     assert metrics["accuracy"] >= TARGETS["accuracy"], metrics
     assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"], metrics
