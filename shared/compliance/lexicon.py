@@ -202,13 +202,15 @@ class Lexicon:
         return {n: frozenset(words) for n, words in firsts.items()}
 
     @functools.cached_property
+    def tables(self) -> dict[str, Mapping[str, Reading]]:
+        """Kind ("condition", "material") → its phrases' readings."""
+        return {"condition": self.conditions, "material": self.materials}
+
+    @functools.cached_property
     def frames(self) -> dict[str, Frames]:
         """Kind → the heads and tails of its phrases, as `_composed` reads an unknown phrase from them."""
         with _no_collection():
-            return {
-                kind: _frames_of(table)
-                for kind, table in (("condition", self.conditions), ("material", self.materials))
-            }
+            return {kind: _frames_of(table) for kind, table in self.tables.items()}
 
     @functools.cached_property
     def longest(self) -> int:
@@ -413,7 +415,7 @@ def _matches(
         coating = np.isin(after, list(COATINGS))  # "chrome-plated": the surface, not what the part is made of
         if n == 1:  # phrases read from their parts, before the single words they hold ("working well" is good)
             _composed(word, row, clause, lexicon, coating, unparted, covered, in_phrase, found)
-        for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials)):
+        for kind, table in lexicon.tables.items():
             exact = as_written.isin(table.keys()).to_numpy()  # a phrase as written, else with its words inflected
             hits = (exact | gram.isin(table.keys()).to_numpy()) & ~(coating & (kind == "material"))
             for at in np.flatnonzero(same & free & hits):
@@ -468,7 +470,7 @@ def _composed(
             either = np.zeros(len(starts), dtype=bool)
             for head, tail in splits:
                 either |= head.isin(frames.heads.keys()).to_numpy() & tail.isin(frames.tails.keys()).to_numpy()
-            table = lexicon.conditions if kind == "condition" else lexicon.materials
+            table = lexicon.tables[kind]
             for at in np.flatnonzero(either):
                 start = starts[at]
                 taken = covered[start : start + n].any() or unparted[start : start + n].any()
@@ -644,13 +646,13 @@ def _compound(word: str, lexicon: Lexicon) -> tuple[str, Reading] | None:
     found = {
         (kind, phrase)
         for at in range(MIN_COMPOUND_HEAD, len(word) - MIN_COMPOUND_TAIL + 1)
-        for kind, table in (("condition", lexicon.conditions), ("material", lexicon.materials))
+        for kind, table in lexicon.tables.items()
         if (phrase := f"{word[:at]} {word[at:]}") in table
     }
     if len(found) != 1:
         return None
     kind, phrase = found.pop()
-    read = (lexicon.conditions if kind == "condition" else lexicon.materials)[phrase]
+    read = lexicon.tables[kind][phrase]
     return kind, Reading(read.meaning, f"written as one word ({phrase}): {read.via}", read.negated)
 
 
