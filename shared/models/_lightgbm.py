@@ -514,7 +514,7 @@ def recent_level(daily_cycles: np.ndarray, level_prior: float) -> np.ndarray:
 def _calendar_features(as_of: np.ndarray, shape: np.ndarray) -> dict[str, np.ndarray]:
     """Season of the 30 target days (at their midpoint) and how much of the rhythm's high days they hold."""
     midpoint = as_of + np.timedelta64(HORIZON_DAYS // 2, "D")
-    day_of_year = (midpoint - midpoint.astype("datetime64[Y]")).astype(np.float64)
+    day_of_year = _day_of_year(midpoint).astype(np.float64)
     angle = 2 * np.pi * day_of_year / 365.25
     return {
         "day_of_year_sin": np.sin(angle),
