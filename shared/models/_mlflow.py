@@ -60,10 +60,10 @@ from shared.models.backtest import (
     calibration_from_outcomes,
     concatenate_outcomes,
     forecast_metrics,
+    method_forecasters,
     origin_outcomes,
     recent_mean_forecast,
     score_outcomes,
-    seasonal_naive_forecast,
 )
 
 MODEL_KIND = "mlflow-pyfunc"
@@ -258,11 +258,7 @@ def calibrate_after_training(
             f"to at least {HORIZON_DAYS} days later; the telemetry runs {history.first_day} to {data_end}"
         )
     origins = np.arange(first, last + 1, ORIGIN_STRIDE)
-    forecasters = {
-        "model": model.forecast,
-        "seasonal_naive": seasonal_naive_forecast,
-        "recent_mean": recent_mean_forecast,
-    }
+    forecasters = method_forecasters(model.forecast)
     split = (len(origins) + 1) // 2
     held_out = origin_outcomes(history, origins[:split], forecasters, WINDOW_DAYS, model.wear_beyond)
     summary: dict[str, Any] = {

@@ -111,6 +111,11 @@ def recent_mean_forecast(windows: BatteryWindows) -> np.ndarray:
     return np.repeat(mean[:, None], HORIZON_DAYS, axis=1)
 
 
+def method_forecasters(model_forecast: Callable[[BatteryWindows], np.ndarray]) -> dict[str, Callable]:
+    """The model's forecast beside the baselines every backtest compares it with, keyed as `METHODS`."""
+    return {"model": model_forecast, "seasonal_naive": seasonal_naive_forecast, "recent_mean": recent_mean_forecast}
+
+
 def run_backtest(
     history: FleetHistory,
     fit: Callable[[FleetHistory, int], Forecaster],
@@ -141,11 +146,7 @@ def run_backtest(
 
     say(f"backtest: fitting on targets up to {_date(history, calibration_origins[0])}")
     model = fit(history, int(calibration_origins[0]))
-    forecasters = {
-        "model": model.forecast,
-        "seasonal_naive": seasonal_naive_forecast,
-        "recent_mean": recent_mean_forecast,
-    }
+    forecasters = method_forecasters(model.forecast)
     say(
         f"backtest: calibrating on {len(calibration_origins)} origins, "
         f"evaluating on {len(evaluation_origins)} from {_date(history, cutoff)}"
