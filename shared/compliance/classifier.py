@@ -241,6 +241,8 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
                                            ("material", MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)):  # fmt: skip
         exact, typo = (_stated(text, spellings, disqualifying) for text in (uncovered, corrected))
         by_lexicon = phrases[slot].where(phrases[slot] != UNCLEAR)
+        if slot == "material":  # among several materials a disqualifying one wins: "carbon fibre and ABS"
+            exact = exact.mask(by_lexicon.isin(disqualifying) & ~exact.isin(disqualifying))
         stated = exact.combine_first(by_lexicon).combine_first(typo)
         through = exact.isna() & by_lexicon.notna()
         unclear = exact.isna() & by_lexicon.isna() & typo.isna() & (phrases[slot] == UNCLEAR)
@@ -274,14 +276,19 @@ WERKSTOFF_NUMBER = re.compile(
 )
 
 
+WITH_SLASH = re.compile(r"(?<![\w/])w/(o\b)?(?!/)")  # "w/ stickers", "w/o damage": with, without
+
+
 def _joined_designations(lowered: pd.Series) -> pd.Series:
     """Dotted abbreviations and Werkstoff numbers as one word each, before the dots break clauses: "c.i." is
-    "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`)."""
+    "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`); and "w/", "w/o" written
+    out, so "w/o damage" is negated as "without damage" is."""
     joined = lowered.copy()
     for pattern, replacement, hint in (
         (DOTTED_ABBREVIATION, lambda m: m.group().replace(".", ""), r"\b[a-z]\.[a-z]\b"),
         (WERKSTOFF_NUMBER, r"wnr\1\2", r"\d\.\d{4}"),
-    ):  # a cheap hint first: few notes hold either
+        (WITH_SLASH, lambda m: " without " if m.group(1) else " with ", r"\bw/"),
+    ):  # a cheap hint first: few notes hold any
         some = joined.str.contains(hint).fillna(False).to_numpy(dtype=bool)
         joined[some] = joined[some].str.replace(pattern, replacement, regex=True)
     return joined
