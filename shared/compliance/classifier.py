@@ -53,6 +53,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import normalize
 
 from shared.compliance.lexicon import (
+    ABBREVIATED_GRAMMAR_WORD,
     CLAUSE,
     CLAUSE_BREAK,
     OTHER,
@@ -230,7 +231,11 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     )
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
-    clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
+    clauses = (
+        with_tokens.str.replace(ABBREVIATED_GRAMMAR_WORD, r"\1", regex=True)
+        .str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True)
+        .str.replace(r"[\W_]+", " ", regex=True)
+    )
     phrases = read_phrases(
         clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS), tuple(_VOCABULARY)
     )

@@ -125,7 +125,7 @@ DESIGNATIONS = (
     _designation(r"d[cx]\d{2}d?|h[cx]\d{3}[a-z]{0,3}", "steel", "EN sheet steel"),
     _designation(r"fcd?\d{3}|fcm[bwp]\d*|ht\d{3}|qt\d{3}|kt[hbz]\d{3}", "iron", "JIS/GB cast iron grade"),
     _designation(
-        r"a[1-7]\d{3}|a9\d{4}|adc\d{1,2}|ac\d[a-c]h?|zl\d{3}|ly\d{1,2}|lm\d{1,2}|[1-8]a\d{2}",
+        r"a9\d{4}|adc\d{1,2}|ac\d[a-c]h?|zl\d{3}|ly\d{1,2}|lm\d{1,2}|[1-8]a\d{2}",
         "aluminum",
         "JIS/GB/BS/UNS aluminium alloy",
     ),
@@ -146,6 +146,11 @@ DESIGNATIONS = (
     _designation(r"wnr20[01]\d{2}", "copper", "Werkstoff number of a copper"),
     _designation(r"wnr(?:2[0-4]|35)\d{3}", "other", "Werkstoff number of a copper, nickel or magnesium alloy"),
 )
+
+# A JIS aluminium grade is "A" and the AA number (A5052, A6061): read only when the lexicon knows that number as
+# an aluminium, so a part number shaped like one ("A1234") is not.
+JIS_ALUMINIUM = re.compile(r"a([1-8]\d{3})")
+JIS_ALUMINIUM_READING = Reading("aluminum", "named by its designation: JIS aluminium (A and the AA number)")
 
 
 @dataclass(frozen=True)
@@ -531,6 +536,8 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
         if word in known or word == CLAUSE:
             continue
         designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
+        if (jis := JIS_ALUMINIUM.fullmatch(word)) and (aa := lexicon.materials.get(jis.group(1))):
+            designation = ("material", JIS_ALUMINIUM_READING) if aa.meaning == "aluminum" else None
         readable = word.isalpha() and len(word) >= MIN_INFLECTED
         inflected = (_inflected(word, lexicon) or _derived(word, lexicon)) if readable else None
         if designation:
@@ -813,17 +820,20 @@ def _negate(
 HEDGES = frozenset({"slight", "slightly", "minor", "light", "lightly", "mild", "mildly", "partly", "partially",
                     "somewhat", "fairly", "small", "some", "surface", "cosmetic", "sl", "little"})  # fmt: skip
 HEDGES_AFTER_A = frozenset({"touch", "little", "bit"})  # "a touch worn", "a little rough", "a bit tired"
-INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "extremely", "heavy",
+INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "v", "extremely", "heavy",
                           "severe", "major", "extensive", "deeply", "deep", "totally", "completely"})  # fmt: skip
 INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking badly" (not "light wear throughout")
 # Words of doubt before a reading: "mixed wear", "possible crack", "suspected aluminium" say too little.
-DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
+DOUBTS = frozenset({"mixed", "possible", "possibly", "poss", "suspected", "suspect", "maybe", "perhaps", "uncertain",
                     "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
 # Words of degree and doubt, never taken into a phrase read from its parts: "slight corrosion" is a hedged
 # fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge. A negator may
 # be ("will not work" is a frame's: does not work).
 GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
+# A word of degree or doubt abbreviated with a dot ("sl. worn", "v. rusty", "poss. cracked") is still the next
+# word's: its dot does not end the clause.
+ABBREVIATED_GRAMMAR_WORD = re.compile(rf"\b({'|'.join(sorted(GRAMMAR_WORDS, key=len, reverse=True))})\.(?=\s+[a-z])")
 
 
 DOUBTED = Reading(UNCLEAR, "the regulation's own word")  # after a word of doubt: "possibly plastic"
