@@ -832,8 +832,11 @@ DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing 
 # be ("will not work" is a frame's: does not work).
 GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
 # A word of degree or doubt abbreviated with a dot ("sl. worn", "v. rusty", "poss. cracked") is still the next
-# word's: its dot does not end the clause.
-ABBREVIATED_GRAMMAR_WORD = re.compile(rf"\b({'|'.join(sorted(GRAMMAR_WORDS, key=len, reverse=True))})\.(?=\s+[a-z])")
+# word's: its dot does not end the clause. Abbreviations are short, and a shorter pattern is quicker to match.
+ABBREVIATED = 4
+ABBREVIATED_GRAMMAR_WORD = re.compile(
+    rf"\b({'|'.join(sorted((w for w in GRAMMAR_WORDS if len(w) <= ABBREVIATED), key=len, reverse=True))})\.(?=\s+[a-z])"
+)
 
 
 DOUBTED = Reading(UNCLEAR, "the regulation's own word")  # after a word of doubt: "possibly plastic"
