@@ -485,8 +485,13 @@ def test_a_dotted_word_of_degree_or_doubt_is_still_the_next_words():
 
 def test_a_jis_aluminium_grade_is_read_only_for_a_known_aa_number_and_a_temper_alone_is_no_material():
     texts = ["bracket 2010 good, A5052", "bracket 2010 good, A1234", "bracket 2010 good, T6 screws",
-             "bracket 2010 good, 6061 T6"]  # fmt: skip
-    assert read(texts, "material") == ["aluminum", None, None, "aluminum"]
+             "bracket 2010 good, 6061 T6", "bracket 2010 good, 6005A"]  # fmt: skip
+    assert read(texts, "material") == ["aluminum", None, None, "aluminum", "aluminum"]
+
+
+def test_solid_before_a_material_says_what_it_is_made_of_not_its_state():
+    texts = ["roof bars, solid brass, 2010", "radiator, titanium, 2020, solid", "radiator, solid cu, 2020"]
+    assert read(texts, "condition") == [None, "good", None]
 
 
 @pytest.mark.parametrize(

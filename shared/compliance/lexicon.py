@@ -147,10 +147,11 @@ DESIGNATIONS = (
     _designation(r"wnr(?:2[0-4]|35)\d{3}", "other", "Werkstoff number of a copper, nickel or magnesium alloy"),
 )
 
-# A JIS aluminium grade is "A" and the AA number (A5052, A6061): read only when the lexicon knows that number as
-# an aluminium, so a part number shaped like one ("A1234") is not.
-JIS_ALUMINIUM = re.compile(r"a([1-8]\d{3})")
-JIS_ALUMINIUM_READING = Reading("aluminum", "named by its designation: JIS aluminium (A and the AA number)")
+# A JIS aluminium grade is "A" and the AA number (A5052, A6061), and an AA number may carry a national variant's
+# letter (6005A): read only when the lexicon knows that number as an aluminium, so a part number shaped like one
+# ("A1234") is not.
+JIS_ALUMINIUM = re.compile(r"a([1-8]\d{3})|([1-8]\d{3})a")
+JIS_ALUMINIUM_READING = Reading("aluminum", "named by its designation: an AA aluminium number with a letter")
 
 
 @dataclass(frozen=True)
@@ -356,8 +357,10 @@ def read_phrases(
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
     graded = np.isin(word, GRADES) & ~covered  # the regulation's own grade, which the rules read
+    material_at = np.isin(word, list(spelled)) & ~np.isin(word, GRADES)
+    material_at[[start for kind, start, _, _ in found if kind == "material"]] = True
     reads = reads[
-        ~_names_a_thing(reads, word, row, clause, disqualifying) & ~_causative(reads, word, row, clause)
+        ~_names_a_thing(reads, word, row, clause, disqualifying, material_at) & ~_causative(reads, word, row, clause)
         & ~_graded_by_the_regulation(reads, graded, row, clause) & ~_matrix_of_a_fibre(reads, row, clause)
     ]  # fmt: skip
     reads = reads.reset_index(drop=True)
@@ -536,7 +539,7 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
         if word in known or word == CLAUSE:
             continue
         designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
-        if (jis := JIS_ALUMINIUM.fullmatch(word)) and (aa := lexicon.materials.get(jis.group(1))):
+        if (jis := JIS_ALUMINIUM.fullmatch(word)) and (aa := lexicon.materials.get(jis.group(1) or jis.group(2))):
             designation = ("material", JIS_ALUMINIUM_READING) if aa.meaning == "aluminum" else None
         readable = word.isalpha() and len(word) >= MIN_INFLECTED
         inflected = (_inflected(word, lexicon) or _derived(word, lexicon)) if readable else None
@@ -688,14 +691,21 @@ THING_HEADS = frozenset({
 })  # fmt: skip
 ANTI = "anti"  # "anti-rust", "anti-corrosion": a treatment against the fault
 # Words after a fault that make it the fault of something else than the part: "from a written-off car".
+SOLID = "solid"  # before a material, how much of the part it makes ("solid brass"), not the part's state
 OTHER_THINGS = frozenset({"car", "cars", "vehicle", "vehicles", "van", "vans", "truck", "lorry", "donor", "bike"})
 
 
 def _names_a_thing(
-    reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray, disqualifying: Collection[str]
+    reads: pd.DataFrame,
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    disqualifying: Collection[str],
+    material_at: np.ndarray,
 ) -> np.ndarray:
-    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part, and
-    faults of something else ("from a written-off car")."""
+    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part, faults
+    of something else ("from a written-off car"), and "solid" before a material (`material_at`): "solid brass"
+    is brass through and through."""
     if reads.empty:
         return np.zeros(0, dtype=bool)
     start, end = reads["start"].to_numpy(), (reads["start"] + reads["n"]).to_numpy()
@@ -704,6 +714,7 @@ def _names_a_thing(
     same_before = (start > 0) & (row[before] == row[start]) & (clause[before] == clause[start])
     fault = reads["meaning"].isin(list(disqualifying)).to_numpy()  # a new car's part is new, a wreck's may be fine
     heads = np.isin(word[after], list(THING_HEADS)) | (fault & np.isin(word[after], list(OTHER_THINGS)))
+    heads |= (word[start] == SOLID) & (reads["n"].to_numpy() == 1) & material_at[after]
     named = (same_after & heads) | (same_before & (word[before] == ANTI))
     return named & (reads["kind"].to_numpy() == "condition")
 
