@@ -26,11 +26,13 @@ means:
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
   ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
   perfect" says too little), unless the word says what it means negated ("never used": as new; "not
-  working": poor). A material word is never negated ("no plastic parts" is read as plastic);
+  working": poor). A material word is never negated ("no plastic parts" is read as plastic); a fault of the
+  car a part came from is not the part's ("from a written-off car"), nor is "had it" before a participle
+  ("had it replaced") the idiom;
 * degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
   touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
   word of doubt before any reading, or before the regulation's own word, makes it unclear ("mixed wear",
-  "possible crack", "possibly plastic");
+  "possible crack", "possibly plastic"), and so do materials named as alternatives ("iron or steel");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
