@@ -504,7 +504,9 @@ def test_solid_before_a_material_says_what_it_is_made_of_not_its_state():
      ("never been on a car", "excellent"),
      ("starting to make noise", "fair"), ("not so good", "poor"), ("cannot use anymore", "poor"),
      ("ready to bolt on", "good"), ("needs doing soon", "poor"), ("tested and working", "good"),
-     ("no issue found", "good"), ("as supplied by the factory", "excellent"), ("it fell off", "poor")],
+     ("no issue found", "good"), ("as supplied by the factory", "excellent"), ("it fell off", "poor"),
+     ("above average", "good"), ("below average", "poor"), ("ageing", "fair"), ("fail", "poor"), ("mid-life", "fair"),
+     ("can be reused", "good"), ("lightly used", "good"), ("replaced last week", "excellent")],
 )  # fmt: skip
 def test_the_registers_of_a_parts_dealer_and_a_fleet_office_are_read(written, condition):
     """Round 5's glossary (README: Component compliance): remaining life, mileage, dealer grades, a health check's
