@@ -14,7 +14,7 @@ sends to review counts as wrong. Candidates:
 
 Then the time to train the chosen model on all notes and to score them (CPU seconds: the steadier
 figure on a shared machine), and the reader on words the simulator never writes (issue 17): accuracy,
-recall of non-compliant notes and review rate on the development vocabularies (dev, test and fresh1-6:
+recall of non-compliant notes and review rate on the development vocabularies (dev, test and fresh1-8:
 all looked at while the reader was built) or those named by --vocabularies (the blind holdout, the figure
 that counts, only when named: `--vocabularies holdout,holdout2,holdout3`) (tests/compliance_vocabulary_*.json), with the
 regulation's words only (an empty lexicon), with the lexicon (WordNet + workshop glossary) and its grammar,
@@ -58,7 +58,7 @@ from shared.compliance.lexicon import LEXICON_FILE, Lexicon, default_lexicon, le
 from shared.devtools.fleet_simulator import simulate_components, simulate_vocabulary_notes
 
 VOCABULARIES = Path(__file__).resolve().parent.parent / "tests"
-DEVELOPMENT_VOCABULARIES = ("dev", "test", *(f"fresh{k}" for k in range(1, 7)))
+DEVELOPMENT_VOCABULARIES = ("dev", "test", *(f"fresh{k}" for k in range(1, 9)))
 
 
 def main() -> None:

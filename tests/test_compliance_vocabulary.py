@@ -79,7 +79,7 @@ def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_ea
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
     dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
     holdout3 = phrases("holdout3")
-    fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 7)))
+    fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 9)))
     assert not dev & test and not holdout & (dev | test)
     assert not holdout2 & (dev | test | holdout | fresh)
     assert not holdout3 & (dev | test | holdout | holdout2 | fresh)
@@ -421,6 +421,112 @@ def test_dotted_abbreviations_and_werkstoff_numbers_are_one_word():
              "bracket 2010 good, steel, N.A.D.", "bracket 2010 good, runout 0.6250 in"]  # fmt: skip
     assert read(texts, "material") == ["iron", "steel", "iron", "steel", None]
     assert read(texts[3:4], "condition") == ["good"]
+
+
+def test_a_zero_or_w_o_denies_a_fault_and_w_is_with():
+    texts = ["steel bracket 2010, fresh install, 0 wear", "steel bracket 2010, w/o damage",
+             "steel bracket 2010, still w/ stickers on", "steel bracket 2010, 0 leaks"]  # fmt: skip
+    assert read(texts, "condition") == ["excellent", "good", "excellent", "good"]
+
+
+def test_little_before_an_adjective_or_bit_is_a_hedge_not_scarcity():
+    """ "very little wear" denies the wear; "little rusty", "is little bit worn" (a little) grade it fair."""
+    texts = ["steel bracket 2010, is little bit worn", "steel bracket 2010, little rusty here and there",
+             "steel bracket 2010, very little wear", "steel bracket 2010, little play"]  # fmt: skip
+    assert read(texts, "condition") == ["fair", "fair", "good", "good"]
+
+
+def test_an_adverb_is_read_as_an_adjective_never_as_a_participle():
+    """ "totally" is not "totalled" (poor): "is totally new" is new; "solidly" is still "solid"."""
+    assert read(["steel bracket 2010, is totally new", "steel bracket 2010, solidly built"], "condition") == [
+        "excellent",
+        "good",
+    ]
+
+
+def test_one_material_or_another_is_unclear():
+    texts = ["bracket 2010, good, iron or steel", "bracket 2010, good, GRP or carbon",
+             "bracket 2010, good, carbon fibre or GRP", "bracket 2010, good, steel",
+             "steel bracket 2010, spares or repairs"]  # fmt: skip
+    notes = read_notes(pd.Series(texts))
+    assert notes["material"].tolist() == [None, None, None, "steel", "steel"]
+    assert notes["material_unclear"].tolist() == [True, True, True, False, False]
+    assert notes["material_via"].iloc[0] == "one material or another" and notes["condition"].iloc[-1] == "poor"
+
+
+def test_a_disqualifying_material_beside_the_regulations_own_word_wins():
+    """Among several materials a disqualifying one wins, whichever source read it: "carbon fibre and ABS"."""
+    texts = ["bracket 2010, good, carbon fibre and ABS", "bracket 2010, good, carbon fibre"]
+    assert read(texts, "material") == ["plastic", "carbon fiber"]
+
+
+def test_the_regulations_grade_before_a_phrase_says_what_it_is(model):
+    """ "used condition" is fair, "good used condition" good: the reader and the classifier both see "good"."""
+    texts = ["Salvage stock: radiator, polished titanium, off a 2008 donor. Graded good used condition.",
+             "radiator, titanium, 2008, used condition"]  # fmt: skip
+    good, used = score_texts(model, texts).to_dict("records")
+    assert good[NEEDS_REVIEW] == 0 and good[NON_COMPLIANT] == 0
+    assert used[NEEDS_REVIEW] == 0 and used[NON_COMPLIANT] == 1
+
+
+def test_a_fault_of_the_car_a_part_came_from_is_not_the_parts_and_had_it_done_is_not_had_it():
+    texts = ["copper radiator, 2010, removed from a written-off car",
+             "copper radiator, 2010, pulled off a brand-new car",
+             "copper radiator, 2010, I had it replaced new last month",
+             "copper radiator, 2010, it has had it"]  # fmt: skip
+    assert read(texts, "condition") == [None, "excellent", "excellent", "poor"]
+
+
+def test_a_dotted_word_of_degree_or_doubt_is_still_the_next_words():
+    texts = ["steel bracket 2010, sl. worn", "steel bracket 2010, poss. cracked", "steel bracket 2010, worn. slightly"]
+    notes = read_notes(pd.Series(texts), default_lexicon().without(["sl worn"]))
+    assert notes["condition"].tolist() == ["fair", None, "poor"] and notes["condition_unclear"].iloc[1]
+
+
+def test_a_jis_aluminium_grade_is_read_only_for_a_known_aa_number_and_a_temper_alone_is_no_material():
+    texts = ["bracket 2010 good, A5052", "bracket 2010 good, A1234", "bracket 2010 good, T6 screws",
+             "bracket 2010 good, 6061 T6", "bracket 2010 good, 6005A"]  # fmt: skip
+    assert read(texts, "material") == ["aluminum", None, None, "aluminum", "aluminum"]
+
+
+def test_solid_before_a_material_says_what_it_is_made_of_not_its_state():
+    texts = ["roof bars, solid brass, 2010", "radiator, titanium, 2020, solid", "radiator, solid cu, 2020"]
+    assert read(texts, "condition") == [None, "good", None]
+
+
+@pytest.mark.parametrize(
+    ("written", "condition"),
+    [("still plenty of wear left", "good"), ("loads of meat on it", "good"), ("about half its life left", "fair"),
+     ("0 life left", "poor"), ("high mileage, still working", "fair"), ("low mileage", "good"),
+     ("grade B used", "fair"), ("grade A used", "good"), ("green on vhc", "good"), ("red on vhc", "poor"),
+     ("10 outta 10", "excellent"), ("will do for now", "fair"), ("keep an eye on it", "fair"),
+     ("never gave me any trouble", "good"), ("only fitted last week", "excellent"),
+     ("never been on a car", "excellent"),
+     ("starting to make noise", "fair"), ("not so good", "poor"), ("cannot use anymore", "poor"),
+     ("ready to bolt on", "good"), ("needs doing soon", "poor"), ("tested and working", "good"),
+     ("no issue found", "good"), ("as supplied by the factory", "excellent"), ("it fell off", "poor"),
+     ("above average", "good"), ("below average", "poor"), ("ageing", "fair"), ("fail", "poor"), ("mid-life", "fair"),
+     ("can be reused", "good"), ("lightly used", "good"), ("replaced last week", "excellent")],
+)  # fmt: skip
+def test_the_registers_of_a_parts_dealer_and_a_fleet_office_are_read(written, condition):
+    """Round 5's glossary (README: Component compliance): remaining life, mileage, dealer grades, a health check's
+    lights, ratings, "for now", trouble, recent fitting, and frames grown by a slot."""
+    assert read([f"steel bracket 2010, {written}"], "condition") == [condition]
+
+
+def test_a_part_not_assessed_says_nothing_of_its_state():
+    """ "untested" had been WordNet's kind of new, "inspection incomplete" the fracture "incomplete"."""
+    notes = read_notes(pd.Series(["steel bracket 2010, untested", "steel bracket 2010, inspection incomplete"]))
+    assert notes["condition"].tolist() == [None, None] and notes["condition_unclear"].all()
+
+
+@pytest.mark.parametrize(
+    ("written", "material"),
+    [("Kunststoff", "plastic"), ("Grauguss", "iron"), ("Messing", "other"), ("V2A", "steel"),
+     ("Kohlefaser", "carbon fiber"), ("T409", "steel"), ("Zoltek", "carbon fiber"), ("c-fiber", "carbon fiber")],
+)  # fmt: skip
+def test_workshop_german_shorthand_and_type_numbers_are_read(written, material):
+    assert read([f"bracket 2010, good, {written}"], "material") == [material]
 
 
 # --- the lexicon --------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import normalize
 
 from shared.compliance.lexicon import (
+    ABBREVIATED_GRAMMAR_WORD,
     CLAUSE,
     CLAUSE_BREAK,
     OTHER,
@@ -230,7 +231,11 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     )
 
     with_tokens = lowered.str.replace(YEAR_PATTERN, _year_token, regex=True)
-    clauses = with_tokens.str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True).str.replace(r"[\W_]+", " ", regex=True)
+    clauses = (
+        with_tokens.str.replace(ABBREVIATED_GRAMMAR_WORD, r"\1", regex=True)
+        .str.replace(CLAUSE_BREAK, f" {CLAUSE} ", regex=True)
+        .str.replace(r"[\W_]+", " ", regex=True)
+    )
     phrases = read_phrases(
         clauses.str.strip(), lexicon, (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS), tuple(_VOCABULARY)
     )
@@ -241,6 +246,8 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
                                            ("material", MATERIAL_SPELLINGS, NON_COMPLIANT_MATERIALS)):  # fmt: skip
         exact, typo = (_stated(text, spellings, disqualifying) for text in (uncovered, corrected))
         by_lexicon = phrases[slot].where(phrases[slot] != UNCLEAR)
+        if slot == "material":  # among several materials a disqualifying one wins: "carbon fibre and ABS"
+            exact = exact.mask(by_lexicon.isin(disqualifying) & ~exact.isin(disqualifying))
         stated = exact.combine_first(by_lexicon).combine_first(typo)
         through = exact.isna() & by_lexicon.notna()
         unclear = exact.isna() & by_lexicon.isna() & typo.isna() & (phrases[slot] == UNCLEAR)
@@ -274,14 +281,19 @@ WERKSTOFF_NUMBER = re.compile(
 )
 
 
+WITH_SLASH = re.compile(r"(?<![\w/])w/(o\b)?(?!/)")  # "w/ stickers", "w/o damage": with, without
+
+
 def _joined_designations(lowered: pd.Series) -> pd.Series:
     """Dotted abbreviations and Werkstoff numbers as one word each, before the dots break clauses: "c.i." is
-    "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`)."""
+    "ci", "1.4301" is "wnr14301" (read by `shared.compliance.lexicon.DESIGNATIONS`); and "w/", "w/o" written
+    out, so "w/o damage" is negated as "without damage" is."""
     joined = lowered.copy()
     for pattern, replacement, hint in (
         (DOTTED_ABBREVIATION, lambda m: m.group().replace(".", ""), r"\b[a-z]\.[a-z]\b"),
         (WERKSTOFF_NUMBER, r"wnr\1\2", r"\d\.\d{4}"),
-    ):  # a cheap hint first: few notes hold either
+        (WITH_SLASH, lambda m: " without " if m.group(1) else " with ", r"\bw/"),
+    ):  # a cheap hint first: few notes hold any
         some = joined.str.contains(hint).fillna(False).to_numpy(dtype=bool)
         joined[some] = joined[some].str.replace(pattern, replacement, regex=True)
     return joined

@@ -26,11 +26,13 @@ means:
   after it ("corrosion: none", "cracks not found"; `_denied_after`), and a negating affix
   ("uncorroded", "unserviceable", "rustless"), turn a fault into good and a merit into unclear ("not
   perfect" says too little), unless the word says what it means negated ("never used": as new; "not
-  working": poor). A material word is never negated ("no plastic parts" is read as plastic);
+  working": poor). A material word is never negated ("no plastic parts" is read as plastic); a fault of the
+  car a part came from is not the part's ("from a written-off car"), nor is "had it" before a participle
+  ("had it replaced") the idiom;
 * degree: a hedge up to two words before a fault makes it fair ("slightly bent", "minor paint damage", "a
   touch worn"), an intensifier around a blemish makes it poor ("severely pitted", "flaking badly"), and a
   word of doubt before any reading, or before the regulation's own word, makes it unclear ("mixed wear",
-  "possible crack", "possibly plastic");
+  "possible crack", "possibly plastic"), and so do materials named as alternatives ("iron or steel");
 * materials: a word before "plated", "coated", "painted", ... names a surface, not what the part is made
   of ("chrome-plated"); a word that starts with "poly" names a polymer; a designation is read by its
   standard's pattern (`DESIGNATIONS`: 316L, GGG40, AlMg3, Ti6Al4V); a regulation word inside a longer
@@ -59,10 +61,12 @@ UNCLEAR = "unclear"  # a word that could mean a regulated material or not ("meta
 OTHER = "other"  # a material the regulation does not name (brass, zinc): neither plastic nor iron
 CLAUSE = "0clause0"  # the token `read_phrases` expects between clauses
 CLAUSE_BREAK = re.compile(r"[.;,:|()!?=]|(?<!\w)/|/(?!\w)|\s[-–]\s")  # "cf/epoxy" is one material
-NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "non", "none", "nothing", "neither", "nor",
+NEGATORS = frozenset({"no", "not", "without", "never", "nil", "zero", "0", "non", "none", "nothing", "neither", "nor",
                       "doesn", "isn", "wasn", "aren", "didn", "won", "cannot", "hardly", "barely", "negligible",
                       "minimal", "lacks"})  # fmt: skip
 SCARCE = frozenset({"little", "few"})  # "very little wear", "few scratches" deny; "a little rust" does not
+# ... nor "little" before an adjective or a participle, as a hedge: "little rusty", "little bit worn" (a little)
+ADJECTIVE_ENDINGS = re.compile(r"(?:ed|en|wn|rn|[^aeiou]y)$|^bit$")
 NEGATION_WINDOW = 3
 NEGATED_GRADE = "good"
 COATINGS = frozenset({"plated", "coated", "painted", "clad", "finish", "finished", "dipped", "sprayed"})  # a surface
@@ -88,7 +92,9 @@ def _designation(pattern: str, material: str, what: str) -> tuple[re.Pattern, st
 
 # Material designations a note writes as one word; the standards' own patterns, not a list of grades.
 DESIGNATIONS = (
-    _designation(r"(?:ss|sus|aisi)[234]\d\d[a-z]{0,2}|[234]\d\d(?:l|h|ln|ti)", "steel", "AISI stainless grade"),
+    _designation(
+        r"(?:ss|sus|aisi|t)[234]\d\d[a-z]{0,2}|[234]\d\d(?:l|h|ln|ti)", "steel", "AISI stainless grade (T304: type 304)"
+    ),
     _designation(r"s[23]\d5(?:jr|j0|j2|n|m|mc)?", "steel", "EN 10025 structural steel"),
     _designation(r"en\d{1,2}[a-z]?", "steel", "BS 970 EN steel"),
     _designation(
@@ -121,7 +127,7 @@ DESIGNATIONS = (
     _designation(r"d[cx]\d{2}d?|h[cx]\d{3}[a-z]{0,3}", "steel", "EN sheet steel"),
     _designation(r"fcd?\d{3}|fcm[bwp]\d*|ht\d{3}|qt\d{3}|kt[hbz]\d{3}", "iron", "JIS/GB cast iron grade"),
     _designation(
-        r"a[1-7]\d{3}|a9\d{4}|adc\d{1,2}|ac\d[a-c]h?|zl\d{3}|ly\d{1,2}|lm\d{1,2}|[1-8]a\d{2}",
+        r"a9\d{4}|adc\d{1,2}|ac\d[a-c]h?|zl\d{3}|ly\d{1,2}|lm\d{1,2}|[1-8]a\d{2}",
         "aluminum",
         "JIS/GB/BS/UNS aluminium alloy",
     ),
@@ -142,6 +148,12 @@ DESIGNATIONS = (
     _designation(r"wnr20[01]\d{2}", "copper", "Werkstoff number of a copper"),
     _designation(r"wnr(?:2[0-4]|35)\d{3}", "other", "Werkstoff number of a copper, nickel or magnesium alloy"),
 )
+
+# A JIS aluminium grade is "A" and the AA number (A5052, A6061), and an AA number may carry a national variant's
+# letter (6005A): read only when the lexicon knows that number as an aluminium, so a part number shaped like one
+# ("A1234") is not.
+JIS_ALUMINIUM = re.compile(r"a([1-8]\d{3})|([1-8]\d{3})a")
+JIS_ALUMINIUM_READING = Reading("aluminum", "named by its designation: an AA aluminium number with a letter")
 
 
 @dataclass(frozen=True)
@@ -339,12 +351,20 @@ def read_phrases(
     unparted = np.isin(word, [*spelled, *GRAMMAR_WORDS])
     found, covered = _matches(written, word, row, clause, lexicon, derived, unparted)
     found += _doubted_regulation_words(word, row, clause, np.isin(word, list(spelled)), found)
-    covered[[start for _, start, _, reading in found if reading is DOUBTED]] = True  # not the rules' to read
+    found = _alternative_materials(word, clause, np.isin(word, list(spelled)) & ~np.isin(word, GRADES), found)
+    covered[[start for _, start, _, reading in found if reading in (DOUBTED, ALTERNATIVE)]] = True  # not the rules'
+
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
     reads["meaning"] = [r.meaning for r in reads["reading"]]
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
-    reads = reads[~_names_a_thing(reads, word, row, clause) & ~_matrix_of_a_fibre(reads, row, clause)]
+    graded = np.isin(word, GRADES) & ~covered  # the regulation's own grade, which the rules read
+    material_at = np.isin(word, list(spelled)) & ~np.isin(word, GRADES)
+    material_at[[start for kind, start, _, _ in found if kind == "material"]] = True
+    reads = reads[
+        ~_names_a_thing(reads, word, row, clause, disqualifying, material_at) & ~_causative(reads, word, row, clause)
+        & ~_graded_by_the_regulation(reads, graded, row, clause) & ~_matrix_of_a_fibre(reads, row, clause)
+    ]  # fmt: skip
     reads = reads.reset_index(drop=True)
     _negate(reads, word, row, clause, disqualifying)
     _grade_by_degree_and_doubt(reads, word, row, clause)
@@ -521,6 +541,8 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
         if word in known or word == CLAUSE:
             continue
         designation = next(((k, read) for pattern, k, read in DESIGNATIONS if pattern.fullmatch(word)), None)
+        if (jis := JIS_ALUMINIUM.fullmatch(word)) and (aa := lexicon.materials.get(jis.group(1) or jis.group(2))):
+            designation = ("material", JIS_ALUMINIUM_READING) if aa.meaning == "aluminum" else None
         readable = word.isalpha() and len(word) >= MIN_INFLECTED
         inflected = (_inflected(word, lexicon) or _derived(word, lexicon)) if readable else None
         if designation:
@@ -535,6 +557,7 @@ def _canonical(words: np.ndarray, lexicon: Lexicon) -> tuple[np.ndarray, dict[st
 
 MIN_INFLECTED = 5  # shorter words are too often other words when stripped ("used" → "us")
 PARTICIPLES = ("ed", "ing")
+ADVERB = "ly"  # "solidly" is read as "solid", an adjective, never as a participle
 
 
 def _inflected(word: str, lexicon: Lexicon) -> str | None:
@@ -543,6 +566,8 @@ def _inflected(word: str, lexicon: Lexicon) -> str | None:
     key = inflection_key(word)
     known = lexicon.by_key.get(key) if key != word else None
     if known and word.endswith(PARTICIPLES) and not known.endswith((*PARTICIPLES, "en", "wn", "rn", "nt")):
+        return None
+    if known and word.endswith(ADVERB) and known.endswith(PARTICIPLES):  # "totally" is not "totalled"
         return None
     return known
 
@@ -667,18 +692,56 @@ THING_HEADS = frozenset({
     "blasted", "blasting", "peened", "peening",
 })  # fmt: skip
 ANTI = "anti"  # "anti-rust", "anti-corrosion": a treatment against the fault
+# Words after a fault that make it the fault of something else than the part: "from a written-off car".
+SOLID = "solid"  # before a material, how much of the part it makes ("solid brass"), not the part's state
+OTHER_THINGS = frozenset({"car", "cars", "vehicle", "vehicles", "van", "vans", "truck", "lorry", "donor", "bike"})
 
 
-def _names_a_thing(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
-    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part."""
+def _names_a_thing(
+    reads: pd.DataFrame,
+    word: np.ndarray,
+    row: np.ndarray,
+    clause: np.ndarray,
+    disqualifying: Collection[str],
+    material_at: np.ndarray,
+) -> np.ndarray:
+    """Condition readings that are part of a name ("wear sensor", "anti-rust"), not a state of the part, faults
+    of something else ("from a written-off car"), and "solid" before a material (`material_at`): "solid brass"
+    is brass through and through."""
     if reads.empty:
         return np.zeros(0, dtype=bool)
     start, end = reads["start"].to_numpy(), (reads["start"] + reads["n"]).to_numpy()
     after, before = np.minimum(end, len(word) - 1), np.maximum(start - 1, 0)
     same_after = (end < len(word)) & (row[after] == row[start]) & (clause[after] == clause[start])
     same_before = (start > 0) & (row[before] == row[start]) & (clause[before] == clause[start])
-    named = (same_after & np.isin(word[after], list(THING_HEADS))) | (same_before & (word[before] == ANTI))
+    fault = reads["meaning"].isin(list(disqualifying)).to_numpy()  # a new car's part is new, a wreck's may be fine
+    heads = np.isin(word[after], list(THING_HEADS)) | (fault & np.isin(word[after], list(OTHER_THINGS)))
+    heads |= (word[start] == SOLID) & (reads["n"].to_numpy() == 1) & material_at[after]
+    named = (same_after & heads) | (same_before & (word[before] == ANTI))
     return named & (reads["kind"].to_numpy() == "condition")
+
+
+def _causative(reads: pd.DataFrame, word: np.ndarray, row: np.ndarray, clause: np.ndarray) -> np.ndarray:
+    """Condition readings ending in "it" that a participle follows in their clause: "had it replaced" is what
+    was done to the part, not the idiom "had it" (finished)."""
+    if reads.empty:
+        return np.zeros(0, dtype=bool)
+    start, end = reads["start"].to_numpy(), (reads["start"] + reads["n"]).to_numpy()
+    at, beside = _beside(end, start, row, clause)
+    participle = pd.Series(word[at]).str.endswith(("ed", "en")).to_numpy()
+    return beside & participle & (word[np.maximum(end - 1, 0)] == "it") & (reads["kind"].to_numpy() == "condition")
+
+
+def _graded_by_the_regulation(
+    reads: pd.DataFrame, graded: np.ndarray, row: np.ndarray, clause: np.ndarray
+) -> np.ndarray:
+    """Condition readings right after a grade of the regulation's own (`graded`) in their clause: the grade says
+    what the phrase is ("good used condition", "good second-hand condition"), and the rules read it."""
+    if reads.empty:
+        return np.zeros(0, dtype=bool)
+    start = reads["start"].to_numpy()
+    before, beside = _beside(start - 1, start, row, clause)
+    return beside & graded[before] & (reads["kind"].to_numpy() == "condition")
 
 
 FIBRE, MATRIX = "carbon fiber", "plastic"
@@ -750,6 +813,7 @@ def _negate(
         inside &= conditions
         free_of = (word[at] == "free") & np.isin(word[np.minimum(at + 1, len(word) - 1)], ["of", "from"])
         scarce = np.isin(word[at], list(SCARCE)) & ~np.isin(word[np.maximum(at - 1, 0)], ["a", "quite"])
+        scarce &= ~pd.Series(word[np.minimum(at + 1, len(word) - 1)]).str.contains(ADJECTIVE_ENDINGS).to_numpy()
         before = np.isin(word[at], list(NEGATORS)) | free_of | scarce
         negated_at = np.where(inside & before & (negated_at < 0), at, negated_at)
     after, beside = _beside(end, start, row, clause)
@@ -767,22 +831,59 @@ def _negate(
 # Words of degree around a fault: a hedge makes a poor one fair ("slightly bent", "minor surface damage", "a
 # touch worn"), an intensifier a fair one poor ("severely pitted", "flaking badly"); a hedge wins ("very slight").
 HEDGES = frozenset({"slight", "slightly", "minor", "light", "lightly", "mild", "mildly", "partly", "partially",
-                    "somewhat", "fairly", "small", "some", "surface", "cosmetic", "sl"})  # fmt: skip
+                    "somewhat", "fairly", "small", "some", "surface", "cosmetic", "sl", "little"})  # fmt: skip
 HEDGES_AFTER_A = frozenset({"touch", "little", "bit"})  # "a touch worn", "a little rough", "a bit tired"
-INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "extremely", "heavy",
+INTENSIFIERS = frozenset({"heavily", "badly", "severely", "seriously", "extensively", "very", "v", "extremely", "heavy",
                           "severe", "major", "extensive", "deeply", "deep", "totally", "completely"})  # fmt: skip
 INTENSIFIERS_AFTER = frozenset({"badly", "severely", "heavily"})  # "flaking badly" (not "light wear throughout")
 # Words of doubt before a reading: "mixed wear", "possible crack", "suspected aluminium" say too little.
-DOUBTS = frozenset({"mixed", "possible", "possibly", "suspected", "suspect", "maybe", "perhaps", "uncertain",
+DOUBTS = frozenset({"mixed", "possible", "possibly", "poss", "suspected", "suspect", "maybe", "perhaps", "uncertain",
                     "unconfirmed", "questionable", "probable", "probably"})  # fmt: skip
 DEGREE_WINDOW = 2  # "minor paint damage": the hedge may stand before the thing that is damaged
 # Words of degree and doubt, never taken into a phrase read from its parts: "slight corrosion" is a hedged
 # fault, "very slight corrosion" still fair (a hedge wins), and the classifier sees the hedge. A negator may
 # be ("will not work" is a frame's: does not work).
 GRAMMAR_WORDS = HEDGES | HEDGES_AFTER_A | INTENSIFIERS | DOUBTS
+# A word of degree or doubt abbreviated with a dot ("sl. worn", "v. rusty", "poss. cracked") is still the next
+# word's: its dot does not end the clause. Abbreviations are short, and a shorter pattern is quicker to match.
+ABBREVIATED = 4
+ABBREVIATED_GRAMMAR_WORD = re.compile(
+    rf"\b({'|'.join(sorted((w for w in GRAMMAR_WORDS if len(w) <= ABBREVIATED), key=len, reverse=True))})\.(?=\s+[a-z])"
+)
 
 
 DOUBTED = Reading(UNCLEAR, "the regulation's own word")  # after a word of doubt: "possibly plastic"
+ALTERNATIVE = Reading(UNCLEAR, "one material or another")  # "iron or steel": its writer does not know which
+ALTERNATIVES = "or"
+
+
+def _alternative_materials(
+    word: np.ndarray, clause: np.ndarray, spelled: np.ndarray, found: list[tuple]
+) -> list[tuple]:
+    """`found` with every material of a clause that names one material or another ("iron or steel", "GRP or
+    carbon") read as unclear, and the regulation's own material words (`spelled`) of such a clause too."""
+    mentioned = spelled.copy()
+    first, last = np.zeros(len(word), dtype=bool), np.zeros(len(word), dtype=bool)
+    for kind, start, n, _ in found:
+        if kind == "material":
+            first[start], last[start + n - 1] = True, True
+    mentioned_before = np.concatenate([[False], (mentioned | last)[:-1]])
+    mentioned_after = np.concatenate([(mentioned | first)[1:], [False]])
+    at = np.flatnonzero((word == ALTERNATIVES) & mentioned_before & mentioned_after)
+    at = at[(clause[at - 1] == clause[at]) & (clause[at + 1] == clause[at])] if len(at) else at
+    if not len(at):
+        return found
+    doubtful = np.isin(clause, clause[at])
+    read = np.zeros(len(word), dtype=bool)
+    for _, start, n, _ in found:
+        read[start : start + n] = True
+    alternatives = [
+        (kind, start, n, Reading(UNCLEAR, f"{ALTERNATIVE.via}: {reading.via}"))
+        if kind == "material" and doubtful[start]
+        else (kind, start, n, reading)
+        for kind, start, n, reading in found
+    ]
+    return alternatives + [("material", int(k), 1, ALTERNATIVE) for k in np.flatnonzero(spelled & doubtful & ~read)]
 
 
 def _doubted_regulation_words(
