@@ -15,9 +15,9 @@ sends to review counts as wrong. Candidates:
 Then the time to train the chosen model on all notes and to score them (CPU seconds: the steadier
 figure on a shared machine), and the reader on words the simulator never writes (issue 17): accuracy,
 recall of non-compliant notes and review rate on the development vocabularies (dev, test and fresh1-8:
-all looked at while the reader was built) or those named by --vocabularies (the blind holdout, the figure
-that counts, only when named: `--vocabularies holdout,holdout2,holdout3`) (tests/compliance_vocabulary_*.json), with the
-regulation's words only (an empty lexicon), with the lexicon (WordNet + workshop glossary) and its grammar,
+all looked at while the reader was built) or those named by --vocabularies (the blind holdouts, the figures
+that count, only when named: `--vocabularies holdout,holdout2,holdout3,holdout4`) (tests/compliance_vocabulary_*.json),
+with the regulation's words only (an empty lexicon), with the lexicon (WordNet + workshop glossary) and its grammar,
 with it less each phrase's own WordNet seeds, and with every phrase of the vocabulary held out of the
 lexicon (what the grammar and the rest still read); and the lexicon's size and load time.
 
@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument(
         "--vocabularies",
         default=",".join(DEVELOPMENT_VOCABULARIES),
-        help="comma-separated vocabularies to measure (tests/compliance_vocabulary_<name>.json); the blind "
-        "holdouts only when named (`--vocabularies holdout,holdout2,holdout3`), so a development run never prints it",
+        help="comma-separated vocabularies to measure (tests/compliance_vocabulary_<name>.json); the blind holdouts "
+        "only when named (`--vocabularies holdout,holdout2,holdout3,holdout4`), so a development run never prints them",
     )
     parser.add_argument("--no-folds", action="store_true", help="skip the by-template folds (the vocabulary rows only)")
     args = parser.parse_args()

@@ -1,8 +1,9 @@
 """Component compliance in ordinary words (issue 17, point 4): the lexicon (WordNet and the workshop
 glossary), its grammar (inflections, negation, affixes, designations, coatings), the reasons that name the
 words read, the builder on a tiny WordNet, and the evaluation on vocabulary the simulator never writes: the
-development vocabularies (dev, test: both were looked at while the reader was built) and the blind holdout
-(tests/compliance_vocabulary_holdout.json, written by someone else; the targets are asserted on it)."""
+development vocabularies (dev, test, fresh1-8: looked at while the reader was built) and the blind holdouts
+(tests/compliance_vocabulary_holdout*.json, written by others and never looked at; the targets are asserted
+on them)."""
 
 from __future__ import annotations
 
@@ -78,13 +79,14 @@ def test_the_evaluation_vocabularies_use_no_word_of_the_simulator_and_none_of_ea
     simulator = {_norm(w) for forms in MATERIAL_SPELLINGS.values() for w in forms} | set(CONDITIONS)
     simulator |= {_norm(w) for w in (*MADE_WORDS, *PART_NAMES)}
     dev, test, holdout, holdout2 = phrases("dev"), phrases("test"), phrases("holdout"), phrases("holdout2")
-    holdout3 = phrases("holdout3")
+    holdout3, holdout4 = phrases("holdout3"), phrases("holdout4")
     fresh = set().union(*(phrases(f"fresh{k}") for k in range(1, 9)))
     assert not dev & test and not holdout & (dev | test)
     assert not holdout2 & (dev | test | holdout | fresh)
     assert not holdout3 & (dev | test | holdout | holdout2 | fresh)
-    assert not (dev | test | holdout | holdout2 | holdout3) & simulator
-    for which in ("dev", "test", "holdout", "holdout2", "holdout3"):
+    assert not holdout4 & (dev | test | holdout | holdout2 | holdout3 | fresh)
+    assert not (dev | test | holdout | holdout2 | holdout3 | holdout4) & simulator
+    for which in ("dev", "test", "holdout", "holdout2", "holdout3", "holdout4"):
         words = vocabulary(which)
         assert not set(words["templates"]) & set(COMPONENT_TEMPLATES.values())
         assert not {_norm(p) for p in words["parts"]} & {_norm(p) for p in PART_NAMES}
@@ -117,22 +119,24 @@ def test_on_the_development_vocabularies_the_targets_are_met_and_undecidable_not
 # Measured on the reader as merged (README, Component compliance): (accuracy, recall, review rate, decided
 # accuracy, undecidable decided) on each blind holdout, and the review rate of the regulation's words only.
 HOLDOUT_FIGURES = {
-    "holdout": ((0.964, 0.973, 0.028, 0.992, 0.127), 0.753),
-    "holdout2": ((0.912, 0.955, 0.086, 0.998, 0.079), 0.645),
-    "holdout3": ((0.940, 0.985, 0.056, 0.996, 0.030), 0.698),
+    "holdout": ((0.964, 0.973, 0.028, 0.992, 0.116), 0.753),
+    "holdout2": ((0.926, 0.965, 0.072, 0.998, 0.084), 0.645),
+    "holdout3": ((0.944, 0.985, 0.052, 0.996, 0.030), 0.698),
+    "holdout4": ((0.935, 0.951, 0.063, 0.998, 0.179), 0.652),
 }
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964, 0.912 and 0.940, recall 0.973, 0.955 "
-    "and 0.985, review 2.8 %, 8.6 % and 5.6 % (what it decides, 99.2-99.8 % right); see README, Component compliance",
+    reason="issue 17.4 targets not met on the blind holdouts: accuracy 0.964, 0.926, 0.944 and 0.935, recall 0.973, "
+    "0.965, 0.985 and 0.951, review 2.8 %, 7.2 %, 5.2 % and 6.3 % (what it decides, 99.2-99.8 % right); see README, "
+    "Component compliance",
 )
 @pytest.mark.parametrize("which", HOLDOUT_FIGURES)
 def test_issue_17_targets_on_the_blind_holdouts(model, which):
     """Issue 17.4's targets on phrasings nobody building the reader has seen (same format as
-    compliance_vocabulary_test.json; holdout2 and holdout3 were written by people who never opened the reader
-    at all)."""
+    compliance_vocabulary_test.json; holdout2, holdout3 and holdout4 were written by people who never opened
+    the reader at all)."""
     metrics = evaluate(model, which)
     assert metrics["accuracy"] >= TARGETS["accuracy"], metrics
     assert metrics["recall_non_compliant"] >= TARGETS["recall_non_compliant"], metrics
