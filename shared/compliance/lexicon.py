@@ -173,7 +173,8 @@ class Lexicon:
 
     def without(self, phrases: Collection[str]) -> Lexicon:
         """The lexicon less `phrases` and their inflections ("cracks" also drops "cracked"): an evaluation's
-        stand-in for words no list holds, so what is left to read them is the grammar and the fallback."""
+        stand-in for words no list holds, so what is left to read them is the grammar and the entries that remain
+        (longer phrases holding a dropped word stay)."""
         keys = {_inflection_keys(phrase) for phrase in phrases}
 
         def kept(table: Mapping[str, Reading]) -> dict[str, Reading]:
