@@ -17,6 +17,7 @@ import pytest
 from _models import model_dir
 from _services import DAYS, LAST_DAY, TELEMETRY, backlogs, batteries, battery_days, day_events
 from azure.functions.queue import QueueMessage
+from test_spark_submit import DATABRICKS, recording_session
 
 from shared.adapters import alert_store
 from shared.adapters.archive import archive_telemetry
@@ -107,7 +108,9 @@ def test_a_battery_replaced_in_telemetry_retracts_its_queued_alert_and_resolves_
     assert harness.simulator.received("CAR-PAST") == [delivered]  # nothing sent about it again
 
 
-def test_the_nightly_batch_sees_a_replacement_too(harness):
+@pytest.mark.parametrize("engine", ["in-process", "spark"])
+def test_the_nightly_batch_sees_a_replacement_too(harness, engine):
+    """With SPARK_TARGET set the night's scoring runs on a cluster, but the timer still notes the batteries."""
     harness.clock.now = datetime(2016, 3, 11, 12, tzinfo=UTC)  # the alert made at noon: unexpired at 03:00 tomorrow
     history = batteries(TELEMETRY, 1, DAYS)
     harness.host.deliver_events("score_telemetry", backlogs(history[history["Car_ID"] == "CAR-PAST"]))
@@ -119,11 +122,16 @@ def test_the_nightly_batch_sees_a_replacement_too(harness):
     archive_telemetry(harness.services.blobs, fresh, harness.clock(), "replacement-upload")
     ModelRegistry(harness.services.blobs).promote_if_better(model_dir())
     harness.clock.now = datetime(2016, 3, 12, 3, tzinfo=UTC)
+    if engine == "spark":
+        session, api = recording_session([(200, {"run_id": 5})])
+        harness.configure(**DATABRICKS, DATABRICKS_TOKEN="t").gateway = session
 
     nightly = harness.host.fire_timer("nightly_batch_score_timer")
     harness.host.drain_queue("push_alert")
 
     assert nightly.succeeded
+    if engine == "spark":
+        assert len(api.sent) == 1  # submitted, not scored here
     assert harness.simulator.received("CAR-PAST") == []
     assert stored(harness, queued)["state"] == "retracted"
 

@@ -24,7 +24,7 @@ from requests.adapters import BaseAdapter
 from test_azureml import plain, request_body
 
 from shared.adapters.registry import ModelRegistry, RegistryError
-from shared.adapters.storage import blob_service
+from shared.adapters.storage import blob_service, table_service
 from shared.bootstrap import Services
 from shared.cli import main
 from shared.config.settings import SettingsError, load_settings
@@ -151,7 +151,8 @@ def test_the_nightly_timer_submits_to_databricks_instead_of_scoring(storage_conn
     champion = registry.champion_metadata()
     settings = load_settings({**DATABRICKS, "DATABRICKS_TOKEN": "t"})
     session, api = recording_session([(200, {"run_id": 5})])
-    services = Services(settings=settings, blobs=blobs, tables=None, queues=None, scoring=None, gateway=session,
+    services = Services(settings=settings, blobs=blobs, tables=table_service(storage_connection), queues=None,
+                        scoring=None, gateway=session,
                         work_dir=tmp_path, clock=lambda: datetime(2016, 6, 21, 3, tzinfo=UTC))  # fmt: skip
     batch = nightly_batch_score(services)
     assert batch.alerts == [] and batch.summary["submitted"] == {"target": "databricks", "job_id": 4242, "run_id": 5}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -245,8 +245,7 @@ def nightly_batch_score(services: Services) -> AlertBatch:
     models = [model] if shadow is None else [model, shadow]
     chunks, in_cars, changed = [], {}, 0
     for chunk in window.chunks_of_cars(settings.batch_score_chunk_batteries):
-        changed += note_batteries(services, chunk.frame, now)  # as sent: preparation renames a reset battery
-        in_cars.update(batteries_in_cars(chunk.frame))
+        changed += note_installed(services, chunk.frame, now, in_cars)
         clean = prepare_telemetry(chunk.frame)[0]
         chunks.append([_scored(each, clean, as_of, threshold) for each in models])
     files = {"files_read": len(window.names) - len(window.skipped), "skipped_files": list(window.skipped.values())}
@@ -267,6 +266,13 @@ def nightly_batch_score(services: Services) -> AlertBatch:
                "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
                "batteries_changed": changed, **shadow_summary, **files}  # fmt: skip
     return AlertBatch(alerts, summary)
+
+
+def note_installed(services: Services, telemetry: pd.DataFrame, now: datetime, in_cars: dict[str, str]) -> int:
+    """Tell the lifecycle the battery each car in `telemetry` (records as sent: preparation renames a reset
+    battery) carries now, and add it to `in_cars` for the replacement labels; how many cars changed battery."""
+    in_cars.update(batteries_in_cars(telemetry))
+    return note_batteries(services, telemetry, now)
 
 
 def _scored(model: BatteryForecaster, clean: pd.DataFrame, as_of: date, threshold: float
@@ -298,25 +304,35 @@ def submit_spark_batch_score(services: Services, **clients) -> AlertBatch:
     """With SPARK_TARGET set: submit the night's score as a Spark job (shared/spark/submit.py) instead.
 
     The job writes scores/date=<as_of>/spark-<model>/ in the storage account; it runs for minutes after
-    this timer returns, so the night's alerts come from the streaming path, not from this batch.
+    this timer returns, so the night's alerts come from the streaming path and `alert_spark_scores`, not
+    from this batch. What the in-process score does besides scoring stays here, as it needs no model: the
+    window's batteries noted for the lifecycle and the replacement labels, a chunk of cars at a time.
     Databricks is called on the app's outbound session (services.gateway); `clients` go to `submit_score`.
     """
     from shared.core.windows import DEFAULT_WINDOW_DAYS
-    from shared.models.scoring import IN_SERVICE_DAYS
     from shared.spark.submit import score_arguments, submit_score
 
-    spark = services.settings.spark
-    as_of = services.clock().date() - timedelta(days=1)
+    settings, spark = services.settings, services.settings.spark
+    now = services.clock()
+    as_of = now.date() - timedelta(days=1)
     metadata = ModelRegistry(services.blobs).champion_metadata()
     if metadata is None:
         return AlertBatch([], {"scored": 0, "reason": "no champion model registered yet"})
-    history_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS)) + IN_SERVICE_DAYS
-    arguments = score_arguments(spark, as_of, metadata["version"], services.settings.alert_probability_threshold,
-                                history_days)  # fmt: skip
+    window_days = int(metadata.get("window_days", DEFAULT_WINDOW_DAYS))
+    arguments = score_arguments(spark, as_of, metadata["version"], settings.alert_probability_threshold,
+                                window_days + IN_SERVICE_DAYS)  # fmt: skip
     run = submit_score(spark, arguments, services.work_dir, **{"session": services.gateway, **clients})
+    first = as_of - timedelta(days=scoring_days(window_days) - 1)
+    window = download_archive(services.blobs, first, as_of, skip_unreadable=settings.archive_skip_unreadable)
+    in_cars, changed = {}, 0
+    for chunk in window.chunks_of_cars(settings.batch_score_chunk_batteries):
+        changed += note_installed(services, chunk.frame, now, in_cars)
+    replaced = feedback_store.record_replacements(services.tables, in_cars, now)
     scores_uri = arguments[arguments.index("--scores-out") + 1]
     return AlertBatch([], {"as_of": as_of.isoformat(), "scored": 0, "submitted": run,
-                           "model_version": metadata["version"], "scores_uri": scores_uri})  # fmt: skip
+                           "model_version": metadata["version"], "scores_uri": scores_uri,
+                           "days_read": f"{first}..{as_of}", "replacements_labelled": replaced,
+                           "batteries_changed": changed})  # fmt: skip
 
 
 def champion_model(services: Services) -> BatteryForecaster | None:
