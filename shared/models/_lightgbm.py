@@ -21,6 +21,8 @@ Why this shape (measured against the alternatives in the backtest; see the repor
   down its learned "missing" branch, and a fleet prior stands in for an unknown level.
 - Car attributes (Region, Make, Engine_Type, Model_Year), when a car table is given, as categorical
   features through a Car_ID lookup kept in the model directory; unknown cars get missing values.
+- The booster is the mean of ENSEMBLE_SIZE boosters, each on its own row sample and seeds, merged into one
+  (average_boosters): one booster's forecast near rated life moved with its sample (README, issue 17).
 
 `train_model` runs the time-based backtest (backtest.py) first, which also calibrates the failure risk
 (risk.py) on origins the model did not train on, then fits the final model on all data.
@@ -81,8 +83,8 @@ LIGHTGBM_PARAMS = {
 }
 BOOSTING_ROUNDS = 300
 # Boosters averaged into the model, each on its own sample of training rows and seeds: one booster's forecast
-# moves with its sample, and the probability near rated life with it (issue 17, README, as feature_fraction
-# 0.5 rather than 0.9 is there).
+# moves with its sample, and the probability near rated life with it (issue 17: README, "Against the truth",
+# which also measures feature_fraction 0.5 against 0.9).
 ENSEMBLE_SIZE = 5
 # Candidate weekday-shrinkage strengths (in days of evidence) tried when fitting the weekday shape.
 SHRINKAGE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
