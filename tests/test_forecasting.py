@@ -15,7 +15,6 @@ from shared.core.risk import BEYOND_DAYS
 from shared.core.windows import build_history, build_windows
 from shared.devtools.fleet_simulator import COLD_REGION, REFERENCE_REGION, climate_factor
 from shared.models._lightgbm import (
-    average_boosters,
     encode_cars,
     feature_names,
     hide_some_days,
@@ -24,7 +23,6 @@ from shared.models._lightgbm import (
     sample_origins,
     weekday_shape,
 )
-from shared.models.explanation import leaf_contributions
 from shared.models.loader import load_model
 from shared.models.scoring import score_windows
 
@@ -93,33 +91,6 @@ def test_save_and_load_round_trip_gives_identical_forecasts_and_metadata(tmp_pat
     assert metadata["data_quality"] == {"source": "test fleet"}
     assert metadata["data_range"] == {"start": "2015-06-01", "end": "2017-05-31"}
     assert set(metadata["library_versions"]) >= {"lightgbm", "numpy", "pandas", "python"}
-
-
-def test_the_averaged_booster_is_its_members_mean_down_to_each_features_contribution():
-    """average_boosters: the one booster's prediction, TreeSHAP and path contributions (the reasons, bias
-    column included) are the members' means, and survive the model text's round trip."""
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(2000, 4))
-    features[rng.random(features.shape) < 0.1] = np.nan
-    features[:, 3] = rng.integers(0, 5, len(features))
-    label = np.nan_to_num(features[:, 0]) + 0.5 * features[:, 3] + rng.normal(size=len(features))
-    params = {"objective": "regression", "num_leaves": 7, "bagging_fraction": 0.7, "bagging_freq": 1, "verbose": -1}
-    data = lgb.Dataset(features, label=label, categorical_feature=[3], free_raw_data=False)
-    members = [lgb.train({**params, "seed": seed}, data, num_boost_round=20) for seed in range(3)]
-    booster = lgb.Booster(model_str=average_boosters(members).model_to_string())
-
-    def path_contributions(trees: lgb.Booster) -> np.ndarray:
-        table, leaves = leaf_contributions(trees), trees.predict(features, pred_leaf=True).astype(np.int64)
-        return sum(table[tree, leaf] for tree, leaf in enumerate(leaves.T))
-
-    assert booster.num_trees() == 60
-    for output in (
-        lambda trees: trees.predict(features),
-        lambda trees: trees.predict(features, pred_contrib=True),
-        path_contributions,
-    ):
-        # to 1e-5: the model text keeps an inner node's value (where a path contribution starts) to 6 digits
-        np.testing.assert_allclose(output(booster), np.mean([output(m) for m in members], axis=0), atol=1e-5)
 
 
 def test_version_is_a_utc_timestamp_and_a_content_hash():

@@ -21,8 +21,6 @@ Why this shape (measured against the alternatives in the backtest; see the repor
   down its learned "missing" branch, and a fleet prior stands in for an unknown level.
 - Car attributes (Region, Make, Engine_Type, Model_Year), when a car table is given, as categorical
   features through a Car_ID lookup kept in the model directory; unknown cars get missing values.
-- The booster is the mean of ENSEMBLE_SIZE boosters, each on its own row sample and seeds, merged into one
-  (average_boosters): one booster's forecast near rated life moved with its sample (README, issue 17).
 
 `train_model` runs the time-based backtest (backtest.py) first, which also calibrates the failure risk
 (risk.py) on origins the model did not train on, then fits the final model on all data.
@@ -71,7 +69,7 @@ LIGHTGBM_PARAMS = {
     "learning_rate": 0.05,
     "num_leaves": 63,
     "min_data_in_leaf": 100,
-    "feature_fraction": 0.5,
+    "feature_fraction": 0.5,  # each tree sees half the features: steadier near rated life (README, issue 17)
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
@@ -82,10 +80,6 @@ LIGHTGBM_PARAMS = {
     "verbosity": -1,
 }
 BOOSTING_ROUNDS = 300
-# Boosters averaged into the model, each on its own sample of training rows and seeds: one booster's forecast
-# moves with its sample, and the probability near rated life with it (issue 17: README, "Against the truth",
-# which also measures feature_fraction 0.5 against 0.9).
-ENSEMBLE_SIZE = 5
 # Candidate weekday-shrinkage strengths (in days of evidence) tried when fitting the weekday shape.
 SHRINKAGE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 SHRINKAGE_SAMPLE = 20_000
@@ -279,7 +273,11 @@ def fit_forecaster(
     `cars` is a table from `encode_cars`, or None to train without car attributes.
     """
     rng = np.random.default_rng(seed)
-    windows, actual = _training_rows(history, last_target_day, max_training_rows, rng)
+    battery, origin = sample_origins(history, last_target_day, max_training_rows, rng)
+    if len(battery) == 0:
+        raise InputError(f"not enough history to train: no battery has {HORIZON_DAYS + 1} reported days in a row")
+    windows = hide_some_days(history.windows_at(origin, battery), rng)
+    actual = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, HORIZON_DAYS + 1)]
     model = BatteryForecaster(
         booster=None,
         level_prior=_level_prior(history, last_target_day),
@@ -287,44 +285,9 @@ def fit_forecaster(
         cars=cars,
         region_season=None if cars is None else region_season_profile(history, last_target_day, cars),
     )
-    rows, boosters = len(actual), [_fit_booster(model, windows, actual, rng, seed * ENSEMBLE_SIZE)]
-    del windows, actual  # one member's training windows in memory at a time
-    for member in range(1, ENSEMBLE_SIZE):
-        member_rows = _training_rows(history, last_target_day, max_training_rows, rng)
-        boosters.append(_fit_booster(model, *member_rows, rng, seed * ENSEMBLE_SIZE + member))
-        del member_rows
-    model.booster = average_boosters(boosters)
-    model.metadata.update(
-        model_kind=MODEL_KIND,
-        features=feature_names(cars is not None),
-        window_days=DEFAULT_WINDOW_DAYS,
-        horizon_days=HORIZON_DAYS,
-        training_rows=rows,  # each member's
-        training_targets_until=str(history.first_day + last_target_day),
-        lightgbm_params={**LIGHTGBM_PARAMS, "boosting_rounds": BOOSTING_ROUNDS, "ensemble_size": ENSEMBLE_SIZE},
-    )
-    return model
-
-
-def _training_rows(
-    history: FleetHistory, last_target_day: int, max_rows: int, rng: np.random.Generator
-) -> tuple[BatteryWindows, np.ndarray]:
-    """One member's training windows (sampled origins, some days hidden) and their 30 actual days."""
-    battery, origin = sample_origins(history, last_target_day, max_rows, rng)
-    if len(battery) == 0:
-        raise InputError(f"not enough history to train: no battery has {HORIZON_DAYS + 1} reported days in a row")
-    windows = hide_some_days(history.windows_at(origin, battery), rng)
-    actual = history.daily_cycles[battery[:, None], origin[:, None] + np.arange(1, HORIZON_DAYS + 1)]
-    return windows, actual
-
-
-def _fit_booster(
-    model: BatteryForecaster, windows: BatteryWindows, actual: np.ndarray, rng: np.random.Generator, seed: int
-) -> lgb.Booster:
-    """The trees of one ensemble member: the 30-day mean's ratio to the level, on these windows."""
     features, level, _ = model._features(windows)
-    names = feature_names(model.cars is not None)
-    if model.cars is not None:  # teach the trees what an unknown car looks like: its attributes (and season) missing
+    names = feature_names(cars is not None)
+    if cars is not None:  # teach the trees what an unknown car looks like: its attributes (and region's season) missing
         unknown = rng.random(len(features)) < UNKNOWN_CAR_SHARE
         of_car = [i for i, name in enumerate(names) if name in {"region_season_ratio", *CAR_CATEGORIES, *CAR_NUMBERS}]
         season = features[:, names.index("region_season_ratio")].astype(np.float64)
@@ -337,35 +300,17 @@ def _fit_booster(
         categorical_feature=[n for n in names if n in CAR_CATEGORIES],
         free_raw_data=True,
     )
-    return lgb.train({**LIGHTGBM_PARAMS, "seed": seed}, data, num_boost_round=BOOSTING_ROUNDS)
-
-
-def average_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
-    """One booster whose prediction is the mean of `boosters`' (same features): all their trees, each leaf's
-    and inner node's value divided by their number.
-
-    Why one booster: everything downstream (scoring, saving, path contributions, TreeSHAP) reads a single
-    LightGBM model, and an old single-booster model.txt is the one-member case.
-    """
-    if len(boosters) == 1:
-        return boosters[0]
-    texts = [booster.model_to_string() for booster in boosters]
-    head = texts[0][: texts[0].index("Tree=0\n")]  # tree_sizes no longer fits the trees; LightGBM reads without it
-    head = "".join(line for line in head.splitlines(keepends=True) if not line.startswith("tree_sizes="))
-    trees = []
-    for text in texts:
-        for tree in text[text.index("Tree=0\n") : text.index("end of trees")].strip("\n").split("\n\n\n"):
-            lines = []
-            for line in tree.split("\n"):
-                key, _, values = line.partition("=")
-                if key == "Tree":
-                    line = f"Tree={len(trees)}"
-                elif key in ("leaf_value", "internal_value"):
-                    line = key + "=" + " ".join(repr(float(value) / len(boosters)) for value in values.split())
-                lines.append(line)
-            trees.append("\n".join(lines))
-    tail = texts[0][texts[0].index("end of trees") :]
-    return lgb.Booster(model_str=head + "\n\n\n".join(trees) + "\n\n\n" + tail)
+    model.booster = lgb.train({**LIGHTGBM_PARAMS, "seed": seed}, data, num_boost_round=BOOSTING_ROUNDS)
+    model.metadata.update(
+        model_kind=MODEL_KIND,
+        features=names,
+        window_days=DEFAULT_WINDOW_DAYS,
+        horizon_days=HORIZON_DAYS,
+        training_rows=int(data.num_data()),
+        training_targets_until=str(history.first_day + last_target_day),
+        lightgbm_params={**LIGHTGBM_PARAMS, "boosting_rounds": BOOSTING_ROUNDS},
+    )
+    return model
 
 
 def feature_names(with_cars: bool) -> list[str]:
