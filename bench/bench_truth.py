@@ -10,7 +10,11 @@ table for the README. Beside the truth, the data-only reference (`true_failure_p
 usage_known=False)`: the car's usage scale drawn from its posterior given the minutes it reported in the
 model's window) and its Brier score ÷ the truth's.
 
-    .venv/bin/python bench/bench_truth.py [--cars 500] [--draws 20000] [--fleets "seed 21" ...] [--json out.json]
+    .venv/bin/python bench/bench_truth.py [--cars 500] [--draws 20000] [--fleets "seed 21" ...] [--seeds 0 1 2]
+                                          [--json out.json]
+
+`--seeds` trains each fleet once per training seed (`train_model`'s seed) and prints each fleet's mean Brier ratio
+over them: one training's ratio moves with its row sample by more than most changes under test.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+import pandas as pd
 
 from shared.core.preparation import prepare_telemetry
 from shared.core.telemetry import CAR_ID
+from shared.devtools.fleet_simulator import Fleet
 from shared.devtools.true_risk import (
     COMPARISON_FLEETS,
     DRAWS,
@@ -39,11 +45,9 @@ from shared.devtools.true_risk import (
 from shared.models._lightgbm import train_model
 
 
-def measure(name: str, cars: int, draws: int, training_rows: int) -> dict:
-    """The backtest's figures against the truth on one comparison fleet."""
-    fleet = simulate_comparison_fleet(COMPARISON_FLEETS[name], cars)
-    clean, _ = prepare_telemetry(fleet.telemetry)
-    model = train_model(clean, fleet.cars, max_training_rows=training_rows, truth=fleet_truth(fleet, draws))
+def measure(name: str, fleet: Fleet, clean: pd.DataFrame, draws: int, training_rows: int, seed: int) -> dict:
+    """The backtest's figures against the truth on one comparison fleet (simulated, prepared), trained with `seed`."""
+    model = train_model(clean, fleet.cars, max_training_rows=training_rows, seed=seed, truth=fleet_truth(fleet, draws))
     backtest = model.metadata["backtest"]
     metrics, truth = backtest["metrics"], backtest["truth"]
     evaluation = model.backtest.evaluation
@@ -54,6 +58,7 @@ def measure(name: str, cars: int, draws: int, training_rows: int) -> dict:
     reference_brier = float(np.mean((reference - label) ** 2))
     return {
         "fleet": name,
+        "seed": seed,
         "positive": backtest["counts"]["positive"],
         "nrmse": metrics["model"]["nrmse"],
         "brier": metrics["model"]["brier"],
@@ -82,24 +87,33 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=DRAWS)
     parser.add_argument("--training-rows", type=int, default=60_000)
     parser.add_argument("--fleets", nargs="+", default=list(COMPARISON_FLEETS), choices=list(COMPARISON_FLEETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one training each)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.cars} cars, {args.draws:,} draws",
           flush=True)  # fmt: skip
     rows = []
     for name in args.fleets:
-        began, cpu = time.perf_counter(), time.process_time()
-        row = measure(name, args.cars, args.draws, args.training_rows)
-        rows.append(row)
-        wall, used = time.perf_counter() - began, time.process_time() - cpu
-        print(f"  {name}: Brier ratio {row['brier_to_truth']:.3f}, AP gap {row['average_precision_gap']:.4f} "
-              f"({wall:.0f} s wall, {used:.0f} s CPU)", flush=True)  # fmt: skip
+        fleet = simulate_comparison_fleet(COMPARISON_FLEETS[name], args.cars)
+        clean, _ = prepare_telemetry(fleet.telemetry)
+        for seed in args.seeds:
+            began, cpu = time.perf_counter(), time.process_time()
+            row = measure(name, fleet, clean, args.draws, args.training_rows, seed)
+            rows.append(row)
+            wall, used = time.perf_counter() - began, time.process_time() - cpu
+            print(f"  {name}, seed {seed}: Brier ratio {row['brier_to_truth']:.3f}, AP gap "
+                  f"{row['average_precision_gap']:.4f} ({wall:.0f} s wall, {used:.0f} s CPU)", flush=True)  # fmt: skip
+        if len(args.seeds) > 1:
+            ratios = [r["brier_to_truth"] for r in rows if r["fleet"] == name]
+            print(f"  {name}: mean Brier ratio {np.mean(ratios):.3f} over seeds {args.seeds} "
+                  f"(sd {np.std(ratios):.3f}, NRMSE {np.mean([r['nrmse'] for r in rows if r['fleet'] == name]):.4f})",
+                  flush=True)  # fmt: skip
     print(
-        "\n| fleet | failures | NRMSE | Brier ÷ truth | better baseline's ÷ truth | AP | truth's AP | AP gap "
+        "\n| fleet | seed | failures | NRMSE | Brier ÷ truth | better baseline's ÷ truth | AP | truth's AP | AP gap "
         "| truth's Brier (± MC s.e.) | 80 % interval coverage (± s.e. clustered by battery; forecasts from batteries) "
         "| data-only reference's Brier ÷ truth | Brier ÷ reference |"
     )
-    print("| --- |" + " ---: |" * 11)
+    print("| --- |" + " ---: |" * 12)
     for r in rows:
         coverage = (
             "n/a"
@@ -110,7 +124,7 @@ def main() -> None:
             )
         )
         print(
-            f"| {r['fleet']} | {r['positive']} | {r['nrmse']:.4f} | {r['brier_to_truth']:.3f} | "
+            f"| {r['fleet']} | {r['seed']} | {r['positive']} | {r['nrmse']:.4f} | {r['brier_to_truth']:.3f} | "
             f"{r['baseline_brier_to_truth']:.2f} | {r['average_precision']:.4f} | {r['truth_average_precision']:.4f} | "
             f"{r['average_precision_gap']:.4f} | {r['truth_brier']:.5f} (± {r['truth_brier_se']:.1e}) | {coverage} | "
             f"{r['reference_brier_to_truth']:.3f} | {r['brier_to_reference']:.3f} |"
