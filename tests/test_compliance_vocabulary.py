@@ -456,6 +456,8 @@ def test_one_material_or_another_is_unclear():
     assert notes["material"].tolist() == [None, None, None, "steel", "steel"]
     assert notes["material_unclear"].tolist() == [True, True, True, False, False]
     assert notes["material_via"].iloc[0] == "one material or another" and notes["condition"].iloc[-1] == "poor"
+    # the doubt stays in its own note: the next note's first clause is another clause
+    assert read(["bracket 2010, good, iron or steel", "aluminium bracket 2010 good"], "material") == [None, "aluminum"]
 
 
 def test_a_disqualifying_material_beside_the_regulations_own_word_wins():

@@ -348,11 +348,14 @@ def read_phrases(
     tokens = clauses.reset_index(drop=True).str.split().explode().dropna()
     written = tokens.to_numpy(dtype=object)
     word, derived = _canonical(written, lexicon)
-    row, clause = tokens.index.to_numpy(), np.cumsum(word == CLAUSE)
+    row = tokens.index.to_numpy()
+    clause = np.cumsum((word == CLAUSE) | np.r_[True, row[1:] != row[:-1]])  # a note's first word opens a clause
     unparted = np.isin(word, [*spelled, *GRAMMAR_WORDS])
     found, covered = _matches(written, word, row, clause, lexicon, derived, unparted)
-    found += _doubted_regulation_words(word, row, clause, np.isin(word, list(spelled)), found)
-    found = _alternative_materials(word, clause, np.isin(word, list(spelled)) & ~np.isin(word, GRADES), found)
+    regulation_word = np.isin(word, list(spelled))
+    regulation_material = regulation_word & ~np.isin(word, GRADES)
+    found += _doubted_regulation_words(word, row, clause, regulation_word, found)
+    found = _alternative_materials(word, clause, regulation_material, found)
     covered[[start for _, start, _, reading in found if reading in (DOUBTED, ALTERNATIVE)]] = True  # not the rules'
 
     reads = pd.DataFrame(found, columns=["kind", "start", "n", "reading"])
@@ -360,7 +363,7 @@ def read_phrases(
     reads["via"] = [r.via for r in reads["reading"]]
     reads["first"] = reads["start"]
     graded = np.isin(word, GRADES) & ~covered  # the regulation's own grade, which the rules read
-    material_at = np.isin(word, list(spelled)) & ~np.isin(word, GRADES)
+    material_at = regulation_material.copy()
     material_at[[start for kind, start, _, _ in found if kind == "material"]] = True
     reads = reads[
         ~_names_a_thing(reads, word, row, clause, disqualifying, material_at) & ~_causative(reads, word, row, clause)
