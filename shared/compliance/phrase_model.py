@@ -26,7 +26,7 @@ import numpy as np
 from shared.compliance.lexicon import UNCLEAR, Reading
 
 NEIGHBOURS = 10  # nearest anchors that must agree on the kind and the side
-MIN_SIMILARITY = 0.5  # cosine similarity of the nearest anchor
+MIN_SIMILARITY = 0.8  # cosine similarity of the nearest anchor
 QUOTED = 3  # anchors the reason names
 BATCH = 512  # phrases compared at once (a batch × anchors matrix of float32)
 CONFIG = "l2_supercat"  # the wheel's bundled model (256 dimensions)
