@@ -277,7 +277,7 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
     ).set_axis(index)
 
 
-MAX_MODEL_PHRASE = 4  # words of a phrase the phrase model is asked about
+MAX_MODEL_PHRASE = 1  # words of a phrase the phrase model is asked about (a new word)
 _YEAR_TOKENS = (YEAR_BEFORE_TOKEN, YEAR_FROM_TOKEN)
 _SLOTS = {"condition": NON_COMPLIANT_CONDITIONS, "material": NON_COMPLIANT_MATERIALS}
 
@@ -287,7 +287,8 @@ def _read_by_phrase_model(
 ) -> pd.Series:
     """Fill in place the slots the lexicon and grammar left unread (not unclear) in notes the regulation cannot
     yet decide, through `shared.compliance.phrase_model`: every phrase of up to `MAX_MODEL_PHRASE` words of a
-    clause with no year and no regulation word ("steel clamp manufactured 2012" is about those) is compared with the lexicon's phrases, and a slot is read only when
+    clause with no year and no regulation word ("steel clamp manufactured 2012" is about those) is compared
+    with the lexicon's phrases, and a slot is read only when
     the phrases its nearest anchors read all fall on one side of the regulation. Returns the classifier's text
     with each such phrase replaced by the regulation word it was read as, so both deciders still have to agree.
     """

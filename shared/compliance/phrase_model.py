@@ -1,16 +1,15 @@
-"""A phrase model for the slot the reader cannot read: the nearest lexicon phrases decide, when they agree.
+"""A phrase model for the word the reader cannot read: the nearest lexicon phrases decide, when they agree.
 
-A note whose condition or material is a word no list holds ("pristine", "knackered", "Teflon") goes to
-review. WordLlama's static token embeddings (the `wordllama` package, which ships its weights and
-tokenizer in the wheel: nothing is downloaded) put phrases of similar meaning near each other, so the
-phrases of such a note are compared with the lexicon's own entries, each a labelled anchor (phrase →
-reading). A phrase is read only when its `NEIGHBOURS` nearest anchors are all of one kind (condition or
-material) and on one side of the regulation (compliant or not) and the nearest is at least
-`MIN_SIMILARITY` away; otherwise the note goes to review as before. The reading names the anchors it
-came through. Anchors come from the lexicon in use, so `Lexicon.without` removes them too.
-
-Static embeddings put a word and its negation close ("no cracks" is near "cracked"), and an undecidable
-phrase near decided ones: only unanimity among many neighbours keeps the wrong verdicts out.
+A note whose condition or material is a word no list holds goes to review. A sentence encoder
+(all-MiniLM-L6-v2 in numpy, `shared.compliance.minilm`) puts words of similar meaning near each other, so
+each word of such a note that no lexicon phrase holds (a new word: a word the lexicon holds in some phrase
+is the lexicon's to read, and "latch" of "does not latch" is not poor) is compared with the lexicon's
+own entries, each a labelled anchor (phrase → reading), and with car part names (`phrase_model_parts.txt`,
+anchors of no reading: a part name near them is not a state). A word is read only when its `NEIGHBOURS`
+nearest anchors are all of one kind and on one side of the regulation, the nearest at least
+`MIN_SIMILARITY` away, and the word is at most `MAX_PIECES` word pieces (gibberish is many). The reading
+names the anchors it came through. Anchors come from the lexicon in use, so `Lexicon.without` removes
+them too. An experiment, measured and reverted (README, Component compliance).
 """
 
 from __future__ import annotations
@@ -23,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.compliance.lexicon import UNCLEAR, Reading
+from shared.compliance.lexicon import OTHER, UNCLEAR, Reading
+from shared.compliance.minilm import MiniLM
 
 NEIGHBOURS = 10  # nearest anchors that must agree on the kind and the side
-MIN_SIMILARITY = 0.8  # cosine similarity of the nearest anchor
+MIN_SIMILARITY = 0.6  # cosine similarity of the nearest anchor
+MAX_PIECES = 3  # word pieces of a word the model is asked about
+PARTS = Path(__file__).with_name("phrase_model_parts.txt")
 QUOTED = 3  # anchors the reason names
 BATCH = 512  # phrases compared at once (a batch × anchors matrix of float32)
-CONFIG = "l2_supercat"  # the wheel's bundled model (256 dimensions)
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,15 @@ class Anchors:
 
 
 @functools.cache
-def _model():  # noqa: ANN202 (wordllama's WordLlamaInference, imported on first use only)
-    """The bundled model, loaded from the package's own folder: WordLlama looks for a bundled tokenizer under
-    a folder name the wheel does not use and would fetch it from the hub, so its folder is given as the cache."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import wordllama
-
-    return wordllama.WordLlama.load(CONFIG, cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+def _model() -> MiniLM:
+    return MiniLM(Path(os.environ["PHRASE_MODEL_DIR"]))
 
 
 def embed(phrases: Sequence[str]) -> np.ndarray:
     """Unit vectors of `phrases` (a phrase with no token is the zero vector, near nothing)."""
     if not phrases:
         return np.zeros((0, 0), dtype=np.float32)
-    vectors = _model().embed(list(phrases), norm=False)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return _model().encode(list(phrases))
 
 
 _ANCHOR_VECTORS: dict[str, np.ndarray] = {}  # phrase → vector, shared by the lexicons one process builds
@@ -69,6 +63,7 @@ def anchors_of(tables: Mapping[str, Mapping[str, Reading]]) -> Anchors:
     """Every phrase of the lexicon's tables (kind → phrase → reading) as an anchor. A phrase is embedded once
     per process, so a lexicon less some phrases (`Lexicon.without`, held-out seeds) costs lookups only."""
     rows = [(kind, phrase, read) for kind, table in tables.items() for phrase, read in table.items()]
+    rows += [("part", part, Reading(OTHER, "a part")) for part in PARTS.read_text().splitlines() if part]
     missing = sorted({phrase for _, phrase, _ in rows} - _ANCHOR_VECTORS.keys())
     _ANCHOR_VECTORS.update(zip(missing, embed(missing), strict=True))
     readings = [read for _, _, read in rows]
@@ -105,10 +100,10 @@ def nearest_readings(
             kinds, near_sides = anchors.kinds[nearest], sides[nearest]
             best = float(similarity[row, nearest[0]])
             words = phrases[start + row].split()
-            shared = set(words).intersection(*(set(anchors.phrases[at].split()) for at in nearest[:1]))
-            framing = all({0, 1} <= sides_of_word.get(word, set()) for word in words)
+            known = any(word in sides_of_word for word in words)
+            pieces = sum(len(_model().tokenizer.ids(word)) - 2 for word in words)
             if (best < MIN_SIMILARITY or len(set(kinds)) != 1 or len(set(near_sides)) != 1 or near_sides[0] < 0
-                    or not shared or framing or any(char.isdigit() for char in phrases[start + row])):  # fmt: skip
+                    or known or pieces > MAX_PIECES or any(c.isdigit() for c in phrases[start + row])):  # fmt: skip
                 found.append(None)
                 continue
             quoted = ", ".join(f"'{phrase}'" for phrase in anchors.phrases[nearest[:QUOTED]])
