@@ -59,13 +59,11 @@ from shared.compliance.lexicon import (
     OTHER,
     UNCLEAR,
     Lexicon,
-    Reading,
     default_lexicon,
     lexicon_data,
     read_phrases,
     seeds_in,
 )
-from shared.compliance.phrase_model import nearest_readings
 from shared.core.alerts import DAYS_TO_RATED_LIFE, HIGH, MODEL_VERSION, PROBABILITY, REASONS
 from shared.core.telemetry import CAR_ID, InputError, read_csv_text
 
@@ -76,7 +74,6 @@ CONDITIONS = ("excellent", "good", "fair", "poor")
 MATERIALS = ("steel", "aluminum", "carbon fiber", "titanium", "copper", "plastic", "iron")
 NON_COMPLIANT_CONDITIONS = ("fair", "poor")
 NON_COMPLIANT_MATERIALS = ("plastic", "iron")
-_DISQUALIFYING = (*NON_COMPLIANT_CONDITIONS, *NON_COMPLIANT_MATERIALS)
 
 # How notes spell each material (the simulator writes these, the reader recognises them).
 MATERIAL_SPELLINGS: dict[str, tuple[str, ...]] = {
@@ -258,7 +255,6 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
         read[f"{slot}_written"] = phrases[f"{slot}_written"].where(through | unclear)
         read[f"{slot}_via"] = phrases[f"{slot}_via"].where(through | unclear)
         read[f"{slot}_unclear"] = unclear.to_numpy()
-    corrected = _read_by_phrase_model(clauses.str.strip(), corrected, year, read, lexicon)
     return pd.DataFrame(
         {
             "normalized": corrected.astype(object),
@@ -275,63 +271,6 @@ def read_notes(texts: pd.Series, lexicon: Lexicon | None = None) -> pd.DataFrame
             },
         }
     ).set_axis(index)
-
-
-MAX_MODEL_PHRASE = 1  # words of a phrase the phrase model is asked about (a new word)
-_YEAR_TOKENS = (YEAR_BEFORE_TOKEN, YEAR_FROM_TOKEN)
-_SLOTS = {"condition": NON_COMPLIANT_CONDITIONS, "material": NON_COMPLIANT_MATERIALS}
-
-
-def _read_by_phrase_model(
-    clauses: pd.Series, corrected: pd.Series, year: pd.Series, read: dict, lexicon: Lexicon
-) -> pd.Series:
-    """Fill in place the slots the lexicon and grammar left unread (not unclear) in notes the regulation cannot
-    yet decide, through `shared.compliance.phrase_model`: every phrase of up to `MAX_MODEL_PHRASE` words of a
-    clause with no year and no regulation word ("steel clamp manufactured 2012" is about those) is compared
-    with the lexicon's phrases, and a slot is read only when
-    the phrases its nearest anchors read all fall on one side of the regulation. Returns the classifier's text
-    with each such phrase replaced by the regulation word it was read as, so both deciders still have to agree.
-    """
-    unread = {slot: pd.isna(read[slot].to_numpy(dtype=object)) & ~read[f"{slot}_unclear"] for slot in _SLOTS}
-    undecided = violates_regulation(year, read["condition"], read["material"]).isna().to_numpy()
-    rows = np.flatnonzero(undecided & (unread["condition"] | unread["material"]) & (clauses != "").to_numpy())
-    if not len(rows):
-        return corrected
-    regulation = {*_VOCABULARY, *_YEAR_TOKENS}
-    candidates: dict[int, set[str]] = {}
-    for row in rows:
-        for part in clauses.iloc[row].split(CLAUSE):
-            words = part.split()
-            if regulation.intersection(words):  # a clause with a year or a regulation word is about that
-                continue
-            for n in range(1, MAX_MODEL_PHRASE + 1):
-                for k in range(len(words) - n + 1):
-                    candidates.setdefault(int(row), set()).add(" ".join(words[k : k + n]))
-    phrases = sorted({phrase for found in candidates.values() for phrase in found})
-    readings = dict(zip(phrases, nearest_readings(phrases, lexicon.anchors, _DISQUALIFYING), strict=True))
-    proposed = {slot: pd.Series(pd.NA, index=read[slot].index, dtype=object) for slot in _SLOTS}
-    chosen: dict[tuple[str, int], tuple[str, Reading]] = {}
-    for row, found in candidates.items():
-        for slot, disqualifying in _SLOTS.items():
-            hits = [(hit[2], phrase, hit[1]) for phrase in found if (hit := readings[phrase]) and hit[0] == slot]
-            if not unread[slot][row] or not hits or len({r.meaning in disqualifying for _, _, r in hits}) > 1:
-                continue  # nothing near, or phrases whose anchors fall on both sides: review, as before
-            _, phrase, reading = max(hits, key=lambda hit: (hit[0], len(hit[1])))
-            proposed[slot].iloc[row] = reading.meaning
-            chosen[slot, row] = phrase, reading
-    filled = {slot: read[slot].where(read[slot].notna(), proposed[slot]) for slot in _SLOTS}
-    verdict = violates_regulation(year, filled["condition"], filled["material"]).to_numpy()
-    text = corrected.astype(object).to_numpy(copy=True)
-    for (slot, row), (phrase, reading) in chosen.items():
-        needed = verdict[row] == 0 or reading.meaning in _SLOTS[slot]  # only what decides: "no issues noted" stays
-        if pd.isna(verdict[row]) or not needed:  # silent without a year, and a note that is non-compliant anyway
-            continue  # names only what disqualifies it
-        read[slot].iloc[row] = reading.meaning
-        read[f"{slot}_written"].iloc[row] = phrase
-        read[f"{slot}_via"].iloc[row] = reading.via
-        meant = reading.meaning if reading.meaning != OTHER else ""
-        text[row] = " ".join(re.sub(rf"\b{re.escape(phrase)}\b", meant, str(text[row]), count=1).split())
-    return pd.Series(text, index=corrected.index, dtype="string")
 
 
 DOTTED_ABBREVIATION = re.compile(r"(?<![\w.])[a-z](?:\.[a-z])+\.?(?!\w)")  # "c.i.", "n.a.d.", "s.s."

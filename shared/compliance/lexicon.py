@@ -51,13 +51,9 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    from shared.compliance.phrase_model import Anchors
 
 LEXICON_FILE = Path(__file__).with_name("lexicon.json")
 GLOSSARY = "glossary: "  # how a reading from the workshop glossary starts (its roots are concepts, not seeds)
@@ -228,15 +224,6 @@ class Lexicon:
         """Kind → the heads and tails of its phrases, as `_composed` reads an unknown phrase from them."""
         with _no_collection():
             return {kind: _frames_of(table) for kind, table in self.tables.items()}
-
-    @functools.cached_property
-    def anchors(self) -> Anchors:
-        """Its phrases as the phrase model's labelled anchors (`shared.compliance.phrase_model`), built on the
-        first note that needs them: the model and its embeddings are loaded then, not with the lexicon."""
-        from shared.compliance.phrase_model import anchors_of
-
-        with _no_collection():
-            return anchors_of(self.tables)
 
     @functools.cached_property
     def longest(self) -> int:
