@@ -90,28 +90,26 @@ def review_worklist(components: pd.DataFrame, results: pd.DataFrame, lexicon: Le
     English stop words, number words and words with a digit (years, part numbers, designations) are left
     out."""
     components = components.reset_index(drop=True)
-    notes = read_notes(components[TEXT], lexicon)
-    lacking = {slot: (notes[slot].isna() & ~notes[f"{slot}_unclear"]).to_numpy() for slot in SECTIONS.values()}
-    unread = (results[NEEDS_REVIEW].to_numpy() == 1) & (lacking["condition"] | lacking["material"])
+    texts = components[TEXT].fillna("").astype(str)
+    in_review = texts[results[NEEDS_REVIEW].to_numpy() == 1]
+    notes = read_notes(in_review, lexicon).set_axis(in_review.index)  # only these are read again
+    lacking = {slot: (notes[slot].isna() & ~notes[f"{slot}_unclear"]).reindex(texts.index, fill_value=False)
+               for slot in SECTIONS.values()}  # fmt: skip
+    unread = (lacking["condition"] | lacking["material"]).to_numpy()
+    read = (notes["condition_written"].fillna("") + " " + notes["material_written"].fillna("")).map(phrase_of)
+    read = read.reindex(texts.index, fill_value="")
     regulation = [*CONDITIONS, *MATERIALS, *(spelled for group in MATERIAL_SPELLINGS.values() for spelled in group)]
     known = {word for spelled in regulation for word in phrase_of(spelled).split()}
     known |= {*UNITS, *TEENS, *TENS, "hundred", "thousand", *ENGLISH_STOP_WORDS}  # a year in words; "from", "and"
-    read = (notes["condition_written"].fillna("") + " " + notes["material_written"].fillna("")).map(phrase_of)
-    words = (
-        pd.Series(
-            [
-                sorted(set(phrase_of(str(text)).split()) - set(done.split()))
-                for text, done in zip(components[TEXT].fillna(""), read, strict=True)
-            ]
-        )
-        .explode()
-        .dropna()
-    )
+    held_words = [
+        sorted(set(phrase_of(text).split()) - set(done.split())) for text, done in zip(texts, read, strict=True)
+    ]
+    words = pd.Series(held_words, index=texts.index).explode().dropna()
     words = words[~words.isin(known) & ~words.str.contains(r"\d")]
     held = pd.DataFrame({"row": words.index, "word": words.to_numpy()})
     held["unread"] = unread[held["row"]]
     for slot, lacks in lacking.items():
-        held[f"lacking_{slot}"] = lacks[held["row"]] & held["unread"]
+        held[f"lacking_{slot}"] = lacks.to_numpy()[held["row"]]
     per_word = held.groupby("word").agg(
         review_notes=("unread", "sum"),
         notes=("row", "size"),
@@ -119,7 +117,7 @@ def review_worklist(components: pd.DataFrame, results: pd.DataFrame, lexicon: Le
         lacking_material=("lacking_material", "sum"),
     )
     per_word["share_in_review"] = (per_word["review_notes"] / per_word["notes"]).round(3)
-    per_word["example"] = held[held["unread"]].groupby("word")["row"].first().map(components[TEXT])
+    per_word["example"] = held[held["unread"]].groupby("word")["row"].first().map(texts)
     listed = per_word[(per_word["review_notes"] > 0) & (per_word["share_in_review"] >= MIN_SHARE_IN_REVIEW)]
     base = unread.mean()  # a word spread over notes as they come (a part name) has about this share
     lift = (listed["share_in_review"] - base).clip(lower=0) / (1.0 - base) if base < 1 else 1.0  # all in review
