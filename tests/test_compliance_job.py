@@ -114,10 +114,45 @@ def test_the_summary_counts_what_was_scored_flagged_and_sent_to_review(app, mode
     batch = nightly_compliance_score(app.services)
 
     assert {key: batch.summary[key] for key in ("day", "scored", "non_compliant", "needs_review", "cars_affected",
-                                                 "alerts", "catalogue", "results_blob")} == {
+                                                 "alerts", "catalogue", "results_blob", "review_worklist_blob",
+                                                 "review_words")} == {
         "day": DAY, "scored": 9, "non_compliant": 3, "needs_review": 2, "cars_affected": 2, "alerts": 2,
         "catalogue": "components/catalog.csv", "results_blob": f"{RESULTS_CONTAINER}/date={DAY}/results.csv",
+        "review_worklist_blob": f"{RESULTS_CONTAINER}/date={DAY}/review_worklist.csv", "review_words": 3,
     }  # fmt: skip
+
+
+def test_a_workshop_word_is_listed_tonight_and_read_after_the_answer_is_published(app, tmp_path):
+    """The review loop through the timer: tonight's worklist names the word that kept three parts in review; a
+    classifier trained with a site glossary answering it, once published, decides them the next night."""
+    components = simulate_components(np.array([f"CAR-{k:05d}" for k in range(1, 201)]), seed=3)
+    params = TrainingParams(epochs=10)
+    publish_model(app.services.blobs, train_classifier(components, params).model.save(tmp_path / "plain"))
+    workshop = [
+        ("W-1", "CAR-E", "Steel bracket made in 2011, zorkled"),
+        ("W-2", "CAR-E", "zorkled steel hub, 2014"),
+        ("W-3", "CAR-F", "2009 steel strut, zorkled"),
+        ("W-4", "CAR-F", "steel bracket, 2012, good"),
+    ]
+    upload_catalogue(app, pd.concat([CATALOGUE, pd.DataFrame(workshop, columns=CATALOGUE.columns)]))
+
+    assert app.host.fire_timer("nightly_compliance_score_timer").succeeded
+    data = download_bytes(app.services.blobs.get_container_client(RESULTS_CONTAINER), f"date={DAY}/review_worklist.csv")
+    worklist = pd.read_csv(pd.io.common.BytesIO(data))
+    assert worklist.iloc[0][["word", "review_notes", "lacking_condition"]].tolist() == ["zorkled", 3, 3]
+    assert results_blob(app).set_index("Component_ID").loc[["W-1", "W-2", "W-3"], "needs_review"].tolist() == [1] * 3
+
+    answered = {"condition": {"zorkled": "poor"}}  # the reviewer's site glossary
+    publish_model(app.services.blobs, train_classifier(components, params, answered).model.save(tmp_path / "site"))
+    assert app.host.fire_timer("nightly_compliance_score_timer").succeeded
+    results = results_blob(app).set_index("Component_ID")
+    assert results.loc[["W-1", "W-2", "W-3"], "non_compliant"].tolist() == ["1"] * 3
+    assert results.loc["W-1", "reason"].startswith(
+        "non-compliant: poor condition (read 'zorkled' as poor: site glossary)"
+    )
+    app.host.drain_queue("push_alert")
+    assert {alert["battery_id"] for car in ("CAR-E", "CAR-F") for alert in app.simulator.received(car)} == {
+        "W-1,W-2", "W-3"}  # fmt: skip
 
 
 def test_without_a_model_or_a_catalogue_the_timer_queues_nothing_and_says_why(app, model_dir):

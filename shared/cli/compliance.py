@@ -32,6 +32,9 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, help="L2 regularisation strength (default 1e-5)")
     train.add_argument("--epochs", type=int, help="passes over the training notes (default 30)")
     train.add_argument("--seed", type=int, help="seed of the held-out split and of SGD (default 0)")
+    train.add_argument("--glossary", type=Path,
+                       help="site glossary JSON: the reviewers' readings of the site's words, kept in the model "
+                       "(README, Learning from the review queue)")  # fmt: skip
     score = actions.add_parser(
         "score",
         help="score components with a trained classifier",
@@ -52,6 +55,18 @@ def add_compliance(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     alerts.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
     alerts.add_argument("--out", type=Path, required=True, help="results CSV to write")
     alerts.add_argument("--alerts-out", type=Path, help="alerts to write, one JSON object a line")
+    unread = actions.add_parser(
+        "unread",
+        help="the words that keep notes in review, most notes first",
+        description="Score a components CSV and list the words the reader does not know in the notes it sent "
+        "to review with a condition or material unread, most notes first, each with an example: what to answer "
+        "in a site glossary (train --glossary).",
+    )
+    unread.add_argument("--data", type=Path, required=True, help="components CSV (Component_ID, Car_ID, text)")
+    unread.set_defaults(run_action=run_unread)
+    unread.add_argument("--model-dir", type=Path, required=True, help="model directory written by train")
+    unread.add_argument("--top", type=int, default=30, help="words to print (default 30; --out gets all)")
+    unread.add_argument("--out", type=Path, help="worklist CSV to write (every word)")
     publish = actions.add_parser(
         "publish",
         help="upload a trained classifier for the nightly timer to use",
@@ -75,11 +90,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     from shared.adapters.tracking import tracking_uri
     from shared.compliance import classifier as compliance
+    from shared.compliance.review import read_site_glossary
 
     given = {name: getattr(args, name) for name in ("learning_rate", "alpha", "epochs", "seed")}
     params = compliance.TrainingParams(**{name: value for name, value in given.items() if value is not None})
-    model = compliance.train_from_csv(args.data, args.model_dir, params=params, progress=progress,
-                                      tracking_uri=tracking_uri(os.environ))  # fmt: skip
+    glossary = read_site_glossary(args.glossary) if args.glossary else None
+    model = compliance.train_from_csv(args.data, args.model_dir, params=params, site_glossary=glossary,
+                                      progress=progress, tracking_uri=tracking_uri(os.environ))  # fmt: skip
     print(json.dumps({"version": model.version, "model_dir": str(args.model_dir),
                       "mlflow_run_id": model.metadata["mlflow_run_id"], "held_out": model.metadata["metrics"]},
                      indent=2))  # fmt: skip
@@ -95,6 +112,27 @@ def run_score(args: argparse.Namespace) -> int:
           f"{results.loc[flagged, 'Car_ID'].nunique():,} cars, {int(results[compliance.NEEDS_REVIEW].sum()):,} "
           f"need review")  # fmt: skip
     print(f"results: {args.out}")
+    return 0
+
+
+def run_unread(args: argparse.Namespace) -> int:
+    from shared.compliance import classifier as compliance
+    from shared.compliance.review import review_worklist
+
+    model = compliance.load_model(args.model_dir)
+    components = compliance.read_components_csv(args.data)
+    results = compliance.score_components(model, components)
+    worklist = review_worklist(components, results, model.lexicon)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        worklist.to_csv(args.out, index=False)
+    print(f"{int(results[compliance.NEEDS_REVIEW].sum()):,} of {len(results):,} notes need review; "
+          f"{len(worklist):,} words the reader does not know keep them there:")  # fmt: skip
+    for row in worklist.head(args.top).itertuples(index=False):
+        print(f"  {row.word!r}: {row.review_notes:,} notes ({row.share_in_review:.0%} of those holding it), "
+              f"e.g. {row.example!r}")  # fmt: skip
+    if args.out is not None:
+        print(f"worklist: {args.out}")
     return 0
 
 

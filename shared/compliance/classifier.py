@@ -391,15 +391,24 @@ class ComplianceModel:
     coef: np.ndarray  # word features, then char features
     intercept: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    site_glossary: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # kind → phrase → meaning
 
     @property
     def version(self) -> str:
-        """A digest of the weights: the same training data and parameters give the same version."""
+        """A digest of the weights and the site glossary: the same training data, parameters and glossary give
+        the same version."""
         digest = hashlib.sha256()
         arrays = (self.word_vocabulary, self.word_idf, self.char_vocabulary, self.char_idf, self.coef)
         for array in (*arrays, np.array([self.intercept])):
             digest.update(np.ascontiguousarray(array).tobytes())
+        if self.site_glossary:
+            digest.update(json.dumps(self.site_glossary, sort_keys=True).encode())
         return "cmp-" + digest.hexdigest()[:12]
+
+    @cached_property
+    def lexicon(self) -> Lexicon:
+        """The reader's lexicon: the shipped one, with the site glossary the model was trained with."""
+        return site_lexicon(self.site_glossary)
 
     def probability(self, normalized: pd.Series) -> np.ndarray:
         """P(non-compliant) for notes as `read_notes` normalises them."""
@@ -457,12 +466,23 @@ class ComplianceModel:
             coef=self.coef, intercept=np.array([self.intercept]),
         )  # fmt: skip
         metadata = {"kind": MODEL_KIND, "version": self.version, **self.metadata}
+        if self.site_glossary:
+            metadata[SITE_GLOSSARY_KEY] = self.site_glossary
         (folder / MODEL_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         return folder
 
 
 _WORD_ANALYZER = {"analyzer": "word", "token_pattern": r"\S+", "lowercase": False}
 _CHAR_ANALYZER = {"analyzer": "char_wb", "ngram_range": CHAR_NGRAMS, "lowercase": False}
+
+
+SITE_GLOSSARY_KEY = "site_glossary"  # compliance_model.json: the site glossary the model was trained with
+SITE_GLOSSARY = "site glossary"  # how a reading through it is named in the reason
+
+
+def site_lexicon(site_glossary: Mapping[str, Mapping[str, str]]) -> Lexicon:
+    """The shipped lexicon with a site glossary's entries (kind → phrase → meaning) over it."""
+    return default_lexicon().with_entries(site_glossary, SITE_GLOSSARY) if site_glossary else default_lexicon()
 
 
 def _sigmoid(logit: np.ndarray) -> np.ndarray:
@@ -488,11 +508,13 @@ def load_model(model_dir: str | Path) -> ComplianceModel:
     if metadata.pop("kind", None) != MODEL_KIND:
         raise InputError(f"{folder / MODEL_FILE}: not a {MODEL_KIND} model")
     saved_version = metadata.pop("version", None)
+    site_glossary = metadata.pop(SITE_GLOSSARY_KEY, {})
     with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as weights:
         model = ComplianceModel(
             word_vocabulary=weights["word_vocabulary"], word_idf=weights["word_idf"],
             char_vocabulary=weights["char_vocabulary"], char_idf=weights["char_idf"],
             coef=weights["coef"], intercept=float(weights["intercept"][0]), metadata=metadata,
+            site_glossary=site_glossary,
         )  # fmt: skip
     if model.version != saved_version:
         raise InputError(f"{folder}: weights do not match the recorded version {saved_version}")
@@ -509,16 +531,24 @@ class TrainingResult:
     metrics: dict[str, float]
 
 
-def train_classifier(components: pd.DataFrame, params: TrainingParams = TrainingParams()) -> TrainingResult:
+def train_classifier(
+    components: pd.DataFrame,
+    params: TrainingParams = TrainingParams(),
+    site_glossary: Mapping[str, Mapping[str, str]] | None = None,
+) -> TrainingResult:
     """Hold out a share of the phrasings, fit and evaluate on them, then refit on every labelled note.
 
     Notes without a label (undecidable ones) are left out and counted. Phrasings are the `template`
-    column when there is one; without it the held-out share is of notes, and `split` says so.
+    column when there is one; without it the held-out share is of notes, and `split` says so. A
+    `site_glossary` (kind → phrase → meaning: `shared.compliance.review`) is read with the lexicon, and the
+    model keeps it, so wherever the model scores, the reader knows the site's words.
     """
+    glossary = {kind: dict(entries) for kind, entries in (site_glossary or {}).items() if entries}
+    lexicon = site_lexicon(glossary)
     labelled = components[components[LABEL].notna()].reset_index(drop=True)
     if labelled[LABEL].nunique() < 2:
         raise InputError(f"{LABEL}: training needs both compliant (0) and non-compliant (1) notes")
-    notes = read_notes(labelled[TEXT])
+    notes = read_notes(labelled[TEXT], lexicon)
     y = labelled[LABEL].astype("int64").to_numpy()
     by_template = TEMPLATE in labelled.columns
     groups = labelled[TEMPLATE].astype(str) if by_template else pd.Series(labelled.index.astype(str))
@@ -527,7 +557,7 @@ def train_classifier(components: pd.DataFrame, params: TrainingParams = Training
 
     held_out_text = notes["normalized"].iloc[held_out]
     model, curves = fit_classifier(notes["normalized"].iloc[train], y[train], params, (held_out_text, y[held_out]))
-    results = score_components(model, labelled.iloc[held_out])
+    results = score_components(model, labelled.iloc[held_out], lexicon)
     decided = results[NEEDS_REVIEW].to_numpy() == 0
     right = decided & (results[NON_COMPLIANT].fillna(-1).to_numpy() == y[held_out])
     positive = y[held_out] == 1
@@ -546,7 +576,7 @@ def train_classifier(components: pd.DataFrame, params: TrainingParams = Training
     split = {"split": "note"}
     if by_template:
         split = {"split": "template", "held_out_templates": sorted(set(groups.iloc[held_out]))}
-    final = final.with_metadata(
+    final = replace(final, site_glossary=glossary).with_metadata(
         params=asdict(params), metrics=metrics, **split, trained_at=datetime.now(UTC).isoformat(timespec="seconds")
     )
     return TrainingResult(model=final, curves=curves, metrics=metrics)
@@ -594,7 +624,7 @@ def score_components(model: ComplianceModel, components: pd.DataFrame, lexicon: 
     where the note needs review; needs_review is 1/0; probability is the classifier's P(non-compliant),
     shown for every note (a reviewer's hint, not a verdict). The reason states the finding (naming each
     word read through the lexicon and what it was read as) and the words that drove the classifier, or why
-    the note needs review. `lexicon`: the reader's (`read_notes`).
+    the note needs review. `lexicon`: the reader's (`read_notes`; by default the model's, `ComplianceModel.lexicon`).
     """
     missing = [column for column in SCORE_INPUT_COLUMNS if column not in components.columns]
     if missing:
@@ -604,7 +634,7 @@ def score_components(model: ComplianceModel, components: pd.DataFrame, lexicon: 
         return pd.DataFrame({column: pd.Series(dtype=object) for column in RESULT_COLUMNS}).astype(
             {NON_COMPLIANT: "Int64", "probability": "float64", NEEDS_REVIEW: "int64"}
         )
-    notes = read_notes(components[TEXT], lexicon)
+    notes = read_notes(components[TEXT], lexicon or model.lexicon)
     probability, contributions = model.explain(notes["normalized"])
     classifier_says = pd.Series((probability >= DECISION_PROBABILITY).astype("int64"))
     verdict = notes["verdict"]
@@ -804,16 +834,18 @@ def train_from_csv(
     *,
     tracking_uri: str,
     params: TrainingParams = TrainingParams(),
+    site_glossary: Mapping[str, Mapping[str, str]] | None = None,
     progress: Progress = lambda message: None,
 ) -> ComplianceModel:
-    """Train on a labelled components CSV, track the run in MLflow, write the model directory."""
+    """Train on a labelled components CSV (with a site glossary: `train_classifier`), track the run in MLflow,
+    write the model directory."""
     from shared.adapters.tracking import start_training_run
 
     components = read_components_csv(data_path, labelled=True)
     progress(f"training the compliance classifier on {components[LABEL].notna().sum():,} labelled notes")
     tags = {"model_kind": MODEL_KIND, "data": Path(data_path).name}
     with start_training_run(EXPERIMENT, asdict(params), tags, uri=tracking_uri) as run:
-        result = train_classifier(components, params)
+        result = train_classifier(components, params, site_glossary)
         run.log_metrics(result.metrics)
         run.log_training_curves(result.curves, "Component compliance classifier (validation: phrasings held out)")
         model = result.model.with_metadata(mlflow_run_id=run.run_id)

@@ -171,6 +171,15 @@ class Lexicon:
             typo_exceptions=frozenset(data["typo_exceptions"]),
         )
 
+    def with_entries(self, entries: Mapping[str, Mapping[str, str]], via: str) -> Lexicon:
+        """The lexicon with `entries` (kind → phrase → meaning, phrases as `phrase_of` writes them) added, each
+        read `via`: an entry replaces the lexicon's own reading of its phrase (a site knows its own words)."""
+
+        def merged(kind: str, table: Mapping[str, Reading]) -> dict[str, Reading]:
+            return {**table, **{phrase: Reading(meaning, via) for phrase, meaning in entries.get(kind, {}).items()}}
+
+        return Lexicon(merged("condition", self.conditions), merged("material", self.materials), self.typo_exceptions)
+
     def without(self, phrases: Collection[str]) -> Lexicon:
         """The lexicon less `phrases` and their inflections ("cracks" also drops "cracked"): an evaluation's
         stand-in for words no list holds, so what is left to read them is the grammar and the entries that remain
@@ -274,7 +283,7 @@ def _frames_of(table: Mapping[str, Reading]) -> Frames:
 
 def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_worse: bool) -> dict[str, Reading]:
     """Each phrase's meaning from the seeds it came from and that are not held out: the one most of them
-    give; between conditions that tie, the worse grade. The builder writes each phrase as `_phrase` would."""
+    give; between conditions that tie, the worse grade. The builder writes each phrase as `phrase_of` would."""
     rank = {grade: i for i, grade in enumerate(GRADES)} if prefer_worse else {}
     readings = {}
     for word, entry in entries.items():
@@ -288,12 +297,13 @@ def _readings(entries: Mapping[str, Mapping], held_out: Collection[str], prefer_
     return readings
 
 
-def _phrase(text: str) -> str:
+def phrase_of(text: str) -> str:
+    """A phrase as the lexicon holds it: lower case, its words separated by one space."""
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
 def _inflection_keys(phrase: str) -> str:
-    return " ".join(inflection_key(word) for word in _phrase(phrase).split())
+    return " ".join(inflection_key(word) for word in phrase_of(phrase).split())
 
 
 @functools.cache
@@ -325,11 +335,11 @@ def default_lexicon() -> Lexicon:
 def seeds_in(phrases: Collection[str], protected: Collection[str] = ()) -> frozenset[str]:
     """The seeds whose words appear among the words of `phrases` (to hold out when evaluating them), except
     the `protected` ones (the regulation's own words, which the rules read anyway)."""
-    words = {word for phrase in phrases for word in _phrase(phrase).split()}
+    words = {word for phrase in phrases for word in phrase_of(phrase).split()}
     data = lexicon_data()
     roots = {root for kind in ("conditions", "materials") for entry in data[kind].values()
              for root, read in entry["roots"].items() if not read[1].startswith(GLOSSARY)}  # fmt: skip
-    return frozenset(r for r in roots if r not in protected and words & set(_phrase(r).split()))
+    return frozenset(r for r in roots if r not in protected and words & set(phrase_of(r).split()))
 
 
 def read_phrases(

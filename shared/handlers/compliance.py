@@ -12,6 +12,9 @@ Where things live (all in the app's storage account unless the catalogue is in a
                                                  person publishes a classifier after reading its held-out
                                                  metrics (`python -m shared compliance publish`).
     compliance/date=YYYY-MM-DD/results.csv       every component's result, needs-review notes included
+    compliance/date=YYYY-MM-DD/review_worklist.csv  the words that kept notes in review, most notes first
+                                                 (`shared.compliance.review`): what a reviewer answers in the
+                                                 site glossary of the next published classifier
 
 With COMPONENT_CATALOG_DSN set (a SQLAlchemy URL), the catalogue is read from that database with
 COMPONENT_CATALOG_QUERY instead of from Blob, and checked exactly as a CSV catalogue is.
@@ -53,6 +56,7 @@ from shared.compliance.classifier import (
     read_components_csv,
     score_components,
 )
+from shared.compliance.review import review_worklist
 from shared.config.names import COMPLIANCE_MODELS_CONTAINER as MODELS_CONTAINER
 from shared.config.names import COMPLIANCE_RESULTS_CONTAINER as RESULTS_CONTAINER
 from shared.core.alerts import AlertBatch, build_alerts, iso_utc
@@ -102,9 +106,14 @@ def nightly_compliance_score(services: Services) -> AlertBatch:
         return AlertBatch([], {"scored": 0, "reason": f"no component catalogue at {source}"})
     now = services.clock()
     results, batch = compliance_run(model, components, now, services.settings.service_booking_url)
-    name = f"date={batch.summary['day']}/results.csv"
-    upload_bytes(ensure_container(services.blobs, RESULTS_CONTAINER), name, results.to_csv(index=False).encode())
-    summary = {**batch.summary, "catalogue": source, "results_blob": f"{RESULTS_CONTAINER}/{name}"}
+    container = ensure_container(services.blobs, RESULTS_CONTAINER)
+    name, worklist_name = (f"date={batch.summary['day']}/{blob}" for blob in ("results.csv", "review_worklist.csv"))
+    upload_bytes(container, name, results.to_csv(index=False).encode())
+    worklist = review_worklist(components, results, model.lexicon)
+    upload_bytes(container, worklist_name, worklist.to_csv(index=False).encode())
+    summary = {**batch.summary, "catalogue": source, "results_blob": f"{RESULTS_CONTAINER}/{name}",
+               "review_worklist_blob": f"{RESULTS_CONTAINER}/{worklist_name}",
+               "review_words": len(worklist)}  # fmt: skip
     return AlertBatch(batch.alerts, summary)
 
 
