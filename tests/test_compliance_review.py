@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from shared.cli import main
 from shared.compliance.classifier import (
@@ -146,7 +147,8 @@ def test_answering_the_worklist_in_a_site_glossary_takes_its_notes_out_of_review
 
 def test_train_with_a_glossary_and_list_the_unread_words_from_the_command_line(components, tmp_path, monkeypatch,
                                                                                capsys):  # fmt: skip
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+    store = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     data = tmp_path / "components.csv"
     components.head(800)[[COMPONENT_ID, CAR_ID, TEXT, LABEL, TEMPLATE]].to_csv(data, index=False)
     glossary = tmp_path / "site.json"
@@ -154,7 +156,10 @@ def test_train_with_a_glossary_and_list_the_unread_words_from_the_command_line(c
     model_dir = tmp_path / "model"
     assert main(["compliance", "train", "--data", str(data), "--model-dir", str(model_dir), "--epochs", "5",
                  "--glossary", str(glossary)]) == 0  # fmt: skip
-    assert load_model(model_dir).site_glossary == {"condition": {"zorkled": "poor"}}
+    trained = load_model(model_dir)
+    assert trained.site_glossary == {"condition": {"zorkled": "poor"}}
+    run = MlflowClient(tracking_uri=store).get_run(trained.metadata["mlflow_run_id"])
+    assert run.data.tags["site_glossary_phrases"] == "1"  # the run says the model reads a site's words
 
     catalogue = tmp_path / "catalogue.csv"
     notes(["door hinge, steel, made 2010, zorkled", "hub, steel, made 2010, glimmish", "strut, 2012, glimmish, alloy"]

@@ -843,7 +843,8 @@ def train_from_csv(
 
     components = read_components_csv(data_path, labelled=True)
     progress(f"training the compliance classifier on {components[LABEL].notna().sum():,} labelled notes")
-    tags = {"model_kind": MODEL_KIND, "data": Path(data_path).name}
+    tags = {"model_kind": MODEL_KIND, "data": Path(data_path).name,
+            "site_glossary_phrases": str(sum(map(len, (site_glossary or {}).values())))}  # fmt: skip
     with start_training_run(EXPERIMENT, asdict(params), tags, uri=tracking_uri) as run:
         result = train_classifier(components, params, site_glossary)
         run.log_metrics(result.metrics)
